@@ -1,0 +1,23 @@
+/**
+ * One error type for every problem caused by the user's input (files, configs, flags).
+ * The CLI prints `message` alone — no stack trace — and exits non-zero.
+ * `where` names the file, key or flag; expected/found say what was wanted and what was there.
+ */
+export class InputError extends Error {
+  readonly where: string;
+  constructor(where: string, problem: string, expected?: string, found?: string) {
+    let message = `${where}: ${problem}`;
+    if (expected !== undefined) message += `; expected ${expected}`;
+    if (found !== undefined) message += `, found ${found}`;
+    super(message);
+    this.name = 'InputError';
+    this.where = where;
+  }
+}
+
+/** Short printable form of an arbitrary JSON value for error messages. */
+export function describe(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  const text = JSON.stringify(value);
+  return text.length > 60 ? text.slice(0, 57) + '...' : text;
+}

@@ -1,0 +1,501 @@
+/**
+ * Typed ONNX graph builder. Every value carries a static shape, so each op helper checks its
+ * operands, infers the output shape and counts its multiply-accumulates exactly.
+ * Parameters are referenced by their diffusers/transformers key and resolved through a
+ * ParamSource: either real safetensors tensors (serialised as ONNX external data pointing straight
+ * into the safetensors file) or shapes alone (MAC counting from a config, no weights).
+ */
+import { OnnxDataType, type AttributeValue, type ModelProto, type NodeProto, type TensorProto } from './onnx-proto.ts';
+
+export type DataType = 'float32' | 'float16' | 'int64' | 'int32' | 'bool';
+
+const ONNX_TYPE: Record<DataType, OnnxDataType> = {
+  float32: OnnxDataType.FLOAT,
+  float16: OnnxDataType.FLOAT16,
+  int64: OnnxDataType.INT64,
+  int32: OnnxDataType.INT32,
+  bool: OnnxDataType.BOOL,
+};
+
+/** Where a parameter's bytes live. Absent for shape-only sources. */
+export interface WeightLocation {
+  file: string;
+  offset: number;
+  byteLength: number;
+}
+
+export interface WeightRef {
+  name: string;
+  shape: number[];
+  dtype: 'F32' | 'F16' | 'BF16';
+  location?: WeightLocation;
+}
+
+/** Resolves a parameter name to its stored tensor, checking the shape the model expects. */
+export interface ParamSource {
+  param(name: string, shape: number[]): WeightRef;
+}
+
+/** Multiply-accumulates split by kind: `full` counts all three, the calflops convention omits `attention`. */
+export interface MacCount {
+  conv: number;
+  linear: number;
+  attention: number;
+}
+
+export const zeroMacs = (): MacCount => ({ conv: 0, linear: 0, attention: 0 });
+export const fullMacs = (m: MacCount): number => m.conv + m.linear + m.attention;
+/** What calflops reports for diffusers models: Linear/Conv/projections, not the SDPA core. */
+export const calflopsMacs = (m: MacCount): number => m.conv + m.linear;
+export function addMacs(into: MacCount, m: MacCount, times = 1): void {
+  into.conv += m.conv * times;
+  into.linear += m.linear * times;
+  into.attention += m.attention * times;
+}
+
+export class Value {
+  constructor(
+    readonly name: string,
+    readonly shape: readonly number[],
+    readonly dtype: DataType,
+  ) {}
+  get rank(): number {
+    return this.shape.length;
+  }
+  get size(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+}
+
+const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
+
+function broadcast(a: readonly number[], b: readonly number[], op: string): number[] {
+  const rank = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < rank; i++) {
+    const da = a[a.length - rank + i] ?? 1;
+    const db = b[b.length - rank + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) throw new Error(`${op}: cannot broadcast [${a}] with [${b}]`);
+    out.push(Math.max(da, db));
+  }
+  return out;
+}
+
+export type AttentionKind = 'mha' | 'plain';
+
+export class GraphBuilder {
+  readonly nodes: NodeProto[] = [];
+  readonly macs: MacCount = zeroMacs();
+  private readonly initializers = new Map<string, { ref: WeightRef; value: Value }>();
+  private readonly constants: TensorProto[] = [];
+  private readonly inputs: Value[] = [];
+  private readonly outputs: Value[] = [];
+  private readonly usedNames = new Set<string>();
+  private counter = 0;
+  private prefix = '';
+  /** The computation precision; fp16 parameters are cast to it inside the graph. */
+  readonly dtype: DataType = 'float32';
+  usesContribOps = false;
+
+  constructor(
+    readonly name: string,
+    private readonly params: ParamSource,
+    readonly attentionKind: AttentionKind = 'mha',
+  ) {}
+
+  // ---- structure -------------------------------------------------------------------------
+
+  /** Runs `body` with parameter names prefixed by `scope.` (diffusers module path). */
+  scope<T>(scope: string, body: () => T): T {
+    const saved = this.prefix;
+    this.prefix = saved + scope + '.';
+    try {
+      return body();
+    } finally {
+      this.prefix = saved;
+    }
+  }
+
+  private fresh(hint: string): string {
+    let name: string;
+    do name = `${hint}_${this.counter++}`;
+    while (this.usedNames.has(name));
+    this.usedNames.add(name);
+    return name;
+  }
+
+  input(name: string, shape: number[], dtype: DataType = 'float32'): Value {
+    if (this.usedNames.has(name)) throw new Error(`graph ${this.name}: duplicate input ${name}`);
+    this.usedNames.add(name);
+    const v = new Value(name, shape, dtype);
+    this.inputs.push(v);
+    return v;
+  }
+
+  /** Marks `v` as a graph output under `name` (an Identity keeps names stable). */
+  output(v: Value, name: string): void {
+    if (this.usedNames.has(name)) throw new Error(`graph ${this.name}: duplicate output ${name}`);
+    this.usedNames.add(name);
+    this.node('Identity', [v.name], [name]);
+    this.outputs.push(new Value(name, v.shape, v.dtype));
+  }
+
+  /** A parameter of the model under the current scope, e.g. `conv1.weight`. */
+  param(localName: string, shape: number[]): Value {
+    const fullName = this.prefix + localName;
+    const existing = this.initializers.get(fullName);
+    if (existing) return existing.value;
+    const ref = this.params.param(fullName, shape);
+    const stored = new Value(fullName, shape, ref.dtype === 'F32' ? 'float32' : 'float16');
+    this.usedNames.add(fullName);
+    let value = stored;
+    if (ref.dtype !== 'F32') value = this.cast(stored, this.dtype); // folded by ORT at session start
+    this.initializers.set(fullName, { ref, value });
+    return value;
+  }
+
+  /** A small constant embedded in the model file. */
+  constant(data: Float32Array | BigInt64Array | Int32Array, shape: number[], hint = 'const'): Value {
+    const dtype: DataType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : 'int32';
+    if (data.length !== product(shape)) throw new Error(`constant ${hint}: ${data.length} values for shape [${shape}]`);
+    const name = this.fresh(hint);
+    this.constants.push({
+      name,
+      dims: shape,
+      dataType: ONNX_TYPE[dtype],
+      raw: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+    });
+    return new Value(name, shape, dtype);
+  }
+
+  scalar(value: number): Value {
+    return this.constant(new Float32Array([value]), [], 'scalar');
+  }
+
+  private shapeConst(dims: readonly number[]): Value {
+    return this.constant(BigInt64Array.from(dims.map(BigInt)), [dims.length], 'shape');
+  }
+
+  node(
+    opType: string,
+    inputs: string[],
+    outputs: string[],
+    attributes: Record<string, AttributeValue> = {},
+    domain?: string,
+  ): void {
+    if (domain === 'com.microsoft') this.usesContribOps = true;
+    this.nodes.push({ opType, domain, name: this.fresh(opType), inputs, outputs, attributes });
+  }
+
+  private op(
+    opType: string,
+    inputs: Value[],
+    shape: readonly number[],
+    dtype: DataType,
+    attributes: Record<string, AttributeValue> = {},
+    domain?: string,
+  ): Value {
+    const out = new Value(this.fresh(opType.toLowerCase()), shape, dtype);
+    this.node(opType, inputs.map((v) => v.name), [out.name], attributes, domain);
+    return out;
+  }
+
+  // ---- elementwise -----------------------------------------------------------------------
+
+  private binary(opType: string, a: Value, b: Value): Value {
+    return this.op(opType, [a, b], broadcast(a.shape, b.shape, opType), a.dtype);
+  }
+  add(a: Value, b: Value): Value {
+    return this.binary('Add', a, b);
+  }
+  sub(a: Value, b: Value): Value {
+    return this.binary('Sub', a, b);
+  }
+  mul(a: Value, b: Value): Value {
+    return this.binary('Mul', a, b);
+  }
+  div(a: Value, b: Value): Value {
+    return this.binary('Div', a, b);
+  }
+  private unary(opType: string, x: Value): Value {
+    return this.op(opType, [x], x.shape, x.dtype);
+  }
+  sigmoid(x: Value): Value {
+    return this.unary('Sigmoid', x);
+  }
+  exp(x: Value): Value {
+    return this.unary('Exp', x);
+  }
+  sin(x: Value): Value {
+    return this.unary('Sin', x);
+  }
+  cos(x: Value): Value {
+    return this.unary('Cos', x);
+  }
+  silu(x: Value): Value {
+    return this.mul(x, this.sigmoid(x));
+  }
+  /** Exact (erf) GELU; ORT fuses this pattern into one kernel. */
+  gelu(x: Value): Value {
+    const erf = this.unary('Erf', this.mul(x, this.scalar(Math.SQRT1_2)));
+    return this.mul(this.mul(x, this.scalar(0.5)), this.add(erf, this.scalar(1)));
+  }
+  /** x·σ(1.702x), CLIP's original activation. */
+  quickGelu(x: Value): Value {
+    return this.mul(x, this.sigmoid(this.mul(x, this.scalar(1.702))));
+  }
+  activation(name: string, x: Value): Value {
+    switch (name) {
+      case 'silu':
+      case 'swish':
+        return this.silu(x);
+      case 'gelu':
+        return this.gelu(x);
+      case 'quick_gelu':
+        return this.quickGelu(x);
+      default:
+        throw new Error(`unsupported activation ${name}`);
+    }
+  }
+  clip(x: Value, min: number, max: number): Value {
+    return this.op('Clip', [x, this.scalar(min), this.scalar(max)], x.shape, x.dtype);
+  }
+  cast(x: Value, to: DataType): Value {
+    return this.op('Cast', [x], x.shape, to, { to: { kind: 'int', value: ONNX_TYPE[to] } });
+  }
+
+  // ---- shape -----------------------------------------------------------------------------
+
+  reshape(x: Value, shape: number[]): Value {
+    if (product(shape) !== x.size) throw new Error(`reshape [${x.shape}] -> [${shape}]`);
+    return this.op('Reshape', [x, this.shapeConst(shape)], shape, x.dtype);
+  }
+  transpose(x: Value, perm: number[]): Value {
+    return this.op('Transpose', [x], perm.map((p) => x.shape[p]), x.dtype, { perm: { kind: 'ints', value: perm } });
+  }
+  concat(values: Value[], axis: number): Value {
+    const a = axis < 0 ? values[0].rank + axis : axis;
+    const shape = [...values[0].shape];
+    shape[a] = values.reduce((s, v) => s + v.shape[a], 0);
+    return this.op('Concat', values, shape, values[0].dtype, { axis: { kind: 'int', value: a } });
+  }
+  /** Splits `x` along `axis` into pieces of the given sizes. */
+  split(x: Value, axis: number, sizes: number[]): Value[] {
+    const a = axis < 0 ? x.rank + axis : axis;
+    const outs = sizes.map((s) => {
+      const shape = [...x.shape];
+      shape[a] = s;
+      return new Value(this.fresh('split'), shape, x.dtype);
+    });
+    this.node('Split', [x.name, this.shapeConst(sizes).name], outs.map((o) => o.name), { axis: { kind: 'int', value: a } });
+    return outs;
+  }
+  /** x[..., start:end, ...] along one axis. */
+  slice(x: Value, axis: number, start: number, end: number): Value {
+    const a = axis < 0 ? x.rank + axis : axis;
+    const shape = [...x.shape];
+    shape[a] = end - start;
+    return this.op('Slice', [x, this.shapeConst([start]), this.shapeConst([end]), this.shapeConst([a])], shape, x.dtype);
+  }
+  /** Rows of `table` picked by integer `indices` along axis 0. */
+  gather(table: Value, indices: Value): Value {
+    return this.op('Gather', [table, indices], [...indices.shape, ...table.shape.slice(1)], table.dtype, {
+      axis: { kind: 'int', value: 0 },
+    });
+  }
+  /** Index of the first maximum along `axis`, that axis removed. */
+  argmax(x: Value, axis: number): Value {
+    const shape = x.shape.filter((_, i) => i !== axis);
+    return this.op('ArgMax', [x], shape, 'int64', {
+      axis: { kind: 'int', value: axis },
+      keepdims: { kind: 'int', value: 0 },
+      select_last_index: { kind: 'int', value: 0 },
+    });
+  }
+  equal(a: Value, b: Value): Value {
+    return this.op('Equal', [a, b], broadcast(a.shape, b.shape, 'Equal'), 'bool');
+  }
+  /** Picks x[b, index[b], :] for each batch row b: x [B, L, D], index [B] → [B, D]. */
+  gatherRows(x: Value, index: Value): Value {
+    const [b, , d] = x.shape;
+    const idx = this.reshape(index, [b, 1, 1]);
+    const expanded = this.op('Expand', [idx, this.shapeConst([b, 1, d])], [b, 1, d], 'int64');
+    const picked = this.op('GatherElements', [x, expanded], [b, 1, d], x.dtype, { axis: { kind: 'int', value: 1 } });
+    return this.reshape(picked, [b, d]);
+  }
+
+  // ---- linear algebra --------------------------------------------------------------------
+
+  /** Plain MatMul with broadcasting batch dims (no parameters); MACs counted as `kind`. */
+  matmul(a: Value, b: Value, kind: keyof MacCount): Value {
+    const k = a.shape[a.rank - 1];
+    if (b.shape[b.rank - 2] !== k) throw new Error(`matmul [${a.shape}] x [${b.shape}]`);
+    const batch = broadcast(a.shape.slice(0, -2), b.shape.slice(0, -2), 'MatMul');
+    const shape = [...batch, a.shape[a.rank - 2], b.shape[b.rank - 1]];
+    this.macs[kind] += product(shape) * k;
+    return this.op('MatMul', [a, b], shape, a.dtype);
+  }
+
+  /** torch.nn.Linear over the last axis: parameters `{name}.weight` [out, in] and `{name}.bias`. */
+  linear(x: Value, name: string, outFeatures: number, bias = true): Value {
+    const inFeatures = x.shape[x.rank - 1];
+    const weight = this.param(`${name}.weight`, [outFeatures, inFeatures]);
+    const weightT = this.transpose(weight, [1, 0]); // constant-folded: MLAS prepacks it
+    let y = this.matmul(x, weightT, 'linear');
+    if (bias) y = this.add(y, this.param(`${name}.bias`, [outFeatures]));
+    return y;
+  }
+
+  /** torch.nn.Conv2d, NCHW, symmetric padding, parameters `{name}.weight` / `{name}.bias`. */
+  conv2d(x: Value, name: string, outChannels: number, kernel: number, options: { stride?: number; padding?: number } = {}): Value {
+    const { stride = 1, padding = 0 } = options;
+    const [n, c, h, w] = x.shape;
+    const weight = this.param(`${name}.weight`, [outChannels, c, kernel, kernel]);
+    const bias = this.param(`${name}.bias`, [outChannels]);
+    const oh = Math.floor((h + 2 * padding - kernel) / stride) + 1;
+    const ow = Math.floor((w + 2 * padding - kernel) / stride) + 1;
+    const shape = [n, outChannels, oh, ow];
+    this.macs.conv += product(shape) * c * kernel * kernel;
+    return this.op('Conv', [x, weight, bias], shape, x.dtype, {
+      kernel_shape: { kind: 'ints', value: [kernel, kernel] },
+      strides: { kind: 'ints', value: [stride, stride] },
+      pads: { kind: 'ints', value: [padding, padding, padding, padding] },
+    });
+  }
+
+  /** Zero padding of the last two axes: [top, bottom, left, right]. */
+  pad2d(x: Value, top: number, bottom: number, left: number, right: number): Value {
+    const [n, c, h, w] = x.shape;
+    const pads = this.shapeConst([0, 0, top, left, 0, 0, bottom, right]);
+    return this.op('Pad', [x, pads], [n, c, h + top + bottom, w + left + right], x.dtype);
+  }
+
+  /** torch's F.interpolate(mode="nearest") to a target size (src = floor(dst · in/out)). */
+  resizeNearest(x: Value, height: number, width: number): Value {
+    const [n, c] = x.shape;
+    const empty = this.constant(new Float32Array(0), [0], 'roi');
+    return this.op('Resize', [x, empty, empty, this.shapeConst([n, c, height, width])], [n, c, height, width], x.dtype, {
+      mode: { kind: 'string', value: 'nearest' },
+      coordinate_transformation_mode: { kind: 'string', value: 'asymmetric' },
+      nearest_mode: { kind: 'string', value: 'floor' },
+    });
+  }
+
+  // ---- normalisation ---------------------------------------------------------------------
+
+  /** torch.nn.GroupNorm on NCHW (or NC...) input, as plain ONNX: InstanceNorm over groups, then affine. */
+  groupNorm(x: Value, name: string, groups: number, eps: number): Value {
+    const [n, c] = x.shape;
+    if (c % groups !== 0) throw new Error(`${this.prefix}${name}: ${c} channels not divisible into ${groups} groups`);
+    const grouped = this.reshape(x, [n, groups, x.size / (n * groups)]);
+    const ones = this.constant(new Float32Array(groups).fill(1), [groups], 'ones');
+    const zeros = this.constant(new Float32Array(groups), [groups], 'zeros');
+    const normed = this.op('InstanceNormalization', [grouped, ones, zeros], grouped.shape, x.dtype, {
+      epsilon: { kind: 'float', value: eps },
+    });
+    const back = this.reshape(normed, [...x.shape]);
+    const affineShape = [c, ...x.shape.slice(2).map(() => 1)];
+    const gamma = this.reshape(this.param(`${name}.weight`, [c]), affineShape);
+    const beta = this.reshape(this.param(`${name}.bias`, [c]), affineShape);
+    return this.add(this.mul(back, gamma), beta);
+  }
+
+  /** torch.nn.LayerNorm over the last axis with affine parameters. */
+  layerNorm(x: Value, name: string, eps: number): Value {
+    const d = x.shape[x.rank - 1];
+    const gamma = this.param(`${name}.weight`, [d]);
+    const beta = this.param(`${name}.bias`, [d]);
+    return this.op('LayerNormalization', [x, gamma, beta], x.shape, x.dtype, {
+      axis: { kind: 'int', value: -1 },
+      epsilon: { kind: 'float', value: eps },
+    });
+  }
+
+  softmax(x: Value, axis = -1): Value {
+    return this.op('Softmax', [x], x.shape, x.dtype, { axis: { kind: 'int', value: axis } });
+  }
+
+  // ---- attention -------------------------------------------------------------------------
+
+  /**
+   * softmax(QKᵀ·scale + bias)·V over `heads` heads. q [B, Sq, H·d], k/v [B, Sk, H·d] → [B, Sq, H·d].
+   * The QKᵀ and AV products are counted as `attention` MACs.
+   */
+  attention(q: Value, k: Value, v: Value, heads: number, options: { scale?: number; bias?: Value; kind?: AttentionKind } = {}): Value {
+    const [b, sq, dim] = q.shape;
+    const sk = k.shape[1];
+    const headDim = dim / heads;
+    if (!Number.isInteger(headDim)) throw new Error(`attention: ${dim} channels not divisible into ${heads} heads`);
+    const scale = options.scale ?? 1 / Math.sqrt(headDim);
+    if ((options.kind ?? this.attentionKind) === 'mha') {
+      if (options.bias) throw new Error('attention: MultiHeadAttention path takes no bias here');
+      this.macs.attention += 2 * b * heads * sq * sk * headDim;
+      const out = new Value(this.fresh('mha'), [b, sq, dim], q.dtype);
+      this.node('MultiHeadAttention', [q.name, k.name, v.name], [out.name], {
+        num_heads: { kind: 'int', value: heads },
+        scale: { kind: 'float', value: scale },
+      }, 'com.microsoft');
+      return out;
+    }
+    const qh = this.transpose(this.reshape(q, [b, sq, heads, headDim]), [0, 2, 1, 3]);
+    const kt = this.transpose(this.reshape(k, [b, sk, heads, headDim]), [0, 2, 3, 1]);
+    const vh = this.transpose(this.reshape(v, [b, sk, heads, headDim]), [0, 2, 1, 3]);
+    let scores = this.matmul(this.mul(qh, this.scalar(scale)), kt, 'attention');
+    if (options.bias) scores = this.add(scores, options.bias);
+    const out = this.matmul(this.softmax(scores), vh, 'attention');
+    return this.reshape(this.transpose(out, [0, 2, 1, 3]), [b, sq, dim]);
+  }
+
+  // ---- serialisation ---------------------------------------------------------------------
+
+  /**
+   * The ONNX model. `locate` maps a safetensors file to the external-data location written into
+   * the model (relative to the folder the .onnx file will be saved in).
+   */
+  toModel(locate: (file: string) => string): ModelProto {
+    const initializers: TensorProto[] = [...this.constants];
+    for (const [name, { ref }] of this.initializers) {
+      if (!ref.location) throw new Error(`graph ${this.name}: parameter ${name} has no stored data (shape-only source)`);
+      const dataType = ref.dtype === 'F32' ? OnnxDataType.FLOAT : ref.dtype === 'F16' ? OnnxDataType.FLOAT16 : OnnxDataType.BFLOAT16;
+      initializers.push({
+        name,
+        dims: ref.shape,
+        dataType,
+        external: { location: locate(ref.location.file), offset: ref.location.offset, length: ref.location.byteLength },
+      });
+    }
+    const opsets = [{ domain: '', version: 18 }];
+    if (this.usesContribOps) opsets.push({ domain: 'com.microsoft', version: 1 });
+    return {
+      irVersion: 9,
+      producer: 'diffusion.ts',
+      opsets,
+      graph: {
+        name: this.name,
+        nodes: this.nodes,
+        initializers,
+        inputs: this.inputs.map((v) => ({ name: v.name, elemType: ONNX_TYPE[v.dtype], shape: [...v.shape] })),
+        outputs: this.outputs.map((v) => ({ name: v.name, elemType: ONNX_TYPE[v.dtype], shape: [...v.shape] })),
+      },
+    };
+  }
+
+  /** Safetensors files this graph's parameters live in. */
+  weightFiles(): string[] {
+    const files = new Set<string>();
+    for (const { ref } of this.initializers.values()) if (ref.location) files.add(ref.location.file);
+    return [...files];
+  }
+
+  get inputValues(): readonly Value[] {
+    return this.inputs;
+  }
+  get outputValues(): readonly Value[] {
+    return this.outputs;
+  }
+  get parameterCount(): number {
+    let n = 0;
+    for (const { ref } of this.initializers.values()) n += product(ref.shape);
+    return n;
+  }
+}

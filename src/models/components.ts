@@ -1,0 +1,56 @@
+/**
+ * Opens one component of a diffusers pipeline folder as a model: checks its class is one we
+ * implement, parses its config, and binds its safetensors weights.
+ */
+import * as path from 'node:path';
+import { InputError } from '../errors.ts';
+import type { ParamSource } from '../graph/builder.ts';
+import { getComponent, openComponentWeights, readComponentConfig, type PipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
+import { weightParams } from '../weights/params.ts';
+import { AutoencoderKL, parseAutoencoderKLConfig } from './autoencoder-kl.ts';
+import { ClipTextModel, parseClipTextConfig } from './clip-text.ts';
+import { UNet2DConditionModel, parseUNetConfig } from './unet2d-condition.ts';
+
+export interface LoadedComponent<M> {
+  model: M;
+  params: ParamSource;
+  weights: WeightSet;
+  configFile: string;
+}
+
+export interface LoadOptions {
+  /** Weight file variant, e.g. "fp16" for `*.fp16.safetensors`. */
+  variant?: string;
+}
+
+function open<M>(
+  folder: PipelineFolder,
+  component: string,
+  classes: string[],
+  make: (config: Record<string, unknown>, where: string) => M,
+  options: LoadOptions,
+  prefixes?: string[],
+): LoadedComponent<M> {
+  const entry = getComponent(folder, component);
+  if (!classes.includes(entry.className)) {
+    throw new InputError(`${path.join(folder.dir, 'model_index.json')}: ${component}`, 'unsupported component class',
+      classes.join(' or '), entry.className);
+  }
+  const { config, where } = readComponentConfig(folder, component);
+  const model = make(config, where);
+  const weights = openComponentWeights(entry.dir, { variant: options.variant });
+  return { model, weights, configFile: where, params: weightParams(weights, { configFile: where, prefixes }) };
+}
+
+export function loadUNet(folder: PipelineFolder, options: LoadOptions = {}): LoadedComponent<UNet2DConditionModel> {
+  return open(folder, 'unet', ['UNet2DConditionModel'], (c, w) => new UNet2DConditionModel(parseUNetConfig(c, w)), options);
+}
+
+export function loadVae(folder: PipelineFolder, options: LoadOptions = {}): LoadedComponent<AutoencoderKL> {
+  return open(folder, 'vae', ['AutoencoderKL'], (c, w) => new AutoencoderKL(parseAutoencoderKLConfig(c, w)), options);
+}
+
+/** transformers 4.x saves CLIP keys under `text_model.`, 5.x without: accept both. */
+export function loadTextEncoder(folder: PipelineFolder, component = 'text_encoder', options: LoadOptions = {}): LoadedComponent<ClipTextModel> {
+  return open(folder, component, ['CLIPTextModel'], (c, w) => new ClipTextModel(parseClipTextConfig(c, w)), options, ['', 'text_model.']);
+}

@@ -1,0 +1,32 @@
+/**
+ * Runs a forward pass on shapes alone: builds each segment's graph (so shapes are checked and
+ * MACs counted exactly) and records one report per segment call, in call order.
+ */
+import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
+import { buildSegment, type Executor, type SegmentBuild, type SegmentReport, type ShapedTensor } from './executor.ts';
+
+/** Parameters known by shape only; enough to build graphs and count MACs. */
+export const shapeOnlyParams: ParamSource = {
+  param: (name, shape) => ({ name, shape, dtype: 'F32' }),
+};
+
+export class DryExecutor implements Executor<ShapedTensor> {
+  readonly calls: SegmentReport[] = [];
+
+  constructor(private readonly params: ParamSource = shapeOnlyParams) {}
+
+  async run(name: string, build: SegmentBuild, inputs: Record<string, ShapedTensor>): Promise<Record<string, ShapedTensor>> {
+    const g = new GraphBuilder(name, this.params);
+    const outputs = buildSegment(g, build, inputs);
+    const result: Record<string, ShapedTensor> = {};
+    for (const [key, v] of Object.entries(outputs)) result[key] = { dims: [...v.shape], type: v.dtype };
+    this.calls.push({
+      name,
+      macs: { ...g.macs },
+      parameters: g.parameterCount,
+      inputShapes: Object.fromEntries(Object.entries(inputs).map(([k, t]) => [k, t.dims])),
+      outputShapes: Object.fromEntries(Object.entries(result).map(([k, t]) => [k, t.dims])),
+    });
+    return result;
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Runs segments as ONNX Runtime sessions, one per (segment, input shapes). Models are handed to
+ * ORT as bytes whose weights are external data pointing straight into the component's
+ * safetensors files, so weights are never converted or copied on disk.
+ */
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
+import { encodeModel } from '../graph/onnx-proto.ts';
+import { buildSegment, outputName, shapeKey, type Executor, type SegmentBuild } from './executor.ts';
+
+export type Device = 'cpu' | 'webgpu';
+
+export interface RuntimeOptions {
+  device?: Device;
+  /** Intra-op threads per session (CPU). Defaults to ORT's choice (all cores). */
+  threads?: number;
+}
+
+interface CompiledSegment {
+  session: ort.InferenceSession;
+  outputKeys: string[];
+}
+
+export class OrtExecutor implements Executor<ort.Tensor> {
+  private readonly sessions = new Map<string, Promise<CompiledSegment>>();
+  /** Seconds spent in session.run per segment name, summed over calls (for profiling). */
+  readonly runSeconds = new Map<string, number>();
+
+  constructor(
+    private readonly params: ParamSource,
+    private readonly options: RuntimeOptions = {},
+  ) {}
+
+  async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>): Promise<Record<string, ort.Tensor>> {
+    const key = `${name}|${shapeKey(inputs)}`;
+    let compiled = this.sessions.get(key);
+    if (!compiled) {
+      compiled = this.compile(name, build, inputs);
+      this.sessions.set(key, compiled);
+    }
+    const { session, outputKeys } = await compiled;
+    const start = performance.now();
+    const result = await session.run(inputs);
+    this.runSeconds.set(name, (this.runSeconds.get(name) ?? 0) + (performance.now() - start) / 1000);
+    const outputs: Record<string, ort.Tensor> = {};
+    for (const key of outputKeys) outputs[key] = result[outputName(key)];
+    return outputs;
+  }
+
+  private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>): Promise<CompiledSegment> {
+    const g = new GraphBuilder(name, this.params);
+    const outputs = buildSegment(g, build, inputs);
+    const files = g.weightFiles();
+    const folders = new Set(files.map((f) => path.dirname(f)));
+    if (folders.size > 1) throw new Error(`segment ${name}: weights span several folders (${[...folders].join(', ')})`);
+    const folder = folders.values().next().value ?? process.cwd();
+    const bytes = encodeModel(g.toModel((file) => path.basename(file)));
+    const device = this.options.device ?? 'cpu';
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      executionProviders: device === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'],
+      graphOptimizationLevel: 'all',
+      ...(this.options.threads ? { intraOpNumThreads: this.options.threads, interOpNumThreads: 1 } : {}),
+      ...(device === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' as const } : {}),
+      extra: {
+        session: {
+          // Where relative external-data locations resolve (ORT refuses paths outside it).
+          model_external_initializers_file_folder_path: folder,
+          // Hundreds of sessions share the cores; idle threads must sleep, not spin.
+          intra_op: { allow_spinning: '0' },
+        },
+      },
+    };
+    const session = await ort.InferenceSession.create(bytes, sessionOptions);
+    return { session, outputKeys: Object.keys(outputs) };
+  }
+
+  async release(): Promise<void> {
+    for (const compiled of this.sessions.values()) await (await compiled).session.release();
+    this.sessions.clear();
+  }
+}

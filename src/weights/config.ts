@@ -1,0 +1,152 @@
+/**
+ * Typed readers over parsed JSON configs (config.json, scheduler_config.json, ...).
+ * Every problem is an InputError naming `file: key` with what was expected and found.
+ * A key set to null counts as absent, as diffusers treats it.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError, describe } from '../errors.ts';
+
+export type Config = Record<string, unknown>;
+
+/**
+ * `describe` for values straight out of untrusted JSON: JSON.stringify recurses, so a deeply
+ * nested value (which JSON.parse accepts) would overflow the stack instead of being described.
+ */
+export function describeValue(value: unknown): string {
+  try {
+    return describe(value);
+  } catch {
+    return Array.isArray(value) ? 'a deeply nested list' : 'a deeply nested object';
+  }
+}
+
+/** Reads and parses a JSON file; missing file or bad JSON is an InputError naming the path. */
+export function readJsonFile(filePath: string): unknown {
+  const abs = path.resolve(filePath);
+  let text: string;
+  try {
+    text = fs.readFileSync(abs, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new InputError(abs, 'file not found');
+    if (code === 'EISDIR') throw new InputError(abs, 'is a folder', 'a JSON file');
+    throw new InputError(abs, `cannot read file (${code ?? (err as Error).message})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new InputError(abs, `not valid JSON (${(err as Error).message})`);
+  }
+}
+
+/** Reads a JSON file whose top level must be an object. */
+export function readJsonObject(filePath: string): Config {
+  const value = readJsonFile(filePath);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new InputError(path.resolve(filePath), 'top level must be a JSON object', 'an object', describeValue(value));
+  }
+  return value as Config;
+}
+
+function lookup(cfg: Config, key: string): unknown {
+  return Object.prototype.hasOwnProperty.call(cfg, key) ? cfg[key] : undefined;
+}
+
+function wrongType(where: string, key: string, expected: string, found: unknown): InputError {
+  return new InputError(`${where}: ${key}`, 'wrong value', expected, describeValue(found));
+}
+
+/** Reads a required (no default) or defaulted value, checked by `accept`. */
+function read<T>(cfg: Config, key: string, where: string, expected: string,
+  accept: (v: unknown) => v is T, dflt: T | undefined): T {
+  const value = lookup(cfg, key);
+  if (value === undefined || value === null) {
+    if (dflt !== undefined) return dflt;
+    throw new InputError(`${where}: ${key}`, 'missing required key', expected);
+  }
+  if (!accept(value)) throw wrongType(where, key, expected, value);
+  return value;
+}
+
+/** Reads a value that may be absent (or null): undefined then. */
+function readOptional<T>(cfg: Config, key: string, where: string, expected: string,
+  accept: (v: unknown) => v is T): T | undefined {
+  const value = lookup(cfg, key);
+  if (value === undefined || value === null) return undefined;
+  if (!accept(value)) throw wrongType(where, key, expected, value);
+  return value;
+}
+
+const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const isInt = (v: unknown): v is number => Number.isSafeInteger(v);
+const isString = (v: unknown): v is string => typeof v === 'string';
+const isBool = (v: unknown): v is boolean => typeof v === 'boolean';
+const isStringList = (v: unknown): v is string[] => Array.isArray(v) && v.every(isString);
+const isNumberList = (v: unknown): v is number[] => Array.isArray(v) && v.every(isNumber);
+const isIntList = (v: unknown): v is number[] => Array.isArray(v) && v.every(isInt);
+
+export function cfgNumber(cfg: Config, key: string, where: string, dflt?: number): number {
+  return read(cfg, key, where, 'a finite number', isNumber, dflt);
+}
+
+export function cfgInt(cfg: Config, key: string, where: string, dflt?: number): number {
+  return read(cfg, key, where, 'an integer', isInt, dflt);
+}
+
+export function cfgString(cfg: Config, key: string, where: string, dflt?: string): string {
+  return read(cfg, key, where, 'a string', isString, dflt);
+}
+
+export function cfgBool(cfg: Config, key: string, where: string, dflt?: boolean): boolean {
+  return read(cfg, key, where, 'true or false', isBool, dflt);
+}
+
+export function cfgStringList(cfg: Config, key: string, where: string, dflt?: string[]): string[] {
+  return [...read(cfg, key, where, 'a list of strings', isStringList, dflt)];
+}
+
+export function cfgNumberList(cfg: Config, key: string, where: string, dflt?: number[]): number[] {
+  return [...read(cfg, key, where, 'a list of finite numbers', isNumberList, dflt)];
+}
+
+export function cfgIntList(cfg: Config, key: string, where: string, dflt?: number[]): number[] {
+  return [...read(cfg, key, where, 'a list of integers', isIntList, dflt)];
+}
+
+/** A string restricted to `allowed` (activation names, prediction types, ...). */
+export function cfgOneOf<T extends string>(cfg: Config, key: string, where: string, allowed: readonly T[],
+  dflt?: T): T {
+  const expected = `one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}`;
+  const accept = (v: unknown): v is T => typeof v === 'string' && (allowed as readonly string[]).includes(v);
+  return read(cfg, key, where, expected, accept, dflt);
+}
+
+/**
+ * diffusers lets per-block settings (attention_head_dim, transformer_layers_per_block, ...) be
+ * one int for all blocks or a list with one int per block; returns the per-block list.
+ */
+export function cfgIntOrIntList(cfg: Config, key: string, where: string, length: number,
+  dflt?: number | number[]): number[] {
+  const expected = `an integer or a list of ${length} integers`;
+  const value = read(cfg, key, where, expected, (v): v is number | number[] => isInt(v) || isIntList(v), dflt);
+  if (typeof value === 'number') return new Array<number>(length).fill(value);
+  if (value.length !== length) throw wrongType(where, key, expected, value);
+  return [...value];
+}
+
+export function cfgOptionalNumber(cfg: Config, key: string, where: string): number | undefined {
+  return readOptional(cfg, key, where, 'a finite number', isNumber);
+}
+
+export function cfgOptionalInt(cfg: Config, key: string, where: string): number | undefined {
+  return readOptional(cfg, key, where, 'an integer', isInt);
+}
+
+export function cfgOptionalString(cfg: Config, key: string, where: string): string | undefined {
+  return readOptional(cfg, key, where, 'a string', isString);
+}
+
+export function cfgOptionalBool(cfg: Config, key: string, where: string): boolean | undefined {
+  return readOptional(cfg, key, where, 'true or false', isBool);
+}

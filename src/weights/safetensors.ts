@@ -1,0 +1,479 @@
+/**
+ * Reading and writing the safetensors format: an 8-byte little-endian header length N,
+ * N bytes of JSON describing each tensor (dtype, shape, data_offsets relative to the
+ * end of the header), then the raw little-endian tensor bytes.
+ *
+ * Files may exceed 2 GiB, so only the header is read at open time and every tensor is
+ * fetched with positional reads.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError } from '../errors.ts';
+import { describeValue } from './config.ts';
+
+export type DType =
+  | 'F64' | 'F32' | 'F16' | 'BF16'
+  | 'I64' | 'I32' | 'I16' | 'I8'
+  | 'U64' | 'U32' | 'U16' | 'U8'
+  | 'BOOL' | 'C64'
+  | 'F8_E4M3' | 'F8_E5M2' | 'F8_E8M0'
+  | 'F6_E2M3' | 'F6_E3M2' | 'F4';
+
+/** Bits per element; the sub-byte types (F4, F6_*) are packed, as in the reference implementation. */
+const DTYPE_BITS: Readonly<Record<DType, number>> = {
+  F64: 64, F32: 32, F16: 16, BF16: 16,
+  I64: 64, I32: 32, I16: 16, I8: 8,
+  U64: 64, U32: 32, U16: 16, U8: 8,
+  BOOL: 8, C64: 64,
+  F8_E4M3: 8, F8_E5M2: 8, F8_E8M0: 8,
+  F6_E2M3: 6, F6_E3M2: 6, F4: 4,
+};
+
+export function isDType(value: unknown): value is DType {
+  return typeof value === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_BITS, value);
+}
+
+export function dtypeBits(dtype: DType): number {
+  return DTYPE_BITS[dtype];
+}
+
+export interface TensorInfo {
+  name: string;
+  dtype: DType;
+  shape: number[];
+  /** Absolute path of the file holding the tensor. */
+  file: string;
+  /** Absolute byte offset of the tensor's data in the file. */
+  offset: number;
+  byteLength: number;
+}
+
+export interface SafetensorsHeader {
+  tensors: Map<string, TensorInfo>;
+  metadata: Record<string, string>;
+  /** Byte offset in the file where tensor data begins (8 + header length). */
+  dataStart: number;
+}
+
+/** Same limit as the reference implementation; protects against absurd allocations. */
+export const MAX_HEADER_BYTES = 100_000_000;
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Header length from the first 8 bytes, as a bigint because the field is a u64. */
+function headerLengthField(bytes: Uint8Array): bigint {
+  return new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+}
+
+/**
+ * Parses and validates a safetensors header. `bytes` holds at least the start of the file
+ * (8-byte length + JSON header); `fileSize` is the whole file's size; `where` names the file
+ * in errors and becomes each tensor's `file`.
+ */
+export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, where: string): SafetensorsHeader {
+  if (fileSize < 8 || bytes.length < 8) {
+    throw new InputError(where, 'not a safetensors file: too short for the 8-byte header length',
+      'at least 8 bytes', `${Math.min(fileSize, bytes.length)} bytes`);
+  }
+  const lengthField = headerLengthField(bytes);
+  if (lengthField > BigInt(MAX_HEADER_BYTES)) {
+    throw new InputError(where, 'header length too large (corrupt or not a safetensors file)',
+      `at most ${MAX_HEADER_BYTES} bytes`, `${lengthField} bytes`);
+  }
+  const headerLength = Number(lengthField);
+  if (headerLength > fileSize - 8) {
+    throw new InputError(where, 'header length exceeds the file size (truncated file?)',
+      `at most ${fileSize - 8} bytes`, `${headerLength} bytes`);
+  }
+  if (bytes.length < 8 + headerLength) {
+    throw new InputError(where, 'header is truncated', `${headerLength} header bytes`, `${bytes.length - 8} bytes`);
+  }
+  const dataStart = 8 + headerLength;
+  const dataSize = fileSize - dataStart;
+
+  let text: string;
+  try {
+    text = utf8.decode(bytes.subarray(8, dataStart));
+  } catch {
+    throw new InputError(where, 'header is not valid UTF-8');
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    // RangeError (nesting too deep) lands here too.
+    throw new InputError(where, `header is not valid JSON (${(err as Error).message})`);
+  }
+  if (!isPlainObject(json)) {
+    throw new InputError(where, 'header is not a JSON object', 'an object', describeValue(json));
+  }
+
+  let metadata: Record<string, string> = {};
+  const tensors = new Map<string, TensorInfo>();
+  for (const [name, entry] of Object.entries(json)) {
+    if (name === '__metadata__') {
+      metadata = parseMetadata(entry, `${where}: __metadata__`);
+      continue;
+    }
+    tensors.set(name, parseTensorEntry(name, entry, where, dataStart, dataSize));
+  }
+  checkNoOverlap(tensors, where, dataStart);
+  return { tensors, metadata, dataStart };
+}
+
+function parseMetadata(entry: unknown, where: string): Record<string, string> {
+  if (!isPlainObject(entry)) {
+    throw new InputError(where, 'metadata must be an object of strings', 'an object', describeValue(entry));
+  }
+  for (const [key, value] of Object.entries(entry)) {
+    if (typeof value !== 'string') {
+      throw new InputError(`${where}.${key}`, 'metadata values must be strings', 'a string', describeValue(value));
+    }
+  }
+  // fromEntries defines own properties, so a "__proto__" key stays data, not a prototype.
+  return Object.fromEntries(Object.entries(entry)) as Record<string, string>;
+}
+
+function parseTensorEntry(name: string, entry: unknown, file: string, dataStart: number, dataSize: number): TensorInfo {
+  const where = `${file}: ${name}`;
+  if (!isPlainObject(entry)) {
+    throw new InputError(where, 'tensor entry must be an object with dtype, shape and data_offsets',
+      'an object', describeValue(entry));
+  }
+  const { dtype, shape, data_offsets: offsets } = entry;
+  if (!isDType(dtype)) {
+    throw new InputError(`${where}.dtype`, 'unknown dtype', `one of ${Object.keys(DTYPE_BITS).join(', ')}`,
+      describeValue(dtype));
+  }
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new InputError(`${where}.shape`, 'invalid shape', 'an array of non-negative integers', describeValue(shape));
+  }
+  if (!Array.isArray(offsets) || offsets.length !== 2 ||
+      !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
+    throw new InputError(`${where}.data_offsets`, 'invalid data_offsets',
+      '[begin, end] non-negative integers', describeValue(offsets));
+  }
+  const [begin, end] = offsets as [number, number];
+  if (begin > end) {
+    throw new InputError(`${where}.data_offsets`, 'begin is after end', 'begin <= end', describeValue(offsets));
+  }
+  if (end > dataSize) {
+    throw new InputError(`${where}.data_offsets`, 'tensor data extends past the end of the file (truncated file?)',
+      `end <= ${dataSize}`, `${end}`);
+  }
+  let elements = 1;
+  for (const d of shape as number[]) {
+    elements *= d;
+    if (elements > Number.MAX_SAFE_INTEGER) {
+      throw new InputError(`${where}.shape`, 'shape has too many elements', 'a size that fits the file',
+        describeValue(shape));
+    }
+  }
+  const bits = elements * DTYPE_BITS[dtype];
+  if (bits > Number.MAX_SAFE_INTEGER || bits % 8 !== 0 || bits / 8 !== end - begin) {
+    throw new InputError(where, 'shape and dtype do not match the data size',
+      `${elements} elements of ${dtype} = ${bits / 8} bytes`, `${end - begin} bytes`);
+  }
+  return { name, dtype, shape: [...(shape as number[])], file, offset: dataStart + begin, byteLength: end - begin };
+}
+
+function checkNoOverlap(tensors: Map<string, TensorInfo>, where: string, dataStart: number): void {
+  // Empty tensors occupy no bytes, so they cannot overlap anything.
+  const sorted = [...tensors.values()].filter((t) => t.byteLength > 0).sort((a, b) => a.offset - b.offset);
+  for (let i = 1; i < sorted.length; i++) {
+    const prev = sorted[i - 1];
+    const cur = sorted[i];
+    if (cur.offset < prev.offset + prev.byteLength) {
+      throw new InputError(`${where}: ${cur.name}.data_offsets`, `tensor data overlaps tensor "${prev.name}"`,
+        `begin >= ${prev.offset + prev.byteLength - dataStart}`, `${cur.offset - dataStart}`);
+    }
+  }
+}
+
+/** Largest single read/write; Node refuses lengths of 2 GiB and more. */
+const IO_CHUNK = 1 << 30;
+
+function readExactly(fd: number, target: ArrayBufferView, position: number, where: string): void {
+  const bytes = new Uint8Array(target.buffer, target.byteOffset, target.byteLength);
+  let done = 0;
+  while (done < bytes.length) {
+    const n = fs.readSync(fd, bytes, done, Math.min(IO_CHUNK, bytes.length - done), position + done);
+    if (n === 0) {
+      throw new InputError(where, 'file ended early (truncated or changed while reading?)',
+        `${bytes.length} bytes at offset ${position}`, `${done} bytes`);
+    }
+    done += n;
+  }
+}
+
+export class SafetensorsFile {
+  readonly path: string;
+  readonly tensors: Map<string, TensorInfo>;
+  readonly metadata: Record<string, string>;
+  readonly dataStart: number;
+  private fd: number | null;
+
+  private constructor(filePath: string, fd: number, header: SafetensorsHeader) {
+    this.path = filePath;
+    this.fd = fd;
+    this.tensors = header.tensors;
+    this.metadata = header.metadata;
+    this.dataStart = header.dataStart;
+  }
+
+  /** Opens a file and reads its header only. */
+  static open(filePath: string): SafetensorsFile {
+    const abs = path.resolve(filePath);
+    let fd: number;
+    try {
+      fd = fs.openSync(abs, 'r');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new InputError(abs, 'safetensors file not found');
+      throw new InputError(abs, `cannot open safetensors file (${code ?? (err as Error).message})`);
+    }
+    try {
+      const stat = fs.fstatSync(fd);
+      if (!stat.isFile()) throw new InputError(abs, 'not a regular file', 'a .safetensors file');
+      const size = stat.size;
+      const head = new Uint8Array(Math.min(8, size));
+      readExactly(fd, head, 0, abs);
+      let bytes = head;
+      if (size >= 8) {
+        const n = headerLengthField(head);
+        // Only read the header when its length is plausible; otherwise the parser reports why not.
+        if (n <= BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) {
+          bytes = new Uint8Array(8 + Number(n));
+          bytes.set(head);
+          readExactly(fd, bytes.subarray(8), 8, abs);
+        }
+      }
+      return new SafetensorsFile(abs, fd, parseSafetensorsHeader(bytes, size, abs));
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  info(name: string): TensorInfo {
+    const info = this.tensors.get(name);
+    if (info === undefined) throw new InputError(this.path, `missing tensor "${name}"`);
+    return info;
+  }
+
+  /** The tensor's raw little-endian bytes, in a buffer of its own (not pooled). */
+  readRaw(name: string): Buffer {
+    const info = this.info(name);
+    const out = Buffer.allocUnsafeSlow(info.byteLength);
+    readExactly(this.openFd(), out, info.offset, this.path);
+    return out;
+  }
+
+  /** The tensor converted to float32; F32, F16, BF16 and F64 are accepted. */
+  readFloat32(name: string): Float32Array {
+    const info = this.info(name);
+    const fd = this.openFd();
+    const count = info.byteLength / (DTYPE_BITS[info.dtype] / 8);
+    switch (info.dtype) {
+      case 'F32': {
+        const out = new Float32Array(count);
+        readExactly(fd, out, info.offset, this.path);
+        return out;
+      }
+      case 'F16':
+      case 'BF16': {
+        const half = new Uint16Array(count);
+        readExactly(fd, half, info.offset, this.path);
+        return info.dtype === 'F16' ? float16ToFloat32(half) : bfloat16ToFloat32(half);
+      }
+      case 'F64': {
+        const wide = new Float64Array(count);
+        readExactly(fd, wide, info.offset, this.path);
+        return Float32Array.from(wide);
+      }
+      default:
+        throw new InputError(`${this.path}: ${name}`, 'tensor is not floating point', 'F32, F16, BF16 or F64',
+          info.dtype);
+    }
+  }
+
+  close(): void {
+    if (this.fd !== null) {
+      fs.closeSync(this.fd);
+      this.fd = null;
+    }
+  }
+
+  private openFd(): number {
+    if (this.fd === null) throw new Error(`${this.path}: safetensors file already closed`);
+    return this.fd;
+  }
+}
+
+export type WritableDType = 'F32' | 'F16' | 'BF16' | 'I64' | 'I32';
+
+export interface TensorToWrite {
+  dtype: WritableDType;
+  shape: number[];
+  data: ArrayBufferView;
+}
+
+/**
+ * Writes a safetensors file atomically (temp file + rename). Tensors are laid out by
+ * decreasing element size after a header padded to 8 bytes, so every tensor is aligned.
+ */
+export function writeSafetensors(filePath: string, tensors: Record<string, TensorToWrite>,
+  metadata?: Record<string, string>): void {
+  const abs = path.resolve(filePath);
+  const header: Record<string, unknown> = {};
+  if (metadata !== undefined) {
+    for (const [key, value] of Object.entries(metadata)) {
+      if (typeof value !== 'string') {
+        throw new InputError(`${abs}: __metadata__.${key}`, 'metadata values must be strings', 'a string',
+          describeValue(value));
+      }
+    }
+    header.__metadata__ = metadata;
+  }
+  const order = Object.keys(tensors).sort((a, b) => DTYPE_BITS[tensors[b].dtype] - DTYPE_BITS[tensors[a].dtype]);
+  let offset = 0;
+  for (const name of order) {
+    const where = `${abs}: ${name}`;
+    if (name === '__metadata__') throw new InputError(where, 'tensor name is reserved for metadata');
+    const { dtype, shape, data } = tensors[name];
+    if (!['F32', 'F16', 'BF16', 'I64', 'I32'].includes(dtype)) {
+      throw new InputError(`${where}.dtype`, 'unsupported dtype for writing', 'F32, F16, BF16, I64 or I32',
+        describeValue(dtype));
+    }
+    if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw new InputError(`${where}.shape`, 'invalid shape', 'non-negative integers', describeValue(shape));
+    }
+    const bytes = shape.reduce((n, d) => n * d, 1) * (DTYPE_BITS[dtype] / 8);
+    if (bytes !== data.byteLength) {
+      throw new InputError(where, 'data size does not match shape and dtype', `${bytes} bytes`,
+        `${data.byteLength} bytes`);
+    }
+    // Using Object.defineProperty keeps a tensor called "__proto__" an ordinary key.
+    Object.defineProperty(header, name, {
+      value: { dtype, shape, data_offsets: [offset, offset + bytes] },
+      enumerable: true, writable: true, configurable: true,
+    });
+    offset += bytes;
+  }
+
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const padded = Math.ceil(json.length / 8) * 8;
+  const head = Buffer.alloc(8 + padded, 0x20);
+  head.writeBigUInt64LE(BigInt(padded), 0);
+  json.copy(head, 8);
+
+  const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.${process.pid}.${Date.now()}.tmp`);
+  let fd: number | null = null;
+  try {
+    fd = fs.openSync(tmp, 'w');
+    writeAll(fd, head);
+    for (const name of order) {
+      const { data } = tensors[name];
+      writeAll(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    }
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = null;
+    fs.renameSync(tmp, abs);
+  } catch (err) {
+    if (fd !== null) fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  let done = 0;
+  while (done < bytes.length) {
+    done += fs.writeSync(fd, bytes, done, Math.min(IO_CHUNK, bytes.length - done));
+  }
+}
+
+let f16Table: Uint32Array | null = null;
+
+/** f32 bit patterns for all 65536 half values; built once, 256 KiB. */
+function halfToFloatBits(): Uint32Array {
+  if (f16Table !== null) return f16Table;
+  const table = new Uint32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = (h & 0x8000) << 16;
+    const exp = (h >> 10) & 0x1f;
+    let mant = h & 0x3ff;
+    if (exp === 0x1f) {
+      table[h] = sign | 0x7f800000 | (mant << 13); // inf / NaN, payload kept
+    } else if (exp !== 0) {
+      table[h] = sign | ((exp + 112) << 23) | (mant << 13);
+    } else if (mant === 0) {
+      table[h] = sign; // signed zero
+    } else {
+      // Subnormal half: shift until the implicit bit appears, lowering the exponent each time.
+      let e = 113;
+      while ((mant & 0x400) === 0) {
+        mant <<= 1;
+        e--;
+      }
+      table[h] = sign | (e << 23) | ((mant & 0x3ff) << 13);
+    }
+  }
+  f16Table = table;
+  return table;
+}
+
+export function float16ToFloat32(half: Uint16Array): Float32Array {
+  const table = halfToFloatBits();
+  const out = new Float32Array(half.length);
+  const bits = new Uint32Array(out.buffer);
+  for (let i = 0; i < half.length; i++) bits[i] = table[half[i]];
+  return out;
+}
+
+export function bfloat16ToFloat32(half: Uint16Array): Float32Array {
+  const out = new Float32Array(half.length);
+  const bits = new Uint32Array(out.buffer);
+  for (let i = 0; i < half.length; i++) bits[i] = half[i] << 16;
+  return out;
+}
+
+/** Converts to IEEE half precision, rounding to nearest even; overflow gives ±inf, NaN stays NaN. */
+export function float32ToFloat16(values: Float32Array): Uint16Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = floatBitsToHalf(bits[i]);
+  return out;
+}
+
+function roundShift(value: number, shift: number): number {
+  const q = value >>> shift;
+  const rest = value & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  return rest > half || (rest === half && (q & 1) === 1) ? q + 1 : q;
+}
+
+function floatBitsToHalf(x: number): number {
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const mant = x & 0x7fffff;
+  if (exp === 0xff) {
+    // Keep the top payload bits; set the quiet bit so a NaN never collapses into inf.
+    return mant === 0 ? sign | 0x7c00 : sign | 0x7e00 | (mant >>> 13);
+  }
+  const e = exp - 112; // rebias 127 -> 15
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    // Result is subnormal (or zero): the value in units of 2^-24 is (1.mant) >> (14 - e).
+    const shift = 14 - e;
+    if (shift > 24) return sign;
+    return sign | roundShift(mant | 0x800000, shift);
+  }
+  // A carry out of the mantissa correctly bumps the exponent (up to inf).
+  return sign | roundShift((e << 23) | mant, 13);
+}

@@ -1,0 +1,68 @@
+/**
+ * Conformance of each model component with diffusers/transformers on the tiny fixtures
+ * (goldens made by tools/reference/make_fixtures.py).
+ */
+import { test } from 'node:test';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { OrtExecutor } from '../src/runtime/ort-executor.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { loadTextEncoder, loadUNet, loadVae } from '../src/models/components.ts';
+import { assertClose } from './helpers/compare.ts';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+const TOLERANCE = 1e-4;
+
+function goldens(fixture: string, part: string) {
+  const file = SafetensorsFile.open(path.join(FIXTURES, 'goldens', `${fixture}-${part}.safetensors`));
+  const f32 = (name: string) => {
+    const info = file.tensors.get(name)!;
+    return new ort.Tensor('float32', file.readFloat32(name), info.shape);
+  };
+  const i64 = (name: string) => {
+    const info = file.tensors.get(name)!;
+    const raw = file.readRaw(name);
+    return new ort.Tensor('int64', new BigInt64Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)), info.shape);
+  };
+  return { f32, i64 };
+}
+
+const timestep = (t: number, batch: number) => new ort.Tensor('float32', new Float32Array(batch).fill(t), [batch]);
+
+for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
+  const folder = readPipelineFolder(path.join(FIXTURES, fixture));
+
+  test(`${fixture}: CLIP text encoder equals transformers`, async () => {
+    const { model, params } = loadTextEncoder(folder);
+    const g = goldens(fixture, 'text_encoder');
+    const out = await model.forward(new OrtExecutor(params), g.i64('input_ids'));
+    assertClose(out.lastHiddenState.data as Float32Array, g.f32('last_hidden_state').data as Float32Array, TOLERANCE, 'last_hidden_state');
+    assertClose(out.penultimateHiddenState.data as Float32Array, g.f32('penultimate').data as Float32Array, TOLERANCE, 'penultimate');
+    assertClose(out.pooled.data as Float32Array, g.f32('pooler_output').data as Float32Array, TOLERANCE, 'pooler_output');
+  });
+
+  test(`${fixture}: U-Net forward (CFG batch of 2) equals diffusers`, async () => {
+    const { model, params } = loadUNet(folder);
+    const g = goldens(fixture, 'unet');
+    const exec = new OrtExecutor(params);
+    const context = g.f32('encoder_hidden_states');
+    for (const [t, name] of [[999, 'out_t999'], [301, 'out_t301']] as const) {
+      const out = await model.forward(exec, g.f32('sample'), timestep(t, 2), context);
+      assertClose(out.data as Float32Array, g.f32(name).data as Float32Array, TOLERANCE, `${name}`);
+    }
+    const odd = await model.forward(exec, g.f32('sample_odd'), timestep(500, 2), context);
+    assertClose(odd.data as Float32Array, g.f32('out_odd').data as Float32Array, TOLERANCE, 'out_odd (14×18 latent)');
+  });
+
+  test(`${fixture}: VAE encode and decode equal diffusers`, async () => {
+    const { model, params } = loadVae(folder);
+    const g = goldens(fixture, 'vae');
+    const exec = new OrtExecutor(params);
+    const { mean, std } = await model.encode(exec, g.f32('image'));
+    assertClose(mean.data as Float32Array, g.f32('latent_mean').data as Float32Array, TOLERANCE, 'latent mean');
+    assertClose(std.data as Float32Array, g.f32('latent_std').data as Float32Array, TOLERANCE, 'latent std');
+    const decoded = await model.decode(exec, g.f32('latents'));
+    assertClose(decoded.data as Float32Array, g.f32('decoded').data as Float32Array, TOLERANCE, 'decoded image');
+  });
+}
