@@ -18,6 +18,12 @@ export class InputError extends Error {
 /** Short printable form of an arbitrary JSON value for error messages. */
 export function describe(value: unknown): string {
   if (value === undefined) return 'nothing';
-  const text = JSON.stringify(value);
+  let text: string;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    // JSON.parse accepts nesting deeper than JSON.stringify can recurse.
+    return Array.isArray(value) ? 'a deeply nested list' : 'a deeply nested object';
+  }
   return text.length > 60 ? text.slice(0, 57) + '...' : text;
 }

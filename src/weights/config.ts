@@ -9,18 +9,6 @@ import { InputError, describe } from '../errors.ts';
 
 export type Config = Record<string, unknown>;
 
-/**
- * `describe` for values straight out of untrusted JSON: JSON.stringify recurses, so a deeply
- * nested value (which JSON.parse accepts) would overflow the stack instead of being described.
- */
-export function describeValue(value: unknown): string {
-  try {
-    return describe(value);
-  } catch {
-    return Array.isArray(value) ? 'a deeply nested list' : 'a deeply nested object';
-  }
-}
-
 /** Reads and parses a JSON file; missing file or bad JSON is an InputError naming the path. */
 export function readJsonFile(filePath: string): unknown {
   const abs = path.resolve(filePath);
@@ -44,7 +32,7 @@ export function readJsonFile(filePath: string): unknown {
 export function readJsonObject(filePath: string): Config {
   const value = readJsonFile(filePath);
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new InputError(path.resolve(filePath), 'top level must be a JSON object', 'an object', describeValue(value));
+    throw new InputError(path.resolve(filePath), 'top level must be a JSON object', 'an object', describe(value));
   }
   return value as Config;
 }
@@ -54,7 +42,7 @@ function lookup(cfg: Config, key: string): unknown {
 }
 
 function wrongType(where: string, key: string, expected: string, found: unknown): InputError {
-  return new InputError(`${where}: ${key}`, 'wrong value', expected, describeValue(found));
+  return new InputError(`${where}: ${key}`, 'wrong value', expected, describe(found));
 }
 
 /** Reads a required (no default) or defaulted value, checked by `accept`. */

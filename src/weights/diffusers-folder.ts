@@ -5,8 +5,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { InputError } from '../errors.ts';
-import { describeValue, readJsonObject, type Config } from './config.ts';
+import { InputError, describe } from '../errors.ts';
+import { readJsonObject, type Config } from './config.ts';
 import { SafetensorsFile, type TensorInfo } from './safetensors.ts';
 
 /** The weights of one component, possibly spread over several shard files. */
@@ -85,14 +85,14 @@ export function openShardedWeights(indexPath: string): WeightSet {
   const map = index.weight_map;
   if (typeof map !== 'object' || map === null || Array.isArray(map)) {
     throw new InputError(`${abs}: weight_map`, 'missing or not an object', 'an object of tensor name -> shard file',
-      describeValue(map));
+      describe(map));
   }
   const shards: string[] = [];
   for (const [name, shard] of Object.entries(map)) {
     if (typeof shard !== 'string' || shard === '' || path.isAbsolute(shard) ||
         shard.split(/[\\/]/).includes('..')) {
       throw new InputError(`${abs}: weight_map.${name}`, 'invalid shard file name',
-        'a file name inside the same folder', describeValue(shard));
+        'a file name inside the same folder', describe(shard));
     }
     if (!shards.includes(shard)) shards.push(shard);
   }
@@ -200,11 +200,11 @@ export function readPipelineFolder(dir: string): PipelineFolder {
   const className = index._class_name;
   if (typeof className !== 'string' || className === '') {
     throw new InputError(`${indexPath}: _class_name`, 'missing or invalid pipeline class name', 'a string',
-      describeValue(className));
+      describe(className));
   }
   const version = index._diffusers_version;
   if (version !== undefined && typeof version !== 'string') {
-    throw new InputError(`${indexPath}: _diffusers_version`, 'invalid version', 'a string', describeValue(version));
+    throw new InputError(`${indexPath}: _diffusers_version`, 'invalid version', 'a string', describe(version));
   }
 
   const components: Record<string, PipelineComponent | null> = {};
@@ -223,7 +223,7 @@ export function readPipelineFolder(dir: string): PipelineFolder {
     if (value.length !== 2 || typeof value[0] !== 'string' || typeof value[1] !== 'string' ||
         value[0] === '' || value[1] === '') {
       throw new InputError(`${indexPath}: ${key}`, 'malformed component entry',
-        '["library", "ClassName"] or [null, null]', describeValue(value));
+        '["library", "ClassName"] or [null, null]', describe(value));
     }
     if (key.includes('/') || key.includes('\\') || key === '.' || key === '..') {
       throw new InputError(`${indexPath}: ${key}`, 'component name is not a plain folder name');

@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
-import { describeValue } from './config.ts';
+import { describe } from '../errors.ts';
 
 export type DType =
   | 'F64' | 'F32' | 'F16' | 'BF16'
@@ -109,7 +109,7 @@ export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, wher
     throw new InputError(where, `header is not valid JSON (${(err as Error).message})`);
   }
   if (!isPlainObject(json)) {
-    throw new InputError(where, 'header is not a JSON object', 'an object', describeValue(json));
+    throw new InputError(where, 'header is not a JSON object', 'an object', describe(json));
   }
 
   let metadata: Record<string, string> = {};
@@ -127,11 +127,11 @@ export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, wher
 
 function parseMetadata(entry: unknown, where: string): Record<string, string> {
   if (!isPlainObject(entry)) {
-    throw new InputError(where, 'metadata must be an object of strings', 'an object', describeValue(entry));
+    throw new InputError(where, 'metadata must be an object of strings', 'an object', describe(entry));
   }
   for (const [key, value] of Object.entries(entry)) {
     if (typeof value !== 'string') {
-      throw new InputError(`${where}.${key}`, 'metadata values must be strings', 'a string', describeValue(value));
+      throw new InputError(`${where}.${key}`, 'metadata values must be strings', 'a string', describe(value));
     }
   }
   // fromEntries defines own properties, so a "__proto__" key stays data, not a prototype.
@@ -142,24 +142,24 @@ function parseTensorEntry(name: string, entry: unknown, file: string, dataStart:
   const where = `${file}: ${name}`;
   if (!isPlainObject(entry)) {
     throw new InputError(where, 'tensor entry must be an object with dtype, shape and data_offsets',
-      'an object', describeValue(entry));
+      'an object', describe(entry));
   }
   const { dtype, shape, data_offsets: offsets } = entry;
   if (!isDType(dtype)) {
     throw new InputError(`${where}.dtype`, 'unknown dtype', `one of ${Object.keys(DTYPE_BITS).join(', ')}`,
-      describeValue(dtype));
+      describe(dtype));
   }
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw new InputError(`${where}.shape`, 'invalid shape', 'an array of non-negative integers', describeValue(shape));
+    throw new InputError(`${where}.shape`, 'invalid shape', 'an array of non-negative integers', describe(shape));
   }
   if (!Array.isArray(offsets) || offsets.length !== 2 ||
       !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
     throw new InputError(`${where}.data_offsets`, 'invalid data_offsets',
-      '[begin, end] non-negative integers', describeValue(offsets));
+      '[begin, end] non-negative integers', describe(offsets));
   }
   const [begin, end] = offsets as [number, number];
   if (begin > end) {
-    throw new InputError(`${where}.data_offsets`, 'begin is after end', 'begin <= end', describeValue(offsets));
+    throw new InputError(`${where}.data_offsets`, 'begin is after end', 'begin <= end', describe(offsets));
   }
   if (end > dataSize) {
     throw new InputError(`${where}.data_offsets`, 'tensor data extends past the end of the file (truncated file?)',
@@ -170,7 +170,7 @@ function parseTensorEntry(name: string, entry: unknown, file: string, dataStart:
     elements *= d;
     if (elements > Number.MAX_SAFE_INTEGER) {
       throw new InputError(`${where}.shape`, 'shape has too many elements', 'a size that fits the file',
-        describeValue(shape));
+        describe(shape));
     }
   }
   const bits = elements * DTYPE_BITS[dtype];
@@ -334,7 +334,7 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
     for (const [key, value] of Object.entries(metadata)) {
       if (typeof value !== 'string') {
         throw new InputError(`${abs}: __metadata__.${key}`, 'metadata values must be strings', 'a string',
-          describeValue(value));
+          describe(value));
       }
     }
     header.__metadata__ = metadata;
@@ -347,10 +347,10 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
     const { dtype, shape, data } = tensors[name];
     if (!['F32', 'F16', 'BF16', 'I64', 'I32'].includes(dtype)) {
       throw new InputError(`${where}.dtype`, 'unsupported dtype for writing', 'F32, F16, BF16, I64 or I32',
-        describeValue(dtype));
+        describe(dtype));
     }
     if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw new InputError(`${where}.shape`, 'invalid shape', 'non-negative integers', describeValue(shape));
+      throw new InputError(`${where}.shape`, 'invalid shape', 'non-negative integers', describe(shape));
     }
     const bytes = shape.reduce((n, d) => n * d, 1) * (DTYPE_BITS[dtype] / 8);
     if (bytes !== data.byteLength) {

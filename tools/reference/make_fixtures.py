@@ -48,6 +48,7 @@ PROMPTS = [
     "3 cats and 1024 dogs in 2023, pi is 3.14159",
     "  lots   of\twhitespace \n\n and\r\nnewlines  ",
     "non\u00a0breaking, next\u0085line, zero\u200bwidth and bom\ufeffhere",
+    "bom next to symbols ]\ufeff[ (\ufeff) and <|endoftext|>> too",
     "caf\u00e9 r\u00e9sum\u00e9 na\u00efve \u00c5ngstr\u00f6m",
     "decomposed cafe\u0301 and A\u030angstrom",
     "\u0130stanbul \u03a3\u038a\u03a3\u03a5\u03a6\u039f\u03a3 stra\u00dfe",

@@ -1,0 +1,304 @@
+/**
+ * The CLIP BPE tokenizer of Stable Diffusion folders, giving the ids transformers' CLIPTokenizer
+ * (5.x, backed by the Rust `tokenizers` crate) gives for the same files.
+ *
+ * The tokenization itself is done by @huggingface/tokenizers (pure JS), fed the tokenizer.json
+ * that transformers would build from vocab.json / merges.txt. This module reads those files, works
+ * out the special tokens the way transformers does, and adds SD's truncation and padding.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { describe, InputError } from '../errors.ts';
+
+const BOS = '<|startoftext|>';
+const EOS = '<|endoftext|>';
+/** CLIP's context length; also every SD text encoder's number of positions. */
+const CLIP_CONTEXT = 77;
+/** transformers writes ~1e30 as model_max_length when a tokenizer has no limit. */
+const NO_LIMIT = 1e12;
+/**
+ * CLIPTokenizer's pre-tokenizer: contractions, letter runs, single digits, other-symbol runs.
+ * transformers writes `\s` where this has a space: the normalizer has already turned every
+ * Oniguruma whitespace run into one space, and JavaScript's `\s` differs (it includes U+FEFF).
+ */
+const CLIP_SPLIT =
+  "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^ \\p{L}\\p{N}]+";
+/**
+ * The GPT-2 split that transformers' ByteLevel pre-tokenizer (use_regex) applies to each piece
+ * again; it only changes a literal `<|endoftext|>` that was not matched as a special token
+ * (`<|`, `endoftext`, `|>`). Given here without its whitespace alternatives (pieces have none)
+ * because the library's ByteLevel hard-codes it with JavaScript's `\s`.
+ */
+const GPT2_SPLIT = "'s|'t|'re|'ve|'m|'ll|'d|\\p{L}+|\\p{N}+|[^ \\p{L}\\p{N}]+";
+/** transformers' order of the named special tokens; it decides which duplicate wins. */
+const SPECIAL_KEYS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'];
+/** CLIPTokenizer's constructor defaults. */
+const CLIP_DEFAULTS: Record<string, string> = { bos_token: BOS, eos_token: EOS, unk_token: EOS, pad_token: EOS };
+
+interface AddedTokenSpec {
+  content: string;
+  normalized: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+  single_word: boolean;
+  special: boolean;
+}
+
+/** A special token as written in a config: a plain string, or an AddedToken object. */
+type TokenValue = string | AddedTokenSpec;
+
+export class ClipTokenizer {
+  readonly maxLength: number;
+  readonly bosTokenId: number;
+  readonly eosTokenId: number;
+  readonly padTokenId: number;
+  private readonly tokenizer: Tokenizer;
+
+  private constructor(tokenizer: Tokenizer, ids: { max: number; bos: number; eos: number; pad: number }) {
+    this.tokenizer = tokenizer;
+    this.maxLength = ids.max;
+    this.bosTokenId = ids.bos;
+    this.eosTokenId = ids.eos;
+    this.padTokenId = ids.pad;
+  }
+
+  /** Reads a diffusers `tokenizer/` folder: vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json. */
+  static fromFolder(dir: string): ClipTokenizer {
+    const vocabFile = path.join(dir, 'vocab.json');
+    const mergesFile = path.join(dir, 'merges.txt');
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const mapFile = path.join(dir, 'special_tokens_map.json');
+
+    const vocab = parseVocab(vocabFile, readJson(vocabFile, true));
+    const merges = parseMerges(mergesFile, readText(mergesFile, true)!, vocab);
+    const config = asObject(configFile, readJson(configFile, false) ?? {});
+    const map = asObject(mapFile, readJson(mapFile, false) ?? {});
+
+    // transformers: when tokenizer_config.json lists added_tokens_decoder, special_tokens_map.json is not read.
+    const decoder = config.added_tokens_decoder;
+    const added = new Map<string, { id: number; spec: AddedTokenSpec }>();
+    if (decoder !== undefined) {
+      for (const [id, value] of Object.entries(asObject(`${configFile}: added_tokens_decoder`, decoder))) {
+        const spec = tokenValue(`${configFile}: added_tokens_decoder.${id}`, value, false);
+        if (typeof spec === 'string' || !/^\d+$/.test(id)) {
+          throw new InputError(`${configFile}: added_tokens_decoder.${id}`, 'is not an added token',
+            'a numeric id mapped to an object with "content"', describe(value));
+        }
+        added.set(spec.content, { id: Number(id), spec });
+      }
+    }
+    const named = new Map<string, TokenValue>();
+    for (const key of SPECIAL_KEYS) {
+      const fromMap = decoder === undefined ? map[key] : undefined;
+      if (fromMap !== undefined && fromMap !== null) named.set(key, tokenValue(`${mapFile}: ${key}`, fromMap, true));
+      else if (config[key] !== undefined && config[key] !== null) named.set(key, tokenValue(`${configFile}: ${key}`, config[key], false));
+      else if (CLIP_DEFAULTS[key] !== undefined) named.set(key, CLIP_DEFAULTS[key]);
+    }
+
+    // As transformers registers them: named tokens not already added, skipping one equal to an
+    // earlier one (strings equal strings, tokens equal tokens, by content); a later registration
+    // of the same content replaces the flags of an earlier one.
+    const queued: TokenValue[] = [];
+    for (const value of named.values()) {
+      const content = contentOf(value);
+      if (added.has(content)) continue;
+      if (queued.some((q) => typeof q === typeof value && contentOf(q) === content)) continue;
+      queued.push(value);
+    }
+    const fromNamed = new Map<string, AddedTokenSpec>();
+    for (const value of queued) {
+      fromNamed.set(contentOf(value), typeof value === 'string' ? plainSpecial(value) : { ...value, special: true });
+    }
+    for (const [content, spec] of fromNamed) {
+      if (!Object.hasOwn(vocab, content)) {
+        throw new InputError(dir, `special token ${JSON.stringify(content)} is not in vocab.json`);
+      }
+      added.set(content, { id: vocab[content], spec });
+    }
+
+    const idOf = (key: string): number => added.get(contentOf(named.get(key)!))!.id;
+    const tokenizer = new Tokenizer(tokenizerJson(vocab, merges, added, named), {});
+    return new ClipTokenizer(tokenizer, {
+      max: maxLength(configFile, config.model_max_length),
+      bos: idOf('bos_token'),
+      eos: idOf('eos_token'),
+      pad: idOf('pad_token'),
+    });
+  }
+
+  /** Ids as the SD pipeline asks for them: BOS … EOS, truncated and padded to `maxLength`. */
+  encode(text: string): number[] {
+    const ids = this.encodeUntruncated(text);
+    if (ids.length > this.maxLength) {
+      // transformers truncates the text's tokens, then adds BOS/EOS: EOS always ends the row.
+      return [...ids.slice(0, this.maxLength - 1), this.eosTokenId];
+    }
+    return ids.concat(new Array<number>(this.maxLength - ids.length).fill(this.padTokenId));
+  }
+
+  /** BOS, the text's tokens, EOS: no truncation, no padding. */
+  encodeUntruncated(text: string): number[] {
+    return this.tokenizer.encode(text).ids;
+  }
+}
+
+/** The tokenizer.json transformers' CLIPTokenizer builds, in the shape @huggingface/tokenizers reads. */
+function tokenizerJson(
+  vocab: Record<string, number>,
+  merges: [string, string][],
+  added: Map<string, { id: number; spec: AddedTokenSpec }>,
+  named: Map<string, TokenValue>,
+): object {
+  const bos = contentOf(named.get('bos_token')!);
+  const eos = contentOf(named.get('eos_token')!);
+  return {
+    added_tokens: [...added.values()].sort((a, b) => a.id - b.id).map(({ id, spec }) => ({ id, ...spec })),
+    normalizer: {
+      type: 'Sequence',
+      normalizers: [
+        { type: 'NFC' },
+        { type: 'Replace', pattern: { Regex: '\\s+' }, content: ' ' },
+        // Rust lower-cases char by char, so a word-final Σ becomes σ, not the ς that JS's
+        // context-aware toLowerCase (used by the library's Lowercase) would give.
+        { type: 'Replace', pattern: { String: '\u03a3' }, content: '\u03c3' },
+        { type: 'Lowercase' },
+      ],
+    },
+    pre_tokenizer: {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: CLIP_SPLIT }, behavior: 'Removed', invert: true },
+        { type: 'Split', pattern: { Regex: GPT2_SPLIT }, behavior: 'Removed', invert: true },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+      ],
+    },
+    post_processor: {
+      type: 'RobertaProcessing',
+      sep: [eos, added.get(eos)!.id],
+      cls: [bos, added.get(bos)!.id],
+      trim_offsets: false,
+      add_prefix_space: false,
+    },
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: contentOf(named.get('unk_token')!),
+      continuing_subword_prefix: '',
+      end_of_word_suffix: '</w>',
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges,
+    },
+  };
+}
+
+function readText(file: string, required: boolean): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (!required) return undefined;
+      throw new InputError(file, 'is missing', 'a CLIP tokenizer folder with vocab.json and merges.txt');
+    }
+    throw new InputError(file, `cannot be read (${(err as Error).message})`);
+  }
+}
+
+function readJson(file: string, required: boolean): unknown {
+  const text = readText(file, required);
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new InputError(file, `is not valid JSON (${(err as Error).message})`);
+  }
+}
+
+function asObject(where: string, value: unknown): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new InputError(where, 'has the wrong type', 'a JSON object', describe(value));
+  }
+  return value as Record<string, unknown>;
+}
+
+function parseVocab(file: string, value: unknown): Record<string, number> {
+  const vocab = asObject(file, value);
+  for (const [token, id] of Object.entries(vocab)) {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
+      throw new InputError(file, `token ${JSON.stringify(token)} has a bad id`, 'a non-negative integer', describe(id));
+    }
+  }
+  return vocab as Record<string, number>;
+}
+
+/** merges.txt as the Rust crate reads it: "#version" lines skipped, every other line "left right". */
+function parseMerges(file: string, text: string, vocab: Record<string, number>): [string, string][] {
+  const lines = text.split('\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  const merges: [string, string][] = [];
+  lines.forEach((raw, i) => {
+    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    if (line.startsWith('#version')) return;
+    const parts = line.split(' ');
+    const where = `${file}:${i + 1}`;
+    if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
+      throw new InputError(where, 'is not a merge', 'two tokens separated by one space', describe(line));
+    }
+    for (const token of [parts[0], parts[1], parts[0] + parts[1]]) {
+      if (!Object.hasOwn(vocab, token)) {
+        throw new InputError(where, `token ${JSON.stringify(token)} is not in vocab.json`);
+      }
+    }
+    merges.push([parts[0], parts[1]]);
+  });
+  return merges;
+}
+
+/**
+ * A special token from a config. transformers forces `special` on tokens from
+ * special_tokens_map.json; elsewhere an unset `normalized` defaults to `!special`.
+ */
+function tokenValue(where: string, value: unknown, forceSpecial: boolean): TokenValue {
+  if (typeof value === 'string') return value;
+  const obj = typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+  if (obj === undefined || typeof obj.content !== 'string') {
+    throw new InputError(where, 'is not a token', 'a string or an object with a string "content"', describe(value));
+  }
+  const flag = (name: string, fallback: boolean): boolean => {
+    const v = obj[name];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== 'boolean') throw new InputError(`${where}.${name}`, 'has the wrong type', 'true or false', describe(v));
+    return v;
+  };
+  const special = forceSpecial || flag('special', false);
+  return {
+    content: obj.content,
+    normalized: flag('normalized', !special),
+    lstrip: flag('lstrip', false),
+    rstrip: flag('rstrip', false),
+    single_word: flag('single_word', false),
+    special,
+  };
+}
+
+function contentOf(value: TokenValue): string {
+  return typeof value === 'string' ? value : value.content;
+}
+
+/** A special token given as a plain string: matched in the raw (not normalized) text. */
+function plainSpecial(content: string): AddedTokenSpec {
+  return { content, normalized: false, lstrip: false, rstrip: false, single_word: false, special: true };
+}
+
+function maxLength(configFile: string, value: unknown): number {
+  // Missing or "no limit": SD pipelines pad to model_max_length, so fall back to CLIP's 77.
+  if (value === undefined || value === null || (typeof value === 'number' && value >= NO_LIMIT)) return CLIP_CONTEXT;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 2) {
+    throw new InputError(`${configFile}: model_max_length`, 'is not usable', 'an integer of at least 2', describe(value));
+  }
+  return value;
+}
