@@ -1,0 +1,168 @@
+/**
+ * `diffuse inspect`: what a pipeline folder (or a built-in preset) holds — components, configs,
+ * parameter counts and dtypes — and the segment list of each model with MACs per segment.
+ */
+import * as path from 'node:path';
+import { InputError } from '../errors.ts';
+import { calflopsMacs, fullMacs, zeroMacs, addMacs, type MacCount, type ParamSource } from '../graph/builder.ts';
+import { AutoencoderKL, parseAutoencoderKLConfig } from '../models/autoencoder-kl.ts';
+import { ClipTextModel, parseClipTextConfig } from '../models/clip-text.ts';
+import { loadTextEncoder, loadUNet, loadVae } from '../models/components.ts';
+import { PRESETS } from '../models/presets.ts';
+import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
+import { DryExecutor, shapeOnlyParams } from '../runtime/dry-executor.ts';
+import { shaped, type SegmentReport } from '../runtime/executor.ts';
+import { readComponentConfig, readPipelineFolder, type PipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
+
+export interface InspectOptions {
+  preset?: string;
+  width: number;
+  height: number;
+  batch: number;
+  json: boolean;
+}
+
+interface ModelReport {
+  component: string;
+  className: string;
+  configFile: string;
+  config: Record<string, unknown>;
+  parameters: number;
+  dtypes: Record<string, number>;
+  input: string;
+  segments: SegmentReport[];
+  macs: MacCount;
+}
+
+interface ModelParts {
+  unet?: { model: UNet2DConditionModel; params: ParamSource; weights?: WeightSet };
+  vae?: { model: AutoencoderKL; params: ParamSource; weights?: WeightSet };
+  textEncoder?: { model: ClipTextModel; params: ParamSource; weights?: WeightSet };
+}
+
+function dtypeCounts(weights: WeightSet | undefined, parameters: number): Record<string, number> {
+  if (!weights) return { 'F32 (preset, no weights)': parameters };
+  const counts: Record<string, number> = {};
+  for (const name of weights.names()) {
+    const info = weights.info(name);
+    counts[info.dtype] = (counts[info.dtype] ?? 0) + info.shape.reduce((a, b) => a * b, 1);
+  }
+  return counts;
+}
+
+async function report(
+  component: string,
+  className: string,
+  configFile: string,
+  config: Record<string, unknown>,
+  params: ParamSource,
+  weights: WeightSet | undefined,
+  input: string,
+  run: (exec: DryExecutor) => Promise<unknown>,
+): Promise<ModelReport> {
+  const exec = new DryExecutor(params);
+  await run(exec);
+  const macs = zeroMacs();
+  for (const s of exec.calls) addMacs(macs, s.macs);
+  const parameters = exec.calls.reduce((n, s) => n + s.parameters, 0);
+  return { component, className, configFile, config, parameters, dtypes: dtypeCounts(weights, parameters), input, segments: exec.calls, macs };
+}
+
+export async function inspect(dir: string | undefined, o: InspectOptions): Promise<string> {
+  let folder: PipelineFolder | undefined;
+  const parts: ModelParts = {};
+  const configs: Record<string, { file: string; config: Record<string, unknown> }> = {};
+  if (o.preset !== undefined) {
+    const preset = PRESETS[o.preset];
+    if (!preset) throw new InputError('--preset', 'unknown preset', Object.keys(PRESETS).join(' or '), o.preset);
+    parts.unet = { model: new UNet2DConditionModel(parseUNetConfig(preset.unet, `preset ${o.preset} unet`)), params: shapeOnlyParams };
+    parts.vae = { model: new AutoencoderKL(parseAutoencoderKLConfig(preset.vae, `preset ${o.preset} vae`)), params: shapeOnlyParams };
+    parts.textEncoder = { model: new ClipTextModel(parseClipTextConfig(preset.textEncoder, `preset ${o.preset} text_encoder`)), params: shapeOnlyParams };
+    configs.unet = { file: `preset ${o.preset}`, config: preset.unet };
+    configs.vae = { file: `preset ${o.preset}`, config: preset.vae };
+    configs.text_encoder = { file: `preset ${o.preset}`, config: preset.textEncoder };
+  } else {
+    if (dir === undefined) throw new InputError('inspect', 'no model given', 'a diffusers folder or --preset NAME');
+    folder = readPipelineFolder(dir);
+    const has = (c: string) => folder!.components[c] != null;
+    if (has('unet')) parts.unet = loadUNet(folder);
+    if (has('vae')) parts.vae = loadVae(folder);
+    if (has('text_encoder')) parts.textEncoder = loadTextEncoder(folder);
+    for (const c of ['unet', 'vae', 'text_encoder']) {
+      if (has(c)) {
+        const { config, where } = readComponentConfig(folder, c);
+        configs[c] = { file: where, config };
+      }
+    }
+  }
+
+  const { width, height, batch } = o;
+  const reports: ModelReport[] = [];
+  if (parts.unet) {
+    const unet = parts.unet.model;
+    const f = parts.vae?.model.downsampleFactor ?? 8;
+    if (width % f || height % f) throw new InputError('--size', `width and height must be multiples of the VAE factor ${f}`, undefined, `${width}x${height}`);
+    const [h, w] = [height / f, width / f];
+    reports.push(await report('unet', 'UNet2DConditionModel', configs.unet.file, configs.unet.config, parts.unet.params, parts.unet.weights,
+      `sample [${batch}, ${unet.config.inChannels}, ${h}, ${w}]`,
+      (exec) => unet.forward(exec, shaped([batch, unet.config.inChannels, h, w]), shaped([batch]), shaped([batch, 77, unet.config.crossAttentionDim[0]]))));
+  }
+  if (parts.vae) {
+    const vae = parts.vae.model;
+    const f = vae.downsampleFactor;
+    reports.push(await report('vae', 'AutoencoderKL', configs.vae.file, configs.vae.config, parts.vae.params, parts.vae.weights,
+      `image [${batch}, 3, ${height}, ${width}]`,
+      async (exec) => {
+        await vae.encode(exec, shaped([batch, vae.config.inChannels, height, width]));
+        await vae.decode(exec, shaped([batch, vae.config.latentChannels, height / f, width / f]));
+      }));
+  }
+  if (parts.textEncoder) {
+    const te = parts.textEncoder.model;
+    reports.push(await report('text_encoder', 'CLIPTextModel', configs.text_encoder.file, configs.text_encoder.config, parts.textEncoder.params,
+      parts.textEncoder.weights, `input_ids [${batch}, ${te.config.maxPositions}]`,
+      (exec) => te.forward(exec, shaped([batch, te.config.maxPositions], 'int64'))));
+  }
+  for (const p of [parts.unet, parts.vae, parts.textEncoder]) p?.weights?.close();
+
+  if (o.json) {
+    return JSON.stringify({
+      source: folder?.dir ?? `preset ${o.preset}`,
+      pipeline: folder?.className ?? 'StableDiffusionPipeline',
+      components: folder?.components,
+      size: { width, height, batch },
+      models: reports.map((r) => ({ ...r, macsFull: fullMacs(r.macs), macsCalflops: calflopsMacs(r.macs) })),
+    }, null, 2);
+  }
+  return formatText(folder, o, reports);
+}
+
+const giga = (n: number) => (n / 1e9).toFixed(3);
+const millions = (n: number) => (n / 1e6).toFixed(2) + 'M';
+
+function formatText(folder: PipelineFolder | undefined, o: InspectOptions, reports: ModelReport[]): string {
+  const lines: string[] = [];
+  if (folder) {
+    lines.push(`${folder.className} at ${folder.dir}${folder.diffusersVersion ? ` (diffusers ${folder.diffusersVersion})` : ''}`);
+    lines.push('components:');
+    for (const [name, c] of Object.entries(folder.components)) {
+      lines.push(`  ${name.padEnd(16)} ${c ? `${c.library}.${c.className}  ${path.relative(folder.dir, c.dir)}/` : '(absent)'}`);
+    }
+  } else {
+    lines.push(`preset ${o.preset}: ${PRESETS[o.preset!].description} (built-in configs, no weights)`);
+  }
+  for (const r of reports) {
+    lines.push('', `== ${r.component}: ${r.className}  (${r.configFile})`);
+    lines.push(`config: ${Object.entries(r.config).filter(([k]) => !k.startsWith('_')).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(' ')}`);
+    lines.push(`parameters: ${millions(r.parameters)} used; stored ${Object.entries(r.dtypes).map(([d, n]) => `${d} ${millions(n)}`).join(', ')}`);
+    lines.push(`segments at ${r.input} (GMACs; "calflops" omits the attention core QKᵀ/AV):`);
+    lines.push(`  ${'segment'.padEnd(58)} ${'calflops'.padStart(10)} ${'full'.padStart(10)} ${'params'.padStart(9)}  output`);
+    for (const s of r.segments) {
+      const out = Object.entries(s.outputShapes).map(([k, d]) => `${k}[${d.join(',')}]`).join(' ');
+      lines.push(`  ${s.name.padEnd(58)} ${giga(calflopsMacs(s.macs)).padStart(10)} ${giga(fullMacs(s.macs)).padStart(10)} ${millions(s.parameters).padStart(9)}  ${out}`);
+    }
+    lines.push(`total ${r.component}: ${giga(calflopsMacs(r.macs))} GMACs counted like calflops, ${giga(fullMacs(r.macs))} GMACs full ` +
+      `(conv ${giga(r.macs.conv)}, linear ${giga(r.macs.linear)}, attention core ${giga(r.macs.attention)}) in ${r.segments.length} segments`);
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,88 @@
+/**
+ * The `diffuse` command line. Input errors print one line naming the file, key or flag and exit
+ * with status 2; anything else is a bug and prints its stack.
+ */
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { InputError } from '../errors.ts';
+import { inspect } from './inspect.ts';
+import { benchUNet } from '../bench/unet-forward.ts';
+
+function positiveInt(flag: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${flag} expects a positive integer, got "${value}"`);
+    return n;
+  };
+}
+
+/** "512", "768x512" → [width, height]. */
+export function parseSize(value: string): [number, number] {
+  const m = /^(\d+)(?:x(\d+))?$/.exec(value);
+  if (!m) throw new InvalidArgumentError(`--size expects N or WIDTHxHEIGHT, got "${value}"`);
+  const width = Number(m[1]);
+  const height = Number(m[2] ?? m[1]);
+  if (width <= 0 || height <= 0) throw new InvalidArgumentError(`--size must be positive, got "${value}"`);
+  return [width, height];
+}
+
+function sizeList(value: string): [number, number][] {
+  return value.split(',').map(parseSize);
+}
+
+export function buildProgram(): Command {
+  const program = new Command('diffuse')
+    .description('Run diffusers-format diffusion models on ONNX Runtime, with training-free accelerations.')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('inspect')
+    .description('list components, configs, parameters and per-segment MACs of a pipeline folder or preset')
+    .argument('[dir]', 'diffusers pipeline folder (model_index.json)')
+    .option('--preset <name>', 'use a built-in config instead of a folder (sd15, sd21); needs no weights')
+    .option('--size <WxH>', 'image size in pixels (default: the model\'s native size)', parseSize)
+    .option('--batch <n>', 'batch size', positiveInt('--batch'), 1)
+    .option('--json', 'print JSON instead of text', false)
+    .action(async (dir: string | undefined, opts: { preset?: string; size?: [number, number]; batch: number; json: boolean }) => {
+      const [width, height] = opts.size ?? [512, 512];
+      console.log(await inspect(dir, { preset: opts.preset, width, height, batch: opts.batch, json: opts.json }));
+    });
+
+  program
+    .command('bench-unet')
+    .description('time one U-Net forward of a preset architecture with seeded random weights, against ORT\'s own conv/MatMul rate')
+    .option('--preset <name>', 'architecture (sd15, sd21)', 'sd15')
+    .option('--size <list>', 'image sizes, comma-separated', sizeList, [[256, 256], [512, 512]] as [number, number][])
+    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch'), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
+    .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
+    .option('--profile', 'print time per segment kind', false)
+    .option('--json <file>', 'also write results as JSON')
+    .action(async (opts) => {
+      await benchUNet(opts);
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // commander already printed its message (help and version exit 0).
+      return err.exitCode === 0 ? 0 : 2;
+    }
+    if (err instanceof InputError) {
+      process.stderr.write(`diffuse: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('diffuse.js') || process.argv[1]?.endsWith('diffuse')) {
+  process.exitCode = await main(process.argv.slice(2));
+}
