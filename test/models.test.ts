@@ -2,7 +2,7 @@
  * Conformance of each model component with diffusers/transformers on the tiny fixtures
  * (goldens made by tools/reference/make_fixtures.py).
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
@@ -28,41 +28,46 @@ function goldens(fixture: string, part: string) {
   return { f32, i64 };
 }
 
+/** Asserts closeness and reports the measured relative error in the test output. */
+function report(t: TestContext, actual: Float32Array, expected: Float32Array, tolerance: number, what: string): void {
+  t.diagnostic(`${what}: relative error ${assertClose(actual, expected, tolerance, what).toExponential(2)}`);
+}
+
 const timestep = (t: number, batch: number) => new ort.Tensor('float32', new Float32Array(batch).fill(t), [batch]);
 
 for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
   const folder = readPipelineFolder(path.join(FIXTURES, fixture));
 
-  test(`${fixture}: CLIP text encoder equals transformers`, async () => {
+  test(`${fixture}: CLIP text encoder equals transformers`, async (t) => {
     const { model, params } = loadTextEncoder(folder);
     const g = goldens(fixture, 'text_encoder');
     const out = await model.forward(new OrtExecutor(params), g.i64('input_ids'));
-    assertClose(out.lastHiddenState.data as Float32Array, g.f32('last_hidden_state').data as Float32Array, TOLERANCE, 'last_hidden_state');
-    assertClose(out.penultimateHiddenState.data as Float32Array, g.f32('penultimate').data as Float32Array, TOLERANCE, 'penultimate');
-    assertClose(out.pooled.data as Float32Array, g.f32('pooler_output').data as Float32Array, TOLERANCE, 'pooler_output');
+    report(t, out.lastHiddenState.data as Float32Array, g.f32('last_hidden_state').data as Float32Array, TOLERANCE, 'last_hidden_state');
+    report(t, out.penultimateHiddenState.data as Float32Array, g.f32('penultimate').data as Float32Array, TOLERANCE, 'penultimate');
+    report(t, out.pooled.data as Float32Array, g.f32('pooler_output').data as Float32Array, TOLERANCE, 'pooler_output');
   });
 
-  test(`${fixture}: U-Net forward (CFG batch of 2) equals diffusers`, async () => {
+  test(`${fixture}: U-Net forward (CFG batch of 2) equals diffusers`, async (t) => {
     const { model, params } = loadUNet(folder);
     const g = goldens(fixture, 'unet');
     const exec = new OrtExecutor(params);
     const context = g.f32('encoder_hidden_states');
-    for (const [t, name] of [[999, 'out_t999'], [301, 'out_t301']] as const) {
-      const out = await model.forward(exec, g.f32('sample'), timestep(t, 2), context);
-      assertClose(out.data as Float32Array, g.f32(name).data as Float32Array, TOLERANCE, `${name}`);
+    for (const [step, name] of [[999, 'out_t999'], [301, 'out_t301']] as const) {
+      const out = await model.forward(exec, g.f32('sample'), timestep(step, 2), context);
+      report(t, out.data as Float32Array, g.f32(name).data as Float32Array, TOLERANCE, `${name}`);
     }
     const odd = await model.forward(exec, g.f32('sample_odd'), timestep(500, 2), context);
-    assertClose(odd.data as Float32Array, g.f32('out_odd').data as Float32Array, TOLERANCE, 'out_odd (14×18 latent)');
+    report(t, odd.data as Float32Array, g.f32('out_odd').data as Float32Array, TOLERANCE, 'out_odd (14×18 latent)');
   });
 
-  test(`${fixture}: VAE encode and decode equal diffusers`, async () => {
+  test(`${fixture}: VAE encode and decode equal diffusers`, async (t) => {
     const { model, params } = loadVae(folder);
     const g = goldens(fixture, 'vae');
     const exec = new OrtExecutor(params);
     const { mean, std } = await model.encode(exec, g.f32('image'));
-    assertClose(mean.data as Float32Array, g.f32('latent_mean').data as Float32Array, TOLERANCE, 'latent mean');
-    assertClose(std.data as Float32Array, g.f32('latent_std').data as Float32Array, TOLERANCE, 'latent std');
+    report(t, mean.data as Float32Array, g.f32('latent_mean').data as Float32Array, TOLERANCE, 'latent mean');
+    report(t, std.data as Float32Array, g.f32('latent_std').data as Float32Array, TOLERANCE, 'latent std');
     const decoded = await model.decode(exec, g.f32('latents'));
-    assertClose(decoded.data as Float32Array, g.f32('decoded').data as Float32Array, TOLERANCE, 'decoded image');
+    report(t, decoded.data as Float32Array, g.f32('decoded').data as Float32Array, TOLERANCE, 'decoded image');
   });
 }

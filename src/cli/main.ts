@@ -82,7 +82,3 @@ export async function main(argv: string[]): Promise<number> {
     throw err;
   }
 }
-
-if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('diffuse.js') || process.argv[1]?.endsWith('diffuse')) {
-  process.exitCode = await main(process.argv.slice(2));
-}

@@ -53,6 +53,16 @@ export function addMacs(into: MacCount, m: MacCount, times = 1): void {
   into.attention += m.attention * times;
 }
 
+/**
+ * The MAC-carrying ops of a graph with their shapes, so a benchmark can time each one alone
+ * and know what the whole model would cost at the kernels' own speed.
+ */
+export type HeavyOp =
+  | { op: 'conv'; input: number[]; outChannels: number; kernel: number; stride: number; padding: number; macs: number }
+  | { op: 'linear'; input: number[]; outFeatures: number; macs: number }
+  | { op: 'matmul'; a: number[]; b: number[]; macs: number }
+  | { op: 'attention'; q: number[]; k: number[]; heads: number; macs: number };
+
 export class Value {
   constructor(
     readonly name: string,
@@ -86,6 +96,7 @@ export type AttentionKind = 'mha' | 'plain';
 export class GraphBuilder {
   readonly nodes: NodeProto[] = [];
   readonly macs: MacCount = zeroMacs();
+  readonly heavyOps: HeavyOp[] = [];
   private readonly initializers = new Map<string, { ref: WeightRef; value: Value }>();
   private readonly constants: TensorProto[] = [];
   private readonly inputs: Value[] = [];
@@ -328,12 +339,19 @@ export class GraphBuilder {
 
   /** Plain MatMul with broadcasting batch dims (no parameters); MACs counted as `kind`. */
   matmul(a: Value, b: Value, kind: keyof MacCount): Value {
+    const out = this.matmulNode(a, b, kind);
+    this.heavyOps.push({ op: 'matmul', a: [...a.shape], b: [...b.shape], macs: out.macs });
+    return out.value;
+  }
+
+  private matmulNode(a: Value, b: Value, kind: keyof MacCount): { value: Value; macs: number } {
     const k = a.shape[a.rank - 1];
     if (b.shape[b.rank - 2] !== k) throw new Error(`matmul [${a.shape}] x [${b.shape}]`);
     const batch = broadcast(a.shape.slice(0, -2), b.shape.slice(0, -2), 'MatMul');
     const shape = [...batch, a.shape[a.rank - 2], b.shape[b.rank - 1]];
-    this.macs[kind] += product(shape) * k;
-    return this.op('MatMul', [a, b], shape, a.dtype);
+    const macs = product(shape) * k;
+    this.macs[kind] += macs;
+    return { value: this.op('MatMul', [a, b], shape, a.dtype), macs };
   }
 
   /** torch.nn.Linear over the last axis: parameters `{name}.weight` [out, in] and `{name}.bias`. */
@@ -341,7 +359,9 @@ export class GraphBuilder {
     const inFeatures = x.shape[x.rank - 1];
     const weight = this.param(`${name}.weight`, [outFeatures, inFeatures]);
     const weightT = this.transpose(weight, [1, 0]); // constant-folded: MLAS prepacks it
-    let y = this.matmul(x, weightT, 'linear');
+    const product = this.matmulNode(x, weightT, 'linear');
+    this.heavyOps.push({ op: 'linear', input: [...x.shape], outFeatures, macs: product.macs });
+    let y = product.value;
     if (bias) y = this.add(y, this.param(`${name}.bias`, [outFeatures]));
     return y;
   }
@@ -355,7 +375,9 @@ export class GraphBuilder {
     const oh = Math.floor((h + 2 * padding - kernel) / stride) + 1;
     const ow = Math.floor((w + 2 * padding - kernel) / stride) + 1;
     const shape = [n, outChannels, oh, ow];
-    this.macs.conv += product(shape) * c * kernel * kernel;
+    const macs = product(shape) * c * kernel * kernel;
+    this.macs.conv += macs;
+    this.heavyOps.push({ op: 'conv', input: [...x.shape], outChannels, kernel, stride, padding, macs });
     return this.op('Conv', [x, weight, bias], shape, x.dtype, {
       kernel_shape: { kind: 'ints', value: [kernel, kernel] },
       strides: { kind: 'ints', value: [stride, stride] },
@@ -429,7 +451,9 @@ export class GraphBuilder {
     const scale = options.scale ?? 1 / Math.sqrt(headDim);
     if ((options.kind ?? this.attentionKind) === 'mha') {
       if (options.bias) throw new Error('attention: MultiHeadAttention path takes no bias here');
-      this.macs.attention += 2 * b * heads * sq * sk * headDim;
+      const macs = 2 * b * heads * sq * sk * headDim;
+      this.macs.attention += macs;
+      this.heavyOps.push({ op: 'attention', q: [...q.shape], k: [...k.shape], heads, macs });
       const out = new Value(this.fresh('mha'), [b, sq, dim], q.dtype);
       this.node('MultiHeadAttention', [q.name, k.name, v.name], [out.name], {
         num_heads: { kind: 'int', value: heads },

@@ -23,6 +23,7 @@ export class DryExecutor implements Executor<ShapedTensor> {
     this.calls.push({
       name,
       macs: { ...g.macs },
+      heavyOps: g.heavyOps,
       parameters: g.parameterCount,
       inputShapes: Object.fromEntries(Object.entries(inputs).map(([k, t]) => [k, t.dims])),
       outputShapes: Object.fromEntries(Object.entries(result).map(([k, t]) => [k, t.dims])),

@@ -3,7 +3,7 @@
  * The same forward code therefore runs for real (ORT sessions), or "dry" (shapes only) to list
  * segments and count MACs without weights; acceleration plans hook in at this one call.
  */
-import type { DataType, GraphBuilder, MacCount, Value } from '../graph/builder.ts';
+import type { DataType, GraphBuilder, HeavyOp, MacCount, Value } from '../graph/builder.ts';
 
 /** The little we need to know of a tensor to build its consumer: ort.Tensor satisfies it. */
 export interface TensorLike {
@@ -30,6 +30,7 @@ export const shaped = (dims: number[], type: DataType = 'float32'): ShapedTensor
 export interface SegmentReport {
   name: string;
   macs: MacCount;
+  heavyOps: HeavyOp[];
   parameters: number;
   inputShapes: Record<string, readonly number[]>;
   outputShapes: Record<string, readonly number[]>;

@@ -5,6 +5,7 @@
  */
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { InputError } from '../errors.ts';
 import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
 import { encodeModel } from '../graph/onnx-proto.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type SegmentBuild } from './executor.ts';
@@ -26,6 +27,8 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   private readonly sessions = new Map<string, Promise<CompiledSegment>>();
   /** Seconds spent in session.run per segment name, summed over calls (for profiling). */
   readonly runSeconds = new Map<string, number>();
+  /** Seconds spent creating sessions per segment name. */
+  readonly compileSeconds = new Map<string, number>();
 
   constructor(
     private readonly params: ParamSource,
@@ -49,34 +52,50 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   }
 
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>): Promise<CompiledSegment> {
+    const start = performance.now();
     const g = new GraphBuilder(name, this.params);
     const outputs = buildSegment(g, build, inputs);
-    const files = g.weightFiles();
-    const folders = new Set(files.map((f) => path.dirname(f)));
-    if (folders.size > 1) throw new Error(`segment ${name}: weights span several folders (${[...folders].join(', ')})`);
-    const folder = folders.values().next().value ?? process.cwd();
-    const bytes = encodeModel(g.toModel((file) => path.basename(file)));
-    const device = this.options.device ?? 'cpu';
-    const sessionOptions: ort.InferenceSession.SessionOptions = {
-      executionProviders: device === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'],
-      graphOptimizationLevel: 'all',
-      ...(this.options.threads ? { intraOpNumThreads: this.options.threads, interOpNumThreads: 1 } : {}),
-      ...(device === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' as const } : {}),
-      extra: {
-        session: {
-          // Where relative external-data locations resolve (ORT refuses paths outside it).
-          model_external_initializers_file_folder_path: folder,
-          // Hundreds of sessions share the cores; idle threads must sleep, not spin.
-          intra_op: { allow_spinning: '0' },
-        },
-      },
-    };
-    const session = await ort.InferenceSession.create(bytes, sessionOptions);
+    const session = await createSession(g, this.options);
+    this.compileSeconds.set(name, (this.compileSeconds.get(name) ?? 0) + (performance.now() - start) / 1000);
     return { session, outputKeys: Object.keys(outputs) };
   }
 
   async release(): Promise<void> {
     for (const compiled of this.sessions.values()) await (await compiled).session.release();
     this.sessions.clear();
+  }
+}
+
+/** An ORT session for a built graph whose weights all live in one folder. */
+export async function createSession(g: GraphBuilder, options: RuntimeOptions): Promise<ort.InferenceSession> {
+  const folders = new Set(g.weightFiles().map((f) => path.dirname(f)));
+  if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
+  const folder = folders.values().next().value ?? process.cwd();
+  const bytes = encodeModel(g.toModel((file) => path.basename(file)));
+  const device = options.device ?? 'cpu';
+  const sessionOptions: ort.InferenceSession.SessionOptions = {
+    executionProviders: device === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'],
+    graphOptimizationLevel: (process.env.OPT as 'all') ?? 'all',
+    enableCpuMemArena: process.env.ARENA !== '0',
+    ...(options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {}),
+    ...(device === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' as const } : {}),
+    extra: {
+      session: {
+        // Where relative external-data locations resolve (ORT refuses paths outside it).
+        model_external_initializers_file_folder_path: folder,
+        // Hundreds of sessions share the cores; idle threads must sleep, not spin.
+        intra_op: { allow_spinning: process.env.SPIN ?? '0' },
+      },
+    },
+  };
+  try {
+    return await ort.InferenceSession.create(bytes, sessionOptions);
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (device === 'webgpu' && /adapter|WebGPU|webgpu/.test(message)) {
+      throw new InputError('--device webgpu', `ONNX Runtime could not start WebGPU (${message.split('\n')[0].replace(/^.*?: /, '')})`,
+        'a GPU with a WebGPU-capable driver (Vulkan on Linux)');
+    }
+    throw err;
   }
 }

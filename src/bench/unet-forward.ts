@@ -1,0 +1,182 @@
+/**
+ * `diffuse bench-unet`: one U-Net forward of a preset architecture (seeded random weights),
+ * timed against the speed ORT reaches on the same MAC-carrying ops run one at a time
+ * (every conv / linear / attention of the forward, at its own shapes). The ratio says how much
+ * the segment structure and the glue ops (norms, activations, copies) cost.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
+import { loadUNet } from '../models/components.ts';
+import { DryExecutor } from '../runtime/dry-executor.ts';
+import { shaped, type SegmentReport } from '../runtime/executor.ts';
+import { OrtExecutor, createSession, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { Rng } from '../util/rng.ts';
+import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { ensureRandomPipelineFolder } from './random-folder.ts';
+
+export interface BenchUNetOptions {
+  preset: string;
+  size: [number, number][];
+  batch: number;
+  threads: number;
+  runs: number;
+  cache: string;
+  profile: boolean;
+  json?: string;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+function randomTensor(rng: Rng, dims: number[]): ort.Tensor {
+  return new ort.Tensor('float32', rng.fillNormal(new Float32Array(dims.reduce((a, b) => a * b, 1))), dims);
+}
+
+/** Parameters for single-op timing graphs: every one reads the same random bytes. */
+function randomParams(file: string, maxBytes: number): ParamSource {
+  if (!fs.existsSync(file) || fs.statSync(file).size < maxBytes) {
+    const values = new Rng(7).fillNormal(new Float32Array(maxBytes / 4)).map((v) => v * 0.02);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, values);
+  }
+  return { param: (name, shape) => ({ name, shape, dtype: 'F32', location: { file, offset: 0, byteLength: shape.reduce((a, b) => a * b, 4) } }) };
+}
+
+function paramBytes(op: HeavyOp): number {
+  if (op.op === 'conv') return op.outChannels * op.input[1] * op.kernel * op.kernel * 4;
+  if (op.op === 'linear') return op.outFeatures * op.input[op.input.length - 1] * 4;
+  return 0;
+}
+
+/** Seconds ORT takes for `op` alone (best of `runs` after a warm-up). */
+async function timeOp(op: HeavyOp, params: ParamSource, runtime: RuntimeOptions, runs: number, rng: Rng): Promise<number> {
+  const g = new GraphBuilder('op', params);
+  const feeds: Record<string, ort.Tensor> = {};
+  const input = (name: string, dims: number[]) => {
+    feeds[name] = randomTensor(rng, dims);
+    return g.input(name, dims);
+  };
+  let out;
+  if (op.op === 'conv') out = g.conv2d(input('x', op.input), 'conv', op.outChannels, op.kernel, { stride: op.stride, padding: op.padding });
+  else if (op.op === 'linear') out = g.linear(input('x', op.input), 'linear', op.outFeatures);
+  else if (op.op === 'matmul') out = g.matmul(input('a', op.a), input('b', op.b), 'attention');
+  else out = g.attention(input('q', op.q), input('k', op.k), input('v', op.k), op.heads);
+  g.output(out, 'y');
+  const session = await createSession(g, runtime);
+  await session.run(feeds);
+  const times: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const start = performance.now();
+    await session.run(feeds);
+    times.push((performance.now() - start) / 1000);
+  }
+  await session.release();
+  return Math.min(...times);
+}
+
+/** Segment kind for the profile: the last part of its module path, without indices. */
+function segmentKind(name: string): string {
+  const last = name.split('.').filter((p) => !/^\d+$/.test(p)).slice(-1)[0];
+  return ['attn1', 'attn2', 'ff', 'proj_in', 'proj_out', 'resnets', 'downsamplers', 'upsamplers'].includes(last) ? last : 'other';
+}
+
+export async function benchUNet(o: BenchUNetOptions): Promise<void> {
+  const runtime: RuntimeOptions = { device: 'cpu', threads: o.threads };
+  const dir = path.resolve(o.cache, o.preset);
+  process.stderr.write(`preparing ${dir} (seeded random weights, F16 on disk, computed in fp32)...\n`);
+  await ensureRandomPipelineFolder(dir, o.preset, ['unet']);
+  const { model, params, weights } = loadUNet(readPipelineFolder(dir));
+  const results = [];
+  for (const [width, height] of o.size) {
+    const [h, w] = [height / 8, width / 8];
+    const sampleDims = [o.batch, model.config.inChannels, h, w];
+    const contextDims = [o.batch, 77, model.config.crossAttentionDim[0]];
+    const dry = new DryExecutor();
+    await model.forward(dry, shaped(sampleDims), shaped([o.batch]), shaped(contextDims));
+    const macs = zeroMacs();
+    for (const s of dry.calls) addMacs(macs, s.macs);
+
+    const rng = new Rng(1);
+    const sample = randomTensor(rng, sampleDims);
+    const context = randomTensor(rng, contextDims);
+    const timestep = new ort.Tensor('float32', new Float32Array(o.batch).fill(500), [o.batch]);
+    const exec = new OrtExecutor(params, runtime);
+    let start = performance.now();
+    await model.forward(exec, sample, timestep, context);
+    const firstSeconds = (performance.now() - start) / 1000;
+    const seconds: number[] = [];
+    for (let r = 0; r < o.runs; r++) {
+      exec.runSeconds.clear();
+      start = performance.now();
+      await model.forward(exec, sample, timestep, context);
+      seconds.push((performance.now() - start) / 1000);
+    }
+    const segmentSeconds = new Map(exec.runSeconds);
+    await exec.release();
+
+    // The same MAC-carrying ops, each timed alone at its own shapes.
+    const distinct = new Map<string, { op: HeavyOp; count: number; seconds: number }>();
+    const opsBySegment = new Map<string, string[]>();
+    for (const s of dry.calls) {
+      const keys = s.heavyOps.map((op) => JSON.stringify(op));
+      opsBySegment.set(s.name, keys);
+      for (const [i, key] of keys.entries()) {
+        const entry = distinct.get(key) ?? { op: s.heavyOps[i], count: 0, seconds: 0 };
+        entry.count++;
+        distinct.set(key, entry);
+      }
+    }
+    const maxBytes = Math.max(...[...distinct.values()].map((d) => paramBytes(d.op)));
+    const opParams = randomParams(path.resolve(o.cache, 'random-params.bin'), maxBytes);
+    for (const d of distinct.values()) d.seconds = await timeOp(d.op, opParams, runtime, 2, rng);
+    const kernelSeconds = [...distinct.values()].reduce((t, d) => t + d.seconds * d.count, 0);
+
+    const best = Math.min(...seconds);
+    const result = {
+      preset: o.preset, width, height, batch: o.batch, threads: o.threads,
+      gmacsFull: fullMacs(macs) / 1e9, gmacsCalflops: calflopsMacs(macs) / 1e9,
+      firstRunSeconds: firstSeconds, seconds, bestSeconds: best, medianSeconds: median(seconds),
+      gmacPerSecondFull: fullMacs(macs) / 1e9 / best,
+      kernelSeconds, kernelGmacPerSecond: fullMacs(macs) / 1e9 / kernelSeconds,
+      efficiency: kernelSeconds / best,
+      peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      profile: profileByKind(dry.calls, segmentSeconds, opsBySegment, distinct),
+    };
+    results.push(result);
+    console.log(`${o.preset} U-Net forward ${width}x${height}, batch ${o.batch}, fp32, ${o.threads} threads: ` +
+      `${best.toFixed(3)} s best of ${o.runs} (median ${median(seconds).toFixed(3)} s; first run with session creation ${firstSeconds.toFixed(1)} s)`);
+    console.log(`  runs: ${seconds.map((x) => x.toFixed(3)).join(' ')} s; peak RSS so far ${(result.peakRssBytes / 2 ** 30).toFixed(2)} GiB`);
+    console.log(`  MACs: ${result.gmacsFull.toFixed(1)} G full, ${result.gmacsCalflops.toFixed(1)} G counted like calflops`);
+    console.log(`  rate: ${result.gmacPerSecondFull.toFixed(1)} GMAC/s full count`);
+    console.log(`  same ops alone (${distinct.size} distinct conv/linear/attention shapes): ${kernelSeconds.toFixed(3)} s = ` +
+      `${result.kernelGmacPerSecond.toFixed(1)} GMAC/s → whole U-Net runs at ${(100 * result.efficiency).toFixed(1)}% of the kernels' own rate`);
+    if (o.profile) {
+      console.log(`  ${'segment kind'.padEnd(14)} ${'seconds'.padStart(8)} ${'ops alone'.padStart(9)} ${'GMACs'.padStart(8)} ${'GMAC/s'.padStart(7)}`);
+      for (const p of result.profile) {
+        console.log(`  ${p.kind.padEnd(14)} ${p.seconds.toFixed(3).padStart(8)} ${p.kernelSeconds.toFixed(3).padStart(9)} ${p.gmacs.toFixed(1).padStart(8)} ${(p.gmacs / p.seconds).toFixed(1).padStart(7)}`);
+      }
+    }
+  }
+  weights.close();
+  if (o.json) fs.writeFileSync(o.json, JSON.stringify(results, null, 2));
+}
+
+function profileByKind(
+  calls: SegmentReport[],
+  segmentSeconds: Map<string, number>,
+  opsBySegment: Map<string, string[]>,
+  distinct: Map<string, { seconds: number }>,
+) {
+  const kinds = new Map<string, { kind: string; seconds: number; kernelSeconds: number; gmacs: number }>();
+  const runs = Math.max(1, 1); // segmentSeconds holds the last timed run only
+  for (const s of calls) {
+    const kind = segmentKind(s.name);
+    const entry = kinds.get(kind) ?? { kind, seconds: 0, kernelSeconds: 0, gmacs: 0 };
+    entry.gmacs += fullMacs(s.macs) / 1e9;
+    for (const key of opsBySegment.get(s.name) ?? []) entry.kernelSeconds += distinct.get(key)!.seconds;
+    kinds.set(kind, entry);
+  }
+  for (const [name, sec] of segmentSeconds) kinds.get(segmentKind(name))!.seconds += sec / runs;
+  return [...kinds.values()].sort((a, b) => b.seconds - a.seconds);
+}
