@@ -254,7 +254,7 @@ test('config readers return typed values and name file: key on errors', () => {
   throwsInputError(() => cfgBool(cfg, 's', where), `${where}: s`, 'true or false');
   throwsInputError(() => cfgStringList(cfg, 'mixed', where), `${where}: mixed`, 'list of strings', '[1,"a"]');
   throwsInputError(() => cfgIntList(cfg, 'ns', where), `${where}: ns`, 'list of integers');
-  throwsInputError(() => cfgIntOrIntList(cfg, 'heads', where, 4), `${where}: heads`, 'a list of 4 integers',
+  throwsInputError(() => cfgIntOrIntList(cfg, 'heads', where, 4), `${where}: heads`, 'a list of 4 positive integers',
     '[5,10,20]');
   throwsInputError(() => cfgIntOrIntList(cfg, 'frac', where, 2), `${where}: frac`);
   throwsInputError(() => cfgOneOf(cfg, 's', where, ['gelu', 'relu']), `${where}: s`, 'one of "gelu", "relu"',

@@ -16,8 +16,9 @@ import { readComponentConfig, readPipelineFolder, type PipelineFolder, type Weig
 
 export interface InspectOptions {
   preset?: string;
-  width: number;
-  height: number;
+  /** Image size in pixels; default: the U-Net's sample_size times the VAE factor. */
+  width?: number;
+  height?: number;
   batch: number;
   json: boolean;
 }
@@ -96,13 +97,21 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
     }
   }
 
-  const { width, height, batch } = o;
+  const factor = parts.vae?.model.downsampleFactor ?? 8;
+  const nativeSize = (parts.unet?.model.config.sampleSize ?? 64) * factor;
+  const width = o.width ?? nativeSize;
+  const height = o.height ?? nativeSize;
+  const batch = o.batch;
+  for (const [flag, value] of [['--size', width], ['--size', height], ['--batch', batch]] as const) {
+    if (!Number.isInteger(value) || value <= 0) throw new InputError(flag, 'wrong value', 'a positive integer', `${value}`);
+  }
   const reports: ModelReport[] = [];
   if (parts.unet) {
     const unet = parts.unet.model;
-    const f = parts.vae?.model.downsampleFactor ?? 8;
-    if (width % f || height % f) throw new InputError('--size', `width and height must be multiples of the VAE factor ${f}`, undefined, `${width}x${height}`);
-    const [h, w] = [height / f, width / f];
+    if (width % factor || height % factor) {
+      throw new InputError('--size', `width and height must be multiples of the VAE factor ${factor}`, undefined, `${width}x${height}`);
+    }
+    const [h, w] = [height / factor, width / factor];
     reports.push(await report('unet', 'UNet2DConditionModel', configs.unet.file, configs.unet.config, parts.unet.params, parts.unet.weights,
       `sample [${batch}, ${unet.config.inChannels}, ${h}, ${w}]`,
       (exec) => unet.forward(exec, shaped([batch, unet.config.inChannels, h, w]), shaped([batch]), shaped([batch, 77, unet.config.crossAttentionDim[0]]))));

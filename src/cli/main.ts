@@ -44,7 +44,7 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'batch size', positiveInt('--batch'), 1)
     .option('--json', 'print JSON instead of text', false)
     .action(async (dir: string | undefined, opts: { preset?: string; size?: [number, number]; batch: number; json: boolean }) => {
-      const [width, height] = opts.size ?? [512, 512];
+      const [width, height] = opts.size ?? [];
       console.log(await inspect(dir, { preset: opts.preset, width, height, batch: opts.batch, json: opts.json }));
     });
 

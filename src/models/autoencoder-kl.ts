@@ -6,7 +6,7 @@
 import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Executor, TensorLike } from '../runtime/executor.ts';
-import { cfgBool, cfgInt, cfgIntList, cfgNumber, cfgOneOf, cfgOptionalNumber, cfgStringList, type Config } from '../weights/config.ts';
+import { cfgBool, cfgNumber, cfgOneOf, cfgOptionalNumber, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config } from '../weights/config.ts';
 import { attention, fromTokens, resnetBlock2D, toTokens } from './layers.ts';
 
 export interface AutoencoderKLConfig {
@@ -26,7 +26,7 @@ export interface AutoencoderKLConfig {
 const RESNET_EPS = 1e-6;
 
 export function parseAutoencoderKLConfig(cfg: Config, where: string): AutoencoderKLConfig {
-  const blockOutChannels = cfgIntList(cfg, 'block_out_channels', where, [64]);
+  const blockOutChannels = cfgPositiveIntList(cfg, 'block_out_channels', where, [64]);
   const checkTypes = (key: string, allowed: string): void => {
     const types = cfgStringList(cfg, key, where, new Array<string>(blockOutChannels.length).fill(allowed));
     if (types.length !== blockOutChannels.length) {
@@ -37,13 +37,15 @@ export function parseAutoencoderKLConfig(cfg: Config, where: string): Autoencode
   checkTypes('down_block_types', 'DownEncoderBlock2D');
   checkTypes('up_block_types', 'UpDecoderBlock2D');
   cfgOneOf(cfg, 'act_fn', where, ['silu'], 'silu');
+  const normNumGroups = cfgPositiveInt(cfg, 'norm_num_groups', where, 32);
+  checkDivisible(where, 'norm_num_groups', normNumGroups, blockOutChannels, 'block_out_channels');
   return {
-    inChannels: cfgInt(cfg, 'in_channels', where, 3),
-    outChannels: cfgInt(cfg, 'out_channels', where, 3),
-    latentChannels: cfgInt(cfg, 'latent_channels', where, 4),
+    inChannels: cfgPositiveInt(cfg, 'in_channels', where, 3),
+    outChannels: cfgPositiveInt(cfg, 'out_channels', where, 3),
+    latentChannels: cfgPositiveInt(cfg, 'latent_channels', where, 4),
     blockOutChannels,
-    layersPerBlock: cfgInt(cfg, 'layers_per_block', where, 1),
-    normNumGroups: cfgInt(cfg, 'norm_num_groups', where, 32),
+    layersPerBlock: cfgPositiveInt(cfg, 'layers_per_block', where, 1),
+    normNumGroups,
     scalingFactor: cfgNumber(cfg, 'scaling_factor', where, 0.18215),
     shiftFactor: cfgOptionalNumber(cfg, 'shift_factor', where) ?? null,
     useQuantConv: cfgBool(cfg, 'use_quant_conv', where, true),

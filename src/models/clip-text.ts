@@ -6,7 +6,8 @@
  */
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Executor, TensorLike } from '../runtime/executor.ts';
-import { cfgInt, cfgNumber, cfgOneOf, type Config } from '../weights/config.ts';
+import { InputError } from '../errors.ts';
+import { cfgInt, cfgNumber, cfgOneOf, cfgPositiveInt, type Config } from '../weights/config.ts';
 
 export interface ClipTextConfig {
   vocabSize: number;
@@ -21,17 +22,22 @@ export interface ClipTextConfig {
 }
 
 export function parseClipTextConfig(cfg: Config, where: string): ClipTextConfig {
-  return {
-    vocabSize: cfgInt(cfg, 'vocab_size', where, 49408),
-    hiddenSize: cfgInt(cfg, 'hidden_size', where, 512),
-    intermediateSize: cfgInt(cfg, 'intermediate_size', where, 2048),
-    numLayers: cfgInt(cfg, 'num_hidden_layers', where, 12),
-    numHeads: cfgInt(cfg, 'num_attention_heads', where, 8),
-    maxPositions: cfgInt(cfg, 'max_position_embeddings', where, 77),
+  const config: ClipTextConfig = {
+    vocabSize: cfgPositiveInt(cfg, 'vocab_size', where, 49408),
+    hiddenSize: cfgPositiveInt(cfg, 'hidden_size', where, 512),
+    intermediateSize: cfgPositiveInt(cfg, 'intermediate_size', where, 2048),
+    numLayers: cfgPositiveInt(cfg, 'num_hidden_layers', where, 12),
+    numHeads: cfgPositiveInt(cfg, 'num_attention_heads', where, 8),
+    maxPositions: cfgPositiveInt(cfg, 'max_position_embeddings', where, 77),
     hiddenAct: cfgOneOf(cfg, 'hidden_act', where, ['quick_gelu', 'gelu'] as const, 'quick_gelu'),
     layerNormEps: cfgNumber(cfg, 'layer_norm_eps', where, 1e-5),
     eosTokenId: cfgInt(cfg, 'eos_token_id', where, 2),
   };
+  if (config.hiddenSize % config.numHeads) {
+    throw new InputError(`${where}: num_attention_heads`, `hidden_size ${config.hiddenSize} is not divisible into heads`,
+      'a divisor of hidden_size', `${config.numHeads}`);
+  }
+  return config;
 }
 
 export interface ClipTextOutputs<T> {

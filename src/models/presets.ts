@@ -36,8 +36,6 @@ const SD_VAE: Config = {
 
 export interface Preset {
   description: string;
-  /** Default image size in pixels. */
-  resolution: number;
   unet: Config;
   vae: Config;
   textEncoder: Config;
@@ -46,7 +44,6 @@ export interface Preset {
 export const PRESETS: Record<string, Preset> = {
   sd15: {
     description: 'Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5)',
-    resolution: 512,
     unet: { ...SD_UNET_COMMON, attention_head_dim: 8, cross_attention_dim: 768, sample_size: 64 },
     vae: { ...SD_VAE, sample_size: 512 },
     textEncoder: {
@@ -56,7 +53,6 @@ export const PRESETS: Record<string, Preset> = {
   },
   sd21: {
     description: 'Stable Diffusion 2.1 (stabilityai/stable-diffusion-2-1, 768² v-prediction)',
-    resolution: 768,
     unet: {
       ...SD_UNET_COMMON, attention_head_dim: [5, 10, 20, 20], cross_attention_dim: 1024, sample_size: 96,
       use_linear_projection: true, upcast_attention: true,

@@ -7,7 +7,7 @@ import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Executor, TensorLike } from '../runtime/executor.ts';
 import {
-  cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgStringList, type Config,
+  cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config,
 } from '../weights/config.ts';
 import { attention, fromTokens, gegluFeedForward, resnetBlock2D, timestepEmbedding, toTokens } from './layers.ts';
 
@@ -41,7 +41,7 @@ export interface UNet2DConditionConfig {
 
 /** Reads and validates a UNet2DConditionModel config.json; unsupported options are refused by name. */
 export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConfig {
-  const blockOutChannels = cfgIntOrIntList(cfg, 'block_out_channels', where, (cfg.block_out_channels as unknown[])?.length ?? 4);
+  const blockOutChannels = cfgPositiveIntList(cfg, 'block_out_channels', where, [320, 640, 1280, 1280]);
   const n = blockOutChannels.length;
   const downBlockTypes = cfgStringList(cfg, 'down_block_types', where);
   const upBlockTypes = cfgStringList(cfg, 'up_block_types', where);
@@ -82,21 +82,30 @@ export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConf
   refuse('encoder_hid_dim_type', [null], 'null');
   refuse('reverse_transformer_layers_per_block', [null], 'null');
   cfgOneOf(cfg, 'act_fn', where, ['silu'], 'silu');
-  const convInKernel = cfgInt(cfg, 'conv_in_kernel', where, 3);
-  const convOutKernel = cfgInt(cfg, 'conv_out_kernel', where, 3);
+  const convInKernel = cfgOddKernel(cfg, 'conv_in_kernel', where);
+  const convOutKernel = cfgOddKernel(cfg, 'conv_out_kernel', where);
+  const normNumGroups = cfgPositiveInt(cfg, 'norm_num_groups', where, 32);
+  checkDivisible(where, 'norm_num_groups', normNumGroups, blockOutChannels, 'block_out_channels');
+  const attentionHeads = cfgIntOrIntList(cfg, 'attention_head_dim', where, n, 8);
+  blockOutChannels.forEach((channels, b) => {
+    if (channels % attentionHeads[b]) {
+      throw new InputError(`${where}: attention_head_dim`, `block ${b} has ${channels} channels, not divisible into ${attentionHeads[b]} heads`,
+        `a head count dividing block_out_channels[${b}]`, `${attentionHeads[b]}`);
+    }
+  });
   return {
     sampleSize: cfgOptionalInt(cfg, 'sample_size', where) ?? 64,
-    inChannels: cfgInt(cfg, 'in_channels', where, 4),
-    outChannels: cfgInt(cfg, 'out_channels', where, 4),
+    inChannels: cfgPositiveInt(cfg, 'in_channels', where, 4),
+    outChannels: cfgPositiveInt(cfg, 'out_channels', where, 4),
     blockOutChannels,
     downBlockTypes: downBlockTypes as UNet2DConditionConfig['downBlockTypes'],
     upBlockTypes: upBlockTypes as UNet2DConditionConfig['upBlockTypes'],
     hasMidBlock: midBlockType !== null,
     layersPerBlock: cfgIntOrIntList(cfg, 'layers_per_block', where, n, 2),
     crossAttentionDim: cfgIntOrIntList(cfg, 'cross_attention_dim', where, n, 1280),
-    attentionHeads: cfgIntOrIntList(cfg, 'attention_head_dim', where, n, 8),
+    attentionHeads,
     transformerLayersPerBlock: cfgIntOrIntList(cfg, 'transformer_layers_per_block', where, n, 1),
-    normNumGroups: cfgInt(cfg, 'norm_num_groups', where, 32),
+    normNumGroups,
     normEps: cfgNumber(cfg, 'norm_eps', where, 1e-5),
     useLinearProjection: cfgBool(cfg, 'use_linear_projection', where, false),
     upcastAttention: cfgBool(cfg, 'upcast_attention', where, false),
@@ -107,6 +116,13 @@ export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConf
     convInKernel,
     convOutKernel,
   };
+}
+
+/** Kernel sizes must be odd so that "same" padding exists. */
+function cfgOddKernel(cfg: Config, key: string, where: string): number {
+  const k = cfgPositiveInt(cfg, key, where, 3);
+  if (k % 2 === 0) throw new InputError(`${where}: ${key}`, 'wrong value', 'an odd kernel size', `${k}`);
+  return k;
 }
 
 export class UNet2DConditionModel {

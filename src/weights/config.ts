@@ -73,6 +73,8 @@ const isBool = (v: unknown): v is boolean => typeof v === 'boolean';
 const isStringList = (v: unknown): v is string[] => Array.isArray(v) && v.every(isString);
 const isNumberList = (v: unknown): v is number[] => Array.isArray(v) && v.every(isNumber);
 const isIntList = (v: unknown): v is number[] => Array.isArray(v) && v.every(isInt);
+const isPositiveInt = (v: unknown): v is number => isInt(v) && v > 0;
+const isPositiveIntList = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every(isPositiveInt);
 
 export function cfgNumber(cfg: Config, key: string, where: string, dflt?: number): number {
   return read(cfg, key, where, 'a finite number', isNumber, dflt);
@@ -80,6 +82,15 @@ export function cfgNumber(cfg: Config, key: string, where: string, dflt?: number
 
 export function cfgInt(cfg: Config, key: string, where: string, dflt?: number): number {
   return read(cfg, key, where, 'an integer', isInt, dflt);
+}
+
+/** Sizes and counts (channels, layers, heads): integers > 0. */
+export function cfgPositiveInt(cfg: Config, key: string, where: string, dflt?: number): number {
+  return read(cfg, key, where, 'a positive integer', isPositiveInt, dflt);
+}
+
+export function cfgPositiveIntList(cfg: Config, key: string, where: string, dflt?: number[]): number[] {
+  return [...read(cfg, key, where, 'a non-empty list of positive integers', isPositiveIntList, dflt)];
 }
 
 export function cfgString(cfg: Config, key: string, where: string, dflt?: string): string {
@@ -116,8 +127,8 @@ export function cfgOneOf<T extends string>(cfg: Config, key: string, where: stri
  */
 export function cfgIntOrIntList(cfg: Config, key: string, where: string, length: number,
   dflt?: number | number[]): number[] {
-  const expected = `an integer or a list of ${length} integers`;
-  const value = read(cfg, key, where, expected, (v): v is number | number[] => isInt(v) || isIntList(v), dflt);
+  const expected = `a positive integer or a list of ${length} positive integers`;
+  const value = read(cfg, key, where, expected, (v): v is number | number[] => isPositiveInt(v) || isPositiveIntList(v), dflt);
   if (typeof value === 'number') return new Array<number>(length).fill(value);
   if (value.length !== length) throw wrongType(where, key, expected, value);
   return [...value];
@@ -137,4 +148,12 @@ export function cfgOptionalString(cfg: Config, key: string, where: string): stri
 
 export function cfgOptionalBool(cfg: Config, key: string, where: string): boolean | undefined {
   return readOptional(cfg, key, where, 'true or false', isBool);
+}
+
+/** E.g. GroupNorm needs every channel count divisible by the group count. */
+export function checkDivisible(where: string, key: string, divisor: number, values: number[], valuesKey: string): void {
+  const bad = values.find((v) => v % divisor !== 0);
+  if (bad !== undefined) {
+    throw new InputError(`${where}: ${key}`, `${valuesKey} entry ${bad} is not divisible by ${divisor}`, `a divisor of every ${valuesKey} entry`, `${divisor}`);
+  }
 }

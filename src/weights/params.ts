@@ -20,7 +20,7 @@ export function weightParams(weights: WeightSet, options: WeightParamsOptions): 
       const key = prefixes.map((p) => p + name).find((k) => weights.has(k));
       if (key === undefined) {
         throw new InputError(weights.source, `tensor "${prefixes[0]}${name}" is missing`,
-          `a weight of shape [${shape}] as ${options.configFile} implies`);
+          `a weight of shape [${shape.join(', ')}] as ${options.configFile} implies`);
       }
       const info = weights.info(key);
       if (info.dtype !== 'F32' && info.dtype !== 'F16' && info.dtype !== 'BF16') {

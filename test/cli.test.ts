@@ -1,0 +1,62 @@
+/**
+ * The `diffuse` executable end to end: exit status 0 on success, 2 on a user mistake with one
+ * line on stderr naming the flag or path and no stack trace. Each spawn costs about a second
+ * (tsx start-up), so the cases are few.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+
+function diffuse(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, ['bin/diffuse.js', ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  if (r.error) throw r.error;
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Exit status 2, nothing on stdout, one stderr line containing every fragment, no stack frames. */
+function assertUserError(r: ReturnType<typeof diffuse>, ...fragments: string[]): void {
+  assert.equal(r.status, 2, `exit status (stderr: ${r.stderr})`);
+  assert.equal(r.stdout, '');
+  const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+  assert.equal(lines.length, 1, `one line on stderr, got:\n${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /^\s+at /m, 'no stack trace');
+  for (const f of fragments) assert.ok(lines[0].includes(f), `stderr lacks ${JSON.stringify(f)}: ${lines[0]}`);
+}
+
+test('inspect --preset sd15 exits 0 and prints the totals', () => {
+  const r = diffuse('inspect', '--preset', 'sd15');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stderr, '');
+  assert.match(r.stdout, /^preset sd15: /);
+  // Default size 512×512, batch 1: 338.6 G MACs like calflops for the U-Net.
+  assert.match(r.stdout, /total unet: 338\.\d{3} GMACs counted like calflops, \d+\.\d{3} GMACs full/);
+  assert.match(r.stdout, /total vae: [\d.]+ GMACs counted like calflops, [\d.]+ GMACs full/);
+  assert.match(r.stdout, /total text_encoder: [\d.]+ GMACs counted like calflops, [\d.]+ GMACs full/);
+});
+
+test('inspect /nonexistent exits 2 with one line naming the path', () => {
+  assertUserError(diffuse('inspect', '/nonexistent'), '/nonexistent', 'not found');
+});
+
+test('inspect --batch 0 exits 2 naming --batch', () => {
+  assertUserError(diffuse('inspect', '--preset', 'sd15', '--batch', '0'), '--batch', '"0"');
+});
+
+test('inspect --size 12x exits 2 naming --size', () => {
+  assertUserError(diffuse('inspect', '--preset', 'sd15', '--size', '12x'), '--size', '12x');
+});
+
+test('inspect --preset nope exits 2 naming --preset', () => {
+  assertUserError(diffuse('inspect', '--preset', 'nope'), '--preset', 'nope', 'sd15');
+});
+
+test('an unknown command exits non-zero without a stack trace', () => {
+  const r = diffuse('frobnicate');
+  assert.notEqual(r.status, 0);
+  assert.notEqual(r.status, null);
+  assert.match(r.stderr, /frobnicate/);
+  assert.doesNotMatch(r.stderr, /^\s+at /m);
+});
