@@ -4,9 +4,11 @@
  * (every conv / linear / attention of the forward, at its own shapes). The ratio says how much
  * the segment structure and the glue ops (norms, activations, copies) cost.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { InputError } from '../errors.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadUNet } from '../models/components.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
@@ -25,6 +27,8 @@ export interface BenchUNetOptions {
   cache: string;
   profile: boolean;
   json?: string;
+  /** A reference environment's env.sh: also time diffusers on PyTorch, in the same run. */
+  pytorch?: string;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -106,13 +110,14 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
     await model.forward(exec, sample, timestep, context);
     const firstSeconds = (performance.now() - start) / 1000;
     const seconds: number[] = [];
+    let segmentSeconds = new Map<string, number>(); // of the fastest run, for the profile
     for (let r = 0; r < o.runs; r++) {
       exec.runSeconds.clear();
       start = performance.now();
       await model.forward(exec, sample, timestep, context);
       seconds.push((performance.now() - start) / 1000);
+      if (seconds[r] === Math.min(...seconds)) segmentSeconds = new Map(exec.runSeconds);
     }
-    const segmentSeconds = new Map(exec.runSeconds);
     await exec.release();
 
     // The same MAC-carrying ops, each timed alone at its own shapes.
@@ -159,7 +164,38 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
     }
   }
   weights.close();
+  const pytorch = o.pytorch ? timePyTorch(o) : undefined;
+  if (pytorch) {
+    for (const r of results) {
+      const p = pytorch.find((x) => x.size === r.width && r.width === r.height);
+      if (!p) continue;
+      console.log(`${r.width}x${r.height}: diffusers on ${p.engine}: ${p.seconds_min.toFixed(3)} s best of ${p.runs.length} → ` +
+        `diffusion.ts is ${(p.seconds_min / r.bestSeconds).toFixed(2)}× as fast (best vs best), ${(p.seconds_median / r.medianSeconds).toFixed(2)}× (median vs median)`);
+      Object.assign(r, { pytorch: p });
+    }
+  }
   if (o.json) fs.writeFileSync(o.json, JSON.stringify(results, null, 2));
+}
+
+interface PyTorchTiming {
+  engine: string;
+  size: number;
+  seconds_min: number;
+  seconds_median: number;
+  runs: number[];
+}
+
+/** Runs tools/reference/bench_unet_torch.py in the reference environment (same threads, batch, runs). */
+function timePyTorch(o: BenchUNetOptions): PyTorchTiming[] {
+  if (o.preset !== 'sd15') throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 preset only', 'sd15', o.preset);
+  const sizes = o.size.filter(([w, h]) => w === h).map(([w]) => w).join(',');
+  const script = path.resolve(import.meta.dirname, '../../tools/reference/bench_unet_torch.py');
+  const command = `source ${JSON.stringify(path.resolve(o.pytorch!))} && python ${JSON.stringify(script)} ` +
+    `--threads ${o.threads} --batch ${o.batch} --runs ${o.runs} --sizes ${sizes}`;
+  process.stderr.write('timing diffusers on PyTorch...\n');
+  const run = spawnSync('bash', ['-c', command], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  if (run.status !== 0) throw new InputError('--pytorch', `the reference script failed (exit ${run.status})`, 'a working reference env.sh');
+  return run.stdout.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as PyTorchTiming);
 }
 
 function profileByKind(
@@ -169,7 +205,6 @@ function profileByKind(
   distinct: Map<string, { seconds: number }>,
 ) {
   const kinds = new Map<string, { kind: string; seconds: number; kernelSeconds: number; gmacs: number }>();
-  const runs = Math.max(1, 1); // segmentSeconds holds the last timed run only
   for (const s of calls) {
     const kind = segmentKind(s.name);
     const entry = kinds.get(kind) ?? { kind, seconds: 0, kernelSeconds: 0, gmacs: 0 };
@@ -177,6 +212,6 @@ function profileByKind(
     for (const key of opsBySegment.get(s.name) ?? []) entry.kernelSeconds += distinct.get(key)!.seconds;
     kinds.set(kind, entry);
   }
-  for (const [name, sec] of segmentSeconds) kinds.get(segmentKind(name))!.seconds += sec / runs;
+  for (const [name, sec] of segmentSeconds) kinds.get(segmentKind(name))!.seconds += sec;
   return [...kinds.values()].sort((a, b) => b.seconds - a.seconds);
 }

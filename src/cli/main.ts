@@ -59,6 +59,7 @@ export function buildProgram(): Command {
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--profile', 'print time per segment kind', false)
     .option('--json <file>', 'also write results as JSON')
+    .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts) => {
       await benchUNet(opts);
     });

@@ -75,8 +75,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions): P
   const device = options.device ?? 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     executionProviders: device === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'],
-    graphOptimizationLevel: (process.env.OPT as 'all') ?? 'all',
-    enableCpuMemArena: process.env.ARENA !== '0',
+    graphOptimizationLevel: 'all',
     ...(options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {}),
     ...(device === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' as const } : {}),
     extra: {
@@ -84,7 +83,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions): P
         // Where relative external-data locations resolve (ORT refuses paths outside it).
         model_external_initializers_file_folder_path: folder,
         // Hundreds of sessions share the cores; idle threads must sleep, not spin.
-        intra_op: { allow_spinning: process.env.SPIN ?? '0' },
+        intra_op: { allow_spinning: '0' },
       },
     },
   };
