@@ -153,15 +153,30 @@ export class GraphBuilder {
 
   /** A parameter of the model under the current scope, e.g. `conv1.weight`. */
   param(localName: string, shape: number[]): Value {
+    return this.paramRows(localName, shape, 0, shape[0]);
+  }
+
+  /**
+   * Rows [start, end) of a parameter (axis 0), as its own initializer: rows are contiguous in
+   * the file, so the slice is just another external-data range — no copy, no Slice op.
+   */
+  paramRows(localName: string, shape: number[], start: number, end: number): Value {
     const fullName = this.prefix + localName;
-    const existing = this.initializers.get(fullName);
+    const key = start === 0 && end === shape[0] ? fullName : `${fullName}[${start}:${end}]`;
+    const existing = this.initializers.get(key);
     if (existing) return existing.value;
-    const ref = this.params.param(fullName, shape);
-    const stored = new Value(fullName, shape, ref.dtype === 'F32' ? 'float32' : 'float16');
-    this.usedNames.add(fullName);
-    let value = stored;
-    if (ref.dtype !== 'F32') value = this.cast(stored, this.dtype); // folded by ORT at session start
-    this.initializers.set(fullName, { ref, value });
+    const full = this.params.param(fullName, shape);
+    const rowBytes = full.location ? full.location.byteLength / shape[0] : 0;
+    const sliceShape = [end - start, ...shape.slice(1)];
+    const ref: WeightRef = {
+      ...full,
+      shape: sliceShape,
+      location: full.location && { file: full.location.file, offset: full.location.offset + start * rowBytes, byteLength: (end - start) * rowBytes },
+    };
+    const stored = new Value(key, sliceShape, ref.dtype === 'F32' ? 'float32' : 'float16');
+    this.usedNames.add(key);
+    const value = ref.dtype === 'F32' ? stored : this.cast(stored, this.dtype); // folded by ORT at session start
+    this.initializers.set(key, { ref, value });
     return value;
   }
 
@@ -356,14 +371,17 @@ export class GraphBuilder {
 
   /** torch.nn.Linear over the last axis: parameters `{name}.weight` [out, in] and `{name}.bias`. */
   linear(x: Value, name: string, outFeatures: number, bias = true): Value {
+    return this.linearRows(x, name, outFeatures, 0, outFeatures, bias);
+  }
+
+  /** Outputs [start, end) of a Linear with `outFeatures` outputs (e.g. one half of GEGLU's projection). */
+  linearRows(x: Value, name: string, outFeatures: number, start: number, end: number, bias = true): Value {
     const inFeatures = x.shape[x.rank - 1];
-    const weight = this.param(`${name}.weight`, [outFeatures, inFeatures]);
+    const weight = this.paramRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
     const weightT = this.transpose(weight, [1, 0]); // constant-folded: MLAS prepacks it
     const product = this.matmulNode(x, weightT, 'linear');
-    this.heavyOps.push({ op: 'linear', input: [...x.shape], outFeatures, macs: product.macs });
-    let y = product.value;
-    if (bias) y = this.add(y, this.param(`${name}.bias`, [outFeatures]));
-    return y;
+    this.heavyOps.push({ op: 'linear', input: [...x.shape], outFeatures: end - start, macs: product.macs });
+    return bias ? this.add(product.value, this.paramRows(`${name}.bias`, [outFeatures], start, end)) : product.value;
   }
 
   /** torch.nn.Conv2d, NCHW, symmetric padding, parameters `{name}.weight` / `{name}.bias`. */

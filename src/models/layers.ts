@@ -50,8 +50,10 @@ export function attention(g: GraphBuilder, x: Value, context: Value | null, o: A
 export function gegluFeedForward(g: GraphBuilder, x: Value, mult = 4): Value {
   const dim = x.shape[x.rank - 1];
   const inner = dim * mult;
-  const projected = g.linear(x, 'net.0.proj', inner * 2);
-  const [hidden, gate] = g.split(projected, -1, [inner, inner]);
+  // Two half-width products instead of one product and a Split: no copy of the wide output,
+  // and ORT fuses the gate's bias and GELU into its MatMul.
+  const hidden = g.linearRows(x, 'net.0.proj', inner * 2, 0, inner);
+  const gate = g.linearRows(x, 'net.0.proj', inner * 2, inner, 2 * inner);
   return g.linear(g.mul(hidden, g.gelu(gate)), 'net.2', dim);
 }
 
