@@ -7,8 +7,8 @@ export { shaped, type Executor, type SegmentBuild, type SegmentReport, type Tens
 export { SafetensorsFile, parseSafetensorsHeader, writeSafetensors, type TensorInfo } from './weights/safetensors.ts';
 export { readPipelineFolder, readComponentConfig, openComponentWeights, WeightSet, type PipelineFolder } from './weights/diffusers-folder.ts';
 export { loadUNet, loadVae, loadTextEncoder, type LoadedComponent, type LoadOptions } from './models/components.ts';
-export { UNet2DConditionModel, parseUNetConfig, type UNet2DConditionConfig } from './models/unet2d-condition.ts';
+export { UNet2DConditionModel, parseUNetConfig, type UNet2DConditionConfig, type AddedConditioning } from './models/unet2d-condition.ts';
 export { AutoencoderKL, parseAutoencoderKLConfig, type AutoencoderKLConfig } from './models/autoencoder-kl.ts';
-export { ClipTextModel, parseClipTextConfig, type ClipTextConfig } from './models/clip-text.ts';
+export { ClipTextModel, ClipTextModelWithProjection, parseClipTextConfig, type ClipTextConfig } from './models/clip-text.ts';
 export { ClipTokenizer } from './tokenizers/clip-bpe.ts';
 export { PRESETS, type Preset } from './models/presets.ts';

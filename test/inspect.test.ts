@@ -158,7 +158,7 @@ test('--size not a multiple of 8: InputError naming --size', async () => {
 });
 
 test('an unknown preset: InputError naming --preset and the known ones', async () => {
-  await rejectsInputError(() => inspect(undefined, options({ preset: 'sdxl' })), '--preset', 'unknown preset', 'sd15', 'sd21', 'found sdxl');
+  await rejectsInputError(() => inspect(undefined, options({ preset: 'sd3' })), '--preset', 'unknown preset', 'sd15', 'sd21', 'sdxl', 'found sd3');
 });
 
 test('no folder and no preset, or a folder that does not exist: InputError', async () => {

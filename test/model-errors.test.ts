@@ -121,9 +121,9 @@ const unetConfigCases: { name: string; patch: Record<string, unknown>; fragments
     fragments: ['down_block_types', 'unsupported block type', 'CrossAttnDownBlock2D or DownBlock2D', 'found SimpleCrossAttnDownBlock2D'],
   },
   {
-    name: 'addition_embed_type "text_time" (SDXL) refused',
-    patch: { addition_embed_type: 'text_time' },
-    fragments: ['addition_embed_type', 'unsupported option', 'expected null', 'found "text_time"'],
+    name: 'addition_embed_type "image" (Kandinsky-style) refused',
+    patch: { addition_embed_type: 'image' },
+    fragments: ['addition_embed_type', 'unsupported option', 'expected null or "text_time"', 'found "image"'],
   },
 ];
 

@@ -59,7 +59,10 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
     const config = component === 'unet' ? preset.unet : component === 'vae' ? preset.vae : preset.textEncoder;
     if (component === 'unet') {
       const unet = new UNet2DConditionModel(parseUNetConfig(config, presetName));
-      await unet.forward(exec, shaped([1, 4, 64, 64]), shaped([1]), shaped([1, 77, unet.config.crossAttentionDim[0]]));
+      const te2 = preset.textEncoder2 && parseClipTextConfig(preset.textEncoder2, presetName);
+      const addedShapes = unet.addedConditioningShapes(1, te2 ? te2.projectionDim : undefined);
+      const added = addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : undefined;
+      await unet.forward(exec, shaped([1, 4, 64, 64]), shaped([1]), shaped([1, 77, unet.config.crossAttentionDim[0]]), added);
     } else if (component === 'vae') {
       const vae = new AutoencoderKL(parseAutoencoderKLConfig(config, presetName));
       await vae.encode(exec, shaped([1, 3, 64, 64]));

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import { calflopsMacs, fullMacs, zeroMacs, addMacs, type MacCount, type ParamSource } from '../graph/builder.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from '../models/autoencoder-kl.ts';
-import { ClipTextModel, parseClipTextConfig } from '../models/clip-text.ts';
+import { ClipTextModel, ClipTextModelWithProjection, parseClipTextConfig } from '../models/clip-text.ts';
 import { loadTextEncoder, loadUNet, loadVae } from '../models/components.ts';
 import { PRESETS } from '../models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
@@ -39,6 +39,7 @@ interface ModelParts {
   unet?: { model: UNet2DConditionModel; params: ParamSource; weights?: WeightSet };
   vae?: { model: AutoencoderKL; params: ParamSource; weights?: WeightSet };
   textEncoder?: { model: ClipTextModel; params: ParamSource; weights?: WeightSet };
+  textEncoder2?: { model: ClipTextModel; params: ParamSource; weights?: WeightSet };
 }
 
 function dtypeCounts(weights: WeightSet | undefined, parameters: number): Record<string, number> {
@@ -82,6 +83,11 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
     configs.unet = { file: `preset ${o.preset}`, config: preset.unet };
     configs.vae = { file: `preset ${o.preset}`, config: preset.vae };
     configs.text_encoder = { file: `preset ${o.preset}`, config: preset.textEncoder };
+    if (preset.textEncoder2) {
+      const config = parseClipTextConfig(preset.textEncoder2, `preset ${o.preset} text_encoder_2`);
+      parts.textEncoder2 = { model: new ClipTextModelWithProjection(config), params: shapeOnlyParams };
+      configs.text_encoder_2 = { file: `preset ${o.preset}`, config: preset.textEncoder2 };
+    }
   } else {
     if (dir === undefined) throw new InputError('inspect', 'no model given', 'a diffusers folder or --preset NAME');
     folder = readPipelineFolder(dir);
@@ -89,7 +95,8 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
     if (has('unet')) parts.unet = loadUNet(folder);
     if (has('vae')) parts.vae = loadVae(folder);
     if (has('text_encoder')) parts.textEncoder = loadTextEncoder(folder);
-    for (const c of ['unet', 'vae', 'text_encoder']) {
+    if (has('text_encoder_2')) parts.textEncoder2 = loadTextEncoder(folder, 'text_encoder_2');
+    for (const c of ['unet', 'vae', 'text_encoder', 'text_encoder_2']) {
       if (has(c)) {
         const { config, where } = readComponentConfig(folder, c);
         configs[c] = { file: where, config };
@@ -112,9 +119,13 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
       throw new InputError('--size', `width and height must be multiples of the VAE factor ${factor}`, undefined, `${width}x${height}`);
     }
     const [h, w] = [height / factor, width / factor];
+    // SDXL: pooled text embeddings as wide as text_encoder_2's projection, and the time ids.
+    const te2 = parts.textEncoder2?.model;
+    const addedShapes = unet.addedConditioningShapes(batch, te2?.hasProjection ? te2.config.projectionDim : undefined);
+    const added = addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : undefined;
     reports.push(await report('unet', 'UNet2DConditionModel', configs.unet.file, configs.unet.config, parts.unet.params, parts.unet.weights,
       `sample [${batch}, ${unet.config.inChannels}, ${h}, ${w}]`,
-      (exec) => unet.forward(exec, shaped([batch, unet.config.inChannels, h, w]), shaped([batch]), shaped([batch, 77, unet.config.crossAttentionDim[0]]))));
+      (exec) => unet.forward(exec, shaped([batch, unet.config.inChannels, h, w]), shaped([batch]), shaped([batch, 77, unet.config.crossAttentionDim[0]]), added)));
   }
   if (parts.vae) {
     const vae = parts.vae.model;
@@ -132,12 +143,18 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
       parts.textEncoder.weights, `input_ids [${batch}, ${te.config.maxPositions}]`,
       (exec) => te.forward(exec, shaped([batch, te.config.maxPositions], 'int64'))));
   }
-  for (const p of [parts.unet, parts.vae, parts.textEncoder]) p?.weights?.close();
+  if (parts.textEncoder2) {
+    const te = parts.textEncoder2.model;
+    reports.push(await report('text_encoder_2', te.hasProjection ? 'CLIPTextModelWithProjection' : 'CLIPTextModel', configs.text_encoder_2.file,
+      configs.text_encoder_2.config, parts.textEncoder2.params, parts.textEncoder2.weights, `input_ids [${batch}, ${te.config.maxPositions}]`,
+      (exec) => te.forward(exec, shaped([batch, te.config.maxPositions], 'int64'))));
+  }
+  for (const p of [parts.unet, parts.vae, parts.textEncoder, parts.textEncoder2]) p?.weights?.close();
 
   if (o.json) {
     return JSON.stringify({
       source: folder?.dir ?? `preset ${o.preset}`,
-      pipeline: folder?.className ?? 'StableDiffusionPipeline',
+      pipeline: folder?.className ?? (parts.textEncoder2 ? 'StableDiffusionXLPipeline' : 'StableDiffusionPipeline'),
       components: folder?.components,
       size: { width, height, batch },
       models: reports.map((r) => ({ ...r, macsFull: fullMacs(r.macs), macsCalflops: calflopsMacs(r.macs) })),

@@ -3,6 +3,10 @@
  * mask, final LayerNorm. One segment, `text_model`, returning the final hidden states, the
  * penultimate layer's hidden states (before the final norm, as `hidden_states[-2]`) and the
  * pooled (end-of-text) state.
+ *
+ * CLIPTextModelWithProjection (SDXL's text_encoder_2) adds a second segment, `text_projection`:
+ * a Linear without bias from the pooled state to `text_embeds` [B, projection_dim]. Its weight is
+ * `text_projection.weight` at the top level, next to `text_model.*`, in transformers 4.x and 5.x.
  */
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Executor, TensorLike } from '../runtime/executor.ts';
@@ -19,6 +23,8 @@ export interface ClipTextConfig {
   hiddenAct: 'quick_gelu' | 'gelu';
   layerNormEps: number;
   eosTokenId: number;
+  /** Output width of text_projection (CLIPTextModelWithProjection only; transformers' default 512). */
+  projectionDim: number;
 }
 
 export function parseClipTextConfig(cfg: Config, where: string): ClipTextConfig {
@@ -32,6 +38,7 @@ export function parseClipTextConfig(cfg: Config, where: string): ClipTextConfig 
     hiddenAct: cfgOneOf(cfg, 'hidden_act', where, ['quick_gelu', 'gelu'] as const, 'quick_gelu'),
     layerNormEps: cfgNumber(cfg, 'layer_norm_eps', where, 1e-5),
     eosTokenId: cfgInt(cfg, 'eos_token_id', where, 2),
+    projectionDim: cfgPositiveInt(cfg, 'projection_dim', where, 512),
   };
   if (config.hiddenSize % config.numHeads) {
     throw new InputError(`${where}: num_attention_heads`, `hidden_size ${config.hiddenSize} is not divisible into heads`,
@@ -44,9 +51,14 @@ export interface ClipTextOutputs<T> {
   lastHiddenState: T;
   penultimateHiddenState: T;
   pooled: T;
+  /** text_projection(pooled) [B, projection_dim]: only from a CLIPTextModelWithProjection. */
+  textEmbeds?: T;
 }
 
 export class ClipTextModel {
+  /** True for CLIPTextModelWithProjection: forward also returns `textEmbeds`. */
+  readonly hasProjection: boolean = false;
+
   constructor(readonly config: ClipTextConfig) {}
 
   /** input_ids: int64 [B, L] with L ≤ max_position_embeddings. */
@@ -90,5 +102,18 @@ export class ClipTextModel {
       ? g.argmax(ids, 1)
       : g.argmax(g.cast(g.equal(ids, g.constant(BigInt64Array.from([BigInt(c.eosTokenId)]), [1], 'eos')), 'int32'), 1);
     return { last_hidden_state: last, penultimate_hidden_state: penultimate, pooled: g.gatherRows(last, eosPosition) };
+  }
+}
+
+/** transformers CLIPTextModelWithProjection: CLIPTextModel plus `text_projection` on the pooled state. */
+export class ClipTextModelWithProjection extends ClipTextModel {
+  override readonly hasProjection: boolean = true;
+
+  override async forward<T extends TensorLike>(exec: Executor<T>, inputIds: T): Promise<Required<ClipTextOutputs<T>>> {
+    const out = await super.forward(exec, inputIds);
+    const dim = this.config.projectionDim;
+    const projected = await exec.run('text_projection', (g, i) => ({ text_embeds: g.linear(i.pooled, 'text_projection', dim, false) }),
+      { pooled: out.pooled });
+    return { ...out, textEmbeds: projected.text_embeds };
   }
 }

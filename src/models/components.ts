@@ -8,7 +8,7 @@ import type { ParamSource } from '../graph/builder.ts';
 import { getComponent, openComponentWeights, readComponentConfig, type PipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
 import { weightParams } from '../weights/params.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from './autoencoder-kl.ts';
-import { ClipTextModel, parseClipTextConfig } from './clip-text.ts';
+import { ClipTextModel, ClipTextModelWithProjection, parseClipTextConfig } from './clip-text.ts';
 import { UNet2DConditionModel, parseUNetConfig } from './unet2d-condition.ts';
 
 export interface LoadedComponent<M> {
@@ -50,7 +50,17 @@ export function loadVae(folder: PipelineFolder, options: LoadOptions = {}): Load
   return open(folder, 'vae', ['AutoencoderKL'], (c, w) => new AutoencoderKL(parseAutoencoderKLConfig(c, w)), options);
 }
 
-/** transformers 4.x saves CLIP keys under `text_model.`, 5.x without: accept both. */
+/**
+ * A CLIP text encoder: `text_encoder` (CLIPTextModel), or SDXL's `text_encoder_2`
+ * (CLIPTextModelWithProjection: the model is then a ClipTextModelWithProjection, `hasProjection`
+ * is true and its outputs include `textEmbeds`). transformers 4.x saves the encoder's keys under
+ * `text_model.`, 5.x's CLIPTextModel without (its CLIPTextModelWithProjection keeps the prefix);
+ * `text_projection.weight` is top-level in both: every form is accepted.
+ */
 export function loadTextEncoder(folder: PipelineFolder, component = 'text_encoder', options: LoadOptions = {}): LoadedComponent<ClipTextModel> {
-  return open(folder, component, ['CLIPTextModel'], (c, w) => new ClipTextModel(parseClipTextConfig(c, w)), options, ['', 'text_model.']);
+  const entry = getComponent(folder, component);
+  return open(folder, component, ['CLIPTextModel', 'CLIPTextModelWithProjection'], (c, w) => {
+    const config = parseClipTextConfig(c, w);
+    return entry.className === 'CLIPTextModelWithProjection' ? new ClipTextModelWithProjection(config) : new ClipTextModel(config);
+  }, options, ['', 'text_model.']);
 }

@@ -1,7 +1,8 @@
 /**
- * diffusers UNet2DConditionModel (SD 1.x / 2.x), driven by its config.json. The forward pass is
- * written as calls to named segments whose names are diffusers module paths:
+ * diffusers UNet2DConditionModel (SD 1.x / 2.x / SDXL), driven by its config.json. The forward pass
+ * is written as calls to named segments whose names are diffusers module paths:
  * `down_blocks.1.resnets.0`, `down_blocks.1.attentions.0.transformer_blocks.0.attn2`, ...
+ * SDXL's micro-conditioning (`addition_embed_type: "text_time"`) is the `add_embedding` segment.
  */
 import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
@@ -37,6 +38,20 @@ export interface UNet2DConditionConfig {
   midBlockScaleFactor: number;
   convInKernel: number;
   convOutKernel: number;
+  /**
+   * SDXL's `addition_embed_type: "text_time"`: sinusoidal embeddings (width `timeEmbedDim`) of the
+   * time ids, concatenated after the pooled text embeddings, through `add_embedding` (a
+   * TimestepEmbedding with `inputDim` inputs) and added to the time embedding. null = none.
+   */
+  addition: { type: 'text_time'; timeEmbedDim: number; inputDim: number } | null;
+}
+
+/** SDXL's extra conditioning for the U-Net: diffusers' `added_cond_kwargs`. */
+export interface AddedConditioning<T> {
+  /** Pooled, projected text embeddings of text_encoder_2: float32 [B, P]. */
+  textEmbeds: T;
+  /** Micro-conditioning ids, e.g. (original h, w, crop top, left, target h, w): float32 [B, K]. */
+  timeIds: T;
 }
 
 /** Reads and validates a UNet2DConditionModel config.json; unsupported options are refused by name. */
@@ -61,7 +76,7 @@ export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConf
   };
   refuse('num_attention_heads', [null], 'null (diffusers counts heads in attention_head_dim for this model)');
   refuse('class_embed_type', [null], 'null');
-  refuse('addition_embed_type', [null], 'null');
+  refuse('addition_embed_type', [null, 'text_time'], 'null or "text_time"');
   refuse('time_embedding_type', ['positional'], '"positional"');
   refuse('resnet_time_scale_shift', ['default'], '"default"');
   refuse('only_cross_attention', [false], 'false');
@@ -93,6 +108,14 @@ export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConf
         `a head count dividing block_out_channels[${b}]`, `${attentionHeads[b]}`);
     }
   });
+  let addition: UNet2DConditionConfig['addition'] = null;
+  if (cfg.addition_embed_type === 'text_time') {
+    const timeEmbedDim = cfgPositiveInt(cfg, 'addition_time_embed_dim', where);
+    if (timeEmbedDim % 2) {
+      throw new InputError(`${where}: addition_time_embed_dim`, 'unsupported option', 'an even width', `${timeEmbedDim}`);
+    }
+    addition = { type: 'text_time', timeEmbedDim, inputDim: cfgPositiveInt(cfg, 'projection_class_embeddings_input_dim', where) };
+  }
   return {
     sampleSize: cfgOptionalInt(cfg, 'sample_size', where) ?? 64,
     inChannels: cfgPositiveInt(cfg, 'in_channels', where, 4),
@@ -115,6 +138,7 @@ export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConf
     midBlockScaleFactor: cfgNumber(cfg, 'mid_block_scale_factor', where, 1),
     convInKernel,
     convOutKernel,
+    addition,
   };
 }
 
@@ -138,11 +162,60 @@ export class UNet2DConditionModel {
   }
 
   /**
-   * One denoiser evaluation: sample [B, C, h, w], timestep [B] (float32), encoder hidden states
-   * [B, 77, D] → noise (or v) prediction [B, C, h, w].
+   * Shapes of the `added` conditioning a forward pass takes at batch `batch`, or null when the
+   * config has none. SDXL base has 6 time ids; `textEmbedsDim` (text_encoder_2's projection_dim)
+   * decides the count where known (the SDXL refiner has 5), else 6 is assumed.
    */
-  async forward<T extends TensorLike>(exec: Executor<T>, sample: T, timestep: T, encoderHiddenStates: T): Promise<T> {
+  addedConditioningShapes(batch: number, textEmbedsDim?: number): { textEmbeds: number[]; timeIds: number[] } | null {
+    const a = this.config.addition;
+    if (!a) return null;
+    const timeIds = textEmbedsDim === undefined ? 6 : (a.inputDim - textEmbedsDim) / a.timeEmbedDim;
+    const width = textEmbedsDim ?? a.inputDim - 6 * a.timeEmbedDim;
+    if (!Number.isInteger(timeIds) || timeIds <= 0 || width <= 0) {
+      throw new InputError('unet config: projection_class_embeddings_input_dim',
+        `does not split into text embeddings${textEmbedsDim === undefined ? '' : ` of width ${textEmbedsDim}`} plus time ids of width ${a.timeEmbedDim}`,
+        textEmbedsDim === undefined ? `more than 6 × ${a.timeEmbedDim}` : `${textEmbedsDim} + K × ${a.timeEmbedDim}`, `${a.inputDim}`);
+    }
+    return { textEmbeds: [batch, width], timeIds: [batch, timeIds] };
+  }
+
+  /** Checks `added` against the config and the batch: present exactly when the config asks for it. */
+  private checkAdded<T extends TensorLike>(batch: number, added: AddedConditioning<T> | undefined): void {
+    const a = this.config.addition;
+    const where = 'UNet2DConditionModel.forward: added';
+    if (!a) {
+      if (added !== undefined) {
+        throw new InputError(where, 'this U-Net takes no added conditioning (config addition_embed_type is null)', 'undefined',
+          'textEmbeds/timeIds');
+      }
+      return;
+    }
+    if (added === undefined || added.textEmbeds === undefined || added.timeIds === undefined) {
+      throw new InputError(where, 'missing conditioning: config addition_embed_type "text_time" (SDXL) needs the pooled text ' +
+        'embeddings and the time ids', '{ textEmbeds: [B, P], timeIds: [B, K] }', added === undefined ? 'undefined' : 'an incomplete object');
+    }
+    const { textEmbeds, timeIds } = added;
+    for (const [name, t] of [['textEmbeds', textEmbeds], ['timeIds', timeIds]] as const) {
+      if (t.dims.length !== 2 || t.dims[0] !== batch || t.type !== 'float32') {
+        throw new InputError(`${where}.${name}`, 'wrong tensor', `float32 [${batch}, N] (batch of the sample)`, `${t.type} [${t.dims.join(', ')}]`);
+      }
+    }
+    const width = textEmbeds.dims[1] + timeIds.dims[1] * a.timeEmbedDim;
+    if (width !== a.inputDim) {
+      throw new InputError(where, `textEmbeds width ${textEmbeds.dims[1]} + ${timeIds.dims[1]} time ids × addition_time_embed_dim ` +
+        `${a.timeEmbedDim} = ${width} does not match projection_class_embeddings_input_dim`, `${a.inputDim}`, `${width}`);
+    }
+  }
+
+  /**
+   * One denoiser evaluation: sample [B, C, h, w], timestep [B] (float32), encoder hidden states
+   * [B, 77, D] → noise (or v) prediction [B, C, h, w]. `added` (SDXL: pooled text embeddings and
+   * time ids) is required when the config's addition_embed_type is "text_time", refused otherwise.
+   */
+  async forward<T extends TensorLike>(exec: Executor<T>, sample: T, timestep: T, encoderHiddenStates: T,
+    added?: AddedConditioning<T>): Promise<T> {
     const c = this.config;
+    this.checkAdded(sample.dims[0], added);
     const n = c.blockOutChannels.length;
     const resnet = (name: string, outChannels: number, eps: number, scale = 1) =>
       (g: GraphBuilder, i: Record<string, Value>) => {
@@ -174,10 +247,23 @@ export class UNet2DConditionModel {
 
     const inPad = (c.convInKernel - 1) / 2;
     let x = (await exec.run('conv_in', (g, i) => ({ x: g.conv2d(i.sample, 'conv_in', c.blockOutChannels[0], c.convInKernel, { padding: inPad }) }), { sample })).x;
-    const temb = (await exec.run('time_embedding', (g, i) => {
+    // TimestepEmbedding: linear_1, SiLU, linear_2 (time_embedding and add_embedding alike).
+    const mlp = (g: GraphBuilder, input: Value) => g.linear(g.silu(g.linear(input, 'linear_1', this.timeEmbedDim)), 'linear_2', this.timeEmbedDim);
+    let temb = (await exec.run('time_embedding', (g, i) => {
       const proj = timestepEmbedding(g, i.timestep, c.blockOutChannels[0], c.flipSinToCos, c.freqShift);
-      return { temb: g.scope('time_embedding', () => g.linear(g.silu(g.linear(proj, 'linear_1', this.timeEmbedDim)), 'linear_2', this.timeEmbedDim)) };
+      return { temb: g.scope('time_embedding', () => mlp(g, proj)) };
     }, { timestep })).temb;
+    const addition = c.addition;
+    if (addition && added) {
+      // add_time_proj (no parameters) over the flattened ids, [text_embeds, time embeds] → add_embedding, summed into temb.
+      temb = (await exec.run('add_embedding', (g, i) => {
+        const [batch, count] = i.time_ids.shape;
+        const flat = g.reshape(i.time_ids, [batch * count]);
+        const proj = g.reshape(timestepEmbedding(g, flat, addition.timeEmbedDim, c.flipSinToCos, c.freqShift), [batch, count * addition.timeEmbedDim]);
+        const aug = g.scope('add_embedding', () => mlp(g, g.concat([i.text_embeds, proj], -1)));
+        return { temb: g.add(i.temb, aug) };
+      }, { temb, text_embeds: added.textEmbeds, time_ids: added.timeIds })).temb;
+    }
 
     const skips: T[] = [x];
     for (let b = 0; b < n; b++) {
