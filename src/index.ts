@@ -12,3 +12,7 @@ export { AutoencoderKL, parseAutoencoderKLConfig, type AutoencoderKLConfig } fro
 export { ClipTextModel, ClipTextModelWithProjection, parseClipTextConfig, type ClipTextConfig } from './models/clip-text.ts';
 export { ClipTokenizer } from './tokenizers/clip-bpe.ts';
 export { PRESETS, type Preset } from './models/presets.ts';
+export { createScheduler, SCHEDULER_NAMES, type Scheduler, type SchedulerName } from './schedulers/index.ts';
+export { loadPipeline, StableDiffusionPipeline, type GenerateRequest, type GenerateResult, type PipelineOptions } from './pipelines/stable-diffusion.ts';
+export { encodePng } from './image/png.ts';
+export { Rng } from './util/rng.ts';

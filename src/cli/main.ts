@@ -6,6 +6,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { InputError } from '../errors.ts';
 import { inspect } from './inspect.ts';
 import { benchUNet } from '../bench/unet-forward.ts';
+import { generate } from './generate.ts';
 
 function positiveInt(flag: string) {
   return (value: string): number => {
@@ -13,6 +14,22 @@ function positiveInt(flag: string) {
     if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${flag} expects a positive integer, got "${value}"`);
     return n;
   };
+}
+
+function number(flag: string, min = -Infinity) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n < min) {
+      throw new InvalidArgumentError(`${flag} expects a number${min > -Infinity ? ` ≥ ${min}` : ''}, got "${value}"`);
+    }
+    return n;
+  };
+}
+
+function seed(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n >= 2 ** 32) throw new InvalidArgumentError(`--seed expects an integer in [0, 4294967295], got "${value}"`);
+  return n;
 }
 
 /** "512", "768x512" → [width, height]. */
@@ -39,13 +56,37 @@ export function buildProgram(): Command {
     .command('inspect')
     .description('list components, configs, parameters and per-segment MACs of a pipeline folder or preset')
     .argument('[dir]', 'diffusers pipeline folder (model_index.json)')
-    .option('--preset <name>', 'use a built-in config instead of a folder (sd15, sd21); needs no weights')
+    .option('--preset <name>', 'use a built-in config instead of a folder (sd15, sd21, sdxl); needs no weights')
     .option('--size <WxH>', 'image size in pixels (default: the model\'s native size)', parseSize)
     .option('--batch <n>', 'batch size', positiveInt('--batch'), 1)
     .option('--json', 'print JSON instead of text', false)
     .action(async (dir: string | undefined, opts: { preset?: string; size?: [number, number]; batch: number; json: boolean }) => {
       const [width, height] = opts.size ?? [];
       console.log(await inspect(dir, { preset: opts.preset, width, height, batch: opts.batch, json: opts.json }));
+    });
+
+  program
+    .command('generate')
+    .description('text-to-image: generate PNG images from a prompt with a diffusers Stable Diffusion folder')
+    .option('--model <dir>', 'diffusers pipeline folder (model_index.json)')
+    .option('--prompt <text>', 'what to draw')
+    .option('--negative-prompt <text>', 'what to steer away from (classifier-free guidance)')
+    .option('--steps <n>', 'denoising steps (default 50)', positiveInt('--steps'))
+    .option('--guidance <g>', 'classifier-free guidance scale; ≤ 1 turns CFG off (default 7.5)', number('--guidance'))
+    .option('--guidance-rescale <r>', 'diffusers guidance_rescale in [0, 1] (default 0)', number('--guidance-rescale', 0))
+    .option('--scheduler <name>', 'ddim, pndm, euler, euler-a, dpm++2m, dpm++2m-karras or lcm (default: the folder\'s own)')
+    .option('--seed <s>', 'seed of our noise generator (default: random, printed)', seed)
+    .option('--width <w>', 'image width in pixels, a multiple of 8 (default: the model\'s size)', positiveInt('--width'))
+    .option('--height <h>', 'image height in pixels, a multiple of 8', positiveInt('--height'))
+    .option('--batch <n>', 'images per prompt', positiveInt('--batch'))
+    .option('--latents <file.safetensors>', 'starting latents: one F32 tensor "latents" [B, C, h, w] (diffusers\' latents=)')
+    .option('--save-latents <file.safetensors>', 'also write the final latents (before VAE scaling and decoding)')
+    .option('--out <file.png>', 'output PNG; several images get -0, -1, ... suffixes', 'out.png')
+    .option('--device <name>', 'cpu or webgpu', 'cpu')
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
+    .option('--quiet', 'no progress bar', false)
+    .action(async (opts) => {
+      await generate(opts);
     });
 
   program

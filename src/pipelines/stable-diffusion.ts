@@ -1,0 +1,282 @@
+/**
+ * Text-to-image for Stable Diffusion 1.x / 2.x folders, step for step as diffusers'
+ * StableDiffusionPipeline: CLIP prompt embeddings, classifier-free guidance (uncond first),
+ * optional guidance rescale, the scheduler loop, VAE decode to [0, 1].
+ * Noise comes from our own seeded generator (src/util/rng.ts), not torch's: the same seed gives
+ * the same image here on every platform, but not the image torch would give for that seed.
+ */
+import * as ort from 'onnxruntime-node';
+import { InputError } from '../errors.ts';
+import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
+import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
+import type { ClipTextModel } from '../models/clip-text.ts';
+import type { UNet2DConditionModel } from '../models/unet2d-condition.ts';
+import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
+import { Rng } from '../util/rng.ts';
+import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
+
+export interface PipelineOptions extends RuntimeOptions {
+  /** Weight variant, e.g. "fp16" for `*.fp16.safetensors`. */
+  variant?: string;
+}
+
+export interface Latents {
+  data: Float32Array;
+  dims: number[];
+}
+
+export interface StepInfo {
+  step: number;
+  steps: number;
+  timestep: number;
+  seconds: number;
+}
+
+export interface GenerateRequest {
+  prompt: string | string[];
+  negativePrompt?: string | string[];
+  steps?: number;
+  guidanceScale?: number;
+  guidanceRescale?: number;
+  /** Scheduler by name; default: the folder's own scheduler. */
+  scheduler?: SchedulerName;
+  /** Seed of our noise generator; random when absent (the result says which). */
+  seed?: number;
+  width?: number;
+  height?: number;
+  imagesPerPrompt?: number;
+  /** Starting latents [B, C, h, w], as diffusers' `latents=` (scaled by init_noise_sigma here). */
+  latents?: Latents;
+  /** 'latent' skips VAE decoding. */
+  output?: 'image' | 'latent';
+  onStep?: (info: StepInfo) => void;
+  signal?: AbortSignal;
+}
+
+export interface GeneratedImage {
+  /** Planar RGB [3, height, width] in [0, 1]. */
+  data: Float32Array;
+  width: number;
+  height: number;
+}
+
+export interface GenerateResult {
+  /** Final latents, before VAE scaling and decoding. */
+  latents: Latents;
+  images: GeneratedImage[];
+  seed: number;
+  scheduler: string;
+  timings: { textEncoding: number; denoising: number; decoding: number };
+  warnings: string[];
+}
+
+const seconds = (start: number) => (performance.now() - start) / 1000;
+
+function list(value: string | string[], flag: string): string[] {
+  const items = Array.isArray(value) ? value : [value];
+  if (items.length === 0 || items.some((p) => typeof p !== 'string')) throw new InputError(flag, 'wrong value', 'a string or a non-empty list of strings');
+  return items;
+}
+
+function positiveInt(value: number | undefined, fallback: number, flag: string): number {
+  const v = value ?? fallback;
+  if (!Number.isInteger(v) || v <= 0) throw new InputError(flag, 'wrong value', 'a positive integer', String(value));
+  return v;
+}
+
+function finite(value: number | undefined, fallback: number, flag: string, min = -Infinity): number {
+  const v = value ?? fallback;
+  if (!Number.isFinite(v) || v < min) throw new InputError(flag, 'wrong value', min > -Infinity ? `a number ≥ ${min}` : 'a finite number', String(value));
+  return v;
+}
+
+async function floats(t: ort.Tensor): Promise<Float32Array> {
+  return (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array;
+}
+
+export class StableDiffusionPipeline {
+  private readonly unetExec: OrtExecutor;
+  private readonly vaeExec: OrtExecutor;
+  private readonly textExec: OrtExecutor;
+
+  constructor(
+    readonly folder: PipelineFolder,
+    readonly unet: LoadedComponent<UNet2DConditionModel>,
+    readonly vae: LoadedComponent<AutoencoderKL>,
+    readonly textEncoder: LoadedComponent<ClipTextModel>,
+    readonly tokenizer: ClipTokenizer,
+    private readonly options: PipelineOptions,
+  ) {
+    this.unetExec = new OrtExecutor(unet.params, options);
+    this.vaeExec = new OrtExecutor(vae.params, options);
+    this.textExec = new OrtExecutor(textEncoder.params, options);
+  }
+
+  /** Pixel size the U-Net was trained at (sample_size × VAE factor). */
+  get defaultSize(): number {
+    return this.unet.model.config.sampleSize * this.vae.model.downsampleFactor;
+  }
+
+  private async encodePrompts(prompts: string[], warnings: string[]): Promise<ort.Tensor> {
+    const ids = new BigInt64Array(prompts.length * this.tokenizer.maxLength);
+    prompts.forEach((p, i) => {
+      const full = this.tokenizer.encodeUntruncated(p);
+      if (full.length > this.tokenizer.maxLength) {
+        warnings.push(`prompt truncated to ${this.tokenizer.maxLength} tokens (CLIP's limit): ${full.length - this.tokenizer.maxLength} tokens dropped from "${p.slice(0, 40)}…"`);
+      }
+      ids.set(this.tokenizer.encode(p).map(BigInt), i * this.tokenizer.maxLength);
+    });
+    const input = new ort.Tensor('int64', ids, [prompts.length, this.tokenizer.maxLength]);
+    return (await this.textEncoder.model.forward(this.textExec, input)).lastHiddenState;
+  }
+
+  async generate(request: GenerateRequest): Promise<GenerateResult> {
+    const warnings: string[] = [];
+    const prompts = list(request.prompt, '--prompt');
+    const steps = positiveInt(request.steps, 50, '--steps');
+    const guidance = finite(request.guidanceScale, 7.5, '--guidance');
+    const rescale = finite(request.guidanceRescale, 0, '--guidance-rescale', 0);
+    const perPrompt = positiveInt(request.imagesPerPrompt, 1, '--batch');
+    const width = positiveInt(request.width, this.defaultSize, '--width');
+    const height = positiveInt(request.height, this.defaultSize, '--height');
+    const factor = this.vae.model.downsampleFactor;
+    if (width % factor || height % factor) throw new InputError('--width/--height', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
+    const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, '--negative-prompt');
+    if (negatives.length !== 1 && negatives.length !== prompts.length) {
+      throw new InputError('--negative-prompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
+    }
+    const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
+    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
+    const cfg = guidance > 1;
+    const batch = prompts.length * perPrompt;
+    const latentDims = [batch, this.unet.model.config.inChannels, height / factor, width / factor];
+    if (request.latents) {
+      const d = request.latents.dims;
+      if (d.length !== 4 || d.some((x, i) => x !== latentDims[i])) {
+        throw new InputError('--latents', 'shape does not fit the request', `[${latentDims.join(', ')}]`, `[${d.join(', ')}]`);
+      }
+    }
+    const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
+    const scheduler = createScheduler({
+      name: request.scheduler,
+      className: getComponent(this.folder, 'scheduler').className,
+      config: schedulerConfig,
+      configFile: schedulerFile,
+      steps,
+    });
+
+    // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
+    let start = performance.now();
+    const repeat = (list: string[]) => list.flatMap((p) => new Array<string>(perPrompt).fill(p));
+    const positive = repeat(prompts);
+    const negative = repeat(negatives.length === 1 ? prompts.map(() => negatives[0]) : negatives);
+    const context = await this.encodePrompts(cfg ? [...negative, ...positive] : positive, warnings);
+    const textEncoding = seconds(start);
+
+    // Starting latents, scaled by the scheduler's initial sigma as diffusers does.
+    const rng = new Rng(seed);
+    const size = latentDims.reduce((a, b) => a * b, 1);
+    let latents = request.latents ? Float32Array.from(request.latents.data) : rng.fillNormal(new Float32Array(size));
+    for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
+
+    start = performance.now();
+    const modelBatch = cfg ? 2 * batch : batch;
+    let state = scheduler.initialState;
+    for (let i = 0; i < scheduler.timesteps.length; i++) {
+      if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
+      const stepStart = performance.now();
+      const input = cfg ? concat(latents, latents) : latents;
+      const scaled = scheduler.scaleModelInput(input, i);
+      const t = scheduler.timesteps[i];
+      const out = await this.unet.model.forward(this.unetExec,
+        new ort.Tensor('float32', scaled, [modelBatch, ...latentDims.slice(1)]),
+        new ort.Tensor('float32', new Float32Array(modelBatch).fill(t), [modelBatch]),
+        context);
+      const prediction = await floats(out);
+      const guided = cfg ? guide(prediction, size, guidance, rescale, batch) : prediction;
+      const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
+      ({ prevSample: latents, state } = scheduler.step(state, guided, i, latents, noise));
+      request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
+    }
+    const denoising = seconds(start);
+
+    const images: GeneratedImage[] = [];
+    start = performance.now();
+    if ((request.output ?? 'image') === 'image') {
+      const scale = 1 / this.vae.model.config.scalingFactor;
+      const plane = latentDims.slice(1).reduce((a, b) => a * b, 1);
+      for (let b = 0; b < batch; b++) {
+        // One image at a time: the decoder's activations dominate memory at full size.
+        const z = latents.slice(b * plane, (b + 1) * plane).map((v) => v * scale);
+        const decoded = await floats(await this.vae.model.decode(this.vaeExec, new ort.Tensor('float32', z, [1, ...latentDims.slice(1)])));
+        images.push({ data: decoded.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width, height });
+      }
+    }
+    const decoding = seconds(start);
+    return {
+      latents: { data: latents, dims: latentDims },
+      images,
+      seed,
+      scheduler: scheduler.name,
+      timings: { textEncoding, denoising, decoding },
+      warnings,
+    };
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release()]);
+    for (const c of [this.unet, this.vae, this.textEncoder]) c.weights.close();
+  }
+}
+
+function concat(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/**
+ * Classifier-free guidance on a [uncond; text] batch: uncond + g·(text − uncond), then diffusers'
+ * rescale_noise_cfg (match the per-sample std of the text prediction, blended by `rescale`).
+ */
+function guide(prediction: Float32Array, size: number, scale: number, rescale: number, batch: number): Float32Array {
+  const out = new Float32Array(size);
+  for (let i = 0; i < size; i++) {
+    const uncond = prediction[i];
+    out[i] = uncond + scale * (prediction[size + i] - uncond);
+  }
+  if (rescale > 0) {
+    const per = size / batch;
+    for (let b = 0; b < batch; b++) {
+      const text = prediction.subarray(size + b * per, size + (b + 1) * per);
+      const guided = out.subarray(b * per, (b + 1) * per);
+      const factor = std(text) / std(guided);
+      for (let i = 0; i < per; i++) guided[i] = rescale * guided[i] * factor + (1 - rescale) * guided[i];
+    }
+  }
+  return out;
+}
+
+/** Unbiased standard deviation (torch's default). */
+function std(x: Float32Array): number {
+  let mean = 0;
+  for (const v of x) mean += v;
+  mean /= x.length;
+  let sum = 0;
+  for (const v of x) sum += (v - mean) ** 2;
+  return Math.sqrt(sum / (x.length - 1));
+}
+
+/** Opens a Stable Diffusion 1.x / 2.x diffusers folder. */
+export async function loadPipeline(dir: string, options: PipelineOptions = {}): Promise<StableDiffusionPipeline> {
+  const folder = readPipelineFolder(dir);
+  const load = { variant: options.variant };
+  const unet = loadUNet(folder, load);
+  const vae = loadVae(folder, load);
+  const textEncoder = loadTextEncoder(folder, 'text_encoder', load);
+  const tokenizer = ClipTokenizer.fromFolder(getComponent(folder, 'tokenizer').dir);
+  return new StableDiffusionPipeline(folder, unet, vae, textEncoder, tokenizer, options);
+}

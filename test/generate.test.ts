@@ -1,0 +1,114 @@
+/**
+ * `diffuse generate` as a user runs it: PNG with metadata, latents in and out, seeds, and one
+ * clear error (exit 2, no file written) for each kind of bad flag.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { decode } from 'fast-png';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { SafetensorsFile, writeSafetensors } from '../src/weights/safetensors.ts';
+import { tempDir } from './helpers/files.ts';
+
+const ROOT = path.join(import.meta.dirname, '..');
+const TINY = path.join(ROOT, 'test', 'fixtures', 'tiny-sd1');
+
+function diffuse(...args: string[]) {
+  const run = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'diffuse.js'), ...args], { cwd: ROOT, encoding: 'utf8' });
+  return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+}
+
+/** Text chunks (tEXt / iTXt) of a PNG, read directly from its chunk list. */
+function pngText(bytes: Uint8Array): Record<string, string> {
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  const text: Record<string, string> = {};
+  for (let offset = 8; offset < bytes.length;) {
+    const length = view.getUint32(offset);
+    const type = new TextDecoder().decode(bytes.subarray(offset + 4, offset + 8));
+    const body = bytes.subarray(offset + 8, offset + 8 + length);
+    if (type === 'iTXt') {
+      const keyEnd = body.indexOf(0);
+      const key = new TextDecoder().decode(body.subarray(0, keyEnd));
+      // keyword\0 compression-flag compression-method language\0 translated-keyword\0 text
+      let p = keyEnd + 3;
+      p = body.indexOf(0, p) + 1;
+      p = body.indexOf(0, p) + 1;
+      text[key] = new TextDecoder().decode(body.subarray(p));
+    }
+    offset += 12 + length;
+  }
+  return text;
+}
+
+test('generate writes a PNG with A1111 parameters and a JSON settings chunk, and the final latents', (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'cat.png');
+  const latents = path.join(dir, 'final.safetensors');
+  const run = diffuse('generate', '--model', TINY, '--prompt', 'a cat — café', '--negative-prompt', 'blurry', '--steps', '2', '--seed', '7',
+    '--width', '64', '--height', '48', '--scheduler', 'euler', '--out', out, '--save-latents', latents, '--quiet');
+  assert.equal(run.status, 0, run.stderr);
+  const bytes = new Uint8Array(fs.readFileSync(out));
+  const png = decode(bytes);
+  assert.deepEqual([png.width, png.height, png.channels], [64, 48, 3]);
+  const text = pngText(bytes);
+  assert.match(text.parameters, /^a cat — café\nNegative prompt: blurry\nSteps: 2, Sampler: euler, CFG scale: 7.5, Seed: 7, Size: 64x48, Model: tiny-sd1$/);
+  const settings = JSON.parse(text['diffusion.ts']);
+  assert.equal(settings.seed, 7);
+  assert.equal(settings.scheduler, 'euler');
+  const saved = SafetensorsFile.open(latents);
+  assert.deepEqual(saved.tensors.get('latents')!.shape, [1, 4, 6, 8]);
+  saved.close();
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['cat.png', 'final.safetensors'], 'no temporary files left');
+});
+
+test('the same seed gives the same latents; given latents replace the noise', async (t) => {
+  const pipeline = await loadPipeline(TINY);
+  try {
+    const request = { prompt: 'a red circle', steps: 3, seed: 42, width: 64, height: 64, output: 'latent' as const, scheduler: 'ddim' as const };
+    const a = await pipeline.generate(request);
+    const b = await pipeline.generate(request);
+    assert.deepEqual(a.latents.data, b.latents.data);
+    const other = await pipeline.generate({ ...request, seed: 43 });
+    assert.notDeepEqual(a.latents.data, other.latents.data);
+    // Starting latents from a file mean the seed no longer matters.
+    const start = new Float32Array(4 * 8 * 8).map((_, i) => Math.sin(i));
+    const dir = tempDir(t);
+    writeSafetensors(path.join(dir, 'in.safetensors'), { latents: { dtype: 'F32', shape: [1, 4, 8, 8], data: start } });
+    const c = await pipeline.generate({ ...request, latents: { data: start, dims: [1, 4, 8, 8] } });
+    const d = await pipeline.generate({ ...request, seed: 1, latents: { data: start, dims: [1, 4, 8, 8] } });
+    assert.deepEqual(c.latents.data, d.latents.data);
+    const steps: number[] = [];
+    const abort = new AbortController();
+    await assert.rejects(pipeline.generate({ ...request, onStep: (s) => { steps.push(s.step); if (s.step === 2) abort.abort(); }, signal: abort.signal }), /abort/i);
+    assert.deepEqual(steps, [1, 2], 'callback per step, stopped by the AbortSignal');
+  } finally {
+    await pipeline.release();
+  }
+});
+
+test('bad flags: one line naming the flag, exit 2, no output file', (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'x.png');
+  const wrongLatents = path.join(dir, 'wrong.safetensors');
+  writeSafetensors(wrongLatents, { latents: { dtype: 'F32', shape: [1, 4, 4, 4], data: new Float32Array(64) } });
+  const cases: [string[], string][] = [
+    [['--steps', '0'], '--steps'],
+    [['--scheduler', 'heun'], '--scheduler'],
+    [['--width', '100'], '--width'],
+    [['--latents', wrongLatents], '--latents'],
+    [['--out', path.join(dir, 'x.jpg')], '--out'],
+  ];
+  for (const [flags, named] of cases) {
+    const run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--steps', '1', '--out', out, '--quiet', ...flags);
+    assert.equal(run.status, 2, `${flags.join(' ')}: ${run.stderr}`);
+    const lines = run.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, run.stderr);
+    assert.ok(lines[0].includes(named), `${flags.join(' ')} → ${lines[0]}`);
+    assert.ok(!fs.existsSync(out), 'no output written');
+  }
+  const missing = diffuse('generate', '--model', path.join(dir, 'nope'), '--prompt', 'x', '--out', out);
+  assert.equal(missing.status, 2);
+  assert.ok(missing.stderr.includes(path.join(dir, 'nope')), missing.stderr);
+});
