@@ -28,7 +28,7 @@ interface Case {
   image?: boolean;
 }
 
-for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
+for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl']) {
   test(`${fixture}: text-to-image equals diffusers for every deterministic scheduler`, async (t) => {
     const cases = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'goldens', 'pipelines', `${fixture}.json`), 'utf8')) as Case[];
     const goldens = SafetensorsFile.open(path.join(FIXTURES, 'goldens', 'pipelines', `${fixture}.safetensors`));

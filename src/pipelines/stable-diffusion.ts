@@ -1,7 +1,7 @@
 /**
- * Text-to-image for Stable Diffusion 1.x / 2.x folders, step for step as diffusers'
- * StableDiffusionPipeline: CLIP prompt embeddings, classifier-free guidance (uncond first),
- * optional guidance rescale, the scheduler loop, VAE decode to [0, 1].
+ * Text-to-image for Stable Diffusion 1.x / 2.x and SDXL folders, step for step as diffusers'
+ * StableDiffusionPipeline / StableDiffusionXLPipeline: CLIP prompt embeddings, classifier-free
+ * guidance (uncond first), optional guidance rescale, the scheduler loop, VAE decode to [0, 1].
  * Noise comes from our own seeded generator (src/util/rng.ts), not torch's: the same seed gives
  * the same image here on every platform, but not the image torch would give for that seed.
  */
@@ -49,6 +49,11 @@ export interface GenerateRequest {
   imagesPerPrompt?: number;
   /** Starting latents [B, C, h, w], as diffusers' `latents=` (scaled by init_noise_sigma here). */
   latents?: Latents;
+  /** SDXL micro-conditioning [height, width]; default: the output size. */
+  originalSize?: [number, number];
+  targetSize?: [number, number];
+  /** SDXL crop offset [top, left]; default [0, 0]. */
+  cropTopLeft?: [number, number];
   /** 'latent' skips VAE decoding. */
   output?: 'image' | 'latent';
   onStep?: (info: StepInfo) => void;
@@ -96,10 +101,27 @@ async function floats(t: ort.Tensor): Promise<Float32Array> {
   return (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array;
 }
 
+/** SDXL's second text encoder and what goes with it. */
+export interface XlParts {
+  textEncoder2: LoadedComponent<ClipTextModel>;
+  tokenizer2: ClipTokenizer;
+  /** model_index.json's force_zeros_for_empty_prompt: no negative prompt → zero embeddings. */
+  forceZerosForEmptyPrompt: boolean;
+}
+
+/** Prompt conditioning for a batch: per-token context, and SDXL's pooled embeddings. */
+interface Conditioning {
+  context: Float32Array;
+  tokens: number;
+  width: number;
+  pooled?: Float32Array;
+}
+
 export class StableDiffusionPipeline {
   private readonly unetExec: OrtExecutor;
   private readonly vaeExec: OrtExecutor;
   private readonly textExec: OrtExecutor;
+  private readonly textExec2?: OrtExecutor;
 
   constructor(
     readonly folder: PipelineFolder,
@@ -107,11 +129,13 @@ export class StableDiffusionPipeline {
     readonly vae: LoadedComponent<AutoencoderKL>,
     readonly textEncoder: LoadedComponent<ClipTextModel>,
     readonly tokenizer: ClipTokenizer,
-    private readonly options: PipelineOptions,
+    options: PipelineOptions,
+    readonly xl?: XlParts,
   ) {
     this.unetExec = new OrtExecutor(unet.params, options);
     this.vaeExec = new OrtExecutor(vae.params, options);
     this.textExec = new OrtExecutor(textEncoder.params, options);
+    if (xl) this.textExec2 = new OrtExecutor(xl.textEncoder2.params, options);
   }
 
   /** Pixel size the U-Net was trained at (sample_size × VAE factor). */
@@ -119,17 +143,38 @@ export class StableDiffusionPipeline {
     return this.unet.model.config.sampleSize * this.vae.model.downsampleFactor;
   }
 
-  private async encodePrompts(prompts: string[], warnings: string[]): Promise<ort.Tensor> {
-    const ids = new BigInt64Array(prompts.length * this.tokenizer.maxLength);
+  private tokenize(tokenizer: ClipTokenizer, prompts: string[], warnings: string[]): ort.Tensor {
+    const ids = new BigInt64Array(prompts.length * tokenizer.maxLength);
     prompts.forEach((p, i) => {
-      const full = this.tokenizer.encodeUntruncated(p);
-      if (full.length > this.tokenizer.maxLength) {
-        warnings.push(`prompt truncated to ${this.tokenizer.maxLength} tokens (CLIP's limit): ${full.length - this.tokenizer.maxLength} tokens dropped from "${p.slice(0, 40)}…"`);
-      }
-      ids.set(this.tokenizer.encode(p).map(BigInt), i * this.tokenizer.maxLength);
+      const full = tokenizer.encodeUntruncated(p);
+      const warning = `prompt truncated to ${tokenizer.maxLength} tokens (CLIP's limit): ${full.length - tokenizer.maxLength} tokens dropped from "${p.slice(0, 40)}…"`;
+      if (full.length > tokenizer.maxLength && !warnings.includes(warning)) warnings.push(warning);
+      ids.set(tokenizer.encode(p).map(BigInt), i * tokenizer.maxLength);
     });
-    const input = new ort.Tensor('int64', ids, [prompts.length, this.tokenizer.maxLength]);
-    return (await this.textEncoder.model.forward(this.textExec, input)).lastHiddenState;
+    return new ort.Tensor('int64', ids, [prompts.length, tokenizer.maxLength]);
+  }
+
+  /**
+   * SD: the final hidden states. SDXL: both encoders' penultimate hidden states side by side
+   * (768 + 1280 wide), plus text_encoder_2's projected pooled embedding.
+   */
+  private async encodePrompts(prompts: string[], warnings: string[]): Promise<Conditioning> {
+    const first = await this.textEncoder.model.forward(this.textExec, this.tokenize(this.tokenizer, prompts, warnings));
+    if (!this.xl) {
+      const [, tokens, width] = first.lastHiddenState.dims;
+      return { context: await floats(first.lastHiddenState), tokens, width };
+    }
+    const second = await this.xl.textEncoder2.model.forward(this.textExec2!, this.tokenize(this.xl.tokenizer2, prompts, warnings));
+    const a = await floats(first.penultimateHiddenState);
+    const b = await floats(second.penultimateHiddenState);
+    const [, tokens, wa] = first.penultimateHiddenState.dims;
+    const wb = second.penultimateHiddenState.dims[2];
+    const context = new Float32Array(prompts.length * tokens * (wa + wb));
+    for (let row = 0; row < prompts.length * tokens; row++) {
+      context.set(a.subarray(row * wa, (row + 1) * wa), row * (wa + wb));
+      context.set(b.subarray(row * wb, (row + 1) * wb), row * (wa + wb) + wa);
+    }
+    return { context, tokens, width: wa + wb, pooled: await floats(second.textEmbeds!) };
   }
 
   async generate(request: GenerateRequest): Promise<GenerateResult> {
@@ -170,10 +215,31 @@ export class StableDiffusionPipeline {
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
     const repeat = (list: string[]) => list.flatMap((p) => new Array<string>(perPrompt).fill(p));
-    const positive = repeat(prompts);
-    const negative = repeat(negatives.length === 1 ? prompts.map(() => negatives[0]) : negatives);
-    const context = await this.encodePrompts(cfg ? [...negative, ...positive] : positive, warnings);
+    const positive = await this.encodePrompts(repeat(prompts), warnings);
+    let conditioning = positive;
+    if (cfg) {
+      const zeros = this.xl?.forceZerosForEmptyPrompt && request.negativePrompt === undefined;
+      const negative: Conditioning = zeros
+        ? { ...positive, context: new Float32Array(positive.context.length), pooled: new Float32Array(positive.pooled!.length) }
+        : await this.encodePrompts(repeat(negatives.length === 1 ? prompts.map(() => negatives[0]) : negatives), warnings);
+      conditioning = {
+        ...positive,
+        context: concat(negative.context, positive.context),
+        pooled: positive.pooled && concat(negative.pooled!, positive.pooled),
+      };
+    }
     const textEncoding = seconds(start);
+    const modelBatch = cfg ? 2 * batch : batch;
+    const context = new ort.Tensor('float32', conditioning.context, [modelBatch, conditioning.tokens, conditioning.width]);
+    // SDXL micro-conditioning (the same for the negative half, as diffusers does by default).
+    const timeIds = [...(request.originalSize ?? [height, width]), ...(request.cropTopLeft ?? [0, 0]), ...(request.targetSize ?? [height, width])];
+    if (timeIds.length !== 6 || timeIds.some((v) => !Number.isFinite(v))) {
+      throw new InputError('originalSize/cropTopLeft/targetSize', 'wrong value', 'pairs of finite numbers', JSON.stringify(timeIds));
+    }
+    const added = conditioning.pooled && {
+      textEmbeds: new ort.Tensor('float32', conditioning.pooled, [modelBatch, conditioning.pooled.length / modelBatch]),
+      timeIds: new ort.Tensor('float32', new Float32Array(modelBatch * 6).map((_, i) => timeIds[i % 6]), [modelBatch, 6]),
+    };
 
     // Starting latents, scaled by the scheduler's initial sigma as diffusers does.
     const rng = new Rng(seed);
@@ -182,7 +248,6 @@ export class StableDiffusionPipeline {
     for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
 
     start = performance.now();
-    const modelBatch = cfg ? 2 * batch : batch;
     let state = scheduler.initialState;
     for (let i = 0; i < scheduler.timesteps.length; i++) {
       if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
@@ -193,7 +258,7 @@ export class StableDiffusionPipeline {
       const out = await this.unet.model.forward(this.unetExec,
         new ort.Tensor('float32', scaled, [modelBatch, ...latentDims.slice(1)]),
         new ort.Tensor('float32', new Float32Array(modelBatch).fill(t), [modelBatch]),
-        context);
+        context, added);
       const prediction = await floats(out);
       const guided = cfg ? guide(prediction, size, guidance, rescale, batch) : prediction;
       const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
@@ -226,8 +291,8 @@ export class StableDiffusionPipeline {
   }
 
   async release(): Promise<void> {
-    await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release()]);
-    for (const c of [this.unet, this.vae, this.textEncoder]) c.weights.close();
+    await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release(), this.textExec2?.release()]);
+    for (const c of [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2]) c?.weights.close();
   }
 }
 
@@ -270,13 +335,30 @@ function std(x: Float32Array): number {
   return Math.sqrt(sum / (x.length - 1));
 }
 
-/** Opens a Stable Diffusion 1.x / 2.x diffusers folder. */
+const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline'];
+
+/** Opens a Stable Diffusion 1.x / 2.x (StableDiffusionPipeline) or SDXL (StableDiffusionXLPipeline) folder. */
 export async function loadPipeline(dir: string, options: PipelineOptions = {}): Promise<StableDiffusionPipeline> {
   const folder = readPipelineFolder(dir);
+  if (!PIPELINES.includes(folder.className)) {
+    throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'unsupported pipeline', PIPELINES.join(' or '), folder.className);
+  }
   const load = { variant: options.variant };
   const unet = loadUNet(folder, load);
   const vae = loadVae(folder, load);
   const textEncoder = loadTextEncoder(folder, 'text_encoder', load);
   const tokenizer = ClipTokenizer.fromFolder(getComponent(folder, 'tokenizer').dir);
-  return new StableDiffusionPipeline(folder, unet, vae, textEncoder, tokenizer, options);
+  let xl: XlParts | undefined;
+  if (folder.className === 'StableDiffusionXLPipeline') {
+    const textEncoder2 = loadTextEncoder(folder, 'text_encoder_2', load);
+    if (!textEncoder2.model.hasProjection) {
+      throw new InputError(`${folder.dir}/model_index.json: text_encoder_2`, 'SDXL needs the projected pooled embedding', 'CLIPTextModelWithProjection', 'CLIPTextModel');
+    }
+    xl = {
+      textEncoder2,
+      tokenizer2: ClipTokenizer.fromFolder(getComponent(folder, 'tokenizer_2').dir),
+      forceZerosForEmptyPrompt: folder.options.force_zeros_for_empty_prompt !== false,
+    };
+  }
+  return new StableDiffusionPipeline(folder, unet, vae, textEncoder, tokenizer, options, xl);
 }

@@ -1,4 +1,4 @@
-"""End-to-end goldens: diffusers' own text-to-image pipelines on the tiny fixtures.
+"""End-to-end goldens: diffusers' own text-to-image pipelines on the tiny fixtures (SD 1.x, 2.x, XL).
 
 For each fixture and each deterministic scheduler, runs the pipeline with fixed starting latents
 (diffusers' `latents=` argument, so no RNG is involved) and records the final latents (before VAE
@@ -20,6 +20,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
 )
 from safetensors.torch import save_file
 
@@ -56,8 +57,9 @@ def cases():
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(1)
-    for fixture in ["tiny-sd1", "tiny-sd2"]:
-        pipe = StableDiffusionPipeline.from_pretrained(os.path.join(FIXTURES, fixture), torch_dtype=torch.float32)
+    for fixture, pipeline_class in [("tiny-sd1", StableDiffusionPipeline), ("tiny-sd2", StableDiffusionPipeline),
+                                    ("tiny-sdxl", StableDiffusionXLPipeline)]:
+        pipe = pipeline_class.from_pretrained(os.path.join(FIXTURES, fixture), torch_dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
         base_config = pipe.scheduler.config
         tensors, index = {}, []
