@@ -35,20 +35,46 @@ function randomTensor(name: string, shape: number[], rng: Rng): TensorToWrite {
   return { dtype: 'F16', shape, data: float32ToFloat16(values) };
 }
 
-export type ComponentName = 'unet' | 'vae' | 'text_encoder';
+export type ComponentName = 'unet' | 'vae' | 'text_encoder' | 'tokenizer' | 'scheduler';
 
-const CLASS: Record<ComponentName, [string, string, string]> = {
+const CLASS: Record<'unet' | 'vae' | 'text_encoder', [string, string, string]> = {
   unet: ['diffusers', 'UNet2DConditionModel', 'diffusion_pytorch_model.safetensors'],
   vae: ['diffusers', 'AutoencoderKL', 'diffusion_pytorch_model.safetensors'],
   text_encoder: ['transformers', 'CLIPTextModel', 'model.safetensors'],
 };
 
-/** Creates (once) `dir` holding the chosen components of `preset` with seeded random weights. */
+/** The real CLIP BPE vocabulary with SD 1.5's tokenizer settings (see tools/reference/README.md). */
+const CLIP_TOKENIZER = path.resolve(import.meta.dirname, '../../assets/clip-tokenizer');
+
+/** SD 1.5's published scheduler_config.json. */
+const SD15_SCHEDULER = {
+  _class_name: 'PNDMScheduler', beta_end: 0.012, beta_schedule: 'scaled_linear', beta_start: 0.00085, num_train_timesteps: 1000,
+  prediction_type: 'epsilon', set_alpha_to_one: false, skip_prk_steps: true, steps_offset: 1, trained_betas: null,
+};
+
+/**
+ * Creates (once) `dir` holding the chosen components of `preset` with seeded random weights; with
+ * `tokenizer` and `scheduler` it is a complete StableDiffusionPipeline folder.
+ */
 export async function ensureRandomPipelineFolder(dir: string, presetName: string, components: ComponentName[], seed = 0): Promise<string> {
   const preset = PRESETS[presetName];
   if (!preset) throw new Error(`unknown preset ${presetName}`);
-  const index: Record<string, unknown> = { _class_name: 'StableDiffusionPipeline', _diffusers_version: '0.40.0' };
+  const indexFile = path.join(dir, 'model_index.json');
+  const index: Record<string, unknown> = fs.existsSync(indexFile)
+    ? JSON.parse(fs.readFileSync(indexFile, 'utf8'))
+    : { _class_name: 'StableDiffusionPipeline', _diffusers_version: '0.40.0' };
   for (const component of components) {
+    if (component === 'tokenizer') {
+      index.tokenizer = ['transformers', 'CLIPTokenizer'];
+      fs.cpSync(CLIP_TOKENIZER, path.join(dir, 'tokenizer'), { recursive: true });
+      continue;
+    }
+    if (component === 'scheduler') {
+      index.scheduler = ['diffusers', SD15_SCHEDULER._class_name];
+      fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+      fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(SD15_SCHEDULER, null, 2));
+      continue;
+    }
     const [library, className, file] = CLASS[component];
     index[component] = [library, className];
     const componentDir = path.join(dir, component);
@@ -78,6 +104,7 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify(configJson, null, 2));
     writeSafetensors(weightsFile, tensors);
   }
-  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify(index, null, 2));
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(indexFile, JSON.stringify(index, null, 2));
   return dir;
 }

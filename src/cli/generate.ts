@@ -30,6 +30,7 @@ export interface GenerateFlags {
   out: string;
   device: string;
   threads?: number;
+  variant?: string;
   quiet: boolean;
 }
 
@@ -81,7 +82,7 @@ function checkFlags(f: GenerateFlags): { scheduler?: SchedulerName; device: Devi
 export async function generate(f: GenerateFlags): Promise<void> {
   const { scheduler, device } = checkFlags(f);
   const latents = f.latents ? readLatentsFile(f.latents) : undefined;
-  const pipeline = await loadPipeline(f.model!, { device, threads: f.threads });
+  const pipeline = await loadPipeline(f.model!, { device, threads: f.threads, variant: f.variant });
   const showProgress = !f.quiet && process.stderr.isTTY;
   const bar = showProgress ? new SingleBar({ format: 'denoising {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}', hideCursor: true, stream: process.stderr }) : undefined;
   const started = performance.now();

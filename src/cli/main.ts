@@ -6,6 +6,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { InputError } from '../errors.ts';
 import { inspect } from './inspect.ts';
 import { benchUNet } from '../bench/unet-forward.ts';
+import { benchGenerate } from '../bench/generate.ts';
 import { generate } from './generate.ts';
 
 function positiveInt(flag: string) {
@@ -84,6 +85,7 @@ export function buildProgram(): Command {
     .option('--out <file.png>', 'output PNG; several images get -0, -1, ... suffixes', 'out.png')
     .option('--device <name>', 'cpu or webgpu', 'cpu')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
+    .option('--variant <name>', 'weight file variant, e.g. fp16 for *.fp16.safetensors')
     .option('--quiet', 'no progress bar', false)
     .action(async (opts) => {
       await generate(opts);
@@ -103,6 +105,22 @@ export function buildProgram(): Command {
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts) => {
       await benchUNet(opts);
+    });
+
+  program
+    .command('bench-generate')
+    .description('time a whole text-to-image run of a preset architecture with seeded random weights (text, denoising, decoding)')
+    .option('--preset <name>', 'architecture (sd15, sd21)', 'sd15')
+    .option('--size <n>', 'image size in pixels (square)', positiveInt('--size'), 256)
+    .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 10)
+    .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--runs <n>', 'timed runs after one warm-up run', positiveInt('--runs'), 2)
+    .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
+    .option('--json <file>', 'also write results as JSON')
+    .option('--pytorch <env.sh>', 'also time diffusers on PyTorch on the same folder, in this run')
+    .action(async (opts) => {
+      await benchGenerate(opts);
     });
 
   return program;
