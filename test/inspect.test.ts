@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { InputError } from '../src/errors.ts';
 import { inspect, type InspectOptions } from '../src/cli/inspect.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { rejectsInputError } from './helpers/files.ts';
 
 const TINY_SD1 = path.join(import.meta.dirname, 'fixtures', 'tiny-sd1');
 
@@ -47,20 +48,6 @@ function assertWithin(actual: number, expected: number, relative: number, what: 
   assert.ok(err <= relative, `${what}: ${actual} is ${(err * 100).toFixed(3)}% from ${expected} (allowed ${relative * 100}%)`);
 }
 
-async function rejectsInputError(fn: () => Promise<unknown>, ...fragments: string[]): Promise<string> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  if (caught === undefined) throw new Error('expected an InputError, but nothing was thrown');
-  if (!(caught instanceof InputError)) throw new Error(`expected an InputError, got ${String(caught)}`);
-  for (const f of fragments) {
-    if (!caught.message.includes(f)) throw new Error(`error message lacks ${JSON.stringify(f)}: ${caught.message}`);
-  }
-  return caught.message;
-}
 
 test('sd15 at 512×512, batch 1: U-Net MACs like calflops within 0.1% of 338.76 G; 859,520,964 parameters', async () => {
   const report = await inspectJson(undefined, { preset: 'sd15', width: 512, height: 512, batch: 1 });

@@ -15,7 +15,7 @@ import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite, type WritableDType } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
-import { tempDir, throwsInputError, writeJson } from './helpers/files.ts';
+import { tempDir, throwsInputError, writeJson, rejectsInputError } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const TINY_SD1 = path.join(FIXTURES, 'tiny-sd1');
@@ -48,22 +48,6 @@ function oneInputError(fn: () => unknown, ...fragments: string[]): string {
   return message;
 }
 
-/** The async counterpart of oneInputError. */
-async function rejectsInputError(fn: () => Promise<unknown>, ...fragments: string[]): Promise<string> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  if (caught === undefined) throw new Error('expected an InputError, but nothing was thrown');
-  if (!(caught instanceof InputError)) throw new Error(`expected an InputError, got ${String(caught)}`);
-  for (const f of fragments) {
-    if (!caught.message.includes(f)) throw new Error(`error message lacks ${JSON.stringify(f)}: ${caught.message}`);
-  }
-  assert.ok(!caught.message.includes('\n'), `message is not one line: ${caught.message}`);
-  return caught.message;
-}
 
 /** Rewrites a safetensors file through `edit` (name → tensor), keeping dtypes and shapes. */
 function rewriteSafetensors(file: string, edit: (tensors: Record<string, TensorToWrite>) => Record<string, TensorToWrite>): void {

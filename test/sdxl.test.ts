@@ -18,7 +18,7 @@ import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
-import { tempDir, writeJson } from './helpers/files.ts';
+import { tempDir, writeJson, rejectsInputError } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const TINY_SDXL = path.join(FIXTURES, 'tiny-sdxl');
@@ -49,21 +49,6 @@ function report(t: TestContext, actual: ort.Tensor, expected: ort.Tensor, what: 
 
 const timestep = (value: number, batch: number) => new ort.Tensor('float32', new Float32Array(batch).fill(value), [batch]);
 
-async function rejectsInputError(fn: () => Promise<unknown>, ...fragments: string[]): Promise<string> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  if (caught === undefined) throw new Error('expected an InputError, but nothing was thrown');
-  if (!(caught instanceof InputError)) throw new Error(`expected an InputError, got ${String(caught)}`);
-  for (const f of fragments) {
-    if (!caught.message.includes(f)) throw new Error(`error message lacks ${JSON.stringify(f)}: ${caught.message}`);
-  }
-  assert.ok(!caught.message.includes('\n'), `message is not one line: ${caught.message}`);
-  return caught.message;
-}
 
 test('tiny-sdxl text_encoder_2 (CLIPTextModelWithProjection, fp16 weights) equals transformers, text_embeds included', async (t) => {
   const { model, params, weights } = loadTextEncoder(readPipelineFolder(TINY_SDXL), 'text_encoder_2');

@@ -41,3 +41,20 @@ export function throwsInputError(fn: () => unknown, ...fragments: string[]): str
   }
   throw new Error('expected an InputError, but nothing was thrown');
 }
+
+/** The async counterpart of throwsInputError; the message must also be a single line. */
+export async function rejectsInputError(fn: () => Promise<unknown>, ...fragments: string[]): Promise<string> {
+  let caught: unknown;
+  try {
+    await fn();
+  } catch (err) {
+    caught = err;
+  }
+  if (caught === undefined) throw new Error('expected an InputError, but nothing was thrown');
+  if (!(caught instanceof InputError)) throw new Error(`expected an InputError, got ${String(caught)}`);
+  for (const f of fragments) {
+    if (!caught.message.includes(f)) throw new Error(`error message lacks ${JSON.stringify(f)}: ${caught.message}`);
+  }
+  if (caught.message.includes('\n')) throw new Error(`message is not one line: ${caught.message}`);
+  return caught.message;
+}
