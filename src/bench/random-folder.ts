@@ -49,7 +49,7 @@ const CLIP_TOKENIZER = path.resolve(import.meta.dirname, '../../assets/clip-toke
 /** SD 1.5's published scheduler_config.json. */
 const SD15_SCHEDULER = {
   _class_name: 'PNDMScheduler', beta_end: 0.012, beta_schedule: 'scaled_linear', beta_start: 0.00085, num_train_timesteps: 1000,
-  prediction_type: 'epsilon', set_alpha_to_one: false, skip_prk_steps: true, steps_offset: 1, trained_betas: null,
+  prediction_type: 'epsilon', set_alpha_to_one: false, skip_prk_steps: true, steps_offset: 1, trained_betas: null, clip_sample: false,
 };
 
 /**

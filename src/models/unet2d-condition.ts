@@ -226,15 +226,17 @@ export class UNet2DConditionModel {
       let tokens = (await exec.run(`${path}.proj_in`, (g, i) => ({ tokens: g.scope(path, () => this.projIn(g, i.x)) }), { x })).tokens;
       for (let k = 0; k < layers; k++) {
         const block = `${path}.transformer_blocks.${k}`;
-        const attnBuild = (sub: 'attn1' | 'attn2', norm: string) => (g: GraphBuilder, i: Record<string, Value>) => ({
-          tokens: g.scope(block, () => {
+        // The attention output (after to_out, before the residual) is a second output that
+        // accelerators may cache; plain runs only produce `tokens`.
+        const attnBuild = (sub: 'attn1' | 'attn2', norm: string) => (g: GraphBuilder, i: Record<string, Value>) =>
+          g.scope(block, () => {
             const h = g.layerNorm(i.tokens, norm, 1e-5);
-            const a = g.scope(sub, () => attention(g, h, i.context ?? null, { heads, innerDim: h.shape[2], qkvBias: false }));
-            return g.add(a, i.tokens);
-          }),
-        });
-        tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1'), { tokens })).tokens;
-        tokens = (await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2'), { tokens, context: encoderHiddenStates })).tokens;
+            const attn = g.scope(sub, () => attention(g, h, i.context ?? null, { heads, innerDim: h.shape[2], qkvBias: false }));
+            return { tokens: g.add(attn, i.tokens), attn };
+          });
+        const residual = { value: 'attn', residual: 'tokens', result: 'tokens' };
+        tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1'), { tokens }, { residual })).tokens;
+        tokens = (await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2'), { tokens, context: encoderHiddenStates }, { residual })).tokens;
         tokens = (await exec.run(`${block}.ff`, (g, i) => ({
           tokens: g.scope(block, () => {
             const h = g.layerNorm(i.tokens, 'norm3', 1e-5);

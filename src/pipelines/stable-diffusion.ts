@@ -11,6 +11,9 @@ import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../mod
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { UNet2DConditionModel } from '../models/unet2d-condition.ts';
+import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import { ortCacheOps } from '../accel/ort-ops.ts';
+import { PlannedExecutor } from '../accel/plan.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
@@ -54,6 +57,8 @@ export interface GenerateRequest {
   targetSize?: [number, number];
   /** SDXL crop offset [top, left]; default [0, 0]. */
   cropTopLeft?: [number, number];
+  /** Training-free accelerations, composed in this order (see src/accel/plan.ts). */
+  accel?: AccelSpec[];
   /** 'latent' skips VAE decoding. */
   output?: 'image' | 'latent';
   onStep?: (info: StepInfo) => void;
@@ -73,6 +78,8 @@ export interface GenerateResult {
   images: GeneratedImage[];
   seed: number;
   scheduler: string;
+  /** What the accelerators did: model calls run with the CFG batch, segment calls served from caches. */
+  accel?: { name: string; cfgCalls: number; reusedSegments: number };
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -229,17 +236,24 @@ export class StableDiffusionPipeline {
       };
     }
     const textEncoding = seconds(start);
-    const modelBatch = cfg ? 2 * batch : batch;
-    const context = new ort.Tensor('float32', conditioning.context, [modelBatch, conditioning.tokens, conditioning.width]);
     // SDXL micro-conditioning (the same for the negative half, as diffusers does by default).
     const timeIds = [...(request.originalSize ?? [height, width]), ...(request.cropTopLeft ?? [0, 0]), ...(request.targetSize ?? [height, width])];
     if (timeIds.length !== 6 || timeIds.some((v) => !Number.isFinite(v))) {
       throw new InputError('originalSize/cropTopLeft/targetSize', 'wrong value', 'pairs of finite numbers', JSON.stringify(timeIds));
     }
-    const added = conditioning.pooled && {
-      textEmbeds: new ort.Tensor('float32', conditioning.pooled, [modelBatch, conditioning.pooled.length / modelBatch]),
-      timeIds: new ort.Tensor('float32', new Float32Array(modelBatch * 6).map((_, i) => timeIds[i % 6]), [modelBatch, 6]),
-    };
+    const unetInputs = (c: Conditioning, rows: number) => ({
+      context: new ort.Tensor('float32', c.context, [rows, c.tokens, c.width]),
+      added: c.pooled && {
+        textEmbeds: new ort.Tensor('float32', c.pooled, [rows, c.pooled.length / rows]),
+        timeIds: new ort.Tensor('float32', new Float32Array(rows * 6).map((_, i) => timeIds[i % 6]), [rows, 6]),
+      },
+    });
+    // With CFG the U-Net sees [uncond; cond]; an accelerator may drop to the conditional half alone.
+    const cfgInputs = cfg ? unetInputs(conditioning, 2 * batch) : undefined;
+    const singleInputs = unetInputs(positive, batch);
+    const accelerator = createAccelerator(request.accel ?? []);
+    const planned = accelerator && new PlannedExecutor(this.unetExec, accelerator, ortCacheOps);
+    let cfgCalls = 0;
 
     // Starting latents, scaled by the scheduler's initial sigma as diffusers does.
     const rng = new Rng(seed);
@@ -252,15 +266,22 @@ export class StableDiffusionPipeline {
     for (let i = 0; i < scheduler.timesteps.length; i++) {
       if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
       const stepStart = performance.now();
-      const input = cfg ? concat(latents, latents) : latents;
-      const scaled = scheduler.scaleModelInput(input, i);
+      const cfgNow = cfg && (accelerator?.cfgActive(i) ?? true);
+      if (cfgNow) cfgCalls++;
+      const modelBatch = cfgNow ? 2 * batch : batch;
+      const { context, added } = cfgNow ? cfgInputs! : singleInputs;
+      if (planned) {
+        planned.call = i;
+        planned.cfg = cfgNow;
+      }
+      const scaled = scheduler.scaleModelInput(cfgNow ? concat(latents, latents) : latents, i);
       const t = scheduler.timesteps[i];
-      const out = await this.unet.model.forward(this.unetExec,
+      const out = await this.unet.model.forward(planned ?? this.unetExec,
         new ort.Tensor('float32', scaled, [modelBatch, ...latentDims.slice(1)]),
         new ort.Tensor('float32', new Float32Array(modelBatch).fill(t), [modelBatch]),
         context, added);
       const prediction = await floats(out);
-      const guided = cfg ? guide(prediction, size, guidance, rescale, batch) : prediction;
+      const guided = cfgNow ? guide(prediction, size, guidance, rescale, batch) : prediction;
       const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, guided, i, latents, noise));
       request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
@@ -285,6 +306,7 @@ export class StableDiffusionPipeline {
       images,
       seed,
       scheduler: scheduler.name,
+      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused },
       timings: { textEncoding, denoising, decoding },
       warnings,
     };

@@ -3,7 +3,7 @@
  * MACs counted exactly) and records one report per segment call, in call order.
  */
 import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
-import { buildSegment, type Executor, type SegmentBuild, type SegmentReport, type ShapedTensor } from './executor.ts';
+import { buildSegment, type Executor, type RunOptions, type SegmentBuild, type SegmentReport, type ShapedTensor } from './executor.ts';
 
 /** Parameters known by shape only; enough to build graphs and count MACs. */
 export const shapeOnlyParams: ParamSource = {
@@ -15,9 +15,9 @@ export class DryExecutor implements Executor<ShapedTensor> {
 
   constructor(private readonly params: ParamSource = shapeOnlyParams) {}
 
-  async run(name: string, build: SegmentBuild, inputs: Record<string, ShapedTensor>): Promise<Record<string, ShapedTensor>> {
+  async run(name: string, build: SegmentBuild, inputs: Record<string, ShapedTensor>, options?: RunOptions): Promise<Record<string, ShapedTensor>> {
     const g = new GraphBuilder(name, this.params);
-    const outputs = buildSegment(g, build, inputs);
+    const outputs = buildSegment(g, build, inputs, options);
     const result: Record<string, ShapedTensor> = {};
     for (const [key, v] of Object.entries(outputs)) result[key] = { dims: [...v.shape], type: v.dtype };
     this.calls.push({

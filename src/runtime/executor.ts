@@ -14,8 +14,31 @@ export interface TensorLike {
 /** Builds a segment's graph from its (static-shaped) inputs; returns its named outputs. */
 export type SegmentBuild = (g: GraphBuilder, inputs: Record<string, Value>) => Record<string, Value>;
 
+/**
+ * A segment whose result is `inputs[residual] + outputs[value]` (an attention block with its
+ * residual connection): an accelerator may cache `value` and later replace the whole segment by
+ * that one addition, as TGATE does with attention outputs.
+ */
+export interface ResidualSpec {
+  value: string;
+  residual: string;
+  result: string;
+}
+
+export interface RunOptions {
+  /** Graph outputs to produce; default: every key `build` returns except a residual spec's value. */
+  outputs?: string[];
+  residual?: ResidualSpec;
+}
+
 export interface Executor<T extends TensorLike> {
-  run(name: string, build: SegmentBuild, inputs: Record<string, T>): Promise<Record<string, T>>;
+  run(name: string, build: SegmentBuild, inputs: Record<string, T>, options?: RunOptions): Promise<Record<string, T>>;
+}
+
+/** The outputs a call produces, given what its build returned. */
+export function selectOutputs(built: string[], options: RunOptions | undefined): string[] {
+  if (options?.outputs) return options.outputs;
+  return built.filter((k) => k !== options?.residual?.value);
 }
 
 /** A dry-run tensor: shape and type only. */
@@ -41,20 +64,25 @@ export function asDataType(type: string): DataType {
   throw new Error(`unsupported tensor type ${type}`);
 }
 
-/** Declares the inputs of `g` from tensors and runs `build` on them. */
-export function buildSegment(g: GraphBuilder, build: SegmentBuild, inputs: Record<string, TensorLike>): Record<string, Value> {
+/** Declares the inputs of `g` from tensors, runs `build` on them and marks the selected outputs. */
+export function buildSegment(g: GraphBuilder, build: SegmentBuild, inputs: Record<string, TensorLike>, options?: RunOptions): Record<string, Value> {
   const values: Record<string, Value> = {};
   for (const [key, t] of Object.entries(inputs)) values[key] = g.input(key, [...t.dims], asDataType(t.type));
-  const outputs = build(g, values);
-  for (const [key, v] of Object.entries(outputs)) g.output(v, outputName(key));
-  return outputs;
+  const built = build(g, values);
+  const selected: Record<string, Value> = {};
+  for (const key of selectOutputs(Object.keys(built), options)) {
+    if (!built[key]) throw new Error(`segment ${g.name}: no output ${key}`);
+    selected[key] = built[key];
+    g.output(built[key], outputName(key));
+  }
+  return selected;
 }
 
 /** Graph output names are prefixed so a segment may return a value under its input's key. */
 export const outputName = (key: string): string => `out.${key}`;
 
-export function shapeKey(inputs: Record<string, TensorLike>): string {
-  return Object.entries(inputs)
-    .map(([k, t]) => `${k}:${t.type}[${t.dims.join(',')}]`)
-    .join(';');
+/** Identifies a compiled variant of a segment: input shapes and the outputs asked for. */
+export function shapeKey(inputs: Record<string, TensorLike>, options?: RunOptions): string {
+  const shapes = Object.entries(inputs).map(([k, t]) => `${k}:${t.type}[${t.dims.join(',')}]`).join(';');
+  return options?.outputs || options?.residual ? `${shapes}->${options.outputs?.join(',') ?? `-${options.residual!.value}`}` : shapes;
 }

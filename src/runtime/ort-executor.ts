@@ -8,7 +8,7 @@ import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
 import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
 import { encodeModel } from '../graph/onnx-proto.ts';
-import { buildSegment, outputName, shapeKey, type Executor, type SegmentBuild } from './executor.ts';
+import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 
 export type Device = 'cpu' | 'webgpu';
 
@@ -35,11 +35,11 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     private readonly options: RuntimeOptions = {},
   ) {}
 
-  async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>): Promise<Record<string, ort.Tensor>> {
-    const key = `${name}|${shapeKey(inputs)}`;
+  async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<Record<string, ort.Tensor>> {
+    const key = `${name}|${shapeKey(inputs, options)}`;
     let compiled = this.sessions.get(key);
     if (!compiled) {
-      compiled = this.compile(name, build, inputs);
+      compiled = this.compile(name, build, inputs, options);
       this.sessions.set(key, compiled);
     }
     const { session, outputKeys } = await compiled;
@@ -51,10 +51,10 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     return outputs;
   }
 
-  private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>): Promise<CompiledSegment> {
+  private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
     const start = performance.now();
     const g = new GraphBuilder(name, this.params);
-    const outputs = buildSegment(g, build, inputs);
+    const outputs = buildSegment(g, build, inputs, options);
     const session = await createSession(g, this.options);
     this.compileSeconds.set(name, (this.compileSeconds.get(name) ?? 0) + (performance.now() - start) / 1000);
     return { session, outputKeys: Object.keys(outputs) };

@@ -289,6 +289,15 @@ def build_pipeline(name, spec, bpe_gz):
     tok_dir = os.path.join(out, "tokenizer")
     shutil.rmtree(tok_dir)
     write_tokenizer_folder(bpe_gz, tok_dir, spec["pad_token"])
+    # SD 1.5's published PNDM config also says "clip_sample": false (a key PNDM itself ignores);
+    # it matters when another scheduler is built from this config, e.g. DDIM via from_config.
+    config_path = os.path.join(out, "scheduler", "scheduler_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config.setdefault("clip_sample", False)
+    with open(config_path, "w") as f:
+        json.dump(dict(sorted(config.items())), f, indent=2, sort_keys=False)
+        f.write("\n")
     return out
 
 

@@ -1,0 +1,82 @@
+/**
+ * The registry of acceleration methods and the `--accel NAME[:key=value,...]` syntax. Keys use
+ * the official code's parameter names; every value is checked against its knob's type and range.
+ */
+import { InputError } from '../errors.ts';
+import { combine, type Accelerator } from './plan.ts';
+import { TGATE_DEFAULTS, tgate } from './tgate.ts';
+
+interface Knob {
+  type: 'int' | 'bool';
+  min?: number;
+  doc: string;
+}
+
+interface MethodDefinition {
+  paper: string;
+  knobs: Record<string, Knob>;
+  defaults: Record<string, number | boolean>;
+  create(params: Record<string, number | boolean>): Accelerator;
+}
+
+export const METHODS: Record<string, MethodDefinition> = {
+  tgate: {
+    paper: 'TGATE v2 (arXiv 2404.02747)',
+    knobs: {
+      gate_step: { type: 'int', min: 1, doc: 'model calls with CFG; cross-attention cached at call gate_step-1, reused after' },
+      sp_interval: { type: 'int', min: 1, doc: 'self-attention refresh interval before the gate' },
+      fi_interval: { type: 'int', min: 1, doc: 'self-attention refresh interval after the gate' },
+      warm_up: { type: 'int', min: 0, doc: 'calls that always compute self-attention' },
+      cache_self_attn: { type: 'bool', doc: 'false = TGATE v1 (gate cross-attention only)' },
+    },
+    defaults: { ...TGATE_DEFAULTS },
+    create: (p) => tgate(p as unknown as typeof TGATE_DEFAULTS),
+  },
+};
+
+export interface AccelSpec {
+  method: string;
+  params: Record<string, number | boolean>;
+}
+
+/** Parses one `--accel` value, e.g. `tgate:gate_step=10,sp_interval=5`. */
+export function parseAccelSpec(text: string): AccelSpec {
+  const [method, rest] = text.split(/:(.*)/s, 2);
+  const definition = METHODS[method];
+  if (!definition) throw new InputError('--accel', 'unknown method', Object.keys(METHODS).join(', '), method);
+  const params = { ...definition.defaults };
+  for (const pair of rest ? rest.split(',') : []) {
+    const [key, value] = pair.split('=', 2);
+    const knob = definition.knobs[key];
+    const where = `--accel ${method}:${key}`;
+    if (!knob) throw new InputError(where, 'unknown key', Object.keys(definition.knobs).join(', '), key);
+    if (value === undefined || value === '') throw new InputError(where, 'no value', `${key}=VALUE`);
+    if (knob.type === 'bool') {
+      if (value !== 'true' && value !== 'false') throw new InputError(where, 'wrong value', 'true or false', value);
+      params[key] = value === 'true';
+    } else {
+      const n = Number(value);
+      if (!/^-?\d+$/.test(value) || (knob.min !== undefined && n < knob.min)) {
+        throw new InputError(where, 'wrong value', `an integer ≥ ${knob.min ?? '-∞'} (${knob.doc})`, value);
+      }
+      params[key] = n;
+    }
+  }
+  return { method, params };
+}
+
+/** One accelerator from several specs, composed in the order given (see plan.ts). */
+export function createAccelerator(specs: AccelSpec[]): Accelerator | undefined {
+  const seen = new Set<string>();
+  for (const s of specs) {
+    if (seen.has(s.method)) throw new InputError('--accel', `${s.method} given twice`, 'each method once');
+    seen.add(s.method);
+  }
+  if (specs.length === 0) return undefined;
+  return combine(specs.map((s) => METHODS[s.method].create(s.params)));
+}
+
+/** `name:key=value,...` with every knob, for reports. */
+export function formatAccelSpec(spec: AccelSpec): string {
+  return `${spec.method}:${Object.entries(spec.params).map(([k, v]) => `${k}=${v}`).join(',')}`;
+}
