@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { InputError } from '../errors.ts';
+import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { encodePng } from '../image/png.ts';
 import { loadPipeline, type GenerateRequest, type Latents } from '../pipelines/stable-diffusion.ts';
 import type { Device } from '../runtime/ort-executor.ts';
@@ -31,6 +32,7 @@ export interface GenerateFlags {
   device: string;
   threads?: number;
   variant?: string;
+  accel: AccelSpec[];
   quiet: boolean;
 }
 
@@ -98,6 +100,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
     height: f.height,
     imagesPerPrompt: f.batch,
     latents,
+    accel: f.accel,
     onStep: (s) => {
       if (!bar) return;
       if (s.step === 1) bar.start(s.steps, 0, { rate: '-' });
@@ -119,12 +122,15 @@ export async function generate(f: GenerateFlags): Promise<void> {
       prompt: f.prompt, negativePrompt: f.negativePrompt ?? '', steps: f.steps ?? 50, guidanceScale: f.guidance ?? 7.5,
       guidanceRescale: f.guidanceRescale ?? 0, scheduler: result.scheduler, seed: result.seed, width: image.width, height: image.height,
       batch: f.batch ?? 1, model: path.resolve(f.model!), device, threads: f.threads ?? null, latents: f.latents ?? null,
+      accel: f.accel.map(formatAccelSpec),
     };
     const parameters = [
       f.prompt,
       `Negative prompt: ${settings.negativePrompt}`,
       `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${result.seed}, ` +
-        `Size: ${image.width}x${image.height}, Model: ${path.basename(settings.model)}`,
+        `Size: ${image.width}x${image.height}, Model: ${path.basename(settings.model)}` +
+        // quoted, as A1111 quotes values that contain commas
+        (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : ''),
     ].join('\n');
     result.images.forEach((img, i) => {
       const text = { parameters, 'diffusion.ts': JSON.stringify({ ...settings, index: i }) };

@@ -8,6 +8,9 @@ import { inspect } from './inspect.ts';
 import { benchUNet } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
 import { generate } from './generate.ts';
+import { bench } from '../bench/accel.ts';
+import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { SCHEDULER_NAMES } from '../schedulers/index.ts';
 
 function positiveInt(flag: string) {
   return (value: string): number => {
@@ -32,6 +35,13 @@ function seed(value: string): number {
   if (!/^\d+$/.test(value) || n >= 2 ** 32) throw new InvalidArgumentError(`--seed expects an integer in [0, 4294967295], got "${value}"`);
   return n;
 }
+
+/** Repeatable `--accel NAME[:key=value,...]`; errors are InputErrors naming the method and key. */
+function accelList(value: string, previous: AccelSpec[]): AccelSpec[] {
+  return [...previous, parseAccelSpec(value)];
+}
+
+const ACCEL_HELP = `training-free acceleration, repeatable to compose: ${Object.keys(METHODS).map((m) => `${m}[:${Object.keys(METHODS[m].knobs).map((k) => `${k}=…`).join(',')}]`).join(' | ')}`;
 
 /** "512", "768x512" → [width, height]. */
 export function parseSize(value: string): [number, number] {
@@ -86,9 +96,37 @@ export function buildProgram(): Command {
     .option('--device <name>', 'cpu or webgpu', 'cpu')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
     .option('--variant <name>', 'weight file variant, e.g. fp16 for *.fp16.safetensors')
+    .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
     .option('--quiet', 'no progress bar', false)
     .action(async (opts) => {
       await generate(opts);
+    });
+
+  program
+    .command('bench')
+    .description('an accelerated setting vs. the baseline: whole-run MACs (--dry-run, no weights needed), or real runs with time, speed-up, PSNR/SSIM')
+    .option('--model <dir>', 'diffusers pipeline folder')
+    .option('--preset <name>', 'built-in config (sd15, sd21, sdxl); with --dry-run only')
+    .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
+    .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 25)
+    .option('--size <WxH>', 'image size (default: the model\'s native size)', parseSize)
+    .option('--batch <n>', 'images per run', positiveInt('--batch'), 1)
+    .option('--runs <n>', 'timed runs per setting (the best counts)', positiveInt('--runs'), 1)
+    .option('--warmup <n>', 'untimed runs per setting first (they create the ORT sessions)', (v: string) => (v === '0' ? 0 : positiveInt('--warmup')(v)), 1)
+    .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`)
+    .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
+    .option('--seed <s>', 'seed shared by both settings', seed, 0)
+    .option('--prompt <text>', 'prompt', 'a photo of an astronaut riding a horse on mars')
+    .option('--dry-run', 'count MACs from the configs only; no weights are read, nothing runs', false)
+    .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
+    .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
+    .option('--json <file>', 'also write results as JSON')
+    .action(async (opts) => {
+      if (opts.scheduler !== undefined && !(SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler)) {
+        throw new InputError('--scheduler', 'unknown scheduler', SCHEDULER_NAMES.join(', '), opts.scheduler);
+      }
+      await bench(opts);
     });
 
   program

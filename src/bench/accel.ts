@@ -1,0 +1,213 @@
+/**
+ * `diffuse bench`: an accelerated setting against the unaccelerated baseline. With `--dry-run`
+ * it counts whole-run U-Net MACs from a config alone (CFG batch included; VAE and text encoder
+ * not); otherwise it generates with both, same seed, in one process, and reports time, speed-up,
+ * peak RSS and the accelerated image's PSNR / SSIM against the baseline image, plus a labelled
+ * side-by-side PNG.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError } from '../errors.ts';
+import { createAccelerator, formatAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { wholeRunMacs } from '../accel/run-macs.ts';
+import { calflopsMacs, fullMacs, type MacCount } from '../graph/builder.ts';
+import { drawLabel, labelWidth } from '../image/label.ts';
+import { encodePng } from '../image/png.ts';
+import { psnr, ssim } from '../metrics/image.ts';
+import { parseClipTextConfig } from '../models/clip-text.ts';
+import { PRESETS } from '../models/presets.ts';
+import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
+import { loadPipeline, type GenerateRequest, type GenerateResult } from '../pipelines/stable-diffusion.ts';
+import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import { getComponent, readComponentConfig, readPipelineFolder } from '../weights/diffusers-folder.ts';
+
+export interface BenchOptions {
+  model?: string;
+  preset?: string;
+  accel: AccelSpec[];
+  steps: number;
+  size?: [number, number];
+  batch: number;
+  runs: number;
+  warmup: number;
+  scheduler?: SchedulerName;
+  guidance: number;
+  seed: number;
+  prompt: string;
+  dryRun: boolean;
+  macs: 'calflops' | 'full';
+  threads?: number;
+  out: string;
+  json?: string;
+}
+
+/** MACs in T, or G below 0.1 T. */
+const tera = (n: number) => (n >= 1e11 ? `${(n / 1e12).toFixed(3)} T` : `${(n / 1e9).toFixed(3)} G`);
+
+interface MacSetting {
+  setting: string;
+  macs: MacCount;
+  cfgCalls: number;
+  reusedSegments: number;
+}
+
+/** Whole-run U-Net MACs of the baseline and of the accelerated setting, from configs only. */
+async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSetting[] }> {
+  let unet: UNet2DConditionModel;
+  let textEmbedsDim: number | undefined;
+  let calls = o.steps;
+  let factor = 8;
+  if (o.preset !== undefined) {
+    const preset = PRESETS[o.preset];
+    if (!preset) throw new InputError('--preset', 'unknown preset', Object.keys(PRESETS).join(', '), o.preset);
+    unet = new UNet2DConditionModel(parseUNetConfig(preset.unet, `preset ${o.preset}`));
+    textEmbedsDim = preset.textEncoder2 && parseClipTextConfig(preset.textEncoder2, `preset ${o.preset}`).projectionDim;
+  } else {
+    const folder = readPipelineFolder(o.model!);
+    const { config, where } = readComponentConfig(folder, 'unet');
+    unet = new UNet2DConditionModel(parseUNetConfig(config, where));
+    if (folder.components.text_encoder_2) {
+      const te2 = readComponentConfig(folder, 'text_encoder_2');
+      textEmbedsDim = parseClipTextConfig(te2.config, te2.where).projectionDim;
+    }
+    if (folder.components.vae) {
+      const vae = readComponentConfig(folder, 'vae');
+      factor = 2 ** ((vae.config.block_out_channels as unknown[]).length - 1);
+    }
+    // The scheduler decides how many U-Net calls a run makes (PNDM makes one more than steps).
+    const scheduler = readComponentConfig(folder, 'scheduler');
+    calls = createScheduler({
+      name: o.scheduler, className: getComponent(folder, 'scheduler').className,
+      config: scheduler.config, configFile: scheduler.where, steps: o.steps,
+    }).timesteps.length;
+  }
+  const [width, height] = o.size ?? [unet.config.sampleSize * factor, unet.config.sampleSize * factor];
+  if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
+  const common = { calls, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim };
+  const settings: MacSetting[] = [];
+  const base = await wholeRunMacs(unet, common);
+  settings.push({ setting: 'baseline', macs: base.total, cfgCalls: base.cfgCalls, reusedSegments: 0 });
+  if (o.accel.length > 0) {
+    const r = await wholeRunMacs(unet, { ...common, accelerator: createAccelerator(o.accel) });
+    settings.push({ setting: o.accel.map(formatAccelSpec).join(' + '), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.reusedSegments });
+  }
+  console.log(`U-Net MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
+    `batch ${o.batch}${o.guidance > 1 ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
+  const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
+  for (const s of settings) {
+    console.log(`  ${s.setting.padEnd(60)} ${tera(count(s.macs)).padStart(12)}  ×${(count(base.total) / count(s.macs)).toFixed(2)} ` +
+      `(full ${tera(fullMacs(s.macs))}, calflops ${tera(calflopsMacs(s.macs))}; CFG calls ${s.cfgCalls}, segment calls reused ${s.reusedSegments})`);
+  }
+  return { calls, settings };
+}
+
+interface Measured {
+  setting: string;
+  seconds: number[];
+  best: number;
+  peakRssBytes: number;
+  result: GenerateResult;
+}
+
+async function measure(o: BenchOptions, setting: string, request: GenerateRequest, run: (r: GenerateRequest) => Promise<GenerateResult>): Promise<Measured> {
+  for (let w = 0; w < o.warmup; w++) {
+    process.stderr.write(`${setting}: warm-up run ${w + 1}/${o.warmup} (creates ORT sessions)...\n`);
+    await run(request);
+  }
+  const seconds: number[] = [];
+  let result: GenerateResult | undefined;
+  for (let r = 0; r < o.runs; r++) {
+    process.stderr.write(`${setting}: timed run ${r + 1}/${o.runs}...\n`);
+    const start = performance.now();
+    result = await run(request);
+    seconds.push((performance.now() - start) / 1000);
+  }
+  return { setting, seconds, best: Math.min(...seconds), peakRssBytes: process.resourceUsage().maxRSS * 1024, result: result! };
+}
+
+/** Baseline | accelerated, side by side, each labelled with a few short lines. */
+function comparison(a: Measured, b: Measured, labels: [string[], string[]]): { data: Float32Array; width: number; height: number } {
+  const [ia, ib] = [a.result.images[0], b.result.images[0]];
+  const gap = 8;
+  const scale = Math.max(1, Math.floor(ia.width / 256));
+  const lines = Math.max(labels[0].length, labels[1].length);
+  const band = lines * 9 * scale + 6;
+  const width = ia.width * 2 + gap;
+  const height = ia.height + band;
+  const out = new Float32Array(3 * width * height);
+  const plane = width * height;
+  const inPlane = ia.width * ia.height;
+  for (const [img, x0] of [[ia, 0], [ib, ia.width + gap]] as const) {
+    for (let c = 0; c < 3; c++) {
+      for (let y = 0; y < img.height; y++) {
+        out.set(img.data.subarray(c * inPlane + y * img.width, c * inPlane + (y + 1) * img.width), c * plane + (band + y) * width + x0);
+      }
+    }
+  }
+  ([[labels[0], 0], [labels[1], ia.width + gap]] as const).forEach(([text, x0]) => {
+    text.forEach((line, row) => {
+      const x = x0 + Math.max(2, Math.floor((ia.width - labelWidth(line, scale)) / 2));
+      drawLabel(out, width, height, line, x, 3 + row * 9 * scale, scale);
+    });
+  });
+  return { data: out, width, height };
+}
+
+export async function bench(o: BenchOptions): Promise<void> {
+  if ((o.model === undefined) === (o.preset === undefined)) {
+    throw new InputError('--model/--preset', 'give exactly one', '--model DIR (real runs or --dry-run) or --preset NAME (--dry-run)');
+  }
+  if (!['calflops', 'full'].includes(o.macs)) throw new InputError('--macs', 'unknown convention', 'calflops or full', o.macs);
+  if (o.preset !== undefined && !o.dryRun) throw new InputError('--preset', 'presets have no weights: only --dry-run works with them', '--dry-run, or --model DIR');
+  if (!o.dryRun && o.accel.length === 0) throw new InputError('--accel', 'nothing to compare with the baseline', 'at least one --accel NAME[:key=value,...]');
+  if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
+  createAccelerator(o.accel); // refuse bad combinations before any work
+  const macs = await dryRun(o);
+  if (o.dryRun) {
+    if (o.json) fs.writeFileSync(o.json, JSON.stringify({ ...o, ...macs }, null, 2));
+    return;
+  }
+
+  const pipeline = await loadPipeline(o.model!, { threads: o.threads });
+  try {
+    const [width, height] = o.size ?? [pipeline.defaultSize, pipeline.defaultSize];
+    const request: GenerateRequest = {
+      prompt: o.prompt, steps: o.steps, guidanceScale: o.guidance, seed: o.seed, width, height, imagesPerPrompt: o.batch, scheduler: o.scheduler,
+    };
+    const run = (r: GenerateRequest) => pipeline.generate(r);
+    const base = await measure(o, 'baseline', request, run);
+    const fast = await measure(o, 'accelerated', { ...request, accel: o.accel }, run);
+    const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
+    const [baseMacs, fastMacs] = macs.settings.map((s) => count(s.macs));
+    const p = psnr(fast.result.images[0].data, base.result.images[0].data);
+    const s = ssim(fast.result.images[0].data, base.result.images[0].data, width, height);
+    const speedup = base.best / fast.best;
+    const rows = [
+      { setting: 'baseline', macs: baseMacs, seconds: base.best, speedup: 1, psnr: Infinity, ssim: 1, rss: base.peakRssBytes },
+      { setting: macs.settings[1].setting, macs: fastMacs, seconds: fast.best, speedup, psnr: p, ssim: s, rss: fast.peakRssBytes },
+    ];
+    console.log(`${o.model}: ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
+      `best of ${o.runs} timed run(s) after ${o.warmup} warm-up(s); PSNR/SSIM against the baseline image`);
+    console.log(`  ${'setting'.padEnd(60)} ${'U-Net MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'MAC ratio'.padStart(9)} ` +
+      `${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'peak RSS'.padStart(9)}`);
+    for (const r of rows) {
+      console.log(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +
+        `${r.speedup.toFixed(2).padStart(7)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
+        `${r.ssim.toFixed(4).padStart(6)} ${((r.rss / 2 ** 30).toFixed(2) + ' GiB').padStart(9)}`);
+    }
+    const image = comparison(base, fast, [
+      ['BASELINE', `${base.best.toFixed(2)} S`],
+      [o.accel.map((a) => a.method).join('+'), `${fast.best.toFixed(2)} S ${speedup.toFixed(2)}X`, `PSNR ${p.toFixed(1)} DB`],
+    ]);
+    const tmp = `${o.out}.partial-${process.pid}`;
+    fs.writeFileSync(tmp, encodePng(image.data, image.width, image.height, { 'diffusion.ts': JSON.stringify({ rows, ...o, accel: o.accel.map(formatAccelSpec) }) }));
+    fs.renameSync(tmp, o.out);
+    console.log(`  comparison image: ${o.out}`);
+    if (o.json) {
+      fs.writeFileSync(o.json, JSON.stringify({ model: path.resolve(o.model!), width, height, steps: o.steps, runs: o.runs, rows,
+        seconds: { baseline: base.seconds, accelerated: fast.seconds }, accel: o.accel.map(formatAccelSpec) }, null, 2));
+    }
+  } finally {
+    await pipeline.release();
+  }
+}

@@ -1,0 +1,58 @@
+/** `diffuse bench` as a user runs it: MAC tables without weights, a real comparison, bad flags. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { decode } from 'fast-png';
+import { tempDir } from './helpers/files.ts';
+
+const ROOT = path.join(import.meta.dirname, '..');
+const TINY = path.join(ROOT, 'test', 'fixtures', 'tiny-sd1');
+
+function diffuse(...args: string[]) {
+  const run = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'diffuse.js'), ...args], { cwd: ROOT, encoding: 'utf8' });
+  return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+}
+
+test('bench --dry-run reproduces the TGATE v1 row for SD 1.5 from the preset alone', () => {
+  const run = diffuse('bench', '--preset', 'sd15', '--dry-run', '--steps', '25', '--accel', 'tgate:gate_step=5,cache_self_attn=false');
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /baseline\s+16\.931 T/);
+  assert.match(run.stdout, /tgate:gate_step=5,.*cache_self_attn=false\s+9\.873 T\s+×1\.71/);
+});
+
+test('bench on a folder: table with speed-up, MAC ratio, PSNR/SSIM, and a labelled comparison PNG', (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'cmp.png');
+  const json = path.join(dir, 'bench.json');
+  const run = diffuse('bench', '--model', TINY, '--accel', 'tgate:gate_step=3,sp_interval=2,warm_up=0', '--steps', '6', '--scheduler', 'ddim',
+    '--warmup', '0', '--size', '64x64', '--out', out, '--json', json);
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /PSNR dB/);
+  const result = JSON.parse(fs.readFileSync(json, 'utf8'));
+  const [base, fast] = result.rows;
+  assert.equal(base.setting, 'baseline');
+  assert.ok(fast.macs < base.macs, 'TGATE saves MACs');
+  assert.ok(fast.psnr > 10 && fast.psnr < Infinity && fast.ssim < 1, `psnr ${fast.psnr}, ssim ${fast.ssim}`);
+  const png = decode(new Uint8Array(fs.readFileSync(out)));
+  assert.equal(png.width, 64 * 2 + 8);
+  assert.ok(png.height > 64, 'label band above the images');
+});
+
+test('bench: bad input gives one line naming the flag and exit 2', () => {
+  const cases: [string[], string][] = [
+    [['--preset', 'sd15'], '--preset'],
+    [['--preset', 'sd15', '--dry-run', '--macs', 'flops'], '--macs'],
+    [['--preset', 'sd15', '--dry-run', '--accel', 'tgate:gate_step=x'], '--accel tgate:gate_step'],
+    [['--model', TINY, '--preset', 'sd15', '--dry-run'], '--model/--preset'],
+    [['--model', TINY], '--accel'],
+  ];
+  for (const [args, named] of cases) {
+    const run = diffuse('bench', ...args);
+    assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
+    const lines = run.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, run.stderr);
+    assert.ok(lines[0].includes(named), `${args.join(' ')} → ${lines[0]}`);
+  }
+});
