@@ -5,7 +5,7 @@
  * ParamSource: either real safetensors tensors (serialised as ONNX external data pointing straight
  * into the safetensors file) or shapes alone (MAC counting from a config, no weights).
  */
-import { OnnxDataType, type AttributeValue, type ModelProto, type NodeProto, type TensorProto } from './onnx-proto.ts';
+import { OnnxDataType, type AttributeValue, type ModelProto, type NodeProto, type TensorProto, type ValueInfoProto } from './onnx-proto.ts';
 
 export type DataType = 'float32' | 'float16' | 'int64' | 'int32' | 'bool';
 
@@ -108,10 +108,16 @@ export class GraphBuilder {
   readonly dtype: DataType = 'float32';
   usesContribOps = false;
 
+  /**
+   * With `dynamicBatch`, axis 0 of every graph input and output is the symbolic dimension
+   * "batch", so one session serves any batch size (CFG and no-CFG calls share weights and
+   * compiled kernels). Shapes inside the graph never hard-code the batch: see reshape().
+   */
   constructor(
     readonly name: string,
     private readonly params: ParamSource,
     readonly attentionKind: AttentionKind = 'mha',
+    readonly dynamicBatch = false,
   ) {}
 
   // ---- structure -------------------------------------------------------------------------
@@ -292,9 +298,14 @@ export class GraphBuilder {
 
   // ---- shape -----------------------------------------------------------------------------
 
+  /**
+   * Reshape that never bakes in axis 0 (the batch in every segment): it is copied from the input
+   * (ONNX 0) when it keeps its size, else inferred (−1); the other axes never depend on the batch.
+   */
   reshape(x: Value, shape: number[]): Value {
     if (product(shape) !== x.size) throw new Error(`reshape [${x.shape}] -> [${shape}]`);
-    return this.op('Reshape', [x, this.shapeConst(shape)], shape, x.dtype);
+    const target = [shape[0] === x.shape[0] ? 0 : -1, ...shape.slice(1)];
+    return this.op('Reshape', [x, this.shapeConst(target)], shape, x.dtype);
   }
   transpose(x: Value, perm: number[]): Value {
     return this.op('Transpose', [x], perm.map((p) => x.shape[p]), x.dtype, { perm: { kind: 'ints', value: perm } });
@@ -345,7 +356,7 @@ export class GraphBuilder {
   gatherRows(x: Value, index: Value): Value {
     const [b, , d] = x.shape;
     const idx = this.reshape(index, [b, 1, 1]);
-    const expanded = this.op('Expand', [idx, this.shapeConst([b, 1, d])], [b, 1, d], 'int64');
+    const expanded = this.op('Expand', [idx, this.shapeConst([1, 1, d])], [b, 1, d], 'int64');
     const picked = this.op('GatherElements', [x, expanded], [b, 1, d], x.dtype, { axis: { kind: 'int', value: 1 } });
     return this.reshape(picked, [b, d]);
   }
@@ -414,7 +425,10 @@ export class GraphBuilder {
   resizeNearest(x: Value, height: number, width: number): Value {
     const [n, c] = x.shape;
     const empty = this.constant(new Float32Array(0), [0], 'roi');
-    return this.op('Resize', [x, empty, empty, this.shapeConst([n, c, height, width])], [n, c, height, width], x.dtype, {
+    // Target sizes: the input's own batch and channels, then the new height and width.
+    const batchChannels = this.op('Shape', [x], [2], 'int64', { end: { kind: 'int', value: 2 } });
+    const sizes = this.concat([batchChannels, this.shapeConst([height, width])], 0);
+    return this.op('Resize', [x, empty, empty, sizes], [n, c, height, width], x.dtype, {
       mode: { kind: 'string', value: 'nearest' },
       coordinate_transformation_mode: { kind: 'string', value: 'asymmetric' },
       nearest_mode: { kind: 'string', value: 'floor' },
@@ -516,10 +530,16 @@ export class GraphBuilder {
         name: this.name,
         nodes: this.nodes,
         initializers,
-        inputs: this.inputs.map((v) => ({ name: v.name, elemType: ONNX_TYPE[v.dtype], shape: [...v.shape] })),
-        outputs: this.outputs.map((v) => ({ name: v.name, elemType: ONNX_TYPE[v.dtype], shape: [...v.shape] })),
+        inputs: this.inputs.map((v) => this.valueInfo(v)),
+        outputs: this.outputs.map((v) => this.valueInfo(v)),
       },
     };
+  }
+
+  private valueInfo(v: Value): ValueInfoProto {
+    const shape: (number | string)[] = [...v.shape];
+    if (this.dynamicBatch && shape.length > 0) shape[0] = 'batch';
+    return { name: v.name, elemType: ONNX_TYPE[v.dtype], shape };
   }
 
   /** Safetensors files this graph's parameters live in. */

@@ -46,7 +46,8 @@ export interface NodeProto {
 export interface ValueInfoProto {
   name: string;
   elemType: OnnxDataType;
-  shape: number[];
+  /** A number is a fixed size; a string names a symbolic dimension (dim_param). */
+  shape: (number | string)[];
 }
 
 export interface ModelProto {
@@ -188,7 +189,7 @@ function writeValueInfo(w: Writer, v: ValueInfoProto): void {
     type.message(1, (tensor) => {
       tensor.int(1, v.elemType);
       tensor.message(2, (shape) => {
-        for (const d of v.shape) shape.message(1, (dim) => dim.int(1, d));
+        for (const d of v.shape) shape.message(1, (dim) => (typeof d === 'string' ? dim.string(2, d) : dim.int(1, d)));
       });
     }),
   );

@@ -81,8 +81,11 @@ export function buildSegment(g: GraphBuilder, build: SegmentBuild, inputs: Recor
 /** Graph output names are prefixed so a segment may return a value under its input's key. */
 export const outputName = (key: string): string => `out.${key}`;
 
-/** Identifies a compiled variant of a segment: input shapes and the outputs asked for. */
-export function shapeKey(inputs: Record<string, TensorLike>, options?: RunOptions): string {
-  const shapes = Object.entries(inputs).map(([k, t]) => `${k}:${t.type}[${t.dims.join(',')}]`).join(';');
+/**
+ * Identifies a compiled variant of a segment: input shapes (without the batch axis for
+ * batch-polymorphic graphs) and the outputs asked for.
+ */
+export function shapeKey(inputs: Record<string, TensorLike>, options?: RunOptions, anyBatch = false): string {
+  const shapes = Object.entries(inputs).map(([k, t]) => `${k}:${t.type}[${(anyBatch ? ['*', ...t.dims.slice(1)] : t.dims).join(',')}]`).join(';');
   return options?.outputs || options?.residual ? `${shapes}->${options.outputs?.join(',') ?? `-${options.residual!.value}`}` : shapes;
 }

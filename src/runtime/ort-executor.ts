@@ -36,7 +36,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   ) {}
 
   async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<Record<string, ort.Tensor>> {
-    const key = `${name}|${shapeKey(inputs, options)}`;
+    const key = `${name}|${shapeKey(inputs, options, true)}`;
     let compiled = this.sessions.get(key);
     if (!compiled) {
       compiled = this.compile(name, build, inputs, options);
@@ -53,7 +53,8 @@ export class OrtExecutor implements Executor<ort.Tensor> {
 
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
     const start = performance.now();
-    const g = new GraphBuilder(name, this.params);
+    // One session per segment for every batch size: CFG and single-batch calls share it.
+    const g = new GraphBuilder(name, this.params, 'mha', true);
     const outputs = buildSegment(g, build, inputs, options);
     const session = await createSession(g, this.options);
     this.compileSeconds.set(name, (this.compileSeconds.get(name) ?? 0) + (performance.now() - start) / 1000);
