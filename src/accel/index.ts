@@ -3,12 +3,16 @@
  * the official code's parameter names; every value is checked against its knob's type and range.
  */
 import { InputError } from '../errors.ts';
+import { DEEPCACHE_DEFAULTS, deepcache, type DeepCacheParams } from './deepcache.ts';
 import { combine, type Accelerator } from './plan.ts';
-import { TGATE_DEFAULTS, tgate } from './tgate.ts';
+import { TGATE_DEFAULTS, tgate, type TgateParams } from './tgate.ts';
 
 interface Knob {
-  type: 'int' | 'bool';
+  /** 'number': any finite decimal number. */
+  type: 'int' | 'bool' | 'number';
   min?: number;
+  /** For 'number': min itself is refused. */
+  minExclusive?: boolean;
   doc: string;
 }
 
@@ -30,7 +34,24 @@ export const METHODS: Record<string, MethodDefinition> = {
       cache_self_attn: { type: 'bool', doc: 'false = TGATE v1 (gate cross-attention only)' },
     },
     defaults: { ...TGATE_DEFAULTS },
-    create: (p) => tgate(p as unknown as typeof TGATE_DEFAULTS),
+    create: (p) => {
+      const params = p as unknown as TgateParams;
+      // The gate calls need full passes of methods that cut the U-Net (T-GATE's SD_DeepCache.py
+      // resets DeepCache at gate_step-1 and gate_step).
+      return { ...tgate(params), fullPassCalls: [params.gate_step - 1, params.gate_step] };
+    },
+  },
+  deepcache: {
+    paper: 'DeepCache (arXiv 2312.00858)',
+    knobs: {
+      cache_interval: { type: 'int', min: 1, doc: 'model calls per full U-Net pass (1 = every call full)' },
+      cache_branch_id: { type: 'int', min: 0, doc: 'branch recomputed on the other calls, 0 = shallowest (see src/accel/deepcache.ts)' },
+      uniform: { type: 'bool', doc: 'true: a full pass every cache_interval calls; false: spaced by pow around center' },
+      pow: { type: 'number', min: 1, minExclusive: true, doc: 'non-uniform spacing exponent' },
+      center: { type: 'int', min: 0, doc: 'non-uniform: step where full passes are densest' },
+    },
+    defaults: { ...DEEPCACHE_DEFAULTS },
+    create: (p) => deepcache(p as unknown as DeepCacheParams),
   },
 };
 
@@ -54,6 +75,13 @@ export function parseAccelSpec(text: string): AccelSpec {
     if (knob.type === 'bool') {
       if (value !== 'true' && value !== 'false') throw new InputError(where, 'wrong value', 'true or false', value);
       params[key] = value === 'true';
+    } else if (knob.type === 'number') {
+      const n = Number(value);
+      const min = knob.min ?? -Infinity;
+      if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value) || !Number.isFinite(n) || n < min || (knob.minExclusive && n === min)) {
+        throw new InputError(where, 'wrong value', `a number ${knob.minExclusive ? '>' : '≥'} ${min} (${knob.doc})`, value);
+      }
+      params[key] = n;
     } else {
       const n = Number(value);
       if (!/^-?\d+$/.test(value) || (knob.min !== undefined && n < knob.min)) {

@@ -2,16 +2,44 @@
  * The acceleration framework: a method is a plan over segments × model calls. For every segment
  * call that declares a residual structure (see ResidualSpec) the plan says: compute it, compute it
  * and cache its value (optionally averaged over the CFG halves), or reuse the cached value (the
- * segment then costs one addition). A plan also says whether the CFG batch runs at each call.
+ * segment then costs one addition). A plan also says whether the CFG batch runs at each call, and
+ * may cut the U-Net at a branch (DeepCache, see BranchDecision): a full pass caches the feature
+ * entering the up path there, a shallow pass runs only the layers above the branch and reuses it.
  *
- * Methods compose in the order given: the first method with an opinion other than "compute"
- * decides a segment; the CFG batch runs only while every method wants it.
- * Caches are keyed by segment and tensor shape (so CFG-batch and single-batch values never mix)
- * and live for one generation.
+ * Composition, for methods in the order given:
+ * 1. The CFG batch runs only while every method wants it.
+ * 2. The U-Net cut: the method with a `branch` plan (at most one) decides which segments run at
+ *    all. It runs full passes at every call any method lists in `fullPassCalls` (TGATE's gate
+ *    calls) and restarts its schedule there.
+ * 3. For each residual segment that runs, the first method with an opinion other than "compute"
+ *    decides. A segment skipped by the cut neither caches nor reuses at that call, as in the
+ *    official TGATE + DeepCache code; so the order of DeepCache and TGATE does not matter.
+ * Caches are keyed by segment (or branch) and tensor shape, so CFG-batch and single-batch values
+ * never mix, and live in one PlannedExecutor, i.e. for one generation.
  */
+import { InputError } from '../errors.ts';
 import type { Executor, RunOptions, SegmentBuild, ShapedTensor, TensorLike } from '../runtime/executor.ts';
 
 export type Decision = 'compute' | 'cache' | 'cache-cfg-mean' | 'reuse';
+
+/** How a U-Net pass runs at one model call, for methods that cut it at a branch (DeepCache). */
+export interface BranchDecision {
+  /**
+   * The branch (DeepCache's cache_branch_id): the shallow pass recomputes conv_in, the first
+   * `branch` outputs of the down path and the up-path layers their skip connections feed.
+   */
+  branch: number;
+  /** true: a shallow pass on the cached deep feature; false: a full pass that caches it. */
+  reuse: boolean;
+}
+
+/** What a plan may need to know of the run as a whole. */
+export interface RunInfo {
+  /** Inference steps of the run (non-uniform schedules spread over them); undefined if not told. */
+  steps?: number;
+  /** Calls at which some composed method needs a full pass (sorted). */
+  fullPassCalls: readonly number[];
+}
 
 export interface Accelerator {
   readonly name: string;
@@ -19,6 +47,33 @@ export interface Accelerator {
   cfgActive(call: number): boolean;
   /** What to do with a residual segment at model call `call`; `cfg` says whether this call has the CFG batch. */
   decide(segment: string, call: number, cfg: boolean): Decision;
+  /**
+   * Calls at which this method needs every segment to run (TGATE: gate_step−1, where every
+   * attention output is cached, and gate_step, where the batch loses its CFG half).
+   */
+  readonly fullPassCalls?: readonly number[];
+  /** The U-Net cut at model call `call`; absent or undefined: a plain full pass. */
+  branch?(call: number, run: RunInfo): BranchDecision | undefined;
+}
+
+/** What a model's forward pass gets from a planning executor when it is to be cut at a branch. */
+export interface BranchPass<T> {
+  branch: number;
+  /** The cached deep feature: present → shallow pass from it; absent → full pass that must `store` it. */
+  reuse?: T;
+  store(feature: T): void;
+}
+
+/** An executor that can plan cuts (PlannedExecutor); models ask through `branchPlanner`. */
+export interface BranchPlanner<T> {
+  /** Asked once per forward pass; `key` identifies the input shapes (the cache is kept per key). */
+  branchPass(key: string): BranchPass<T> | undefined;
+}
+
+/** The executor's branch planner, if it has one (any executor may be handed to a model). */
+export function branchPlanner<T extends TensorLike>(exec: Executor<T>): BranchPlanner<T> | undefined {
+  const candidate = exec as Executor<T> & Partial<BranchPlanner<T>>;
+  return typeof candidate.branchPass === 'function' ? (candidate as BranchPlanner<T>) : undefined;
 }
 
 /** Tensor operations the cache needs, per tensor kind. */
@@ -32,6 +87,12 @@ export const shapedCacheOps: CacheOps<ShapedTensor> = {
 };
 
 export function combine(accelerators: Accelerator[]): Accelerator {
+  const cutters = accelerators.filter((a) => a.branch);
+  if (cutters.length > 1) {
+    throw new InputError('--accel', `${cutters.map((a) => a.name).join(' and ')} both cut the U-Net at a branch`, 'one such method at a time');
+  }
+  const cutter = cutters[0];
+  const fullPassCalls = [...new Set(accelerators.flatMap((a) => a.fullPassCalls ?? []))].sort((a, b) => a - b);
   return {
     name: accelerators.map((a) => a.name).join('+'),
     cfgActive: (call) => accelerators.every((a) => a.cfgActive(call)),
@@ -42,22 +103,42 @@ export function combine(accelerators: Accelerator[]): Accelerator {
       }
       return 'compute';
     },
+    fullPassCalls,
+    branch: cutter && ((call, run) => cutter.branch!(call, run)),
   };
 }
 
-/** Wraps an executor, applying an accelerator's decisions; set `call` and `cfg` before each model call. */
-export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
+/**
+ * Wraps an executor, applying an accelerator's decisions; set `call` and `cfg` before each model
+ * call, and `steps` once before the first where a plan needs it (DeepCache's non-uniform schedule).
+ */
+export class PlannedExecutor<T extends TensorLike> implements Executor<T>, BranchPlanner<T> {
   call = 0;
   cfg = true;
+  /** Inference steps of this run (not model calls: PNDM makes one call more). */
+  steps?: number;
   private readonly cache = new Map<string, T>();
+  private readonly deep = new Map<string, T>();
   /** Segment calls answered from the cache, for reports. */
   reused = 0;
+  /** Model calls that ran the shallow branch on a cached deep feature, for reports. */
+  shallowPasses = 0;
 
   constructor(
     private readonly inner: Executor<T>,
     private readonly plan: Accelerator,
     private readonly ops: CacheOps<T>,
   ) {}
+
+  branchPass(key: string): BranchPass<T> | undefined {
+    const decision = this.plan.branch?.(this.call, { steps: this.steps, fullPassCalls: this.plan.fullPassCalls ?? [] });
+    if (!decision) return undefined;
+    const slot = `${decision.branch}[${key}]`;
+    // Nothing cached at this shape yet (first call, or the batch changed): a full pass instead.
+    const reuse = decision.reuse ? this.deep.get(slot) : undefined;
+    if (reuse) this.shallowPasses++;
+    return { branch: decision.branch, reuse, store: (feature) => void this.deep.set(slot, feature) };
+  }
 
   async run(name: string, build: SegmentBuild, inputs: Record<string, T>, options?: RunOptions): Promise<Record<string, T>> {
     const spec = options?.residual;

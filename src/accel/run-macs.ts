@@ -1,6 +1,7 @@
 /**
  * Whole-run MAC accounting without weights: the U-Net's forward is run dry once per model call,
- * through the accelerator's plan, with the batch the plan gives each call (CFG or not).
+ * through the accelerator's plan, with the batch the plan gives each call (CFG or not); segments a
+ * plan skips (DeepCache's shallow passes) or answers from a cache cost what they run.
  */
 import { addMacs, zeroMacs, type MacCount } from '../graph/builder.ts';
 import type { UNet2DConditionModel } from '../models/unet2d-condition.ts';
@@ -19,6 +20,8 @@ export interface RunMacsOptions {
   accelerator?: Accelerator;
   /** Width of the pooled text embedding for SDXL-style added conditioning. */
   textEmbedsDim?: number;
+  /** Inference steps, for plans that spread over them (DeepCache non-uniform); default `calls`. */
+  steps?: number;
 }
 
 export interface RunMacs {
@@ -26,11 +29,14 @@ export interface RunMacs {
   perCall: MacCount[];
   cfgCalls: number;
   reusedSegments: number;
+  /** Calls that ran a shallow branch on a cached deep feature (DeepCache). */
+  shallowPasses: number;
 }
 
 export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions): Promise<RunMacs> {
   const dry = new DryExecutor();
   const planned = new PlannedExecutor(dry, o.accelerator ?? combine([]), shapedCacheOps);
+  planned.steps = o.steps ?? o.calls;
   const total = zeroMacs();
   const perCall: MacCount[] = [];
   let cfgCalls = 0;
@@ -50,5 +56,5 @@ export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions
     perCall.push(macs);
     addMacs(total, macs);
   }
-  return { total, perCall, cfgCalls, reusedSegments: planned.reused };
+  return { total, perCall, cfgCalls, reusedSegments: planned.reused, shallowPasses: planned.shallowPasses };
 }

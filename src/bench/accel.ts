@@ -83,7 +83,7 @@ async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSe
   }
   const [width, height] = o.size ?? [unet.config.sampleSize * factor, unet.config.sampleSize * factor];
   if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
-  const common = { calls, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim };
+  const common = { calls, steps: o.steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim };
   const settings: MacSetting[] = [];
   const base = await wholeRunMacs(unet, common);
   settings.push({ setting: 'baseline', macs: base.total, cfgCalls: base.cfgCalls, reusedSegments: 0 });

@@ -3,9 +3,11 @@
  * is written as calls to named segments whose names are diffusers module paths:
  * `down_blocks.1.resnets.0`, `down_blocks.1.attentions.0.transformer_blocks.0.attn2`, ...
  * SDXL's micro-conditioning (`addition_embed_type: "text_time"`) is the `add_embedding` segment.
+ * An executor that plans a cut (DeepCache, src/accel/deepcache.ts) is asked once per pass.
  */
 import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
+import { branchPlanner } from '../accel/plan.ts';
 import type { Executor, TensorLike } from '../runtime/executor.ts';
 import {
   cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config,
@@ -156,6 +158,29 @@ export class UNet2DConditionModel {
     this.timeEmbedDim = config.blockOutChannels[0] * 4;
   }
 
+  /**
+   * Outputs of the down path after conv_in: one per resnet(+attention) layer and one per
+   * downsampler. DeepCache's branches are 0 ... branchOutputs (the last cuts out the mid block alone).
+   */
+  get branchOutputs(): number {
+    const c = this.config;
+    return c.layersPerBlock.reduce((a, b) => a + b, 0) + c.blockOutChannels.length - 1;
+  }
+
+  /** The deepest DeepCache branch this U-Net has: a cut below it would skip nothing. */
+  get maxBranch(): number {
+    return this.config.hasMidBlock ? this.branchOutputs : this.branchOutputs - 1;
+  }
+
+  private checkBranch(branch: number): void {
+    if (!Number.isInteger(branch) || branch < 0 || branch > this.maxBranch) {
+      const c = this.config;
+      throw new InputError('--accel deepcache:cache_branch_id', `beyond this U-Net's depth (${c.blockOutChannels.length} down blocks of ` +
+        `${c.layersPerBlock.join('/')} layers: ${this.branchOutputs} down-path outputs${c.hasMidBlock ? '' : ', no mid block'})`,
+        `0 to ${this.maxBranch}`, `${branch}`);
+    }
+  }
+
   /** Total spatial downsampling of the down path. */
   get downsampleFactor(): number {
     return 2 ** (this.config.blockOutChannels.length - 1);
@@ -217,6 +242,14 @@ export class UNet2DConditionModel {
     const c = this.config;
     this.checkAdded(sample.dims[0], added);
     const n = c.blockOutChannels.length;
+    // DeepCache: a planning executor may cut this pass at a branch (see branchOutputs). On a
+    // shallow pass the down path stops after `cut` outputs, the mid block and the up layers fed
+    // by deeper skips are skipped, and the up path resumes from the cached feature; a full pass
+    // stores the feature entering the up layer that consumes skip `cut`.
+    const pass = branchPlanner(exec)?.branchPass(sample.dims.join(','));
+    if (pass) this.checkBranch(pass.branch);
+    const cut = pass?.branch ?? Infinity;
+    const shallow = pass?.reuse !== undefined;
     const resnet = (name: string, outChannels: number, eps: number, scale = 1) =>
       (g: GraphBuilder, i: Record<string, Value>) => {
         const x = i.skip ? g.concat([i.x, i.skip], 1) : i.x;
@@ -268,9 +301,11 @@ export class UNet2DConditionModel {
     }
 
     const skips: T[] = [x];
-    for (let b = 0; b < n; b++) {
+    const done = () => shallow && skips.length > cut;
+    down: for (let b = 0; b < n; b++) {
       const channels = c.blockOutChannels[b];
       for (let j = 0; j < c.layersPerBlock[b]; j++) {
+        if (done()) break down;
         const name = `down_blocks.${b}.resnets.${j}`;
         x = (await exec.run(name, resnet(name, channels, c.normEps), { x, temb })).x;
         if (c.downBlockTypes[b] === 'CrossAttnDownBlock2D') {
@@ -279,6 +314,7 @@ export class UNet2DConditionModel {
         skips.push(x);
       }
       if (b < n - 1) {
+        if (done()) break down;
         const name = `down_blocks.${b}.downsamplers.0`;
         x = (await exec.run(name, (g, i) => ({
           x: g.scope(name, () => g.conv2d(i.x, 'conv', channels, 3, { stride: 2, padding: c.downsamplePadding })),
@@ -287,31 +323,38 @@ export class UNet2DConditionModel {
       }
     }
 
-    if (c.hasMidBlock) {
+    if (c.hasMidBlock && !shallow) {
       const last = c.blockOutChannels[n - 1];
       x = (await exec.run('mid_block.resnets.0', resnet('mid_block.resnets.0', last, c.normEps, c.midBlockScaleFactor), { x, temb })).x;
       x = await transformer('mid_block.attentions.0', x, c.attentionHeads[n - 1], c.transformerLayersPerBlock[n - 1]);
       x = (await exec.run('mid_block.resnets.1', resnet('mid_block.resnets.1', last, c.normEps, c.midBlockScaleFactor), { x, temb })).x;
     }
+    if (pass?.reuse !== undefined) x = pass.reuse;
 
-    // diffusers forwards explicit upsample sizes when the latent is not a multiple of the
-    // total downsampling; taking the skip's size covers both cases.
+    // Up resnets consume the skips deepest first; `next` is the index of the next one. diffusers
+    // forwards explicit upsample sizes when the latent is not a multiple of the total
+    // downsampling; taking the skip's size covers both cases.
+    let next = this.branchOutputs;
     for (let u = 0; u < n; u++) {
       const b = n - 1 - u;
       const channels = c.blockOutChannels[b];
-      const layers = c.layersPerBlock[b] + 1;
-      const blockSkips = skips.splice(skips.length - layers, layers);
-      for (let j = 0; j < layers; j++) {
+      for (let j = 0; j < c.layersPerBlock[b] + 1; j++) {
+        const index = next--;
+        if (index > cut) {
+          if (shallow) continue;
+        } else if (index === cut && !shallow) {
+          pass!.store(x);
+        }
         const name = `up_blocks.${u}.resnets.${j}`;
-        const skip = blockSkips.pop()!;
-        x = (await exec.run(name, resnet(name, channels, c.normEps), { x, skip, temb })).x;
+        x = (await exec.run(name, resnet(name, channels, c.normEps), { x, skip: skips[index], temb })).x;
         if (c.upBlockTypes[u] === 'CrossAttnUpBlock2D') {
           x = await transformer(`up_blocks.${u}.attentions.${j}`, x, c.attentionHeads[b], c.transformerLayersPerBlock[b]);
         }
       }
-      if (u < n - 1) {
+      // The upsampler follows the block's last resnet, which consumed skip next + 1.
+      if (u < n - 1 && !(shallow && next + 1 > cut)) {
         const name = `up_blocks.${u}.upsamplers.0`;
-        const [height, width] = skips[skips.length - 1].dims.slice(2);
+        const [height, width] = skips[next].dims.slice(2);
         x = (await exec.run(name, (g, i) => ({
           x: g.scope(name, () => g.conv2d(g.resizeNearest(i.x, height, width), 'conv', channels, 3, { padding: 1 })),
         }), { x })).x;

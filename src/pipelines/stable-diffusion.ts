@@ -79,7 +79,7 @@ export interface GenerateResult {
   seed: number;
   scheduler: string;
   /** What the accelerators did: model calls run with the CFG batch, segment calls served from caches. */
-  accel?: { name: string; cfgCalls: number; reusedSegments: number };
+  accel?: { name: string; cfgCalls: number; reusedSegments: number; shallowPasses: number };
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -253,6 +253,7 @@ export class StableDiffusionPipeline {
     const singleInputs = unetInputs(positive, batch);
     const accelerator = createAccelerator(request.accel ?? []);
     const planned = accelerator && new PlannedExecutor(this.unetExec, accelerator, ortCacheOps);
+    if (planned) planned.steps = steps; // non-uniform schedules spread over the inference steps
     let cfgCalls = 0;
 
     // Starting latents, scaled by the scheduler's initial sigma as diffusers does.
@@ -306,7 +307,7 @@ export class StableDiffusionPipeline {
       images,
       seed,
       scheduler: scheduler.name,
-      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused },
+      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused, shallowPasses: planned!.shallowPasses },
       timings: { textEncoding, denoising, decoding },
       warnings,
     };
