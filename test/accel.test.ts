@@ -104,3 +104,18 @@ test('TGATE on tiny-sd1 equals the official T-GATE code (final latents within 1e
     await pipeline.release();
   }
 });
+
+test('TGATE with CFG off (guidance ≤ 1, as with LCM): no averaging, no CFG calls, still gates', async () => {
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  try {
+    const request = { prompt: 'a red circle', steps: 6, guidanceScale: 1, scheduler: 'ddim' as const, seed: 3, width: 64, height: 64, output: 'latent' as const };
+    const baseline = await pipeline.generate(request);
+    const gated = await pipeline.generate({ ...request, accel: [parseAccelSpec('tgate:gate_step=2,sp_interval=1,warm_up=0')] });
+    assert.equal(gated.accel?.cfgCalls, 0);
+    assert.ok((gated.accel?.reusedSegments ?? 0) > 0, 'cross-attention reused after the gate');
+    assert.ok(gated.latents.data.every(Number.isFinite));
+    assert.notDeepEqual(gated.latents.data, baseline.latents.data);
+  } finally {
+    await pipeline.release();
+  }
+});
