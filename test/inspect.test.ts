@@ -5,7 +5,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { InputError } from '../src/errors.ts';
 import { inspect, type InspectOptions } from '../src/cli/inspect.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { rejectsInputError } from './helpers/files.ts';

@@ -7,26 +7,15 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
-import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { loadTextEncoder, loadUNet, loadVae } from '../src/models/components.ts';
 import { assertClose } from './helpers/compare.ts';
+import { openGoldens } from './helpers/goldens.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const TOLERANCE = 1e-4;
 
-function goldens(fixture: string, part: string) {
-  const file = SafetensorsFile.open(path.join(FIXTURES, 'goldens', `${fixture}-${part}.safetensors`));
-  const f32 = (name: string) => {
-    const info = file.tensors.get(name)!;
-    return new ort.Tensor('float32', file.readFloat32(name), info.shape);
-  };
-  const i64 = (name: string) => {
-    const info = file.tensors.get(name)!;
-    const raw = file.readRaw(name);
-    return new ort.Tensor('int64', new BigInt64Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)), info.shape);
-  };
-  return { f32, i64 };
-}
+const goldens = (t: TestContext, fixture: string, part: string) =>
+  openGoldens(t, path.join(FIXTURES, 'goldens', `${fixture}-${part}.safetensors`));
 
 /** Asserts closeness and reports the measured relative error in the test output. */
 function report(t: TestContext, actual: Float32Array, expected: Float32Array, tolerance: number, what: string): void {
@@ -40,7 +29,7 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
 
   test(`${fixture}: CLIP text encoder equals transformers`, async (t) => {
     const { model, params } = loadTextEncoder(folder);
-    const g = goldens(fixture, 'text_encoder');
+    const g = goldens(t, fixture, 'text_encoder');
     const out = await model.forward(new OrtExecutor(params), g.i64('input_ids'));
     report(t, out.lastHiddenState.data as Float32Array, g.f32('last_hidden_state').data as Float32Array, TOLERANCE, 'last_hidden_state');
     report(t, out.penultimateHiddenState.data as Float32Array, g.f32('penultimate').data as Float32Array, TOLERANCE, 'penultimate');
@@ -49,7 +38,7 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
 
   test(`${fixture}: U-Net forward (CFG batch of 2) equals diffusers`, async (t) => {
     const { model, params } = loadUNet(folder);
-    const g = goldens(fixture, 'unet');
+    const g = goldens(t, fixture, 'unet');
     const exec = new OrtExecutor(params);
     const context = g.f32('encoder_hidden_states');
     for (const [step, name] of [[999, 'out_t999'], [301, 'out_t301']] as const) {
@@ -62,7 +51,7 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
 
   test(`${fixture}: VAE encode and decode equal diffusers`, async (t) => {
     const { model, params } = loadVae(folder);
-    const g = goldens(fixture, 'vae');
+    const g = goldens(t, fixture, 'vae');
     const exec = new OrtExecutor(params);
     const { mean, std } = await model.encode(exec, g.f32('image'));
     report(t, mean.data as Float32Array, g.f32('latent_mean').data as Float32Array, TOLERANCE, 'latent mean');

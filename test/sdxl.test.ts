@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { InputError } from '../src/errors.ts';
 import { inspect } from '../src/cli/inspect.ts';
 import { ClipTextModelWithProjection } from '../src/models/clip-text.ts';
 import { loadTextEncoder, loadUNet } from '../src/models/components.ts';
@@ -16,30 +15,16 @@ import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
-import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
 import { tempDir, writeJson, rejectsInputError } from './helpers/files.ts';
+import { openGoldens } from './helpers/goldens.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const TINY_SDXL = path.join(FIXTURES, 'tiny-sdxl');
 const TINY_SD1 = path.join(FIXTURES, 'tiny-sd1');
 const TOLERANCE = 1e-4;
 
-function goldens(t: TestContext, part: string) {
-  const file = SafetensorsFile.open(path.join(FIXTURES, 'goldens', `tiny-sdxl-${part}.safetensors`));
-  t.after(() => file.close());
-  const f32 = (name: string) => {
-    const info = file.tensors.get(name);
-    assert.ok(info, `golden ${part} has ${name}`);
-    return new ort.Tensor('float32', file.readFloat32(name), info.shape);
-  };
-  const i64 = (name: string) => {
-    const info = file.tensors.get(name)!;
-    const raw = file.readRaw(name);
-    return new ort.Tensor('int64', new BigInt64Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)), info.shape);
-  };
-  return { f32, i64 };
-}
+const goldens = (t: TestContext, part: string) => openGoldens(t, path.join(FIXTURES, 'goldens', `tiny-sdxl-${part}.safetensors`));
 
 function report(t: TestContext, actual: ort.Tensor, expected: ort.Tensor, what: string): void {
   assert.deepEqual(actual.dims, expected.dims, `${what} shape`);

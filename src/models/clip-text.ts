@@ -69,7 +69,7 @@ export class ClipTextModel {
 
   private build(g: GraphBuilder, ids: Value): Record<string, Value> {
     const c = this.config;
-    const [batch, length] = ids.shape;
+    const length = ids.shape[1];
     let h = g.scope('embeddings', () => {
       const tokens = g.gather(g.param('token_embedding.weight', [c.vocabSize, c.hiddenSize]), ids);
       const positions = g.slice(g.param('position_embedding.weight', [c.maxPositions, c.hiddenSize]), 0, 0, length);
