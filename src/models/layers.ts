@@ -38,12 +38,19 @@ export interface AttentionOptions {
 
 /** diffusers Attention core: to_q/to_k/to_v, multi-head attention, to_out.0. `context` null = self-attention. */
 export function attention(g: GraphBuilder, x: Value, context: Value | null, o: AttentionOptions): Value {
-  const source = context ?? x;
+  const { k, v } = keysAndValues(g, context ?? x, o);
+  return attentionWithKeys(g, x, k, v, o);
+}
+
+/** to_k and to_v of an Attention module (for cross-attention: constant over the denoising steps). */
+export function keysAndValues(g: GraphBuilder, source: Value, o: AttentionOptions): { k: Value; v: Value } {
+  return { k: g.linear(source, 'to_k', o.innerDim, o.qkvBias), v: g.linear(source, 'to_v', o.innerDim, o.qkvBias) };
+}
+
+/** The rest of an Attention module given its keys and values: to_q, attention, to_out.0. */
+export function attentionWithKeys(g: GraphBuilder, x: Value, k: Value, v: Value, o: AttentionOptions): Value {
   const q = g.linear(x, 'to_q', o.innerDim, o.qkvBias);
-  const k = g.linear(source, 'to_k', o.innerDim, o.qkvBias);
-  const v = g.linear(source, 'to_v', o.innerDim, o.qkvBias);
-  const a = g.attention(q, k, v, o.heads);
-  return g.linear(a, 'to_out.0', x.shape[x.rank - 1]);
+  return g.linear(g.attention(q, k, v, o.heads), 'to_out.0', x.shape[x.rank - 1]);
 }
 
 /** diffusers FeedForward with GEGLU (the SD transformer blocks): net.0.proj then net.2. */

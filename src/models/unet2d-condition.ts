@@ -12,7 +12,7 @@ import type { Executor, TensorLike } from '../runtime/executor.ts';
 import {
   cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config,
 } from '../weights/config.ts';
-import { attention, fromTokens, gegluFeedForward, resnetBlock2D, timestepEmbedding, toTokens } from './layers.ts';
+import { attention, attentionWithKeys, fromTokens, keysAndValues, gegluFeedForward, resnetBlock2D, timestepEmbedding, toTokens } from './layers.ts';
 
 const DOWN_TYPES = ['CrossAttnDownBlock2D', 'DownBlock2D'] as const;
 const UP_TYPES = ['CrossAttnUpBlock2D', 'UpBlock2D'] as const;
@@ -49,6 +49,9 @@ export interface UNet2DConditionConfig {
 }
 
 /** SDXL's extra conditioning for the U-Net: diffusers' `added_cond_kwargs`. */
+/** Precomputed cross-attention keys and values by attn2 module path (see crossAttentionKV). */
+export type CrossAttentionKV<T> = Map<string, { k: T; v: T }>;
+
 export interface AddedConditioning<T> {
   /** Pooled, projected text embeddings of text_encoder_2: float32 [B, P]. */
   textEmbeds: T;
@@ -232,13 +235,52 @@ export class UNet2DConditionModel {
     }
   }
 
+  /** Every cross-attention module (attn2) in forward order, with its width and head count. */
+  crossAttentionLayers(): { path: string; channels: number; heads: number }[] {
+    const c = this.config;
+    const n = c.blockOutChannels.length;
+    const layers: { path: string; channels: number; heads: number }[] = [];
+    const add = (attention: string, b: number) => {
+      for (let k = 0; k < c.transformerLayersPerBlock[b]; k++) {
+        layers.push({ path: `${attention}.transformer_blocks.${k}.attn2`, channels: c.blockOutChannels[b], heads: c.attentionHeads[b] });
+      }
+    };
+    for (let b = 0; b < n; b++) {
+      if (c.downBlockTypes[b] === 'CrossAttnDownBlock2D') for (let j = 0; j < c.layersPerBlock[b]; j++) add(`down_blocks.${b}.attentions.${j}`, b);
+    }
+    if (c.hasMidBlock) add('mid_block.attentions.0', n - 1);
+    for (let u = 0; u < n; u++) {
+      const b = n - 1 - u;
+      if (c.upBlockTypes[u] === 'CrossAttnUpBlock2D') for (let j = 0; j <= c.layersPerBlock[b]; j++) add(`up_blocks.${u}.attentions.${j}`, b);
+    }
+    return layers;
+  }
+
+  /**
+   * The keys and values of every cross-attention for a prompt batch: they depend on the prompt
+   * alone, so a pipeline computes them once (segment `cross_attention_kv`) instead of every call.
+   */
+  async crossAttentionKV<T extends TensorLike>(exec: Executor<T>, encoderHiddenStates: T): Promise<CrossAttentionKV<T>> {
+    const layers = this.crossAttentionLayers();
+    const out = await exec.run('cross_attention_kv', (g, i) => {
+      const result: Record<string, Value> = {};
+      for (const l of layers) {
+        const { k, v } = g.scope(l.path, () => keysAndValues(g, i.context, { heads: l.heads, innerDim: l.channels, qkvBias: false }));
+        result[`${l.path}.k`] = k;
+        result[`${l.path}.v`] = v;
+      }
+      return result;
+    }, { context: encoderHiddenStates });
+    return new Map(layers.map((l) => [l.path, { k: out[`${l.path}.k`], v: out[`${l.path}.v`] }]));
+  }
+
   /**
    * One denoiser evaluation: sample [B, C, h, w], timestep [B] (float32), encoder hidden states
    * [B, 77, D] → noise (or v) prediction [B, C, h, w]. `added` (SDXL: pooled text embeddings and
    * time ids) is required when the config's addition_embed_type is "text_time", refused otherwise.
    */
   async forward<T extends TensorLike>(exec: Executor<T>, sample: T, timestep: T, encoderHiddenStates: T,
-    added?: AddedConditioning<T>): Promise<T> {
+    added?: AddedConditioning<T>, crossKV?: CrossAttentionKV<T>): Promise<T> {
     const c = this.config;
     this.checkAdded(sample.dims[0], added);
     const n = c.blockOutChannels.length;
@@ -269,7 +311,14 @@ export class UNet2DConditionModel {
           });
         const residual = { value: 'attn', residual: 'tokens', result: 'tokens' };
         tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1'), { tokens }, { residual })).tokens;
-        tokens = (await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2'), { tokens, context: encoderHiddenStates }, { residual })).tokens;
+        const kv = crossKV?.get(`${block}.attn2`);
+        tokens = kv
+          ? (await exec.run(`${block}.attn2`, (g, i) => g.scope(block, () => {
+            const h = g.layerNorm(i.tokens, 'norm2', 1e-5);
+            const attn = g.scope('attn2', () => attentionWithKeys(g, h, i.k, i.v, { heads, innerDim: h.shape[2], qkvBias: false }));
+            return { tokens: g.add(attn, i.tokens), attn };
+          }), { tokens, k: kv.k, v: kv.v }, { residual })).tokens
+          : (await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2'), { tokens, context: encoderHiddenStates }, { residual })).tokens;
         tokens = (await exec.run(`${block}.ff`, (g, i) => ({
           tokens: g.scope(block, () => {
             const h = g.layerNorm(i.tokens, 'norm3', 1e-5);

@@ -10,7 +10,7 @@ import { InputError } from '../errors.ts';
 import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
-import type { UNet2DConditionModel } from '../models/unet2d-condition.ts';
+import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import { createAccelerator, type AccelSpec } from '../accel/index.ts';
 import { ortCacheOps } from '../accel/ort-ops.ts';
 import { PlannedExecutor } from '../accel/plan.ts';
@@ -255,6 +255,13 @@ export class StableDiffusionPipeline {
     const planned = accelerator && new PlannedExecutor(this.unetExec, accelerator, ortCacheOps);
     if (planned) planned.steps = steps; // non-uniform schedules spread over the inference steps
     let cfgCalls = 0;
+    // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
+    const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
+    const keysFor = async (context: ort.Tensor) => {
+      let kv = crossKV.get(context);
+      if (!kv) crossKV.set(context, (kv = await this.unet.model.crossAttentionKV(this.unetExec, context)));
+      return kv;
+    };
 
     // Starting latents, scaled by the scheduler's initial sigma as diffusers does.
     const rng = new Rng(seed);
@@ -280,7 +287,7 @@ export class StableDiffusionPipeline {
       const out = await this.unet.model.forward(planned ?? this.unetExec,
         new ort.Tensor('float32', scaled, [modelBatch, ...latentDims.slice(1)]),
         new ort.Tensor('float32', new Float32Array(modelBatch).fill(t), [modelBatch]),
-        context, added);
+        context, added, await keysFor(context));
       const prediction = await floats(out);
       const guided = cfgNow ? guide(prediction, size, guidance, rescale, batch) : prediction;
       const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
