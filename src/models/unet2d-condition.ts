@@ -303,22 +303,22 @@ export class UNet2DConditionModel {
         const block = `${path}.transformer_blocks.${k}`;
         // The attention output (after to_out, before the residual) is a second output that
         // accelerators may cache; plain runs only produce `tokens`.
-        const attnBuild = (sub: 'attn1' | 'attn2', norm: string) => (g: GraphBuilder, i: Record<string, Value>) =>
-          g.scope(block, () => {
-            const h = g.layerNorm(i.tokens, norm, 1e-5);
-            const attn = g.scope(sub, () => attention(g, h, i.context ?? null, { heads, innerDim: h.shape[2], qkvBias: false }));
-            return { tokens: g.add(attn, i.tokens), attn };
-          });
+        const attnBuild = (sub: 'attn1' | 'attn2', norm: string, core: (g: GraphBuilder, h: Value, i: Record<string, Value>) => Value) =>
+          (g: GraphBuilder, i: Record<string, Value>) =>
+            g.scope(block, () => {
+              const h = g.layerNorm(i.tokens, norm, 1e-5);
+              const attn = g.scope(sub, () => core(g, h, i));
+              return { tokens: g.add(attn, i.tokens), attn };
+            });
+        const options = (h: Value) => ({ heads, innerDim: h.shape[2], qkvBias: false });
         const residual = { value: 'attn', residual: 'tokens', result: 'tokens' };
-        tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1'), { tokens }, { residual })).tokens;
+        tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1', (g, h) => attention(g, h, null, options(h))), { tokens }, { residual })).tokens;
         const kv = crossKV?.get(`${block}.attn2`);
-        tokens = kv
-          ? (await exec.run(`${block}.attn2`, (g, i) => g.scope(block, () => {
-            const h = g.layerNorm(i.tokens, 'norm2', 1e-5);
-            const attn = g.scope('attn2', () => attentionWithKeys(g, h, i.k, i.v, { heads, innerDim: h.shape[2], qkvBias: false }));
-            return { tokens: g.add(attn, i.tokens), attn };
-          }), { tokens, k: kv.k, v: kv.v }, { residual })).tokens
-          : (await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2'), { tokens, context: encoderHiddenStates }, { residual })).tokens;
+        tokens = (kv
+          ? await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', (g, h, i) => attentionWithKeys(g, h, i.k, i.v, options(h))),
+            { tokens, k: kv.k, v: kv.v }, { residual })
+          : await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', (g, h, i) => attention(g, h, i.context, options(h))),
+            { tokens, context: encoderHiddenStates }, { residual })).tokens;
         tokens = (await exec.run(`${block}.ff`, (g, i) => ({
           tokens: g.scope(block, () => {
             const h = g.layerNorm(i.tokens, 'norm3', 1e-5);
