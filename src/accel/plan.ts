@@ -108,6 +108,9 @@ export function combine(accelerators: Accelerator[]): Accelerator {
   };
 }
 
+/** Cached values are keyed by segment and shape, so CFG-batch and single-batch values never mix. */
+const cacheKey = (segment: string, t: TensorLike) => `${segment}[${t.dims.join(',')}]`;
+
 /**
  * Wraps an executor, applying an accelerator's decisions; set `call` and `cfg` before each model
  * call, and `steps` once before the first where a plan needs it (DeepCache's non-uniform schedule).
@@ -145,7 +148,7 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
     if (!spec) return this.inner.run(name, build, inputs, options);
     const decision = this.plan.decide(name, this.call, this.cfg);
     const residual = inputs[spec.residual];
-    const cached = decision === 'reuse' ? this.cache.get(`${name}[${residual.dims.join(',')}]`) : undefined;
+    const cached = decision === 'reuse' ? this.cache.get(cacheKey(name, residual)) : undefined;
     // Nothing cached yet (e.g. warm_up beyond the gate): compute, as the official TGATE code does.
     if (decision === 'compute' || (decision === 'reuse' && !cached)) return this.inner.run(name, build, inputs, options);
     if (cached) {
@@ -156,7 +159,7 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
     const out = await this.inner.run(name, build, inputs, { outputs: [spec.result, spec.value] });
     let value = out[spec.value];
     if (decision === 'cache-cfg-mean') value = await this.ops.meanOfHalves(value);
-    this.cache.set(`${name}[${value.dims.join(',')}]`, value);
+    this.cache.set(cacheKey(name, value), value);
     return { [spec.result]: out[spec.result] };
   }
 }

@@ -10,7 +10,7 @@ import { benchGenerate } from '../bench/generate.ts';
 import { generate } from './generate.ts';
 import { bench } from '../bench/accel.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
-import { SCHEDULER_NAMES } from '../schedulers/index.ts';
+import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
 function positiveInt(flag: string) {
   return (value: string): number => {
@@ -34,6 +34,12 @@ function seed(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n >= 2 ** 32) throw new InvalidArgumentError(`--seed expects an integer in [0, 4294967295], got "${value}"`);
   return n;
+}
+
+/** `--scheduler NAME`, for generate and bench alike. */
+function schedulerName(value: string): SchedulerName {
+  if (!isSchedulerName(value)) throw new InputError('--scheduler', 'unknown scheduler', SCHEDULER_NAMES.join(', '), value);
+  return value;
 }
 
 /** Repeatable `--accel NAME[:key=value,...]`; errors are InputErrors naming the method and key. */
@@ -85,7 +91,7 @@ export function buildProgram(): Command {
     .option('--steps <n>', 'denoising steps (default 50)', positiveInt('--steps'))
     .option('--guidance <g>', 'classifier-free guidance scale; ≤ 1 turns CFG off (default 7.5)', number('--guidance'))
     .option('--guidance-rescale <r>', 'diffusers guidance_rescale in [0, 1] (default 0)', number('--guidance-rescale', 0))
-    .option('--scheduler <name>', 'ddim, pndm, euler, euler-a, dpm++2m, dpm++2m-karras or lcm (default: the folder\'s own)')
+    .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--seed <s>', 'seed of our noise generator (default: random, printed)', seed)
     .option('--width <w>', 'image width in pixels, a multiple of 8 (default: the model\'s size)', positiveInt('--width'))
     .option('--height <h>', 'image height in pixels, a multiple of 8', positiveInt('--height'))
@@ -113,7 +119,7 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'images per run', positiveInt('--batch'), 1)
     .option('--runs <n>', 'timed runs per setting (the best counts)', positiveInt('--runs'), 1)
     .option('--warmup <n>', 'untimed runs per setting first (they create the ORT sessions)', (v: string) => (v === '0' ? 0 : positiveInt('--warmup')(v)), 1)
-    .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`)
+    .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
     .option('--seed <s>', 'seed shared by both settings', seed, 0)
     .option('--prompt <text>', 'prompt', 'a photo of an astronaut riding a horse on mars')
@@ -123,9 +129,6 @@ export function buildProgram(): Command {
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON')
     .action(async (opts) => {
-      if (opts.scheduler !== undefined && !(SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler)) {
-        throw new InputError('--scheduler', 'unknown scheduler', SCHEDULER_NAMES.join(', '), opts.scheduler);
-      }
       await bench(opts);
     });
 

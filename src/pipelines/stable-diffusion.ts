@@ -210,6 +210,11 @@ export class StableDiffusionPipeline {
         throw new InputError('--latents', 'shape does not fit the request', `[${latentDims.join(', ')}]`, `[${d.join(', ')}]`);
       }
     }
+    // SDXL micro-conditioning (the same for the negative half, as diffusers does by default).
+    const timeIds = [...(request.originalSize ?? [height, width]), ...(request.cropTopLeft ?? [0, 0]), ...(request.targetSize ?? [height, width])];
+    if (timeIds.length !== 6 || timeIds.some((v) => !Number.isFinite(v))) {
+      throw new InputError('originalSize/cropTopLeft/targetSize', 'wrong value', 'pairs of finite numbers', JSON.stringify(timeIds));
+    }
     const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
     const scheduler = createScheduler({
       name: request.scheduler,
@@ -236,11 +241,6 @@ export class StableDiffusionPipeline {
       };
     }
     const textEncoding = seconds(start);
-    // SDXL micro-conditioning (the same for the negative half, as diffusers does by default).
-    const timeIds = [...(request.originalSize ?? [height, width]), ...(request.cropTopLeft ?? [0, 0]), ...(request.targetSize ?? [height, width])];
-    if (timeIds.length !== 6 || timeIds.some((v) => !Number.isFinite(v))) {
-      throw new InputError('originalSize/cropTopLeft/targetSize', 'wrong value', 'pairs of finite numbers', JSON.stringify(timeIds));
-    }
     const unetInputs = (c: Conditioning, rows: number) => ({
       context: new ort.Tensor('float32', c.context, [rows, c.tokens, c.width]),
       added: c.pooled && {
