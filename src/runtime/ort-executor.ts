@@ -27,8 +27,6 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   private readonly sessions = new Map<string, Promise<CompiledSegment>>();
   /** Seconds spent in session.run per segment name, summed over calls (for profiling). */
   readonly runSeconds = new Map<string, number>();
-  /** Seconds spent creating sessions per segment name. */
-  readonly compileSeconds = new Map<string, number>();
 
   constructor(
     private readonly params: ParamSource,
@@ -52,13 +50,10 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   }
 
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
-    const start = performance.now();
     // One session per segment for every batch size: CFG and single-batch calls share it.
     const g = new GraphBuilder(name, this.params, 'mha', true);
     const outputs = buildSegment(g, build, inputs, options);
-    const session = await createSession(g, this.options);
-    this.compileSeconds.set(name, (this.compileSeconds.get(name) ?? 0) + (performance.now() - start) / 1000);
-    return { session, outputKeys: Object.keys(outputs) };
+    return { session: await createSession(g, this.options), outputKeys: Object.keys(outputs) };
   }
 
   async release(): Promise<void> {
