@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   cfgBool, cfgInt, cfgIntList, cfgIntOrIntList, cfgNumber, cfgNumberList, cfgOneOf, cfgOptionalInt, cfgOptionalString,
-  cfgString, cfgStringList, readJsonFile, readJsonObject,
+  cfgString, cfgStringList, readJsonFile, readJsonObject, parsePythonJson,
 } from '../src/weights/config.ts';
 import {
   openComponentWeights, openShardedWeights, readComponentConfig, readPipelineFolder, WeightSet,
@@ -274,4 +274,11 @@ test('readJsonFile errors name the path', (t) => {
   fs.writeFileSync(missing, '[1]');
   assert.deepEqual(readJsonFile(missing), [1]);
   throwsInputError(() => readJsonObject(missing), missing, 'top level must be a JSON object', 'found [1]');
+});
+
+test('configs: Python json extensions (NaN, Infinity, -Infinity) read as numbers, also in arrays, never inside strings', () => {
+  assert.deepEqual(parsePythonJson('{"a": -Infinity, "b": [Infinity, NaN, 1], "c": "NaN -Infinity", "d": "x\\"Infinity"}'),
+    { a: -Infinity, b: [Infinity, NaN, 1], c: 'NaN -Infinity', d: 'x"Infinity' });
+  assert.throws(() => parsePythonJson('{"a": Infinityx}'), SyntaxError);
+  assert.throws(() => parsePythonJson('{"a": inf}'), SyntaxError);
 });

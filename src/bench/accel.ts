@@ -9,17 +9,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import { createAccelerator, formatAccelSpec, type AccelSpec } from '../accel/index.ts';
-import { wholeRunMacs } from '../accel/run-macs.ts';
 import { calflopsMacs, fullMacs, type MacCount } from '../graph/builder.ts';
 import { drawLabel, labelWidth } from '../image/label.ts';
 import { encodePng } from '../image/png.ts';
 import { psnr, ssim } from '../metrics/image.ts';
-import { parseClipTextConfig } from '../models/clip-text.ts';
-import { PRESETS } from '../models/presets.ts';
-import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { loadPipeline, type GenerateRequest, type GenerateResult } from '../pipelines/stable-diffusion.ts';
-import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
-import { getComponent, readComponentConfig, readPipelineFolder } from '../weights/diffusers-folder.ts';
+import type { SchedulerName } from '../schedulers/index.ts';
+import { modelFolder } from '../pipelines/reference-model.ts';
+import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
+import { fidelitySweep, formatFidelity, type FidelityOptions } from './fidelity.ts';
+import { macCounter } from './mac-counter.ts';
 
 export interface BenchOptions {
   model?: string;
@@ -39,6 +38,11 @@ export interface BenchOptions {
   threads?: number;
   out: string;
   json?: string;
+  /** The fidelity sweep (src/bench/fidelity.ts) instead of one accelerated setting. */
+  fidelity?: boolean;
+  prompts?: string;
+  sweep?: AccelSpec[][];
+  count?: number;
 }
 
 /** MACs in T, or G below 0.1 T. */
@@ -53,42 +57,14 @@ interface MacSetting {
 
 /** Whole-run U-Net MACs of the baseline and of the accelerated setting, from configs only. */
 async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSetting[] }> {
-  let unet: UNet2DConditionModel;
-  let textEmbedsDim: number | undefined;
-  let calls = o.steps;
-  let factor = 8;
-  if (o.preset !== undefined) {
-    const preset = PRESETS[o.preset];
-    if (!preset) throw new InputError('--preset', 'unknown preset', Object.keys(PRESETS).join(', '), o.preset);
-    unet = new UNet2DConditionModel(parseUNetConfig(preset.unet, `preset ${o.preset}`));
-    textEmbedsDim = preset.textEncoder2 && parseClipTextConfig(preset.textEncoder2, `preset ${o.preset}`).projectionDim;
-  } else {
-    const folder = readPipelineFolder(o.model!);
-    const { config, where } = readComponentConfig(folder, 'unet');
-    unet = new UNet2DConditionModel(parseUNetConfig(config, where));
-    if (folder.components.text_encoder_2) {
-      const te2 = readComponentConfig(folder, 'text_encoder_2');
-      textEmbedsDim = parseClipTextConfig(te2.config, te2.where).projectionDim;
-    }
-    if (folder.components.vae) {
-      const vae = readComponentConfig(folder, 'vae');
-      factor = 2 ** ((vae.config.block_out_channels as unknown[]).length - 1);
-    }
-    // The scheduler decides how many U-Net calls a run makes (PNDM makes one more than steps).
-    const scheduler = readComponentConfig(folder, 'scheduler');
-    calls = createScheduler({
-      name: o.scheduler, className: getComponent(folder, 'scheduler').className,
-      config: scheduler.config, configFile: scheduler.where, steps: o.steps,
-    }).timesteps.length;
-  }
-  const [width, height] = o.size ?? [unet.config.sampleSize * factor, unet.config.sampleSize * factor];
-  if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
-  const common = { calls, steps: o.steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim };
+  const counter = macCounter(o);
+  const { width, height } = counter;
+  const calls = counter.calls(o.steps);
   const settings: MacSetting[] = [];
-  const base = await wholeRunMacs(unet, common);
+  const base = await counter.count(o.steps, []);
   settings.push({ setting: 'baseline', macs: base.total, cfgCalls: base.cfgCalls, reusedSegments: 0 });
   if (o.accel.length > 0) {
-    const r = await wholeRunMacs(unet, { ...common, accelerator: createAccelerator(o.accel) });
+    const r = await counter.count(o.steps, o.accel);
     settings.push({ setting: o.accel.map(formatAccelSpec).join(' + '), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.reusedSegments });
   }
   console.log(`U-Net MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
@@ -105,6 +81,8 @@ interface Measured {
   setting: string;
   seconds: number[];
   best: number;
+  /** Denoising-loop seconds of the best run: what the U-Net MAC ratio predicts (no text encoder, no VAE). */
+  bestDenoising: number;
   peakRssBytes: number;
   result: GenerateResult;
 }
@@ -115,14 +93,16 @@ async function measure(o: BenchOptions, setting: string, request: GenerateReques
     await run(request);
   }
   const seconds: number[] = [];
-  let result: GenerateResult | undefined;
+  let best: { seconds: number; result: GenerateResult } | undefined;
   for (let r = 0; r < o.runs; r++) {
     process.stderr.write(`${setting}: timed run ${r + 1}/${o.runs}...\n`);
     const start = performance.now();
-    result = await run(request);
+    const result = await run(request);
     seconds.push((performance.now() - start) / 1000);
+    if (!best || seconds[r] < best.seconds) best = { seconds: seconds[r], result };
   }
-  return { setting, seconds, best: Math.min(...seconds), peakRssBytes: process.resourceUsage().maxRSS * 1024, result: result! };
+  return { setting, seconds, best: best!.seconds, bestDenoising: best!.result.timings.denoising,
+    peakRssBytes: process.resourceUsage().maxRSS * 1024, result: best!.result };
 }
 
 /** Baseline | accelerated, side by side, each labelled with a few short lines. */
@@ -154,6 +134,9 @@ function comparison(a: Measured, b: Measured, labels: [string[], string[]]): { d
 }
 
 export async function bench(o: BenchOptions): Promise<void> {
+  if (o.model !== undefined) o = { ...o, model: modelFolder(o.model) };
+  if (o.fidelity) return benchFidelity(o);
+  if (o.sweep?.length) throw new InputError('--sweep', 'only with --fidelity', '--fidelity, or --accel for one setting');
   if ((o.model === undefined) === (o.preset === undefined)) {
     throw new InputError('--model/--preset', 'give exactly one', '--model DIR (real runs or --dry-run) or --preset NAME (--dry-run)');
   }
@@ -183,16 +166,19 @@ export async function bench(o: BenchOptions): Promise<void> {
     const s = ssim(fast.result.images[0].data, base.result.images[0].data, width, height);
     const speedup = base.best / fast.best;
     const rows = [
-      { setting: 'baseline', macs: baseMacs, seconds: base.best, speedup: 1, psnr: Infinity, ssim: 1, rss: base.peakRssBytes },
-      { setting: macs.settings[1].setting, macs: fastMacs, seconds: fast.best, speedup, psnr: p, ssim: s, rss: fast.peakRssBytes },
+      { setting: 'baseline', macs: baseMacs, seconds: base.best, denoisingSeconds: base.bestDenoising, speedup: 1, denoisingSpeedup: 1,
+        psnr: Infinity, ssim: 1, rss: base.peakRssBytes },
+      { setting: macs.settings[1].setting, macs: fastMacs, seconds: fast.best, denoisingSeconds: fast.bestDenoising, speedup,
+        denoisingSpeedup: base.bestDenoising / fast.bestDenoising, psnr: p, ssim: s, rss: fast.peakRssBytes },
     ];
     console.log(`${o.model}: ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
-      `best of ${o.runs} timed run(s) after ${o.warmup} warm-up(s); PSNR/SSIM against the baseline image`);
-    console.log(`  ${'setting'.padEnd(60)} ${'U-Net MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'MAC ratio'.padStart(9)} ` +
+      `best of ${o.runs} timed run(s) after ${o.warmup} warm-up(s); PSNR/SSIM against the baseline image; ` +
+      `"loop" = the denoising loop alone, which the U-Net MAC ratio predicts (text encoding and VAE decoding are fixed costs)`);
+    console.log(`  ${'setting'.padEnd(60)} ${'U-Net MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ` +
       `${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'peak RSS'.padStart(9)}`);
     for (const r of rows) {
       console.log(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +
-        `${r.speedup.toFixed(2).padStart(7)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
+        `${r.speedup.toFixed(2).padStart(7)}× ${(r.denoisingSeconds / o.batch).toFixed(3).padStart(8)} ${r.denoisingSpeedup.toFixed(2).padStart(6)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
         `${r.ssim.toFixed(4).padStart(6)} ${((r.rss / 2 ** 30).toFixed(2) + ' GiB').padStart(9)}`);
     }
     const image = comparison(base, fast, [
@@ -209,5 +195,23 @@ export async function bench(o: BenchOptions): Promise<void> {
     }
   } finally {
     await pipeline.release();
+  }
+}
+
+async function benchFidelity(o: BenchOptions): Promise<void> {
+  if (o.model === undefined) throw new InputError('--model', 'the fidelity sweep needs weights', 'reference or a diffusers folder');
+  if (o.dryRun) throw new InputError('--dry-run', 'not with --fidelity', 'one of them');
+  if (o.accel.length > 0) throw new InputError('--accel', 'the fidelity sweep takes its settings from --sweep', '--sweep SPEC[+SPEC...] (repeatable)');
+  const prompts = readPromptFile(o.prompts ?? HELD_OUT_PROMPTS).slice(0, o.count);
+  const options: FidelityOptions = {
+    model: o.model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads,
+    sweep: o.sweep?.length ? o.sweep : undefined, progress: (m) => process.stderr.write(`${m}\n`),
+  };
+  const result = await fidelitySweep(options);
+  console.log(formatFidelity(result, options));
+  if (o.json) {
+    const rows = result.rows.map((r) => ({ ...r, accel: r.accel.map(formatAccelSpec) }));
+    fs.writeFileSync(o.json, JSON.stringify({ model: path.resolve(o.model), width: result.width, height: result.height, steps: o.steps,
+      guidance: o.guidance, seed: o.seed, prompts, chanceAdherence: result.chanceAdherence, rows }, null, 2));
   }
 }

@@ -10,6 +10,7 @@ import { InputError } from '../errors.ts';
 import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { encodePng } from '../image/png.ts';
 import { loadPipeline, type GenerateRequest, type Latents } from '../pipelines/stable-diffusion.ts';
+import { modelFolder } from '../pipelines/reference-model.ts';
 import type { Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { SafetensorsFile, writeSafetensors } from '../weights/safetensors.ts';
@@ -66,7 +67,6 @@ function writeAtomically(file: string, bytes: Uint8Array): void {
 }
 
 function checkFlags(f: GenerateFlags): Device {
-  if (!f.model) throw new InputError('--model', 'no model given', 'a diffusers folder (model_index.json)');
   if (f.prompt === undefined) throw new InputError('--prompt', 'no prompt given', 'some text');
   if (f.device !== 'cpu' && f.device !== 'webgpu') throw new InputError('--device', 'unknown device', 'cpu or webgpu', f.device);
   if (path.extname(f.out).toLowerCase() !== '.png') throw new InputError('--out', 'output must be a PNG file', 'a name ending in .png', f.out);
@@ -81,7 +81,7 @@ function checkFlags(f: GenerateFlags): Device {
 export async function generate(f: GenerateFlags): Promise<void> {
   const device = checkFlags(f);
   const latents = f.latents ? readLatentsFile(f.latents) : undefined;
-  const pipeline = await loadPipeline(f.model!, { device, threads: f.threads, variant: f.variant });
+  const pipeline = await loadPipeline(modelFolder(f.model), { device, threads: f.threads, variant: f.variant });
   const showProgress = !f.quiet && process.stderr.isTTY;
   const bar = showProgress ? new SingleBar({ format: 'denoising {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}', hideCursor: true, stream: process.stderr }) : undefined;
   const started = performance.now();
@@ -118,7 +118,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
     const settings = {
       prompt: f.prompt, negativePrompt: f.negativePrompt ?? '', steps: f.steps ?? 50, guidanceScale: f.guidance ?? 7.5,
       guidanceRescale: f.guidanceRescale ?? 0, scheduler: result.scheduler, seed: result.seed, width: image.width, height: image.height,
-      batch: f.batch ?? 1, model: path.resolve(f.model!), device, threads: f.threads ?? null, latents: f.latents ?? null,
+      batch: f.batch ?? 1, model: path.resolve(modelFolder(f.model)), device, threads: f.threads ?? null, latents: f.latents ?? null,
       accel: f.accel.map(formatAccelSpec),
     };
     const parameters = [

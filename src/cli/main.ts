@@ -9,6 +9,7 @@ import { benchUNet } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
 import { generate } from './generate.ts';
 import { bench } from '../bench/accel.ts';
+import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
@@ -45,6 +46,11 @@ function schedulerName(value: string): SchedulerName {
 /** Repeatable `--accel NAME[:key=value,...]`; errors are InputErrors naming the method and key. */
 function accelList(value: string, previous: AccelSpec[]): AccelSpec[] {
   return [...previous, parseAccelSpec(value)];
+}
+
+/** Repeatable `--sweep SPEC[+SPEC...]`. */
+function sweepList(value: string, previous: AccelSpec[][]): AccelSpec[][] {
+  return [...previous, parseSweepSetting(value)];
 }
 
 const ACCEL_HELP = `training-free acceleration, repeatable to compose: ${Object.keys(METHODS).map((m) => `${m}[:${Object.keys(METHODS[m].knobs).map((k) => `${k}=…`).join(',')}]`).join(' | ')}`;
@@ -85,7 +91,7 @@ export function buildProgram(): Command {
   program
     .command('generate')
     .description('text-to-image: generate PNG images from a prompt with a diffusers Stable Diffusion folder')
-    .option('--model <dir>', 'diffusers pipeline folder (model_index.json)')
+    .option('--model <dir>', 'diffusers pipeline folder (model_index.json); default: the embedded reference model')
     .option('--prompt <text>', 'what to draw')
     .option('--negative-prompt <text>', 'what to steer away from (classifier-free guidance)')
     .option('--steps <n>', 'denoising steps (default 50)', positiveInt('--steps'))
@@ -111,7 +117,7 @@ export function buildProgram(): Command {
   program
     .command('bench')
     .description('an accelerated setting vs. the baseline: whole-run MACs (--dry-run, no weights needed), or real runs with time, speed-up, PSNR/SSIM')
-    .option('--model <dir>', 'diffusers pipeline folder')
+    .option('--model <dir>', 'diffusers pipeline folder, or "reference" (the embedded model)')
     .option('--preset <name>', 'built-in config (sd15, sd21, sdxl); with --dry-run only')
     .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
     .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 25)
@@ -128,6 +134,10 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON')
+    .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
+    .option('--prompts <file>', 'with --fidelity: one prompt per line (default: the reference model\'s held-out captions)')
+    .option('--count <n>', 'with --fidelity: the first N prompts only', positiveInt('--count'))
+    .option('--sweep <spec>', 'with --fidelity, repeatable: one setting, methods joined by "+" (default: TGATE gates at 20/40/60% of the steps, DeepCache intervals 2/3/5)', sweepList, [] as AccelSpec[][])
     .action(async (opts) => {
       await bench(opts);
     });

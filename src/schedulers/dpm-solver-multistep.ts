@@ -80,7 +80,8 @@ export function createDpmSolverMultistep(cfg: Config, where: string, options: { 
   const eulerAtFinal = cfgBool(cfg, 'euler_at_final', where, false);
   const karras = overrides.karras ?? cfgBool(cfg, 'use_karras_sigmas', where, false);
   const finalSigmaType = cfgOneOf(cfg, 'final_sigmas_type', where, ['zero', 'sigma_min'] as const, 'zero');
-  const lambdaMinClipped = cfg.lambda_min_clipped === undefined || cfg.lambda_min_clipped === null
+  // diffusers' default is -inf, which Python's json writes as -Infinity.
+  const lambdaMinClipped = cfg.lambda_min_clipped === undefined || cfg.lambda_min_clipped === null || cfg.lambda_min_clipped === -Infinity
     ? -Infinity : cfgNumber(cfg, 'lambda_min_clipped', where);
   const spacing = cfgOneOf(cfg, 'timestep_spacing', where, SPACINGS, 'linspace');
   const stepsOffset = cfgInt(cfg, 'steps_offset', where, 0);

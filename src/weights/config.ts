@@ -22,10 +22,44 @@ export function readJsonFile(filePath: string): unknown {
     throw new InputError(abs, `cannot read file (${code ?? (err as Error).message})`);
   }
   try {
-    return JSON.parse(text);
+    return parsePythonJson(text);
   } catch (err) {
     throw new InputError(abs, `not valid JSON (${(err as Error).message})`);
   }
+}
+
+const NON_FINITE: Record<string, number> = { NaN: NaN, Infinity: Infinity, '-Infinity': -Infinity };
+const SENTINEL = '\u0000non-finite:';
+
+/**
+ * JSON as Python's json module writes it: bare NaN, Infinity and -Infinity are numbers (diffusers
+ * saves DPMSolverMultistepScheduler's lambda_min_clipped as -Infinity).
+ */
+export function parsePythonJson(text: string): unknown {
+  let out = '';
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (inString) {
+      if (ch === '\\') {
+        out += ch + (text[i + 1] ?? '');
+        i++;
+        continue;
+      }
+      if (ch === '"') inString = false;
+      out += ch;
+      continue;
+    }
+    if (ch === '"') inString = true;
+    const word = /^(-?Infinity|NaN)/.exec(text.slice(i, i + 9))?.[1];
+    if (word) {
+      out += JSON.stringify(SENTINEL + word);
+      i += word.length - 1;
+      continue;
+    }
+    out += ch;
+  }
+  return JSON.parse(out, (_key, value) => (typeof value === 'string' && value.startsWith(SENTINEL) ? NON_FINITE[value.slice(SENTINEL.length)] : value));
 }
 
 /** Reads a JSON file whose top level must be an object. */

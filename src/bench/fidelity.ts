@@ -1,0 +1,178 @@
+/**
+ * `diffuse bench --fidelity`: a sweep of acceleration settings over a prompt file, each image
+ * compared with the unaccelerated one of the same prompt and seed (PSNR, SSIM) and, for captions
+ * of the reference model's grammar, scored for prompt adherence. Beside every method setting runs
+ * a "fewer steps" baseline — the same sampler with the step count that costs the same U-Net MACs —
+ * the equal-cost comparison the attention-reuse paper makes.
+ */
+import { InputError } from '../errors.ts';
+import { createAccelerator, formatAccelSpec, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { calflopsMacs } from '../graph/builder.ts';
+import { adherence } from '../metrics/adherence.ts';
+import { psnr, ssim } from '../metrics/image.ts';
+import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
+import { parseCaption, type SceneCaption } from '../scenes/captions.ts';
+import type { SchedulerName } from '../schedulers/index.ts';
+import { macCounter } from './mac-counter.ts';
+
+export interface FidelityOptions {
+  model: string;
+  prompts: string[];
+  steps: number;
+  guidance: number;
+  seed: number;
+  scheduler?: SchedulerName;
+  size?: [number, number];
+  threads?: number;
+  /** Method settings; default: defaultSweep(steps). */
+  sweep?: AccelSpec[][];
+  /** Add the equal-MAC fewer-steps baselines (default true). */
+  fewerSteps?: boolean;
+  /** Keep the images of the first N prompts (for grids). */
+  keepImages?: number;
+  progress?: (message: string) => void;
+}
+
+export interface FidelityRow {
+  label: string;
+  kind: 'baseline' | 'method' | 'fewer steps';
+  accel: AccelSpec[];
+  steps: number;
+  /** Whole-run U-Net MACs per image, counted like calflops. */
+  macs: number;
+  macRatio: number;
+  /** Mean seconds per image (text encoding, denoising, decoding). */
+  seconds: number;
+  speedup: number;
+  /** Means over prompts; PSNR of identical images is left out of its mean (∞). */
+  psnr: number;
+  ssim: number;
+  /** Mean adherence; undefined when a prompt is not of the scene grammar. */
+  adherence?: number;
+  perPrompt: { seconds: number; psnr: number; ssim: number; adherence?: number }[];
+}
+
+export interface FidelityResult {
+  width: number;
+  height: number;
+  rows: FidelityRow[];
+  /** Adherence of the baseline images scored against another prompt's caption: what chance gives. */
+  chanceAdherence?: number;
+  /** Images of the first keepImages prompts, by row label. */
+  images: Map<string, GeneratedImage[]>;
+}
+
+/** TGATE gates at 20/40/60% of the steps, DeepCache intervals 2, 3, 5. */
+export function defaultSweep(steps: number): AccelSpec[][] {
+  const sweep: AccelSpec[][] = [];
+  for (const share of [0.2, 0.4, 0.6]) {
+    const gate = Math.max(1, Math.round(steps * share));
+    sweep.push([parseAccelSpec(`tgate:gate_step=${gate},warm_up=${Math.min(2, gate - 1)}`)]);
+  }
+  for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`deepcache:cache_interval=${interval}`)]);
+  return sweep;
+}
+
+/** A `--sweep` value: methods joined by "+", e.g. `tgate:gate_step=10+deepcache:cache_interval=3`. */
+export function parseSweepSetting(text: string): AccelSpec[] {
+  const specs = text.split('+').map(parseAccelSpec);
+  createAccelerator(specs); // refuse impossible combinations before any work
+  return specs;
+}
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult> {
+  if (o.prompts.length === 0) throw new InputError('--prompts', 'no prompts', 'at least one prompt');
+  let captions: SceneCaption[] | undefined = [];
+  for (const p of o.prompts) {
+    try {
+      captions.push(parseCaption(p));
+    } catch {
+      captions = undefined; // not the scene grammar: no adherence scores
+      break;
+    }
+  }
+  const counter = macCounter({ model: o.model, size: o.size, scheduler: o.scheduler, batch: 1, guidance: o.guidance });
+  const baseMacs = calflopsMacs((await counter.count(o.steps, [])).total);
+  const settings: Omit<FidelityRow, 'seconds' | 'speedup' | 'psnr' | 'ssim' | 'adherence' | 'perPrompt'>[] = [
+    { label: `baseline (${o.steps} steps)`, kind: 'baseline', accel: [], steps: o.steps, macs: baseMacs, macRatio: 1 },
+  ];
+  const fewer = new Set<number>();
+  for (const accel of o.sweep ?? defaultSweep(o.steps)) {
+    const macs = calflopsMacs((await counter.count(o.steps, accel)).total);
+    settings.push({ label: accel.map(formatAccelSpec).join(' + '), kind: 'method', accel, steps: o.steps, macs, macRatio: baseMacs / macs });
+    fewer.add(Math.max(1, Math.round((o.steps * macs) / baseMacs)));
+  }
+  if (o.fewerSteps ?? true) {
+    for (const steps of [...fewer].filter((s) => s < o.steps).sort((a, b) => b - a)) {
+      const macs = calflopsMacs((await counter.count(steps, [])).total);
+      settings.push({ label: `${steps} steps`, kind: 'fewer steps', accel: [], steps, macs, macRatio: baseMacs / macs });
+    }
+  }
+
+  const pipeline = await loadPipeline(o.model, { threads: o.threads });
+  const rows: FidelityRow[] = settings.map((s) => ({ ...s, seconds: 0, speedup: 0, psnr: 0, ssim: 0, perPrompt: [] }));
+  const images = new Map<string, GeneratedImage[]>(rows.map((r) => [r.label, []]));
+  const baselineImages: GeneratedImage[] = [];
+  try {
+    const request = (row: FidelityRow, i: number) => ({
+      prompt: o.prompts[i], seed: o.seed + i, steps: row.steps, guidanceScale: o.guidance, scheduler: o.scheduler,
+      width: counter.width, height: counter.height, accel: row.accel,
+    });
+    o.progress?.(`warm-up: one image per setting (creates the ORT sessions)`);
+    for (const row of rows) await pipeline.generate(request(row, 0));
+    // Prompt-major order: every setting sees the same machine state, give or take one prompt.
+    for (let i = 0; i < o.prompts.length; i++) {
+      o.progress?.(`prompt ${i + 1}/${o.prompts.length}: ${o.prompts[i]}`);
+      let base: GeneratedImage | undefined;
+      for (const row of rows) {
+        const start = performance.now();
+        const image = (await pipeline.generate(request(row, i))).images[0];
+        const seconds = (performance.now() - start) / 1000;
+        base ??= image;
+        if (row.kind === 'baseline') baselineImages.push(image);
+        if (i < (o.keepImages ?? 0)) images.get(row.label)!.push(image);
+        row.perPrompt.push({
+          seconds,
+          psnr: psnr(image.data, base.data),
+          ssim: ssim(image.data, base.data, image.width, image.height),
+          adherence: captions && adherence(image.data, image.width, image.height, captions[i]).score,
+        });
+      }
+    }
+  } finally {
+    await pipeline.release();
+  }
+  for (const row of rows) {
+    row.seconds = mean(row.perPrompt.map((p) => p.seconds));
+    row.speedup = rows[0].seconds / row.seconds;
+    const finite = row.perPrompt.map((p) => p.psnr).filter(Number.isFinite);
+    row.psnr = finite.length ? mean(finite) : Infinity;
+    row.ssim = mean(row.perPrompt.map((p) => p.ssim));
+    row.adherence = captions && mean(row.perPrompt.map((p) => p.adherence!));
+  }
+  // Chance: each baseline image against the caption of the next prompt.
+  const chanceAdherence = captions && o.prompts.length > 1
+    ? mean(baselineImages.map((img, i) => adherence(img.data, img.width, img.height, captions![(i + 1) % captions!.length]).score))
+    : undefined;
+  return { width: counter.width, height: counter.height, rows, chanceAdherence, images };
+}
+
+/** The sweep as a text table. */
+export function formatFidelity(r: FidelityResult, o: FidelityOptions): string {
+  const lines = [
+    `${o.model}: ${r.width}x${r.height}, ${o.prompts.length} prompts (seeds ${o.seed}..${o.seed + o.prompts.length - 1}), CFG ${o.guidance}; ` +
+    `means per image; PSNR/SSIM against the baseline image of the same prompt and seed`,
+    `  ${'setting'.padEnd(44)} ${'steps'.padStart(5)} ${'U-Net MACs'.padStart(10)} ${'MAC ×'.padStart(6)} ${'s/image'.padStart(8)} ` +
+    `${'speed-up'.padStart(8)} ${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'adherence'.padStart(9)}`,
+  ];
+  for (const row of r.rows) {
+    lines.push(`  ${row.label.padEnd(44)} ${String(row.steps).padStart(5)} ${`${(row.macs / 1e9).toFixed(2)} G`.padStart(10)} ` +
+      `${row.macRatio.toFixed(2).padStart(6)} ${row.seconds.toFixed(3).padStart(8)} ${row.speedup.toFixed(2).padStart(7)}× ` +
+      `${(Number.isFinite(row.psnr) ? row.psnr.toFixed(2) : '∞').padStart(8)} ${row.ssim.toFixed(4).padStart(6)} ` +
+      `${(row.adherence === undefined ? '-' : row.adherence.toFixed(3)).padStart(9)}`);
+  }
+  if (r.chanceAdherence !== undefined) lines.push(`  adherence by chance (baseline images scored against another prompt's caption): ${r.chanceAdherence.toFixed(3)}`);
+  return lines.join('\n');
+}
