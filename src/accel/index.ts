@@ -6,6 +6,7 @@ import { InputError } from '../errors.ts';
 import { DEEPCACHE_DEFAULTS, deepcache, type DeepCacheParams } from './deepcache.ts';
 import { combine, type Accelerator } from './plan.ts';
 import { TGATE_DEFAULTS, tgate, type TgateParams } from './tgate.ts';
+import { TOME_DEFAULTS, checkTomeApplies, tome, type TomeParams } from './tome.ts';
 
 interface Knob {
   /** 'number': any finite decimal number. */
@@ -13,6 +14,8 @@ interface Knob {
   min?: number;
   /** For 'number': min itself is refused. */
   minExclusive?: boolean;
+  /** For 'number': values from this one up are refused. */
+  maxExclusive?: number;
   doc: string;
 }
 
@@ -53,6 +56,22 @@ export const METHODS: Record<string, MethodDefinition> = {
     defaults: { ...DEEPCACHE_DEFAULTS },
     create: (p) => deepcache(p as unknown as DeepCacheParams),
   },
+  tome: {
+    paper: 'ToMe for SD (arXiv 2303.17604), tomesd v0.1.3',
+    knobs: {
+      ratio: { type: 'number', min: 0, maxExclusive: 1, doc: 'share of tokens merged; capped at 1 − 1/(sx·sy)' },
+      max_downsample: { type: 'int', min: 1, doc: 'merge in blocks at most this much downsampled (1, 2, 4 or 8)' },
+      sx: { type: 'int', min: 1, doc: 'dst stride along x' },
+      sy: { type: 'int', min: 1, doc: 'dst stride along y' },
+      use_rand: { type: 'bool', doc: 'random dst within each sy×sx cell (off for an odd batch)' },
+      merge_attn: { type: 'bool', doc: 'merge around self-attention' },
+      merge_crossattn: { type: 'bool', doc: 'merge around cross-attention' },
+      merge_mlp: { type: 'bool', doc: 'merge around the feed-forward' },
+      seed: { type: 'int', min: 0, doc: 'seed of the use_rand stream' },
+    },
+    defaults: { ...TOME_DEFAULTS },
+    create: (p) => tome(p as unknown as TomeParams),
+  },
 };
 
 export interface AccelSpec {
@@ -78,8 +97,10 @@ export function parseAccelSpec(text: string): AccelSpec {
     } else if (knob.type === 'number') {
       const n = Number(value);
       const min = knob.min ?? -Infinity;
-      if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value) || !Number.isFinite(n) || n < min || (knob.minExclusive && n === min)) {
-        throw new InputError(where, 'wrong value', `a number ${knob.minExclusive ? '>' : '≥'} ${min} (${knob.doc})`, value);
+      const max = knob.maxExclusive ?? Infinity;
+      if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value) || !Number.isFinite(n) || n < min || (knob.minExclusive && n === min) || n >= max) {
+        const range = `${knob.minExclusive ? '>' : '≥'} ${min}${max < Infinity ? ` and < ${max}` : ''}`;
+        throw new InputError(where, 'wrong value', `a number ${range} (${knob.doc})`, value);
       }
       params[key] = n;
     } else {
@@ -107,4 +128,17 @@ export function createAccelerator(specs: AccelSpec[]): Accelerator | undefined {
 /** `name:key=value,...` with every knob, for reports. */
 export function formatAccelSpec(spec: AccelSpec): string {
   return `${spec.method}:${Object.entries(spec.params).map(([k, v]) => `${k}=${v}`).join(',')}`;
+}
+
+/** The method's main knob (its first) and the knobs that differ from its defaults, e.g. `tgate:gate_step=10,warm_up=1`. */
+export function shortAccelSpec(spec: AccelSpec): string {
+  const { defaults, knobs } = METHODS[spec.method];
+  const main = Object.keys(knobs)[0];
+  const shown = Object.entries(spec.params).filter(([k, v]) => k === main || defaults[k] !== v);
+  return `${spec.method}:${shown.map(([k, v]) => `${k}=${v}`).join(',')}`;
+}
+
+/** Refuses methods that would do nothing on this U-Net (ToMe without a block to merge in). */
+export function checkApplicable(specs: AccelSpec[], transformerLevels: number[]): void {
+  for (const s of specs) if (s.method === 'tome') checkTomeApplies(s.params as unknown as TomeParams, transformerLevels);
 }

@@ -10,4 +10,5 @@ export const ortCacheOps: CacheOps<ort.Tensor> = {
     for (let i = 0; i < half; i++) mean[i] = (data[i] + data[half + i]) / 2;
     return new ort.Tensor('float32', mean, [t.dims[0] / 2, ...t.dims.slice(1)]);
   },
+  indices: (values) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]),
 };

@@ -41,6 +41,28 @@ export interface RunInfo {
   fullPassCalls: readonly number[];
 }
 
+/** What a transformer block tells a token-merging plan (ToMe) before it runs. */
+export interface TokenMergeRequest {
+  block: string;
+  /** Tokens of the block (h·w at its resolution) and the batch at this call. */
+  tokens: number;
+  batch: number;
+  /** The U-Net's input latent size, from which the block's downsampling follows. */
+  latentHeight: number;
+  latentWidth: number;
+}
+
+/** How a block merges its tokens: the src/dst partition, how many src merge, and where. */
+export interface TokenMergePlan {
+  src: number[];
+  dst: number[];
+  r: number;
+  /** Merge around self-attention, cross-attention, the MLP. */
+  attn: boolean;
+  cross: boolean;
+  mlp: boolean;
+}
+
 export interface Accelerator {
   readonly name: string;
   /** Whether the pipeline runs the CFG batch at model call `call` (0-based). */
@@ -54,6 +76,28 @@ export interface Accelerator {
   readonly fullPassCalls?: readonly number[];
   /** The U-Net cut at model call `call`; absent or undefined: a plain full pass. */
   branch?(call: number, run: RunInfo): BranchDecision | undefined;
+  /** Token merging for one transformer block at this call; undefined: the block runs unmerged. */
+  tokenMerge?(request: TokenMergeRequest): TokenMergePlan | undefined;
+}
+
+/** A block's token merge with the partition as tensors, as a model's forward pass receives it. */
+export interface TokenMerge<T> {
+  src: T;
+  dst: T;
+  r: number;
+  attn: boolean;
+  cross: boolean;
+  mlp: boolean;
+}
+
+/** An executor that plans token merging (PlannedExecutor); models ask through `tokenMergePlanner`. */
+export interface TokenMergePlanner<T> {
+  tokenMerge(request: TokenMergeRequest): TokenMerge<T> | undefined;
+}
+
+export function tokenMergePlanner<T extends TensorLike>(exec: Executor<T>): TokenMergePlanner<T> | undefined {
+  const candidate = exec as Executor<T> & Partial<TokenMergePlanner<T>>;
+  return typeof candidate.tokenMerge === 'function' ? (candidate as TokenMergePlanner<T>) : undefined;
 }
 
 /** What a model's forward pass gets from a planning executor when it is to be cut at a branch. */
@@ -80,10 +124,13 @@ export function branchPlanner<T extends TensorLike>(exec: Executor<T>): BranchPl
 export interface CacheOps<T extends TensorLike> {
   /** [2B, ...] → [B, ...]: the mean of the unconditional and conditional halves. */
   meanOfHalves(t: T): Promise<T>;
+  /** A 1-D int64 tensor (token index lists). */
+  indices(values: number[]): T;
 }
 
 export const shapedCacheOps: CacheOps<ShapedTensor> = {
   meanOfHalves: async (t) => ({ dims: [t.dims[0] / 2, ...t.dims.slice(1)], type: t.type }),
+  indices: (values) => ({ dims: [values.length], type: 'int64' }),
 };
 
 export function combine(accelerators: Accelerator[]): Accelerator {
@@ -92,6 +139,8 @@ export function combine(accelerators: Accelerator[]): Accelerator {
     throw new InputError('--accel', `${cutters.map((a) => a.name).join(' and ')} both cut the U-Net at a branch`, 'one such method at a time');
   }
   const cutter = cutters[0];
+  const mergers = accelerators.filter((a) => a.tokenMerge);
+  if (mergers.length > 1) throw new InputError('--accel', `${mergers.map((a) => a.name).join(' and ')} both merge tokens`, 'one such method at a time');
   const fullPassCalls = [...new Set(accelerators.flatMap((a) => a.fullPassCalls ?? []))].sort((a, b) => a - b);
   return {
     name: accelerators.map((a) => a.name).join('+'),
@@ -105,6 +154,7 @@ export function combine(accelerators: Accelerator[]): Accelerator {
     },
     fullPassCalls,
     branch: cutter && ((call, run) => cutter.branch!(call, run)),
+    tokenMerge: mergers[0] && ((request) => mergers[0].tokenMerge!(request)),
   };
 }
 
@@ -115,7 +165,7 @@ const cacheKey = (segment: string, t: TensorLike) => `${segment}[${t.dims.join('
  * Wraps an executor, applying an accelerator's decisions; set `call` and `cfg` before each model
  * call, and `steps` once before the first where a plan needs it (DeepCache's non-uniform schedule).
  */
-export class PlannedExecutor<T extends TensorLike> implements Executor<T>, BranchPlanner<T> {
+export class PlannedExecutor<T extends TensorLike> implements Executor<T>, BranchPlanner<T>, TokenMergePlanner<T> {
   call = 0;
   cfg = true;
   /** Inference steps of this run (not model calls: PNDM makes one call more). */
@@ -126,6 +176,9 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
   reused = 0;
   /** Model calls that ran the shallow branch on a cached deep feature, for reports. */
   shallowPasses = 0;
+  /** Transformer-block runs with merged tokens, for reports. */
+  mergedBlocks = 0;
+  private readonly indexTensors = new Map<string, T>();
 
   constructor(
     private readonly inner: Executor<T>,
@@ -143,6 +196,19 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
     return { branch: decision.branch, reuse, store: (feature) => void this.deep.set(slot, feature) };
   }
 
+  tokenMerge(request: TokenMergeRequest): TokenMerge<T> | undefined {
+    const plan = this.plan.tokenMerge?.(request);
+    if (!plan) return undefined;
+    this.mergedBlocks++;
+    const tensor = (values: number[]) => {
+      const key = values.join(',');
+      let t = this.indexTensors.get(key);
+      if (!t) this.indexTensors.set(key, (t = this.ops.indices(values)));
+      return t;
+    };
+    return { ...plan, src: tensor(plan.src), dst: tensor(plan.dst) };
+  }
+
   async run(name: string, build: SegmentBuild, inputs: Record<string, T>, options?: RunOptions): Promise<Record<string, T>> {
     const spec = options?.residual;
     if (!spec) return this.inner.run(name, build, inputs, options);
@@ -156,7 +222,7 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
       return this.inner.run(`${name}+cached`, (g, i) => ({ [spec.result]: g.add(i[spec.residual], i.cached) }),
         { [spec.residual]: residual, cached });
     }
-    const out = await this.inner.run(name, build, inputs, { outputs: [spec.result, spec.value] });
+    const out = await this.inner.run(name, build, inputs, { ...options, outputs: [spec.result, spec.value] });
     let value = out[spec.value];
     if (decision === 'cache-cfg-mean') value = await this.ops.meanOfHalves(value);
     this.cache.set(cacheKey(name, value), value);

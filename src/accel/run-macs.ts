@@ -31,6 +31,8 @@ export interface RunMacs {
   reusedSegments: number;
   /** Calls that ran a shallow branch on a cached deep feature (DeepCache). */
   shallowPasses: number;
+  /** Transformer-block runs with merged tokens (ToMe). */
+  mergedBlocks: number;
 }
 
 export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions): Promise<RunMacs> {
@@ -56,5 +58,5 @@ export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions
     perCall.push(macs);
     addMacs(total, macs);
   }
-  return { total, perCall, cfgCalls, reusedSegments: planned.reused, shallowPasses: planned.shallowPasses };
+  return { total, perCall, cfgCalls, reusedSegments: planned.reused, shallowPasses: planned.shallowPasses, mergedBlocks: planned.mergedBlocks };
 }

@@ -6,7 +6,7 @@
  * the equal-cost comparison the attention-reuse paper makes.
  */
 import { InputError } from '../errors.ts';
-import { createAccelerator, formatAccelSpec, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { createAccelerator, parseAccelSpec, shortAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { calflopsMacs } from '../graph/builder.ts';
 import { adherence } from '../metrics/adherence.ts';
 import { psnr, ssim } from '../metrics/image.ts';
@@ -101,7 +101,7 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
   const fewer = new Set<number>();
   for (const accel of o.sweep ?? defaultSweep(o.steps)) {
     const macs = calflopsMacs((await counter.count(o.steps, accel)).total);
-    settings.push({ label: accel.map(formatAccelSpec).join(' + '), kind: 'method', accel, steps: o.steps, macs, macRatio: baseMacs / macs });
+    settings.push({ label: accel.map(shortAccelSpec).join(' + '), kind: 'method', accel, steps: o.steps, macs, macRatio: baseMacs / macs });
     fewer.add(Math.max(1, Math.round((o.steps * macs) / baseMacs)));
   }
   if (o.fewerSteps ?? true) {
@@ -164,11 +164,11 @@ export function formatFidelity(r: FidelityResult, o: FidelityOptions): string {
   const lines = [
     `${o.model}: ${r.width}x${r.height}, ${o.prompts.length} prompts (seeds ${o.seed}..${o.seed + o.prompts.length - 1}), CFG ${o.guidance}; ` +
     `means per image; PSNR/SSIM against the baseline image of the same prompt and seed`,
-    `  ${'setting'.padEnd(44)} ${'steps'.padStart(5)} ${'U-Net MACs'.padStart(10)} ${'MAC ×'.padStart(6)} ${'s/image'.padStart(8)} ` +
+    `  ${'setting'.padEnd(36)} ${'steps'.padStart(5)} ${'U-Net MACs'.padStart(10)} ${'MAC ×'.padStart(6)} ${'s/image'.padStart(8)} ` +
     `${'speed-up'.padStart(8)} ${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'adherence'.padStart(9)}`,
   ];
   for (const row of r.rows) {
-    lines.push(`  ${row.label.padEnd(44)} ${String(row.steps).padStart(5)} ${`${(row.macs / 1e9).toFixed(2)} G`.padStart(10)} ` +
+    lines.push(`  ${row.label.padEnd(36)} ${String(row.steps).padStart(5)} ${`${(row.macs / 1e9).toFixed(2)} G`.padStart(10)} ` +
       `${row.macRatio.toFixed(2).padStart(6)} ${row.seconds.toFixed(3).padStart(8)} ${row.speedup.toFixed(2).padStart(7)}× ` +
       `${(Number.isFinite(row.psnr) ? row.psnr.toFixed(2) : '∞').padStart(8)} ${row.ssim.toFixed(4).padStart(6)} ` +
       `${(row.adherence === undefined ? '-' : row.adherence.toFixed(3)).padStart(9)}`);

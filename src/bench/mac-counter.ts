@@ -1,6 +1,6 @@
 /** Whole-run U-Net MAC counts from a folder's or a preset's configs alone, for `bench`. */
 import { InputError } from '../errors.ts';
-import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import { checkApplicable, createAccelerator, type AccelSpec } from '../accel/index.ts';
 import { wholeRunMacs, type RunMacs } from '../accel/run-macs.ts';
 import { parseClipTextConfig } from '../models/clip-text.ts';
 import { PRESETS } from '../models/presets.ts';
@@ -55,11 +55,12 @@ export function macCounter(o: MacCounterOptions): MacCounter {
   }
   const [width, height] = o.size ?? [unet.config.sampleSize * factor, unet.config.sampleSize * factor];
   if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
+  const levels = unet.crossAttentionLayers().map((l) => l.level);
   return {
     width, height, calls,
-    count: (steps, accel) => wholeRunMacs(unet, {
+    count: (steps, accel) => (checkApplicable(accel, levels), wholeRunMacs(unet, {
       calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim,
       accelerator: accel.length > 0 ? createAccelerator(accel) : undefined,
-    }),
+    })),
   };
 }

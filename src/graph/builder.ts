@@ -102,6 +102,7 @@ export class GraphBuilder {
   private readonly inputs: Value[] = [];
   private readonly outputs: Value[] = [];
   private readonly usedNames = new Set<string>();
+  private readonly unbatched = new Set<string>();
   private counter = 0;
   private prefix = '';
   /** The computation precision; fp16 parameters are cast to it inside the graph. */
@@ -141,11 +142,13 @@ export class GraphBuilder {
     return name;
   }
 
-  input(name: string, shape: number[], dtype: DataType = 'float32'): Value {
+  /** A graph input; `batched: false` keeps axis 0 static under dynamicBatch (e.g. token index lists). */
+  input(name: string, shape: number[], dtype: DataType = 'float32', batched = true): Value {
     if (this.usedNames.has(name)) throw new Error(`graph ${this.name}: duplicate input ${name}`);
     this.usedNames.add(name);
     const v = new Value(name, shape, dtype);
     this.inputs.push(v);
+    if (!batched) this.unbatched.add(name);
     return v;
   }
 
@@ -339,6 +342,49 @@ export class GraphBuilder {
     return this.op('Gather', [table, indices], [...indices.shape, ...table.shape.slice(1)], table.dtype, {
       axis: { kind: 'int', value: 0 },
     });
+  }
+  /** Elements of `x` picked along `axis` by `indices` (a tensor of the same rank as x). */
+  gatherElements(x: Value, indices: Value, axis: number): Value {
+    return this.op('GatherElements', [x, indices], indices.shape, x.dtype, { axis: { kind: 'int', value: axis } });
+  }
+  /** Slices of `x` along `axis` picked by `indices` (any rank; torch.index_select for 1-D indices). */
+  gatherAxis(x: Value, indices: Value, axis: number): Value {
+    const shape = [...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)];
+    return this.op('Gather', [x, indices], shape, x.dtype, { axis: { kind: 'int', value: axis } });
+  }
+  /** A copy of `data` with `updates` written (or, with a reduction, added) at `indices` along `axis`. */
+  scatterElements(data: Value, indices: Value, updates: Value, axis: number, reduction: 'none' | 'add' = 'none'): Value {
+    return this.op('ScatterElements', [data, indices, updates], data.shape, data.dtype, {
+      axis: { kind: 'int', value: axis },
+      reduction: { kind: 'string', value: reduction },
+    });
+  }
+  /**
+   * `x` broadcast to the batch of `like` and the static trailing dims `rest` (Expand with a runtime
+   * batch, so segments stay batch-polymorphic).
+   */
+  expandToBatch(x: Value, like: Value, rest: number[]): Value {
+    const batch = this.op('Shape', [like], [1], 'int64', { end: { kind: 'int', value: 1 } });
+    return this.op('Expand', [x, this.concat([batch, this.shapeConst(rest)], 0)], [like.shape[0], ...rest], x.dtype);
+  }
+  /** The k largest values along the last axis, sorted descending; ties keep the lower index first. */
+  topK(x: Value, k: number): { values: Value; indices: Value } {
+    const shape = [...x.shape.slice(0, -1), k];
+    const values = new Value(this.fresh('topk_values'), shape, x.dtype);
+    const indices = new Value(this.fresh('topk_indices'), shape, 'int64');
+    this.node('TopK', [x.name, this.shapeConst([k]).name], [values.name, indices.name], {
+      axis: { kind: 'int', value: -1 }, largest: { kind: 'int', value: 1 }, sorted: { kind: 'int', value: 1 },
+    });
+    return { values, indices };
+  }
+  /** Maximum along `axis`, that axis removed. */
+  reduceMax(x: Value, axis: number): Value {
+    return this.op('ReduceMax', [x, this.shapeConst([axis])], x.shape.filter((_, i) => i !== axis), x.dtype, { keepdims: { kind: 'int', value: 0 } });
+  }
+  /** x / ‖x‖ along the last axis. */
+  normalizeLastAxis(x: Value): Value {
+    const norm = this.op('ReduceL2', [x, this.shapeConst([x.rank - 1])], [...x.shape.slice(0, -1), 1], x.dtype, { keepdims: { kind: 'int', value: 1 } });
+    return this.div(x, norm);
   }
   /** Index of the first maximum along `axis`, that axis removed. */
   argmax(x: Value, axis: number): Value {
@@ -538,7 +584,7 @@ export class GraphBuilder {
 
   private valueInfo(v: Value): ValueInfoProto {
     const shape: (number | string)[] = [...v.shape];
-    if (this.dynamicBatch && shape.length > 0) shape[0] = 'batch';
+    if (this.dynamicBatch && shape.length > 0 && !this.unbatched.has(v.name)) shape[0] = 'batch';
     return { name: v.name, elemType: ONNX_TYPE[v.dtype], shape };
   }
 

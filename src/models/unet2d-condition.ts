@@ -7,7 +7,8 @@
  */
 import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
-import { branchPlanner } from '../accel/plan.ts';
+import { branchPlanner, tokenMergePlanner } from '../accel/plan.ts';
+import { matchTokens, mergeTokens, unmergeTokens } from '../accel/tome-merge.ts';
 import type { Executor, TensorLike } from '../runtime/executor.ts';
 import {
   cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config,
@@ -235,14 +236,17 @@ export class UNet2DConditionModel {
     }
   }
 
-  /** Every cross-attention module (attn2) in forward order, with its width and head count. */
-  crossAttentionLayers(): { path: string; channels: number; heads: number }[] {
+  /**
+   * Every cross-attention module (attn2) in forward order, with its width, head count and level
+   * (the resolution it runs at is the latent's divided by 2^level).
+   */
+  crossAttentionLayers(): { path: string; channels: number; heads: number; level: number }[] {
     const c = this.config;
     const n = c.blockOutChannels.length;
-    const layers: { path: string; channels: number; heads: number }[] = [];
+    const layers: { path: string; channels: number; heads: number; level: number }[] = [];
     const add = (attention: string, b: number) => {
       for (let k = 0; k < c.transformerLayersPerBlock[b]; k++) {
-        layers.push({ path: `${attention}.transformer_blocks.${k}.attn2`, channels: c.blockOutChannels[b], heads: c.attentionHeads[b] });
+        layers.push({ path: `${attention}.transformer_blocks.${k}.attn2`, channels: c.blockOutChannels[b], heads: c.attentionHeads[b], level: b });
       }
     };
     for (let b = 0; b < n; b++) {
@@ -301,30 +305,52 @@ export class UNet2DConditionModel {
       let tokens = (await exec.run(`${path}.proj_in`, (g, i) => ({ tokens: g.scope(path, () => this.projIn(g, i.x)) }), { x })).tokens;
       for (let k = 0; k < layers; k++) {
         const block = `${path}.transformer_blocks.${k}`;
+        // ToMe: a planner may merge this block's tokens around attn1 / attn2 / ff. The matching is
+        // computed once from the block's input (segment tome_match) and fed to the merged variants.
+        const merge = tokenMergePlanner(exec)?.tokenMerge({
+          block, tokens: tokens.dims[1], batch: tokens.dims[0], latentHeight: sample.dims[2], latentWidth: sample.dims[3],
+        });
+        let matching: Record<string, T> = {};
+        if (merge) {
+          matching = await exec.run(`${block}.tome_match`, (g, i) => ({ ...matchTokens(g, i.tokens, i.src, i.dst, merge.r) }),
+            { tokens, src: merge.src, dst: merge.dst }, { unbatched: ['src', 'dst'], variant: `r${merge.r}` });
+          matching = { ...matching, src: merge.src, dst: merge.dst };
+        }
+        const merged = (on: boolean | undefined) => (on ? { inputs: matching, options: { unbatched: ['src', 'dst'], variant: 'tome' } } : { inputs: {}, options: {} });
+        // Runs `core` on the normalised tokens, merged and unmerged around it when asked.
+        const around = (g: GraphBuilder, i: Record<string, Value>, on: boolean | undefined, h: Value, core: (h: Value) => Value): Value => {
+          if (!on) return core(h);
+          const m = { unmerged: i.unmerged, merged: i.merged, into: i.into };
+          return unmergeTokens(g, core(mergeTokens(g, h, i.src, i.dst, m)), i.src, i.dst, m);
+        };
         // The attention output (after to_out, before the residual) is a second output that
         // accelerators may cache; plain runs only produce `tokens`.
-        const attnBuild = (sub: 'attn1' | 'attn2', norm: string, core: (g: GraphBuilder, h: Value, i: Record<string, Value>) => Value) =>
+        const attnBuild = (sub: 'attn1' | 'attn2', norm: string, on: boolean | undefined, core: (g: GraphBuilder, h: Value, i: Record<string, Value>) => Value) =>
           (g: GraphBuilder, i: Record<string, Value>) =>
             g.scope(block, () => {
               const h = g.layerNorm(i.tokens, norm, 1e-5);
-              const attn = g.scope(sub, () => core(g, h, i));
+              const attn = around(g, i, on, h, (x) => g.scope(sub, () => core(g, x, i)));
               return { tokens: g.add(attn, i.tokens), attn };
             });
         const options = (h: Value) => ({ heads, innerDim: h.shape[2], qkvBias: false });
         const residual = { value: 'attn', residual: 'tokens', result: 'tokens' };
-        tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1', (g, h) => attention(g, h, null, options(h))), { tokens }, { residual })).tokens;
+        const self = merged(merge?.attn);
+        tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1', merge?.attn, (g, h) => attention(g, h, null, options(h))),
+          { tokens, ...self.inputs }, { residual, ...self.options })).tokens;
         const kv = crossKV?.get(`${block}.attn2`);
+        const cross = merged(merge?.cross);
         tokens = (kv
-          ? await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', (g, h, i) => attentionWithKeys(g, h, i.k, i.v, options(h))),
-            { tokens, k: kv.k, v: kv.v }, { residual })
-          : await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', (g, h, i) => attention(g, h, i.context, options(h))),
-            { tokens, context: encoderHiddenStates }, { residual })).tokens;
+          ? await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', merge?.cross, (g, h, i) => attentionWithKeys(g, h, i.k, i.v, options(h))),
+            { tokens, k: kv.k, v: kv.v, ...cross.inputs }, { residual, ...cross.options })
+          : await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', merge?.cross, (g, h, i) => attention(g, h, i.context, options(h))),
+            { tokens, context: encoderHiddenStates, ...cross.inputs }, { residual, ...cross.options })).tokens;
+        const mlp = merged(merge?.mlp);
         tokens = (await exec.run(`${block}.ff`, (g, i) => ({
           tokens: g.scope(block, () => {
             const h = g.layerNorm(i.tokens, 'norm3', 1e-5);
-            return g.add(g.scope('ff', () => gegluFeedForward(g, h)), i.tokens);
+            return g.add(around(g, i, merge?.mlp, h, (x) => g.scope('ff', () => gegluFeedForward(g, x))), i.tokens);
           }),
-        }), { tokens })).tokens;
+        }), { tokens, ...mlp.inputs }, mlp.options)).tokens;
       }
       return (await exec.run(`${path}.proj_out`, (g, i) => ({ x: g.scope(path, () => this.projOut(g, i.tokens, i.x)) }), { tokens, x })).x;
     };

@@ -11,7 +11,7 @@ import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../mod
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
-import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import { checkApplicable, createAccelerator, type AccelSpec } from '../accel/index.ts';
 import { ortCacheOps } from '../accel/ort-ops.ts';
 import { PlannedExecutor } from '../accel/plan.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
@@ -79,7 +79,7 @@ export interface GenerateResult {
   seed: number;
   scheduler: string;
   /** What the accelerators did: model calls run with the CFG batch, segment calls served from caches. */
-  accel?: { name: string; cfgCalls: number; reusedSegments: number; shallowPasses: number };
+  accel?: { name: string; cfgCalls: number; reusedSegments: number; shallowPasses: number; mergedBlocks: number };
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -201,6 +201,8 @@ export class StableDiffusionPipeline {
     }
     const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
     if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
+    createAccelerator(request.accel ?? []); // refuse impossible combinations before any work
+    checkApplicable(request.accel ?? [], this.unet.model.crossAttentionLayers().map((l) => l.level));
     const cfg = guidance > 1;
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, this.unet.model.config.inChannels, height / factor, width / factor];
@@ -314,7 +316,7 @@ export class StableDiffusionPipeline {
       images,
       seed,
       scheduler: scheduler.name,
-      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused, shallowPasses: planned!.shallowPasses },
+      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused, shallowPasses: planned!.shallowPasses, mergedBlocks: planned!.mergedBlocks },
       timings: { textEncoding, denoising, decoding },
       warnings,
     };

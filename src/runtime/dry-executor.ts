@@ -21,7 +21,7 @@ export class DryExecutor implements Executor<ShapedTensor> {
     const result: Record<string, ShapedTensor> = {};
     for (const [key, v] of Object.entries(outputs)) result[key] = { dims: [...v.shape], type: v.dtype };
     this.calls.push({
-      name,
+      name: options?.variant ? `${name}@${options.variant}` : name,
       macs: { ...g.macs },
       heavyOps: g.heavyOps,
       parameters: g.parameterCount,

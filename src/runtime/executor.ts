@@ -29,6 +29,10 @@ export interface RunOptions {
   /** Graph outputs to produce; default: every key `build` returns except a residual spec's value. */
   outputs?: string[];
   residual?: ResidualSpec;
+  /** A variant of the segment's graph (e.g. ToMe-merged): part of its identity beside the name. */
+  variant?: string;
+  /** Inputs without a batch axis (their axis 0 stays static in batch-polymorphic graphs). */
+  unbatched?: string[];
 }
 
 export interface Executor<T extends TensorLike> {
@@ -67,7 +71,7 @@ export function asDataType(type: string): DataType {
 /** Declares the inputs of `g` from tensors, runs `build` on them and marks the selected outputs. */
 export function buildSegment(g: GraphBuilder, build: SegmentBuild, inputs: Record<string, TensorLike>, options?: RunOptions): Record<string, Value> {
   const values: Record<string, Value> = {};
-  for (const [key, t] of Object.entries(inputs)) values[key] = g.input(key, [...t.dims], asDataType(t.type));
+  for (const [key, t] of Object.entries(inputs)) values[key] = g.input(key, [...t.dims], asDataType(t.type), !options?.unbatched?.includes(key));
   const built = build(g, values);
   const selected: Record<string, Value> = {};
   for (const key of selectOutputs(Object.keys(built), options)) {
@@ -87,5 +91,6 @@ export const outputName = (key: string): string => `out.${key}`;
  */
 export function shapeKey(inputs: Record<string, TensorLike>, options?: RunOptions, anyBatch = false): string {
   const shapes = Object.entries(inputs).map(([k, t]) => `${k}:${t.type}[${(anyBatch ? ['*', ...t.dims.slice(1)] : t.dims).join(',')}]`).join(';');
-  return options?.outputs || options?.residual ? `${shapes}->${options.outputs?.join(',') ?? `-${options.residual!.value}`}` : shapes;
+  const variant = options?.variant ? `@${options.variant}:` : '';
+  return variant + (options?.outputs || options?.residual ? `${shapes}->${options.outputs?.join(',') ?? `-${options.residual!.value}`}` : shapes);
 }
