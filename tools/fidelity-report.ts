@@ -27,7 +27,10 @@ const { values } = parseArgs({
 /** Short upper-case column heads for the grid. */
 function shortName(row: FidelityRow): string {
   if (row.kind !== 'method') return row.kind === 'baseline' ? `BASE ${row.steps}` : `${row.steps} STEPS`;
-  return row.accel.map((a) => (a.method === 'tgate' ? `TG ${a.params.gate_step}` : a.method === 'deepcache' ? `DC ${a.params.cache_interval}` : a.method)).join('+');
+  const short: Record<string, (p: Record<string, number | boolean>) => string> = {
+    tgate: (p) => `TG ${p.gate_step}`, deepcache: (p) => `DC ${p.cache_interval}`, tome: (p) => `TM ${p.ratio}`,
+  };
+  return row.accel.map((a) => short[a.method]?.(a.params) ?? a.method).join('+');
 }
 
 function writePng(file: string, image: { data: Float32Array; width: number; height: number }): void {
@@ -84,6 +87,7 @@ async function main(): Promise<void> {
   const series = (y: (r: FidelityRow) => number): Series[] => ([
     { name: 'TGATE (gate step)', rgb: [0.85, 0.2, 0.2], points: byKind('method', 'tgate').map((r) => [r.speedup, y(r)]) },
     { name: 'DeepCache (interval)', rgb: [0.15, 0.35, 0.85], points: byKind('method', 'deepcache').map((r) => [r.speedup, y(r)]) },
+    { name: 'ToMe (ratio)', rgb: [0.1, 0.6, 0.3], points: byKind('method', 'tome').map((r) => [r.speedup, y(r)]) },
     { name: 'fewer steps', rgb: [0.3, 0.3, 0.3], points: byKind('fewer steps').map((r) => [r.speedup, y(r)]) },
   ] satisfies Series[]).filter((s) => s.points.length > 0);
   writePng(path.join(DOCS, 'fidelity-psnr.png'), drawChart({
@@ -92,7 +96,7 @@ async function main(): Promise<void> {
   }));
   writePng(path.join(DOCS, 'fidelity-adherence.png'), drawChart({
     title: 'REFERENCE MODEL: SPEED-UP VS ADHERENCE', xLabel: 'SPEED-UP (MEASURED, WHOLE IMAGE)', yLabel: 'ADHERENCE',
-    series: [...series((r) => r.adherence!), { name: 'baseline', rgb: [0.1, 0.6, 0.2], points: [[1, result.rows[0].adherence!]] }],
+    series: [...series((r) => r.adherence!), { name: 'baseline', rgb: [0.9, 0.6, 0.1], points: [[1, result.rows[0].adherence!]] }],
   }));
   writePng(path.join(DOCS, 'fidelity-grid.png'), grid(result, Number(values.grid)));
 
