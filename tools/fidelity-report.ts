@@ -27,7 +27,7 @@ const { values } = parseArgs({
 /** Short upper-case column heads for the grid. */
 function shortName(row: FidelityRow): string {
   if (row.kind !== 'method') return row.kind === 'baseline' ? `BASE ${row.steps}` : `${row.steps} STEPS`;
-  const short: Record<string, (p: Record<string, number | boolean>) => string> = {
+  const short: Record<string, (p: Record<string, number | boolean | string>) => string> = {
     tgate: (p) => `TG ${p.gate_step}`, deepcache: (p) => `DC ${p.cache_interval}`, tome: (p) => `TM ${p.ratio}`,
   };
   return row.accel.map((a) => short[a.method]?.(a.params) ?? a.method).join('+');

@@ -6,11 +6,12 @@ import { InputError } from '../errors.ts';
 import { DEEPCACHE_DEFAULTS, deepcache, type DeepCacheParams } from './deepcache.ts';
 import { combine, type Accelerator } from './plan.ts';
 import { TGATE_DEFAULTS, tgate, type TgateParams } from './tgate.ts';
+import { ATTN_REUSE_DEFAULTS, attnReuse, type AttnReuseParams } from './attn-reuse.ts';
 import { TOME_DEFAULTS, checkTomeApplies, tome, type TomeParams } from './tome.ts';
 
 interface Knob {
   /** 'number': any finite decimal number. */
-  type: 'int' | 'bool' | 'number';
+  type: 'int' | 'bool' | 'number' | 'string';
   min?: number;
   /** For 'number': min itself is refused. */
   minExclusive?: boolean;
@@ -22,8 +23,8 @@ interface Knob {
 interface MethodDefinition {
   paper: string;
   knobs: Record<string, Knob>;
-  defaults: Record<string, number | boolean>;
-  create(params: Record<string, number | boolean>): Accelerator;
+  defaults: Record<string, number | boolean | string>;
+  create(params: Record<string, number | boolean | string>): Accelerator;
 }
 
 export const METHODS: Record<string, MethodDefinition> = {
@@ -56,6 +57,19 @@ export const METHODS: Record<string, MethodDefinition> = {
     defaults: { ...DEEPCACHE_DEFAULTS },
     create: (p) => deepcache(p as unknown as DeepCacheParams),
   },
+  'attn-reuse': {
+    paper: 'attention-map reuse, Hunter et al. (arXiv 2401.01008)',
+    knobs: {
+      reuse: { type: 'int', min: 0, doc: 'HURRY: reuse the maps on the last r model calls' },
+      schedule: { type: 'string', doc: '0/1 per model call, as digits (11110100…) or a JSON file `diffuse tune` wrote; overrides reuse' },
+      self_attn: { type: 'bool', doc: 'reuse self-attention maps' },
+      cross_attn: { type: 'bool', doc: 'reuse cross-attention maps' },
+      fp16: { type: 'bool', doc: 'store maps in float16' },
+      max_map_memory: { type: 'number', min: 0, doc: 'MiB the stored maps may take (0 = no limit); the largest layers are left out first' },
+    },
+    defaults: { ...ATTN_REUSE_DEFAULTS },
+    create: (p) => attnReuse(p as unknown as AttnReuseParams),
+  },
   tome: {
     paper: 'ToMe for SD (arXiv 2303.17604), tomesd v0.1.3',
     knobs: {
@@ -76,7 +90,7 @@ export const METHODS: Record<string, MethodDefinition> = {
 
 export interface AccelSpec {
   method: string;
-  params: Record<string, number | boolean>;
+  params: Record<string, number | boolean | string>;
 }
 
 /** Parses one `--accel` value, e.g. `tgate:gate_step=10,sp_interval=5`. */
@@ -91,7 +105,9 @@ export function parseAccelSpec(text: string): AccelSpec {
     const where = `--accel ${method}:${key}`;
     if (!knob) throw new InputError(where, 'unknown key', Object.keys(definition.knobs).join(', '), key);
     if (value === undefined || value === '') throw new InputError(where, 'no value', `${key}=VALUE`);
-    if (knob.type === 'bool') {
+    if (knob.type === 'string') {
+      params[key] = value;
+    } else if (knob.type === 'bool') {
       if (value !== 'true' && value !== 'false') throw new InputError(where, 'wrong value', 'true or false', value);
       params[key] = value === 'true';
     } else if (knob.type === 'number') {
@@ -127,7 +143,7 @@ export function createAccelerator(specs: AccelSpec[]): Accelerator | undefined {
 
 /** `name:key=value,...` with every knob, for reports. */
 export function formatAccelSpec(spec: AccelSpec): string {
-  return `${spec.method}:${Object.entries(spec.params).map(([k, v]) => `${k}=${v}`).join(',')}`;
+  return `${spec.method}:${Object.entries(spec.params).filter(([, v]) => v !== '').map(([k, v]) => `${k}=${v}`).join(',')}`;
 }
 
 /** The method's main knob (its first) and the knobs that differ from its defaults, e.g. `tgate:gate_step=10,warm_up=1`. */

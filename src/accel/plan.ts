@@ -63,6 +63,9 @@ export interface TokenMergePlan {
   mlp: boolean;
 }
 
+/** Attention-map reuse at one attention segment and call: compute plainly, compute and store the map, or reuse the stored map. */
+export type MapDecision = 'compute' | 'store' | 'reuse';
+
 export interface Accelerator {
   readonly name: string;
   /** Whether the pipeline runs the CFG batch at model call `call` (0-based). */
@@ -78,7 +81,33 @@ export interface Accelerator {
   branch?(call: number, run: RunInfo): BranchDecision | undefined;
   /** Token merging for one transformer block at this call; undefined: the block runs unmerged. */
   tokenMerge?(request: TokenMergeRequest): TokenMergePlan | undefined;
+  /** Attention-map reuse for attention segment `segment` at call `call` of a run of `calls` model calls. */
+  attentionMap?(segment: string, call: number, calls: number): MapDecision;
+  /** The type stored attention maps are kept in, and the bytes they may take (0 or absent: no limit). */
+  readonly mapType?: 'float16' | 'float32';
+  readonly mapBudgetBytes?: number;
+  /** Refuses a run of `calls` model calls the plan cannot serve (e.g. a schedule of another length). */
+  checkRun?(calls: number): void;
 }
+
+/** What an attention segment gets from a map-reusing plan: a stored map to apply, or a place to store its own. */
+export interface AttentionMapPass<T> {
+  reuse?: T;
+  store?(map: T): void;
+  type: 'float16' | 'float32';
+}
+
+export interface AttentionMapPlanner<T> {
+  /** Asked before each attention segment runs; `key` identifies the input shapes (maps are kept per key). */
+  attentionMap(segment: string, key: string): AttentionMapPass<T> | undefined;
+}
+
+export function attentionMapPlanner<T extends TensorLike>(exec: Executor<T>): AttentionMapPlanner<T> | undefined {
+  const candidate = exec as Executor<T> & Partial<AttentionMapPlanner<T>>;
+  return typeof candidate.attentionMap === 'function' ? (candidate as AttentionMapPlanner<T>) : undefined;
+}
+
+const bytesOf = (t: TensorLike) => t.dims.reduce((a, b) => a * b, 1) * (t.type === 'float16' ? 2 : 4);
 
 /** A block's token merge with the partition as tensors, as a model's forward pass receives it. */
 export interface TokenMerge<T> {
@@ -141,6 +170,11 @@ export function combine(accelerators: Accelerator[]): Accelerator {
   const cutter = cutters[0];
   const mergers = accelerators.filter((a) => a.tokenMerge);
   if (mergers.length > 1) throw new InputError('--accel', `${mergers.map((a) => a.name).join(' and ')} both merge tokens`, 'one such method at a time');
+  const mappers = accelerators.filter((a) => a.attentionMap);
+  if (mappers.length > 1) throw new InputError('--accel', `${mappers.map((a) => a.name).join(' and ')} both reuse attention maps`, 'one such method at a time');
+  if (mappers.length && mergers.length) {
+    throw new InputError('--accel', `${mergers[0].name} and ${mappers[0].name} cannot be combined: token merging pairs different tokens at every call, so a stored attention map no longer fits its tokens`, 'one of them');
+  }
   const fullPassCalls = [...new Set(accelerators.flatMap((a) => a.fullPassCalls ?? []))].sort((a, b) => a - b);
   return {
     name: accelerators.map((a) => a.name).join('+'),
@@ -155,6 +189,10 @@ export function combine(accelerators: Accelerator[]): Accelerator {
     fullPassCalls,
     branch: cutter && ((call, run) => cutter.branch!(call, run)),
     tokenMerge: mergers[0] && ((request) => mergers[0].tokenMerge!(request)),
+    attentionMap: mappers[0] && ((segment, call, calls) => mappers[0].attentionMap!(segment, call, calls)),
+    mapType: mappers[0]?.mapType,
+    mapBudgetBytes: mappers[0]?.mapBudgetBytes,
+    checkRun: (calls) => accelerators.forEach((a) => a.checkRun?.(calls)),
   };
 }
 
@@ -165,11 +203,13 @@ const cacheKey = (segment: string, t: TensorLike) => `${segment}[${t.dims.join('
  * Wraps an executor, applying an accelerator's decisions; set `call` and `cfg` before each model
  * call, and `steps` once before the first where a plan needs it (DeepCache's non-uniform schedule).
  */
-export class PlannedExecutor<T extends TensorLike> implements Executor<T>, BranchPlanner<T>, TokenMergePlanner<T> {
+export class PlannedExecutor<T extends TensorLike> implements Executor<T>, BranchPlanner<T>, TokenMergePlanner<T>, AttentionMapPlanner<T> {
   call = 0;
   cfg = true;
   /** Inference steps of this run (not model calls: PNDM makes one call more). */
   steps?: number;
+  /** Model calls of this run, for plans scheduled over them (attention-map reuse). */
+  calls?: number;
   private readonly cache = new Map<string, T>();
   private readonly deep = new Map<string, T>();
   /** Segment calls answered from the cache, for reports. */
@@ -178,6 +218,13 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
   shallowPasses = 0;
   /** Transformer-block runs with merged tokens, for reports. */
   mergedBlocks = 0;
+  /** Attention segments that ran on a stored map, and the most bytes the stored maps took at once. */
+  reusedMaps = 0;
+  peakMapBytes = 0;
+  /** Attention segments allowed to store maps (a memory budget may leave some out); undefined: all. */
+  mapSegments?: ReadonlySet<string>;
+  private readonly maps = new Map<string, { segment: string; map: T }>();
+  private mapBytes = 0;
   private readonly indexTensors = new Map<string, T>();
 
   constructor(
@@ -209,6 +256,34 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
     return { ...plan, src: tensor(plan.src), dst: tensor(plan.dst) };
   }
 
+  attentionMap(segment: string, key: string): AttentionMapPass<T> | undefined {
+    if (this.plan.attentionMap && this.calls === undefined) throw new Error('PlannedExecutor: set calls before running a map-reusing plan');
+    const decision = this.plan.attentionMap?.(segment, this.call, this.calls!);
+    if (!decision || decision === 'compute' || (this.mapSegments && !this.mapSegments.has(segment))) return undefined;
+    const type = this.plan.mapType ?? 'float16';
+    const slot = `${segment}[${key}]`;
+    const stored = this.maps.get(slot);
+    // Nothing stored yet at these shapes (e.g. the batch changed): compute and store instead.
+    if (decision === 'reuse' && stored) {
+      this.reusedMaps++;
+      return { reuse: stored.map, type };
+    }
+    return {
+      type,
+      store: (map) => {
+        const old = this.maps.get(slot);
+        this.mapBytes += bytesOf(map) - (old ? bytesOf(old.map) : 0);
+        this.peakMapBytes = Math.max(this.peakMapBytes, this.mapBytes);
+        this.maps.set(slot, { segment, map });
+      },
+    };
+  }
+
+  /** Bytes of every stored map, by segment. */
+  storedMaps(): { segment: string; bytes: number }[] {
+    return [...this.maps.values()].map(({ segment, map }) => ({ segment, bytes: bytesOf(map) }));
+  }
+
   async run(name: string, build: SegmentBuild, inputs: Record<string, T>, options?: RunOptions): Promise<Record<string, T>> {
     const spec = options?.residual;
     if (!spec) return this.inner.run(name, build, inputs, options);
@@ -222,10 +297,10 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T>, Branc
       return this.inner.run(`${name}+cached`, (g, i) => ({ [spec.result]: g.add(i[spec.residual], i.cached) }),
         { [spec.residual]: residual, cached });
     }
-    const out = await this.inner.run(name, build, inputs, { ...options, outputs: [spec.result, spec.value] });
+    const out = await this.inner.run(name, build, inputs, { ...options, outputs: [...(options?.outputs ?? [spec.result]), spec.value] });
     let value = out[spec.value];
     if (decision === 'cache-cfg-mean') value = await this.ops.meanOfHalves(value);
     this.cache.set(cacheKey(name, value), value);
-    return { [spec.result]: out[spec.result] };
+    return Object.fromEntries(Object.entries(out).filter(([k]) => k !== spec.value));
   }
 }

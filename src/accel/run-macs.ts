@@ -39,6 +39,8 @@ export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions
   const dry = new DryExecutor();
   const planned = new PlannedExecutor(dry, o.accelerator ?? combine([]), shapedCacheOps);
   planned.steps = o.steps ?? o.calls;
+  planned.calls = o.calls;
+  o.accelerator?.checkRun?.(o.calls);
   const total = zeroMacs();
   const perCall: MacCount[] = [];
   let cfgCalls = 0;
@@ -59,4 +61,26 @@ export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions
     addMacs(total, macs);
   }
   return { total, perCall, cfgCalls, reusedSegments: planned.reused, shallowPasses: planned.shallowPasses, mergedBlocks: planned.mergedBlocks };
+}
+
+/**
+ * The attention maps one model call would store, by segment, from shapes alone: a dry pass of the
+ * CFG batch (the largest) through a plan that stores every map the accelerator reuses.
+ */
+export async function attentionMapSizes(unet: UNet2DConditionModel, o: RunMacsOptions & { accelerator: Accelerator }): Promise<{ segment: string; bytes: number }[]> {
+  const dry = new DryExecutor();
+  const wanted = o.accelerator;
+  const storeAll: Accelerator = {
+    name: 'map sizes', cfgActive: () => true, decide: () => 'compute', mapType: wanted.mapType,
+    attentionMap: (segment, _call, calls) =>
+      (Array.from({ length: calls }, (_, s) => wanted.attentionMap!(segment, s, calls)).some((d) => d !== 'compute') ? 'store' : 'compute'),
+  };
+  const planned = new PlannedExecutor(dry, storeAll, shapedCacheOps);
+  planned.calls = o.calls;
+  const b = o.cfg ? 2 * o.batch : o.batch;
+  const c = unet.config;
+  const addedShapes = unet.addedConditioningShapes(b, o.textEmbedsDim);
+  const added = addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : undefined;
+  await unet.forward(planned, shaped([b, c.inChannels, o.latentHeight, o.latentWidth]), shaped([b]), shaped([b, 77, c.crossAttentionDim[0]]), added);
+  return planned.storedMaps();
 }

@@ -539,12 +539,28 @@ export class GraphBuilder {
       }, 'com.microsoft');
       return out;
     }
+    return this.attentionApply(this.attentionMap(q, k, heads, options), v);
+  }
+
+  /** softmax(QKᵀ·scale + bias) per head: q [B, Sq, H·d], k [B, Sk, H·d] → the map [B, H, Sq, Sk]. */
+  attentionMap(q: Value, k: Value, heads: number, options: { scale?: number; bias?: Value } = {}): Value {
+    const [b, sq, dim] = q.shape;
+    const sk = k.shape[1];
+    const headDim = dim / heads;
+    if (!Number.isInteger(headDim)) throw new Error(`attention: ${dim} channels not divisible into ${heads} heads`);
     const qh = this.transpose(this.reshape(q, [b, sq, heads, headDim]), [0, 2, 1, 3]);
     const kt = this.transpose(this.reshape(k, [b, sk, heads, headDim]), [0, 2, 3, 1]);
-    const vh = this.transpose(this.reshape(v, [b, sk, heads, headDim]), [0, 2, 1, 3]);
-    let scores = this.matmul(this.mul(qh, this.scalar(scale)), kt, 'attention');
+    let scores = this.matmul(this.mul(qh, this.scalar(options.scale ?? 1 / Math.sqrt(headDim))), kt, 'attention');
     if (options.bias) scores = this.add(scores, options.bias);
-    const out = this.matmul(this.softmax(scores), vh, 'attention');
+    return this.softmax(scores);
+  }
+
+  /** An attention map [B, H, Sq, Sk] applied to v [B, Sk, H·d] → [B, Sq, H·d]. */
+  attentionApply(map: Value, v: Value): Value {
+    const [b, heads, sq, sk] = map.shape;
+    const dim = v.shape[2];
+    const vh = this.transpose(this.reshape(v, [b, sk, heads, dim / heads]), [0, 2, 1, 3]);
+    const out = this.matmul(map, vh, 'attention');
     return this.reshape(this.transpose(out, [0, 2, 1, 3]), [b, sq, dim]);
   }
 

@@ -44,13 +44,31 @@ export function attention(g: GraphBuilder, x: Value, context: Value | null, o: A
 
 /** to_k and to_v of an Attention module (for cross-attention: constant over the denoising steps). */
 export function keysAndValues(g: GraphBuilder, source: Value, o: AttentionOptions): { k: Value; v: Value } {
-  return { k: g.linear(source, 'to_k', o.innerDim, o.qkvBias), v: g.linear(source, 'to_v', o.innerDim, o.qkvBias) };
+  return { k: g.linear(source, 'to_k', o.innerDim, o.qkvBias), v: valuesOf(g, source, o) };
+}
+
+/** to_v alone (a stored attention map needs fresh values only). */
+export function valuesOf(g: GraphBuilder, source: Value, o: AttentionOptions): Value {
+  return g.linear(source, 'to_v', o.innerDim, o.qkvBias);
 }
 
 /** The rest of an Attention module given its keys and values: to_q, attention, to_out.0. */
 export function attentionWithKeys(g: GraphBuilder, x: Value, k: Value, v: Value, o: AttentionOptions): Value {
   const q = g.linear(x, 'to_q', o.innerDim, o.qkvBias);
   return g.linear(g.attention(q, k, v, o.heads), 'to_out.0', x.shape[x.rank - 1]);
+}
+
+/** attentionWithKeys that also returns its post-softmax map [B, heads, Sq, Sk], cast to `mapType` (attention-map reuse). */
+export function attentionWithKeysAndMap(g: GraphBuilder, x: Value, k: Value, v: Value, o: AttentionOptions, mapType: 'float16' | 'float32'): { out: Value; map: Value } {
+  const q = g.linear(x, 'to_q', o.innerDim, o.qkvBias);
+  const map = g.attentionMap(q, k, o.heads);
+  const out = g.linear(g.attentionApply(map, v), 'to_out.0', x.shape[x.rank - 1]);
+  return { out, map: mapType === map.dtype ? map : g.cast(map, mapType) };
+}
+
+/** An Attention module's output from a stored map and fresh values: no to_q, to_k or softmax. */
+export function attentionFromMap(g: GraphBuilder, map: Value, v: Value, outDim: number): Value {
+  return g.linear(g.attentionApply(map.dtype === 'float32' ? map : g.cast(map, 'float32'), v), 'to_out.0', outDim);
 }
 
 /** diffusers FeedForward with GEGLU (the SD transformer blocks): net.0.proj then net.2. */

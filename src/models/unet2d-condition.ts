@@ -7,13 +7,13 @@
  */
 import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
-import { branchPlanner, tokenMergePlanner } from '../accel/plan.ts';
+import { attentionMapPlanner, branchPlanner, tokenMergePlanner } from '../accel/plan.ts';
 import { matchTokens, mergeTokens, unmergeTokens } from '../accel/tome-merge.ts';
 import type { Executor, TensorLike } from '../runtime/executor.ts';
 import {
   cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config,
 } from '../weights/config.ts';
-import { attention, attentionWithKeys, fromTokens, keysAndValues, gegluFeedForward, resnetBlock2D, timestepEmbedding, toTokens } from './layers.ts';
+import { attentionFromMap, attentionWithKeys, attentionWithKeysAndMap, fromTokens, keysAndValues, valuesOf, gegluFeedForward, resnetBlock2D, timestepEmbedding, toTokens } from './layers.ts';
 
 const DOWN_TYPES = ['CrossAttnDownBlock2D', 'DownBlock2D'] as const;
 const UP_TYPES = ['CrossAttnUpBlock2D', 'UpBlock2D'] as const;
@@ -324,26 +324,52 @@ export class UNet2DConditionModel {
           return unmergeTokens(g, core(mergeTokens(g, h, i.src, i.dst, m)), i.src, i.dst, m);
         };
         // The attention output (after to_out, before the residual) is a second output that
-        // accelerators may cache; plain runs only produce `tokens`.
-        const attnBuild = (sub: 'attn1' | 'attn2', norm: string, on: boolean | undefined, core: (g: GraphBuilder, h: Value, i: Record<string, Value>) => Value) =>
-          (g: GraphBuilder, i: Record<string, Value>) =>
-            g.scope(block, () => {
-              const h = g.layerNorm(i.tokens, norm, 1e-5);
-              const attn = around(g, i, on, h, (x) => g.scope(sub, () => core(g, x, i)));
-              return { tokens: g.add(attn, i.tokens), attn };
-            });
+        // accelerators may cache; plain runs only produce `tokens`. With attention-map reuse a
+        // segment also emits its post-softmax map, or runs on a stored one (no to_q, to_k, softmax).
         const options = (h: Value) => ({ heads, innerDim: h.shape[2], qkvBias: false });
         const residual = { value: 'attn', residual: 'tokens', result: 'tokens' };
-        const self = merged(merge?.attn);
-        tokens = (await exec.run(`${block}.attn1`, attnBuild('attn1', 'norm1', merge?.attn, (g, h) => attention(g, h, null, options(h))),
-          { tokens, ...self.inputs }, { residual, ...self.options })).tokens;
+        type Source = (g: GraphBuilder, h: Value, i: Record<string, Value>) => Value;
+        // `keys` gives (or computes) both keys and values, `values` the values alone.
+        const runAttention = async (sub: 'attn1' | 'attn2', norm: string, on: boolean | undefined, inputs: Record<string, T>,
+          keys: (g: GraphBuilder, h: Value, i: Record<string, Value>) => { k: Value; v: Value }, values: Source): Promise<T> => {
+          const segment = `${block}.${sub}`;
+          const block_ = (core: (g: GraphBuilder, h: Value, i: Record<string, Value>) => Record<string, Value> & { out: Value }) =>
+            (g: GraphBuilder, i: Record<string, Value>) =>
+              g.scope(block, () => {
+                const h = g.layerNorm(i.tokens, norm, 1e-5);
+                let extra: Record<string, Value> = {};
+                const attn = around(g, i, on, h, (x) => g.scope(sub, () => {
+                  const { out, ...rest } = core(g, x, i);
+                  extra = rest;
+                  return out;
+                }));
+                return { tokens: g.add(attn, i.tokens), attn, ...extra };
+              });
+          const pass = on ? undefined : attentionMapPlanner(exec)?.attentionMap(segment, tokens.dims.join(','));
+          if (pass?.reuse) {
+            return (await exec.run(segment, block_((g, h, i) => ({ out: attentionFromMap(g, i.map, values(g, h, i), h.shape[2]) })),
+              { tokens, ...inputs, map: pass.reuse }, { residual, variant: 'map-reuse' })).tokens;
+          }
+          if (pass?.store) {
+            const out = await exec.run(segment, block_((g, h, i) => {
+              const { k, v } = keys(g, h, i);
+              return attentionWithKeysAndMap(g, h, k, v, options(h), pass.type);
+            }), { tokens, ...inputs }, { residual, variant: `map-${pass.type}`, outputs: ['tokens', 'map'] });
+            if (out.map) pass.store(out.map); // absent when another method answered the segment from its cache
+            return out.tokens;
+          }
+          const m = merged(on);
+          return (await exec.run(segment, block_((g, h, i) => {
+            const { k, v } = keys(g, h, i);
+            return { out: attentionWithKeys(g, h, k, v, options(h)) };
+          }), { tokens, ...inputs, ...m.inputs }, { residual, ...m.options })).tokens;
+        };
+        tokens = await runAttention('attn1', 'norm1', merge?.attn, {}, (g, h) => keysAndValues(g, h, options(h)), (g, h) => valuesOf(g, h, options(h)));
         const kv = crossKV?.get(`${block}.attn2`);
-        const cross = merged(merge?.cross);
-        tokens = (kv
-          ? await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', merge?.cross, (g, h, i) => attentionWithKeys(g, h, i.k, i.v, options(h))),
-            { tokens, k: kv.k, v: kv.v, ...cross.inputs }, { residual, ...cross.options })
-          : await exec.run(`${block}.attn2`, attnBuild('attn2', 'norm2', merge?.cross, (g, h, i) => attention(g, h, i.context, options(h))),
-            { tokens, context: encoderHiddenStates, ...cross.inputs }, { residual, ...cross.options })).tokens;
+        tokens = kv
+          ? await runAttention('attn2', 'norm2', merge?.cross, { k: kv.k, v: kv.v }, (_g, _h, i) => ({ k: i.k, v: i.v }), (_g, _h, i) => i.v)
+          : await runAttention('attn2', 'norm2', merge?.cross, { context: encoderHiddenStates },
+            (g, h, i) => keysAndValues(g, i.context, options(h)), (g, h, i) => valuesOf(g, i.context, options(h)));
         const mlp = merged(merge?.mlp);
         tokens = (await exec.run(`${block}.ff`, (g, i) => ({
           tokens: g.scope(block, () => {

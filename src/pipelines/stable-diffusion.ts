@@ -12,6 +12,8 @@ import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import { checkApplicable, createAccelerator, type AccelSpec } from '../accel/index.ts';
+import { fitMapBudget } from '../accel/attn-reuse.ts';
+import { attentionMapSizes } from '../accel/run-macs.ts';
 import { ortCacheOps } from '../accel/ort-ops.ts';
 import { PlannedExecutor } from '../accel/plan.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
@@ -79,7 +81,7 @@ export interface GenerateResult {
   seed: number;
   scheduler: string;
   /** What the accelerators did: model calls run with the CFG batch, segment calls served from caches. */
-  accel?: { name: string; cfgCalls: number; reusedSegments: number; shallowPasses: number; mergedBlocks: number };
+  accel?: { name: string; cfgCalls: number; reusedSegments: number; shallowPasses: number; mergedBlocks: number; reusedMaps: number; peakMapBytes: number };
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -201,8 +203,6 @@ export class StableDiffusionPipeline {
     }
     const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
     if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
-    createAccelerator(request.accel ?? []); // refuse impossible combinations before any work
-    checkApplicable(request.accel ?? [], this.unet.model.crossAttentionLayers().map((l) => l.level));
     const cfg = guidance > 1;
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, this.unet.model.config.inChannels, height / factor, width / factor];
@@ -225,6 +225,11 @@ export class StableDiffusionPipeline {
       configFile: schedulerFile,
       steps,
     });
+
+    // Refuse what cannot work before any work.
+    const accelerator = createAccelerator(request.accel ?? []);
+    checkApplicable(request.accel ?? [], this.unet.model.crossAttentionLayers().map((l) => l.level));
+    accelerator?.checkRun?.(scheduler.timesteps.length);
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
@@ -253,9 +258,27 @@ export class StableDiffusionPipeline {
     // With CFG the U-Net sees [uncond; cond]; an accelerator may drop to the conditional half alone.
     const cfgInputs = cfg ? unetInputs(conditioning, 2 * batch) : undefined;
     const singleInputs = unetInputs(positive, batch);
-    const accelerator = createAccelerator(request.accel ?? []);
     const planned = accelerator && new PlannedExecutor(this.unetExec, accelerator, ortCacheOps);
-    if (planned) planned.steps = steps; // non-uniform schedules spread over the inference steps
+    if (planned) {
+      planned.steps = steps; // non-uniform schedules spread over the inference steps
+      planned.calls = scheduler.timesteps.length;
+      if (accelerator.attentionMap && accelerator.mapBudgetBytes) {
+        const sizes = await attentionMapSizes(this.unet.model, {
+          calls: planned.calls, batch, latentHeight: latentDims[2], latentWidth: latentDims[3], cfg, accelerator,
+          textEmbedsDim: conditioning.pooled && conditioning.pooled.length / (cfg ? 2 * batch : batch),
+        });
+        const { kept, dropped } = fitMapBudget(sizes, accelerator.mapBudgetBytes);
+        if (kept.size === 0) {
+          throw new InputError('--accel attn-reuse:max_map_memory', 'no layer\'s attention maps fit in the budget',
+            `at least ${(Math.min(...sizes.map((s) => s.bytes)) / 2 ** 20).toFixed(1)} MiB`);
+        }
+        planned.mapSegments = kept;
+        if (dropped.length) {
+          warnings.push(`attn-reuse: max_map_memory leaves ${dropped.length} of ${sizes.length} layers computing every call ` +
+            `(${dropped.map((d) => `${d.segment} ${(d.bytes / 2 ** 20).toFixed(1)} MiB`).join(', ')})`);
+        }
+      }
+    }
     let cfgCalls = 0;
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
@@ -316,7 +339,8 @@ export class StableDiffusionPipeline {
       images,
       seed,
       scheduler: scheduler.name,
-      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused, shallowPasses: planned!.shallowPasses, mergedBlocks: planned!.mergedBlocks },
+      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused, shallowPasses: planned!.shallowPasses, mergedBlocks: planned!.mergedBlocks,
+        reusedMaps: planned!.reusedMaps, peakMapBytes: planned!.peakMapBytes },
       timings: { textEncoding, denoising, decoding },
       warnings,
     };

@@ -1,0 +1,82 @@
+/**
+ * Attention-map reuse against the method written on diffusers' attention processors
+ * (tools/reference/make_attn_reuse_goldens.py), schedules, budgets and refusals.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createAccelerator, parseAccelSpec } from '../src/accel/index.ts';
+import { fitMapBudget, hurry } from '../src/accel/attn-reuse.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import type { SchedulerName } from '../src/schedulers/index.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { assertClose } from './helpers/compare.ts';
+import { tempDir } from './helpers/files.ts';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+
+interface Case {
+  name: string;
+  scheduler: SchedulerName;
+  steps: number;
+  schedule: number[];
+  accel: string;
+  prompt: string;
+  negative_prompt: string;
+  guidance_scale: number;
+}
+
+test('attention-map reuse on tiny-sd1 equals the reference (HURRY, a PHAST-like schedule file, self-only fp32)', async (t) => {
+  const cases = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'goldens', 'attn-reuse', 'tiny-sd1.json'), 'utf8')) as Case[];
+  const goldens = SafetensorsFile.open(path.join(FIXTURES, 'goldens', 'attn-reuse', 'tiny-sd1.safetensors'));
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  const dir = tempDir(t);
+  try {
+    for (const c of cases) {
+      const file = path.join(dir, `${c.name}.json`);
+      fs.writeFileSync(file, JSON.stringify({ method: 'attn-reuse', schedule: c.schedule }));
+      const request = {
+        prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler,
+        latents: { data: goldens.readFloat32(`${c.name}.latents_in`), dims: [1, 4, 16, 16] }, output: 'latent' as const,
+      };
+      const reused = await pipeline.generate({ ...request, accel: [parseAccelSpec(c.accel.replace('SCHEDULE', file))] });
+      // Random weights give near-uniform maps, so reuse moves the result little: the tolerance is
+      // tight (1e-4), and the change must be at least 10× our error, so the match is the reuse's.
+      const err = assertClose(reused.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-4, `${c.name} vs reference`);
+      const baseline = goldens.readFloat32(`${c.name}.baseline_out`);
+      const scale = Math.max(...baseline.map(Math.abs));
+      const change = Math.max(...baseline.map((v, i) => Math.abs(v - reused.latents.data[i]))) / scale;
+      assert.ok(change > 10 * err, `${c.name}: reuse changed the result by ${change}, error ${err}`);
+      const reusing = c.schedule.filter((v) => v === 0).length;
+      assert.ok(reused.accel!.reusedMaps > 0 && reused.accel!.reusedMaps % reusing === 0, `${c.name}: ${reused.accel!.reusedMaps} maps reused`);
+      t.diagnostic(`${c.name}: relative error ${err.toExponential(2)} (reuse changes it by ${change.toExponential(2)}); ` +
+        `${reused.accel!.reusedMaps} maps reused, peak ${(reused.accel!.peakMapBytes / 1024).toFixed(0)} KiB stored`);
+    }
+  } finally {
+    goldens.close();
+    await pipeline.release();
+  }
+});
+
+test('attention-map reuse: HURRY, a memory budget that leaves the largest layers out and says which, refusals', async () => {
+  assert.deepEqual(hurry(6, 2), [1, 1, 1, 1, 0, 0]);
+  const fit = fitMapBudget([{ segment: 'a', bytes: 10 }, { segment: 'b', bytes: 30 }, { segment: 'c', bytes: 20 }], 35);
+  assert.deepEqual([...fit.kept], ['a', 'c']);
+  assert.deepEqual(fit.dropped, [{ segment: 'b', bytes: 30 }]);
+
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  try {
+    const request = { prompt: 'a cat', steps: 6, seed: 1, scheduler: 'ddim' as const, output: 'latent' as const };
+    // tiny-sd1 at 128²: full-resolution self-attention maps are 2 × 4 heads × 256² × 2 bytes = 1 MiB each.
+    const budgeted = await pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=3,max_map_memory=1.5')] });
+    assert.ok(budgeted.warnings.some((w) => /max_map_memory leaves \d+ of 22 layers computing every call \(.*down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn1 1\.0 MiB/.test(w)), budgeted.warnings.join('\n'));
+    assert.ok(budgeted.accel!.peakMapBytes <= 1.5 * 2 ** 20);
+    await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=6')] }), /reuse=6 leaves no computing call in a run of 6 model calls/);
+    await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=3,max_map_memory=0.001')] }), /no layer's attention maps fit/);
+    await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:schedule=/nonexistent.json')] }), /cannot read the schedule \(ENOENT\)/);
+  } finally {
+    await pipeline.release();
+  }
+  assert.throws(() => createAccelerator([parseAccelSpec('tome'), parseAccelSpec('attn-reuse')]), /tome and attn-reuse cannot be combined: token merging/);
+});
