@@ -8,6 +8,7 @@ import { inspect } from './inspect.ts';
 import { benchUNet } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
 import { generate } from './generate.ts';
+import { tune } from './tune.ts';
 import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
@@ -140,6 +141,25 @@ export function buildProgram(): Command {
     .option('--sweep <spec>', 'with --fidelity, repeatable: one setting, methods joined by "+" (default: TGATE gates at 20/40/60% of the steps, DeepCache intervals 2/3/5)', sweepList, [] as AccelSpec[][])
     .action(async (opts) => {
       await bench(opts);
+    });
+
+  program
+    .command('tune')
+    .description('search a method\'s discrete knobs for the images closest to the unaccelerated ones (PHAST for attn-reuse)')
+    .option('--model <dir>', 'diffusers pipeline folder, or "reference" (default)')
+    .option('--method <name>', 'method to tune (attn-reuse)', 'attn-reuse')
+    .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 20)
+    .option('--reuse <r>', 'attn-reuse: model calls that reuse maps', positiveInt('--reuse'), 10)
+    .option('--prompts <file>', 'one prompt per line (default: the reference model\'s held-out captions)')
+    .option('--count <n>', 'the first N prompts only', positiveInt('--count'), 4)
+    .option('--epsilon <dB>', 'a move must raise the mean PSNR by more than this', number('--epsilon', 0), 0.01)
+    .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
+    .option('--seed <s>', 'seed of the first prompt (the next get +1, +2, ...)', seed, 0)
+    .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
+    .option('--out <file.json>', 'where the schedule goes', 'schedule.json')
+    .action(async (opts) => {
+      await tune(opts);
     });
 
   program

@@ -1,0 +1,81 @@
+/**
+ * `diffuse tune`: searches a method's discrete knobs for the setting whose images stay closest
+ * (PSNR) to the unaccelerated sampler's, with greedy local search (src/tune/greedy.ts). Today:
+ * PHAST for attention-map reuse, starting from HURRY(N, r), writing the schedule as JSON for
+ * `--accel attn-reuse:schedule=FILE`.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError } from '../errors.ts';
+import { hurry } from '../accel/attn-reuse.ts';
+import type { AccelSpec } from '../accel/index.ts';
+import { macCounter } from '../bench/mac-counter.ts';
+import { psnr } from '../metrics/image.ts';
+import { modelFolder } from '../pipelines/reference-model.ts';
+import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
+import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
+import type { SchedulerName } from '../schedulers/index.ts';
+import { greedySearch, phast } from '../tune/greedy.ts';
+
+export interface TuneFlags {
+  model?: string;
+  method: string;
+  steps: number;
+  reuse: number;
+  prompts?: string;
+  count?: number;
+  epsilon: number;
+  guidance: number;
+  seed: number;
+  scheduler?: SchedulerName;
+  threads?: number;
+  out: string;
+}
+
+const TUNABLE = ['attn-reuse'];
+/** PSNR of identical images is infinite; capped so means stay finite. */
+const PSNR_CAP = 100;
+
+export async function tune(f: TuneFlags): Promise<void> {
+  if (!TUNABLE.includes(f.method)) throw new InputError('--method', 'no search for this method yet', TUNABLE.join(', '), f.method);
+  if (path.extname(f.out).toLowerCase() !== '.json') throw new InputError('--out', 'must be a JSON file', 'a name ending in .json', f.out);
+  if (!fs.existsSync(path.dirname(path.resolve(f.out)))) throw new InputError('--out', 'folder does not exist', 'an existing folder', path.dirname(path.resolve(f.out)));
+  if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
+  const model = modelFolder(f.model);
+  const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
+  const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance: f.guidance }).calls(f.steps);
+  if (f.reuse <= 0 || f.reuse >= calls) throw new InputError('--reuse', `must leave computing calls in a run of ${calls} model calls`, `1 … ${calls - 1}`, String(f.reuse));
+
+  const pipeline = await loadPipeline(model, { threads: f.threads });
+  try {
+    const request = (i: number, accel: AccelSpec[] = []) => ({
+      prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, accel,
+    });
+    const baseline: GeneratedImage[] = [];
+    for (let i = 0; i < prompts.length; i++) baseline.push((await pipeline.generate(request(i))).images[0]);
+    let evaluations = 0;
+    const objective = async (spec: AccelSpec) => {
+      evaluations++;
+      let total = 0;
+      for (let i = 0; i < prompts.length; i++) total += Math.min(PSNR_CAP, psnr((await pipeline.generate(request(i, [spec]))).images[0].data, baseline[i].data));
+      return total / prompts.length;
+    };
+    console.log(`PHAST on ${model}: ${calls} model calls, ${f.reuse} reusing, ${prompts.length} prompts, ε = ${f.epsilon} dB; objective: mean PSNR against the unaccelerated images`);
+    const result = await greedySearch(phast(calls, f.reuse, hurry(calls, f.reuse)), objective, f.epsilon, (r) => {
+      console.log(`  round ${String(r.round).padStart(2)}: ${r.state.join('')}  PSNR ${r.objective.toFixed(3)} dB` +
+        (r.round === 0 ? '  (HURRY)' : `  (${r.tried} schedules tried${r.improved ? '' : ', none better: stop'})`));
+    });
+    const report = {
+      method: f.method, model: path.resolve(model), steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance: f.guidance,
+      seed: f.seed, prompts, epsilon: f.epsilon, evaluations, psnr: result.objective, hurryPsnr: result.rounds[0].objective,
+      schedule: result.state, rounds: result.rounds.map((r) => ({ ...r, state: r.state.join('') })),
+    };
+    const tmp = `${f.out}.partial-${process.pid}`;
+    fs.writeFileSync(tmp, JSON.stringify(report, null, 1));
+    fs.renameSync(tmp, f.out);
+    console.log(`wrote ${f.out}: PSNR ${result.objective.toFixed(3)} dB (HURRY ${result.rounds[0].objective.toFixed(3)} dB) after ${evaluations} schedules; ` +
+      `use it with --accel attn-reuse:schedule=${f.out}`);
+  } finally {
+    await pipeline.release();
+  }
+}
