@@ -8,6 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createAccelerator, parseAccelSpec } from '../src/accel/index.ts';
 import { fitMapBudget, hurry } from '../src/accel/attn-reuse.ts';
+import { tune } from '../src/cli/tune.ts';
+import { greedySearch, phast } from '../src/tune/greedy.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
@@ -79,4 +81,40 @@ test('attention-map reuse: HURRY, a memory budget that leaves the largest layers
     await pipeline.release();
   }
   assert.throws(() => createAccelerator([parseAccelSpec('tome'), parseAccelSpec('attn-reuse')]), /tome and attn-reuse cannot be combined: token merging/);
+});
+
+test('greedy search (PHAST moves): finds the schedule a synthetic objective prefers, round by round, and stops', async () => {
+  const target = '101101';
+  const objective = async (spec: { params: Record<string, unknown> }) => {
+    const s = String(spec.params.schedule);
+    return [...s].filter((c, i) => c === target[i]).length; // matches with the target
+  };
+  const rounds: string[] = [];
+  const result = await greedySearch(phast(6, 2, hurry(6, 2)), objective, 0.5, (r) => rounds.push(`${r.round}:${r.state.join('')}:${r.objective}`));
+  assert.equal(result.state.join(''), target);
+  assert.equal(rounds[0], '0:111100:4');
+  assert.equal(rounds.at(-1), `${rounds.length - 1}:${target}:6`);
+  for (const r of result.rounds) assert.equal(r.state.filter((v) => v === 0).length, 2, 'r stays fixed');
+});
+
+test('diffuse tune writes a schedule that --accel attn-reuse:schedule=FILE runs', async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'schedule.json');
+  const prompts = path.join(dir, 'prompts.txt');
+  fs.writeFileSync(prompts, 'a red circle on the left\n');
+  await tune({ model: path.join(FIXTURES, 'tiny-sd1'), method: 'attn-reuse', steps: 5, reuse: 2, prompts, count: 1, epsilon: 0.01,
+    guidance: 7.5, seed: 0, scheduler: 'ddim', out });
+  const report = JSON.parse(fs.readFileSync(out, 'utf8'));
+  assert.equal(report.schedule.length, 5);
+  assert.equal(report.schedule[0], 1);
+  assert.equal(report.schedule.filter((v: number) => v === 0).length, 2);
+  assert.ok(report.psnr >= report.hurryPsnr);
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  try {
+    const r = await pipeline.generate({ prompt: 'a cat', steps: 5, seed: 0, scheduler: 'ddim', output: 'latent', accel: [parseAccelSpec(`attn-reuse:schedule=${out}`)] });
+    assert.ok(r.accel!.reusedMaps > 0);
+  } finally {
+    await pipeline.release();
+  }
+  await assert.rejects(tune({ method: 'tome', steps: 5, reuse: 2, epsilon: 0, guidance: 7.5, seed: 0, out }), /--method: no search for this method yet/);
 });
