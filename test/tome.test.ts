@@ -62,3 +62,18 @@ test('ToMe knobs: ratio in [0, 1), integers ≥ 1 for strides; only one token-me
   assert.throws(() => parseAccelSpec('tome:merge=true'), /unknown key/);
   assert.ok(createAccelerator([parseAccelSpec('tome'), parseAccelSpec('tgate'), parseAccelSpec('deepcache')]));
 });
+
+test('composition: ToMe with TGATE and DeepCache, attention-map reuse with TGATE, run and report what each did', async () => {
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  try {
+    const request = { prompt: 'a cat', steps: 8, seed: 2, scheduler: 'ddim' as const, output: 'latent' as const };
+    const a = await pipeline.generate({ ...request, accel: ['tgate:gate_step=4,warm_up=1', 'deepcache:cache_interval=2', 'tome:ratio=0.5'].map(parseAccelSpec) });
+    assert.ok(a.accel!.mergedBlocks > 0 && a.accel!.shallowPasses > 0 && a.accel!.reusedSegments > 0, JSON.stringify(a.accel));
+    assert.equal(a.accel!.cfgCalls, 4);
+    const b = await pipeline.generate({ ...request, accel: ['tgate:gate_step=4,warm_up=1', 'attn-reuse:reuse=3'].map(parseAccelSpec) });
+    assert.ok(b.accel!.reusedMaps > 0 && b.accel!.reusedSegments > 0, JSON.stringify(b.accel));
+    for (const r of [a, b]) assert.ok(r.latents.data.every(Number.isFinite));
+  } finally {
+    await pipeline.release();
+  }
+});
