@@ -83,5 +83,5 @@ test('generate without --model uses the reference model and writes a 64×64 PNG'
   assert.equal(run.status, 0, run.stderr);
   const png = decode(fs.readFileSync(out));
   assert.deepEqual([png.width, png.height], [64, 64]);
-  assert.match(run.stdout, /wrote .*red\.png \(seed 1, dpm\+\+2m/);
+  assert.match(run.stderr, /wrote .*red\.png \(seed 1, dpm\+\+2m/);
 });
