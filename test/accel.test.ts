@@ -4,7 +4,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createAccelerator, parseAccelSpec } from '../src/accel/index.ts';
 import { wholeRunMacs } from '../src/accel/run-macs.ts';
@@ -13,9 +12,8 @@ import { calflopsMacs } from '../src/graph/builder.ts';
 import { PRESETS } from '../src/models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
-import type { SchedulerName } from '../src/schedulers/index.ts';
-import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
+import { accelGoldens } from './helpers/goldens.ts';
 import { throwsInputError } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
@@ -69,30 +67,14 @@ for (const [preset, size, spec, paper] of TABLES) {
   });
 }
 
-interface Case {
-  name: string;
-  scheduler: SchedulerName;
-  steps: number;
-  accel: string;
-  prompt: string;
-  negative_prompt: string;
-  guidance_scale: number;
-}
-
 test('TGATE on tiny-sd1 equals the official T-GATE code (final latents within 1e-3)', async (t) => {
-  const cases = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'goldens', 'accel', 'tiny-sd1.json'), 'utf8')) as Case[];
-  const goldens = SafetensorsFile.open(path.join(FIXTURES, 'goldens', 'accel', 'tiny-sd1.safetensors'));
   const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
   try {
-    for (const c of cases) {
-      const request = {
-        prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler,
-        latents: { data: goldens.readFloat32(`${c.name}.latents_in`), dims: [1, 4, 16, 16] }, output: 'latent' as const,
-      };
-      const accelerated = await pipeline.generate({ ...request, accel: [parseAccelSpec(c.accel)] });
-      const err = assertClose(accelerated.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-3, `${c.name} vs official TGATE`);
-      const baseline = await pipeline.generate(request);
-      assertClose(baseline.latents.data, goldens.readFloat32(`${c.name}.baseline_out`), 1e-3, `${c.name} baseline`);
+    for (const c of accelGoldens(t, 'accel')) {
+      const accelerated = await pipeline.generate({ ...c.request, accel: [parseAccelSpec(c.accel)] });
+      const err = assertClose(accelerated.latents.data, c.expected, 1e-3, `${c.name} vs official TGATE`);
+      const baseline = await pipeline.generate(c.request);
+      assertClose(baseline.latents.data, c.baseline, 1e-3, `${c.name} baseline`);
       // and TGATE really changed the result, so the comparison means something
       assert.ok(baseline.latents.data.some((v, i) => Math.abs(v - accelerated.latents.data[i]) > 1e-2), `${c.name}: TGATE changed nothing`);
       const gate = parseAccelSpec(c.accel).params.gate_step as number;
@@ -100,7 +82,6 @@ test('TGATE on tiny-sd1 equals the official T-GATE code (final latents within 1e
       t.diagnostic(`${c.name}: relative error ${err.toExponential(2)}, ${accelerated.accel?.reusedSegments} segment calls reused`);
     }
   } finally {
-    goldens.close();
     await pipeline.release();
   }
 });

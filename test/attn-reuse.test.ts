@@ -11,52 +11,32 @@ import { fitMapBudget, hurry } from '../src/accel/attn-reuse.ts';
 import { tune } from '../src/cli/tune.ts';
 import { greedySearch, phast } from '../src/tune/greedy.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
-import type { SchedulerName } from '../src/schedulers/index.ts';
-import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
+import { accelGoldens } from './helpers/goldens.ts';
 import { tempDir } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
-interface Case {
-  name: string;
-  scheduler: SchedulerName;
-  steps: number;
-  schedule: number[];
-  accel: string;
-  prompt: string;
-  negative_prompt: string;
-  guidance_scale: number;
-}
-
 test('attention-map reuse on tiny-sd1 equals the reference (HURRY, a PHAST-like schedule file, self-only fp32)', async (t) => {
-  const cases = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'goldens', 'attn-reuse', 'tiny-sd1.json'), 'utf8')) as Case[];
-  const goldens = SafetensorsFile.open(path.join(FIXTURES, 'goldens', 'attn-reuse', 'tiny-sd1.safetensors'));
   const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
   const dir = tempDir(t);
   try {
-    for (const c of cases) {
+    for (const c of accelGoldens(t, 'attn-reuse')) {
       const file = path.join(dir, `${c.name}.json`);
       fs.writeFileSync(file, JSON.stringify({ method: 'attn-reuse', schedule: c.schedule }));
-      const request = {
-        prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler,
-        latents: { data: goldens.readFloat32(`${c.name}.latents_in`), dims: [1, 4, 16, 16] }, output: 'latent' as const,
-      };
-      const reused = await pipeline.generate({ ...request, accel: [parseAccelSpec(c.accel.replace('SCHEDULE', file))] });
+      const reused = await pipeline.generate({ ...c.request, accel: [parseAccelSpec(c.accel.replace('SCHEDULE', file))] });
       // Random weights give near-uniform maps, so reuse moves the result little: the tolerance is
       // tight (1e-4), and the change must be at least 10× our error, so the match is the reuse's.
-      const err = assertClose(reused.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-4, `${c.name} vs reference`);
-      const baseline = goldens.readFloat32(`${c.name}.baseline_out`);
-      const scale = Math.max(...baseline.map(Math.abs));
-      const change = Math.max(...baseline.map((v, i) => Math.abs(v - reused.latents.data[i]))) / scale;
+      const err = assertClose(reused.latents.data, c.expected, 1e-4, `${c.name} vs reference`);
+      const scale = Math.max(...c.baseline.map(Math.abs));
+      const change = Math.max(...c.baseline.map((v, i) => Math.abs(v - reused.latents.data[i]))) / scale;
       assert.ok(change > 10 * err, `${c.name}: reuse changed the result by ${change}, error ${err}`);
-      const reusing = c.schedule.filter((v) => v === 0).length;
+      const reusing = c.schedule!.filter((v) => v === 0).length;
       assert.ok(reused.accel!.reusedMaps > 0 && reused.accel!.reusedMaps % reusing === 0, `${c.name}: ${reused.accel!.reusedMaps} maps reused`);
       t.diagnostic(`${c.name}: relative error ${err.toExponential(2)} (reuse changes it by ${change.toExponential(2)}); ` +
         `${reused.accel!.reusedMaps} maps reused, peak ${(reused.accel!.peakMapBytes / 1024).toFixed(0)} KiB stored`);
     }
   } finally {
-    goldens.close();
     await pipeline.release();
   }
 });

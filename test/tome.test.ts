@@ -4,45 +4,25 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseAccelSpec, createAccelerator } from '../src/accel/index.ts';
 import { partitionTokens } from '../src/accel/tome.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
-import type { SchedulerName } from '../src/schedulers/index.ts';
-import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
+import { accelGoldens } from './helpers/goldens.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
-interface Case {
-  name: string;
-  scheduler: SchedulerName;
-  steps: number;
-  accel: string;
-  prompt: string;
-  negative_prompt: string;
-  guidance_scale: number;
-}
-
 test('ToMe on tiny-sd1 equals tomesd (PNDM and DDIM; cross-attention/MLP merging; max_downsample 2 with the ratio cap)', async (t) => {
-  const cases = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'goldens', 'tome', 'tiny-sd1.json'), 'utf8')) as Case[];
-  const goldens = SafetensorsFile.open(path.join(FIXTURES, 'goldens', 'tome', 'tiny-sd1.safetensors'));
   const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
   try {
-    for (const c of cases) {
-      const request = {
-        prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler,
-        latents: { data: goldens.readFloat32(`${c.name}.latents_in`), dims: [1, 4, 16, 16] }, output: 'latent' as const,
-      };
-      const merged = await pipeline.generate({ ...request, accel: [parseAccelSpec(c.accel)] });
-      const err = assertClose(merged.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-3, `${c.name} vs tomesd`);
-      const baseline = goldens.readFloat32(`${c.name}.baseline_out`);
-      assert.ok(baseline.some((v, i) => Math.abs(v - merged.latents.data[i]) > 1e-2), `${c.name}: ToMe changed nothing`);
+    for (const c of accelGoldens(t, 'tome')) {
+      const merged = await pipeline.generate({ ...c.request, accel: [parseAccelSpec(c.accel)] });
+      const err = assertClose(merged.latents.data, c.expected, 1e-3, `${c.name} vs tomesd`);
+      assert.ok(c.baseline.some((v, i) => Math.abs(v - merged.latents.data[i]) > 1e-2), `${c.name}: ToMe changed nothing`);
       t.diagnostic(`${c.name}: relative error ${err.toExponential(2)}, ${merged.accel?.mergedBlocks} block runs merged`);
     }
   } finally {
-    goldens.close();
     await pipeline.release();
   }
 });

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import type { SchedulerName } from '../../src/schedulers/index.ts';
 import { SafetensorsFile } from '../../src/weights/safetensors.ts';
 
 /** A goldens safetensors file as ORT tensors by name; closed when the test ends. */
@@ -19,4 +22,36 @@ export function openGoldens(t: TestContext, file: string) {
     return new ort.Tensor('int64', new BigInt64Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)), shape);
   };
   return { f32, i64 };
+}
+
+/** One case of an acceleration-method golden file (tools/reference/make_*_goldens.py). */
+export interface AccelCase {
+  name: string;
+  scheduler: SchedulerName;
+  steps: number;
+  accel: string;
+  prompt: string;
+  negative_prompt: string;
+  guidance_scale: number;
+  schedule?: number[];
+}
+
+/**
+ * The cases of test/fixtures/goldens/<method>/tiny-sd1.{json,safetensors}, each with its request
+ * (fixed starting latents, latent output) and its expected final and baseline latents.
+ */
+export function accelGoldens(t: TestContext, method: string) {
+  const dir = path.join(import.meta.dirname, '..', 'fixtures', 'goldens', method);
+  const cases = JSON.parse(fs.readFileSync(path.join(dir, 'tiny-sd1.json'), 'utf8')) as AccelCase[];
+  const st = SafetensorsFile.open(path.join(dir, 'tiny-sd1.safetensors'));
+  t.after(() => st.close());
+  return cases.map((c) => ({
+    ...c,
+    request: {
+      prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler,
+      latents: { data: st.readFloat32(`${c.name}.latents_in`), dims: [1, 4, 16, 16] }, output: 'latent' as const,
+    },
+    expected: st.readFloat32(`${c.name}.latents_out`),
+    baseline: st.readFloat32(`${c.name}.baseline_out`),
+  }));
 }
