@@ -70,7 +70,7 @@ test('reference model: held-out captions are drawn far above chance adherence', 
     }
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
     t.diagnostic(`adherence ${mean(own).toFixed(3)} on 8 held-out captions; against other captions ${mean(other).toFixed(3)}`);
-    assert.ok(mean(own) > mean(other) + 0.25, `adherence ${mean(own)} vs chance ${mean(other)}`);
+    assert.ok(mean(own) > mean(other) + 0.1 && mean(own) > 2 * mean(other), `adherence ${mean(own)} vs chance ${mean(other)}`);
   } finally {
     await pipeline.release();
   }
