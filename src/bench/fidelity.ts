@@ -62,7 +62,7 @@ export interface FidelityResult {
   images: Map<string, GeneratedImage[]>;
 }
 
-/** TGATE gates at 20/40/60% of the steps, DeepCache intervals 2, 3, 5, ToMe ratios 0.3, 0.5, 0.6. */
+/** TGATE gates at 20/40/60% of the steps, DeepCache intervals 2, 3, 5, ToMe ratios 0.3, 0.5, 0.6, attention-map reuse (HURRY) on the last 20/40/50% of the steps. */
 export function defaultSweep(steps: number): AccelSpec[][] {
   const sweep: AccelSpec[][] = [];
   for (const share of [0.2, 0.4, 0.6]) {
@@ -71,6 +71,7 @@ export function defaultSweep(steps: number): AccelSpec[][] {
   }
   for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`deepcache:cache_interval=${interval}`)]);
   for (const ratio of [0.3, 0.5, 0.6]) sweep.push([parseAccelSpec(`tome:ratio=${ratio}`)]);
+  for (const share of [0.2, 0.4, 0.5]) sweep.push([parseAccelSpec(`attn-reuse:reuse=${Math.max(1, Math.round(steps * share))}`)]);
   return sweep;
 }
 
