@@ -43,6 +43,7 @@ export interface BenchOptions {
   prompts?: string;
   sweep?: AccelSpec[][];
   count?: number;
+  fewerSteps?: boolean;
 }
 
 /** MACs in T, or G below 0.1 T. */
@@ -205,7 +206,7 @@ async function benchFidelity(o: BenchOptions): Promise<void> {
   const prompts = readPromptFile(o.prompts ?? HELD_OUT_PROMPTS).slice(0, o.count);
   const options: FidelityOptions = {
     model: o.model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads,
-    sweep: o.sweep?.length ? o.sweep : undefined, progress: (m) => process.stderr.write(`${m}\n`),
+    sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, progress: (m) => process.stderr.write(`${m}\n`),
   };
   const result = await fidelitySweep(options);
   console.log(formatFidelity(result, options));

@@ -138,6 +138,7 @@ export function buildProgram(): Command {
     .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
     .option('--prompts <file>', 'with --fidelity: one prompt per line (default: the reference model\'s held-out captions)')
     .option('--count <n>', 'with --fidelity: the first N prompts only', positiveInt('--count'))
+    .option('--no-fewer-steps', 'with --fidelity: no equal-MAC fewer-steps baselines')
     .option('--sweep <spec>', 'with --fidelity, repeatable: one setting, methods joined by "+" (default: TGATE gates at 20/40/60% of the steps, DeepCache intervals 2/3/5, ToMe ratios 0.3/0.5/0.6, attn-reuse on the last 20/40/50%)', sweepList, [] as AccelSpec[][])
     .action(async (opts) => {
       await bench(opts);
