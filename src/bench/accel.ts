@@ -182,6 +182,9 @@ export async function bench(o: BenchOptions): Promise<void> {
         `${r.speedup.toFixed(2).padStart(7)}× ${(r.denoisingSeconds / o.batch).toFixed(3).padStart(8)} ${r.denoisingSpeedup.toFixed(2).padStart(6)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
         `${r.ssim.toFixed(4).padStart(6)} ${((r.rss / 2 ** 30).toFixed(2) + ' GiB').padStart(9)}`);
     }
+    const maps = fast.result.accel?.peakMapBytes ?? 0;
+    if (maps > 0) console.log(`  stored attention maps: at most ${(maps / 2 ** 20).toFixed(1)} MiB (${fast.result.accel!.reusedMaps} reused)`);
+    for (const w of fast.result.warnings) console.log(`  warning: ${w}`);
     const image = comparison(base, fast, [
       ['BASELINE', `${base.best.toFixed(2)} S`],
       [o.accel.map((a) => a.method).join('+'), `${fast.best.toFixed(2)} S ${speedup.toFixed(2)}X`, `PSNR ${p.toFixed(1)} DB`],
