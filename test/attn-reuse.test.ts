@@ -41,7 +41,7 @@ test('attention-map reuse on tiny-sd1 equals the reference (HURRY, a PHAST-like 
   }
 });
 
-test('attention-map reuse: HURRY, a memory budget that leaves the largest layers out and says which, refusals', async () => {
+test('attention-map reuse: HURRY, a memory budget that leaves the largest layers out and says which, refusals', async (t) => {
   assert.deepEqual(hurry(6, 2), [1, 1, 1, 1, 0, 0]);
   const fit = fitMapBudget([{ segment: 'a', bytes: 10 }, { segment: 'b', bytes: 30 }, { segment: 'c', bytes: 20 }], 35);
   assert.deepEqual([...fit.kept], ['a', 'c']);
@@ -57,6 +57,11 @@ test('attention-map reuse: HURRY, a memory budget that leaves the largest layers
     await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=6')] }), /reuse=6 leaves no computing call in a run of 6 model calls/);
     await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=3,max_map_memory=0.001')] }), /no layer's attention maps fit/);
     await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:schedule=/nonexistent.json')] }), /cannot read the schedule \(ENOENT\)/);
+    await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:schedule=11100')] }), /the schedule has 5 entries for a run of 6 model calls/);
+    await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:schedule=011100')] }), /the first model call must compute/);
+    const bad = path.join(tempDir(t), 'bad.json');
+    fs.writeFileSync(bad, JSON.stringify({ schedule: [1, 2, 0] }));
+    await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec(`attn-reuse:schedule=${bad}`)] }), /not a schedule; expected a JSON array of 0 \(reuse\) and 1 \(compute\)/);
   } finally {
     await pipeline.release();
   }

@@ -47,9 +47,32 @@ test('bench: bad input gives one line naming the flag and exit 2', () => {
     [['--preset', 'sd15', '--dry-run', '--accel', 'tgate:gate_step=x'], '--accel tgate:gate_step'],
     [['--model', TINY, '--preset', 'sd15', '--dry-run'], '--model/--preset'],
     [['--model', TINY], '--accel'],
+    [['--model', TINY, '--sweep', 'tome'], '--sweep: only with --fidelity'],
+    [['--model', TINY, '--fidelity', '--accel', 'tome'], '--accel: the fidelity sweep takes its settings from --sweep'],
+    [['--model', TINY, '--fidelity', '--dry-run'], '--dry-run: not with --fidelity'],
+    [['--model', TINY, '--fidelity', '--sweep', 'tome+tome'], '--accel: tome given twice'],
+    [['--model', TINY, '--fidelity', '--prompts', '/nonexistent/p.txt'], '/nonexistent/p.txt: cannot read the prompt file'],
+    [['--preset', 'sdxl', '--dry-run', '--accel', 'tome'], '--accel tome:max_downsample: no transformer block'],
   ];
   for (const [args, named] of cases) {
     const run = diffuse('bench', ...args);
+    assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
+    const lines = run.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, run.stderr);
+    assert.ok(lines[0].includes(named), `${args.join(' ')} → ${lines[0]}`);
+  }
+});
+
+test('tune: bad input gives one line naming the flag and exit 2, before any image', () => {
+  const cases: [string[], string][] = [
+    [['--method', 'tgate'], '--method: no search for this method yet'],
+    [['--model', TINY, '--out', 'schedule.txt'], '--out: must be a JSON file'],
+    [['--model', TINY, '--steps', '6', '--reuse', '6', '--scheduler', 'ddim'], '--reuse: must leave computing calls in a run of 6 model calls'],
+    [['--model', TINY, '--out', '/nonexistent/s.json'], '--out: folder does not exist'],
+    [['--epsilon', '-1'], '--epsilon expects a number ≥ 0'],
+  ];
+  for (const [args, named] of cases) {
+    const run = diffuse('tune', ...args);
     assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
     const lines = run.stderr.trim().split('\n');
     assert.equal(lines.length, 1, run.stderr);
