@@ -15,6 +15,17 @@ function diffuse(...args: string[]) {
   return { status: run.status, stdout: run.stdout, stderr: run.stderr };
 }
 
+/** Each [args, text]: `diffuse COMMAND ...args` exits 2 with one line of stderr containing text. */
+function expectOneLineErrors(command: string, cases: [string[], string][]): void {
+  for (const [args, named] of cases) {
+    const run = diffuse(command, ...args);
+    assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
+    const lines = run.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, run.stderr);
+    assert.ok(lines[0].includes(named), `${args.join(' ')} → ${lines[0]}`);
+  }
+}
+
 test('bench --dry-run reproduces the TGATE v1 row for SD 1.5 from the preset alone', () => {
   const run = diffuse('bench', '--preset', 'sd15', '--dry-run', '--steps', '25', '--accel', 'tgate:gate_step=5,cache_self_attn=false');
   assert.equal(run.status, 0, run.stderr);
@@ -54,13 +65,7 @@ test('bench: bad input gives one line naming the flag and exit 2', () => {
     [['--model', TINY, '--fidelity', '--prompts', '/nonexistent/p.txt'], '/nonexistent/p.txt: cannot read the prompt file'],
     [['--preset', 'sdxl', '--dry-run', '--accel', 'tome'], '--accel tome:max_downsample: no transformer block'],
   ];
-  for (const [args, named] of cases) {
-    const run = diffuse('bench', ...args);
-    assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
-    const lines = run.stderr.trim().split('\n');
-    assert.equal(lines.length, 1, run.stderr);
-    assert.ok(lines[0].includes(named), `${args.join(' ')} → ${lines[0]}`);
-  }
+  expectOneLineErrors('bench', cases);
 });
 
 test('tune: bad input gives one line naming the flag and exit 2, before any image', () => {
@@ -71,11 +76,5 @@ test('tune: bad input gives one line naming the flag and exit 2, before any imag
     [['--model', TINY, '--out', '/nonexistent/s.json'], '--out: folder does not exist'],
     [['--epsilon', '-1'], '--epsilon expects a number ≥ 0'],
   ];
-  for (const [args, named] of cases) {
-    const run = diffuse('tune', ...args);
-    assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
-    const lines = run.stderr.trim().split('\n');
-    assert.equal(lines.length, 1, run.stderr);
-    assert.ok(lines[0].includes(named), `${args.join(' ')} → ${lines[0]}`);
-  }
+  expectOneLineErrors('tune', cases);
 });
