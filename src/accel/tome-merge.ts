@@ -37,7 +37,7 @@ export function matchTokens(g: GraphBuilder, metric: Value, src: Value, dst: Val
 /** [B, k] indices → [B, k, c] for element-wise gathers and scatters along the token axis. */
 function alongChannels(g: GraphBuilder, index: Value, c: number): Value {
   const [batch, k] = index.shape;
-  return g.expandToBatch(g.reshape(index, [batch, k, 1]), index, [k, c]);
+  return g.repeatLastAxis(g.reshape(index, [batch, k, 1]), c);
 }
 
 /** x [B, N, C] → [B, N − r, C]: the unmerged src tokens, then every dst token (mean of itself and its merged src). */

@@ -367,6 +367,11 @@ export class GraphBuilder {
     const batch = this.op('Shape', [like], [1], 'int64', { end: { kind: 'int', value: 1 } });
     return this.op('Expand', [x, this.concat([batch, this.shapeConst(rest)], 0)], [like.shape[0], ...rest], x.dtype);
   }
+  /** x [..., 1] repeated along its last axis to [..., n] (a broadcasting Expand: the batch stays as it is). */
+  repeatLastAxis(x: Value, n: number): Value {
+    const target = x.shape.map((_, i) => (i === x.rank - 1 ? n : 1));
+    return this.op('Expand', [x, this.shapeConst(target)], [...x.shape.slice(0, -1), n], x.dtype);
+  }
   /** The k largest values along the last axis, sorted descending; ties keep the lower index first. */
   topK(x: Value, k: number): { values: Value; indices: Value } {
     const shape = [...x.shape.slice(0, -1), k];
@@ -401,9 +406,7 @@ export class GraphBuilder {
   /** Picks x[b, index[b], :] for each batch row b: x [B, L, D], index [B] → [B, D]. */
   gatherRows(x: Value, index: Value): Value {
     const [b, , d] = x.shape;
-    const idx = this.reshape(index, [b, 1, 1]);
-    const expanded = this.op('Expand', [idx, this.shapeConst([1, 1, d])], [b, 1, d], 'int64');
-    const picked = this.op('GatherElements', [x, expanded], [b, 1, d], x.dtype, { axis: { kind: 'int', value: 1 } });
+    const picked = this.gatherElements(x, this.repeatLastAxis(this.reshape(index, [b, 1, 1]), d), 1);
     return this.reshape(picked, [b, d]);
   }
 
