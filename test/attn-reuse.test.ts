@@ -88,8 +88,10 @@ test('diffuse tune writes a schedule that --accel attn-reuse:schedule=FILE runs'
   const prompts = path.join(dir, 'prompts.txt');
   fs.writeFileSync(prompts, 'a red circle on the left\n');
   await tune({ model: path.join(FIXTURES, 'tiny-sd1'), method: 'attn-reuse', steps: 5, reuse: 2, prompts, count: 1, epsilon: 0.01,
-    guidance: 7.5, seed: 0, scheduler: 'ddim', out });
+    guidance: 7.5, seed: 0, scheduler: 'ddim', out, maxRounds: 1 });
   const report = JSON.parse(fs.readFileSync(out, 'utf8'));
+  assert.equal(report.finished, true);
+  assert.ok(report.rounds.length <= 2, '--max-rounds 1: HURRY and one round');
   assert.equal(report.schedule.length, 5);
   assert.equal(report.schedule[0], 1);
   assert.equal(report.schedule.filter((v: number) => v === 0).length, 2);
@@ -101,5 +103,5 @@ test('diffuse tune writes a schedule that --accel attn-reuse:schedule=FILE runs'
   } finally {
     await pipeline.release();
   }
-  await assert.rejects(tune({ method: 'tome', steps: 5, reuse: 2, epsilon: 0, guidance: 7.5, seed: 0, out }), /--method: no search for this method yet/);
+  await assert.rejects(tune({ method: 'tome', steps: 5, reuse: 2, epsilon: 0, guidance: 7.5, seed: 0, out, maxRounds: 100 }), /--method: no search for this method yet/);
 });

@@ -61,6 +61,8 @@ test('bench: bad input gives one line naming the flag and exit 2', () => {
     [['--model', TINY, '--sweep', 'tome'], '--sweep: only with --fidelity'],
     [['--model', TINY, '--fidelity', '--accel', 'tome'], '--accel: the fidelity sweep takes its settings from --sweep'],
     [['--model', TINY, '--fidelity', '--dry-run'], '--dry-run: not with --fidelity'],
+    [['--model', TINY, '--steps-baseline', '3'], '--steps-baseline: only with --fidelity'],
+    [['--model', TINY, '--fidelity', '--steps', '6', '--steps-baseline', '6'], '--steps-baseline: 6 is not fewer than --steps 6'],
     [['--model', TINY, '--fidelity', '--sweep', 'tome+tome'], '--accel: tome given twice'],
     [['--model', TINY, '--fidelity', '--prompts', '/nonexistent/p.txt'], '/nonexistent/p.txt: cannot read the prompt file'],
     [['--preset', 'sdxl', '--dry-run', '--accel', 'tome'], '--accel tome:max_downsample: no transformer block'],

@@ -33,10 +33,13 @@ test('fidelity sweep: baseline, each setting and its equal-MAC fewer-steps basel
   assert.match(table, /adherence by chance/);
 });
 
-test('fidelity sweep: prompts outside the scene grammar get no adherence; --sweep settings compose with "+"', async () => {
+test('fidelity sweep: prompts outside the scene grammar get no adherence; --sweep settings compose with "+"; explicit step baselines', async () => {
   const r = await fidelitySweep({ model: tinySd1, prompts: ['a photo of a cat'], steps: 4, guidance: 1, seed: 0, scheduler: 'ddim',
-    sweep: [parseSweepSetting('tgate:gate_step=2,warm_up=1+deepcache:cache_interval=2')], fewerSteps: false });
-  assert.equal(r.rows.length, 2);
+    sweep: [parseSweepSetting('tgate:gate_step=2,warm_up=1+deepcache:cache_interval=2')], fewerSteps: false, stepBaselines: [2] });
+  assert.deepEqual(r.rows.map((row) => [row.label, row.kind]), [
+    ['baseline (4 steps)', 'baseline'], ['tgate:gate_step=2,warm_up=1 + deepcache:cache_interval=2', 'method'], ['2 steps', 'fewer steps'],
+  ]);
+  assert.ok(r.rows[2].psnr > 5 && r.rows[2].psnr < Infinity);
   assert.equal(r.rows[1].label, 'tgate:gate_step=2,warm_up=1 + deepcache:cache_interval=2');
   assert.equal(r.rows[1].adherence, undefined);
   assert.equal(r.chanceAdherence, undefined);

@@ -44,6 +44,7 @@ export interface BenchOptions {
   sweep?: AccelSpec[][];
   count?: number;
   fewerSteps?: boolean;
+  stepsBaseline?: number[];
 }
 
 /** MACs in T, or G below 0.1 T. */
@@ -138,6 +139,7 @@ export async function bench(o: BenchOptions): Promise<void> {
   if (o.model !== undefined) o = { ...o, model: modelFolder(o.model) };
   if (o.fidelity) return benchFidelity(o);
   if (o.sweep?.length) throw new InputError('--sweep', 'only with --fidelity', '--fidelity, or --accel for one setting');
+  if (o.stepsBaseline?.length) throw new InputError('--steps-baseline', 'only with --fidelity', '--fidelity');
   if ((o.model === undefined) === (o.preset === undefined)) {
     throw new InputError('--model/--preset', 'give exactly one', '--model DIR (real runs or --dry-run) or --preset NAME (--dry-run)');
   }
@@ -206,10 +208,13 @@ async function benchFidelity(o: BenchOptions): Promise<void> {
   if (o.model === undefined) throw new InputError('--model', 'the fidelity sweep needs weights', 'reference or a diffusers folder');
   if (o.dryRun) throw new InputError('--dry-run', 'not with --fidelity', 'one of them');
   if (o.accel.length > 0) throw new InputError('--accel', 'the fidelity sweep takes its settings from --sweep', '--sweep SPEC[+SPEC...] (repeatable)');
+  for (const steps of o.stepsBaseline ?? []) {
+    if (steps >= o.steps) throw new InputError('--steps-baseline', `${steps} is not fewer than --steps ${o.steps}`, `a step count below ${o.steps}`);
+  }
   const prompts = readPromptFile(o.prompts ?? HELD_OUT_PROMPTS).slice(0, o.count);
   const options: FidelityOptions = {
     model: o.model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads,
-    sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, progress: (m) => process.stderr.write(`${m}\n`),
+    sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, stepBaselines: o.stepsBaseline, progress: (m) => process.stderr.write(`${m}\n`),
   };
   const result = await fidelitySweep(options);
   console.log(formatFidelity(result, options));

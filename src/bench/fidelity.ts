@@ -28,6 +28,8 @@ export interface FidelityOptions {
   sweep?: AccelSpec[][];
   /** Add the equal-MAC fewer-steps baselines (default true). */
   fewerSteps?: boolean;
+  /** Plain-sampler step counts to add in any case (e.g. the attention-reuse paper's 13 of 20). */
+  stepBaselines?: number[];
   /** Keep the images of the first N prompts (for grids). */
   keepImages?: number;
   progress?: (message: string) => void;
@@ -44,12 +46,15 @@ export interface FidelityRow {
   /** Mean seconds per image (text encoding, denoising, decoding). */
   seconds: number;
   speedup: number;
+  /** Mean seconds of the denoising loop alone: what the MAC ratio predicts. */
+  loopSeconds: number;
+  loopSpeedup: number;
   /** Means over prompts; PSNR of identical images is left out of its mean (∞). */
   psnr: number;
   ssim: number;
   /** Mean adherence; undefined when a prompt is not of the scene grammar. */
   adherence?: number;
-  perPrompt: { seconds: number; psnr: number; ssim: number; adherence?: number }[];
+  perPrompt: { seconds: number; loopSeconds: number; psnr: number; ssim: number; adherence?: number }[];
 }
 
 export interface FidelityResult {
@@ -97,7 +102,7 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
   }
   const counter = macCounter({ model: o.model, size: o.size, scheduler: o.scheduler, batch: 1, guidance: o.guidance });
   const baseMacs = calflopsMacs((await counter.count(o.steps, [])).total);
-  const settings: Omit<FidelityRow, 'seconds' | 'speedup' | 'psnr' | 'ssim' | 'adherence' | 'perPrompt'>[] = [
+  const settings: Omit<FidelityRow, 'seconds' | 'speedup' | 'loopSeconds' | 'loopSpeedup' | 'psnr' | 'ssim' | 'adherence' | 'perPrompt'>[] = [
     { label: `baseline (${o.steps} steps)`, kind: 'baseline', accel: [], steps: o.steps, macs: baseMacs, macRatio: 1 },
   ];
   const fewer = new Set<number>();
@@ -106,15 +111,15 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
     settings.push({ label: accel.map(shortAccelSpec).join(' + '), kind: 'method', accel, steps: o.steps, macs, macRatio: baseMacs / macs });
     fewer.add(Math.max(1, Math.round((o.steps * macs) / baseMacs)));
   }
-  if (o.fewerSteps ?? true) {
-    for (const steps of [...fewer].filter((s) => s < o.steps).sort((a, b) => b - a)) {
-      const macs = calflopsMacs((await counter.count(steps, [])).total);
-      settings.push({ label: `${steps} steps`, kind: 'fewer steps', accel: [], steps, macs, macRatio: baseMacs / macs });
-    }
+  if (!(o.fewerSteps ?? true)) fewer.clear();
+  for (const steps of o.stepBaselines ?? []) fewer.add(steps);
+  for (const steps of [...fewer].filter((s) => s < o.steps).sort((a, b) => b - a)) {
+    const macs = calflopsMacs((await counter.count(steps, [])).total);
+    settings.push({ label: `${steps} steps`, kind: 'fewer steps', accel: [], steps, macs, macRatio: baseMacs / macs });
   }
 
   const pipeline = await loadPipeline(o.model, { threads: o.threads });
-  const rows: FidelityRow[] = settings.map((s) => ({ ...s, seconds: 0, speedup: 0, psnr: 0, ssim: 0, perPrompt: [] }));
+  const rows: FidelityRow[] = settings.map((s) => ({ ...s, seconds: 0, speedup: 0, loopSeconds: 0, loopSpeedup: 0, psnr: 0, ssim: 0, perPrompt: [] }));
   const images = new Map<string, GeneratedImage[]>(rows.map((r) => [r.label, []]));
   const baselineImages: GeneratedImage[] = [];
   try {
@@ -130,13 +135,15 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
       let base: GeneratedImage | undefined;
       for (const row of rows) {
         const start = performance.now();
-        const image = (await pipeline.generate(request(row, i))).images[0];
+        const result = await pipeline.generate(request(row, i));
         const seconds = (performance.now() - start) / 1000;
+        const image = result.images[0];
         base ??= image;
         if (row.kind === 'baseline') baselineImages.push(image);
         if (i < (o.keepImages ?? 0)) images.get(row.label)!.push(image);
         row.perPrompt.push({
           seconds,
+          loopSeconds: result.timings.denoising,
           psnr: psnr(image.data, base.data),
           ssim: ssim(image.data, base.data, image.width, image.height),
           adherence: captions && adherence(image.data, image.width, image.height, captions[i]).score,
@@ -149,6 +156,8 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
   for (const row of rows) {
     row.seconds = mean(row.perPrompt.map((p) => p.seconds));
     row.speedup = rows[0].seconds / row.seconds;
+    row.loopSeconds = mean(row.perPrompt.map((p) => p.loopSeconds));
+    row.loopSpeedup = rows[0].loopSeconds / row.loopSeconds;
     const finite = row.perPrompt.map((p) => p.psnr).filter(Number.isFinite);
     row.psnr = finite.length ? mean(finite) : Infinity;
     row.ssim = mean(row.perPrompt.map((p) => p.ssim));
@@ -165,13 +174,14 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
 export function formatFidelity(r: FidelityResult, o: FidelityOptions): string {
   const lines = [
     `${o.model}: ${r.width}x${r.height}, ${o.prompts.length} prompts (seeds ${o.seed}..${o.seed + o.prompts.length - 1}), CFG ${o.guidance}; ` +
-    `means per image; PSNR/SSIM against the baseline image of the same prompt and seed`,
+    `means per image ("loop" = the denoising loop alone); PSNR/SSIM against the baseline image of the same prompt and seed`,
     `  ${'setting'.padEnd(36)} ${'steps'.padStart(5)} ${'U-Net MACs'.padStart(10)} ${'MAC ×'.padStart(6)} ${'s/image'.padStart(8)} ` +
-    `${'speed-up'.padStart(8)} ${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'adherence'.padStart(9)}`,
+    `${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'adherence'.padStart(9)}`,
   ];
   for (const row of r.rows) {
     lines.push(`  ${row.label.padEnd(36)} ${String(row.steps).padStart(5)} ${`${(row.macs / 1e9).toFixed(2)} G`.padStart(10)} ` +
       `${row.macRatio.toFixed(2).padStart(6)} ${row.seconds.toFixed(3).padStart(8)} ${row.speedup.toFixed(2).padStart(7)}× ` +
+      `${row.loopSeconds.toFixed(3).padStart(8)} ${row.loopSpeedup.toFixed(2).padStart(6)}× ` +
       `${(Number.isFinite(row.psnr) ? row.psnr.toFixed(2) : '∞').padStart(8)} ${row.ssim.toFixed(4).padStart(6)} ` +
       `${(row.adherence === undefined ? '-' : row.adherence.toFixed(3)).padStart(9)}`);
   }

@@ -139,6 +139,7 @@ export function buildProgram(): Command {
     .option('--prompts <file>', 'with --fidelity: one prompt per line (default: the reference model\'s held-out captions)')
     .option('--count <n>', 'with --fidelity: the first N prompts only', positiveInt('--count'))
     .option('--no-fewer-steps', 'with --fidelity: no equal-MAC fewer-steps baselines')
+    .option('--steps-baseline <n>', 'with --fidelity, repeatable: also the plain sampler at N steps (e.g. 13 of 20, the attention-reuse paper\'s equal-latency baseline)', (v: string, prev: number[]) => [...prev, positiveInt('--steps-baseline')(v)], [] as number[])
     .option('--sweep <spec>', 'with --fidelity, repeatable: one setting, methods joined by "+" (default: TGATE gates at 20/40/60% of the steps, DeepCache intervals 2/3/5, ToMe ratios 0.3/0.5/0.6, attn-reuse on the last 20/40/50%)', sweepList, [] as AccelSpec[][])
     .action(async (opts) => {
       await bench(opts);
@@ -158,7 +159,8 @@ export function buildProgram(): Command {
     .option('--seed <s>', 'seed of the first prompt (the next get +1, +2, ...)', seed, 0)
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
-    .option('--out <file.json>', 'where the schedule goes', 'schedule.json')
+    .option('--out <file.json>', 'where the schedule goes (rewritten after every round)', 'schedule.json')
+    .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
     .action(async (opts) => {
       await tune(opts);
     });

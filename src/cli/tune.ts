@@ -15,7 +15,7 @@ import { modelFolder } from '../pipelines/reference-model.ts';
 import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
-import { greedySearch, phast } from '../tune/greedy.ts';
+import { greedySearch, phast, type Round } from '../tune/greedy.ts';
 
 export interface TuneFlags {
   model?: string;
@@ -30,6 +30,7 @@ export interface TuneFlags {
   scheduler?: SchedulerName;
   threads?: number;
   out: string;
+  maxRounds: number;
 }
 
 const TUNABLE = ['attn-reuse'];
@@ -61,19 +62,28 @@ export async function tune(f: TuneFlags): Promise<void> {
       return total / prompts.length;
     };
     console.log(`PHAST on ${model}: ${calls} model calls, ${f.reuse} reusing, ${prompts.length} prompts, ε = ${f.epsilon} dB; objective: mean PSNR against the unaccelerated images`);
+    // The file is rewritten after every round, so a long search stopped early still leaves its best schedule.
+    const save = (rounds: Round<number[]>[], finished: boolean) => {
+      const last = rounds[rounds.length - 1];
+      const report = {
+        method: f.method, model: path.resolve(model), steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance: f.guidance,
+        seed: f.seed, prompts, epsilon: f.epsilon, finished, evaluations, psnr: last.objective, hurryPsnr: rounds[0].objective,
+        schedule: last.state, rounds: rounds.map((r) => ({ ...r, state: r.state.join('') })),
+      };
+      const tmp = `${f.out}.partial-${process.pid}`;
+      fs.writeFileSync(tmp, JSON.stringify(report, null, 1));
+      fs.renameSync(tmp, f.out);
+    };
+    const rounds: Round<number[]>[] = [];
     const result = await greedySearch(phast(calls, f.reuse, hurry(calls, f.reuse)), objective, f.epsilon, (r) => {
+      rounds.push(r);
+      save(rounds, false);
       console.log(`  round ${String(r.round).padStart(2)}: ${r.state.join('')}  PSNR ${r.objective.toFixed(3)} dB` +
         (r.round === 0 ? '  (HURRY)' : `  (${r.tried} schedules tried${r.improved ? '' : ', none better: stop'})`));
-    });
-    const report = {
-      method: f.method, model: path.resolve(model), steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance: f.guidance,
-      seed: f.seed, prompts, epsilon: f.epsilon, evaluations, psnr: result.objective, hurryPsnr: result.rounds[0].objective,
-      schedule: result.state, rounds: result.rounds.map((r) => ({ ...r, state: r.state.join('') })),
-    };
-    const tmp = `${f.out}.partial-${process.pid}`;
-    fs.writeFileSync(tmp, JSON.stringify(report, null, 1));
-    fs.renameSync(tmp, f.out);
-    console.log(`wrote ${f.out}: PSNR ${result.objective.toFixed(3)} dB (HURRY ${result.rounds[0].objective.toFixed(3)} dB) after ${evaluations} schedules; ` +
+    }, f.maxRounds);
+    save(result.rounds, true);
+    console.log(`wrote ${f.out}: PSNR ${result.objective.toFixed(3)} dB (HURRY ${result.rounds[0].objective.toFixed(3)} dB) after ${evaluations} schedules` +
+      `${result.rounds.length - 1 === f.maxRounds && result.rounds[result.rounds.length - 1].improved ? ` (stopped at --max-rounds ${f.maxRounds})` : ''}; ` +
       `use it with --accel attn-reuse:schedule=${f.out}`);
   } finally {
     await pipeline.release();
