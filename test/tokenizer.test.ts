@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClipTokenizer } from '../src/tokenizers/clip-bpe.ts';
+import { InputError } from '../src/errors.ts';
 import { tempDir, throwsInputError, writeJson } from './helpers/files.ts';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
@@ -20,13 +21,15 @@ const tokenizers = new Map<string, ClipTokenizer>();
 function fixtureTokenizer(fixture: string): ClipTokenizer {
   let tok = tokenizers.get(fixture);
   if (tok === undefined) {
-    tok = ClipTokenizer.fromFolder(path.join(FIXTURES, fixture, 'tokenizer'));
+    const folder = path.join(FIXTURES, fixture);
+    tok = ClipTokenizer.fromFolder(fs.existsSync(path.join(folder, 'tokenizer')) ? path.join(folder, 'tokenizer') : folder);
     tokenizers.set(fixture, tok);
   }
   return tok;
 }
 
-for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
+// tokenizer-json-sd2: the SD 2.x tokenizer as transformers 5 saves it (tokenizer.json, no vocab.json / merges.txt).
+for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tokenizer-json-sd2']) {
   const golden = JSON.parse(
     fs.readFileSync(path.join(FIXTURES, 'goldens', `${fixture}-tokens.json`), 'utf8'),
   ) as TokensGolden;
@@ -133,4 +136,62 @@ test('bad input: special tokens and model_max_length in tokenizer_config.json', 
   throwsInputError(() => ClipTokenizer.fromFolder(dir), 'tokenizer_config.json: pad_token', 'is not a token');
   writeTinyFolder(dir, [], { model_max_length: 'long' });
   throwsInputError(() => ClipTokenizer.fromFolder(dir), 'model_max_length', 'is not usable');
+});
+
+/** writeTinyFolder's tokens, as transformers 5 saves them: tokenizer.json only. */
+function writeTinyJsonFolder(dir: string, edit: (json: { model: Record<string, unknown>; added_tokens: unknown[] }) => void = () => {}): void {
+  writeTinyFolder(dir, ['h e', 'l l', 'll o</w>', 'he llo</w>']);
+  const vocab = JSON.parse(fs.readFileSync(path.join(dir, 'vocab.json'), 'utf8')) as Record<string, number>;
+  const token = (content: string) => ({ id: vocab[content], content, single_word: false, lstrip: false, rstrip: false, normalized: true, special: true });
+  const json = {
+    added_tokens: [token('<|startoftext|>'), token('<|endoftext|>')],
+    model: { type: 'BPE', vocab, merges: [['h', 'e'], ['l', 'l'], 'll o</w>', ['he', 'llo</w>']] },
+  };
+  edit(json);
+  writeJson(path.join(dir, 'tokenizer.json'), json);
+  fs.rmSync(path.join(dir, 'vocab.json'));
+  fs.rmSync(path.join(dir, 'merges.txt'));
+}
+
+test('a tokenizer.json-only folder tokenizes as its vocab.json/merges.txt twin; merges as pairs or strings', (t) => {
+  const classic = tempDir(t);
+  writeTinyFolder(classic, ['h e', 'l l', 'll o</w>', 'he llo</w>']);
+  const dir = tempDir(t);
+  writeTinyJsonFolder(dir);
+  const [a, b] = [ClipTokenizer.fromFolder(classic), ClipTokenizer.fromFolder(dir)];
+  for (const text of ['hello', 'HELLO hello', 'hell', 'ab cd!', '<|endoftext|>hello']) assert.deepEqual(b.encode(text), a.encode(text), text);
+  assert.equal(b.eosTokenId, a.eosTokenId);
+});
+
+test('bad input: tokenizer.json names the field', (t) => {
+  const dir = tempDir(t);
+  writeTinyJsonFolder(dir, (j) => { j.model.type = 'WordPiece'; });
+  throwsInputError(() => ClipTokenizer.fromFolder(dir), 'tokenizer.json: model.type', 'is not a BPE model');
+  writeTinyJsonFolder(dir, (j) => { (j.model.merges as unknown[])[2] = 'll o x'; });
+  throwsInputError(() => ClipTokenizer.fromFolder(dir), 'tokenizer.json: model.merges[2]', 'is not a merge');
+  writeTinyJsonFolder(dir, (j) => { (j.model.merges as unknown[])[0] = ['h', 'q']; });
+  throwsInputError(() => ClipTokenizer.fromFolder(dir), 'tokenizer.json: model.merges[0]', '"q" is not in tokenizer.json');
+  writeTinyJsonFolder(dir, (j) => { j.added_tokens[0] = { content: '<|startoftext|>' }; });
+  throwsInputError(() => ClipTokenizer.fromFolder(dir), 'tokenizer.json: added_tokens[0]', 'is not an added token');
+  writeTinyJsonFolder(dir, (j) => { j.model.vocab = [1, 2]; });
+  throwsInputError(() => ClipTokenizer.fromFolder(dir), 'tokenizer.json: model.vocab', 'a JSON object');
+});
+
+test('fuzz: mutated tokenizer.json files load or fail with an InputError, nothing else', (t) => {
+  const dir = tempDir(t);
+  writeTinyJsonFolder(dir);
+  const original = fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8');
+  let seed = 12345;
+  const rand = (n: number) => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n; };
+  const pieces = ['', '"', '{', '}', '[', ']', ',', ':', 'null', '-1', '1.5', '"BPE"', '"x"', 'true', '[]', '{}'];
+  for (let i = 0; i < 300; i++) {
+    const at = rand(original.length);
+    const mutated = original.slice(0, at) + pieces[rand(pieces.length)] + original.slice(at + rand(4));
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), mutated);
+    try {
+      ClipTokenizer.fromFolder(dir).encode('hello');
+    } catch (err) {
+      assert.ok(err instanceof InputError, `mutation ${i} at ${at}: ${String(err)}`);
+    }
+  }
 });

@@ -75,6 +75,11 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions): P
     // Measured: with memory patterns each session's second run is ~2× slower and peak RSS
     // ~40% higher (many sessions each planning its own block); plain arena reuse is better.
     enableMemPattern: false,
+    // An arena keeps its peak for the session's life, one per session, and a run has dozens of
+    // sessions (segments and their variants). Measured without it (2026-11-22, bench-unet sd15
+    // 512²): peak RSS 8.20 → 4.74 GB at the same speed (9.57 vs 9.31 s); attention-reuse variants
+    // at 512² (1 GiB maps each) no longer run out of 24 GiB.
+    enableCpuMemArena: false,
     ...(options.threads ? { intraOpNumThreads: options.threads, interOpNumThreads: 1 } : {}),
     ...(device === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' as const } : {}),
     extra: {

@@ -3,8 +3,9 @@
  * (5.x, backed by the Rust `tokenizers` crate) gives for the same files.
  *
  * The tokenization itself is done by @huggingface/tokenizers (pure JS), fed the tokenizer.json
- * that transformers would build from vocab.json / merges.txt. This module reads those files, works
- * out the special tokens the way transformers does, and adds SD's truncation and padding.
+ * that transformers would build from vocab.json / merges.txt. This module reads those files (or,
+ * in folders transformers 5 saved, the vocabulary, merges and added tokens of their tokenizer.json),
+ * works out the special tokens the way transformers does, and adds SD's truncation and padding.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -63,21 +64,25 @@ export class ClipTokenizer {
     this.padTokenId = ids.pad;
   }
 
-  /** Reads a diffusers `tokenizer/` folder: vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json. */
+  /**
+   * Reads a diffusers `tokenizer/` folder: vocab.json, merges.txt, tokenizer_config.json,
+   * special_tokens_map.json — or, without vocab.json, tokenizer.json (as transformers 5 saves).
+   */
   static fromFolder(dir: string): ClipTokenizer {
     const vocabFile = path.join(dir, 'vocab.json');
-    const mergesFile = path.join(dir, 'merges.txt');
+    const jsonFile = path.join(dir, 'tokenizer.json');
     const configFile = path.join(dir, 'tokenizer_config.json');
     const mapFile = path.join(dir, 'special_tokens_map.json');
 
-    const vocab = parseVocab(vocabFile, readJson(vocabFile, true));
-    const merges = parseMerges(mergesFile, readText(mergesFile, true)!, vocab);
+    const fromJson = !fs.existsSync(vocabFile) && fs.existsSync(jsonFile);
+    const { vocab, merges, listed } = fromJson ? readTokenizerJson(jsonFile) : readVocabAndMerges(dir);
+    const vocabName = fromJson ? 'tokenizer.json' : 'vocab.json';
     const config = asObject(configFile, readJson(configFile, false) ?? {});
     const map = asObject(mapFile, readJson(mapFile, false) ?? {});
 
     // transformers: when tokenizer_config.json lists added_tokens_decoder, special_tokens_map.json is not read.
     const decoder = config.added_tokens_decoder;
-    const added = new Map<string, { id: number; spec: AddedTokenSpec }>();
+    const added = new Map<string, { id: number; spec: AddedTokenSpec }>(listed);
     if (decoder !== undefined) {
       for (const [id, value] of Object.entries(asObject(`${configFile}: added_tokens_decoder`, decoder))) {
         const spec = tokenValue(`${configFile}: added_tokens_decoder.${id}`, value, false);
@@ -112,7 +117,7 @@ export class ClipTokenizer {
     }
     for (const [content, spec] of fromNamed) {
       if (!Object.hasOwn(vocab, content)) {
-        throw new InputError(dir, `special token ${JSON.stringify(content)} is not in vocab.json`);
+        throw new InputError(dir, `special token ${JSON.stringify(content)} is not in ${vocabName}`);
       }
       added.set(content, { id: vocab[content], spec });
     }
@@ -202,7 +207,7 @@ function readText(file: string, required: boolean): string | undefined {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       if (!required) return undefined;
-      throw new InputError(file, 'is missing', 'a CLIP tokenizer folder with vocab.json and merges.txt');
+      throw new InputError(file, 'is missing', 'a CLIP tokenizer folder with vocab.json and merges.txt (or tokenizer.json)');
     }
     throw new InputError(file, `cannot be read (${(err as Error).message})`);
   }
@@ -235,27 +240,74 @@ function parseVocab(file: string, value: unknown): Record<string, number> {
   return vocab as Record<string, number>;
 }
 
-/** merges.txt as the Rust crate reads it: "#version" lines skipped, every other line "left right". */
-function parseMerges(file: string, text: string, vocab: Record<string, number>): [string, string][] {
+function readVocabAndMerges(dir: string): { vocab: Record<string, number>; merges: [string, string][]; listed: undefined } {
+  const vocabFile = path.join(dir, 'vocab.json');
+  const mergesFile = path.join(dir, 'merges.txt');
+  const vocab = parseVocab(vocabFile, readJson(vocabFile, true));
+  const merges = parseMerges(mergesFile, readText(mergesFile, true)!);
+  checkMerges(merges, vocab, 'vocab.json', (i) => `${mergesFile}:${i + 1}`);
+  return { vocab, merges: merges.map(([pair]) => pair), listed: undefined };
+}
+
+/** merges.txt as the Rust crate reads it: "#version" lines skipped, every other line "left right". Keeps each merge's line index. */
+function parseMerges(file: string, text: string): [[string, string], number][] {
   const lines = text.split('\n');
   if (lines[lines.length - 1] === '') lines.pop();
-  const merges: [string, string][] = [];
+  const merges: [[string, string], number][] = [];
   lines.forEach((raw, i) => {
     const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
     if (line.startsWith('#version')) return;
-    const parts = line.split(' ');
-    const where = `${file}:${i + 1}`;
-    if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
-      throw new InputError(where, 'is not a merge', 'two tokens separated by one space', describe(line));
-    }
-    for (const token of [parts[0], parts[1], parts[0] + parts[1]]) {
-      if (!Object.hasOwn(vocab, token)) {
-        throw new InputError(where, `token ${JSON.stringify(token)} is not in vocab.json`);
-      }
-    }
-    merges.push([parts[0], parts[1]]);
+    merges.push([mergePair(line, `${file}:${i + 1}`), i]);
   });
   return merges;
+}
+
+function mergePair(line: string, where: string): [string, string] {
+  const parts = line.split(' ');
+  if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
+    throw new InputError(where, 'is not a merge', 'two tokens separated by one space', describe(line));
+  }
+  return [parts[0], parts[1]];
+}
+
+function checkMerges(merges: [[string, string], number][], vocab: Record<string, number>, vocabName: string, where: (index: number) => string): void {
+  for (const [[left, right], index] of merges) {
+    for (const token of [left, right, left + right]) {
+      if (!Object.hasOwn(vocab, token)) throw new InputError(where(index), `token ${JSON.stringify(token)} is not in ${vocabName}`);
+    }
+  }
+}
+
+/**
+ * The BPE vocabulary, merges ("a b" strings or [a, b] pairs) and added tokens of a tokenizer.json.
+ * Its normalizer and pre-tokenizer are not read: transformers' CLIPTokenizer builds its own, as here.
+ */
+function readTokenizerJson(file: string): { vocab: Record<string, number>; merges: [string, string][]; listed: Map<string, { id: number; spec: AddedTokenSpec }> } {
+  const json = asObject(file, readJson(file, true));
+  const model = asObject(`${file}: model`, json.model);
+  if (model.type !== 'BPE') throw new InputError(`${file}: model.type`, 'is not a BPE model', '"BPE" (a CLIP tokenizer)', describe(model.type));
+  const vocab = parseVocab(`${file}: model.vocab`, model.vocab);
+  if (!Array.isArray(model.merges)) throw new InputError(`${file}: model.merges`, 'has the wrong type', 'an array of merges', describe(model.merges));
+  const merges = model.merges.map((m: unknown, i: number): [[string, string], number] => {
+    const where = `${file}: model.merges[${i}]`;
+    if (typeof m === 'string') return [mergePair(m, where), i];
+    if (Array.isArray(m) && m.length === 2 && m.every((t) => typeof t === 'string' && t !== '')) return [[m[0], m[1]], i];
+    throw new InputError(where, 'is not a merge', '"left right" or ["left", "right"]', describe(m));
+  });
+  checkMerges(merges, vocab, 'tokenizer.json', (i) => `${file}: model.merges[${i}]`);
+  const listed = new Map<string, { id: number; spec: AddedTokenSpec }>();
+  const addedTokens = json.added_tokens ?? [];
+  if (!Array.isArray(addedTokens)) throw new InputError(`${file}: added_tokens`, 'has the wrong type', 'an array of tokens', describe(addedTokens));
+  addedTokens.forEach((value: unknown, i: number) => {
+    const where = `${file}: added_tokens[${i}]`;
+    const spec = tokenValue(where, value, false);
+    const id = (value as { id?: unknown }).id;
+    if (typeof spec === 'string' || typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
+      throw new InputError(where, 'is not an added token', 'an object with a non-negative integer "id" and a string "content"', describe(value));
+    }
+    listed.set(spec.content, { id, spec });
+  });
+  return { vocab, merges: merges.map(([pair]) => pair), listed };
 }
 
 /**
