@@ -221,6 +221,6 @@ async function benchFidelity(o: BenchOptions): Promise<void> {
   if (o.json) {
     const rows = result.rows.map((r) => ({ ...r, accel: r.accel.map(formatAccelSpec) }));
     fs.writeFileSync(o.json, JSON.stringify({ model: path.resolve(o.model), width: result.width, height: result.height, steps: o.steps,
-      guidance: o.guidance, seed: o.seed, prompts, chanceAdherence: result.chanceAdherence, rows }, null, 2));
+      scheduler: o.scheduler ?? null, guidance: o.guidance, seed: o.seed, threads: o.threads ?? null, prompts, chanceAdherence: result.chanceAdherence, rows }, null, 2));
   }
 }
