@@ -288,3 +288,18 @@ test('state is immutable and checked', () => {
   assert.equal(ddim.stochastic, true);
   assert.equal(createScheduler({ name: 'ddim', config: SD15, configFile: FILE, steps: 4 }).stochastic, false);
 });
+
+test('every scheduler checks its call arguments: step index, state, array lengths', () => {
+  for (const name of SCHEDULER_NAMES) {
+    const s = createScheduler({ name, config: SD15, configFile: FILE, steps: 4 });
+    const count = s.timesteps.length;
+    const x = new Float32Array(8);
+    assert.throws(() => s.scaleModelInput(x, count), new RegExp(`${s.className}\\.scaleModelInput: step index ${count} outside 0\\.\\.${count - 1}`));
+    assert.throws(() => s.needsNoise(-1), /needsNoise: step index -1 outside/);
+    assert.throws(() => s.addNoise(x, new Float32Array(4), 0), /addNoise: arrays differ in length \(8 vs 4\)/);
+    assert.throws(() => s.step(s.initialState, x, 1, x), /state is for step 0, not step 1/);
+    assert.throws(() => s.step(s.initialState, new Float32Array(4), 0, x), /model output has 4 values, sample has 8/);
+    const noise = s.needsNoise(0) ? new Float32Array(8) : undefined;
+    assert.equal(s.step(s.initialState, x, 0, x, noise).state.index, 1, name);
+  }
+});

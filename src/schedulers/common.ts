@@ -10,7 +10,7 @@
  */
 import { InputError, describe } from '../errors.ts';
 import { cfgBool, cfgInt, cfgNumber, cfgNumberList, cfgOneOf, type Config } from '../weights/config.ts';
-import type { SchedulerState } from './types.ts';
+import type { Scheduler, SchedulerState } from './types.ts';
 
 export const f32 = Math.fround;
 
@@ -276,7 +276,36 @@ export function checkTimestepRange(timesteps: readonly number[], numTrain: numbe
 // ---------------------------------------------------------------------------------------------
 // Step argument checks (programming errors in the caller, not input errors)
 
-export function checkStepArgs(name: string, state: SchedulerState, i: number, count: number,
+/**
+ * The scheduler with every call's arguments checked (index in range, state for this step, arrays
+ * of equal length), so each method's code holds only its arithmetic.
+ */
+export function withArgumentChecks(s: Scheduler): Scheduler {
+  const name = s.className;
+  const count = s.timesteps.length;
+  return {
+    ...s,
+    needsNoise(i) {
+      checkIndex(name, 'needsNoise', i, count);
+      return s.needsNoise(i);
+    },
+    scaleModelInput(sample, i) {
+      checkIndex(name, 'scaleModelInput', i, count);
+      return s.scaleModelInput(sample, i);
+    },
+    step(state, modelOutput, i, sample, noise) {
+      checkStepArgs(name, state, i, count, modelOutput, sample);
+      return s.step(state, modelOutput, i, sample, noise);
+    },
+    addNoise(original, noise, i) {
+      checkIndex(name, 'addNoise', i, count);
+      checkSameLength(name, 'addNoise', original, noise);
+      return s.addNoise(original, noise, i);
+    },
+  };
+}
+
+function checkStepArgs(name: string, state: SchedulerState, i: number, count: number,
   modelOutput: Float32Array, sample: Float32Array): void {
   if (!Number.isInteger(i) || i < 0 || i >= count) {
     throw new RangeError(`${name}.step: step index ${i} outside 0..${count - 1}`);
@@ -289,7 +318,7 @@ export function checkStepArgs(name: string, state: SchedulerState, i: number, co
   }
 }
 
-export function checkIndex(name: string, what: string, i: number, count: number): void {
+function checkIndex(name: string, what: string, i: number, count: number): void {
   if (!Number.isInteger(i) || i < 0 || i >= count) {
     throw new RangeError(`${name}.${what}: step index ${i} outside 0..${count - 1}`);
   }
@@ -305,7 +334,7 @@ export function requireNoise(name: string, noise: Float32Array | undefined, leng
   return noise;
 }
 
-export function checkSameLength(name: string, what: string, a: Float32Array, b: Float32Array): void {
+function checkSameLength(name: string, what: string, a: Float32Array, b: Float32Array): void {
   if (a.length !== b.length) throw new RangeError(`${name}.${what}: arrays differ in length (${a.length} vs ${b.length})`);
 }
 

@@ -14,9 +14,9 @@
 import { InputError } from '../errors.ts';
 import { cfgBool, cfgInt, cfgNumber, cfgOneOf, type Config } from '../weights/config.ts';
 import {
-  PREDICTION_TYPES, SPACINGS, checkIndex, checkSameLength, checkStepArgs, checkSteps, checkTimestepRange,
+  PREDICTION_TYPES, SPACINGS, checkSteps, checkTimestepRange,
   f32, leadingGrid, npLinspace, readNoiseSchedule, refuseTrue, requireNoise, roundHalfEven, trailingGrid,
-  type PredictionType, type Spacing,
+  type PredictionType, type Spacing, withArgumentChecks,
 } from './common.ts';
 import type { Scheduler, SchedulerState, StepOutput } from './types.ts';
 
@@ -55,7 +55,7 @@ export function createDdim(cfg: Config, where: string, options: DdimOptions): Sc
   const name = 'DDIMScheduler';
   const initialState: SchedulerState = Object.freeze({ index: 0 });
 
-  return {
+  return withArgumentChecks({
     name: 'ddim',
     className: name,
     steps: n,
@@ -63,16 +63,9 @@ export function createDdim(cfg: Config, where: string, options: DdimOptions): Sc
     initNoiseSigma: 1,
     stochastic: eta > 0,
     initialState,
-    needsNoise: (i) => {
-      checkIndex(name, 'needsNoise', i, timesteps.length);
-      return eta > 0;
-    },
-    scaleModelInput(sample, i) {
-      checkIndex(name, 'scaleModelInput', i, timesteps.length);
-      return sample.slice();
-    },
+    needsNoise: () => eta > 0,
+    scaleModelInput: (sample) => sample.slice(),
     step(state, modelOutput, i, sample, noise): StepOutput {
-      checkStepArgs(name, state, i, timesteps.length, modelOutput, sample);
       const t = timesteps[i];
       const prevT = t - stride;
       const a = ac[t];
@@ -112,11 +105,9 @@ export function createDdim(cfg: Config, where: string, options: DdimOptions): Sc
       return { prevSample: out, state: Object.freeze({ index: i + 1 }) };
     },
     addNoise(original, noise, i) {
-      checkIndex(name, 'addNoise', i, timesteps.length);
-      checkSameLength(name, 'addNoise', original, noise);
       return addNoiseAlphas(ac[timesteps[i]], original, noise);
     },
-  };
+  });
 }
 
 /** sqrt(a) * x0 + sqrt(1 - a) * noise (DDPM forward process), float32 coefficients. */

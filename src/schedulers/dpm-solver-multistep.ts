@@ -22,9 +22,9 @@
 import { InputError, describe } from '../errors.ts';
 import { cfgBool, cfgInt, cfgNumber, cfgOneOf, cfgOptionalNumber, type Config } from '../weights/config.ts';
 import {
-  PREDICTION_TYPES, SPACINGS, checkIndex, checkSameLength, checkStepArgs, checkSteps, f32,
+  PREDICTION_TYPES, SPACINGS, checkSteps, f32,
   interpIndex, karrasSigmas, npArange, npLinspace, readNoiseSchedule, refuseTrue, roundHalfEven, sigmaToT,
-  trainSigmas, type PredictionType,
+  trainSigmas, type PredictionType, withArgumentChecks,
 } from './common.ts';
 import { sigmaFamilyAlphas } from './euler.ts';
 import type { Scheduler, SchedulerName, SchedulerState, StepOutput } from './types.ts';
@@ -213,7 +213,7 @@ export function createDpmSolverMultistep(cfg: Config, where: string, options: { 
 
   const initialState: DpmState = Object.freeze({ index: 0, outputs: [], lowerOrderNums: 0 });
 
-  return {
+  return withArgumentChecks({
     name: overrides.name ?? (karras ? 'dpm++2m-karras' : 'dpm++2m'),
     className: name,
     steps: n,
@@ -221,16 +221,9 @@ export function createDpmSolverMultistep(cfg: Config, where: string, options: { 
     initNoiseSigma: 1,
     stochastic: false,
     initialState,
-    needsNoise: (i) => {
-      checkIndex(name, 'needsNoise', i, count);
-      return false;
-    },
-    scaleModelInput(sample, i) {
-      checkIndex(name, 'scaleModelInput', i, count);
-      return sample.slice();
-    },
+    needsNoise: () => false,
+    scaleModelInput: (sample) => sample.slice(),
     step(state, modelOutput, i, sample): StepOutput {
-      checkStepArgs(name, state, i, count, modelOutput, sample);
       const s = state as DpmState;
       const finalFirstOrder = i === count - 1 && (eulerAtFinal || (lowerOrderFinal && count < 15) || finalSigmaType === 'zero');
       const secondToLastSecondOrder = i === count - 2 && lowerOrderFinal && count < 15;
@@ -244,12 +237,10 @@ export function createDpmSolverMultistep(cfg: Config, where: string, options: { 
       return { prevSample: prev, state: Object.freeze({ index: i + 1, outputs, lowerOrderNums }) };
     },
     addNoise(original, noise, i) {
-      checkIndex(name, 'addNoise', i, count);
-      checkSameLength(name, 'addNoise', original, noise);
       const [alpha, sigma] = alphaSigma(sig[i]);
       const out = new Float32Array(original.length);
       for (let k = 0; k < original.length; k++) out[k] = f32(alpha * original[k]) + f32(sigma * noise[k]);
       return out;
     },
-  };
+  });
 }

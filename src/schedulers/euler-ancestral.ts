@@ -9,7 +9,7 @@
  * spacing 'linspace'; prediction_type 'sample' is not implemented in diffusers and refused here.
  */
 import { cfgInt, cfgOneOf, type Config } from '../weights/config.ts';
-import { SPACINGS, checkIndex, checkSameLength, checkStepArgs, checkSteps, f32, readNoiseSchedule, requireNoise } from './common.ts';
+import { SPACINGS, checkSteps, f32, readNoiseSchedule, requireNoise, withArgumentChecks } from './common.ts';
 import {
   addNoiseSigma, eulerInitNoiseSigma, eulerSigmaSchedule, eulerX0, scaleBySigma, sigmaFamilyAlphas, vCoefficients,
 } from './euler.ts';
@@ -28,7 +28,7 @@ export function createEulerAncestral(cfg: Config, where: string, options: { step
   const name = 'EulerAncestralDiscreteScheduler';
   const initialState: SchedulerState = Object.freeze({ index: 0 });
 
-  return {
+  return withArgumentChecks({
     name: 'euler-a',
     className: name,
     steps: n,
@@ -36,16 +36,11 @@ export function createEulerAncestral(cfg: Config, where: string, options: { step
     initNoiseSigma: eulerInitNoiseSigma(sigmas, spacing),
     stochastic: true,
     initialState,
-    needsNoise: (i) => {
-      checkIndex(name, 'needsNoise', i, timesteps.length);
-      return sigmas[i + 1] > 0; // sigma_up is 0 when stepping to sigma 0
-    },
+    needsNoise: (i) => sigmas[i + 1] > 0, // sigma_up is 0 when stepping to sigma 0
     scaleModelInput(sample, i) {
-      checkIndex(name, 'scaleModelInput', i, timesteps.length);
       return scaleBySigma(sample, sigmas[i]);
     },
     step(state, modelOutput, i, sample, noise): StepOutput {
-      checkStepArgs(name, state, i, timesteps.length, modelOutput, sample);
       const from = sigmas[i];
       const to = sigmas[i + 1];
       const from2 = f32(from * from);
@@ -66,9 +61,7 @@ export function createEulerAncestral(cfg: Config, where: string, options: { step
       return { prevSample: out, state: Object.freeze({ index: i + 1 }) };
     },
     addNoise(original, noise, i) {
-      checkIndex(name, 'addNoise', i, timesteps.length);
-      checkSameLength(name, 'addNoise', original, noise);
       return addNoiseSigma(sigmas[i], original, noise);
     },
-  };
+  });
 }

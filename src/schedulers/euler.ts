@@ -17,9 +17,9 @@
 import { InputError } from '../errors.ts';
 import { cfgBool, cfgInt, cfgOneOf, cfgOptionalNumber, type Config } from '../weights/config.ts';
 import {
-  SPACINGS, checkIndex, checkSameLength, checkStepArgs, checkSteps, f32, interpIndex, karrasSigmas, leadingGrid,
+  SPACINGS, checkSteps, f32, interpIndex, karrasSigmas, leadingGrid,
   npLinspace, readNoiseSchedule, refuseOtherThan, refuseTrue, sigmaToT, trailingGrid, trainSigmas, type NoiseSchedule,
-  type Spacing,
+  type Spacing, withArgumentChecks,
 } from './common.ts';
 import type { Scheduler, SchedulerState, StepOutput } from './types.ts';
 
@@ -124,7 +124,7 @@ export function createEuler(cfg: Config, where: string, options: { steps: number
   const name = 'EulerDiscreteScheduler';
   const initialState: SchedulerState = Object.freeze({ index: 0 });
 
-  return {
+  return withArgumentChecks({
     name: 'euler',
     className: name,
     steps: n,
@@ -132,16 +132,11 @@ export function createEuler(cfg: Config, where: string, options: { steps: number
     initNoiseSigma: eulerInitNoiseSigma(sigmas, spacing),
     stochastic: false,
     initialState,
-    needsNoise: (i) => {
-      checkIndex(name, 'needsNoise', i, timesteps.length);
-      return false;
-    },
+    needsNoise: () => false,
     scaleModelInput(sample, i) {
-      checkIndex(name, 'scaleModelInput', i, timesteps.length);
       return scaleBySigma(sample, sigmas[i]);
     },
     step(state, modelOutput, i, sample): StepOutput {
-      checkStepArgs(name, state, i, timesteps.length, modelOutput, sample);
       const sigma = sigmas[i];
       const dt = f32(sigmas[i + 1] - sigma);
       const [cm, cs] = vCoefficients(sigma);
@@ -155,11 +150,9 @@ export function createEuler(cfg: Config, where: string, options: { steps: number
       return { prevSample: out, state: Object.freeze({ index: i + 1 }) };
     },
     addNoise(original, noise, i) {
-      checkIndex(name, 'addNoise', i, timesteps.length);
-      checkSameLength(name, 'addNoise', original, noise);
       return addNoiseSigma(sigmas[i], original, noise);
     },
-  };
+  });
 }
 
 /** x0 + sigma * noise. */

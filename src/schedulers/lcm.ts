@@ -14,8 +14,8 @@
 import { InputError } from '../errors.ts';
 import { cfgBool, cfgInt, cfgNumber, cfgOneOf, type Config } from '../weights/config.ts';
 import {
-  PREDICTION_TYPES, checkIndex, checkSameLength, checkStepArgs, checkSteps, f32, npLinspace, readNoiseSchedule,
-  refuseTrue, requireNoise, type PredictionType,
+  PREDICTION_TYPES, checkSteps, f32, npLinspace, readNoiseSchedule,
+  refuseTrue, requireNoise, type PredictionType, withArgumentChecks,
 } from './common.ts';
 import { addNoiseAlphas } from './ddim.ts';
 import type { Scheduler, SchedulerState, StepOutput } from './types.ts';
@@ -43,7 +43,7 @@ export function createLcm(cfg: Config, where: string, options: { steps: number }
   const name = 'LCMScheduler';
   const initialState: SchedulerState = Object.freeze({ index: 0 });
 
-  return {
+  return withArgumentChecks({
     name: 'lcm',
     className: name,
     steps: n,
@@ -51,16 +51,9 @@ export function createLcm(cfg: Config, where: string, options: { steps: number }
     initNoiseSigma: 1,
     stochastic: true,
     initialState,
-    needsNoise: (i) => {
-      checkIndex(name, 'needsNoise', i, timesteps.length);
-      return i < timesteps.length - 1; // the last step returns the denoised sample
-    },
-    scaleModelInput(sample, i) {
-      checkIndex(name, 'scaleModelInput', i, timesteps.length);
-      return sample.slice();
-    },
+    needsNoise: (i) => i < timesteps.length - 1, // the last step returns the denoised sample
+    scaleModelInput: (sample) => sample.slice(),
     step(state, modelOutput, i, sample, noise): StepOutput {
-      checkStepArgs(name, state, i, timesteps.length, modelOutput, sample);
       const isLast = i === timesteps.length - 1;
       const z = isLast ? undefined : requireNoise(name, noise, sample.length);
       const t = timesteps[i];
@@ -90,9 +83,7 @@ export function createLcm(cfg: Config, where: string, options: { steps: number }
       return { prevSample: out, state: Object.freeze({ index: i + 1 }) };
     },
     addNoise(original, noise, i) {
-      checkIndex(name, 'addNoise', i, timesteps.length);
-      checkSameLength(name, 'addNoise', original, noise);
       return addNoiseAlphas(ac[timesteps[i]], original, noise);
     },
-  };
+  });
 }

@@ -18,8 +18,8 @@
  */
 import { cfgBool, cfgInt, cfgOneOf, type Config } from '../weights/config.ts';
 import {
-  SPACINGS, checkIndex, checkSameLength, checkStepArgs, checkSteps, checkTimestepRange, f32, leadingGrid,
-  npLinspace, readNoiseSchedule, roundHalfEven, trailingGrid, type Spacing,
+  SPACINGS, checkSteps, checkTimestepRange, f32, leadingGrid,
+  npLinspace, readNoiseSchedule, roundHalfEven, trailingGrid, type Spacing, withArgumentChecks,
 } from './common.ts';
 import { addNoiseAlphas } from './ddim.ts';
 import { InputError } from '../errors.ts';
@@ -175,7 +175,7 @@ export function createPndm(cfg: Config, where: string, options: { steps: number 
 
   const initialState: PndmState = Object.freeze({ index: 0, counter: 0, ets: [], curSample: null, curModelOutput: null });
 
-  return {
+  return withArgumentChecks({
     name: 'pndm',
     className: name,
     steps: n,
@@ -183,23 +183,14 @@ export function createPndm(cfg: Config, where: string, options: { steps: number 
     initNoiseSigma: 1,
     stochastic: false,
     initialState,
-    needsNoise: (i) => {
-      checkIndex(name, 'needsNoise', i, timesteps.length);
-      return false;
-    },
-    scaleModelInput(sample, i) {
-      checkIndex(name, 'scaleModelInput', i, timesteps.length);
-      return sample.slice();
-    },
+    needsNoise: () => false,
+    scaleModelInput: (sample) => sample.slice(),
     step(state, modelOutput, i, sample): StepOutput {
-      checkStepArgs(name, state, i, timesteps.length, modelOutput, sample);
       const s = state as PndmState;
       return s.counter < numPrk ? stepPrk(s, modelOutput, timesteps[i], sample) : stepPlms(s, modelOutput, timesteps[i], sample);
     },
     addNoise(original, noise, i) {
-      checkIndex(name, 'addNoise', i, timesteps.length);
-      checkSameLength(name, 'addNoise', original, noise);
       return addNoiseAlphas(ac[timesteps[i]], original, noise);
     },
-  };
+  });
 }
