@@ -4,9 +4,9 @@
  * in the same run on the same folder.
  */
 import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
+import { writeFileAtomically } from '../util/files.ts';
 import { loadPipeline, type GenerateResult } from '../pipelines/stable-diffusion.ts';
 import { ensureRandomPipelineFolder } from './random-folder.ts';
 
@@ -77,5 +77,5 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<void> {
       `${(torchBest.total / best.total).toFixed(2)}× (denoising alone ${(torchBest.denoising / best.denoising).toFixed(2)}×)`);
     result.pytorch = { runs: timed, best: torchBest };
   }
-  if (o.json) fs.writeFileSync(o.json, JSON.stringify(result, null, 2));
+  if (o.json) writeFileAtomically(o.json, JSON.stringify(result, null, 2));
 }

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
+import { writeFileAtomically } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadUNet } from '../models/components.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
@@ -188,7 +189,7 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
       Object.assign(r, { pytorch: p });
     }
   }
-  if (o.json) fs.writeFileSync(o.json, JSON.stringify(results, null, 2));
+  if (o.json) writeFileAtomically(o.json, JSON.stringify(results, null, 2));
 }
 
 interface PyTorchTiming {

@@ -13,6 +13,7 @@ import { loadPipeline, type GenerateRequest, type Latents } from '../pipelines/s
 import { modelFolder } from '../pipelines/reference-model.ts';
 import type { Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
+import { writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile, writeSafetensors } from '../weights/safetensors.ts';
 
 export interface GenerateFlags {
@@ -60,12 +61,6 @@ export function outputNames(out: string, count: number): string[] {
   return Array.from({ length: count }, (_, i) => `${stem}-${i}${ext}`);
 }
 
-function writeAtomically(file: string, bytes: Uint8Array): void {
-  const tmp = `${file}.partial-${process.pid}`;
-  fs.writeFileSync(tmp, bytes);
-  fs.renameSync(tmp, file);
-}
-
 function checkFlags(f: GenerateFlags): Device {
   if (f.prompt === undefined) throw new InputError('--prompt', 'no prompt given', 'some text');
   if (f.device !== 'cpu' && f.device !== 'webgpu') throw new InputError('--device', 'unknown device', 'cpu or webgpu', f.device);
@@ -108,11 +103,8 @@ export async function generate(f: GenerateFlags): Promise<void> {
     const result = await pipeline.generate(request);
     bar?.stop();
     for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
-    if (f.saveLatents) {
-      const tmp = `${f.saveLatents}.partial-${process.pid}`;
-      writeSafetensors(tmp, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });
-      fs.renameSync(tmp, f.saveLatents);
-    }
+    // writeSafetensors writes through a temporary file itself.
+    if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });
     const names = outputNames(f.out, result.images.length);
     const [image] = result.images;
     const settings = {
@@ -131,7 +123,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
     ].join('\n');
     result.images.forEach((img, i) => {
       const text = { parameters, 'diffusion.ts': JSON.stringify({ ...settings, index: i }) };
-      writeAtomically(names[i], encodePng(img.data, img.width, img.height, text));
+      writeFileAtomically(names[i], encodePng(img.data, img.width, img.height, text));
     });
     const t = result.timings;
     process.stderr.write(`wrote ${names.join(', ')} (seed ${result.seed}, ${result.scheduler}; text ${t.textEncoding.toFixed(2)} s, ` +

@@ -16,6 +16,7 @@ import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { greedySearch, phast, type Round } from '../tune/greedy.ts';
+import { writeFileAtomically } from '../util/files.ts';
 
 export interface TuneFlags {
   model?: string;
@@ -63,20 +64,16 @@ export async function tune(f: TuneFlags): Promise<void> {
     };
     console.log(`PHAST on ${model}: ${calls} model calls, ${f.reuse} reusing, ${prompts.length} prompts, ε = ${f.epsilon} dB; objective: mean PSNR against the unaccelerated images`);
     // The file is rewritten after every round, so a long search stopped early still leaves its best schedule.
-    const save = (rounds: Round<number[]>[], finished: boolean) => {
+    const save = (rounds: readonly Round<number[]>[], finished: boolean) => {
       const last = rounds[rounds.length - 1];
       const report = {
         method: f.method, model: path.resolve(model), steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance: f.guidance,
         seed: f.seed, prompts, epsilon: f.epsilon, finished, evaluations, psnr: last.objective, hurryPsnr: rounds[0].objective,
         schedule: last.state, rounds: rounds.map((r) => ({ ...r, state: r.state.join('') })),
       };
-      const tmp = `${f.out}.partial-${process.pid}`;
-      fs.writeFileSync(tmp, JSON.stringify(report, null, 1));
-      fs.renameSync(tmp, f.out);
+      writeFileAtomically(f.out, JSON.stringify(report, null, 1));
     };
-    const rounds: Round<number[]>[] = [];
-    const result = await greedySearch(phast(calls, f.reuse, hurry(calls, f.reuse)), objective, f.epsilon, (r) => {
-      rounds.push(r);
+    const result = await greedySearch(phast(calls, f.reuse, hurry(calls, f.reuse)), objective, f.epsilon, (r, rounds) => {
       save(rounds, false);
       console.log(`  round ${String(r.round).padStart(2)}: ${r.state.join('')}  PSNR ${r.objective.toFixed(3)} dB` +
         (r.round === 0 ? '  (HURRY)' : `  (${r.tried} schedules tried${r.improved ? '' : ', none better: stop'})`));

@@ -28,7 +28,7 @@ export interface Round<S> {
 }
 
 export async function greedySearch<S>(tunable: Tunable<S>, objective: (spec: AccelSpec) => Promise<number>, epsilon: number,
-  onRound?: (r: Round<S>) => void, maxRounds = 100): Promise<{ state: S; objective: number; rounds: Round<S>[] }> {
+  onRound?: (r: Round<S>, rounds: readonly Round<S>[]) => void, maxRounds = 100): Promise<{ state: S; objective: number; rounds: Round<S>[] }> {
   const seen = new Map<string, number>();
   const score = async (s: S) => {
     const key = tunable.describe(s);
@@ -39,7 +39,7 @@ export async function greedySearch<S>(tunable: Tunable<S>, objective: (spec: Acc
   let state = tunable.initial;
   let best = await score(state);
   const rounds: Round<S>[] = [{ round: 0, state, objective: best, improved: false, tried: 1 }];
-  onRound?.(rounds[0]);
+  onRound?.(rounds[0], rounds);
   for (let round = 1; round <= maxRounds; round++) {
     let pick: { state: S; v: number } | undefined;
     const moves = tunable.moves(state);
@@ -51,7 +51,7 @@ export async function greedySearch<S>(tunable: Tunable<S>, objective: (spec: Acc
     if (improved) [state, best] = [pick!.state, pick!.v];
     const r = { round, state, objective: best, improved, tried: moves.length };
     rounds.push(r);
-    onRound?.(r);
+    onRound?.(r, rounds);
     if (!improved) break;
   }
   return { state, objective: best, rounds };
