@@ -85,12 +85,9 @@ export class ClipTokenizer {
     const added = new Map<string, { id: number; spec: AddedTokenSpec }>(listed);
     if (decoder !== undefined) {
       for (const [id, value] of Object.entries(asObject(`${configFile}: added_tokens_decoder`, decoder))) {
-        const spec = tokenValue(`${configFile}: added_tokens_decoder.${id}`, value, false);
-        if (typeof spec === 'string' || !/^\d+$/.test(id)) {
-          throw new InputError(`${configFile}: added_tokens_decoder.${id}`, 'is not an added token',
-            'a numeric id mapped to an object with "content"', describe(value));
-        }
-        added.set(spec.content, { id: Number(id), spec });
+        const token = addedToken(`${configFile}: added_tokens_decoder.${id}`, /^\d+$/.test(id) ? Number(id) : id, value,
+          'a numeric id mapped to an object with "content"');
+        added.set(token.spec.content, token);
       }
     }
     const named = new Map<string, TokenValue>();
@@ -299,15 +296,20 @@ function readTokenizerJson(file: string): { vocab: Record<string, number>; merge
   const addedTokens = json.added_tokens ?? [];
   if (!Array.isArray(addedTokens)) throw new InputError(`${file}: added_tokens`, 'has the wrong type', 'an array of tokens', describe(addedTokens));
   addedTokens.forEach((value: unknown, i: number) => {
-    const where = `${file}: added_tokens[${i}]`;
-    const spec = tokenValue(where, value, false);
-    const id = (value as { id?: unknown }).id;
-    if (typeof spec === 'string' || typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
-      throw new InputError(where, 'is not an added token', 'an object with a non-negative integer "id" and a string "content"', describe(value));
-    }
-    listed.set(spec.content, { id, spec });
+    const token = addedToken(`${file}: added_tokens[${i}]`, (value as { id?: unknown } | null)?.id, value,
+      'an object with a non-negative integer "id" and a string "content"');
+    listed.set(token.spec.content, token);
   });
   return { vocab, merges: merges.map(([pair]) => pair), listed };
+}
+
+/** An added token with its id (tokenizer_config.json's added_tokens_decoder, tokenizer.json's added_tokens). */
+function addedToken(where: string, id: unknown, value: unknown, expected: string): { id: number; spec: AddedTokenSpec } {
+  const spec = tokenValue(where, value, false);
+  if (typeof spec === 'string' || typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
+    throw new InputError(where, 'is not an added token', expected, describe(value));
+  }
+  return { id, spec };
 }
 
 /**
