@@ -1,9 +1,12 @@
 /** PSNR, SSIM and the label font used by `diffuse bench`. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { drawLabel, labelWidth } from '../src/image/label.ts';
 import { psnr, ssim } from '../src/metrics/image.ts';
 import { Rng } from '../src/util/rng.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
 
 const W = 24;
 const H = 20;
@@ -34,6 +37,24 @@ test('SSIM: 1 for identical images, symmetric, falling as noise grows', () => {
   const c1 = 0.01 ** 2;
   const expected = (2 * 0.5 * 0.6 + c1) / (0.5 ** 2 + 0.6 ** 2 + c1);
   assert.ok(Math.abs(ssim(flat, flat.map((v) => v + 0.1), W, H) - expected) < 1e-6); // 0.6 is not exact in float32
+});
+
+test('SSIM equals scikit-image\'s structural_similarity on textured pairs (noise, shift and contrast, blur, another texture)', (t) => {
+  // Goldens from tools/reference/make_ssim_goldens.py; the values span 0.55-0.90, so a wrong constant,
+  // window or covariance normalisation moves them by far more than the tolerance.
+  const dir = path.join(import.meta.dirname, 'fixtures', 'goldens', 'ssim');
+  const index = JSON.parse(fs.readFileSync(path.join(dir, 'pairs.json'), 'utf8')) as { pairs: { name: string; width: number; height: number; ssim: number }[] };
+  const images = SafetensorsFile.open(path.join(dir, 'pairs.safetensors'));
+  try {
+    assert.equal(index.pairs.length, 8);
+    for (const p of index.pairs) {
+      const ours = ssim(images.readFloat32(`${p.name}.a`), images.readFloat32(`${p.name}.b`), p.width, p.height);
+      t.diagnostic(`${p.name}: ${ours.toFixed(6)} vs skimage ${p.ssim.toFixed(6)}`);
+      assert.ok(Math.abs(ours - p.ssim) < 1e-6, `${p.name}: ${ours} vs skimage ${p.ssim}`);
+    }
+  } finally {
+    images.close();
+  }
 });
 
 test('labels: glyph pixels land where the text goes, and nowhere else', () => {

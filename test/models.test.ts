@@ -14,11 +14,11 @@ import * as ort from 'onnxruntime-node';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { loadTextEncoder, loadUNet, loadVae } from '../src/models/components.ts';
-import { assertClose } from './helpers/compare.ts';
+import { COMPONENT_TOLERANCE, assertClose } from './helpers/compare.ts';
 import { openGoldens } from './helpers/goldens.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
-const TOLERANCE = 1e-4;
+const { textEncoder: TEXT, unet: UNET, vae: VAE } = COMPONENT_TOLERANCE;
 
 const goldens = (t: TestContext, fixture: string, part: string) =>
   openGoldens(t, path.join(FIXTURES, 'goldens', `${fixture}-${part}.safetensors`));
@@ -37,9 +37,9 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
     const { model, params } = loadTextEncoder(folder);
     const g = goldens(t, fixture, 'text_encoder');
     const out = await model.forward(new OrtExecutor(params), g.i64('input_ids'));
-    report(t, out.lastHiddenState.data as Float32Array, g.f32('last_hidden_state').data as Float32Array, TOLERANCE, 'last_hidden_state');
-    report(t, out.penultimateHiddenState.data as Float32Array, g.f32('penultimate').data as Float32Array, TOLERANCE, 'penultimate');
-    report(t, out.pooled.data as Float32Array, g.f32('pooler_output').data as Float32Array, TOLERANCE, 'pooler_output');
+    report(t, out.lastHiddenState.data as Float32Array, g.f32('last_hidden_state').data as Float32Array, TEXT, 'last_hidden_state');
+    report(t, out.penultimateHiddenState.data as Float32Array, g.f32('penultimate').data as Float32Array, TEXT, 'penultimate');
+    report(t, out.pooled.data as Float32Array, g.f32('pooler_output').data as Float32Array, TEXT, 'pooler_output');
   });
 
   test(`${fixture}: U-Net forward (CFG batch of 2) equals diffusers`, async (t) => {
@@ -49,10 +49,10 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
     const context = g.f32('encoder_hidden_states');
     for (const [step, name] of [[999, 'out_t999'], [301, 'out_t301']] as const) {
       const out = await model.forward(exec, g.f32('sample'), timestep(step, 2), context);
-      report(t, out.data as Float32Array, g.f32(name).data as Float32Array, TOLERANCE, `${name}`);
+      report(t, out.data as Float32Array, g.f32(name).data as Float32Array, UNET, `${name}`);
     }
     const odd = await model.forward(exec, g.f32('sample_odd'), timestep(500, 2), context);
-    report(t, odd.data as Float32Array, g.f32('out_odd').data as Float32Array, TOLERANCE, 'out_odd (14×18 latent)');
+    report(t, odd.data as Float32Array, g.f32('out_odd').data as Float32Array, UNET, 'out_odd (14×18 latent)');
   });
 
   test(`${fixture}: VAE encode and decode equal diffusers`, async (t) => {
@@ -60,10 +60,10 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2']) {
     const g = goldens(t, fixture, 'vae');
     const exec = new OrtExecutor(params);
     const { mean, std } = await model.encode(exec, g.f32('image'));
-    report(t, mean.data as Float32Array, g.f32('latent_mean').data as Float32Array, TOLERANCE, 'latent mean');
-    report(t, std.data as Float32Array, g.f32('latent_std').data as Float32Array, TOLERANCE, 'latent std');
+    report(t, mean.data as Float32Array, g.f32('latent_mean').data as Float32Array, VAE, 'latent mean');
+    report(t, std.data as Float32Array, g.f32('latent_std').data as Float32Array, VAE, 'latent std');
     const decoded = await model.decode(exec, g.f32('latents'));
-    report(t, decoded.data as Float32Array, g.f32('decoded').data as Float32Array, TOLERANCE, 'decoded image');
+    report(t, decoded.data as Float32Array, g.f32('decoded').data as Float32Array, VAE, 'decoded image');
   });
 }
 
@@ -76,7 +76,7 @@ test('cross-attention keys/values computed once per prompt give the same U-Net o
   const kv = await model.crossAttentionKV(exec, context);
   assert.equal(kv.size, model.crossAttentionLayers().length);
   const out = await model.forward(exec, g.f32('sample'), timestep(999, 2), context, undefined, kv);
-  report(t, out.data as Float32Array, g.f32('out_t999').data as Float32Array, TOLERANCE, 'out_t999 with precomputed K/V');
+  report(t, out.data as Float32Array, g.f32('out_t999').data as Float32Array, UNET, 'out_t999 with precomputed K/V');
 });
 
 test('precomputed K/V save exactly the to_k/to_v MACs per call: 2.95 G for SD 1.5 with CFG', async () => {

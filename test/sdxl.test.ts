@@ -15,20 +15,19 @@ import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
-import { assertClose } from './helpers/compare.ts';
+import { COMPONENT_TOLERANCE, assertClose } from './helpers/compare.ts';
 import { tempDir, writeJson, rejectsInputError } from './helpers/files.ts';
 import { openGoldens } from './helpers/goldens.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const TINY_SDXL = path.join(FIXTURES, 'tiny-sdxl');
 const TINY_SD1 = path.join(FIXTURES, 'tiny-sd1');
-const TOLERANCE = 1e-4;
 
 const goldens = (t: TestContext, part: string) => openGoldens(t, path.join(FIXTURES, 'goldens', `tiny-sdxl-${part}.safetensors`));
 
-function report(t: TestContext, actual: ort.Tensor, expected: ort.Tensor, what: string): void {
+function report(t: TestContext, actual: ort.Tensor, expected: ort.Tensor, what: string, tolerance: number): void {
   assert.deepEqual(actual.dims, expected.dims, `${what} shape`);
-  const err = assertClose(actual.data as Float32Array, expected.data as Float32Array, TOLERANCE, what);
+  const err = assertClose(actual.data as Float32Array, expected.data as Float32Array, tolerance, what);
   t.diagnostic(`${what}: relative error ${err.toExponential(2)}`);
 }
 
@@ -45,10 +44,10 @@ test('tiny-sdxl text_encoder_2 (CLIPTextModelWithProjection, fp16 weights) equal
   const exec = new OrtExecutor(params);
   t.after(() => exec.release());
   const out = await model.forward(exec, g.i64('input_ids'));
-  report(t, out.penultimateHiddenState, g.f32('penultimate'), 'penultimate (hidden_states[-2])');
-  report(t, out.lastHiddenState, g.f32('last_hidden_state'), 'last_hidden_state');
-  report(t, out.pooled, g.f32('pooler_output'), 'pooled');
-  report(t, out.textEmbeds, g.f32('text_embeds'), 'text_embeds');
+  report(t, out.penultimateHiddenState, g.f32('penultimate'), 'penultimate (hidden_states[-2])', COMPONENT_TOLERANCE.textEncoder);
+  report(t, out.lastHiddenState, g.f32('last_hidden_state'), 'last_hidden_state', COMPONENT_TOLERANCE.textEncoder);
+  report(t, out.pooled, g.f32('pooler_output'), 'pooled', COMPONENT_TOLERANCE.textEncoder);
+  report(t, out.textEmbeds, g.f32('text_embeds'), 'text_embeds', COMPONENT_TOLERANCE.textEncoder);
 });
 
 test('tiny-sdxl text_encoder (CLIPTextModel, fp16 weights) equals transformers; it has no projection', async (t) => {
@@ -60,9 +59,9 @@ test('tiny-sdxl text_encoder (CLIPTextModel, fp16 weights) equals transformers; 
   t.after(() => exec.release());
   const out = await model.forward(exec, g.i64('input_ids'));
   assert.equal(out.textEmbeds, undefined);
-  report(t, out.penultimateHiddenState, g.f32('penultimate'), 'penultimate (hidden_states[-2])');
-  report(t, out.lastHiddenState, g.f32('last_hidden_state'), 'last_hidden_state');
-  report(t, out.pooled, g.f32('pooler_output'), 'pooled');
+  report(t, out.penultimateHiddenState, g.f32('penultimate'), 'penultimate (hidden_states[-2])', COMPONENT_TOLERANCE.textEncoder);
+  report(t, out.lastHiddenState, g.f32('last_hidden_state'), 'last_hidden_state', COMPONENT_TOLERANCE.textEncoder);
+  report(t, out.pooled, g.f32('pooler_output'), 'pooled', COMPONENT_TOLERANCE.textEncoder);
 });
 
 test('tiny-sdxl U-Net forward (CFG batch of 2, text_embeds + time_ids) equals diffusers', async (t) => {
@@ -77,10 +76,10 @@ test('tiny-sdxl U-Net forward (CFG batch of 2, text_embeds + time_ids) equals di
   const context = g.f32('encoder_hidden_states');
   const added = { textEmbeds: g.f32('text_embeds'), timeIds: g.f32('time_ids') };
   for (const [step, name] of [[999, 'out_t999'], [301, 'out_t301']] as const) {
-    report(t, await model.forward(exec, g.f32('sample'), timestep(step, 2), context, added), g.f32(name), name);
+    report(t, await model.forward(exec, g.f32('sample'), timestep(step, 2), context, added), g.f32(name), name, COMPONENT_TOLERANCE.unet);
   }
   const odd = await model.forward(exec, g.f32('sample_odd'), timestep(500, 2), context, added);
-  report(t, odd, g.f32('out_odd'), 'out_odd (14×18 latent)');
+  report(t, odd, g.f32('out_odd'), 'out_odd (14×18 latent)', COMPONENT_TOLERANCE.unet);
 });
 
 test('tiny-sdxl U-Net segments: add_embedding after time_embedding, no attention at level 0, several transformer blocks', async (t) => {

@@ -6,7 +6,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { parseAccelSpec, createAccelerator } from '../src/accel/index.ts';
+import { PlannedExecutor, shapedCacheOps } from '../src/accel/plan.ts';
 import { partitionTokens } from '../src/accel/tome.ts';
+import { PRESETS } from '../src/models/presets.ts';
+import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
+import { DryExecutor } from '../src/runtime/dry-executor.ts';
+import { shaped } from '../src/runtime/executor.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { assertClose } from './helpers/compare.ts';
 import { accelGoldens } from './helpers/goldens.ts';
@@ -34,6 +39,35 @@ test('ToMe partition: one dst per 2×2 cell (top-left without use_rand), edge le
   const random = partitionTokens(4, 4, 2, 2, (cell) => cell % 4);
   // cell 0 → (0,0); cell 1 → (0,1) of the second cell; cell 2 → (1,0) of the third; cell 3 → (1,1) of the fourth
   assert.deepEqual(random.dst, [0, 3, 12, 15]);
+});
+
+test('ToMe beyond the cap (ratio 0.9 > 1 − 1/(sx·sy)): every src token merges, shapes and MACs as at the cap', async () => {
+  // SD 1.5 at 256²: the full-resolution blocks have N = 32·32 tokens of C = 320 channels, batch 2 (CFG).
+  const unet = new UNet2DConditionModel(parseUNetConfig(PRESETS.sd15.unet, 'sd15'));
+  const [batch, n, c] = [2, 32 * 32, 320];
+  const reports = async (ratio: number) => {
+    const dry = new DryExecutor();
+    const planned = new PlannedExecutor(dry, createAccelerator([parseAccelSpec(`tome:ratio=${ratio},use_rand=false`)])!, shapedCacheOps);
+    await unet.forward(planned, shaped([batch, 4, 32, 32]), shaped([batch]), shaped([batch, 77, 768]));
+    return dry.calls;
+  };
+  const capped = await reports(0.9);
+  const merged = capped.filter((r) => r.name.endsWith('.attn1@tome'));
+  assert.equal(merged.length, 5); // down_blocks.0 (2) and up_blocks.3 (3)
+  const src = (3 * n) / 4; // one dst per 2×2 cell
+  const kept = n - src; // every src token merged: N/4 tokens left
+  for (const r of merged) {
+    assert.deepEqual(r.inputShapes.merged, [batch, src], r.name);
+    assert.deepEqual(r.inputShapes.unmerged, [batch, 0], r.name);
+    assert.deepEqual(r.outputShapes.tokens, [batch, n, c], r.name);
+    // to_q, to_k, to_v and to_out on the kept tokens; QKᵀ and AV over kept × kept
+    assert.equal(r.macs.linear, 4 * batch * kept * c * c, `${r.name} linear MACs`);
+    assert.equal(r.macs.attention, 2 * batch * kept * kept * c, `${r.name} attention MACs`);
+  }
+  for (const r of capped.filter((r) => r.name.endsWith('.tome_match'))) assert.equal(r.macs.attention, batch * src * (n / 4) * c, r.name);
+  // At the cap itself the graphs are the same.
+  const atCap = await reports(0.75);
+  assert.deepEqual(atCap.map((r) => [r.name, r.macs]), capped.map((r) => [r.name, r.macs]));
 });
 
 test('ToMe knobs: ratio in [0, 1), integers ≥ 1 for strides; only one token-merging method', () => {
