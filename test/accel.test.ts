@@ -6,8 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { createAccelerator, parseAccelSpec } from '../src/accel/index.ts';
-import { wholeRunMacs } from '../src/accel/run-macs.ts';
 import { tgate, TGATE_DEFAULTS } from '../src/accel/tgate.ts';
+import type { SegmentRole } from '../src/runtime/protocol.ts';
+import { wholeRunMacs } from '../src/bench/run-macs.ts';
 import { calflopsMacs } from '../src/graph/builder.ts';
 import { PRESETS } from '../src/models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
@@ -18,16 +19,23 @@ import { throwsInputError } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
+/** A transformer sub-layer as the U-Net declares it. */
+const sublayer = (block: string, name: string, layer: SegmentRole['layer']) => ({ name: `${block}.${name}`, role: { block, layer } });
+
 test('TGATE schedule: the official phases, call by call', () => {
   const plan = tgate({ ...TGATE_DEFAULTS, gate_step: 6, sp_interval: 3, fi_interval: 2, warm_up: 1 });
-  const cross = Array.from({ length: 9 }, (_, s) => plan.decide('mid_block.attentions.0.transformer_blocks.0.attn2', s, s < 6));
-  const self = Array.from({ length: 9 }, (_, s) => plan.decide('mid_block.attentions.0.transformer_blocks.0.attn1', s, s < 6));
+  const block = 'mid_block.attentions.0.transformer_blocks.0';
+  const run = { fullPassCalls: plan.fullPassCalls! };
+  const decide = (name: string, layer: SegmentRole['layer'], s: number, cfg: boolean) => plan.decide!(sublayer(block, name, layer), s, cfg, run);
+  const cross = Array.from({ length: 9 }, (_, s) => decide('attn2', 'cross-attention', s, s < 6));
+  const self = Array.from({ length: 9 }, (_, s) => decide('attn1', 'self-attention', s, s < 6));
   assert.deepEqual(cross, ['compute', 'compute', 'compute', 'compute', 'compute', 'cache-cfg-mean', 'reuse', 'reuse', 'reuse']);
   assert.deepEqual(self, ['compute', 'cache', 'reuse', 'cache', 'reuse', 'cache-cfg-mean', 'cache', 'reuse', 'cache']);
-  assert.deepEqual(Array.from({ length: 8 }, (_, s) => plan.cfgActive(s)), [true, true, true, true, true, true, false, false]);
-  assert.equal(plan.decide('down_blocks.0.attentions.0.transformer_blocks.0.ff', 7, false), 'compute');
+  assert.deepEqual(Array.from({ length: 8 }, (_, s) => plan.cfgActive!(s)), [true, true, true, true, true, true, false, false]);
+  assert.equal(decide('ff', 'feed-forward', 7, false), 'compute');
   // Without CFG the gate-step cache is not averaged (the official code would crash here).
-  assert.equal(plan.decide('x.attn2', 5, false), 'cache');
+  assert.equal(decide('attn2', 'cross-attention', 5, false), 'cache');
+  assert.deepEqual(plan.fullPassCalls, [5, 6]);
 });
 
 test('--accel syntax: defaults, knobs, and one clear error per mistake', () => {
@@ -79,7 +87,7 @@ test('TGATE on tiny-sd1 equals the official T-GATE code (final latents within 1e
       assert.ok(baseline.latents.data.some((v, i) => Math.abs(v - accelerated.latents.data[i]) > 1e-2), `${c.name}: TGATE changed nothing`);
       const gate = parseAccelSpec(c.accel).params.gate_step as number;
       assert.equal(accelerated.accel?.cfgCalls, Math.min(gate, c.steps));
-      t.diagnostic(`${c.name}: relative error ${err.toExponential(2)}, ${accelerated.accel?.reusedSegments} segment calls reused`);
+      t.diagnostic(`${c.name}: relative error ${err.toExponential(2)}, ${accelerated.accel?.stats.reusedSegments} segment calls reused`);
     }
   } finally {
     await pipeline.release();
@@ -93,7 +101,7 @@ test('TGATE with CFG off (guidance ≤ 1, as with LCM): no averaging, no CFG cal
     const baseline = await pipeline.generate(request);
     const gated = await pipeline.generate({ ...request, accel: [parseAccelSpec('tgate:gate_step=2,sp_interval=1,warm_up=0')] });
     assert.equal(gated.accel?.cfgCalls, 0);
-    assert.ok((gated.accel?.reusedSegments ?? 0) > 0, 'cross-attention reused after the gate');
+    assert.ok((gated.accel?.stats.reusedSegments ?? 0) > 0, 'cross-attention reused after the gate');
     assert.ok(gated.latents.data.every(Number.isFinite));
     assert.notDeepEqual(gated.latents.data, baseline.latents.data);
   } finally {

@@ -32,9 +32,9 @@ test('attention-map reuse on tiny-sd1 equals the reference (HURRY, a PHAST-like 
       const change = Math.max(...c.baseline.map((v, i) => Math.abs(v - reused.latents.data[i]))) / scale;
       assert.ok(change > 10 * err, `${c.name}: reuse changed the result by ${change}, error ${err}`);
       const reusing = c.schedule!.filter((v) => v === 0).length;
-      assert.ok(reused.accel!.reusedMaps > 0 && reused.accel!.reusedMaps % reusing === 0, `${c.name}: ${reused.accel!.reusedMaps} maps reused`);
+      assert.ok(reused.accel!.stats.reusedMaps > 0 && reused.accel!.stats.reusedMaps % reusing === 0, `${c.name}: ${reused.accel!.stats.reusedMaps} maps reused`);
       t.diagnostic(`${c.name}: relative error ${err.toExponential(2)} (reuse changes it by ${change.toExponential(2)}); ` +
-        `${reused.accel!.reusedMaps} maps reused, peak ${(reused.accel!.peakMapBytes / 1024).toFixed(0)} KiB stored`);
+        `${reused.accel!.stats.reusedMaps} maps reused, peak ${(reused.accel!.stats.peakMapBytes / 1024).toFixed(0)} KiB stored`);
     }
   } finally {
     await pipeline.release();
@@ -53,7 +53,7 @@ test('attention-map reuse: HURRY, a memory budget that leaves the largest layers
     // tiny-sd1 at 128²: full-resolution self-attention maps are 2 × 4 heads × 256² × 2 bytes = 1 MiB each.
     const budgeted = await pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=3,max_map_memory=1.5')] });
     assert.ok(budgeted.warnings.some((w) => /max_map_memory leaves \d+ of 22 layers computing every call \(.*down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn1 1\.0 MiB/.test(w)), budgeted.warnings.join('\n'));
-    assert.ok(budgeted.accel!.peakMapBytes <= 1.5 * 2 ** 20);
+    assert.ok(budgeted.accel!.stats.peakMapBytes <= 1.5 * 2 ** 20);
     await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=6')] }), /reuse=6 leaves no computing call in a run of 6 model calls/);
     await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:reuse=3,max_map_memory=0.001')] }), /no layer's attention maps fit/);
     await assert.rejects(pipeline.generate({ ...request, accel: [parseAccelSpec('attn-reuse:schedule=/nonexistent.json')] }), /cannot read the schedule \(ENOENT\)/);
@@ -99,7 +99,7 @@ test('diffuse tune writes a schedule that --accel attn-reuse:schedule=FILE runs'
   const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
   try {
     const r = await pipeline.generate({ prompt: 'a cat', steps: 5, seed: 0, scheduler: 'ddim', output: 'latent', accel: [parseAccelSpec(`attn-reuse:schedule=${out}`)] });
-    assert.ok(r.accel!.reusedMaps > 0);
+    assert.ok(r.accel!.stats.reusedMaps > 0);
   } finally {
     await pipeline.release();
   }

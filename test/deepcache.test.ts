@@ -10,14 +10,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DEEPCACHE_DEFAULTS, deepcache, nonUniformFullCalls, sampleFromQuadCenter } from '../src/accel/deepcache.ts';
 import { createAccelerator, formatAccelSpec, parseAccelSpec } from '../src/accel/index.ts';
-import { PlannedExecutor, combine, shapedCacheOps, type Accelerator } from '../src/accel/plan.ts';
-import { wholeRunMacs } from '../src/accel/run-macs.ts';
+import { wholeRunMacs } from '../src/bench/run-macs.ts';
 import { calflopsMacs, fullMacs } from '../src/graph/builder.ts';
 import { PRESETS } from '../src/models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
+import { PlannedExecutor, combine, shapedOps, type Accelerator } from '../src/runtime/plan.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
@@ -53,7 +53,7 @@ test('uniform schedule: a full pass every cache_interval calls, restarted at the
   for (const specs of [['tgate:gate_step=6', 'deepcache:cache_interval=3'], ['deepcache:cache_interval=3', 'tgate:gate_step=6']]) {
     const both = createAccelerator(specs.map(parseAccelSpec))!;
     assert.deepEqual(fullCalls(both, 14), [0, 3, 5, 6, 9, 12]);
-    assert.deepEqual(Array.from({ length: 8 }, (_, c) => both.cfgActive(c)), [true, true, true, true, true, true, false, false]);
+    assert.deepEqual(Array.from({ length: 8 }, (_, c) => both.cfgActive!(c)), [true, true, true, true, true, true, false, false]);
   }
   const nonUniform = createAccelerator([parseAccelSpec('deepcache:cache_interval=3,uniform=false'), parseAccelSpec('tgate:gate_step=6')])!;
   assert.deepEqual(fullCalls(nonUniform, 20), [0, 4, 5, 6, 8, 11, 14, 15, 17]);
@@ -67,7 +67,7 @@ test('uniform schedule: a full pass every cache_interval calls, restarted at the
 async function segmentsPerCall(spec: string, calls: number): Promise<string[][]> {
   const unet = unetOf('sd15');
   const dry = new DryExecutor();
-  const planned = new PlannedExecutor(dry, createAccelerator([parseAccelSpec(spec)])!, shapedCacheOps);
+  const planned = new PlannedExecutor(dry, createAccelerator([parseAccelSpec(spec)])!, shapedOps);
   const out: string[][] = [];
   for (let call = 0; call < calls; call++) {
     planned.call = call;
@@ -117,12 +117,12 @@ test('cache_branch_id beyond the U-Net\'s depth is refused for that config', asy
 });
 
 test('the deep-feature cache is kept per shape: when the batch changes, the next call is a full pass', async () => {
-  const dropCfg: Accelerator = { name: 'drop-cfg', cfgActive: (c) => c < 1, decide: () => 'compute' };
+  const dropCfg: Accelerator = { name: 'drop-cfg', cfgActive: (c) => c < 1 };
   const unet = unetOf('sd15');
   const common = { calls: 6, batch: 1, latentHeight: 32, latentWidth: 32, cfg: true };
   const r = await wholeRunMacs(unet, { ...common, accelerator: combine([deepcache({ ...DEEPCACHE_DEFAULTS, cache_interval: 6 }), dropCfg]) });
   // call 0 full at batch 2; call 1 finds no batch-1 feature and runs full; calls 2-5 are shallow
-  assert.equal(r.shallowPasses, 4);
+  assert.equal(r.stats.shallowPasses, 4);
   const base = await wholeRunMacs(unet, { ...common, accelerator: dropCfg });
   assert.deepEqual(r.perCall.slice(0, 2), base.perCall.slice(0, 2));
   assert.ok(calflopsMacs(r.perCall[2]) < calflopsMacs(base.perCall[2]) / 5);
@@ -144,7 +144,7 @@ test('whole-run MACs, SD 1.5 at 512², 50 calls with CFG: full passes plus shall
   ] as [string, number, number][]) {
     expected[spec] = [fullPasses, atLeast];
     const r = await wholeRunMacs(unet, { ...common, accelerator: createAccelerator([parseAccelSpec(spec)]) });
-    assert.equal(r.shallowPasses, 50 - fullPasses, spec);
+    assert.equal(r.stats.shallowPasses, 50 - fullPasses, spec);
     // every call is either a full pass (the baseline's cost) or a shallow one (all alike)
     const costs = r.perCall.map(calflopsMacs);
     const shallow = Math.min(...costs);

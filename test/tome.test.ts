@@ -6,12 +6,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { parseAccelSpec, createAccelerator } from '../src/accel/index.ts';
-import { PlannedExecutor, shapedCacheOps } from '../src/accel/plan.ts';
 import { partitionTokens } from '../src/accel/tome.ts';
 import { PRESETS } from '../src/models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
 import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
+import { PlannedExecutor, shapedOps } from '../src/runtime/plan.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { assertClose } from './helpers/compare.ts';
 import { accelGoldens } from './helpers/goldens.ts';
@@ -25,7 +25,7 @@ test('ToMe on tiny-sd1 equals tomesd (PNDM and DDIM; cross-attention/MLP merging
       const merged = await pipeline.generate({ ...c.request, accel: [parseAccelSpec(c.accel)] });
       const err = assertClose(merged.latents.data, c.expected, 1e-3, `${c.name} vs tomesd`);
       assert.ok(c.baseline.some((v, i) => Math.abs(v - merged.latents.data[i]) > 1e-2), `${c.name}: ToMe changed nothing`);
-      t.diagnostic(`${c.name}: relative error ${err.toExponential(2)}, ${merged.accel?.mergedBlocks} block runs merged`);
+      t.diagnostic(`${c.name}: relative error ${err.toExponential(2)}, ${merged.accel?.stats.mergedBlocks} block runs merged`);
     }
   } finally {
     await pipeline.release();
@@ -47,7 +47,7 @@ test('ToMe beyond the cap (ratio 0.9 > 1 − 1/(sx·sy)): every src token merges
   const [batch, n, c] = [2, 32 * 32, 320];
   const reports = async (ratio: number) => {
     const dry = new DryExecutor();
-    const planned = new PlannedExecutor(dry, createAccelerator([parseAccelSpec(`tome:ratio=${ratio},use_rand=false`)])!, shapedCacheOps);
+    const planned = new PlannedExecutor(dry, createAccelerator([parseAccelSpec(`tome:ratio=${ratio},use_rand=false`)])!, shapedOps);
     await unet.forward(planned, shaped([batch, 4, 32, 32]), shaped([batch]), shaped([batch, 77, 768]));
     return dry.calls;
   };
@@ -82,10 +82,10 @@ test('composition: ToMe with TGATE and DeepCache, attention-map reuse with TGATE
   try {
     const request = { prompt: 'a cat', steps: 8, seed: 2, scheduler: 'ddim' as const, output: 'latent' as const };
     const a = await pipeline.generate({ ...request, accel: ['tgate:gate_step=4,warm_up=1', 'deepcache:cache_interval=2', 'tome:ratio=0.5'].map(parseAccelSpec) });
-    assert.ok(a.accel!.mergedBlocks > 0 && a.accel!.shallowPasses > 0 && a.accel!.reusedSegments > 0, JSON.stringify(a.accel));
+    assert.ok(a.accel!.stats.mergedBlocks > 0 && a.accel!.stats.shallowPasses > 0 && a.accel!.stats.reusedSegments > 0, JSON.stringify(a.accel));
     assert.equal(a.accel!.cfgCalls, 4);
     const b = await pipeline.generate({ ...request, accel: ['tgate:gate_step=4,warm_up=1', 'attn-reuse:reuse=3'].map(parseAccelSpec) });
-    assert.ok(b.accel!.reusedMaps > 0 && b.accel!.reusedSegments > 0, JSON.stringify(b.accel));
+    assert.ok(b.accel!.stats.reusedMaps > 0 && b.accel!.stats.reusedSegments > 0, JSON.stringify(b.accel));
     for (const r of [a, b]) assert.ok(r.latents.data.every(Number.isFinite));
   } finally {
     await pipeline.release();

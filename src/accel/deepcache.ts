@@ -13,7 +13,9 @@
  * setting (0, 0) is branch 1 and the helper's default branch 0 is shallower still (conv_in and the
  * last up layer only). With other layer counts per block the branch still counts down-path
  * outputs (the helper's split by 3 would not line up). The deepest branch skips the mid block
- * alone; deeper ones are refused. The cut itself lives in UNet2DConditionModel.forward.
+ * alone; deeper ones are refused. The branches are the model's declared long skips (skip 0 is
+ * conv_in's output): the cut itself is LongSkips' (runtime/protocol.ts), which Skip-Cache on
+ * Skip-DiT uses too.
  *
  * Schedules, over 0-based model calls c:
  * - uniform (the helper's `skip_mode='uniform'`): full pass when (c − r) % cache_interval = 0,
@@ -31,18 +33,20 @@
  * CFG half) and the uniform schedule restarts. Here any composed method lists such calls in
  * `fullPassCalls`.
  */
+import { InputError } from '../errors.ts';
+import type { Accelerator, BranchDecision, RunInfo } from '../runtime/plan.ts';
 import { sampleFromQuadCenter } from './deepcache-schedule.ts';
-import type { Accelerator, BranchDecision, RunInfo } from './plan.ts';
+import type { MethodDefinition } from './method.ts';
 
 export { sampleFromQuadCenter };
 
-export interface DeepCacheParams {
+export type DeepCacheParams = {
   cache_interval: number;
   cache_branch_id: number;
   uniform: boolean;
   pow: number;
   center: number;
-}
+};
 
 /**
  * cache_interval 3 / branch 0 as the diffusers docs and T-GATE's loader; pow 1.4 / center 15 as the
@@ -66,15 +70,36 @@ export function deepcache(p: DeepCacheParams): Accelerator {
       return (call - restart) % p.cache_interval === 0;
     }
     if (run.steps === undefined) {
-      throw new Error('deepcache:uniform=false needs the run\'s number of inference steps: set PlannedExecutor.steps (RunMacsOptions.steps) before the first model call');
+      throw new Error('deepcache:uniform=false needs the run\'s number of inference steps: give the PlannedExecutor the run\'s steps (RunMacsOptions.steps)');
     }
     if (nonUniform?.steps !== run.steps) nonUniform = { steps: run.steps, full: new Set(nonUniformFullCalls(p, run.steps)) };
     return nonUniform.full.has(call);
   };
   return {
     name: 'deepcache',
-    cfgActive: () => true,
-    decide: () => 'compute',
+    claims: { cut: 'cut the U-Net at a branch' },
+    check(model) {
+      const skips = model.longSkips;
+      const where = '--accel deepcache:cache_branch_id';
+      if (!skips) throw new InputError(where, `this ${model.kind} has no long skip connections to cut`, 'a U-Net');
+      if (p.cache_branch_id > skips.maxBranch) {
+        throw new InputError(where, `beyond this ${model.kind}'s depth (${skips.describe})`, `0 to ${skips.maxBranch}`, `${p.cache_branch_id}`);
+      }
+    },
     branch: (call: number, run: RunInfo): BranchDecision => ({ branch: p.cache_branch_id, reuse: !isFull(call, run) }),
   };
 }
+
+export const DEEPCACHE: MethodDefinition<DeepCacheParams> = {
+  name: 'deepcache',
+  paper: 'DeepCache (arXiv 2312.00858)',
+  knobs: {
+    cache_interval: { type: 'int', min: 1, doc: 'model calls per full U-Net pass (1 = every call full)' },
+    cache_branch_id: { type: 'int', min: 0, doc: 'branch recomputed on the other calls, 0 = shallowest (see src/accel/deepcache.ts)' },
+    uniform: { type: 'bool', doc: 'true: a full pass every cache_interval calls; false: spaced by pow around center' },
+    pow: { type: 'number', min: 1, minExclusive: true, doc: 'non-uniform spacing exponent' },
+    center: { type: 'int', min: 0, doc: 'non-uniform: step where full passes are densest' },
+  },
+  defaults: DEEPCACHE_DEFAULTS,
+  create: deepcache,
+};

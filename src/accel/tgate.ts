@@ -10,35 +10,37 @@
  *   guidance formula), which is where most of the saving comes from.
  * `cache_self_attn=false` is TGATE v1: only cross-attention is gated.
  * Averaging follows "is CFG active at the gate", not an LCM flag (the official code crashes or
- * averages two different images when CFG is off).
+ * averages two different images when CFG is off). Methods that cut the model (DeepCache) run full
+ * passes at the gate calls, as T-GATE's SD_DeepCache.py resets DeepCache at gate_step−1 and
+ * gate_step.
  */
-import type { Accelerator, Decision } from './plan.ts';
+import type { Accelerator, Decision, SegmentRef } from '../runtime/plan.ts';
+import type { MethodDefinition } from './method.ts';
 
-export interface TgateParams {
+export type TgateParams = {
   gate_step: number;
   sp_interval: number;
   fi_interval: number;
   warm_up: number;
   cache_self_attn: boolean;
-}
+};
 
 export const TGATE_DEFAULTS: TgateParams = { gate_step: 10, sp_interval: 5, fi_interval: 1, warm_up: 2, cache_self_attn: true };
-
-const isCross = (segment: string) => segment.endsWith('.attn2');
-const isSelf = (segment: string) => segment.endsWith('.attn1');
 
 export function tgate(p: TgateParams): Accelerator {
   const gate = p.gate_step;
   return {
     name: 'tgate',
+    claims: { 'residual-cache': 'cache attention outputs' },
     cfgActive: (s) => s < gate,
-    decide(segment: string, s: number, cfg: boolean): Decision {
+    fullPassCalls: [gate - 1, gate],
+    decide({ role }: SegmentRef, s: number, cfg: boolean): Decision {
       const atGate = cfg ? 'cache-cfg-mean' : 'cache';
-      if (isCross(segment)) {
+      if (role.layer === 'cross-attention') {
         if (s < gate - 1) return 'compute';
         return s === gate - 1 ? atGate : 'reuse';
       }
-      if (!isSelf(segment) || !p.cache_self_attn) return 'compute';
+      if (role.layer !== 'self-attention' || !p.cache_self_attn) return 'compute';
       if (s < gate - 1) {
         if (s < p.warm_up) return 'compute';
         if (s === p.warm_up) return 'cache';
@@ -50,3 +52,17 @@ export function tgate(p: TgateParams): Accelerator {
     },
   };
 }
+
+export const TGATE: MethodDefinition<TgateParams> = {
+  name: 'tgate',
+  paper: 'TGATE v2 (arXiv 2404.02747)',
+  knobs: {
+    gate_step: { type: 'int', min: 1, doc: 'model calls with CFG; cross-attention cached at call gate_step-1, reused after' },
+    sp_interval: { type: 'int', min: 1, doc: 'self-attention refresh interval before the gate' },
+    fi_interval: { type: 'int', min: 1, doc: 'self-attention refresh interval after the gate' },
+    warm_up: { type: 'int', min: 0, doc: 'calls that always compute self-attention' },
+    cache_self_attn: { type: 'bool', doc: 'false = TGATE v1 (gate cross-attention only)' },
+  },
+  defaults: TGATE_DEFAULTS,
+  create: tgate,
+};

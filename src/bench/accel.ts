@@ -67,7 +67,7 @@ async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSe
   settings.push({ setting: 'baseline', macs: base.total, cfgCalls: base.cfgCalls, reusedSegments: 0 });
   if (o.accel.length > 0) {
     const r = await counter.count(o.steps, o.accel);
-    settings.push({ setting: o.accel.map(formatAccelSpec).join(' + '), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.reusedSegments });
+    settings.push({ setting: o.accel.map(formatAccelSpec).join(' + '), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.stats.reusedSegments });
   }
   console.log(`U-Net MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
     `batch ${o.batch}${o.guidance > 1 ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
@@ -184,8 +184,7 @@ export async function bench(o: BenchOptions): Promise<void> {
         `${r.speedup.toFixed(2).padStart(7)}× ${(r.denoisingSeconds / o.batch).toFixed(3).padStart(8)} ${r.denoisingSpeedup.toFixed(2).padStart(6)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
         `${r.ssim.toFixed(4).padStart(6)} ${((r.rss / 2 ** 30).toFixed(2) + ' GiB').padStart(9)}`);
     }
-    const maps = fast.result.accel?.peakMapBytes ?? 0;
-    if (maps > 0) console.log(`  stored attention maps: at most ${(maps / 2 ** 20).toFixed(1)} MiB (${fast.result.accel!.reusedMaps} reused)`);
+    if (fast.result.accel?.summary.length) console.log(`  ${fast.result.accel.name}: ${fast.result.accel.summary.join(', ')}`);
     for (const w of fast.result.warnings) console.log(`  warning: ${w}`);
     const image = comparison(base, fast, [
       ['BASELINE', `${base.best.toFixed(2)} S`],

@@ -1,12 +1,12 @@
 /** Whole-run U-Net MAC counts from a folder's or a preset's configs alone, for `bench`. */
 import { InputError } from '../errors.ts';
-import { checkApplicable, createAccelerator, type AccelSpec } from '../accel/index.ts';
-import { wholeRunMacs, type RunMacs } from '../accel/run-macs.ts';
+import { createAccelerator, type AccelSpec } from '../accel/index.ts';
 import { parseClipTextConfig } from '../models/clip-text.ts';
 import { PRESETS } from '../models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { getComponent, readComponentConfig, readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { wholeRunMacs, type RunMacs } from './run-macs.ts';
 
 /** A U-Net config (a folder's or a preset's) ready for whole-run MAC counts at one image size. */
 export interface MacCounter {
@@ -55,12 +55,11 @@ export function macCounter(o: MacCounterOptions): MacCounter {
   }
   const [width, height] = o.size ?? [unet.config.sampleSize * factor, unet.config.sampleSize * factor];
   if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
-  const levels = unet.crossAttentionLayers().map((l) => l.level);
   return {
     width, height, calls,
-    count: (steps, accel) => (checkApplicable(accel, levels), wholeRunMacs(unet, {
+    count: (steps, accel) => wholeRunMacs(unet, {
       calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim,
       accelerator: accel.length > 0 ? createAccelerator(accel) : undefined,
-    })),
+    }),
   };
 }

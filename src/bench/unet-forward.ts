@@ -13,7 +13,7 @@ import { writeFileAtomically } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadUNet } from '../models/components.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
-import { shaped, type SegmentReport } from '../runtime/executor.ts';
+import type { SegmentReport } from '../runtime/executor.ts';
 import { OrtExecutor, createSession, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
@@ -98,7 +98,7 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
     const sampleDims = [o.batch, model.config.inChannels, h, w];
     const contextDims = [o.batch, 77, model.config.crossAttentionDim[0]];
     const dry = new DryExecutor();
-    await model.forward(dry, shaped(sampleDims), shaped([o.batch]), shaped(contextDims));
+    await model.forwardShapes(dry, { batch: o.batch, latentHeight: h, latentWidth: w });
     const macs = zeroMacs();
     for (const s of dry.calls) addMacs(macs, s.macs);
 

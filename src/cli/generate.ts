@@ -130,12 +130,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
       `denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
     if (result.accel) {
       const a = result.accel;
-      const did = [`${a.cfgCalls} model calls with CFG`];
-      if (a.reusedSegments) did.push(`${a.reusedSegments} segment calls answered from the cache`);
-      if (a.shallowPasses) did.push(`${a.shallowPasses} shallow passes`);
-      if (a.mergedBlocks) did.push(`${a.mergedBlocks} transformer-block runs with merged tokens`);
-      if (a.reusedMaps) did.push(`${a.reusedMaps} attention maps reused, stored maps at most ${(a.peakMapBytes / 2 ** 20).toFixed(1)} MiB`);
-      process.stderr.write(`${a.name}: ${did.join(', ')}\n`);
+      process.stderr.write(`${a.name}: ${[`${a.cfgCalls} model calls with CFG`, ...a.summary].join(', ')}\n`);
     }
   } finally {
     bar?.stop();

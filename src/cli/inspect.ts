@@ -121,11 +121,10 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
     const [h, w] = [height / factor, width / factor];
     // SDXL: pooled text embeddings as wide as text_encoder_2's projection, and the time ids.
     const te2 = parts.textEncoder2?.model;
-    const addedShapes = unet.addedConditioningShapes(batch, te2?.hasProjection ? te2.config.projectionDim : undefined);
-    const added = addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : undefined;
+    const textEmbedsDim = te2?.hasProjection ? te2.config.projectionDim : undefined;
     reports.push(await report('unet', 'UNet2DConditionModel', configs.unet.file, configs.unet.config, parts.unet.params, parts.unet.weights,
       `sample [${batch}, ${unet.config.inChannels}, ${h}, ${w}]`,
-      (exec) => unet.forward(exec, shaped([batch, unet.config.inChannels, h, w]), shaped([batch]), shaped([batch, 77, unet.config.crossAttentionDim[0]]), added)));
+      (exec) => unet.forwardShapes(exec, { batch, latentHeight: h, latentWidth: w, textEmbedsDim })));
   }
   if (parts.vae) {
     const vae = parts.vae.model;

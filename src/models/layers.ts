@@ -3,6 +3,7 @@
  * in the caller's parameter scope, with diffusers' submodule names (norm1, conv1, to_q, ...).
  */
 import type { GraphBuilder, Value } from '../graph/builder.ts';
+import { plainHooks, type SegmentHooks } from '../runtime/protocol.ts';
 
 export interface ResnetOptions {
   groups: number;
@@ -36,39 +37,39 @@ export interface AttentionOptions {
   qkvBias: boolean;
 }
 
-/** diffusers Attention core: to_q/to_k/to_v, multi-head attention, to_out.0. `context` null = self-attention. */
-export function attention(g: GraphBuilder, x: Value, context: Value | null, o: AttentionOptions): Value {
-  const { k, v } = keysAndValues(g, context ?? x, o);
-  return attentionWithKeys(g, x, k, v, o);
+/** Where an attention module's keys and values come from, built only when its core asks. */
+export interface KeyValueSource {
+  keys(): Value;
+  values(): Value;
+}
+
+/** to_k and to_v of an Attention module over `source` (itself for self-attention, the text for cross-attention). */
+export function projectedKeysValues(g: GraphBuilder, source: Value, o: AttentionOptions): KeyValueSource {
+  return { keys: () => g.linear(source, 'to_k', o.innerDim, o.qkvBias), values: () => g.linear(source, 'to_v', o.innerDim, o.qkvBias) };
 }
 
 /** to_k and to_v of an Attention module (for cross-attention: constant over the denoising steps). */
 export function keysAndValues(g: GraphBuilder, source: Value, o: AttentionOptions): { k: Value; v: Value } {
-  return { k: g.linear(source, 'to_k', o.innerDim, o.qkvBias), v: valuesOf(g, source, o) };
+  const kv = projectedKeysValues(g, source, o);
+  return { k: kv.keys(), v: kv.values() };
 }
 
-/** to_v alone (a stored attention map needs fresh values only). */
-export function valuesOf(g: GraphBuilder, source: Value, o: AttentionOptions): Value {
-  return g.linear(source, 'to_v', o.innerDim, o.qkvBias);
+/**
+ * diffusers Attention: to_q, the core (from the segment's hooks: softmax(QKᵀ/√d)·V unless a
+ * method supplies another), to_out.0. Projections the core does not use are never built.
+ */
+export function attentionModule(g: GraphBuilder, x: Value, source: KeyValueSource, o: AttentionOptions, hooks: SegmentHooks = plainHooks): Value {
+  const once = (make: () => Value) => {
+    let v: Value | undefined;
+    return () => (v ??= make());
+  };
+  const parts = { heads: o.heads, query: once(() => g.linear(x, 'to_q', o.innerDim, o.qkvBias)), keys: once(source.keys), values: once(source.values) };
+  return g.linear(hooks.attend(g, parts), 'to_out.0', x.shape[x.rank - 1]);
 }
 
-/** The rest of an Attention module given its keys and values: to_q, attention, to_out.0. */
-export function attentionWithKeys(g: GraphBuilder, x: Value, k: Value, v: Value, o: AttentionOptions): Value {
-  const q = g.linear(x, 'to_q', o.innerDim, o.qkvBias);
-  return g.linear(g.attention(q, k, v, o.heads), 'to_out.0', x.shape[x.rank - 1]);
-}
-
-/** attentionWithKeys that also returns its post-softmax map [B, heads, Sq, Sk], cast to `mapType` (attention-map reuse). */
-export function attentionWithKeysAndMap(g: GraphBuilder, x: Value, k: Value, v: Value, o: AttentionOptions, mapType: 'float16' | 'float32'): { out: Value; map: Value } {
-  const q = g.linear(x, 'to_q', o.innerDim, o.qkvBias);
-  const map = g.attentionMap(q, k, o.heads);
-  const out = g.linear(g.attentionApply(map, v), 'to_out.0', x.shape[x.rank - 1]);
-  return { out, map: mapType === map.dtype ? map : g.cast(map, mapType) };
-}
-
-/** An Attention module's output from a stored map and fresh values: no to_q, to_k or softmax. */
-export function attentionFromMap(g: GraphBuilder, map: Value, v: Value, outDim: number): Value {
-  return g.linear(g.attentionApply(map.dtype === 'float32' ? map : g.cast(map, 'float32'), v), 'to_out.0', outDim);
+/** diffusers Attention with the plain core. `context` null = self-attention. */
+export function attention(g: GraphBuilder, x: Value, context: Value | null, o: AttentionOptions): Value {
+  return attentionModule(g, x, projectedKeysValues(g, context ?? x, o), o);
 }
 
 /** diffusers FeedForward with GEGLU (the SD transformer blocks): net.0.proj then net.2. */

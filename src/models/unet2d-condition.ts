@@ -3,17 +3,19 @@
  * is written as calls to named segments whose names are diffusers module paths:
  * `down_blocks.1.resnets.0`, `down_blocks.1.attentions.0.transformer_blocks.0.attn2`, ...
  * SDXL's micro-conditioning (`addition_embed_type: "text_time"`) is the `add_embedding` segment.
- * An executor that plans a cut (DeepCache, src/accel/deepcache.ts) is asked once per pass.
+ * For acceleration methods it declares (runtime/protocol.ts) its transformer sub-layers (role,
+ * residual, attention core), its down → up skips (LongSkips) and itself (`declaration`).
  */
 import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
-import { attentionMapPlanner, branchPlanner, tokenMergePlanner } from '../accel/plan.ts';
-import { matchTokens, mergeTokens, unmergeTokens } from '../accel/tome-merge.ts';
-import type { Executor, TensorLike } from '../runtime/executor.ts';
+import { shaped, type Executor, type ShapedTensor, type TensorLike } from '../runtime/executor.ts';
+import { LongSkips, type ModelDeclaration, type SegmentHooks, type SegmentRole } from '../runtime/protocol.ts';
 import {
   cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config,
 } from '../weights/config.ts';
-import { attentionFromMap, attentionWithKeys, attentionWithKeysAndMap, fromTokens, keysAndValues, valuesOf, gegluFeedForward, resnetBlock2D, timestepEmbedding, toTokens } from './layers.ts';
+import {
+  attentionModule, fromTokens, gegluFeedForward, keysAndValues, projectedKeysValues, resnetBlock2D, timestepEmbedding, toTokens,
+} from './layers.ts';
 
 const DOWN_TYPES = ['CrossAttnDownBlock2D', 'DownBlock2D'] as const;
 const UP_TYPES = ['CrossAttnUpBlock2D', 'UpBlock2D'] as const;
@@ -49,10 +51,17 @@ export interface UNet2DConditionConfig {
   addition: { type: 'text_time'; timeEmbedDim: number; inputDim: number } | null;
 }
 
-/** SDXL's extra conditioning for the U-Net: diffusers' `added_cond_kwargs`. */
 /** Precomputed cross-attention keys and values by attn2 module path (see crossAttentionKV). */
 export type CrossAttentionKV<T> = Map<string, { k: T; v: T }>;
 
+/** What the transformer blocks attend to, and the latent size their token grids come from. */
+interface TextInput<T> {
+  states: T;
+  kv?: CrossAttentionKV<T>;
+  latentSize: [number, number];
+}
+
+/** SDXL's extra conditioning for the U-Net: diffusers' `added_cond_kwargs`. */
 export interface AddedConditioning<T> {
   /** Pooled, projected text embeddings of text_encoder_2: float32 [B, P]. */
   textEmbeds: T;
@@ -162,27 +171,28 @@ export class UNet2DConditionModel {
     this.timeEmbedDim = config.blockOutChannels[0] * 4;
   }
 
-  /**
-   * Outputs of the down path after conv_in: one per resnet(+attention) layer and one per
-   * downsampler. DeepCache's branches are 0 ... branchOutputs (the last cuts out the mid block alone).
-   */
-  get branchOutputs(): number {
+  /** Outputs of the down path after conv_in: one per resnet(+attention) layer and one per downsampler. */
+  private get downPathOutputs(): number {
     const c = this.config;
     return c.layersPerBlock.reduce((a, b) => a + b, 0) + c.blockOutChannels.length - 1;
   }
 
-  /** The deepest DeepCache branch this U-Net has: a cut below it would skip nothing. */
-  get maxBranch(): number {
-    return this.config.hasMidBlock ? this.branchOutputs : this.branchOutputs - 1;
-  }
-
-  private checkBranch(branch: number): void {
-    if (!Number.isInteger(branch) || branch < 0 || branch > this.maxBranch) {
-      const c = this.config;
-      throw new InputError('--accel deepcache:cache_branch_id', `beyond this U-Net's depth (${c.blockOutChannels.length} down blocks of ` +
-        `${c.layersPerBlock.join('/')} layers: ${this.branchOutputs} down-path outputs${c.hasMidBlock ? '' : ', no mid block'})`,
-        `0 to ${this.maxBranch}`, `${branch}`);
-    }
+  /**
+   * What methods may rely on: the transformer blocks and their downsampling, and the down → up
+   * skips. Skip 0 is conv_in's output, then the down path's outputs in order; branch b keeps skips
+   * 0…b, so the deepest branch cuts out the mid block alone (there is none below it without one).
+   */
+  get declaration(): ModelDeclaration {
+    const c = this.config;
+    const outputs = this.downPathOutputs;
+    return {
+      kind: 'U-Net',
+      transformerBlocks: this.crossAttentionLayers().map((l) => ({ block: l.path.replace(/\.attn2$/, ''), downsample: 2 ** l.level })),
+      longSkips: {
+        maxBranch: c.hasMidBlock ? outputs : outputs - 1,
+        describe: `${c.blockOutChannels.length} down blocks of ${c.layersPerBlock.join('/')} layers: ${outputs} down-path outputs${c.hasMidBlock ? '' : ', no mid block'}`,
+      },
+    };
   }
 
   /** Total spatial downsampling of the down path. */
@@ -288,101 +298,17 @@ export class UNet2DConditionModel {
     const c = this.config;
     this.checkAdded(sample.dims[0], added);
     const n = c.blockOutChannels.length;
-    // DeepCache: a planning executor may cut this pass at a branch (see branchOutputs). On a
-    // shallow pass the down path stops after `cut` outputs, the mid block and the up layers fed
-    // by deeper skips are skipped, and the up path resumes from the cached feature; a full pass
-    // stores the feature entering the up layer that consumes skip `cut`.
-    const pass = branchPlanner(exec)?.branchPass(sample.dims.join(','));
-    if (pass) this.checkBranch(pass.branch);
-    const cut = pass?.branch ?? Infinity;
-    const shallow = pass?.reuse !== undefined;
-    const resnet = (name: string, outChannels: number, eps: number, scale = 1) =>
-      (g: GraphBuilder, i: Record<string, Value>) => {
-        const x = i.skip ? g.concat([i.x, i.skip], 1) : i.x;
-        return { x: g.scope(name, () => resnetBlock2D(g, x, i.temb, outChannels, { groups: c.normNumGroups, eps, tembChannels: this.timeEmbedDim, outputScaleFactor: scale })) };
-      };
-    const transformer = async (path: string, x: T, heads: number, layers: number): Promise<T> => {
-      let tokens = (await exec.run(`${path}.proj_in`, (g, i) => ({ tokens: g.scope(path, () => this.projIn(g, i.x)) }), { x })).tokens;
-      for (let k = 0; k < layers; k++) {
-        const block = `${path}.transformer_blocks.${k}`;
-        // ToMe: a planner may merge this block's tokens around attn1 / attn2 / ff. The matching is
-        // computed once from the block's input (segment tome_match) and fed to the merged variants.
-        const merge = tokenMergePlanner(exec)?.tokenMerge({
-          block, tokens: tokens.dims[1], batch: tokens.dims[0], latentHeight: sample.dims[2], latentWidth: sample.dims[3],
-        });
-        let matching: Record<string, T> = {};
-        if (merge) {
-          matching = await exec.run(`${block}.tome_match`, (g, i) => ({ ...matchTokens(g, i.tokens, i.src, i.dst, merge.r) }),
-            { tokens, src: merge.src, dst: merge.dst }, { unbatched: ['src', 'dst'], variant: `r${merge.r}` });
-          matching = { ...matching, src: merge.src, dst: merge.dst };
-        }
-        const merged = (on: boolean | undefined) => (on ? { inputs: matching, options: { unbatched: ['src', 'dst'], variant: 'tome' } } : { inputs: {}, options: {} });
-        // Runs `core` on the normalised tokens, merged and unmerged around it when asked.
-        const around = (g: GraphBuilder, i: Record<string, Value>, on: boolean | undefined, h: Value, core: (h: Value) => Value): Value => {
-          if (!on) return core(h);
-          const m = { unmerged: i.unmerged, merged: i.merged, into: i.into };
-          return unmergeTokens(g, core(mergeTokens(g, h, i.src, i.dst, m)), i.src, i.dst, m);
-        };
-        // The attention output (after to_out, before the residual) is a second output that
-        // accelerators may cache; plain runs only produce `tokens`. With attention-map reuse a
-        // segment also emits its post-softmax map, or runs on a stored one (no to_q, to_k, softmax).
-        const options = (h: Value) => ({ heads, innerDim: h.shape[2], qkvBias: false });
-        const residual = { value: 'attn', residual: 'tokens', result: 'tokens' };
-        type Source = (g: GraphBuilder, h: Value, i: Record<string, Value>) => Value;
-        // `keys` gives (or computes) both keys and values, `values` the values alone.
-        const runAttention = async (sub: 'attn1' | 'attn2', norm: string, on: boolean | undefined, inputs: Record<string, T>,
-          keys: (g: GraphBuilder, h: Value, i: Record<string, Value>) => { k: Value; v: Value }, values: Source): Promise<T> => {
-          const segment = `${block}.${sub}`;
-          const block_ = (core: (g: GraphBuilder, h: Value, i: Record<string, Value>) => Record<string, Value> & { out: Value }) =>
-            (g: GraphBuilder, i: Record<string, Value>) =>
-              g.scope(block, () => {
-                const h = g.layerNorm(i.tokens, norm, 1e-5);
-                let extra: Record<string, Value> = {};
-                const attn = around(g, i, on, h, (x) => g.scope(sub, () => {
-                  const { out, ...rest } = core(g, x, i);
-                  extra = rest;
-                  return out;
-                }));
-                return { tokens: g.add(attn, i.tokens), attn, ...extra };
-              });
-          const pass = on ? undefined : attentionMapPlanner(exec)?.attentionMap(segment, tokens.dims.join(','));
-          if (pass?.reuse) {
-            return (await exec.run(segment, block_((g, h, i) => ({ out: attentionFromMap(g, i.map, values(g, h, i), h.shape[2]) })),
-              { tokens, ...inputs, map: pass.reuse }, { residual, variant: 'map-reuse' })).tokens;
-          }
-          if (pass?.store) {
-            const out = await exec.run(segment, block_((g, h, i) => {
-              const { k, v } = keys(g, h, i);
-              return attentionWithKeysAndMap(g, h, k, v, options(h), pass.type);
-            }), { tokens, ...inputs }, { residual, variant: `map-${pass.type}`, outputs: ['tokens', 'map'] });
-            if (out.map) pass.store(out.map); // absent when another method answered the segment from its cache
-            return out.tokens;
-          }
-          const m = merged(on);
-          return (await exec.run(segment, block_((g, h, i) => {
-            const { k, v } = keys(g, h, i);
-            return { out: attentionWithKeys(g, h, k, v, options(h)) };
-          }), { tokens, ...inputs, ...m.inputs }, { residual, ...m.options })).tokens;
-        };
-        tokens = await runAttention('attn1', 'norm1', merge?.attn, {}, (g, h) => keysAndValues(g, h, options(h)), (g, h) => valuesOf(g, h, options(h)));
-        const kv = crossKV?.get(`${block}.attn2`);
-        tokens = kv
-          ? await runAttention('attn2', 'norm2', merge?.cross, { k: kv.k, v: kv.v }, (_g, _h, i) => ({ k: i.k, v: i.v }), (_g, _h, i) => i.v)
-          : await runAttention('attn2', 'norm2', merge?.cross, { context: encoderHiddenStates },
-            (g, h, i) => keysAndValues(g, i.context, options(h)), (g, h, i) => valuesOf(g, i.context, options(h)));
-        const mlp = merged(merge?.mlp);
-        tokens = (await exec.run(`${block}.ff`, (g, i) => ({
-          tokens: g.scope(block, () => {
-            const h = g.layerNorm(i.tokens, 'norm3', 1e-5);
-            return g.add(around(g, i, merge?.mlp, h, (x) => g.scope('ff', () => gegluFeedForward(g, x))), i.tokens);
-          }),
-        }), { tokens, ...mlp.inputs }, mlp.options)).tokens;
-      }
-      return (await exec.run(`${path}.proj_out`, (g, i) => ({ x: g.scope(path, () => this.projOut(g, i.tokens, i.x)) }), { tokens, x })).x;
+    const resnet = (name: string, outChannels: number, scale = 1) => (g: GraphBuilder, i: Record<string, Value>) => {
+      const x = i.skip ? g.concat([i.x, i.skip], 1) : i.x;
+      return { x: g.scope(name, () => resnetBlock2D(g, x, i.temb, outChannels, { groups: c.normNumGroups, eps: c.normEps, tembChannels: this.timeEmbedDim, outputScaleFactor: scale })) };
     };
+    const text = { states: encoderHiddenStates, kv: crossKV, latentSize: [sample.dims[2], sample.dims[3]] as [number, number] };
+    const transformer = (path: string, x: T, heads: number, layers: number) => this.transformer2d(exec, path, x, heads, layers, text);
 
+    const skips = new LongSkips(exec, this.declaration.longSkips!, sample.dims.join(','));
     const inPad = (c.convInKernel - 1) / 2;
-    let x = (await exec.run('conv_in', (g, i) => ({ x: g.conv2d(i.sample, 'conv_in', c.blockOutChannels[0], c.convInKernel, { padding: inPad }) }), { sample })).x;
+    let x = await skips.down(sample, async (sample) =>
+      (await exec.run('conv_in', (g, i) => ({ x: g.conv2d(i.sample, 'conv_in', c.blockOutChannels[0], c.convInKernel, { padding: inPad }) }), { sample })).x);
     // TimestepEmbedding: linear_1, SiLU, linear_2 (time_embedding and add_embedding alike).
     const mlp = (g: GraphBuilder, input: Value) => g.linear(g.silu(g.linear(input, 'linear_1', this.timeEmbedDim)), 'linear_2', this.timeEmbedDim);
     let temb = (await exec.run('time_embedding', (g, i) => {
@@ -401,64 +327,53 @@ export class UNet2DConditionModel {
       }, { temb, text_embeds: added.textEmbeds, time_ids: added.timeIds })).temb;
     }
 
-    const skips: T[] = [x];
-    const done = () => shallow && skips.length > cut;
-    down: for (let b = 0; b < n; b++) {
+    // Every resnet(+attention) layer and downsampler of the down path makes a skip.
+    for (let b = 0; b < n; b++) {
       const channels = c.blockOutChannels[b];
       for (let j = 0; j < c.layersPerBlock[b]; j++) {
-        if (done()) break down;
-        const name = `down_blocks.${b}.resnets.${j}`;
-        x = (await exec.run(name, resnet(name, channels, c.normEps), { x, temb })).x;
-        if (c.downBlockTypes[b] === 'CrossAttnDownBlock2D') {
-          x = await transformer(`down_blocks.${b}.attentions.${j}`, x, c.attentionHeads[b], c.transformerLayersPerBlock[b]);
-        }
-        skips.push(x);
+        x = await skips.down(x, async (x) => {
+          const name = `down_blocks.${b}.resnets.${j}`;
+          x = (await exec.run(name, resnet(name, channels), { x, temb })).x;
+          return c.downBlockTypes[b] === 'CrossAttnDownBlock2D' ? transformer(`down_blocks.${b}.attentions.${j}`, x, c.attentionHeads[b], c.transformerLayersPerBlock[b]) : x;
+        });
       }
       if (b < n - 1) {
-        if (done()) break down;
         const name = `down_blocks.${b}.downsamplers.0`;
-        x = (await exec.run(name, (g, i) => ({
+        x = await skips.down(x, async (x) => (await exec.run(name, (g, i) => ({
           x: g.scope(name, () => g.conv2d(i.x, 'conv', channels, 3, { stride: 2, padding: c.downsamplePadding })),
-        }), { x })).x;
-        skips.push(x);
+        }), { x })).x);
       }
     }
 
-    if (c.hasMidBlock && !shallow) {
+    if (c.hasMidBlock) {
       const last = c.blockOutChannels[n - 1];
-      x = (await exec.run('mid_block.resnets.0', resnet('mid_block.resnets.0', last, c.normEps, c.midBlockScaleFactor), { x, temb })).x;
-      x = await transformer('mid_block.attentions.0', x, c.attentionHeads[n - 1], c.transformerLayersPerBlock[n - 1]);
-      x = (await exec.run('mid_block.resnets.1', resnet('mid_block.resnets.1', last, c.normEps, c.midBlockScaleFactor), { x, temb })).x;
+      x = await skips.middle(x, async (x) => {
+        x = (await exec.run('mid_block.resnets.0', resnet('mid_block.resnets.0', last, c.midBlockScaleFactor), { x, temb })).x;
+        x = await transformer('mid_block.attentions.0', x, c.attentionHeads[n - 1], c.transformerLayersPerBlock[n - 1]);
+        return (await exec.run('mid_block.resnets.1', resnet('mid_block.resnets.1', last, c.midBlockScaleFactor), { x, temb })).x;
+      });
     }
-    if (pass?.reuse !== undefined) x = pass.reuse;
 
-    // Up resnets consume the skips deepest first; `next` is the index of the next one. diffusers
-    // forwards explicit upsample sizes when the latent is not a multiple of the total
-    // downsampling; taking the skip's size covers both cases.
-    let next = this.branchOutputs;
+    // Each up resnet takes one skip, deepest first; a block's upsampler follows its last resnet.
+    // diffusers forwards explicit upsample sizes when the latent is not a multiple of the total
+    // downsampling; taking the next skip's size covers both cases.
     for (let u = 0; u < n; u++) {
       const b = n - 1 - u;
       const channels = c.blockOutChannels[b];
       for (let j = 0; j < c.layersPerBlock[b] + 1; j++) {
-        const index = next--;
-        if (index > cut) {
-          if (shallow) continue;
-        } else if (index === cut && !shallow) {
-          pass!.store(x);
-        }
-        const name = `up_blocks.${u}.resnets.${j}`;
-        x = (await exec.run(name, resnet(name, channels, c.normEps), { x, skip: skips[index], temb })).x;
-        if (c.upBlockTypes[u] === 'CrossAttnUpBlock2D') {
-          x = await transformer(`up_blocks.${u}.attentions.${j}`, x, c.attentionHeads[b], c.transformerLayersPerBlock[b]);
-        }
-      }
-      // The upsampler follows the block's last resnet, which consumed skip next + 1.
-      if (u < n - 1 && !(shallow && next + 1 > cut)) {
-        const name = `up_blocks.${u}.upsamplers.0`;
-        const [height, width] = skips[next].dims.slice(2);
-        x = (await exec.run(name, (g, i) => ({
-          x: g.scope(name, () => g.conv2d(g.resizeNearest(i.x, height, width), 'conv', channels, 3, { padding: 1 })),
-        }), { x })).x;
+        x = await skips.up(x, async (x, skip) => {
+          const name = `up_blocks.${u}.resnets.${j}`;
+          x = (await exec.run(name, resnet(name, channels), { x, skip, temb })).x;
+          if (c.upBlockTypes[u] === 'CrossAttnUpBlock2D') {
+            x = await transformer(`up_blocks.${u}.attentions.${j}`, x, c.attentionHeads[b], c.transformerLayersPerBlock[b]);
+          }
+          if (j < c.layersPerBlock[b] || u === n - 1) return x;
+          const upsampler = `up_blocks.${u}.upsamplers.0`;
+          const [height, width] = skips.peek().dims.slice(2);
+          return (await exec.run(upsampler, (g, i) => ({
+            x: g.scope(upsampler, () => g.conv2d(g.resizeNearest(i.x, height, width), 'conv', channels, 3, { padding: 1 })),
+          }), { x })).x;
+        });
       }
     }
 
@@ -467,6 +382,53 @@ export class UNet2DConditionModel {
       const h = g.silu(g.groupNorm(i.x, 'conv_norm_out', c.normNumGroups, c.normEps));
       return { sample: g.conv2d(h, 'conv_out', c.outChannels, c.convOutKernel, { padding: outPad }) };
     }, { x })).sample;
+  }
+
+  /** diffusers Transformer2DModel: proj_in, the BasicTransformerBlocks, proj_out plus the input. */
+  private async transformer2d<T extends TensorLike>(exec: Executor<T>, path: string, x: T, heads: number, layers: number, text: TextInput<T>): Promise<T> {
+    let tokens = (await exec.run(`${path}.proj_in`, (g, i) => ({ tokens: g.scope(path, () => this.projIn(g, i.x)) }), { x })).tokens;
+    for (let k = 0; k < layers; k++) tokens = await this.transformerBlock(exec, `${path}.transformer_blocks.${k}`, tokens, heads, text);
+    return (await exec.run(`${path}.proj_out`, (g, i) => ({ x: g.scope(path, () => this.projOut(g, i.tokens, i.x)) }), { tokens, x })).x;
+  }
+
+  /**
+   * diffusers BasicTransformerBlock: self-attention, cross-attention over the text (its keys and
+   * values precomputed where given), GEGLU feed-forward; each pre-norm with a residual.
+   */
+  private async transformerBlock<T extends TensorLike>(exec: Executor<T>, block: string, tokens: T, heads: number, text: TextInput<T>): Promise<T> {
+    const role = (layer: SegmentRole['layer']): SegmentRole => ({ block, layer, latentSize: text.latentSize });
+    const options = (h: Value) => ({ heads, innerDim: h.shape[2], qkvBias: false });
+    tokens = await this.sublayer(exec, block, 'attn1', 'norm1', tokens, {}, { ...role('self-attention'), blockInput: 'tokens' },
+      (g, h, _i, hooks) => attentionModule(g, h, projectedKeysValues(g, h, options(h)), options(h), hooks));
+    const kv = text.kv?.get(`${block}.attn2`);
+    tokens = kv
+      ? await this.sublayer(exec, block, 'attn2', 'norm2', tokens, { k: kv.k, v: kv.v }, role('cross-attention'),
+        (g, h, i, hooks) => attentionModule(g, h, { keys: () => i.k, values: () => i.v }, options(h), hooks))
+      : await this.sublayer(exec, block, 'attn2', 'norm2', tokens, { context: text.states }, role('cross-attention'),
+        (g, h, i, hooks) => attentionModule(g, h, projectedKeysValues(g, i.context, options(h)), options(h), hooks));
+    return this.sublayer(exec, block, 'ff', 'norm3', tokens, {}, role('feed-forward'), (g, h) => gegluFeedForward(g, h));
+  }
+
+  /**
+   * One pre-norm sub-layer (`module`) of a transformer block: tokens + body(norm(tokens)), the body
+   * run through the hooks. Its output before the residual add is a second output (`value`) that
+   * plans may cache.
+   */
+  private async sublayer<T extends TensorLike>(exec: Executor<T>, block: string, module: string, norm: string, tokens: T, extra: Record<string, T>,
+    role: SegmentRole, body: (g: GraphBuilder, h: Value, i: Record<string, Value>, hooks: SegmentHooks) => Value): Promise<T> {
+    return (await exec.run(`${block}.${module}`, (g, i, hooks) => g.scope(block, () => {
+      const h = g.layerNorm(i.tokens, norm, 1e-5);
+      const value = hooks.body(g, h, (h) => g.scope(module, () => body(g, h, i, hooks)));
+      return { tokens: g.add(value, i.tokens), value };
+    }), { tokens, ...extra }, { residual: { value: 'value', residual: 'tokens', result: 'tokens' }, role })).tokens;
+  }
+
+  /** A forward pass on shapes alone: `batch` rows of a latentHeight × latentWidth latent, 77 text tokens. */
+  forwardShapes(exec: Executor<ShapedTensor>, o: { batch: number; latentHeight: number; latentWidth: number; textEmbedsDim?: number }): Promise<ShapedTensor> {
+    const c = this.config;
+    const addedShapes = this.addedConditioningShapes(o.batch, o.textEmbedsDim);
+    const added = addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : undefined;
+    return this.forward(exec, shaped([o.batch, c.inChannels, o.latentHeight, o.latentWidth]), shaped([o.batch]), shaped([o.batch, 77, c.crossAttentionDim[0]]), added);
   }
 
   /** Transformer2DModel input: GroupNorm, proj_in (1×1 conv or Linear), to tokens. */

@@ -11,12 +11,9 @@ import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../mod
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
-import { checkApplicable, createAccelerator, type AccelSpec } from '../accel/index.ts';
-import { fitMapBudget } from '../accel/attn-reuse.ts';
-import { attentionMapSizes } from '../accel/run-macs.ts';
-import { ortCacheOps } from '../accel/ort-ops.ts';
-import { PlannedExecutor } from '../accel/plan.ts';
-import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import { OrtExecutor, ortOps, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { PlannedExecutor, dryRehearsal } from '../runtime/plan.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import { Rng } from '../util/rng.ts';
@@ -59,7 +56,7 @@ export interface GenerateRequest {
   targetSize?: [number, number];
   /** SDXL crop offset [top, left]; default [0, 0]. */
   cropTopLeft?: [number, number];
-  /** Training-free accelerations, composed in this order (see src/accel/plan.ts). */
+  /** Training-free accelerations, composed in this order (see src/runtime/plan.ts). */
   accel?: AccelSpec[];
   /** 'latent' skips VAE decoding. */
   output?: 'image' | 'latent';
@@ -80,8 +77,11 @@ export interface GenerateResult {
   images: GeneratedImage[];
   seed: number;
   scheduler: string;
-  /** What the accelerators did: model calls run with the CFG batch, segment calls served from caches. */
-  accel?: { name: string; cfgCalls: number; reusedSegments: number; shallowPasses: number; mergedBlocks: number; reusedMaps: number; peakMapBytes: number };
+  /**
+   * What the accelerators did: model calls run with the CFG batch, counters by name (segment calls
+   * served from caches, shallow passes, and each method's own), and the same in words.
+   */
+  accel?: { name: string; cfgCalls: number; stats: Record<string, number>; summary: string[] };
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -228,8 +228,8 @@ export class StableDiffusionPipeline {
 
     // Refuse what cannot work before any work.
     const accelerator = createAccelerator(request.accel ?? []);
-    checkApplicable(request.accel ?? [], this.unet.model.crossAttentionLayers().map((l) => l.level));
-    accelerator?.checkRun?.(scheduler.timesteps.length);
+    const run = { steps, calls: scheduler.timesteps.length }; // non-uniform schedules spread over the steps; PNDM makes one call more
+    accelerator?.check?.(this.unet.model.declaration, { ...run, fullPassCalls: accelerator.fullPassCalls ?? [] });
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
@@ -258,27 +258,13 @@ export class StableDiffusionPipeline {
     // With CFG the U-Net sees [uncond; cond]; an accelerator may drop to the conditional half alone.
     const cfgInputs = cfg ? unetInputs(conditioning, 2 * batch) : undefined;
     const singleInputs = unetInputs(positive, batch);
-    const planned = accelerator && new PlannedExecutor(this.unetExec, accelerator, ortCacheOps);
-    if (planned) {
-      planned.steps = steps; // non-uniform schedules spread over the inference steps
-      planned.calls = scheduler.timesteps.length;
-      if (accelerator.attentionMap && accelerator.mapBudgetBytes) {
-        const sizes = await attentionMapSizes(this.unet.model, {
-          calls: planned.calls, batch, latentHeight: latentDims[2], latentWidth: latentDims[3], cfg, accelerator,
-          textEmbedsDim: conditioning.pooled && conditioning.pooled.length / (cfg ? 2 * batch : batch),
-        });
-        const { kept, dropped } = fitMapBudget(sizes, accelerator.mapBudgetBytes);
-        if (kept.size === 0) {
-          throw new InputError('--accel attn-reuse:max_map_memory', 'no layer\'s attention maps fit in the budget',
-            `at least ${(Math.min(...sizes.map((s) => s.bytes)) / 2 ** 20).toFixed(1)} MiB`);
-        }
-        planned.mapSegments = kept;
-        if (dropped.length) {
-          warnings.push(`attn-reuse: max_map_memory leaves ${dropped.length} of ${sizes.length} layers computing every call ` +
-            `(${dropped.map((d) => `${d.segment} ${(d.bytes / 2 ** 20).toFixed(1)} MiB`).join(', ')})`);
-        }
-      }
+    if (accelerator?.prepare) {
+      const rows = cfg ? 2 * batch : batch;
+      const textEmbedsDim = conditioning.pooled && conditioning.pooled.length / rows;
+      const shapes = { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim };
+      warnings.push(...await accelerator.prepare(dryRehearsal((exec) => this.unet.model.forwardShapes(exec, shapes), run)));
     }
+    const planned = accelerator && new PlannedExecutor(this.unetExec, accelerator, ortOps, run);
     let cfgCalls = 0;
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
@@ -299,7 +285,7 @@ export class StableDiffusionPipeline {
     for (let i = 0; i < scheduler.timesteps.length; i++) {
       if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
       const stepStart = performance.now();
-      const cfgNow = cfg && (accelerator?.cfgActive(i) ?? true);
+      const cfgNow = cfg && (accelerator?.cfgActive?.(i) ?? true);
       if (cfgNow) cfgCalls++;
       const modelBatch = cfgNow ? 2 * batch : batch;
       const { context, added } = cfgNow ? cfgInputs! : singleInputs;
@@ -339,8 +325,7 @@ export class StableDiffusionPipeline {
       images,
       seed,
       scheduler: scheduler.name,
-      accel: accelerator && { name: accelerator.name, cfgCalls, reusedSegments: planned!.reused, shallowPasses: planned!.shallowPasses, mergedBlocks: planned!.mergedBlocks,
-        reusedMaps: planned!.reusedMaps, peakMapBytes: planned!.peakMapBytes },
+      accel: accelerator && { name: accelerator.name, cfgCalls, ...planned!.report() },
       timings: { textEncoding, denoising, decoding },
       warnings,
     };

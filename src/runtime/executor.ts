@@ -1,9 +1,12 @@
 /**
  * A model's forward pass is ordinary TypeScript that calls named segments through an Executor.
  * The same forward code therefore runs for real (ORT sessions), or "dry" (shapes only) to list
- * segments and count MACs without weights; acceleration plans hook in at this one call.
+ * segments and count MACs without weights; acceleration plans hook in at this one call (a
+ * PlannedExecutor wraps another executor, runtime/plan.ts), guided by what the model declares
+ * (runtime/protocol.ts).
  */
 import type { DataType, GraphBuilder, HeavyOp, MacCount, Value } from '../graph/builder.ts';
+import { plainHooks, type BranchPass, type LongSkipDeclaration, type SegmentHooks, type SegmentRole } from './protocol.ts';
 
 /** The little we need to know of a tensor to build its consumer: ort.Tensor satisfies it. */
 export interface TensorLike {
@@ -11,8 +14,11 @@ export interface TensorLike {
   readonly type: string;
 }
 
-/** Builds a segment's graph from its (static-shaped) inputs; returns its named outputs. */
-export type SegmentBuild = (g: GraphBuilder, inputs: Record<string, Value>) => Record<string, Value>;
+/**
+ * Builds a segment's graph from its (static-shaped) inputs; returns its named outputs. Parts a
+ * method may replace (an attention core, a sub-layer's token-wise body) are built through `hooks`.
+ */
+export type SegmentBuild = (g: GraphBuilder, inputs: Record<string, Value>, hooks: SegmentHooks) => Record<string, Value>;
 
 /**
  * A segment whose result is `inputs[residual] + outputs[value]` (an attention block with its
@@ -33,10 +39,14 @@ export interface RunOptions {
   variant?: string;
   /** Inputs without a batch axis (their axis 0 stays static in batch-polymorphic graphs). */
   unbatched?: string[];
+  /** What the segment is, for plans; segments without a role always run as built. */
+  role?: SegmentRole;
 }
 
 export interface Executor<T extends TensorLike> {
   run(name: string, build: SegmentBuild, inputs: Record<string, T>, options?: RunOptions): Promise<Record<string, T>>;
+  /** Whether and where to cut a pass over long skips (asked by LongSkips; plain executors never cut). */
+  longSkipPass?(skips: LongSkipDeclaration, key: string): BranchPass<T> | undefined;
 }
 
 /** The outputs a call produces, given what its build returned. */
@@ -72,7 +82,7 @@ export function asDataType(type: string): DataType {
 export function buildSegment(g: GraphBuilder, build: SegmentBuild, inputs: Record<string, TensorLike>, options?: RunOptions): Record<string, Value> {
   const values: Record<string, Value> = {};
   for (const [key, t] of Object.entries(inputs)) values[key] = g.input(key, [...t.dims], asDataType(t.type), !options?.unbatched?.includes(key));
-  const built = build(g, values);
+  const built = build(g, values, plainHooks);
   const selected: Record<string, Value> = {};
   for (const key of selectOutputs(Object.keys(built), options)) {
     if (!built[key]) throw new Error(`segment ${g.name}: no output ${key}`);

@@ -9,6 +9,7 @@ import { InputError } from '../errors.ts';
 import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
 import { encodeModel } from '../graph/onnx-proto.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
+import type { TensorOps } from './plan.ts';
 
 export type Device = 'cpu' | 'webgpu';
 
@@ -102,3 +103,15 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions): P
     throw err;
   }
 }
+
+/** What plans need of onnxruntime tensors (read back to the CPU where they live on a GPU). */
+export const ortOps: TensorOps<ort.Tensor> = {
+  async meanOfHalves(t) {
+    const data = (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array;
+    const half = data.length / 2;
+    const mean = new Float32Array(half);
+    for (let i = 0; i < half; i++) mean[i] = (data[i] + data[half + i]) / 2;
+    return new ort.Tensor('float32', mean, [t.dims[0] / 2, ...t.dims.slice(1)]);
+  },
+  indices: (values) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]),
+};

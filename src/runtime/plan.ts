@@ -1,0 +1,336 @@
+/**
+ * What an acceleration plan may answer, and the executor that carries the answers out. A method
+ * (one file in src/accel/) is an Accelerator; it never sees a model's code, only what the model
+ * declares (runtime/protocol.ts):
+ * - per model call: whether the pipeline runs the CFG batch;
+ * - per residual segment (RunOptions.residual) and call: compute it, compute it and cache its
+ *   value (optionally the mean of the CFG halves), or reuse the cached value — the segment then
+ *   costs one addition;
+ * - per pass: whether to cut the model at a branch of its long skips (LongSkips), running a
+ *   shallow pass on a feature cached by the last full pass;
+ * - per generation, hooks that see every segment call with a role, inputs included, before any of
+ *   the above is decided, and may run it as a variant of its graph (other SegmentHooks, extra
+ *   inputs and outputs). A hook is async and may run segments of its own and read their values,
+ *   so decisions may depend on tensors computed on the device.
+ * Before any work a plan checks the model's declaration and the run, and may rehearse one model
+ * call on shapes alone (to size what it will store).
+ *
+ * Composition, for methods in the order given:
+ * 1. The CFG batch runs only while every method wants it.
+ * 2. The cut: the method answering `branch` (at most one) decides which segments run at all. It
+ *    runs full passes at every call any method lists in `fullPassCalls` (TGATE's gate calls) and
+ *    restarts its schedule there.
+ * 3. Every method's hooks see each segment call that runs; their variants compose (later ones
+ *    wrap earlier ones' hooks).
+ * 4. For each residual segment that runs, the first method with an opinion other than "compute"
+ *    decides. A segment skipped by the cut neither caches nor reuses at that call, as in the
+ *    official TGATE + DeepCache code; so the order of DeepCache and TGATE does not matter.
+ * Two methods that claim the same kind of change, or where one conflicts with what the other
+ * claims, are refused. Caches are keyed by segment (or branch) and tensor shape, so CFG-batch and
+ * single-batch values never mix, and live in one PlannedExecutor, i.e. for one generation.
+ */
+import { InputError } from '../errors.ts';
+import type { Value } from '../graph/builder.ts';
+import { DryExecutor } from './dry-executor.ts';
+import type { Executor, RunOptions, SegmentBuild, ShapedTensor, TensorLike } from './executor.ts';
+import type { BranchPass, LongSkipDeclaration, ModelDeclaration, SegmentHooks, SegmentRole } from './protocol.ts';
+
+export type Decision = 'compute' | 'cache' | 'cache-cfg-mean' | 'reuse';
+
+/** How a pass runs at one model call, for a plan that cuts the model at a branch of its long skips. */
+export interface BranchDecision {
+  branch: number;
+  /** true: a shallow pass on the cached feature; false: a full pass that caches it. */
+  reuse: boolean;
+}
+
+/** What a plan may need to know of the run as a whole. */
+export interface RunInfo {
+  /** Inference steps (non-uniform schedules spread over them); undefined if not told. */
+  steps?: number;
+  /** Model calls (PNDM makes one more than steps); undefined if not told. */
+  calls?: number;
+  /** Calls at which some composed method needs a full pass (sorted). */
+  fullPassCalls: readonly number[];
+}
+
+/** A segment as a residual decision sees it. */
+export interface SegmentRef {
+  name: string;
+  role: SegmentRole;
+}
+
+/** One segment call as a plan's hooks see it. */
+export interface SegmentCall<T> extends SegmentRef {
+  inputs: Record<string, T>;
+  /** The input shapes in a few characters: what a plan keeps per segment is kept per key. */
+  key: string;
+}
+
+/** Where in the run a segment call happens. */
+export interface CallInfo {
+  call: number;
+  /** Whether this model call has the CFG batch. */
+  cfg: boolean;
+}
+
+/**
+ * A different graph for one segment call, supplied by a method: its hooks replace the model's
+ * (`inner` are those it would have had), fed by extra inputs (`own`, under the variant's keys);
+ * `emit` adds an output, which reaches `ran` — unless another method answered the call from a cache.
+ */
+export interface SegmentVariant<T> {
+  /** Part of the compiled segment's identity beside its name and shapes. */
+  name: string;
+  inputs?: Record<string, T>;
+  /** Extra inputs without a batch axis. */
+  unbatched?: string[];
+  /** Keys `hooks` will emit. */
+  emits?: string[];
+  hooks(own: Record<string, Value>, inner: SegmentHooks, emit: (key: string, value: Value) => void): Partial<SegmentHooks>;
+  ran?(emitted: Record<string, T>): void;
+}
+
+/** Tensor operations plans need, per tensor kind. */
+export interface TensorOps<T extends TensorLike> {
+  /** [2B, ...] → [B, ...]: the mean of the unconditional and conditional halves. */
+  meanOfHalves(t: T): Promise<T>;
+  /** A 1-D int64 tensor (token index lists). */
+  indices(values: number[]): T;
+}
+
+export const shapedOps: TensorOps<ShapedTensor> = {
+  meanOfHalves: async (t) => ({ dims: [t.dims[0] / 2, ...t.dims.slice(1)], type: t.type }),
+  indices: (values) => ({ dims: [values.length], type: 'int64' }),
+};
+
+/** What a method's hooks get for one generation. */
+export interface PlanContext<T extends TensorLike> {
+  /** Runs segments of the method's own (e.g. ToMe's token matching). */
+  exec: Executor<T>;
+  ops: TensorOps<T>;
+  run: RunInfo;
+}
+
+/** A method's doings during one generation; made afresh for each, so no state leaks into the next. */
+export interface RunHooks<T extends TensorLike> {
+  /** Sees every segment call with a role that runs; may answer a variant to run it as. */
+  variant?(segment: SegmentCall<T>, at: CallInfo): Promise<SegmentVariant<T> | undefined>;
+  /** Counters for reports, by name. */
+  stats?(): Record<string, number>;
+  /** What the method did, in words (undefined: nothing worth saying). */
+  summary?(): string | undefined;
+}
+
+/** One model call at the CFG batch on shapes alone, through a given plan (see Accelerator.prepare). */
+export type Rehearsal = (plan: Accelerator) => Promise<void>;
+
+/** The Rehearsal of a model call: `forward` on a DryExecutor, through the plan. */
+export function dryRehearsal(forward: (exec: Executor<ShapedTensor>) => Promise<unknown>, run: { steps?: number; calls?: number }): Rehearsal {
+  return async (plan) => void (await forward(new PlannedExecutor(new DryExecutor(), plan, shapedOps, run)));
+}
+
+export interface Accelerator {
+  readonly name: string;
+  /** Whether the pipeline runs the CFG batch at model call `call` (0-based); default yes. */
+  cfgActive?(call: number): boolean;
+  /** What to do with a residual segment at model call `call`; `cfg`: whether this call has the CFG batch. Default compute. */
+  decide?(segment: SegmentRef, call: number, cfg: boolean, run: RunInfo): Decision;
+  /** Calls at which this method needs every segment to run (TGATE: gate_step−1 and gate_step). */
+  readonly fullPassCalls?: readonly number[];
+  /** The cut at model call `call`; undefined: a plain full pass. */
+  branch?(call: number, run: RunInfo): BranchDecision | undefined;
+  /** Kinds of change no second method may make at once, each with what it does in words ("merge tokens"). */
+  readonly claims?: Readonly<Record<string, string>>;
+  /** Kinds of change another method must not make beside this one, each with the reason. */
+  readonly conflicts?: Readonly<Record<string, string>>;
+  /** Refuses a model or a run the plan cannot serve, before any work. */
+  check?(model: ModelDeclaration, run: RunInfo): void;
+  /** Before the run: may rehearse a model call to size what it will keep; returns warnings. */
+  prepare?(rehearse: Rehearsal): Promise<string[]>;
+  /** The method's hooks for one generation. */
+  begin?<T extends TensorLike>(context: PlanContext<T>): RunHooks<T>;
+}
+
+/** Runs `variants` as one: each one's inputs and outputs under `<its name>.<key>`, later hooks wrapping earlier ones. */
+function composeVariants<T extends TensorLike>(variants: SegmentVariant<T>[]): SegmentVariant<T> {
+  if (variants.length === 1) return variants[0];
+  const prefixed = <V>(v: SegmentVariant<T>, record: Record<string, V> = {}) =>
+    Object.fromEntries(Object.entries(record).map(([k, x]) => [`${v.name}.${k}`, x]));
+  const ownOf = <V>(v: SegmentVariant<T>, record: Record<string, V>) =>
+    Object.fromEntries(Object.entries(record).filter(([k]) => k.startsWith(`${v.name}.`)).map(([k, x]) => [k.slice(v.name.length + 1), x]));
+  return {
+    name: variants.map((v) => v.name).join('+'),
+    inputs: Object.assign({}, ...variants.map((v) => prefixed(v, v.inputs))),
+    unbatched: variants.flatMap((v) => (v.unbatched ?? []).map((k) => `${v.name}.${k}`)),
+    emits: variants.flatMap((v) => (v.emits ?? []).map((k) => `${v.name}.${k}`)),
+    hooks(own, inner, emit) {
+      let hooks = inner;
+      for (const v of variants) hooks = { ...hooks, ...v.hooks(ownOf(v, own), hooks, (k, value) => emit(`${v.name}.${k}`, value)) };
+      return hooks;
+    },
+    ran: (emitted) => variants.forEach((v) => v.ran?.(ownOf(v, emitted))),
+  };
+}
+
+/** One accelerator from several, composed in the order given (see the rules above). */
+export function combine(accelerators: Accelerator[]): Accelerator {
+  const claimed = new Map<string, { by: string; what: string }>();
+  for (const a of accelerators) {
+    for (const [kind, what] of Object.entries(a.claims ?? {})) {
+      const first = claimed.get(kind);
+      if (first) throw new InputError('--accel', `${first.by} and ${a.name} both ${first.what}`, 'one such method at a time');
+      claimed.set(kind, { by: a.name, what });
+    }
+  }
+  for (const a of accelerators) {
+    for (const [kind, reason] of Object.entries(a.conflicts ?? {})) {
+      const other = claimed.get(kind);
+      if (other && other.by !== a.name) throw new InputError('--accel', `${other.by} and ${a.name} cannot be combined: ${reason}`, 'one of them');
+    }
+  }
+  const cutters = accelerators.filter((a) => a.branch);
+  if (cutters.length > 1) throw new Error(`${cutters.map((a) => a.name).join(' and ')} both answer branch but claim no cut`);
+  const cutter = cutters[0];
+  return {
+    name: accelerators.map((a) => a.name).join('+'),
+    claims: Object.fromEntries([...claimed].map(([kind, c]) => [kind, c.what])),
+    cfgActive: (call) => accelerators.every((a) => a.cfgActive?.(call) ?? true),
+    decide(segment, call, cfg, run) {
+      for (const a of accelerators) {
+        const d = a.decide?.(segment, call, cfg, run) ?? 'compute';
+        if (d !== 'compute') return d;
+      }
+      return 'compute';
+    },
+    fullPassCalls: [...new Set(accelerators.flatMap((a) => a.fullPassCalls ?? []))].sort((a, b) => a - b),
+    branch: cutter && ((call, run) => cutter.branch!(call, run)),
+    check: (model, run) => accelerators.forEach((a) => a.check?.(model, run)),
+    async prepare(rehearse) {
+      const warnings: string[] = [];
+      for (const a of accelerators) warnings.push(...((await a.prepare?.(rehearse)) ?? []));
+      return warnings;
+    },
+    begin<T extends TensorLike>(context: PlanContext<T>): RunHooks<T> {
+      const hooks = accelerators.flatMap((a) => (a.begin ? [a.begin(context)] : []));
+      return {
+        async variant(segment, at) {
+          const variants: SegmentVariant<T>[] = [];
+          for (const h of hooks) {
+            const v = await h.variant?.(segment, at);
+            if (v) variants.push(v);
+          }
+          return variants.length ? composeVariants(variants) : undefined;
+        },
+        stats: () => Object.assign({}, ...hooks.map((h) => h.stats?.() ?? {})),
+        summary: () => hooks.map((h) => h.summary?.()).filter(Boolean).join(', ') || undefined,
+      };
+    },
+  };
+}
+
+/** Cached values are keyed by segment and shape, so CFG-batch and single-batch values never mix. */
+const cacheKey = (segment: string, t: TensorLike) => `${segment}[${t.dims.join(',')}]`;
+
+const shapesOf = (inputs: Record<string, TensorLike>) => Object.values(inputs).map((t) => t.dims.join('x')).join(';');
+
+/** The segment call with a variant's inputs, hooks and outputs added. */
+function withVariant<T extends TensorLike>(build: SegmentBuild, inputs: Record<string, T>, options: RunOptions, v: SegmentVariant<T>) {
+  const ownKeys = Object.keys(v.inputs ?? {});
+  const clash = ownKeys.find((k) => k in inputs);
+  if (clash) throw new Error(`variant ${v.name}: input ${clash} is already an input of the segment`);
+  return {
+    build: ((g, i, hooks) => {
+      const emitted: Record<string, Value> = {};
+      const own = v.hooks(Object.fromEntries(ownKeys.map((k) => [k, i[k]])), hooks, (key, value) => void (emitted[key] = value));
+      const built = build(g, i, { ...hooks, ...own });
+      for (const key of Object.keys(emitted)) if (key in built) throw new Error(`variant ${v.name}: output ${key} is already an output of the segment`);
+      return { ...built, ...emitted };
+    }) as SegmentBuild,
+    inputs: { ...inputs, ...v.inputs },
+    options: {
+      ...options,
+      variant: options.variant ? `${options.variant}+${v.name}` : v.name,
+      unbatched: [...(options.unbatched ?? []), ...(v.unbatched ?? [])],
+    },
+  };
+}
+
+/**
+ * Wraps an executor, applying a plan's answers; set `call` and `cfg` before each model call. The
+ * run's steps and calls are given at construction, where a plan needs them.
+ */
+export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
+  call = 0;
+  cfg = true;
+  readonly runInfo: RunInfo;
+  private readonly hooks: RunHooks<T>;
+  private readonly cache = new Map<string, T>();
+  private readonly features = new Map<string, T>();
+  /** Segment calls answered from the cache. */
+  private reusedSegments = 0;
+  /** Model calls that ran a shallow pass on a cached feature. */
+  private shallowPasses = 0;
+
+  constructor(
+    private readonly inner: Executor<T>,
+    private readonly plan: Accelerator,
+    private readonly ops: TensorOps<T>,
+    run: { steps?: number; calls?: number } = {},
+  ) {
+    this.runInfo = { ...run, fullPassCalls: plan.fullPassCalls ?? [] };
+    this.hooks = plan.begin?.({ exec: inner, ops, run: this.runInfo }) ?? {};
+  }
+
+  /** What the plan did so far: counters by name, and the same in words. */
+  report(): { stats: Record<string, number>; summary: string[] } {
+    const stats = { reusedSegments: this.reusedSegments, shallowPasses: this.shallowPasses, ...this.hooks.stats?.() };
+    const summary = [
+      this.reusedSegments ? `${this.reusedSegments} segment calls answered from the cache` : '',
+      this.shallowPasses ? `${this.shallowPasses} shallow passes` : '',
+      this.hooks.summary?.() ?? '',
+    ].filter(Boolean);
+    return { stats, summary };
+  }
+
+  longSkipPass(_skips: LongSkipDeclaration, key: string): BranchPass<T> | undefined {
+    const decision = this.plan.branch?.(this.call, this.runInfo);
+    if (!decision) return undefined;
+    const slot = `${decision.branch}[${key}]`;
+    // Nothing cached at this shape yet (first call, or the batch changed): a full pass instead.
+    const reuse = decision.reuse ? this.features.get(slot) : undefined;
+    if (reuse) this.shallowPasses++;
+    return { branch: decision.branch, reuse, store: (feature) => void this.features.set(slot, feature) };
+  }
+
+  async run(name: string, build: SegmentBuild, inputs: Record<string, T>, options: RunOptions = {}): Promise<Record<string, T>> {
+    const role = options.role;
+    if (!role) return this.inner.run(name, build, inputs, options);
+    const segment: SegmentCall<T> = { name, role, inputs, key: shapesOf(inputs) };
+    const variant = await this.hooks.variant?.(segment, { call: this.call, cfg: this.cfg });
+    const spec = options.residual;
+    const decision = spec ? (this.plan.decide?.(segment, this.call, this.cfg, this.runInfo) ?? 'compute') : 'compute';
+    if (spec && decision === 'reuse') {
+      const residual = inputs[spec.residual];
+      const cached = this.cache.get(cacheKey(name, residual));
+      if (cached) {
+        this.reusedSegments++;
+        return this.inner.run(`${name}+cached`, (g, i) => ({ [spec.result]: g.add(i[spec.residual], i.cached) }), { [spec.residual]: residual, cached });
+      }
+      // Nothing cached yet (e.g. warm_up beyond the gate): compute, as the official TGATE code does.
+    }
+    const caching = spec && (decision === 'cache' || decision === 'cache-cfg-mean');
+    let call = { build, inputs, options };
+    if (variant) call = withVariant(build, inputs, options, variant);
+    if (caching) call.options = { ...call.options, outputs: [...(options.outputs ?? [spec.result]), ...(variant?.emits ?? []), spec.value] };
+    const out = await this.inner.run(name, call.build, call.inputs, call.options);
+    if (caching) {
+      let value = out[spec.value];
+      if (decision === 'cache-cfg-mean') value = await this.ops.meanOfHalves(value);
+      this.cache.set(cacheKey(name, value), value);
+    }
+    const hidden = new Set([spec?.value, ...(variant?.emits ?? [])]);
+    variant?.ran?.(Object.fromEntries((variant.emits ?? []).map((k) => [k, out[k]])));
+    return Object.fromEntries(Object.entries(out).filter(([k]) => !hidden.has(k)));
+  }
+}
