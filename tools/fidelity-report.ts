@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { METHODS } from '../src/accel/index.ts';
 import { fidelitySweep, type FidelityOptions, type FidelityResult, type FidelityRow } from '../src/bench/fidelity.ts';
 import { drawChart, type Series } from '../src/image/chart.ts';
 import { drawLabel, labelWidth } from '../src/image/label.ts';
@@ -27,10 +28,10 @@ const { values } = parseArgs({
 /** Short upper-case column heads for the grid. */
 function shortName(row: FidelityRow): string {
   if (row.kind !== 'method') return row.kind === 'baseline' ? `BASE ${row.steps}` : `${row.steps} STEPS`;
-  const short: Record<string, (p: Record<string, number | boolean | string>) => string> = {
-    tgate: (p) => `TG ${p.gate_step}`, deepcache: (p) => `DC ${p.cache_interval}`, tome: (p) => `TM ${p.ratio}`, 'attn-reuse': (p) => `AR ${p.reuse}`,
-  };
-  return row.accel.map((a) => short[a.method]?.(a.params) ?? a.method).join('+');
+  return row.accel.map((a) => {
+    const { abbreviation, knobs } = METHODS[a.method];
+    return `${abbreviation} ${a.params[Object.keys(knobs)[0]]}`;
+  }).join('+');
 }
 
 function writePng(file: string, image: { data: Float32Array; width: number; height: number }): void {

@@ -26,7 +26,7 @@ export type AttnReuseParams = {
   max_map_memory: number;
 };
 
-export const ATTN_REUSE_DEFAULTS: AttnReuseParams = { reuse: 10, schedule: '', self_attn: true, cross_attn: true, fp16: true, max_map_memory: 0 };
+const ATTN_REUSE_DEFAULTS: AttnReuseParams = { reuse: 10, schedule: '', self_attn: true, cross_attn: true, fp16: true, max_map_memory: 0 };
 
 /** HURRY(N, r): compute the first N − r calls, reuse the last r. */
 export function hurry(calls: number, reuse: number): number[] {
@@ -37,7 +37,7 @@ export function hurry(calls: number, reuse: number): number[] {
  * The schedule knob: a string of 0/1 digits ("11110100") is the schedule itself; anything else is a
  * file holding a JSON array of 0/1, or an object with such a `schedule` (what `diffuse tune` writes).
  */
-export function readSchedule(file: string): number[] {
+function readSchedule(file: string): number[] {
   if (/^[01]+$/.test(file)) return [...file].map(Number);
   let value: unknown;
   try {
@@ -53,7 +53,7 @@ export function readSchedule(file: string): number[] {
 }
 
 /** Checks a schedule against the run it is for. */
-export function checkSchedule(schedule: number[], calls: number, where: string): void {
+function checkSchedule(schedule: number[], calls: number, where: string): void {
   if (schedule.length !== calls) throw new InputError(where, `the schedule has ${schedule.length} entries for a run of ${calls} model calls`, `${calls} entries`);
   if (schedule[0] !== 1) throw new InputError(where, 'the first model call must compute (nothing is stored before it)', 'schedule[0] = 1');
 }
@@ -171,6 +171,7 @@ export function fitMapBudget(sizes: { segment: string; bytes: number }[], budget
 
 export const ATTN_REUSE: MethodDefinition<AttnReuseParams> = {
   name: 'attn-reuse',
+  abbreviation: 'AR',
   paper: 'attention-map reuse, Hunter et al. (arXiv 2401.01008)',
   knobs: {
     reuse: { type: 'int', min: 0, doc: 'HURRY: reuse the maps on the last r model calls' },

@@ -92,6 +92,7 @@ export function deepcache(p: DeepCacheParams): Accelerator {
 
 export const DEEPCACHE: MethodDefinition<DeepCacheParams> = {
   name: 'deepcache',
+  abbreviation: 'DC',
   paper: 'DeepCache (arXiv 2312.00858)',
   knobs: {
     cache_interval: { type: 'int', min: 1, doc: 'model calls per full U-Net pass (1 = every call full)' },

@@ -17,7 +17,7 @@ export type ForaParams = {
   cache_interval: number;
 };
 
-export const FORA_DEFAULTS: ForaParams = { cache_interval: 3 };
+const FORA_DEFAULTS: ForaParams = { cache_interval: 3 };
 
 /** Whether model call `call` of a run of `calls` refreshes the cache. */
 export function foraRefreshes(p: ForaParams, call: number, calls: number): boolean {
@@ -40,6 +40,7 @@ export function fora(p: ForaParams): Accelerator {
 
 export const FORA: MethodDefinition<ForaParams> = {
   name: 'fora',
+  abbreviation: 'FO',
   paper: 'FORA (arXiv 2407.01425)',
   knobs: {
     cache_interval: { type: 'int', min: 1, doc: 'model calls per refresh of every attention and feed-forward output (1 = no caching)' },

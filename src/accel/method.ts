@@ -21,6 +21,8 @@ export type KnobValues = Record<string, number | boolean | string>;
 export interface MethodDefinition<P = KnobValues> {
   /** The `--accel` name. */
   name: string;
+  /** Two or three capitals for tight labels (chart and grid heads), shown with the first knob's value. */
+  abbreviation: string;
   paper: string;
   knobs: Record<keyof P & string, Knob>;
   defaults: P;

@@ -55,6 +55,7 @@ export function tgate(p: TgateParams): Accelerator {
 
 export const TGATE: MethodDefinition<TgateParams> = {
   name: 'tgate',
+  abbreviation: 'TG',
   paper: 'TGATE v2 (arXiv 2404.02747)',
   knobs: {
     gate_step: { type: 'int', min: 1, doc: 'model calls with CFG; cross-attention cached at call gate_step-1, reused after' },

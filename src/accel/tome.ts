@@ -32,7 +32,7 @@ export type TomeParams = {
   seed: number;
 };
 
-export const TOME_DEFAULTS: TomeParams = {
+const TOME_DEFAULTS: TomeParams = {
   ratio: 0.5, max_downsample: 1, sx: 2, sy: 2, use_rand: true, merge_attn: true, merge_crossattn: false, merge_mlp: false, seed: 0,
 };
 
@@ -139,7 +139,7 @@ export function tome(p: TomeParams): Accelerator {
  * Refuses ToMe where it would change nothing: no transformer block at a downsampling ≤
  * max_downsample (SDXL's first level has none, so the default max_downsample 1 does nothing there).
  */
-export function checkTomeApplies(p: TomeParams, model: ModelDeclaration, where = '--accel tome:max_downsample'): void {
+function checkTomeApplies(p: TomeParams, model: ModelDeclaration, where = '--accel tome:max_downsample'): void {
   const downsamples = model.transformerBlocks.map((b) => b.downsample);
   if (!downsamples.some((d) => d <= p.max_downsample)) {
     const least = Math.min(...downsamples);
@@ -150,6 +150,7 @@ export function checkTomeApplies(p: TomeParams, model: ModelDeclaration, where =
 
 export const TOME: MethodDefinition<TomeParams> = {
   name: 'tome',
+  abbreviation: 'TM',
   paper: 'ToMe for SD (arXiv 2303.17604), tomesd v0.1.3',
   knobs: {
     ratio: { type: 'number', min: 0, maxExclusive: 1, doc: 'share of tokens merged; capped at 1 − 1/(sx·sy)' },

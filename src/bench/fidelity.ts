@@ -77,6 +77,7 @@ export function defaultSweep(steps: number): AccelSpec[][] {
   for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`deepcache:cache_interval=${interval}`)]);
   for (const ratio of [0.3, 0.5, 0.6]) sweep.push([parseAccelSpec(`tome:ratio=${ratio}`)]);
   for (const share of [0.2, 0.4, 0.5]) sweep.push([parseAccelSpec(`attn-reuse:reuse=${Math.max(1, Math.round(steps * share))}`)]);
+  for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`fora:cache_interval=${interval}`)]);
   return sweep;
 }
 
