@@ -43,6 +43,8 @@ interface GoldenCase {
   stochastic: boolean;
   scales_input: boolean;
   add_noise_index: number;
+  /** When the model output is wider than the sample: DDPM's learned variance, [B, 2C, ...]. */
+  model_output_shape?: number[];
 }
 
 const index = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'index.json'), 'utf8')) as { cases: GoldenCase[]; shape: number[] };
@@ -52,6 +54,24 @@ const size = index.shape.reduce((a, b) => a * b, 1);
 /** Row r of a [T, ...shape] tensor. */
 function row(all: Float32Array, r: number): Float32Array {
   return all.subarray(r * size, (r + 1) * size);
+}
+
+/**
+ * Row r of the recorded model outputs, split into the prediction and (for a learned variance,
+ * the second half of each batch row's channels) the predicted variance.
+ */
+function modelRow(c: GoldenCase, all: Float32Array, r: number): { prediction: Float32Array; variance?: Float32Array } {
+  const shape = c.model_output_shape ?? index.shape;
+  const width = shape.reduce((a, b) => a * b, 1);
+  const out = all.subarray(r * width, (r + 1) * width);
+  if (width === size) return { prediction: out };
+  const per = width / shape[0];
+  const half = (second: number) => {
+    const part = new Float32Array(size);
+    for (let b = 0; b < shape[0]; b++) part.set(out.subarray(b * per + second * (per / 2), b * per + (second + 1) * (per / 2)), (b * per) / 2);
+    return part;
+  };
+  return { prediction: half(0), variance: half(1) };
 }
 
 function build(c: GoldenCase): Scheduler {
@@ -94,7 +114,8 @@ for (const c of index.cases) {
       const expectedInput = scaled ? row(scaled, i) : x;
       const inErr = relativeError(input, expectedInput);
       assert.ok(inErr <= TOL, `${c.id} step ${i}: scaled input relative error ${inErr.toExponential(3)}`);
-      const out = s.step(state, row(mo, i), i, x, noise ? row(noise, i) : undefined);
+      const m = modelRow(c, mo, i);
+      const out = s.step(state, m.prediction, i, x, noise ? row(noise, i) : undefined, m.variance);
       const err = relativeError(out.prevSample, row(prev, i));
       assert.ok(err <= tolerance(c, i), `${c.id} step ${i} (t=${c.timesteps[i]}): relative error ${err.toExponential(3)}`);
       if (tolerance(c, i) === TOL) forced = Math.max(forced, err, inErr);
@@ -107,7 +128,8 @@ for (const c of index.cases) {
     state = s.initialState;
     let x = sample0;
     for (let i = 0; i < T; i++) {
-      const out = s.step(state, row(mo, i), i, x, noise ? row(noise, i) : undefined);
+      const m = modelRow(c, mo, i);
+      const out = s.step(state, m.prediction, i, x, noise ? row(noise, i) : undefined, m.variance);
       const err = relativeError(out.prevSample, row(prev, i));
       assert.ok(err <= tolerance(c, i, true), `${c.id} free-running step ${i}: relative error ${err.toExponential(3)}`);
       if (tolerance(c, i, true) === TOL) free = Math.max(free, err);
@@ -135,7 +157,7 @@ test('worst relative errors per scheduler (report)', () => {
 
 test('the goldens cover every scheduler name', () => {
   const classes = new Set(index.cases.map((c) => c.class));
-  for (const cls of ['DDIMScheduler', 'PNDMScheduler', 'EulerDiscreteScheduler', 'EulerAncestralDiscreteScheduler', 'DPMSolverMultistepScheduler', 'LCMScheduler']) {
+  for (const cls of ['DDIMScheduler', 'PNDMScheduler', 'EulerDiscreteScheduler', 'EulerAncestralDiscreteScheduler', 'DPMSolverMultistepScheduler', 'LCMScheduler', 'DDPMScheduler']) {
     assert.ok(classes.has(cls), cls);
   }
   const names = new Set(index.cases.map((c) => c.name ?? ''));

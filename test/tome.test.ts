@@ -57,8 +57,8 @@ test('ToMe beyond the cap (ratio 0.9 > 1 − 1/(sx·sy)): every src token merges
   const src = (3 * n) / 4; // one dst per 2×2 cell
   const kept = n - src; // every src token merged: N/4 tokens left
   for (const r of merged) {
-    assert.deepEqual(r.inputShapes.merged, [batch, src], r.name);
-    assert.deepEqual(r.inputShapes.unmerged, [batch, 0], r.name);
+    assert.deepEqual(r.inputShapes['tome.merged'], [batch, src], r.name);
+    assert.deepEqual(r.inputShapes['tome.unmerged'], [batch, 0], r.name);
     assert.deepEqual(r.outputShapes.tokens, [batch, n, c], r.name);
     // to_q, to_k, to_v and to_out on the kept tokens; QKᵀ and AV over kept × kept
     assert.equal(r.macs.linear, 4 * batch * kept * c * c, `${r.name} linear MACs`);

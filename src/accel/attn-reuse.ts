@@ -70,7 +70,7 @@ function storing<T extends TensorLike>(type: MapType, store: (map: T) => void): 
     emits: ['map'],
     hooks: (_own, _inner, emit) => ({
       attend(g, parts) {
-        const map = g.attentionMap(parts.query(), parts.keys(), parts.heads);
+        const map = g.attentionMap(parts.query(), parts.keys(), parts.heads, { bias: parts.bias });
         emit('map', map.dtype === type ? map : g.cast(map, type));
         return g.attentionApply(map, parts.values());
       },

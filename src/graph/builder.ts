@@ -275,6 +275,12 @@ export class GraphBuilder {
     const erf = this.unary('Erf', this.mul(x, this.scalar(Math.SQRT1_2)));
     return this.mul(this.mul(x, this.scalar(0.5)), this.add(erf, this.scalar(1)));
   }
+  /** GELU with the tanh approximation (torch's approximate="tanh", transformers' gelu_new). */
+  geluTanh(x: Value): Value {
+    const cubic = this.mul(this.mul(this.mul(x, x), x), this.scalar(0.044715));
+    const inner = this.mul(this.add(x, cubic), this.scalar(Math.sqrt(2 / Math.PI)));
+    return this.mul(this.mul(x, this.scalar(0.5)), this.add(this.unary('Tanh', inner), this.scalar(1)));
+  }
   /** x·σ(1.702x), CLIP's original activation. */
   quickGelu(x: Value): Value {
     return this.mul(x, this.sigmoid(this.mul(x, this.scalar(1.702))));
@@ -288,6 +294,12 @@ export class GraphBuilder {
         return this.gelu(x);
       case 'quick_gelu':
         return this.quickGelu(x);
+      case 'relu':
+        return this.unary('Relu', x);
+      case 'gelu_new':
+      case 'gelu_pytorch_tanh':
+      case 'gelu-approximate':
+        return this.geluTanh(x);
       default:
         throw new Error(`unsupported activation ${name}`);
     }
@@ -514,6 +526,27 @@ export class GraphBuilder {
     });
   }
 
+  /** torch.nn.LayerNorm over the last axis without affine parameters (elementwise_affine=False). */
+  layerNormPlain(x: Value, eps: number): Value {
+    const d = x.shape[x.rank - 1];
+    const ones = this.constant(new Float32Array(d).fill(1), [d], 'ones');
+    const zeros = this.constant(new Float32Array(d), [d], 'zeros');
+    return this.op('LayerNormalization', [x, ones, zeros], x.shape, x.dtype, {
+      axis: { kind: 'int', value: -1 },
+      epsilon: { kind: 'float', value: eps },
+    });
+  }
+
+  /** RMS norm over the last axis (T5LayerNorm): x / √(mean(x²) + eps) · `{name}.weight`; no mean, no bias. */
+  rmsNorm(x: Value, name: string, eps: number): Value {
+    const d = x.shape[x.rank - 1];
+    const meanSquare = this.op('ReduceMean', [this.mul(x, x), this.shapeConst([x.rank - 1])], [...x.shape.slice(0, -1), 1], x.dtype, {
+      keepdims: { kind: 'int', value: 1 },
+    });
+    const rms = this.unary('Sqrt', this.add(meanSquare, this.scalar(eps)));
+    return this.mul(this.param(`${name}.weight`, [d]), this.div(x, rms));
+  }
+
   softmax(x: Value, axis = -1): Value {
     return this.op('Softmax', [x], x.shape, x.dtype, { axis: { kind: 'int', value: axis } });
   }
@@ -531,18 +564,27 @@ export class GraphBuilder {
     if (!Number.isInteger(headDim)) throw new Error(`attention: ${dim} channels not divisible into ${heads} heads`);
     const scale = options.scale ?? 1 / Math.sqrt(headDim);
     if ((options.kind ?? this.attentionKind) === 'mha') {
-      if (options.bias) throw new Error('attention: MultiHeadAttention path takes no bias here');
       const macs = 2 * b * heads * sq * sk * headDim;
       this.macs.attention += macs;
       this.heavyOps.push({ op: 'attention', q: [...q.shape], k: [...k.shape], heads, macs });
       const out = new Value(this.fresh('mha'), [b, sq, dim], q.dtype);
-      this.node('MultiHeadAttention', [q.name, k.name, v.name], [out.name], {
+      // An additive bias goes in as MultiHeadAttention's attention_bias [B or 1, H or 1, Sq, Sk].
+      const bias = options.bias && this.attentionBias(options.bias, sq, sk);
+      this.node('MultiHeadAttention', [q.name, k.name, v.name, ...(bias ? ['', '', bias.name] : [])], [out.name], {
         num_heads: { kind: 'int', value: heads },
         scale: { kind: 'float', value: scale },
       }, 'com.microsoft');
       return out;
     }
     return this.attentionApply(this.attentionMap(q, k, heads, options), v);
+  }
+
+  /** A bias broadcastable to [B, H, Sq, Sk] as MultiHeadAttention takes it: rank 4, the last two axes full. */
+  private attentionBias(bias: Value, sq: number, sk: number): Value {
+    if (bias.rank !== 4 || bias.shape[3] !== sk) throw new Error(`attention bias [${bias.shape}] for keys of length ${sk}`);
+    if (bias.shape[2] === sq) return bias;
+    const target = [1, 1, sq, 1];
+    return this.op('Expand', [bias, this.shapeConst(target)], [bias.shape[0], bias.shape[1], sq, sk], bias.dtype);
   }
 
   /** softmax(QKᵀ·scale + bias) per head: q [B, Sq, H·d], k [B, Sk, H·d] → the map [B, H, Sq, Sk]. */

@@ -9,6 +9,9 @@ import { getComponent, openComponentWeights, readComponentConfig, type PipelineF
 import { weightParams } from '../weights/params.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from './autoencoder-kl.ts';
 import { ClipTextModel, ClipTextModelWithProjection, parseClipTextConfig } from './clip-text.ts';
+import { DiTTransformer2DModel, parseDiTConfig } from './dit-transformer-2d.ts';
+import { PixArtTransformer2DModel, parsePixArtConfig } from './pixart-transformer-2d.ts';
+import { T5EncoderModel, parseT5EncoderConfig } from './t5-encoder.ts';
 import { UNet2DConditionModel, parseUNetConfig } from './unet2d-condition.ts';
 
 export interface LoadedComponent<M> {
@@ -63,4 +66,30 @@ export function loadTextEncoder(folder: PipelineFolder, component = 'text_encode
     const config = parseClipTextConfig(c, w);
     return entry.className === 'CLIPTextModelWithProjection' ? new ClipTextModelWithProjection(config) : new ClipTextModel(config);
   }, options, ['', 'text_model.']);
+}
+
+export type DiffusionTransformer = PixArtTransformer2DModel | DiTTransformer2DModel;
+
+const NORM_TYPES: Record<string, string> = { ada_norm_single: 'PixArt', ada_norm_zero: 'DiT' };
+
+/**
+ * A diffusion transformer: PixArtTransformer2DModel, DiTTransformer2DModel, or diffusers' older
+ * Transformer2DModel, which is either of them by its norm_type (ada_norm_single: PixArt,
+ * ada_norm_zero: DiT) as diffusers remaps it.
+ */
+export function loadTransformer(folder: PipelineFolder, options: LoadOptions = {}): LoadedComponent<DiffusionTransformer> {
+  const { className } = getComponent(folder, 'transformer');
+  return open(folder, 'transformer', ['PixArtTransformer2DModel', 'DiTTransformer2DModel', 'Transformer2DModel'], (c, w) => {
+    if (className === 'PixArtTransformer2DModel') return new PixArtTransformer2DModel(parsePixArtConfig(c, w));
+    if (className === 'DiTTransformer2DModel') return new DiTTransformer2DModel(parseDiTConfig(c, w, false));
+    const normType = c.norm_type;
+    if (normType === 'ada_norm_single') return new PixArtTransformer2DModel(parsePixArtConfig(c, w));
+    if (normType === 'ada_norm_zero') return new DiTTransformer2DModel(parseDiTConfig(c, w, true));
+    throw new InputError(`${w}: norm_type`, 'unsupported Transformer2DModel', Object.entries(NORM_TYPES).map(([k, v]) => `"${k}" (${v})`).join(' or '), JSON.stringify(normType));
+  }, options);
+}
+
+/** A T5EncoderModel text encoder (PixArt); transformers 4.x and 5.x key layouts, one file or shards. */
+export function loadT5Encoder(folder: PipelineFolder, component = 'text_encoder', options: LoadOptions = {}): LoadedComponent<T5EncoderModel> {
+  return open(folder, component, ['T5EncoderModel'], (c, w) => new T5EncoderModel(parseT5EncoderConfig(c, w)), options);
 }

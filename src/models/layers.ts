@@ -55,32 +55,22 @@ export function keysAndValues(g: GraphBuilder, source: Value, o: AttentionOption
 }
 
 /**
- * diffusers Attention: to_q, the core (from the segment's hooks: softmax(QKᵀ/√d)·V unless a
- * method supplies another), to_out.0. Projections the core does not use are never built.
+ * diffusers Attention: to_q, the core (from the segment's hooks: softmax(QKᵀ/√d + bias)·V unless a
+ * method supplies another), to_out.0. Projections the core does not use are never built. `bias`:
+ * an additive attention bias broadcastable to [B, heads, Sq, Sk] (a padding mask).
  */
-export function attentionModule(g: GraphBuilder, x: Value, source: KeyValueSource, o: AttentionOptions, hooks: SegmentHooks = plainHooks): Value {
+export function attentionModule(g: GraphBuilder, x: Value, source: KeyValueSource, o: AttentionOptions, hooks: SegmentHooks = plainHooks, bias?: Value): Value {
   const once = (make: () => Value) => {
     let v: Value | undefined;
     return () => (v ??= make());
   };
-  const parts = { heads: o.heads, query: once(() => g.linear(x, 'to_q', o.innerDim, o.qkvBias)), keys: once(source.keys), values: once(source.values) };
+  const parts = { heads: o.heads, query: once(() => g.linear(x, 'to_q', o.innerDim, o.qkvBias)), keys: once(source.keys), values: once(source.values), bias };
   return g.linear(hooks.attend(g, parts), 'to_out.0', x.shape[x.rank - 1]);
 }
 
 /** diffusers Attention with the plain core. `context` null = self-attention. */
 export function attention(g: GraphBuilder, x: Value, context: Value | null, o: AttentionOptions): Value {
   return attentionModule(g, x, projectedKeysValues(g, context ?? x, o), o);
-}
-
-/** diffusers FeedForward with GEGLU (the SD transformer blocks): net.0.proj then net.2. */
-export function gegluFeedForward(g: GraphBuilder, x: Value, mult = 4): Value {
-  const dim = x.shape[x.rank - 1];
-  const inner = dim * mult;
-  // Two half-width products instead of one product and a Split: no copy of the wide output,
-  // and ORT fuses the gate's bias and GELU into its MatMul.
-  const hidden = g.linearRows(x, 'net.0.proj', inner * 2, 0, inner);
-  const gate = g.linearRows(x, 'net.0.proj', inner * 2, inner, 2 * inner);
-  return g.linear(g.mul(hidden, g.gelu(gate)), 'net.2', dim);
 }
 
 /** NCHW → tokens [B, H·W, C]. */
@@ -104,11 +94,53 @@ export function timestepEmbedding(g: GraphBuilder, timesteps: Value, dim: number
   const half = dim / 2;
   const lnMax = Math.fround(-Math.log(10000));
   const divisor = Math.fround(half - freqShift);
-  const exponent = new Float32Array(half);
-  for (let i = 0; i < half; i++) exponent[i] = Math.fround(Math.fround(lnMax * i) / divisor);
-  const freqs = g.exp(g.constant(exponent, [1, half], 'freq_exponent'));
-  const args = g.mul(g.reshape(timesteps, [timesteps.shape[0], 1]), freqs);
+  // exp on the host, correctly rounded as torch's float32 exp is: one ulp less or more of a
+  // frequency moves timestep 999's angle by 1e-4.
+  const freqs = new Float32Array(half);
+  for (let i = 0; i < half; i++) freqs[i] = Math.exp(Math.fround(Math.fround(lnMax * i) / divisor));
+  const args = g.mul(g.reshape(timesteps, [timesteps.shape[0], 1]), g.constant(freqs, [1, half], 'freqs'));
   const sin = g.sin(args);
   const cos = g.cos(args);
   return g.concat(flipSinToCos ? [cos, sin] : [sin, cos], -1);
+}
+
+/**
+ * diffusers get_2d_sincos_pos_embed for an h×w grid of patches: per token (row-major), the first
+ * half of the channels encodes its column and the second half its row, each as [sin | cos] over
+ * frequencies 1/10000^(k/(D/4)). Grid coordinates are float32 as diffusers makes them
+ * (index / (size / base_size) / interpolation_scale); the rest in float64, rounded at the end.
+ */
+export function sincosPositionTable(dim: number, h: number, w: number, baseSize: number, interpolationScale: number): Float32Array {
+  if (dim % 4) throw new Error(`2-D sin-cos position table: width ${dim} is not a multiple of 4`);
+  const quarter = dim / 4;
+  const coordinate = (i: number, size: number) => Math.fround(Math.fround(i / Math.fround(size / baseSize)) / interpolationScale);
+  const omega = Array.from({ length: quarter }, (_, k) => 1 / 10000 ** (k / quarter));
+  const table = new Float32Array(h * w * dim);
+  for (let row = 0; row < h; row++) {
+    for (let col = 0; col < w; col++) {
+      const at = (row * w + col) * dim;
+      for (const [half, pos] of [[0, coordinate(col, w)], [1, coordinate(row, h)]] as const) {
+        for (let k = 0; k < quarter; k++) {
+          table[at + half * 2 * quarter + k] = Math.sin(pos * omega[k]);
+          table[at + half * 2 * quarter + quarter + k] = Math.cos(pos * omega[k]);
+        }
+      }
+    }
+  }
+  return table;
+}
+
+/** diffusers PatchEmbed: p×p patches through a strided conv (`proj`) to tokens [B, h·w, D], plus the position table. */
+export function patchEmbed(g: GraphBuilder, latent: Value, o: { patchSize: number; dim: number; baseSize: number; interpolationScale: number }): Value {
+  const [, , height, width] = latent.shape;
+  const [h, w] = [height / o.patchSize, width / o.patchSize];
+  const tokens = toTokens(g, g.conv2d(latent, 'proj', o.dim, o.patchSize, { stride: o.patchSize }));
+  return g.add(tokens, g.constant(sincosPositionTable(o.dim, h, w, o.baseSize, o.interpolationScale), [1, h * w, o.dim], 'pos_embed'));
+}
+
+/** Patch tokens [B, h·w, p·p·C] → [B, C, h·p, w·p] (diffusers' einsum "nhwpqc->nchpwq"). */
+export function unpatchify(g: GraphBuilder, x: Value, h: number, w: number, patchSize: number, channels: number): Value {
+  const batch = x.shape[0];
+  const grid = g.reshape(x, [batch, h, w, patchSize, patchSize, channels]);
+  return g.reshape(g.transpose(grid, [0, 5, 1, 3, 2, 4]), [batch, channels, h * patchSize, w * patchSize]);
 }

@@ -9,13 +9,12 @@
 import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import { shaped, type Executor, type ShapedTensor, type TensorLike } from '../runtime/executor.ts';
-import { LongSkips, type ModelDeclaration, type SegmentHooks, type SegmentRole } from '../runtime/protocol.ts';
+import { LongSkips, type ModelDeclaration } from '../runtime/protocol.ts';
+import { basicTransformerBlock } from './basic-transformer-block.ts';
 import {
   cfgBool, cfgInt, cfgIntOrIntList, cfgNumber, cfgOneOf, cfgOptionalInt, cfgPositiveInt, cfgPositiveIntList, cfgStringList, checkDivisible, type Config,
 } from '../weights/config.ts';
-import {
-  attentionModule, fromTokens, gegluFeedForward, keysAndValues, projectedKeysValues, resnetBlock2D, timestepEmbedding, toTokens,
-} from './layers.ts';
+import { fromTokens, keysAndValues, resnetBlock2D, timestepEmbedding, toTokens } from './layers.ts';
 
 const DOWN_TYPES = ['CrossAttnDownBlock2D', 'DownBlock2D'] as const;
 const UP_TYPES = ['CrossAttnUpBlock2D', 'UpBlock2D'] as const;
@@ -387,40 +386,15 @@ export class UNet2DConditionModel {
   /** diffusers Transformer2DModel: proj_in, the BasicTransformerBlocks, proj_out plus the input. */
   private async transformer2d<T extends TensorLike>(exec: Executor<T>, path: string, x: T, heads: number, layers: number, text: TextInput<T>): Promise<T> {
     let tokens = (await exec.run(`${path}.proj_in`, (g, i) => ({ tokens: g.scope(path, () => this.projIn(g, i.x)) }), { x })).tokens;
-    for (let k = 0; k < layers; k++) tokens = await this.transformerBlock(exec, `${path}.transformer_blocks.${k}`, tokens, heads, text);
+    for (let k = 0; k < layers; k++) {
+      const block = `${path}.transformer_blocks.${k}`;
+      const kv = text.kv?.get(`${block}.attn2`);
+      tokens = await basicTransformerBlock(exec, block, tokens, {
+        norm: 'layer_norm', heads, qkvBias: false, normEps: 1e-5, normAffine: true, feedForward: 'geglu',
+        cross: kv ? { kv } : { context: text.states }, latentSize: text.latentSize,
+      });
+    }
     return (await exec.run(`${path}.proj_out`, (g, i) => ({ x: g.scope(path, () => this.projOut(g, i.tokens, i.x)) }), { tokens, x })).x;
-  }
-
-  /**
-   * diffusers BasicTransformerBlock: self-attention, cross-attention over the text (its keys and
-   * values precomputed where given), GEGLU feed-forward; each pre-norm with a residual.
-   */
-  private async transformerBlock<T extends TensorLike>(exec: Executor<T>, block: string, tokens: T, heads: number, text: TextInput<T>): Promise<T> {
-    const role = (layer: SegmentRole['layer']): SegmentRole => ({ block, layer, latentSize: text.latentSize });
-    const options = (h: Value) => ({ heads, innerDim: h.shape[2], qkvBias: false });
-    tokens = await this.sublayer(exec, block, 'attn1', 'norm1', tokens, {}, { ...role('self-attention'), blockInput: 'tokens' },
-      (g, h, _i, hooks) => attentionModule(g, h, projectedKeysValues(g, h, options(h)), options(h), hooks));
-    const kv = text.kv?.get(`${block}.attn2`);
-    tokens = kv
-      ? await this.sublayer(exec, block, 'attn2', 'norm2', tokens, { k: kv.k, v: kv.v }, role('cross-attention'),
-        (g, h, i, hooks) => attentionModule(g, h, { keys: () => i.k, values: () => i.v }, options(h), hooks))
-      : await this.sublayer(exec, block, 'attn2', 'norm2', tokens, { context: text.states }, role('cross-attention'),
-        (g, h, i, hooks) => attentionModule(g, h, projectedKeysValues(g, i.context, options(h)), options(h), hooks));
-    return this.sublayer(exec, block, 'ff', 'norm3', tokens, {}, role('feed-forward'), (g, h) => gegluFeedForward(g, h));
-  }
-
-  /**
-   * One pre-norm sub-layer (`module`) of a transformer block: tokens + body(norm(tokens)), the body
-   * run through the hooks. Its output before the residual add is a second output (`value`) that
-   * plans may cache.
-   */
-  private async sublayer<T extends TensorLike>(exec: Executor<T>, block: string, module: string, norm: string, tokens: T, extra: Record<string, T>,
-    role: SegmentRole, body: (g: GraphBuilder, h: Value, i: Record<string, Value>, hooks: SegmentHooks) => Value): Promise<T> {
-    return (await exec.run(`${block}.${module}`, (g, i, hooks) => g.scope(block, () => {
-      const h = g.layerNorm(i.tokens, norm, 1e-5);
-      const value = hooks.body(g, h, (h) => g.scope(module, () => body(g, h, i, hooks)));
-      return { tokens: g.add(value, i.tokens), value };
-    }), { tokens, ...extra }, { residual: { value: 'value', residual: 'tokens', result: 'tokens' }, role })).tokens;
   }
 
   /** A forward pass on shapes alone: `batch` rows of a latentHeight × latentWidth latent, 77 text tokens. */

@@ -21,14 +21,16 @@ export interface TensorLike {
 export type SegmentBuild = (g: GraphBuilder, inputs: Record<string, Value>, hooks: SegmentHooks) => Record<string, Value>;
 
 /**
- * A segment whose result is `inputs[residual] + outputs[value]` (an attention block with its
- * residual connection): an accelerator may cache `value` and later replace the whole segment by
- * that one addition, as TGATE does with attention outputs.
+ * A segment whose result is `inputs[residual] + outputs[value]` — or `+ inputs[gate] · outputs[value]`
+ * (an adaptive-norm block's gated sub-layer) — such as an attention block with its residual
+ * connection: a plan may cache `value` and later replace the whole segment by that addition, the
+ * gate applied afresh, as TGATE does with attention outputs.
  */
 export interface ResidualSpec {
   value: string;
   residual: string;
   result: string;
+  gate?: string;
 }
 
 export interface RunOptions {

@@ -21,7 +21,7 @@
  *    runs full passes at every call any method lists in `fullPassCalls` (TGATE's gate calls) and
  *    restarts its schedule there.
  * 3. Every method's hooks see each segment call that runs; their variants compose (later ones
- *    wrap earlier ones' hooks).
+ *    wrap earlier ones' hooks; each one's inputs and outputs under its own name).
  * 4. For each residual segment that runs, the first method with an opinion other than "compute"
  *    decides. A segment skipped by the cut neither caches nor reuses at that call, as in the
  *    official TGATE + DeepCache code; so the order of DeepCache and TGATE does not matter.
@@ -150,27 +150,8 @@ export interface Accelerator {
   prepare?(rehearse: Rehearsal): Promise<string[]>;
   /** The method's hooks for one generation. */
   begin?<T extends TensorLike>(context: PlanContext<T>): RunHooks<T>;
-}
-
-/** Runs `variants` as one: each one's inputs and outputs under `<its name>.<key>`, later hooks wrapping earlier ones. */
-function composeVariants<T extends TensorLike>(variants: SegmentVariant<T>[]): SegmentVariant<T> {
-  if (variants.length === 1) return variants[0];
-  const prefixed = <V>(v: SegmentVariant<T>, record: Record<string, V> = {}) =>
-    Object.fromEntries(Object.entries(record).map(([k, x]) => [`${v.name}.${k}`, x]));
-  const ownOf = <V>(v: SegmentVariant<T>, record: Record<string, V>) =>
-    Object.fromEntries(Object.entries(record).filter(([k]) => k.startsWith(`${v.name}.`)).map(([k, x]) => [k.slice(v.name.length + 1), x]));
-  return {
-    name: variants.map((v) => v.name).join('+'),
-    inputs: Object.assign({}, ...variants.map((v) => prefixed(v, v.inputs))),
-    unbatched: variants.flatMap((v) => (v.unbatched ?? []).map((k) => `${v.name}.${k}`)),
-    emits: variants.flatMap((v) => (v.emits ?? []).map((k) => `${v.name}.${k}`)),
-    hooks(own, inner, emit) {
-      let hooks = inner;
-      for (const v of variants) hooks = { ...hooks, ...v.hooks(ownOf(v, own), hooks, (k, value) => emit(`${v.name}.${k}`, value)) };
-      return hooks;
-    },
-    ran: (emitted) => variants.forEach((v) => v.ran?.(ownOf(v, emitted))),
-  };
+  /** A composed plan's methods, in order (each one's hooks are begun and asked in turn). */
+  readonly parts?: readonly Accelerator[];
 }
 
 /** One accelerator from several, composed in the order given (see the rules above). */
@@ -211,21 +192,7 @@ export function combine(accelerators: Accelerator[]): Accelerator {
       for (const a of accelerators) warnings.push(...((await a.prepare?.(rehearse)) ?? []));
       return warnings;
     },
-    begin<T extends TensorLike>(context: PlanContext<T>): RunHooks<T> {
-      const hooks = accelerators.flatMap((a) => (a.begin ? [a.begin(context)] : []));
-      return {
-        async variant(segment, at) {
-          const variants: SegmentVariant<T>[] = [];
-          for (const h of hooks) {
-            const v = await h.variant?.(segment, at);
-            if (v) variants.push(v);
-          }
-          return variants.length ? composeVariants(variants) : undefined;
-        },
-        stats: () => Object.assign({}, ...hooks.map((h) => h.stats?.() ?? {})),
-        summary: () => hooks.map((h) => h.summary?.()).filter(Boolean).join(', ') || undefined,
-      };
-    },
+    parts: accelerators,
   };
 }
 
@@ -234,25 +201,28 @@ const cacheKey = (segment: string, t: TensorLike) => `${segment}[${t.dims.join('
 
 const shapesOf = (inputs: Record<string, TensorLike>) => Object.values(inputs).map((t) => t.dims.join('x')).join(';');
 
-/** The segment call with a variant's inputs, hooks and outputs added. */
+/**
+ * The segment call with a variant's inputs, hooks and outputs added. Its inputs and outputs go
+ * into the graph as `<variant>.<key>`, so they can never clash with the model's own.
+ */
 function withVariant<T extends TensorLike>(build: SegmentBuild, inputs: Record<string, T>, options: RunOptions, v: SegmentVariant<T>) {
+  const graphKey = (key: string) => `${v.name}.${key}`;
   const ownKeys = Object.keys(v.inputs ?? {});
-  const clash = ownKeys.find((k) => k in inputs);
-  if (clash) throw new Error(`variant ${v.name}: input ${clash} is already an input of the segment`);
   return {
     build: ((g, i, hooks) => {
       const emitted: Record<string, Value> = {};
-      const own = v.hooks(Object.fromEntries(ownKeys.map((k) => [k, i[k]])), hooks, (key, value) => void (emitted[key] = value));
-      const built = build(g, i, { ...hooks, ...own });
-      for (const key of Object.keys(emitted)) if (key in built) throw new Error(`variant ${v.name}: output ${key} is already an output of the segment`);
-      return { ...built, ...emitted };
+      const own = v.hooks(Object.fromEntries(ownKeys.map((k) => [k, i[graphKey(k)]])), hooks, (key, value) => void (emitted[graphKey(key)] = value));
+      return { ...build(g, i, { ...hooks, ...own }), ...emitted };
     }) as SegmentBuild,
-    inputs: { ...inputs, ...v.inputs },
+    inputs: { ...inputs, ...Object.fromEntries(ownKeys.map((k) => [graphKey(k), v.inputs![k]])) },
     options: {
       ...options,
       variant: options.variant ? `${options.variant}+${v.name}` : v.name,
-      unbatched: [...(options.unbatched ?? []), ...(v.unbatched ?? [])],
+      unbatched: [...(options.unbatched ?? []), ...(v.unbatched ?? []).map(graphKey)],
     },
+    emits: (v.emits ?? []).map(graphKey),
+    /** The variant's outputs under its own keys. */
+    emitted: (out: Record<string, T>) => Object.fromEntries((v.emits ?? []).map((k) => [k, out[graphKey(k)]])),
   };
 }
 
@@ -264,7 +234,7 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
   call = 0;
   cfg = true;
   readonly runInfo: RunInfo;
-  private readonly hooks: RunHooks<T>;
+  private readonly hooks: RunHooks<T>[];
   private readonly cache = new Map<string, T>();
   private readonly features = new Map<string, T>();
   /** Segment calls answered from the cache. */
@@ -279,16 +249,17 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     run: { steps?: number; calls?: number } = {},
   ) {
     this.runInfo = { ...run, fullPassCalls: plan.fullPassCalls ?? [] };
-    this.hooks = plan.begin?.({ exec: inner, ops, run: this.runInfo }) ?? {};
+    const context = { exec: inner, ops, run: this.runInfo };
+    this.hooks = (plan.parts ?? [plan]).flatMap((method) => (method.begin ? [method.begin(context)] : []));
   }
 
   /** What the plan did so far: counters by name, and the same in words. */
   report(): { stats: Record<string, number>; summary: string[] } {
-    const stats = { reusedSegments: this.reusedSegments, shallowPasses: this.shallowPasses, ...this.hooks.stats?.() };
+    const stats = Object.assign({ reusedSegments: this.reusedSegments, shallowPasses: this.shallowPasses }, ...this.hooks.map((h) => h.stats?.() ?? {}));
     const summary = [
       this.reusedSegments ? `${this.reusedSegments} segment calls answered from the cache` : '',
       this.shallowPasses ? `${this.shallowPasses} shallow passes` : '',
-      this.hooks.summary?.() ?? '',
+      ...this.hooks.map((h) => h.summary?.() ?? ''),
     ].filter(Boolean);
     return { stats, summary };
   }
@@ -307,7 +278,11 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     const role = options.role;
     if (!role) return this.inner.run(name, build, inputs, options);
     const segment: SegmentCall<T> = { name, role, inputs, key: shapesOf(inputs) };
-    const variant = await this.hooks.variant?.(segment, { call: this.call, cfg: this.cfg });
+    const variants: SegmentVariant<T>[] = [];
+    for (const h of this.hooks) {
+      const v = await h.variant?.(segment, { call: this.call, cfg: this.cfg });
+      if (v) variants.push(v);
+    }
     const spec = options.residual;
     const decision = spec ? (this.plan.decide?.(segment, this.call, this.cfg, this.runInfo) ?? 'compute') : 'compute';
     if (spec && decision === 'reuse') {
@@ -315,22 +290,30 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
       const cached = this.cache.get(cacheKey(name, residual));
       if (cached) {
         this.reusedSegments++;
-        return this.inner.run(`${name}+cached`, (g, i) => ({ [spec.result]: g.add(i[spec.residual], i.cached) }), { [spec.residual]: residual, cached });
+        const gate = spec.gate ? { [spec.gate]: inputs[spec.gate] } : {};
+        return this.inner.run(`${name}+cached`, (g, i) => ({ [spec.result]: g.add(i[spec.residual], spec.gate ? g.mul(i[spec.gate], i.cached) : i.cached) }),
+          { [spec.residual]: residual, cached, ...gate });
       }
       // Nothing cached yet (e.g. warm_up beyond the gate): compute, as the official TGATE code does.
     }
     const caching = spec && (decision === 'cache' || decision === 'cache-cfg-mean');
+    // Later variants wrap earlier ones' hooks.
     let call = { build, inputs, options };
-    if (variant) call = withVariant(build, inputs, options, variant);
-    if (caching) call.options = { ...call.options, outputs: [...(options.outputs ?? [spec.result]), ...(variant?.emits ?? []), spec.value] };
+    const applied = variants.map((v) => {
+      const withIt = withVariant(call.build, call.inputs, call.options, v);
+      call = withIt;
+      return { variant: v, emits: withIt.emits, emitted: withIt.emitted };
+    });
+    const emits = applied.flatMap((a) => a.emits);
+    if (caching) call.options = { ...call.options, outputs: [...(options.outputs ?? [spec.result]), ...emits, spec.value] };
     const out = await this.inner.run(name, call.build, call.inputs, call.options);
     if (caching) {
       let value = out[spec.value];
       if (decision === 'cache-cfg-mean') value = await this.ops.meanOfHalves(value);
       this.cache.set(cacheKey(name, value), value);
     }
-    const hidden = new Set([spec?.value, ...(variant?.emits ?? [])]);
-    variant?.ran?.(Object.fromEntries((variant.emits ?? []).map((k) => [k, out[k]])));
+    for (const a of applied) a.variant.ran?.(a.emitted(out));
+    const hidden = new Set([spec?.value, ...emits]);
     return Object.fromEntries(Object.entries(out).filter(([k]) => !hidden.has(k)));
   }
 }

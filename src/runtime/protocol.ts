@@ -27,6 +27,8 @@ export interface AttentionParts {
   query(): Value;
   keys(): Value;
   values(): Value;
+  /** An additive bias on the scores, broadcastable to [B, heads, Sq, Sk] (e.g. a padding mask). */
+  bias?: Value;
 }
 
 /**
@@ -42,7 +44,7 @@ export interface SegmentHooks {
 }
 
 export const plainHooks: SegmentHooks = {
-  attend: (g, p) => g.attention(p.query(), p.keys(), p.values(), p.heads),
+  attend: (g, p) => g.attention(p.query(), p.keys(), p.values(), p.heads, { bias: p.bias }),
   body: (_g, h, run) => run(h),
 };
 

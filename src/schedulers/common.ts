@@ -293,9 +293,9 @@ export function withArgumentChecks(s: Scheduler): Scheduler {
       checkIndex(name, 'scaleModelInput', i, count);
       return s.scaleModelInput(sample, i);
     },
-    step(state, modelOutput, i, sample, noise) {
+    step(state, modelOutput, i, sample, noise, variance) {
       checkStepArgs(name, state, i, count, modelOutput, sample);
-      return s.step(state, modelOutput, i, sample, noise);
+      return s.step(state, modelOutput, i, sample, noise, variance);
     },
     addNoise(original, noise, i) {
       checkIndex(name, 'addNoise', i, count);

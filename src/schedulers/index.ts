@@ -11,6 +11,7 @@
 import { InputError, describe } from '../errors.ts';
 import type { Config } from '../weights/config.ts';
 import { createDdim } from './ddim.ts';
+import { createDdpm } from './ddpm.ts';
 import { createDpmSolverMultistep } from './dpm-solver-multistep.ts';
 import { createEulerAncestral } from './euler-ancestral.ts';
 import { createEuler } from './euler.ts';
@@ -28,6 +29,7 @@ export const SCHEDULER_CLASSES: Readonly<Record<string, SchedulerName>> = {
   EulerAncestralDiscreteScheduler: 'euler-a',
   DPMSolverMultistepScheduler: 'dpm++2m',
   LCMScheduler: 'lcm',
+  DDPMScheduler: 'ddpm',
 };
 
 export interface CreateSchedulerOptions {
@@ -85,6 +87,7 @@ export function createScheduler(options: CreateSchedulerOptions): Scheduler {
     case 'euler': return createEuler(config, where, s);
     case 'euler-a': return createEulerAncestral(config, where, s);
     case 'lcm': return createLcm(config, where, s);
+    case 'ddpm': return createDdpm(config, where, s);
     case 'dpm++2m':
     case 'dpm++2m-karras':
       return byName

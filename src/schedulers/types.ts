@@ -16,14 +16,14 @@
  *     ({ prevSample: latents, state } = s.step(state, eps, i, latents, noise));
  *   }
  *
- * Noise for stochastic steps (DDIM eta > 0, Euler ancestral, LCM) is passed in by the caller, who
+ * Noise for stochastic steps (DDIM eta > 0, Euler ancestral, LCM, DDPM) is passed in by the caller, who
  * draws it from our own `Rng`: the same seed gives the same image here on every platform, but not
  * the image diffusers gives for that seed (torch's generator is a different stream).
  */
 
-export type SchedulerName = 'ddim' | 'pndm' | 'euler' | 'euler-a' | 'dpm++2m' | 'dpm++2m-karras' | 'lcm';
+export type SchedulerName = 'ddim' | 'pndm' | 'euler' | 'euler-a' | 'dpm++2m' | 'dpm++2m-karras' | 'lcm' | 'ddpm';
 
-export const SCHEDULER_NAMES: readonly SchedulerName[] = ['ddim', 'pndm', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'lcm'];
+export const SCHEDULER_NAMES: readonly SchedulerName[] = ['ddim', 'pndm', 'euler', 'euler-a', 'dpm++2m', 'dpm++2m-karras', 'lcm', 'ddpm'];
 
 /** Opaque, immutable state between steps. `index` is the position of the next step. */
 export interface SchedulerState {
@@ -59,6 +59,8 @@ export interface Scheduler {
    * requires it then and ignores it otherwise (LCM's and Euler ancestral's last steps use none).
    */
   needsNoise(i: number): boolean;
+  /** True when step() takes the model's predicted variance (DDPM with variance_type learned_range). */
+  readonly usesVariance?: boolean;
   /** The state before the first step. */
   readonly initialState: SchedulerState;
   /** The U-Net input at step i (a new array; works on any batch, as the scaling is one scalar). */
@@ -67,7 +69,7 @@ export interface Scheduler {
    * One denoising step at position i (must equal `state.index`): from the model output (already
    * guided, for CFG) and the current sample to the previous sample.
    */
-  step(state: SchedulerState, modelOutput: Float32Array, i: number, sample: Float32Array, noise?: Float32Array): StepOutput;
+  step(state: SchedulerState, modelOutput: Float32Array, i: number, sample: Float32Array, noise?: Float32Array, variance?: Float32Array): StepOutput;
   /** Forward diffusion to the noise level of timestep position i (img2img): a new array. */
   addNoise(original: Float32Array, noise: Float32Array, i: number): Float32Array;
 }

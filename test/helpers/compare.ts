@@ -21,7 +21,7 @@ export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
 /**
  * Tolerances for one forward pass of a model component against diffusers / transformers (fp32).
  * About twice the largest relative error measured on the tiny fixtures (text encoders ≤ 4.7e-7,
- * U-Nets ≤ 9.3e-7, VAEs ≤ 2.1e-6), so that a real slip fails: a U-Net layer-norm epsilon of 1e-6
- * instead of 1e-5 moves its output by 2.8e-6 to 4.9e-6.
+ * U-Nets ≤ 9.3e-7, VAEs ≤ 2.1e-6, diffusion transformers ≤ 1.5e-6), so that a real slip fails: a
+ * U-Net layer-norm epsilon of 1e-6 instead of 1e-5 moves its output by 2.8e-6 to 4.9e-6.
  */
-export const COMPONENT_TOLERANCE = { textEncoder: 1.5e-6, unet: 2e-6, vae: 5e-6 } as const;
+export const COMPONENT_TOLERANCE = { textEncoder: 1.5e-6, unet: 2e-6, vae: 5e-6, transformer: 3e-6 } as const;
