@@ -17,23 +17,14 @@ import { PlannedExecutor, dryRehearsal } from '../runtime/plan.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import { Rng } from '../util/rng.ts';
+import { concat, finite, floats, guide, list, positiveInt, seconds, type GeneratedImage, type Latents, type StepInfo } from './common.ts';
+
+export type { GeneratedImage, Latents, StepInfo } from './common.ts';
 import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 
 export interface PipelineOptions extends RuntimeOptions {
   /** Weight variant, e.g. "fp16" for `*.fp16.safetensors`. */
   variant?: string;
-}
-
-export interface Latents {
-  data: Float32Array;
-  dims: number[];
-}
-
-export interface StepInfo {
-  step: number;
-  steps: number;
-  timestep: number;
-  seconds: number;
 }
 
 export interface GenerateRequest {
@@ -64,13 +55,6 @@ export interface GenerateRequest {
   signal?: AbortSignal;
 }
 
-export interface GeneratedImage {
-  /** Planar RGB [3, height, width] in [0, 1]. */
-  data: Float32Array;
-  width: number;
-  height: number;
-}
-
 export interface GenerateResult {
   /** Final latents, before VAE scaling and decoding. */
   latents: Latents;
@@ -84,30 +68,6 @@ export interface GenerateResult {
   accel?: { name: string; cfgCalls: number; stats: Record<string, number>; summary: string[] };
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
-}
-
-const seconds = (start: number) => (performance.now() - start) / 1000;
-
-function list(value: string | string[], flag: string): string[] {
-  const items = Array.isArray(value) ? value : [value];
-  if (items.length === 0 || items.some((p) => typeof p !== 'string')) throw new InputError(flag, 'wrong value', 'a string or a non-empty list of strings');
-  return items;
-}
-
-function positiveInt(value: number | undefined, fallback: number, flag: string): number {
-  const v = value ?? fallback;
-  if (!Number.isInteger(v) || v <= 0) throw new InputError(flag, 'wrong value', 'a positive integer', String(value));
-  return v;
-}
-
-function finite(value: number | undefined, fallback: number, flag: string, min = -Infinity): number {
-  const v = value ?? fallback;
-  if (!Number.isFinite(v) || v < min) throw new InputError(flag, 'wrong value', min > -Infinity ? `a number ≥ ${min}` : 'a finite number', String(value));
-  return v;
-}
-
-async function floats(t: ort.Tensor): Promise<Float32Array> {
-  return (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array;
 }
 
 /** SDXL's second text encoder and what goes with it. */
@@ -335,45 +295,6 @@ export class StableDiffusionPipeline {
     await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release(), this.textExec2?.release()]);
     for (const c of [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2]) c?.weights.close();
   }
-}
-
-function concat(a: Float32Array, b: Float32Array): Float32Array {
-  const out = new Float32Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-/**
- * Classifier-free guidance on a [uncond; text] batch: uncond + g·(text − uncond), then diffusers'
- * rescale_noise_cfg (match the per-sample std of the text prediction, blended by `rescale`).
- */
-function guide(prediction: Float32Array, size: number, scale: number, rescale: number, batch: number): Float32Array {
-  const out = new Float32Array(size);
-  for (let i = 0; i < size; i++) {
-    const uncond = prediction[i];
-    out[i] = uncond + scale * (prediction[size + i] - uncond);
-  }
-  if (rescale > 0) {
-    const per = size / batch;
-    for (let b = 0; b < batch; b++) {
-      const text = prediction.subarray(size + b * per, size + (b + 1) * per);
-      const guided = out.subarray(b * per, (b + 1) * per);
-      const factor = std(text) / std(guided);
-      for (let i = 0; i < per; i++) guided[i] = rescale * guided[i] * factor + (1 - rescale) * guided[i];
-    }
-  }
-  return out;
-}
-
-/** Unbiased standard deviation (torch's default). */
-function std(x: Float32Array): number {
-  let mean = 0;
-  for (const v of x) mean += v;
-  mean /= x.length;
-  let sum = 0;
-  for (const v of x) sum += (v - mean) ** 2;
-  return Math.sqrt(sum / (x.length - 1));
 }
 
 const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline'];

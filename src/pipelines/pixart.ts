@@ -1,0 +1,339 @@
+/**
+ * Text-to-image for PixArt-α and PixArt-Σ folders, step for step as diffusers' PixArtAlphaPipeline
+ * / PixArtSigmaPipeline: T5 prompt embeddings with their padding masks (the unconditional half from
+ * the negative prompt, "" by default, padded to the same length), classifier-free guidance, the
+ * learned variance dropped, the α-1024 micro-conditions, resolution binning (generate at the
+ * trained size nearest in aspect ratio, then resize and centre-crop the image back), VAE decode.
+ *
+ * Prompts are lower-cased and stripped, which is what diffusers does when its `clean_caption`
+ * cannot run (it needs the Python packages bs4 and ftfy; with them it also rewrites URLs, HTML,
+ * quotes and much else — that cleaning is not reproduced here).
+ */
+import * as ort from 'onnxruntime-node';
+import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import { InputError } from '../errors.ts';
+import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
+import { loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
+import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
+import type { T5EncoderModel } from '../models/t5-encoder.ts';
+import { OrtExecutor, ortOps, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { PlannedExecutor, dryRehearsal } from '../runtime/plan.ts';
+import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
+import { Rng } from '../util/rng.ts';
+import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { concat, finite, floats, guide, list, positiveInt, seconds, type GeneratedImage, type Latents, type StepInfo } from './common.ts';
+import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
+
+export interface PixArtRequest {
+  prompt: string | string[];
+  negativePrompt?: string | string[];
+  steps?: number;
+  /** Default 4.5, as diffusers'. */
+  guidanceScale?: number;
+  scheduler?: SchedulerName;
+  seed?: number;
+  width?: number;
+  height?: number;
+  imagesPerPrompt?: number;
+  /** Starting latents [B, C, h, w] at the generated size (after binning), as diffusers' `latents=`. */
+  latents?: Latents;
+  /** T5 tokens per prompt; default 120 for α, 300 for Σ. */
+  maxSequenceLength?: number;
+  /** Generate at the nearest trained size and resize back (default true, as diffusers). */
+  resolutionBinning?: boolean;
+  accel?: AccelSpec[];
+  output?: 'image' | 'latent';
+  onStep?: (info: StepInfo) => void;
+  signal?: AbortSignal;
+}
+
+export interface PixArtResult {
+  latents: Latents;
+  images: GeneratedImage[];
+  seed: number;
+  scheduler: string;
+  /** The size the transformer ran at (the binned size with resolution binning). */
+  generated: { width: number; height: number };
+  accel?: { name: string; cfgCalls: number; stats: Record<string, number>; summary: string[] };
+  timings: { textEncoding: number; denoising: number; decoding: number };
+  warnings: string[];
+}
+
+/** Python's str.strip(): str.isspace() characters, which JavaScript's trim() draws differently (U+001C–U+001F, U+0085 in; U+FEFF out). */
+export function pythonStrip(text: string): string {
+  const space = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/;
+  let [start, end] = [0, text.length];
+  while (start < end && space.test(text[start])) start++;
+  while (end > start && space.test(text[end - 1])) end--;
+  return text.slice(start, end);
+}
+
+/** The binned [height, width] for a requested size: the table's entry nearest in aspect ratio. */
+export function binResolution(height: number, width: number, sampleSize: number): [number, number] {
+  const bins = RESOLUTION_BINS[sampleSize];
+  if (!bins) {
+    throw new InputError('--resolution-binning', `PixArt has no resolution bins for transformer sample_size ${sampleSize}`,
+      `sample_size 32, 64, 128 or 256, or --no-resolution-binning`, `${sampleSize}`);
+  }
+  const ratio = height / width;
+  let best = bins[0];
+  for (const bin of bins) if (Math.abs(bin[0] - ratio) < Math.abs(best[0] - ratio)) best = bin;
+  return [best[1], best[2]];
+}
+
+/**
+ * diffusers' resize_and_crop_tensor on a planar [3, H, W] image: scale by the larger of the two
+ * ratios (bilinear, half-pixel centres, no antialiasing, as torch's interpolate), then crop the centre.
+ */
+export function resizeAndCrop(image: Float32Array, height: number, width: number, toHeight: number, toWidth: number): Float32Array {
+  if (height === toHeight && width === toWidth) return image;
+  const ratio = Math.max(toHeight / height, toWidth / width);
+  const [rh, rw] = [Math.trunc(height * ratio), Math.trunc(width * ratio)];
+  const [top, left] = [Math.floor((rh - toHeight) / 2), Math.floor((rw - toWidth) / 2)];
+  // torch's scale for a given output size is in / out, in float32.
+  const [sy, sx] = [Math.fround(height / rh), Math.fround(width / rw)];
+  const source = (o: number, scale: number, size: number): [number, number, number] => {
+    const x = Math.max(Math.fround(Math.fround((o + 0.5) * scale) - 0.5), 0);
+    const i0 = Math.min(Math.floor(x), size - 1);
+    const i1 = Math.min(i0 + 1, size - 1);
+    return [i0, i1, Math.fround(x - i0)];
+  };
+  const out = new Float32Array(3 * toHeight * toWidth);
+  for (let y = 0; y < toHeight; y++) {
+    const [y0, y1, fy] = source(y + top, sy, height);
+    for (let x = 0; x < toWidth; x++) {
+      const [x0, x1, fx] = source(x + left, sx, width);
+      for (let c = 0; c < 3; c++) {
+        const p = (r: number, k: number) => image[c * height * width + r * width + k];
+        const upper = (1 - fx) * p(y0, x0) + fx * p(y0, x1);
+        const lower = (1 - fx) * p(y1, x0) + fx * p(y1, x1);
+        out[c * toHeight * toWidth + y * toWidth + x] = (1 - fy) * upper + fy * lower;
+      }
+    }
+  }
+  return out;
+}
+
+export class PixArtPipeline {
+  private readonly transformerExec: OrtExecutor;
+  private readonly textExec: OrtExecutor;
+  private readonly vaeExec: OrtExecutor;
+
+  constructor(
+    readonly folder: PipelineFolder,
+    readonly transformer: LoadedComponent<PixArtTransformer2DModel>,
+    readonly textEncoder: LoadedComponent<T5EncoderModel>,
+    readonly tokenizer: T5Tokenizer,
+    readonly vae: LoadedComponent<AutoencoderKL>,
+    options: RuntimeOptions,
+  ) {
+    this.transformerExec = new OrtExecutor(transformer.params, options);
+    this.textExec = new OrtExecutor(textEncoder.params, options);
+    this.vaeExec = new OrtExecutor(vae.params, options);
+  }
+
+  /** α's default is 120 tokens, Σ's 300 (their pipelines' max_sequence_length). */
+  get defaultMaxSequenceLength(): number {
+    return this.folder.className === 'PixArtSigmaPipeline' ? 300 : 120;
+  }
+
+  /** Pixel size the transformer was trained at (sample_size × VAE factor). */
+  get defaultSize(): number {
+    return this.transformer.model.config.sampleSize * this.vae.model.downsampleFactor;
+  }
+
+  /** T5 states and masks for prompts (lower-cased and stripped), `maxLength` tokens each. */
+  private async encode(prompts: string[], maxLength: number, warnings: string[]): Promise<{ states: Float32Array; mask: BigInt64Array; width: number }> {
+    const ids = new BigInt64Array(prompts.length * maxLength);
+    const mask = new BigInt64Array(prompts.length * maxLength);
+    prompts.forEach((prompt, i) => {
+      const text = pythonStrip(prompt.toLowerCase());
+      const encoded = this.tokenizer.encode(text, maxLength);
+      const full = this.tokenizer.encodeUntruncated(text).length;
+      const warning = `prompt truncated to ${maxLength} tokens (--max-sequence-length): ${full - maxLength} tokens dropped from "${prompt.slice(0, 40)}…"`;
+      if (full > maxLength && !warnings.includes(warning)) warnings.push(warning);
+      ids.set(encoded.ids.map(BigInt), i * maxLength);
+      mask.set(encoded.mask.map(BigInt), i * maxLength);
+    });
+    const dims = [prompts.length, maxLength];
+    const out = await this.textEncoder.model.forward(this.textExec, new ort.Tensor('int64', ids, dims), new ort.Tensor('int64', mask, dims));
+    return { states: await floats(out), mask, width: out.dims[2] };
+  }
+
+  async generate(request: PixArtRequest): Promise<PixArtResult> {
+    const warnings: string[] = [];
+    const model = this.transformer.model;
+    const c = model.config;
+    const prompts = list(request.prompt, '--prompt');
+    const steps = positiveInt(request.steps, 20, '--steps');
+    const guidance = finite(request.guidanceScale, 4.5, '--guidance');
+    const perPrompt = positiveInt(request.imagesPerPrompt, 1, '--batch');
+    const maxLength = positiveInt(request.maxSequenceLength, this.defaultMaxSequenceLength, '--max-sequence-length');
+    const width = positiveInt(request.width, this.defaultSize, '--width');
+    const height = positiveInt(request.height, this.defaultSize, '--height');
+    const factor = this.vae.model.downsampleFactor;
+    const binning = request.resolutionBinning ?? true;
+    const [genHeight, genWidth] = binning ? binResolution(height, width, c.sampleSize) : [height, width];
+    const unit = factor * c.patchSize;
+    if (genWidth % unit || genHeight % unit) {
+      throw new InputError('--width/--height', `must be multiples of ${unit} (VAE factor ${factor} × patch size ${c.patchSize})`, undefined, `${genWidth}x${genHeight}`);
+    }
+    const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, '--negative-prompt');
+    if (negatives.length !== 1 && negatives.length !== prompts.length) {
+      throw new InputError('--negative-prompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
+    }
+    const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
+    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
+    const cfg = guidance > 1;
+    const batch = prompts.length * perPrompt;
+    const latentDims = [batch, c.inChannels, genHeight / factor, genWidth / factor];
+    if (request.latents) {
+      const d = request.latents.dims;
+      if (d.length !== 4 || d.some((x, i) => x !== latentDims[i])) {
+        throw new InputError('--latents', 'shape does not fit the request', `[${latentDims.join(', ')}]`, `[${d.join(', ')}]`);
+      }
+    }
+    const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
+    const scheduler = createScheduler({
+      name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
+    });
+    if (scheduler.timesteps.length === 1) {
+      throw new InputError('--steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
+    }
+    const accelerator = createAccelerator(request.accel ?? []);
+    const run = { steps, calls: scheduler.timesteps.length };
+    accelerator?.check?.(model.declaration, { ...run, fullPassCalls: accelerator.fullPassCalls ?? [] });
+
+    // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
+    let start = performance.now();
+    const repeat = (items: string[]) => items.flatMap((p) => new Array<string>(perPrompt).fill(p));
+    const positive = await this.encode(repeat(prompts), maxLength, warnings);
+    let states = positive.states;
+    let mask = positive.mask;
+    if (cfg) {
+      const negative = await this.encode(repeat(negatives.length === 1 ? prompts.map(() => negatives[0]) : negatives), maxLength, warnings);
+      states = concat(negative.states, positive.states);
+      mask = new BigInt64Array([...negative.mask, ...positive.mask]);
+    }
+    const textEncoding = seconds(start);
+    const text = (rows: number, s: Float32Array, m: BigInt64Array) => ({
+      states: new ort.Tensor('float32', s, [rows, maxLength, positive.width]),
+      mask: new ort.Tensor('int64', m, [rows, maxLength]),
+    });
+    const cfgText = cfg ? text(2 * batch, states, mask) : undefined;
+    const singleText = text(batch, positive.states, positive.mask);
+    // α-1024's micro-conditions: the generated size and its aspect ratio, per row.
+    const sizes = (rows: number) => (c.useAdditionalConditions ? {
+      resolution: new ort.Tensor('float32', new Float32Array(rows * 2).map((_, i) => (i % 2 ? genWidth : genHeight)), [rows, 2]),
+      aspectRatio: new ort.Tensor('float32', new Float32Array(rows).fill(genHeight / genWidth), [rows, 1]),
+    } : undefined);
+
+    if (accelerator?.prepare) {
+      const rows = cfg ? 2 * batch : batch;
+      warnings.push(...await accelerator.prepare(dryRehearsal((exec) => model.forwardShapes(exec,
+        { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: positive.width }), run)));
+    }
+    const planned = accelerator && new PlannedExecutor(this.transformerExec, accelerator, ortOps, run);
+    // Caption projection and cross-attention keys/values depend on the prompt only: once per text (lossless).
+    const kvs = new Map<object, Awaited<ReturnType<PixArtTransformer2DModel['crossAttentionKV']>>>();
+    const keysFor = async (t: { states: ort.Tensor; mask: ort.Tensor }) => {
+      let kv = kvs.get(t);
+      if (!kv) kvs.set(t, (kv = await model.crossAttentionKV(this.transformerExec, t.states, t.mask)));
+      return kv;
+    };
+
+    const rng = new Rng(seed);
+    const size = latentDims.reduce((a, b) => a * b, 1);
+    let latents = request.latents ? Float32Array.from(request.latents.data) : rng.fillNormal(new Float32Array(size));
+    for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
+
+    start = performance.now();
+    let cfgCalls = 0;
+    let state = scheduler.initialState;
+    const plane = size / batch;
+    for (let i = 0; i < scheduler.timesteps.length; i++) {
+      if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
+      const stepStart = performance.now();
+      const cfgNow = cfg && (accelerator?.cfgActive?.(i) ?? true);
+      if (cfgNow) cfgCalls++;
+      const rows = cfgNow ? 2 * batch : batch;
+      if (planned) {
+        planned.call = i;
+        planned.cfg = cfgNow;
+      }
+      const t = scheduler.timesteps[i];
+      const input = scheduler.scaleModelInput(cfgNow ? concat(latents, latents) : latents, i);
+      const textNow = cfgNow ? cfgText! : singleText;
+      const out = await model.forward(planned ?? this.transformerExec,
+        new ort.Tensor('float32', input, [rows, ...latentDims.slice(1)]), new ort.Tensor('float32', new Float32Array(rows).fill(t), [rows]),
+        { ...textNow, kv: await keysFor(textNow) }, sizes(rows));
+      const prediction = await floats(out);
+      // Guidance over every output channel, then the learned variance's half dropped.
+      const guided = cfgNow ? guide(prediction, (prediction.length / 2), guidance, 0, batch) : prediction;
+      const eps = c.outChannels === 2 * c.inChannels ? firstChannels(guided, batch, plane) : guided;
+      const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
+      ({ prevSample: latents, state } = scheduler.step(state, eps, i, latents, noise));
+      request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
+    }
+    const denoising = seconds(start);
+
+    const images: GeneratedImage[] = [];
+    start = performance.now();
+    if ((request.output ?? 'image') === 'image') {
+      const scale = 1 / this.vae.model.config.scalingFactor;
+      for (let b = 0; b < batch; b++) {
+        const z = latents.slice(b * plane, (b + 1) * plane).map((v) => v * scale);
+        const decoded = await floats(await this.vae.model.decode(this.vaeExec, new ort.Tensor('float32', z, [1, ...latentDims.slice(1)])));
+        const fitted = binning ? resizeAndCrop(decoded, genHeight, genWidth, height, width) : decoded;
+        images.push({ data: fitted.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width, height });
+      }
+    }
+    const decoding = seconds(start);
+    return {
+      latents: { data: latents, dims: latentDims },
+      images,
+      seed,
+      scheduler: scheduler.name,
+      generated: { width: genWidth, height: genHeight },
+      accel: accelerator && { name: accelerator.name, cfgCalls, ...planned!.report() },
+      timings: { textEncoding, denoising, decoding },
+      warnings,
+    };
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([this.transformerExec.release(), this.textExec.release(), this.vaeExec.release()]);
+    for (const component of [this.transformer, this.textEncoder, this.vae]) component.weights.close();
+  }
+}
+
+/** The first `plane` values of each of `batch` rows of `2 · plane`: the noise prediction without the variance. */
+function firstChannels(data: Float32Array, batch: number, plane: number): Float32Array {
+  const out = new Float32Array(batch * plane);
+  for (let b = 0; b < batch; b++) out.set(data.subarray(2 * b * plane, (2 * b + 1) * plane), b * plane);
+  return out;
+}
+
+const PIPELINES = ['PixArtAlphaPipeline', 'PixArtSigmaPipeline'];
+
+/** Opens a PixArt-α or PixArt-Σ folder (the caller has read its model_index.json). */
+export function loadPixArtPipeline(folder: PipelineFolder, options: RuntimeOptions & { variant?: string } = {}): PixArtPipeline {
+  if (!PIPELINES.includes(folder.className)) {
+    throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'not a PixArt pipeline', PIPELINES.join(' or '), folder.className);
+  }
+  const load = { variant: options.variant };
+  const transformer = loadTransformer(folder, load);
+  if (!(transformer.model instanceof PixArtTransformer2DModel)) {
+    throw new InputError(`${transformer.configFile}: norm_type`, `a ${folder.className} needs a PixArt transformer`, '"ada_norm_single"', 'a DiT (ada_norm_zero)');
+  }
+  const textEncoder = loadT5Encoder(folder, 'text_encoder', load);
+  const expected = transformer.model.config.captionChannels ?? transformer.model.config.crossAttentionDim;
+  if (textEncoder.model.config.dModel !== expected) {
+    throw new InputError(`${transformer.configFile}: caption_channels`, `disagrees with the text encoder's d_model (${textEncoder.configFile})`,
+      `${textEncoder.model.config.dModel}`, `${expected}`);
+  }
+  const tokenizer = T5Tokenizer.fromFolder(getComponent(folder, 'tokenizer').dir);
+  const vae = loadVae(folder, load);
+  return new PixArtPipeline(folder, transformer as LoadedComponent<PixArtTransformer2DModel>, textEncoder, tokenizer, vae, options);
+}

@@ -1,0 +1,81 @@
+/**
+ * PixArt-α and PixArt-Σ text-to-image against diffusers' pipelines on the tiny folders (goldens
+ * from tools/reference/make_pixart_fixtures.py): same starting latents in, final latents (and for
+ * image cases the image, resolution binning included) out; prompt preprocessing; bins.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { binResolution, loadPixArtPipeline, pythonStrip } from '../src/pipelines/pixart.ts';
+import type { SchedulerName } from '../src/schedulers/index.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { assertClose } from './helpers/compare.ts';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+const GOLDENS = path.join(FIXTURES, 'goldens', 'pixart');
+
+interface PipelineCase {
+  name: string;
+  prompt: string | string[];
+  negative_prompt: string | string[] | null;
+  steps: number;
+  guidance_scale: number;
+  scheduler: SchedulerName;
+  height: number;
+  width: number;
+  max_sequence_length: number;
+  use_resolution_binning: boolean;
+  output: 'latent' | 'image';
+  num_images_per_prompt: number;
+  generated_height: number;
+  generated_width: number;
+  latents_shape: number[];
+}
+
+for (const fixture of ['tiny-pixart-alpha', 'tiny-pixart-sigma']) {
+  test(`${fixture}: text-to-image equals diffusers for every scheduler, negative prompts, long prompts, batches, non-square sizes and binning`, async (t) => {
+    const cases = JSON.parse(fs.readFileSync(path.join(GOLDENS, `${fixture}-pipelines.json`), 'utf8')) as PipelineCase[];
+    const goldens = SafetensorsFile.open(path.join(GOLDENS, `${fixture}-pipelines.safetensors`));
+    const pipeline = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, fixture)));
+    try {
+      for (const c of cases) {
+        const result = await pipeline.generate({
+          prompt: c.prompt, negativePrompt: c.negative_prompt ?? undefined, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler,
+          height: c.height, width: c.width, imagesPerPrompt: c.num_images_per_prompt, maxSequenceLength: c.max_sequence_length,
+          resolutionBinning: c.use_resolution_binning, output: c.output,
+          latents: { data: goldens.readFloat32(`${c.name}.latents_in`), dims: c.latents_shape },
+        });
+        assert.deepEqual(result.generated, { width: c.generated_width, height: c.generated_height }, `${c.name}: generated size`);
+        const err = assertClose(result.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-3, `${c.name} latents`);
+        let note = '';
+        if (c.output === 'image') {
+          const expected = goldens.readFloat32(`${c.name}.image_out`);
+          const image = result.images[0];
+          assert.deepEqual([image.height, image.width], [c.height, c.width]);
+          const diff = image.data.reduce((m, v, i) => Math.max(m, Math.abs(v - expected[i])), 0);
+          assert.ok(diff < 1e-3, `${c.name}: image max |diff| ${diff}`);
+          note = `, image max |diff| ${diff.toExponential(2)}`;
+        }
+        t.diagnostic(`${c.name}: latents relative error ${err.toExponential(2)}${note}`);
+      }
+    } finally {
+      goldens.close();
+      await pipeline.release();
+    }
+  });
+}
+
+test('prompts are lower-cased and stripped as Python does (diffusers without clean_caption)', () => {
+  const golden = JSON.parse(fs.readFileSync(path.join(GOLDENS, 't5-tokens.json'), 'utf8')) as { prompts: { prompt: string; preprocessed: string }[] };
+  for (const c of golden.prompts) assert.equal(pythonStrip(c.prompt.toLowerCase()), c.preprocessed, JSON.stringify(c.prompt));
+});
+
+test('resolution bins: the nearest trained aspect ratio, first of equals; unknown sample sizes refused', () => {
+  assert.deepEqual(binResolution(256, 192, 128), [1152, 896]);
+  assert.deepEqual(binResolution(256, 192, 32), [288, 224]);
+  assert.deepEqual(binResolution(1024, 1024, 128), [1024, 1024]);
+  assert.deepEqual(binResolution(100, 1000, 128), [512, 2048]);
+  assert.throws(() => binResolution(256, 256, 48), /--resolution-binning: PixArt has no resolution bins for transformer sample_size 48/);
+});
