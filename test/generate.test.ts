@@ -112,3 +112,49 @@ test('bad flags: one line naming the flag, exit 2, no output file', (t) => {
   assert.equal(missing.status, 2);
   assert.ok(missing.stderr.includes(path.join(dir, 'nope')), missing.stderr);
 });
+
+test('generate runs PixArt (text-to-image) and DiT (class-to-image) folders, with their own flags and settings in the PNG', (t) => {
+  const dir = tempDir(t);
+  const fixtures = path.join(ROOT, 'test', 'fixtures');
+  const pixart = path.join(dir, 'cactus.png');
+  let run = diffuse('generate', '--model', path.join(fixtures, 'tiny-pixart-sigma'), '--prompt', 'a cactus', '--steps', '2', '--seed', '3',
+    '--width', '192', '--height', '256', '--max-sequence-length', '40', '--out', pixart, '--quiet');
+  assert.equal(run.status, 0, run.stderr);
+  let bytes = new Uint8Array(fs.readFileSync(pixart));
+  assert.deepEqual([decode(bytes).width, decode(bytes).height], [192, 256]);
+  let text = pngText(bytes);
+  assert.match(text.parameters, /^a cactus\nNegative prompt: \nSteps: 2, Sampler: dpm\+\+2m, CFG scale: 4.5, Seed: 3, Size: 192x256, Model: tiny-pixart-sigma$/);
+  assert.deepEqual([JSON.parse(text['diffusion.ts']).maxSequenceLength, JSON.parse(text['diffusion.ts']).resolutionBinning], [40, true]);
+
+  const dit = path.join(dir, 'dog.png');
+  run = diffuse('generate', '--model', path.join(fixtures, 'tiny-dit'), '--class', '207,otter', '--steps', '2', '--seed', '4', '--out', dit, '--quiet');
+  assert.equal(run.status, 0, run.stderr);
+  for (const [i, file] of [path.join(dir, 'dog-0.png'), path.join(dir, 'dog-1.png')].entries()) {
+    bytes = new Uint8Array(fs.readFileSync(file));
+    assert.deepEqual([decode(bytes).width, decode(bytes).height], [128, 128]);
+    text = pngText(bytes);
+    assert.match(text.parameters, /^class 207,otter\nSteps: 2, Sampler: ddim, CFG scale: 4, Seed: 4, Size: 128x128, Model: tiny-dit$/);
+    assert.equal(JSON.parse(text['diffusion.ts']).index, i);
+  }
+
+  // Flags another family's pipeline cannot use are refused by name, before any work.
+  const cases: [string, string[], string][] = [
+    ['tiny-sd1', ['--prompt', 'x', '--class', '1'], '--class: does not apply to a StableDiffusionPipeline'],
+    ['tiny-sd1', ['--prompt', 'x', '--max-sequence-length', '40'], '--max-sequence-length: does not apply'],
+    ['tiny-sd1', ['--prompt', 'x', '--no-resolution-binning'], '--resolution-binning / --no-resolution-binning: does not apply'],
+    ['tiny-dit', ['--prompt', 'a dog'], '--prompt: does not apply to a DiTPipeline'],
+    ['tiny-dit', [], '--class: no class given'],
+    ['tiny-dit', ['--class', 'unicorn'], '--class: unknown class name'],
+    ['tiny-dit', ['--class', '1000'], '--class: class id out of range'],
+    ['tiny-pixart-alpha', ['--prompt', 'x', '--guidance-rescale', '0.5'], '--guidance-rescale: does not apply to a PixArtAlphaPipeline'],
+    ['tiny-pixart-alpha', ['--prompt', 'x', '--width', '100', '--no-resolution-binning'], '--width/--height: must be multiples of 16'],
+  ];
+  const out = path.join(dir, 'refused.png');
+  for (const [fixture, flags, message] of cases) {
+    run = diffuse('generate', '--model', path.join(fixtures, fixture), '--steps', '2', '--out', out, '--quiet', ...flags);
+    assert.equal(run.status, 2, `${fixture} ${flags.join(' ')}: ${run.stderr}`);
+    assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
+    assert.ok(run.stderr.includes(message), `${fixture} ${flags.join(' ')} → ${run.stderr}`);
+    assert.ok(!fs.existsSync(out), 'no output written');
+  }
+});

@@ -1,7 +1,8 @@
 /**
- * `diffuse generate`: text-to-image from a diffusers folder to PNG files. Every flag is checked
- * before any work starts; outputs are written to a temporary name and renamed, so a failed or
- * interrupted run leaves no half-written file.
+ * `diffuse generate`: images from a diffusers folder to PNG files — text-to-image for Stable
+ * Diffusion 1.x/2.x/XL and PixArt-α/Σ, class-to-image for DiT. Every flag is checked before any
+ * work starts (flags the folder's pipeline cannot use are refused by name); outputs are written to
+ * a temporary name and renamed, so a failed or interrupted run leaves no half-written file.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -9,8 +10,12 @@ import { SingleBar } from 'cli-progress';
 import { InputError } from '../errors.ts';
 import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { encodePng } from '../image/png.ts';
-import { loadPipeline, type GenerateRequest, type Latents } from '../pipelines/stable-diffusion.ts';
+import type { GeneratedImage, Latents, StepInfo } from '../pipelines/common.ts';
+import { loadDiTPipeline } from '../pipelines/dit.ts';
+import { loadPixArtPipeline } from '../pipelines/pixart.ts';
+import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
+import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import type { Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { writeFileAtomically } from '../util/files.ts';
@@ -36,6 +41,71 @@ export interface GenerateFlags {
   variant?: string;
   accel: AccelSpec[];
   quiet: boolean;
+  /** DiT: class ids or names, comma-separated. */
+  class?: string;
+  /** PixArt: T5 tokens per prompt. */
+  maxSequenceLength?: number;
+  /** PixArt: generate at the nearest trained size (default as diffusers: on). */
+  resolutionBinning?: boolean;
+}
+
+type Family = 'stable-diffusion' | 'pixart' | 'dit';
+
+const FAMILIES: Record<string, Family> = {
+  StableDiffusionPipeline: 'stable-diffusion', StableDiffusionXLPipeline: 'stable-diffusion',
+  PixArtAlphaPipeline: 'pixart', PixArtSigmaPipeline: 'pixart', DiTPipeline: 'dit',
+};
+
+/** Per family: its default steps and guidance (as diffusers'), and the flags only it takes. */
+const DEFAULTS: Record<Family, { steps: number; guidance: number }> = {
+  'stable-diffusion': { steps: 50, guidance: 7.5 }, pixart: { steps: 20, guidance: 4.5 }, dit: { steps: 50, guidance: 4 },
+};
+const ONLY: [keyof GenerateFlags, string, Family[]][] = [
+  ['prompt', '--prompt', ['stable-diffusion', 'pixart']],
+  ['negativePrompt', '--negative-prompt', ['stable-diffusion', 'pixart']],
+  ['guidanceRescale', '--guidance-rescale', ['stable-diffusion']],
+  ['width', '--width', ['stable-diffusion', 'pixart']],
+  ['height', '--height', ['stable-diffusion', 'pixart']],
+  ['batch', '--batch', ['stable-diffusion', 'pixart']],
+  ['class', '--class', ['dit']],
+  ['maxSequenceLength', '--max-sequence-length', ['pixart']],
+  ['resolutionBinning', '--resolution-binning / --no-resolution-binning', ['pixart']],
+];
+
+/** What every family's generation gives back. */
+interface Generated {
+  latents: Latents;
+  images: GeneratedImage[];
+  seed: number;
+  scheduler: string;
+  accel?: { name: string; cfgCalls: number; summary: string[] };
+  timings: { textEncoding?: number; denoising: number; decoding: number };
+  warnings: string[];
+}
+
+/** The folder's pipeline family, after checking that every given flag applies to it. */
+function familyOf(folder: PipelineFolder, f: GenerateFlags): Family {
+  const family = FAMILIES[folder.className];
+  if (!family) {
+    throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'unsupported pipeline', Object.keys(FAMILIES).join(', '), folder.className);
+  }
+  for (const [key, flag, families] of ONLY) {
+    if (f[key] !== undefined && !families.includes(family)) {
+      throw new InputError(flag, `does not apply to a ${folder.className}`, family === 'dit' ? '--class for DiT (class-conditional)' : 'no such flag', String(f[key]));
+    }
+  }
+  if (family === 'dit' ? f.class === undefined : f.prompt === undefined) {
+    throw new InputError(family === 'dit' ? '--class' : '--prompt', family === 'dit' ? 'no class given' : 'no prompt given',
+      family === 'dit' ? 'class ids or names, e.g. 207,360' : 'some text');
+  }
+  return family;
+}
+
+/** `--class 207,golden retriever`: ids stay numbers, anything else is a name. */
+function classLabels(text: string): (number | string)[] {
+  const labels = text.split(',').map((l) => l.trim()).filter((l) => l !== '');
+  if (labels.length === 0) throw new InputError('--class', 'no class given', 'class ids or names, e.g. 207,360', JSON.stringify(text));
+  return labels.map((l) => (/^\d+$/.test(l) ? Number(l) : l));
 }
 
 /** Reads `--latents`: a safetensors file with one F32 tensor named `latents`, [B, C, h, w]. */
@@ -62,7 +132,6 @@ export function outputNames(out: string, count: number): string[] {
 }
 
 function checkFlags(f: GenerateFlags): Device {
-  if (f.prompt === undefined) throw new InputError('--prompt', 'no prompt given', 'some text');
   if (f.device !== 'cpu' && f.device !== 'webgpu') throw new InputError('--device', 'unknown device', 'cpu or webgpu', f.device);
   if (path.extname(f.out).toLowerCase() !== '.png') throw new InputError('--out', 'output must be a PNG file', 'a name ending in .png', f.out);
   for (const file of [f.out, f.saveLatents]) {
@@ -73,49 +142,63 @@ function checkFlags(f: GenerateFlags): Device {
   return f.device;
 }
 
+/** Starts the generation the folder's family does, with the flags that apply to it. */
+async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined,
+  onStep: (s: StepInfo) => void): Promise<{ run: () => Promise<Generated>; release: () => Promise<void> }> {
+  const runtime = { device, threads: f.threads, variant: f.variant };
+  const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, seed: f.seed, latents, accel: f.accel, onStep };
+  if (family === 'dit') {
+    const pipeline = loadDiTPipeline(folder, runtime);
+    return { run: () => pipeline.generate({ ...common, classLabels: classLabels(f.class!) }), release: () => pipeline.release() };
+  }
+  const text = { ...common, prompt: f.prompt!, negativePrompt: f.negativePrompt, width: f.width, height: f.height, imagesPerPrompt: f.batch };
+  if (family === 'pixart') {
+    const pipeline = loadPixArtPipeline(folder, runtime);
+    return {
+      run: () => pipeline.generate({ ...text, maxSequenceLength: f.maxSequenceLength, resolutionBinning: f.resolutionBinning }),
+      release: () => pipeline.release(),
+    };
+  }
+  const pipeline = await loadPipeline(folder.dir, runtime);
+  return { run: () => pipeline.generate({ ...text, guidanceRescale: f.guidanceRescale }), release: () => pipeline.release() };
+}
+
 export async function generate(f: GenerateFlags): Promise<void> {
   const device = checkFlags(f);
   const latents = f.latents ? readLatentsFile(f.latents) : undefined;
-  const pipeline = await loadPipeline(modelFolder(f.model), { device, threads: f.threads, variant: f.variant });
+  const folder = readPipelineFolder(modelFolder(f.model));
+  const family = familyOf(folder, f);
   const showProgress = !f.quiet && process.stderr.isTTY;
   const bar = showProgress ? new SingleBar({ format: 'denoising {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}', hideCursor: true, stream: process.stderr }) : undefined;
   const started = performance.now();
-  const request: GenerateRequest = {
-    prompt: f.prompt!,
-    negativePrompt: f.negativePrompt,
-    steps: f.steps,
-    guidanceScale: f.guidance,
-    guidanceRescale: f.guidanceRescale,
-    scheduler: f.scheduler,
-    seed: f.seed,
-    width: f.width,
-    height: f.height,
-    imagesPerPrompt: f.batch,
-    latents,
-    accel: f.accel,
-    onStep: (s) => {
-      if (!bar) return;
-      if (s.step === 1) bar.start(s.steps, 0, { rate: '-' });
-      bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
-    },
+  const onStep = (s: StepInfo) => {
+    if (!bar) return;
+    if (s.step === 1) bar.start(s.steps, 0, { rate: '-' });
+    bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
   };
+  const job = await start(folder, family, f, device, latents, onStep);
   try {
-    const result = await pipeline.generate(request);
+    const result: Generated = await job.run();
     bar?.stop();
     for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
     // writeSafetensors writes through a temporary file itself.
     if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });
     const names = outputNames(f.out, result.images.length);
     const [image] = result.images;
+    const defaults = DEFAULTS[family];
+    const subject = family === 'dit' ? `class ${f.class}` : f.prompt!;
     const settings = {
-      prompt: f.prompt, negativePrompt: f.negativePrompt ?? '', steps: f.steps ?? 50, guidanceScale: f.guidance ?? 7.5,
-      guidanceRescale: f.guidanceRescale ?? 0, scheduler: result.scheduler, seed: result.seed, width: image.width, height: image.height,
-      batch: f.batch ?? 1, model: path.resolve(modelFolder(f.model)), device, threads: f.threads ?? null, latents: f.latents ?? null,
+      ...(family === 'dit' ? { class: f.class } : { prompt: f.prompt, negativePrompt: f.negativePrompt ?? '' }),
+      steps: f.steps ?? defaults.steps, guidanceScale: f.guidance ?? defaults.guidance,
+      ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
+      ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
+      scheduler: result.scheduler, seed: result.seed, width: image.width, height: image.height,
+      batch: f.batch ?? 1, model: path.resolve(folder.dir), device, threads: f.threads ?? null, latents: f.latents ?? null,
       accel: f.accel.map(formatAccelSpec),
     };
     const parameters = [
-      f.prompt,
-      `Negative prompt: ${settings.negativePrompt}`,
+      subject,
+      ...(family === 'dit' ? [] : [`Negative prompt: ${f.negativePrompt ?? ''}`]),
       `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${result.seed}, ` +
         `Size: ${image.width}x${image.height}, Model: ${path.basename(settings.model)}` +
         // quoted, as A1111 quotes values that contain commas
@@ -126,14 +209,14 @@ export async function generate(f: GenerateFlags): Promise<void> {
       writeFileAtomically(names[i], encodePng(img.data, img.width, img.height, text));
     });
     const t = result.timings;
-    process.stderr.write(`wrote ${names.join(', ')} (seed ${result.seed}, ${result.scheduler}; text ${t.textEncoding.toFixed(2)} s, ` +
-      `denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
+    process.stderr.write(`wrote ${names.join(', ')} (seed ${result.seed}, ${result.scheduler}; ` +
+      `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
     if (result.accel) {
       const a = result.accel;
       process.stderr.write(`${a.name}: ${[`${a.cfgCalls} model calls with CFG`, ...a.summary].join(', ')}\n`);
     }
   } finally {
     bar?.stop();
-    await pipeline.release();
+    await job.release();
   }
 }

@@ -236,7 +236,7 @@ export class PixArtPipeline {
     }
     const planned = accelerator && new PlannedExecutor(this.transformerExec, accelerator, ortOps, run);
     // Caption projection and cross-attention keys/values depend on the prompt only: once per text (lossless).
-    const kvs = new Map<object, Awaited<ReturnType<PixArtTransformer2DModel['crossAttentionKV']>>>();
+    const kvs = new Map<object, Map<string, { k: ort.Tensor; v: ort.Tensor; bias: ort.Tensor }>>();
     const keysFor = async (t: { states: ort.Tensor; mask: ort.Tensor }) => {
       let kv = kvs.get(t);
       if (!kv) kvs.set(t, (kv = await model.crossAttentionKV(this.transformerExec, t.states, t.mask)));
@@ -270,7 +270,7 @@ export class PixArtPipeline {
         { ...textNow, kv: await keysFor(textNow) }, sizes(rows));
       const prediction = await floats(out);
       // Guidance over every output channel, then the learned variance's half dropped.
-      const guided = cfgNow ? guide(prediction, (prediction.length / 2), guidance, 0, batch) : prediction;
+      const guided = cfgNow ? guide(prediction, prediction.length / 2, guidance, 0, batch) : prediction;
       const eps = c.outChannels === 2 * c.inChannels ? firstChannels(guided, batch, plane) : guided;
       const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, eps, i, latents, noise));

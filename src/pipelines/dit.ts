@@ -1,0 +1,224 @@
+/**
+ * Class-to-image for DiT folders, step for step as diffusers' DiTPipeline: class ids (or names
+ * through model_index.json's id2label), classifier-free guidance against the null class with the
+ * batch ordered [conditional; unconditional] and guidance on the noise channels only, the learned
+ * variance dropped before the scheduler step, VAE decode. Two diffusers quirks are kept, as they
+ * change images only with schedulers that scale their input (Euler): the starting latents are not
+ * multiplied by the initial sigma, and each step starts from the scaled model input.
+ */
+import * as ort from 'onnxruntime-node';
+import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import { describe, InputError } from '../errors.ts';
+import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
+import { loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
+import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
+import { OrtExecutor, ortOps, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { PlannedExecutor, dryRehearsal } from '../runtime/plan.ts';
+import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import { Rng } from '../util/rng.ts';
+import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { finite, floats, positiveInt, seconds, type GeneratedImage, type Latents, type StepInfo } from './common.ts';
+
+export interface DiTRequest {
+  /** Class ids, or names from the folder's id2label; one image per label. */
+  classLabels: (number | string)[];
+  steps?: number;
+  /** Default 4, as diffusers'. */
+  guidanceScale?: number;
+  scheduler?: SchedulerName;
+  seed?: number;
+  /** Starting latents [B, C, h, w], as diffusers' DiTPipeline draws them (not scaled by the initial sigma). */
+  latents?: Latents;
+  accel?: AccelSpec[];
+  output?: 'image' | 'latent';
+  onStep?: (info: StepInfo) => void;
+  signal?: AbortSignal;
+}
+
+export interface DiTResult {
+  latents: Latents;
+  images: GeneratedImage[];
+  /** The class ids generated, in order. */
+  classIds: number[];
+  seed: number;
+  scheduler: string;
+  accel?: { name: string; cfgCalls: number; stats: Record<string, number>; summary: string[] };
+  timings: { denoising: number; decoding: number };
+  warnings: string[];
+}
+
+/**
+ * DiTPipeline's label table: every comma-separated name of id2label, stripped, to its id; a name
+ * listed under several ids keeps the last one in the file's key order, which diffusers writes
+ * sorted as strings ("0", "1", "10", …) — JSON.parse would order integer keys numerically.
+ */
+export function labelTable(id2label: unknown, where: string): Map<string, number> {
+  if (typeof id2label !== 'object' || id2label === null || Array.isArray(id2label)) {
+    throw new InputError(`${where}: id2label`, 'has the wrong type', 'an object of class id → names', describe(id2label));
+  }
+  const labels = new Map<string, number>();
+  for (const id of Object.keys(id2label).sort()) {
+    const names = (id2label as Record<string, unknown>)[id];
+    if (!/^\d+$/.test(id) || typeof names !== 'string') {
+      throw new InputError(`${where}: id2label.${id}`, 'is not a class', 'a numeric id mapped to comma-separated names', describe(names));
+    }
+    for (const name of names.split(',')) labels.set(name.trim(), Number(id));
+  }
+  return labels;
+}
+
+export class DiTPipeline {
+  private readonly transformerExec: OrtExecutor;
+  private readonly vaeExec: OrtExecutor;
+  readonly labels: Map<string, number>;
+
+  constructor(
+    readonly folder: PipelineFolder,
+    readonly transformer: LoadedComponent<DiTTransformer2DModel>,
+    readonly vae: LoadedComponent<AutoencoderKL>,
+    options: RuntimeOptions,
+  ) {
+    this.transformerExec = new OrtExecutor(transformer.params, options);
+    this.vaeExec = new OrtExecutor(vae.params, options);
+    const index = `${folder.dir}/model_index.json`;
+    this.labels = folder.options.id2label === undefined ? new Map() : labelTable(folder.options.id2label, index);
+  }
+
+  /** Class ids for ids or names, each checked against the model's classes. */
+  classIds(labels: (number | string)[]): number[] {
+    const classes = this.transformer.model.config.numClasses;
+    if (!Array.isArray(labels) || labels.length === 0) throw new InputError('--class', 'no class given', 'class ids or names, e.g. 207,360');
+    return labels.map((label) => {
+      if (typeof label === 'number') {
+        if (!Number.isInteger(label) || label < 0 || label >= classes) throw new InputError('--class', 'class id out of range', `an integer in [0, ${classes})`, `${label}`);
+        return label;
+      }
+      const id = this.labels.get(String(label).trim());
+      if (id === undefined) {
+        const known = [...this.labels.keys()];
+        throw new InputError('--class', `unknown class name${known.length ? '' : ' (this folder has no id2label in model_index.json: give class ids)'}`,
+          known.length ? `a name from model_index.json's id2label, e.g. ${known.slice(0, 3).map((n) => `"${n}"`).join(', ')}` : 'a class id', JSON.stringify(label));
+      }
+      return id;
+    });
+  }
+
+  async generate(request: DiTRequest): Promise<DiTResult> {
+    const model = this.transformer.model;
+    const c = model.config;
+    const ids = this.classIds(request.classLabels);
+    const steps = positiveInt(request.steps, 50, '--steps');
+    const guidance = finite(request.guidanceScale, 4, '--guidance');
+    const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
+    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
+    const cfg = guidance > 1;
+    const batch = ids.length;
+    const latentDims = [batch, c.inChannels, c.sampleSize, c.sampleSize];
+    if (request.latents) {
+      const d = request.latents.dims;
+      if (d.length !== 4 || d.some((x, i) => x !== latentDims[i])) {
+        throw new InputError('--latents', 'shape does not fit the request', `[${latentDims.join(', ')}]`, `[${d.join(', ')}]`);
+      }
+    }
+    const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
+    const scheduler = createScheduler({
+      name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
+    });
+    const accelerator = createAccelerator(request.accel ?? []);
+    const run = { steps, calls: scheduler.timesteps.length };
+    accelerator?.check?.(model.declaration, { ...run, fullPassCalls: accelerator.fullPassCalls ?? [] });
+    const warnings: string[] = [];
+    if (accelerator?.prepare) {
+      warnings.push(...await accelerator.prepare(dryRehearsal((exec) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize }), run)));
+    }
+    const planned = accelerator && new PlannedExecutor(this.transformerExec, accelerator, ortOps, run);
+
+    const rng = new Rng(seed);
+    const size = latentDims.reduce((a, b) => a * b, 1);
+    let latents = request.latents ? Float32Array.from(request.latents.data) : rng.fillNormal(new Float32Array(size));
+    // [conditional; null class] with CFG, as diffusers orders it.
+    const labels = (rows: number) => new ort.Tensor('int64', BigInt64Array.from({ length: rows }, (_, i) => BigInt(i < batch ? ids[i] : c.numClasses)), [rows]);
+    const plane = size / batch;
+    const start = performance.now();
+    let cfgCalls = 0;
+    let state = scheduler.initialState;
+    for (let i = 0; i < scheduler.timesteps.length; i++) {
+      if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
+      const stepStart = performance.now();
+      const cfgNow = cfg && (accelerator?.cfgActive?.(i) ?? true);
+      if (cfgNow) cfgCalls++;
+      const rows = cfgNow ? 2 * batch : batch;
+      if (planned) {
+        planned.call = i;
+        planned.cfg = cfgNow;
+      }
+      const t = scheduler.timesteps[i];
+      const input = scheduler.scaleModelInput(cfgNow ? twice(latents) : latents, i);
+      const out = await floats(await model.forward(planned ?? this.transformerExec, new ort.Tensor('float32', input, [rows, ...latentDims.slice(1)]),
+        new ort.Tensor('float32', new Float32Array(rows).fill(t), [rows]), labels(rows)));
+      // The noise channels of each image (the learned variance follows them), guided against its null-class row.
+      const perRow = out.length / rows;
+      const eps = new Float32Array(size);
+      for (let b = 0; b < batch; b++) {
+        const cond = out.subarray(b * perRow, b * perRow + plane);
+        if (!cfgNow) {
+          eps.set(cond, b * plane);
+          continue;
+        }
+        const uncond = out.subarray((batch + b) * perRow, (batch + b) * perRow + plane);
+        for (let k = 0; k < plane; k++) eps[b * plane + k] = uncond[k] + guidance * (cond[k] - uncond[k]);
+      }
+      const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
+      ({ prevSample: latents, state } = scheduler.step(state, eps, i, input.subarray(0, size), noise));
+      request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
+    }
+    const denoising = seconds(start);
+
+    const images: GeneratedImage[] = [];
+    const decodeStart = performance.now();
+    if ((request.output ?? 'image') === 'image') {
+      const scale = 1 / this.vae.model.config.scalingFactor;
+      const factor = this.vae.model.downsampleFactor;
+      for (let b = 0; b < batch; b++) {
+        const z = latents.slice(b * plane, (b + 1) * plane).map((v) => v * scale);
+        const decoded = await floats(await this.vae.model.decode(this.vaeExec, new ort.Tensor('float32', z, [1, ...latentDims.slice(1)])));
+        images.push({ data: decoded.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width: c.sampleSize * factor, height: c.sampleSize * factor });
+      }
+    }
+    return {
+      latents: { data: latents, dims: latentDims },
+      images,
+      classIds: ids,
+      seed,
+      scheduler: scheduler.name,
+      accel: accelerator && { name: accelerator.name, cfgCalls, ...planned!.report() },
+      timings: { denoising, decoding: seconds(decodeStart) },
+      warnings,
+    };
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([this.transformerExec.release(), this.vaeExec.release()]);
+    for (const component of [this.transformer, this.vae]) component.weights.close();
+  }
+}
+
+function twice(x: Float32Array): Float32Array {
+  const out = new Float32Array(2 * x.length);
+  out.set(x);
+  out.set(x, x.length);
+  return out;
+}
+
+/** Opens a DiTPipeline folder (the caller has read its model_index.json). */
+export function loadDiTPipeline(folder: PipelineFolder, options: RuntimeOptions & { variant?: string } = {}): DiTPipeline {
+  if (folder.className !== 'DiTPipeline') {
+    throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'not a DiT pipeline', 'DiTPipeline', folder.className);
+  }
+  const load = { variant: options.variant };
+  const transformer = loadTransformer(folder, load);
+  if (!(transformer.model instanceof DiTTransformer2DModel)) {
+    throw new InputError(`${transformer.configFile}: norm_type`, 'a DiTPipeline needs a class-conditional DiT', '"ada_norm_zero"', 'a PixArt transformer (ada_norm_single)');
+  }
+  return new DiTPipeline(folder, transformer as LoadedComponent<DiTTransformer2DModel>, loadVae(folder, load), options);
+}

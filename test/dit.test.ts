@@ -1,0 +1,79 @@
+/**
+ * DiT class-to-image against diffusers' DiTPipeline on the tiny folder (goldens from
+ * tools/reference/make_dit_fixtures.py): same starting latents in, final latents (and an image)
+ * out; class names through id2label; bad labels.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { loadDiTPipeline } from '../src/pipelines/dit.ts';
+import type { SchedulerName } from '../src/schedulers/index.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { assertClose } from './helpers/compare.ts';
+import { throwsInputError } from './helpers/files.ts';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+const GOLDENS = path.join(FIXTURES, 'goldens', 'dit');
+
+interface DiTCase {
+  name: string;
+  class_labels: number[];
+  label_names?: string[];
+  guidance_scale: number;
+  steps: number;
+  scheduler: SchedulerName;
+  scheduler_from: 'folder' | 'from_config';
+  config_overrides: Record<string, unknown>;
+  output: 'image' | 'latent';
+  noise: boolean;
+}
+
+test('tiny-dit: class-to-image equals diffusers (DDIM, DPM++ 2M, Euler; with and without CFG; labels by name)', async (t) => {
+  const { cases } = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'tiny-dit-pipelines.json'), 'utf8')) as { cases: DiTCase[] };
+  const goldens = SafetensorsFile.open(path.join(GOLDENS, 'tiny-dit-pipelines.safetensors'));
+  const pipeline = loadDiTPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-dit')));
+  try {
+    // DDPM draws noise (ours is our own generator's; the scheduler is checked step by step in
+    // schedulers.test.ts), and scheduler config overrides are not a pipeline option.
+    const runnable = cases.filter((c) => !c.noise && Object.keys(c.config_overrides).length === 0);
+    assert.ok(runnable.length >= 5);
+    for (const c of runnable) {
+      const labels = c.label_names ?? c.class_labels;
+      const latentsIn = goldens.readFloat32(`${c.name}.latents_in`);
+      const result = await pipeline.generate({
+        classLabels: labels, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler_from === 'folder' ? undefined : c.scheduler,
+        latents: { data: latentsIn, dims: [labels.length, 4, 16, 16] }, output: c.output,
+      });
+      assert.deepEqual(result.classIds, c.class_labels, `${c.name}: class ids`);
+      const err = assertClose(result.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-3, `${c.name} latents`);
+      let note = '';
+      if (c.output === 'image') {
+        const expected = goldens.readFloat32(`${c.name}.image_out`);
+        const plane = expected.length / labels.length;
+        const diff = result.images.reduce((m, image, b) => image.data.reduce((mm, v, i) => Math.max(mm, Math.abs(v - expected[b * plane + i])), m), 0);
+        assert.ok(diff < 1e-3, `${c.name}: image max |diff| ${diff}`);
+        note = `, image max |diff| ${diff.toExponential(2)}`;
+      }
+      t.diagnostic(`${c.name}: latents relative error ${err.toExponential(2)}${note}`);
+    }
+  } finally {
+    goldens.close();
+    await pipeline.release();
+  }
+});
+
+test('tiny-dit: class names resolve as DiTPipeline does; unknown names and ids out of range are refused', async () => {
+  const pipeline = loadDiTPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-dit')));
+  try {
+    // "twin" is on ids 9 and 10: diffusers keeps the last in its (string-sorted) key order.
+    assert.deepEqual(pipeline.classIds(['tench', 'Tinca tinca', 'goldfish', 'twin', 207, 'golden retriever']), [0, 0, 1, 9, 207, 207]);
+    throwsInputError(() => pipeline.classIds(['zebra crossing']), '--class', 'unknown class name', '"zebra crossing"');
+    throwsInputError(() => pipeline.classIds([1000]), '--class', 'class id out of range', '[0, 1000)', 'found 1000');
+    throwsInputError(() => pipeline.classIds([-1]), '--class', 'found -1');
+    throwsInputError(() => pipeline.classIds([]), '--class', 'no class given');
+  } finally {
+    await pipeline.release();
+  }
+});
