@@ -3,15 +3,18 @@
  * seeded folders (goldens from tools/reference/make_dit_fixtures.py and make_pixart_fixtures.py).
  */
 import { test } from 'node:test';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
 import { DiTTransformer2DModel } from '../src/models/dit-transformer-2d.ts';
 import { loadT5Encoder, loadTransformer } from '../src/models/components.ts';
 import { PixArtTransformer2DModel } from '../src/models/pixart-transformer-2d.ts';
+import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { COMPONENT_TOLERANCE, assertClose } from './helpers/compare.ts';
+import { tempDir, throwsInputError, writeJson } from './helpers/files.ts';
 import { openGoldens } from './helpers/goldens.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
@@ -69,3 +72,26 @@ for (const fixture of ['tiny-pixart-alpha', 'tiny-pixart-sigma']) {
     await exec.release();
   });
 }
+
+test('bad input: an unknown Transformer2DModel norm_type, caption_channels against the T5 width, a sample size the patch does not divide', (t) => {
+  const dir = tempDir(t);
+  fs.cpSync(path.join(FIXTURES, 'tiny-pixart-alpha'), dir, { recursive: true });
+  const configFile = path.join(dir, 'transformer', 'config.json');
+  const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+  const edit = (changes: Record<string, unknown>) => writeJson(configFile, { ...config, ...changes });
+  // As the Hub's PixArt-α folder names it: diffusers' older class, told apart by norm_type.
+  const indexFile = path.join(dir, 'model_index.json');
+  const index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
+  writeJson(indexFile, { ...index, transformer: ['diffusers', 'Transformer2DModel'] });
+  edit({ _class_name: 'Transformer2DModel', norm_type: 'layer_norm' });
+  throwsInputError(() => loadTransformer(readPipelineFolder(dir)), 'transformer/config.json: norm_type', 'unsupported Transformer2DModel',
+    '"ada_norm_single" (PixArt) or "ada_norm_zero" (DiT)', 'found "layer_norm"');
+  edit({ caption_channels: 64 });
+  throwsInputError(() => loadPixArtPipeline(readPipelineFolder(dir)), 'transformer/config.json: caption_channels', "disagrees with the text encoder's d_model",
+    'expected 32', 'found 64');
+  edit({ sample_size: 33 });
+  throwsInputError(() => loadTransformer(readPipelineFolder(dir)), 'transformer/config.json: sample_size', 'not divisible by patch_size 2');
+  edit({ norm_type: 'ada_norm_zero', cross_attention_dim: null, caption_channels: null });
+  throwsInputError(() => loadPixArtPipeline(readPipelineFolder(dir)), 'transformer/config.json: norm_type', 'a PixArtAlphaPipeline needs a PixArt transformer',
+    'found a DiT (ada_norm_zero)');
+});

@@ -66,6 +66,14 @@ function protoFields(bytes: Uint8Array, where: string): { field: number; value: 
   return fields;
 }
 
+function utf8(decoder: TextDecoder, bytes: Uint8Array, file: string): string {
+  try {
+    return decoder.decode(bytes);
+  } catch {
+    throw new InputError(file, 'is not a sentencepiece model (a piece is not UTF-8)');
+  }
+}
+
 /** Reads the parts of a sentencepiece ModelProto a Unigram tokenizer needs. */
 export function readSentencePieceModel(file: string): SentencePieceModel {
   const bytes = new Uint8Array(fs.readFileSync(file));
@@ -78,7 +86,7 @@ export function readSentencePieceModel(file: string): SentencePieceModel {
     if (field === 1 && value instanceof Uint8Array) {
       const p: SentencePiece = { piece: '', score: 0, type: 1 };
       for (const f of protoFields(value, file)) {
-        if (f.field === 1 && f.value instanceof Uint8Array) p.piece = decoder.decode(f.value);
+        if (f.field === 1 && f.value instanceof Uint8Array) p.piece = utf8(decoder, f.value, file);
         else if (f.field === 2 && typeof f.value === 'number') p.score = f.value;
         else if (f.field === 3 && typeof f.value === 'number') p.type = f.value;
       }
