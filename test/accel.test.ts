@@ -10,7 +10,8 @@ import { tgate, TGATE_DEFAULTS } from '../src/accel/tgate.ts';
 import type { SegmentRole } from '../src/runtime/protocol.ts';
 import { wholeRunMacs } from '../src/bench/run-macs.ts';
 import { calflopsMacs } from '../src/graph/builder.ts';
-import { PRESETS } from '../src/models/presets.ts';
+import { transformerFromConfig } from '../src/models/components.ts';
+import { PRESETS, TRANSFORMER_PRESETS } from '../src/models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { assertClose } from './helpers/compare.ts';
@@ -68,6 +69,30 @@ for (const [preset, size, spec, paper] of TABLES) {
       calls: 25, batch: 1, latentHeight: size / 8, latentWidth: size / 8, cfg: true,
       accelerator: spec ? createAccelerator([parseAccelSpec(spec)]) : undefined,
       textEmbedsDim: preset === 'sdxl' ? 1280 : undefined,
+    });
+    const ours = calflopsMacs(macs.total);
+    t.diagnostic(`${(ours / 1e12).toFixed(3)} T (${(((ours - paper) / paper) * 100).toFixed(3)}%)`);
+    assert.ok(Math.abs(ours - paper) / paper < 1e-3, `${ours} vs ${paper}`);
+  });
+}
+
+// The TGATE paper's PixArt rows (calflops MACs, transformer only — text encoder out, caption
+// projection in — 1024², CFG batch); its LCM-PixArt row is 4 calls without CFG.
+const PIXART_TABLES: [string, string | undefined, number, boolean, number][] = [
+  ['pixart-alpha-1024', undefined, 25, true, 107.031e12],
+  ['pixart-alpha-1024', 'tgate:gate_step=8,cache_self_attn=false', 25, true, 65.318e12],
+  ['pixart-alpha-1024', 'tgate:gate_step=15,sp_interval=3,fi_interval=1,warm_up=2', 25, true, 73.971e12],
+  ['pixart-sigma-1024', undefined, 25, true, 107.766e12],
+  ['pixart-sigma-1024', 'tgate:gate_step=15,sp_interval=3,fi_interval=1,warm_up=2', 25, true, 74.420e12],
+  ['pixart-alpha-1024', undefined, 4, false, 8.563e12],
+];
+
+for (const [preset, spec, calls, cfg, paper] of PIXART_TABLES) {
+  test(`whole-run MACs: ${preset} ${calls} calls${cfg ? '' : ' without CFG'} ${spec ?? 'baseline'} within 0.1% of the TGATE paper's ${paper / 1e12} T`, async (t) => {
+    const p = TRANSFORMER_PRESETS[preset];
+    const macs = await wholeRunMacs(transformerFromConfig(p.transformerClass, p.transformer, preset), {
+      calls, batch: 1, latentHeight: 128, latentWidth: 128, cfg, tokens: p.maxSequenceLength,
+      accelerator: spec ? createAccelerator([parseAccelSpec(spec)]) : undefined,
     });
     const ours = calflopsMacs(macs.total);
     t.diagnostic(`${(ours / 1e12).toFixed(3)} T (${(((ours - paper) / paper) * 100).toFixed(3)}%)`);

@@ -152,3 +152,18 @@ test('no folder and no preset, or a folder that does not exist: InputError', asy
   const missing = path.join(import.meta.dirname, 'fixtures', 'no-such-model');
   await rejectsInputError(() => inspect(missing, options({})), missing, 'not found');
 });
+
+test('transformer presets: PixArt-α 1024 (0.61 B, 2140.6 G calflops per CFG-half call), T5-XXL (4.76 B), DiT-XL/2 256 (118.64 G, the DiT paper)', async () => {
+  const alpha = await inspectJson(undefined, { preset: 'pixart-alpha-1024', width: undefined, height: undefined });
+  assert.equal(alpha.pipeline, 'PixArtAlphaPipeline');
+  assert.deepEqual(alpha.size, { width: 1024, height: 1024, batch: 1 });
+  // The TGATE paper's 107.031 T over 25 CFG calls is 2140.62 G per image and call.
+  assertWithin(model(alpha, 'transformer').macsCalflops, 107.031e12 / 50, 1e-3, 'PixArt-α transformer');
+  assertWithin(model(alpha, 'transformer').parameters, 611e6, 1e-3, 'PixArt-α transformer parameters (paper: 0.6 B)');
+  assertWithin(model(alpha, 'text_encoder').parameters, 4.762e9, 1e-3, 'T5-XXL encoder parameters');
+  const dit = await inspectJson(undefined, { preset: 'dit-xl-2-256', width: undefined, height: undefined });
+  // The DiT paper counts 118.64 GFLOPs for DiT-XL/2 at 256² (multiply-adds, attention core included).
+  assertWithin(model(dit, 'transformer').macsFull, 118.64e9, 1e-3, 'DiT-XL/2 256');
+  assert.equal(dit.models.length, 2, 'a DiT has no text encoder');
+  await rejectsInputError(() => inspect(undefined, options({ preset: 'pixart-alpha-1024', width: 1000, height: 1000 })), '--size', 'multiples of 16');
+});

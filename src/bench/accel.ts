@@ -1,6 +1,6 @@
 /**
  * `diffuse bench`: an accelerated setting against the unaccelerated baseline. With `--dry-run`
- * it counts whole-run U-Net MACs from a config alone (CFG batch included; VAE and text encoder
+ * it counts whole-run denoiser (U-Net or transformer) MACs from a config alone (CFG batch included; VAE and text encoder
  * not); otherwise it generates with both, same seed, in one process, and reports time, speed-up,
  * peak RSS and the accelerated image's PSNR / SSIM against the baseline image, plus a labelled
  * side-by-side PNG.
@@ -57,7 +57,7 @@ interface MacSetting {
   reusedSegments: number;
 }
 
-/** Whole-run U-Net MACs of the baseline and of the accelerated setting, from configs only. */
+/** Whole-run denoiser MACs of the baseline and of the accelerated setting, from configs only. */
 async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSetting[] }> {
   const counter = macCounter(o);
   const { width, height } = counter;
@@ -69,7 +69,7 @@ async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSe
     const r = await counter.count(o.steps, o.accel);
     settings.push({ setting: o.accel.map(formatAccelSpec).join(' + '), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.stats.reusedSegments });
   }
-  console.log(`U-Net MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
+  console.log(`Denoiser (U-Net or transformer) MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
     `batch ${o.batch}${o.guidance > 1 ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
   const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
   for (const s of settings) {
@@ -177,7 +177,7 @@ export async function bench(o: BenchOptions): Promise<void> {
     console.log(`${o.model}: ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
       `best of ${o.runs} timed run(s) after ${o.warmup} warm-up(s); PSNR/SSIM against the baseline image; ` +
       `"loop" = the denoising loop alone, which the U-Net MAC ratio predicts (text encoding and VAE decoding are fixed costs)`);
-    console.log(`  ${'setting'.padEnd(60)} ${'U-Net MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ` +
+    console.log(`  ${'setting'.padEnd(60)} ${'MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ` +
       `${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'peak RSS'.padStart(9)}`);
     for (const r of rows) {
       console.log(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +

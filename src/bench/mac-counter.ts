@@ -1,14 +1,15 @@
-/** Whole-run U-Net MAC counts from a folder's or a preset's configs alone, for `bench`. */
+/** Whole-run denoiser (U-Net or transformer) MAC counts from a folder's or a preset's configs alone, for `bench`. */
 import { InputError } from '../errors.ts';
 import { createAccelerator, type AccelSpec } from '../accel/index.ts';
 import { parseClipTextConfig } from '../models/clip-text.ts';
-import { PRESETS } from '../models/presets.ts';
+import { transformerFromConfig } from '../models/components.ts';
+import { PRESETS, PRESET_NAMES, TRANSFORMER_PRESETS } from '../models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { getComponent, readComponentConfig, readPipelineFolder } from '../weights/diffusers-folder.ts';
-import { wholeRunMacs, type RunMacs } from './run-macs.ts';
+import { wholeRunMacs, type Denoiser, type RunMacs } from './run-macs.ts';
 
-/** A U-Net config (a folder's or a preset's) ready for whole-run MAC counts at one image size. */
+/** A denoiser config (a folder's or a preset's) ready for whole-run MAC counts at one image size. */
 export interface MacCounter {
   width: number;
   height: number;
@@ -27,19 +28,44 @@ export interface MacCounterOptions {
 }
 
 export function macCounter(o: MacCounterOptions): MacCounter {
-  let unet: UNet2DConditionModel;
+  let model: Denoiser;
+  let sampleSize: number;
   let textEmbedsDim: number | undefined;
+  let tokens: number | undefined;
   let calls = (steps: number) => steps;
   let factor = 8;
+  const useUNet = (config: Record<string, unknown>, where: string) => {
+    const unet = new UNet2DConditionModel(parseUNetConfig(config, where));
+    [model, sampleSize] = [unet, unet.config.sampleSize];
+  };
+  const useTransformer = (className: string, config: Record<string, unknown>, where: string) => {
+    const transformer = transformerFromConfig(className, config, where);
+    [model, sampleSize] = [transformer, transformer.config.sampleSize];
+  };
   if (o.preset !== undefined) {
     const preset = PRESETS[o.preset];
-    if (!preset) throw new InputError('--preset', 'unknown preset', Object.keys(PRESETS).join(', '), o.preset);
-    unet = new UNet2DConditionModel(parseUNetConfig(preset.unet, `preset ${o.preset}`));
-    textEmbedsDim = preset.textEncoder2 && parseClipTextConfig(preset.textEncoder2, `preset ${o.preset}`).projectionDim;
+    const transformerPreset = TRANSFORMER_PRESETS[o.preset];
+    if (preset) {
+      useUNet(preset.unet, `preset ${o.preset}`);
+      textEmbedsDim = preset.textEncoder2 && parseClipTextConfig(preset.textEncoder2, `preset ${o.preset}`).projectionDim;
+    } else if (transformerPreset) {
+      useTransformer(transformerPreset.transformerClass, transformerPreset.transformer, `preset ${o.preset}`);
+      tokens = transformerPreset.maxSequenceLength;
+    } else {
+      throw new InputError('--preset', 'unknown preset', PRESET_NAMES.join(', '), o.preset);
+    }
   } else {
     const folder = readPipelineFolder(o.model!);
-    const { config, where } = readComponentConfig(folder, 'unet');
-    unet = new UNet2DConditionModel(parseUNetConfig(config, where));
+    if (folder.components.unet) {
+      const { config, where } = readComponentConfig(folder, 'unet');
+      useUNet(config, where);
+    } else if (folder.components.transformer) {
+      const { config, where } = readComponentConfig(folder, 'transformer');
+      useTransformer(getComponent(folder, 'transformer').className, config, where);
+      tokens = folder.className === 'PixArtSigmaPipeline' ? 300 : folder.className === 'PixArtAlphaPipeline' ? 120 : undefined;
+    } else {
+      throw new InputError(`${folder.dir}/model_index.json`, 'no denoiser to count', 'a unet or a transformer component');
+    }
     if (folder.components.text_encoder_2) {
       const te2 = readComponentConfig(folder, 'text_encoder_2');
       textEmbedsDim = parseClipTextConfig(te2.config, te2.where).projectionDim;
@@ -48,17 +74,17 @@ export function macCounter(o: MacCounterOptions): MacCounter {
       const vae = readComponentConfig(folder, 'vae');
       factor = 2 ** ((vae.config.block_out_channels as unknown[]).length - 1);
     }
-    // The scheduler decides how many U-Net calls a run makes (PNDM makes one more than steps).
+    // The scheduler decides how many model calls a run makes (PNDM makes one more than steps).
     const scheduler = readComponentConfig(folder, 'scheduler');
     const className = getComponent(folder, 'scheduler').className;
     calls = (steps) => createScheduler({ name: o.scheduler, className, config: scheduler.config, configFile: scheduler.where, steps }).timesteps.length;
   }
-  const [width, height] = o.size ?? [unet.config.sampleSize * factor, unet.config.sampleSize * factor];
+  const [width, height] = o.size ?? [sampleSize! * factor, sampleSize! * factor];
   if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
   return {
     width, height, calls,
-    count: (steps, accel) => wholeRunMacs(unet, {
-      calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim,
+    count: (steps, accel) => wholeRunMacs(model, {
+      calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim, tokens,
       accelerator: accel.length > 0 ? createAccelerator(accel) : undefined,
     }),
   };

@@ -1,12 +1,20 @@
 /**
- * Whole-run MAC accounting without weights: the U-Net's forward is run dry once per model call,
- * through the accelerator's plan, with the batch the plan gives each call (CFG or not); segments a
- * plan skips (a cut pass) or answers from a cache cost what they run.
+ * Whole-run MAC accounting without weights: the denoiser's forward (a U-Net or a diffusion
+ * transformer) is run dry once per model call, through the accelerator's plan, with the batch the
+ * plan gives each call (CFG or not); segments a plan skips (a cut pass) or answers from a cache
+ * cost what they run.
  */
 import { addMacs, zeroMacs, type MacCount } from '../graph/builder.ts';
-import type { UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
+import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { PlannedExecutor, combine, dryRehearsal, shapedOps, type Accelerator } from '../runtime/plan.ts';
+import type { ModelDeclaration } from '../runtime/protocol.ts';
+
+/** What a whole-run count needs of a model: its declaration and a forward pass on shapes. */
+export interface Denoiser {
+  readonly declaration: ModelDeclaration;
+  forwardShapes(exec: Executor<ShapedTensor>, o: { batch: number; latentHeight: number; latentWidth: number; textEmbedsDim?: number; tokens?: number }): Promise<ShapedTensor>;
+}
 
 export interface RunMacsOptions {
   calls: number;
@@ -19,6 +27,8 @@ export interface RunMacsOptions {
   accelerator?: Accelerator;
   /** Width of the pooled text embedding for SDXL-style added conditioning. */
   textEmbedsDim?: number;
+  /** Text tokens per prompt (PixArt's max_sequence_length). */
+  tokens?: number;
   /** Inference steps, for plans that spread over them (DeepCache non-uniform); default `calls`. */
   steps?: number;
 }
@@ -31,12 +41,12 @@ export interface RunMacs {
   stats: Record<string, number>;
 }
 
-export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions): Promise<RunMacs> {
+export async function wholeRunMacs(model: Denoiser, o: RunMacsOptions): Promise<RunMacs> {
   const plan = o.accelerator ?? combine([]);
   const run = { steps: o.steps ?? o.calls, calls: o.calls };
-  const shapes = (batch: number) => ({ batch, latentHeight: o.latentHeight, latentWidth: o.latentWidth, textEmbedsDim: o.textEmbedsDim });
-  plan.check?.(unet.declaration, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
-  await plan.prepare?.(dryRehearsal((exec) => unet.forwardShapes(exec, shapes(o.cfg ? 2 * o.batch : o.batch)), run));
+  const shapes = (batch: number) => ({ batch, latentHeight: o.latentHeight, latentWidth: o.latentWidth, textEmbedsDim: o.textEmbedsDim, tokens: o.tokens });
+  plan.check?.(model.declaration, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
+  await plan.prepare?.(dryRehearsal((exec) => model.forwardShapes(exec, shapes(o.cfg ? 2 * o.batch : o.batch)), run));
   const dry = new DryExecutor();
   const planned = new PlannedExecutor(dry, plan, shapedOps, run);
   const total = zeroMacs();
@@ -48,7 +58,7 @@ export async function wholeRunMacs(unet: UNet2DConditionModel, o: RunMacsOptions
     planned.call = s;
     planned.cfg = cfg;
     const first = dry.calls.length;
-    await unet.forwardShapes(planned, shapes(cfg ? 2 * o.batch : o.batch));
+    await model.forwardShapes(planned, shapes(cfg ? 2 * o.batch : o.batch));
     const macs = zeroMacs();
     for (const r of dry.calls.slice(first)) addMacs(macs, r.macs);
     perCall.push(macs);

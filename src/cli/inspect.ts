@@ -7,16 +7,18 @@ import { InputError } from '../errors.ts';
 import { calflopsMacs, fullMacs, zeroMacs, addMacs, type MacCount, type ParamSource } from '../graph/builder.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from '../models/autoencoder-kl.ts';
 import { ClipTextModel, ClipTextModelWithProjection, parseClipTextConfig } from '../models/clip-text.ts';
-import { loadTextEncoder, loadUNet, loadVae } from '../models/components.ts';
-import { PRESETS } from '../models/presets.ts';
+import { loadT5Encoder, loadTextEncoder, loadTransformer, loadUNet, loadVae, transformerFromConfig, type DiffusionTransformer } from '../models/components.ts';
+import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
+import { PRESETS, PRESET_NAMES, TRANSFORMER_PRESETS } from '../models/presets.ts';
+import { T5EncoderModel, parseT5EncoderConfig } from '../models/t5-encoder.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { DryExecutor, shapeOnlyParams } from '../runtime/dry-executor.ts';
 import { shaped, type SegmentReport } from '../runtime/executor.ts';
-import { readComponentConfig, readPipelineFolder, type PipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
+import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
 
 export interface InspectOptions {
   preset?: string;
-  /** Image size in pixels; default: the U-Net's sample_size times the VAE factor. */
+  /** Image size in pixels; default: the denoiser's sample_size times the VAE factor. */
   width?: number;
   height?: number;
   batch: number;
@@ -37,6 +39,8 @@ interface ModelReport {
 
 interface ModelParts {
   unet?: { model: UNet2DConditionModel; params: ParamSource; weights?: WeightSet };
+  transformer?: { model: DiffusionTransformer; params: ParamSource; weights?: WeightSet; className: string };
+  t5?: { model: T5EncoderModel; params: ParamSource; weights?: WeightSet };
   vae?: { model: AutoencoderKL; params: ParamSource; weights?: WeightSet };
   textEncoder?: { model: ClipTextModel; params: ParamSource; weights?: WeightSet };
   textEncoder2?: { model: ClipTextModel; params: ParamSource; weights?: WeightSet };
@@ -66,7 +70,9 @@ async function report(
   await run(exec);
   const macs = zeroMacs();
   for (const s of exec.calls) addMacs(macs, s.macs);
-  const parameters = exec.calls.reduce((n, s) => n + s.parameters, 0);
+  // Each parameter once, however many segments use it (DiT's final layer reuses block 0's embedding).
+  const sizes = Object.assign({}, ...exec.calls.map((s) => s.parameterSizes)) as Record<string, number>;
+  const parameters = Object.values(sizes).reduce((n, k) => n + k, 0);
   return { component, className, configFile, config, parameters, dtypes: dtypeCounts(weights, parameters), input, segments: exec.calls, macs };
 }
 
@@ -74,9 +80,26 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
   let folder: PipelineFolder | undefined;
   const parts: ModelParts = {};
   const configs: Record<string, { file: string; config: Record<string, unknown> }> = {};
-  if (o.preset !== undefined) {
+  let pipeline = '';
+  // T5 tokens per prompt for PixArt (its pipeline's max_sequence_length).
+  let tokens = 120;
+  if (o.preset !== undefined && TRANSFORMER_PRESETS[o.preset]) {
+    const preset = TRANSFORMER_PRESETS[o.preset];
+    const where = `preset ${o.preset}`;
+    pipeline = preset.pipeline;
+    tokens = preset.maxSequenceLength ?? tokens;
+    parts.transformer = { model: transformerFromConfig(preset.transformerClass, preset.transformer, where), params: shapeOnlyParams, className: preset.transformerClass };
+    parts.vae = { model: new AutoencoderKL(parseAutoencoderKLConfig(preset.vae, where)), params: shapeOnlyParams };
+    configs.transformer = { file: where, config: preset.transformer };
+    configs.vae = { file: where, config: preset.vae };
+    if (preset.textEncoder) {
+      parts.t5 = { model: new T5EncoderModel(parseT5EncoderConfig(preset.textEncoder, where)), params: shapeOnlyParams };
+      configs.text_encoder = { file: where, config: preset.textEncoder };
+    }
+  } else if (o.preset !== undefined) {
     const preset = PRESETS[o.preset];
-    if (!preset) throw new InputError('--preset', 'unknown preset', Object.keys(PRESETS).join(' or '), o.preset);
+    if (!preset) throw new InputError('--preset', 'unknown preset', PRESET_NAMES.join(' or '), o.preset);
+    pipeline = preset.textEncoder2 ? 'StableDiffusionXLPipeline' : 'StableDiffusionPipeline';
     parts.unet = { model: new UNet2DConditionModel(parseUNetConfig(preset.unet, `preset ${o.preset} unet`)), params: shapeOnlyParams };
     parts.vae = { model: new AutoencoderKL(parseAutoencoderKLConfig(preset.vae, `preset ${o.preset} vae`)), params: shapeOnlyParams };
     parts.textEncoder = { model: new ClipTextModel(parseClipTextConfig(preset.textEncoder, `preset ${o.preset} text_encoder`)), params: shapeOnlyParams };
@@ -91,12 +114,18 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
   } else {
     if (dir === undefined) throw new InputError('inspect', 'no model given', 'a diffusers folder or --preset NAME');
     folder = readPipelineFolder(dir);
+    pipeline = folder.className;
+    if (folder.className === 'PixArtSigmaPipeline') tokens = 300;
     const has = (c: string) => folder!.components[c] != null;
     if (has('unet')) parts.unet = loadUNet(folder);
+    if (has('transformer')) parts.transformer = { ...loadTransformer(folder), className: getComponent(folder, 'transformer').className };
     if (has('vae')) parts.vae = loadVae(folder);
-    if (has('text_encoder')) parts.textEncoder = loadTextEncoder(folder);
+    if (has('text_encoder')) {
+      if (getComponent(folder, 'text_encoder').className === 'T5EncoderModel') parts.t5 = loadT5Encoder(folder);
+      else parts.textEncoder = loadTextEncoder(folder);
+    }
     if (has('text_encoder_2')) parts.textEncoder2 = loadTextEncoder(folder, 'text_encoder_2');
-    for (const c of ['unet', 'vae', 'text_encoder', 'text_encoder_2']) {
+    for (const c of ['unet', 'transformer', 'vae', 'text_encoder', 'text_encoder_2']) {
       if (has(c)) {
         const { config, where } = readComponentConfig(folder, c);
         configs[c] = { file: where, config };
@@ -105,7 +134,7 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
   }
 
   const factor = parts.vae?.model.downsampleFactor ?? 8;
-  const nativeSize = (parts.unet?.model.config.sampleSize ?? 64) * factor;
+  const nativeSize = (parts.unet?.model.config.sampleSize ?? parts.transformer?.model.config.sampleSize ?? 64) * factor;
   const width = o.width ?? nativeSize;
   const height = o.height ?? nativeSize;
   const batch = o.batch;
@@ -125,6 +154,23 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
     reports.push(await report('unet', 'UNet2DConditionModel', configs.unet.file, configs.unet.config, parts.unet.params, parts.unet.weights,
       `sample [${batch}, ${unet.config.inChannels}, ${h}, ${w}]`,
       (exec) => unet.forwardShapes(exec, { batch, latentHeight: h, latentWidth: w, textEmbedsDim })));
+  }
+  if (parts.transformer) {
+    const transformer = parts.transformer.model;
+    const unit = factor * transformer.config.patchSize;
+    if (width % unit || height % unit) {
+      throw new InputError('--size', `width and height must be multiples of ${unit} (VAE factor ${factor} × patch size ${transformer.config.patchSize})`, undefined, `${width}x${height}`);
+    }
+    const [h, w] = [height / factor, width / factor];
+    const text = transformer instanceof PixArtTransformer2DModel ? `, text [${batch}, ${tokens}]` : `, class_labels [${batch}]`;
+    reports.push(await report('transformer', parts.transformer.className, configs.transformer.file, configs.transformer.config, parts.transformer.params,
+      parts.transformer.weights, `sample [${batch}, ${transformer.config.inChannels}, ${h}, ${w}]${text}`,
+      (exec) => transformer.forwardShapes(exec, { batch, latentHeight: h, latentWidth: w, tokens })));
+  }
+  if (parts.t5) {
+    const t5 = parts.t5.model;
+    reports.push(await report('text_encoder', 'T5EncoderModel', configs.text_encoder.file, configs.text_encoder.config, parts.t5.params, parts.t5.weights,
+      `input_ids [${batch}, ${tokens}]`, (exec) => t5.forward(exec, shaped([batch, tokens], 'int64'), shaped([batch, tokens], 'int64'))));
   }
   if (parts.vae) {
     const vae = parts.vae.model;
@@ -148,12 +194,12 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
       configs.text_encoder_2.config, parts.textEncoder2.params, parts.textEncoder2.weights, `input_ids [${batch}, ${te.config.maxPositions}]`,
       (exec) => te.forward(exec, shaped([batch, te.config.maxPositions], 'int64'))));
   }
-  for (const p of [parts.unet, parts.vae, parts.textEncoder, parts.textEncoder2]) p?.weights?.close();
+  for (const p of [parts.unet, parts.transformer, parts.t5, parts.vae, parts.textEncoder, parts.textEncoder2]) p?.weights?.close();
 
   if (o.json) {
     return JSON.stringify({
       source: folder?.dir ?? `preset ${o.preset}`,
-      pipeline: folder?.className ?? (parts.textEncoder2 ? 'StableDiffusionXLPipeline' : 'StableDiffusionPipeline'),
+      pipeline,
       components: folder?.components,
       size: { width, height, batch },
       models: reports.map((r) => ({ ...r, macsFull: fullMacs(r.macs), macsCalflops: calflopsMacs(r.macs) })),
@@ -174,7 +220,7 @@ function formatText(folder: PipelineFolder | undefined, o: InspectOptions, repor
       lines.push(`  ${name.padEnd(16)} ${c ? `${c.library}.${c.className}  ${path.relative(folder.dir, c.dir)}/` : '(absent)'}`);
     }
   } else {
-    lines.push(`preset ${o.preset}: ${PRESETS[o.preset!].description} (built-in configs, no weights)`);
+    lines.push(`preset ${o.preset}: ${(PRESETS[o.preset!] ?? TRANSFORMER_PRESETS[o.preset!]).description} (built-in configs, no weights)`);
   }
   for (const r of reports) {
     lines.push('', `== ${r.component}: ${r.className}  (${r.configFile})`);

@@ -12,6 +12,7 @@ import { tune } from './tune.ts';
 import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { PRESET_NAMES } from '../models/presets.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
 function positiveInt(flag: string) {
@@ -80,7 +81,7 @@ export function buildProgram(): Command {
     .command('inspect')
     .description('list components, configs, parameters and per-segment MACs of a pipeline folder or preset')
     .argument('[dir]', 'diffusers pipeline folder (model_index.json)')
-    .option('--preset <name>', 'use a built-in config instead of a folder (sd15, sd21, sdxl); needs no weights')
+    .option('--preset <name>', `use a built-in config instead of a folder (${PRESET_NAMES.join(', ')}); needs no weights`)
     .option('--size <WxH>', 'image size in pixels (default: the model\'s native size)', parseSize)
     .option('--batch <n>', 'batch size', positiveInt('--batch'), 1)
     .option('--json', 'print JSON instead of text', false)
@@ -123,7 +124,7 @@ export function buildProgram(): Command {
     .command('bench')
     .description('an accelerated setting vs. the baseline: whole-run MACs (--dry-run, no weights needed), or real runs with time, speed-up, PSNR/SSIM')
     .option('--model <dir>', 'diffusers pipeline folder, or "reference" (the embedded model)')
-    .option('--preset <name>', 'built-in config (sd15, sd21, sdxl); with --dry-run only')
+    .option('--preset <name>', `built-in config (${PRESET_NAMES.join(', ')}); with --dry-run only`)
     .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
     .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 25)
     .option('--size <WxH>', 'image size (default: the model\'s native size)', parseSize)

@@ -667,4 +667,9 @@ export class GraphBuilder {
     for (const { ref } of this.initializers.values()) n += product(ref.shape);
     return n;
   }
+
+  /** Elements per parameter (or row range of one), by name: parameters shared by segments are counted once by name. */
+  parameterSizes(): Record<string, number> {
+    return Object.fromEntries([...this.initializers].map(([key, { ref }]) => [key, product(ref.shape)]));
+  }
 }

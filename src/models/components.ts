@@ -72,6 +72,16 @@ export type DiffusionTransformer = PixArtTransformer2DModel | DiTTransformer2DMo
 
 const NORM_TYPES: Record<string, string> = { ada_norm_single: 'PixArt', ada_norm_zero: 'DiT' };
 
+/** A diffusion transformer from its class name (model_index.json's) and config.json alone. */
+export function transformerFromConfig(className: string, c: Record<string, unknown>, where: string): DiffusionTransformer {
+  if (className === 'PixArtTransformer2DModel') return new PixArtTransformer2DModel(parsePixArtConfig(c, where));
+  if (className === 'DiTTransformer2DModel') return new DiTTransformer2DModel(parseDiTConfig(c, where, false));
+  const normType = c.norm_type;
+  if (normType === 'ada_norm_single') return new PixArtTransformer2DModel(parsePixArtConfig(c, where));
+  if (normType === 'ada_norm_zero') return new DiTTransformer2DModel(parseDiTConfig(c, where, true));
+  throw new InputError(`${where}: norm_type`, 'unsupported Transformer2DModel', Object.entries(NORM_TYPES).map(([k, v]) => `"${k}" (${v})`).join(' or '), JSON.stringify(normType));
+}
+
 /**
  * A diffusion transformer: PixArtTransformer2DModel, DiTTransformer2DModel, or diffusers' older
  * Transformer2DModel, which is either of them by its norm_type (ada_norm_single: PixArt,
@@ -79,14 +89,8 @@ const NORM_TYPES: Record<string, string> = { ada_norm_single: 'PixArt', ada_norm
  */
 export function loadTransformer(folder: PipelineFolder, options: LoadOptions = {}): LoadedComponent<DiffusionTransformer> {
   const { className } = getComponent(folder, 'transformer');
-  return open(folder, 'transformer', ['PixArtTransformer2DModel', 'DiTTransformer2DModel', 'Transformer2DModel'], (c, w) => {
-    if (className === 'PixArtTransformer2DModel') return new PixArtTransformer2DModel(parsePixArtConfig(c, w));
-    if (className === 'DiTTransformer2DModel') return new DiTTransformer2DModel(parseDiTConfig(c, w, false));
-    const normType = c.norm_type;
-    if (normType === 'ada_norm_single') return new PixArtTransformer2DModel(parsePixArtConfig(c, w));
-    if (normType === 'ada_norm_zero') return new DiTTransformer2DModel(parseDiTConfig(c, w, true));
-    throw new InputError(`${w}: norm_type`, 'unsupported Transformer2DModel', Object.entries(NORM_TYPES).map(([k, v]) => `"${k}" (${v})`).join(' or '), JSON.stringify(normType));
-  }, options);
+  return open(folder, 'transformer', ['PixArtTransformer2DModel', 'DiTTransformer2DModel', 'Transformer2DModel'],
+    (c, w) => transformerFromConfig(className, c, w), options);
 }
 
 /** A T5EncoderModel text encoder (PixArt); transformers 4.x and 5.x key layouts, one file or shards. */

@@ -218,11 +218,15 @@ export class PixArtTransformer2DModel {
     return { modulation: g.linear(g.silu(embedded), 'linear', 6 * dim), embedded };
   }
 
-  /** A forward pass on shapes alone, e.g. for MAC counts: `batch` rows, latent h × w, `tokens` text tokens. */
-  forwardShapes(exec: Executor<ShapedTensor>, o: { batch: number; latentHeight: number; latentWidth: number; tokens: number; textChannels: number }): Promise<ShapedTensor> {
+  /**
+   * A forward pass on shapes alone, e.g. for MAC counts: `batch` rows, latent h × w, `tokens` text
+   * tokens (default 120, PixArt-α's) as wide as the caption projection takes.
+   */
+  forwardShapes(exec: Executor<ShapedTensor>, o: { batch: number; latentHeight: number; latentWidth: number; tokens?: number; textChannels?: number }): Promise<ShapedTensor> {
     const c = this.config;
+    const [tokens, channels] = [o.tokens ?? 120, o.textChannels ?? c.captionChannels ?? c.crossAttentionDim];
     const sizes = c.useAdditionalConditions ? { resolution: shaped([o.batch, 2]), aspectRatio: shaped([o.batch, 1]) } : undefined;
     return this.forward(exec, shaped([o.batch, c.inChannels, o.latentHeight, o.latentWidth]), shaped([o.batch]),
-      { states: shaped([o.batch, o.tokens, o.textChannels]), mask: shaped([o.batch, o.tokens], 'int64') }, sizes);
+      { states: shaped([o.batch, tokens, channels]), mask: shaped([o.batch, tokens], 'int64') }, sizes);
   }
 }

@@ -121,3 +121,63 @@ export const PRESETS: Record<string, Preset> = {
     },
   },
 };
+
+/** A diffusion-transformer checkpoint's configs: the transformer, its text encoder (T5 for PixArt, none for DiT), the VAE. */
+export interface TransformerPreset {
+  description: string;
+  /** The diffusers pipeline class and the transformer's class, as the folder's model_index.json names them. */
+  pipeline: 'PixArtAlphaPipeline' | 'PixArtSigmaPipeline' | 'DiTPipeline';
+  transformerClass: string;
+  transformer: Config;
+  /** T5EncoderModel config.json (PixArt); undefined for DiT. */
+  textEncoder?: Config;
+  /** T5 tokens per prompt the pipeline pads to (PixArt-α 120, PixArt-Σ 300). */
+  maxSequenceLength?: number;
+  vae: Config;
+}
+
+/** google/t5-v1_1-xxl's encoder, as PixArt folders ship it (4.76 B parameters). */
+const T5_XXL: Config = {
+  d_ff: 10240, d_kv: 64, d_model: 4096, feed_forward_proj: 'gated-gelu', layer_norm_epsilon: 1e-6, num_heads: 64, num_layers: 24,
+  relative_attention_max_distance: 128, relative_attention_num_buckets: 32, vocab_size: 32128,
+};
+
+/** PixArt-alpha/PixArt-XL-2-*-MS transformer config.json (diffusers' older Transformer2DModel). */
+const PIXART_TRANSFORMER: Config = {
+  activation_fn: 'gelu-approximate', attention_bias: true, attention_head_dim: 72, caption_channels: 4096, cross_attention_dim: 1152,
+  in_channels: 4, norm_elementwise_affine: false, norm_eps: 1e-6, norm_type: 'ada_norm_single', num_attention_heads: 16,
+  num_embeds_ada_norm: 1000, num_layers: 28, out_channels: 8, patch_size: 2, sample_size: 128, upcast_attention: false,
+};
+
+/** facebook/DiT-XL-2-* transformer config.json. */
+const DIT_XL_2: Config = {
+  activation_fn: 'gelu-approximate', attention_bias: true, attention_head_dim: 72, in_channels: 4, norm_elementwise_affine: false,
+  norm_type: 'ada_norm_zero', num_attention_heads: 16, num_embeds_ada_norm: 1000, num_layers: 28, out_channels: 8, patch_size: 2, sample_size: 32,
+};
+
+export const TRANSFORMER_PRESETS: Record<string, TransformerPreset> = {
+  'pixart-alpha-1024': {
+    description: 'PixArt-α 1024 (PixArt-alpha/PixArt-XL-2-1024-MS)', pipeline: 'PixArtAlphaPipeline', transformerClass: 'Transformer2DModel',
+    transformer: PIXART_TRANSFORMER, textEncoder: T5_XXL, maxSequenceLength: 120, vae: { ...SD_VAE, sample_size: 1024 },
+  },
+  'pixart-alpha-512': {
+    description: 'PixArt-α 512 (PixArt-alpha/PixArt-XL-2-512x512)', pipeline: 'PixArtAlphaPipeline', transformerClass: 'Transformer2DModel',
+    transformer: { ...PIXART_TRANSFORMER, sample_size: 64 }, textEncoder: T5_XXL, maxSequenceLength: 120, vae: { ...SD_VAE, sample_size: 512 },
+  },
+  'pixart-sigma-1024': {
+    description: 'PixArt-Σ 1024 (PixArt-alpha/PixArt-Sigma-XL-2-1024-MS)', pipeline: 'PixArtSigmaPipeline', transformerClass: 'PixArtTransformer2DModel',
+    transformer: { ...PIXART_TRANSFORMER, interpolation_scale: 2, use_additional_conditions: false }, textEncoder: T5_XXL, maxSequenceLength: 300,
+    vae: { ...SD_VAE, sample_size: 1024, scaling_factor: 0.13025 },
+  },
+  'dit-xl-2-256': {
+    description: 'DiT-XL/2 256 (facebook/DiT-XL-2-256)', pipeline: 'DiTPipeline', transformerClass: 'Transformer2DModel',
+    transformer: DIT_XL_2, vae: { ...SD_VAE, sample_size: 256 },
+  },
+  'dit-xl-2-512': {
+    description: 'DiT-XL/2 512 (facebook/DiT-XL-2-512)', pipeline: 'DiTPipeline', transformerClass: 'Transformer2DModel',
+    transformer: { ...DIT_XL_2, sample_size: 64 }, vae: { ...SD_VAE, sample_size: 512 },
+  },
+};
+
+/** Every preset name, U-Net and transformer, for messages. */
+export const PRESET_NAMES: readonly string[] = [...Object.keys(PRESETS), ...Object.keys(TRANSFORMER_PRESETS)];

@@ -25,6 +25,7 @@ export class DryExecutor implements Executor<ShapedTensor> {
       macs: { ...g.macs },
       heavyOps: g.heavyOps,
       parameters: g.parameterCount,
+      parameterSizes: g.parameterSizes(),
       inputShapes: Object.fromEntries(Object.entries(inputs).map(([k, t]) => [k, t.dims])),
       outputShapes: Object.fromEntries(Object.entries(result).map(([k, t]) => [k, t.dims])),
     });

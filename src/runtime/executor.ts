@@ -71,6 +71,8 @@ export interface SegmentReport {
   macs: MacCount;
   heavyOps: HeavyOp[];
   parameters: number;
+  /** The parameters by name (a row range of one as its own name), for counting shared ones once. */
+  parameterSizes: Record<string, number>;
   inputShapes: Record<string, readonly number[]>;
   outputShapes: Record<string, readonly number[]>;
 }
