@@ -7,6 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { parseAccelSpec } from '../src/accel/index.ts';
+import { loadDiTPipeline } from '../src/pipelines/dit.ts';
 import { binResolution, loadPixArtPipeline, pythonStrip } from '../src/pipelines/pixart.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
@@ -78,4 +80,33 @@ test('resolution bins: the nearest trained aspect ratio, first of equals; unknow
   assert.deepEqual(binResolution(1024, 1024, 128), [1024, 1024]);
   assert.deepEqual(binResolution(100, 1000, 128), [512, 2048]);
   assert.throws(() => binResolution(256, 256, 48), /--resolution-binning: PixArt has no resolution bins for transformer sample_size 48/);
+});
+
+test('methods on the protocol reach PixArt and DiT without model code: TGATE, FORA and attention reuse run; DeepCache and ToMe are refused by what the models declare', async () => {
+  const pixart = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-pixart-sigma')));
+  try {
+    const request = { prompt: 'a cactus', steps: 6, seed: 1, height: 256, width: 256, resolutionBinning: false, output: 'latent' as const };
+    const plain = await pixart.generate(request);
+    for (const spec of ['tgate:gate_step=3,warm_up=1', 'fora:cache_interval=2', 'attn-reuse:reuse=2']) {
+      const r = await pixart.generate({ ...request, accel: [parseAccelSpec(spec)] });
+      assert.ok(r.latents.data.every(Number.isFinite), spec);
+      assert.ok(r.latents.data.some((v, i) => v !== plain.latents.data[i]), `${spec} changed nothing`);
+      assert.ok(r.accel!.summary.length > 0, `${spec}: ${JSON.stringify(r.accel)}`);
+    }
+    const tgate = await pixart.generate({ ...request, accel: [parseAccelSpec('tgate:gate_step=3,warm_up=1')] });
+    assert.equal(tgate.accel!.cfgCalls, 3, 'CFG dropped after the gate');
+    await assert.rejects(pixart.generate({ ...request, accel: [parseAccelSpec('deepcache')] }),
+      /--accel deepcache:cache_branch_id: this PixArt transformer has no long skip connections to cut/);
+    await assert.rejects(pixart.generate({ ...request, accel: [parseAccelSpec('tome')] }),
+      /no transformer block of this PixArt transformer runs at a downsampling ≤ 1/);
+  } finally {
+    await pixart.release();
+  }
+  const dit = loadDiTPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-dit')));
+  try {
+    const r = await dit.generate({ classLabels: [207], steps: 6, seed: 1, output: 'latent', accel: [parseAccelSpec('fora:cache_interval=3')] });
+    assert.ok(r.accel!.stats.reusedSegments > 0 && r.latents.data.every(Number.isFinite), JSON.stringify(r.accel));
+  } finally {
+    await dit.release();
+  }
 });
