@@ -3,7 +3,13 @@
  * guidance, tensors read back from the runtime, the [0, 1] image out of the VAE.
  */
 import * as ort from 'onnxruntime-node';
+import { createAccelerator, type AccelSpec } from '../accel/index.ts';
 import { InputError } from '../errors.ts';
+import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
+import type { Executor, ShapedTensor } from '../runtime/executor.ts';
+import { ortOps } from '../runtime/ort-executor.ts';
+import { PlannedExecutor, dryRehearsal, type Accelerator } from '../runtime/plan.ts';
+import type { ModelDeclaration } from '../runtime/protocol.ts';
 
 export interface Latents {
   data: Float32Array;
@@ -87,3 +93,94 @@ function std(x: Float32Array): number {
   return Math.sqrt(sum / (x.length - 1));
 }
 
+
+/** A seed for our noise generator: the given one, checked, or a random one. */
+export function seedOf(seed: number | undefined): number {
+  const value = seed ?? Math.floor(Math.random() * 2 ** 32);
+  if (!Number.isInteger(value) || value < 0 || value >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(seed));
+  return value;
+}
+
+/** Given starting latents must have exactly the shape the request implies. */
+export function checkLatents(latents: Latents | undefined, dims: number[]): void {
+  const d = latents?.dims;
+  if (d && (d.length !== dims.length || d.some((x, i) => x !== dims[i]))) {
+    throw new InputError('--latents', 'shape does not fit the request', `[${dims.join(', ')}]`, `[${d.join(', ')}]`);
+  }
+}
+
+export function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason ?? new DOMException('generation aborted', 'AbortError');
+}
+
+/** What the accelerations of a generation did. */
+export interface AccelReport {
+  name: string;
+  /** Model calls run with the CFG batch. */
+  cfgCalls: number;
+  /** Counters by name (segment calls served from caches, shallow passes, each method's own). */
+  stats: Record<string, number>;
+  /** The same in words. */
+  summary: string[];
+}
+
+/**
+ * The training-free accelerations of one generation: the composed plan, checked against the model
+ * and the run before any work; after the prompt is encoded, its planned executor; per model call,
+ * whether the CFG batch runs and which executor runs the call.
+ */
+export class Acceleration {
+  private planned?: PlannedExecutor<ort.Tensor>;
+  private cfgCalls = 0;
+
+  private constructor(private readonly plan: Accelerator | undefined, private readonly run: { steps: number; calls: number }) {}
+
+  static check(specs: AccelSpec[] | undefined, model: ModelDeclaration, run: { steps: number; calls: number }): Acceleration {
+    const plan = createAccelerator(specs ?? []);
+    plan?.check?.(model, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
+    return new Acceleration(plan, run);
+  }
+
+  /** Lets methods rehearse one model call (`forward` on shapes) to size what they keep; returns their warnings. */
+  async begin(exec: Executor<ort.Tensor>, forward: (exec: Executor<ShapedTensor>) => Promise<unknown>): Promise<string[]> {
+    if (!this.plan) return [];
+    const warnings = (await this.plan.prepare?.(dryRehearsal(forward, this.run))) ?? [];
+    this.planned = new PlannedExecutor(exec, this.plan, ortOps, this.run);
+    return warnings;
+  }
+
+  /** Model call `i` of a pipeline that does (`cfg`) or does not use CFG: the batch it runs and the executor for it. */
+  call(i: number, cfg: boolean, exec: Executor<ort.Tensor>): { cfg: boolean; exec: Executor<ort.Tensor> } {
+    const cfgNow = cfg && (this.plan?.cfgActive?.(i) ?? true);
+    if (cfgNow) this.cfgCalls++;
+    if (this.planned) {
+      this.planned.call = i;
+      this.planned.cfg = cfgNow;
+    }
+    return { cfg: cfgNow, exec: this.planned ?? exec };
+  }
+
+  report(): AccelReport | undefined {
+    return this.plan && this.planned && { name: this.plan.name, cfgCalls: this.cfgCalls, ...this.planned.report() };
+  }
+}
+
+/**
+ * VAE-decodes each image of a latent batch [B, C, h, w] (one at a time: the decoder's activations
+ * dominate memory at full size) to planar RGB in [0, 1]; `fit` reshapes the decoded [−1, 1] image first.
+ */
+export async function decodeImages(vae: AutoencoderKL, exec: Executor<ort.Tensor>, latents: Float32Array, dims: number[],
+  fit?: (decoded: Float32Array) => { data: Float32Array; width: number; height: number }): Promise<GeneratedImage[]> {
+  const [batch, ...plane] = dims;
+  const size = plane.reduce((a, b) => a * b, 1);
+  const scale = 1 / vae.config.scalingFactor;
+  const factor = vae.downsampleFactor;
+  const images: GeneratedImage[] = [];
+  for (let b = 0; b < batch; b++) {
+    const z = latents.slice(b * size, (b + 1) * size).map((v) => v * scale);
+    const decoded = await floats(await vae.decode(exec, new ort.Tensor('float32', z, [1, ...plane])));
+    const image = fit ? fit(decoded) : { data: decoded, width: plane[2] * factor, height: plane[1] * factor };
+    images.push({ data: image.data.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width: image.width, height: image.height });
+  }
+  return images;
+}

@@ -7,17 +7,19 @@
  * multiplied by the initial sigma, and each step starts from the scaled model input.
  */
 import * as ort from 'onnxruntime-node';
-import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import type { AccelSpec } from '../accel/index.ts';
 import { describe, InputError } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
-import { OrtExecutor, ortOps, type RuntimeOptions } from '../runtime/ort-executor.ts';
-import { PlannedExecutor, dryRehearsal } from '../runtime/plan.ts';
+import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { Rng } from '../util/rng.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
-import { finite, floats, positiveInt, seconds, type GeneratedImage, type Latents, type StepInfo } from './common.ts';
+import {
+  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, positiveInt, seconds, seedOf, type AccelReport, type GeneratedImage, type Latents,
+  type StepInfo,
+} from './common.ts';
 
 export interface DiTRequest {
   /** Class ids, or names from the folder's id2label; one image per label. */
@@ -42,7 +44,7 @@ export interface DiTResult {
   classIds: number[];
   seed: number;
   scheduler: string;
-  accel?: { name: string; cfgCalls: number; stats: Record<string, number>; summary: string[] };
+  accel?: AccelReport;
   timings: { denoising: number; decoding: number };
   warnings: string[];
 }
@@ -109,29 +111,18 @@ export class DiTPipeline {
     const ids = this.classIds(request.classLabels);
     const steps = positiveInt(request.steps, 50, '--steps');
     const guidance = finite(request.guidanceScale, 4, '--guidance');
-    const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
-    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
+    const seed = seedOf(request.seed);
     const cfg = guidance > 1;
     const batch = ids.length;
     const latentDims = [batch, c.inChannels, c.sampleSize, c.sampleSize];
-    if (request.latents) {
-      const d = request.latents.dims;
-      if (d.length !== 4 || d.some((x, i) => x !== latentDims[i])) {
-        throw new InputError('--latents', 'shape does not fit the request', `[${latentDims.join(', ')}]`, `[${d.join(', ')}]`);
-      }
-    }
+    checkLatents(request.latents, latentDims);
     const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
     const scheduler = createScheduler({
       name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
     });
-    const accelerator = createAccelerator(request.accel ?? []);
-    const run = { steps, calls: scheduler.timesteps.length };
-    accelerator?.check?.(model.declaration, { ...run, fullPassCalls: accelerator.fullPassCalls ?? [] });
-    const warnings: string[] = [];
-    if (accelerator?.prepare) {
-      warnings.push(...await accelerator.prepare(dryRehearsal((exec) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize }), run)));
-    }
-    const planned = accelerator && new PlannedExecutor(this.transformerExec, accelerator, ortOps, run);
+    const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length });
+    const warnings = await acceleration.begin(this.transformerExec,
+      (exec) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize }));
 
     const rng = new Rng(seed);
     const size = latentDims.reduce((a, b) => a * b, 1);
@@ -140,28 +131,22 @@ export class DiTPipeline {
     const labels = (rows: number) => new ort.Tensor('int64', BigInt64Array.from({ length: rows }, (_, i) => BigInt(i < batch ? ids[i] : c.numClasses)), [rows]);
     const plane = size / batch;
     const start = performance.now();
-    let cfgCalls = 0;
     let state = scheduler.initialState;
     for (let i = 0; i < scheduler.timesteps.length; i++) {
-      if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
+      checkAborted(request.signal);
       const stepStart = performance.now();
-      const cfgNow = cfg && (accelerator?.cfgActive?.(i) ?? true);
-      if (cfgNow) cfgCalls++;
-      const rows = cfgNow ? 2 * batch : batch;
-      if (planned) {
-        planned.call = i;
-        planned.cfg = cfgNow;
-      }
+      const now = acceleration.call(i, cfg, this.transformerExec);
+      const rows = now.cfg ? 2 * batch : batch;
       const t = scheduler.timesteps[i];
-      const input = scheduler.scaleModelInput(cfgNow ? twice(latents) : latents, i);
-      const out = await floats(await model.forward(planned ?? this.transformerExec, new ort.Tensor('float32', input, [rows, ...latentDims.slice(1)]),
+      const input = scheduler.scaleModelInput(now.cfg ? concat(latents, latents) : latents, i);
+      const out = await floats(await model.forward(now.exec, new ort.Tensor('float32', input, [rows, ...latentDims.slice(1)]),
         new ort.Tensor('float32', new Float32Array(rows).fill(t), [rows]), labels(rows)));
       // The noise channels of each image (the learned variance follows them), guided against its null-class row.
       const perRow = out.length / rows;
       const eps = new Float32Array(size);
       for (let b = 0; b < batch; b++) {
         const cond = out.subarray(b * perRow, b * perRow + plane);
-        if (!cfgNow) {
+        if (!now.cfg) {
           eps.set(cond, b * plane);
           continue;
         }
@@ -173,25 +158,15 @@ export class DiTPipeline {
       request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
-
-    const images: GeneratedImage[] = [];
     const decodeStart = performance.now();
-    if ((request.output ?? 'image') === 'image') {
-      const scale = 1 / this.vae.model.config.scalingFactor;
-      const factor = this.vae.model.downsampleFactor;
-      for (let b = 0; b < batch; b++) {
-        const z = latents.slice(b * plane, (b + 1) * plane).map((v) => v * scale);
-        const decoded = await floats(await this.vae.model.decode(this.vaeExec, new ort.Tensor('float32', z, [1, ...latentDims.slice(1)])));
-        images.push({ data: decoded.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width: c.sampleSize * factor, height: c.sampleSize * factor });
-      }
-    }
+    const images = (request.output ?? 'image') === 'image' ? await decodeImages(this.vae.model, this.vaeExec, latents, latentDims) : [];
     return {
       latents: { data: latents, dims: latentDims },
       images,
       classIds: ids,
       seed,
       scheduler: scheduler.name,
-      accel: accelerator && { name: accelerator.name, cfgCalls, ...planned!.report() },
+      accel: acceleration.report(),
       timings: { denoising, decoding: seconds(decodeStart) },
       warnings,
     };
@@ -201,13 +176,6 @@ export class DiTPipeline {
     await Promise.all([this.transformerExec.release(), this.vaeExec.release()]);
     for (const component of [this.transformer, this.vae]) component.weights.close();
   }
-}
-
-function twice(x: Float32Array): Float32Array {
-  const out = new Float32Array(2 * x.length);
-  out.set(x);
-  out.set(x, x.length);
-  return out;
 }
 
 /** Opens a DiTPipeline folder (the caller has read its model_index.json). */

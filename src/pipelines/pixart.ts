@@ -10,19 +10,21 @@
  * quotes and much else — that cleaning is not reproduced here).
  */
 import * as ort from 'onnxruntime-node';
-import { createAccelerator, type AccelSpec } from '../accel/index.ts';
+import type { AccelSpec } from '../accel/index.ts';
 import { InputError } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
-import { OrtExecutor, ortOps, type RuntimeOptions } from '../runtime/ort-executor.ts';
-import { PlannedExecutor, dryRehearsal } from '../runtime/plan.ts';
+import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { Rng } from '../util/rng.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
-import { concat, finite, floats, guide, list, positiveInt, seconds, type GeneratedImage, type Latents, type StepInfo } from './common.ts';
+import {
+  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, guide, list, positiveInt, seconds, seedOf, type AccelReport,
+  type GeneratedImage, type Latents, type StepInfo,
+} from './common.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
 
 export interface PixArtRequest {
@@ -55,7 +57,7 @@ export interface PixArtResult {
   scheduler: string;
   /** The size the transformer ran at (the binned size with resolution binning). */
   generated: { width: number; height: number };
-  accel?: { name: string; cfgCalls: number; stats: Record<string, number>; summary: string[] };
+  accel?: AccelReport;
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -183,17 +185,11 @@ export class PixArtPipeline {
     if (negatives.length !== 1 && negatives.length !== prompts.length) {
       throw new InputError('--negative-prompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
     }
-    const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
-    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
+    const seed = seedOf(request.seed);
     const cfg = guidance > 1;
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, c.inChannels, genHeight / factor, genWidth / factor];
-    if (request.latents) {
-      const d = request.latents.dims;
-      if (d.length !== 4 || d.some((x, i) => x !== latentDims[i])) {
-        throw new InputError('--latents', 'shape does not fit the request', `[${latentDims.join(', ')}]`, `[${d.join(', ')}]`);
-      }
-    }
+    checkLatents(request.latents, latentDims);
     const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
     const scheduler = createScheduler({
       name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
@@ -201,9 +197,7 @@ export class PixArtPipeline {
     if (scheduler.timesteps.length === 1) {
       throw new InputError('--steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }
-    const accelerator = createAccelerator(request.accel ?? []);
-    const run = { steps, calls: scheduler.timesteps.length };
-    accelerator?.check?.(model.declaration, { ...run, fullPassCalls: accelerator.fullPassCalls ?? [] });
+    const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length });
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
@@ -229,12 +223,8 @@ export class PixArtPipeline {
       aspectRatio: new ort.Tensor('float32', new Float32Array(rows).fill(genHeight / genWidth), [rows, 1]),
     } : undefined);
 
-    if (accelerator?.prepare) {
-      const rows = cfg ? 2 * batch : batch;
-      warnings.push(...await accelerator.prepare(dryRehearsal((exec) => model.forwardShapes(exec,
-        { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: positive.width }), run)));
-    }
-    const planned = accelerator && new PlannedExecutor(this.transformerExec, accelerator, ortOps, run);
+    warnings.push(...await acceleration.begin(this.transformerExec, (exec) => model.forwardShapes(exec,
+      { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: positive.width })));
     // Caption projection and cross-attention keys/values depend on the prompt only: once per text (lossless).
     const kvs = new Map<object, Map<string, { k: ort.Tensor; v: ort.Tensor; bias: ort.Tensor }>>();
     const keysFor = async (t: { states: ort.Tensor; mask: ort.Tensor }) => {
@@ -249,28 +239,22 @@ export class PixArtPipeline {
     for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
 
     start = performance.now();
-    let cfgCalls = 0;
     let state = scheduler.initialState;
     const plane = size / batch;
     for (let i = 0; i < scheduler.timesteps.length; i++) {
-      if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
+      checkAborted(request.signal);
       const stepStart = performance.now();
-      const cfgNow = cfg && (accelerator?.cfgActive?.(i) ?? true);
-      if (cfgNow) cfgCalls++;
-      const rows = cfgNow ? 2 * batch : batch;
-      if (planned) {
-        planned.call = i;
-        planned.cfg = cfgNow;
-      }
+      const now = acceleration.call(i, cfg, this.transformerExec);
+      const rows = now.cfg ? 2 * batch : batch;
       const t = scheduler.timesteps[i];
-      const input = scheduler.scaleModelInput(cfgNow ? concat(latents, latents) : latents, i);
-      const textNow = cfgNow ? cfgText! : singleText;
-      const out = await model.forward(planned ?? this.transformerExec,
+      const input = scheduler.scaleModelInput(now.cfg ? concat(latents, latents) : latents, i);
+      const textNow = now.cfg ? cfgText! : singleText;
+      const out = await model.forward(now.exec,
         new ort.Tensor('float32', input, [rows, ...latentDims.slice(1)]), new ort.Tensor('float32', new Float32Array(rows).fill(t), [rows]),
         { ...textNow, kv: await keysFor(textNow) }, sizes(rows));
       const prediction = await floats(out);
       // Guidance over every output channel, then the learned variance's half dropped.
-      const guided = cfgNow ? guide(prediction, prediction.length / 2, guidance, 0, batch) : prediction;
+      const guided = now.cfg ? guide(prediction, prediction.length / 2, guidance, 0, batch) : prediction;
       const eps = c.outChannels === 2 * c.inChannels ? firstChannels(guided, batch, plane) : guided;
       const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, eps, i, latents, noise));
@@ -278,17 +262,9 @@ export class PixArtPipeline {
     }
     const denoising = seconds(start);
 
-    const images: GeneratedImage[] = [];
     start = performance.now();
-    if ((request.output ?? 'image') === 'image') {
-      const scale = 1 / this.vae.model.config.scalingFactor;
-      for (let b = 0; b < batch; b++) {
-        const z = latents.slice(b * plane, (b + 1) * plane).map((v) => v * scale);
-        const decoded = await floats(await this.vae.model.decode(this.vaeExec, new ort.Tensor('float32', z, [1, ...latentDims.slice(1)])));
-        const fitted = binning ? resizeAndCrop(decoded, genHeight, genWidth, height, width) : decoded;
-        images.push({ data: fitted.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width, height });
-      }
-    }
+    const fit = (decoded: Float32Array) => ({ data: binning ? resizeAndCrop(decoded, genHeight, genWidth, height, width) : decoded, width, height });
+    const images = (request.output ?? 'image') === 'image' ? await decodeImages(this.vae.model, this.vaeExec, latents, latentDims, fit) : [];
     const decoding = seconds(start);
     return {
       latents: { data: latents, dims: latentDims },
@@ -296,7 +272,7 @@ export class PixArtPipeline {
       seed,
       scheduler: scheduler.name,
       generated: { width: genWidth, height: genHeight },
-      accel: accelerator && { name: accelerator.name, cfgCalls, ...planned!.report() },
+      accel: acceleration.report(),
       timings: { textEncoding, denoising, decoding },
       warnings,
     };

@@ -11,15 +11,17 @@ import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../mod
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
-import { createAccelerator, type AccelSpec } from '../accel/index.ts';
-import { OrtExecutor, ortOps, type RuntimeOptions } from '../runtime/ort-executor.ts';
-import { PlannedExecutor, dryRehearsal } from '../runtime/plan.ts';
+import type { AccelSpec } from '../accel/index.ts';
+import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import { Rng } from '../util/rng.ts';
-import { concat, finite, floats, guide, list, positiveInt, seconds, type GeneratedImage, type Latents, type StepInfo } from './common.ts';
+import {
+  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, guide, list, positiveInt, seconds, seedOf, type AccelReport,
+  type GeneratedImage, type Latents, type StepInfo,
+} from './common.ts';
 
-export type { GeneratedImage, Latents, StepInfo } from './common.ts';
+export type { AccelReport, GeneratedImage, Latents, StepInfo } from './common.ts';
 import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 
 export interface PipelineOptions extends RuntimeOptions {
@@ -65,7 +67,7 @@ export interface GenerateResult {
    * What the accelerators did: model calls run with the CFG batch, counters by name (segment calls
    * served from caches, shallow passes, and each method's own), and the same in words.
    */
-  accel?: { name: string; cfgCalls: number; stats: Record<string, number>; summary: string[] };
+  accel?: AccelReport;
   timings: { textEncoding: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -161,17 +163,11 @@ export class StableDiffusionPipeline {
     if (negatives.length !== 1 && negatives.length !== prompts.length) {
       throw new InputError('--negative-prompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
     }
-    const seed = request.seed ?? Math.floor(Math.random() * 2 ** 32);
-    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(request.seed));
+    const seed = seedOf(request.seed);
     const cfg = guidance > 1;
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, this.unet.model.config.inChannels, height / factor, width / factor];
-    if (request.latents) {
-      const d = request.latents.dims;
-      if (d.length !== 4 || d.some((x, i) => x !== latentDims[i])) {
-        throw new InputError('--latents', 'shape does not fit the request', `[${latentDims.join(', ')}]`, `[${d.join(', ')}]`);
-      }
-    }
+    checkLatents(request.latents, latentDims);
     // SDXL micro-conditioning (the same for the negative half, as diffusers does by default).
     const timeIds = [...(request.originalSize ?? [height, width]), ...(request.cropTopLeft ?? [0, 0]), ...(request.targetSize ?? [height, width])];
     if (timeIds.length !== 6 || timeIds.some((v) => !Number.isFinite(v))) {
@@ -187,9 +183,8 @@ export class StableDiffusionPipeline {
     });
 
     // Refuse what cannot work before any work.
-    const accelerator = createAccelerator(request.accel ?? []);
-    const run = { steps, calls: scheduler.timesteps.length }; // non-uniform schedules spread over the steps; PNDM makes one call more
-    accelerator?.check?.(this.unet.model.declaration, { ...run, fullPassCalls: accelerator.fullPassCalls ?? [] });
+    // Non-uniform schedules spread over the steps; PNDM makes one call more than steps.
+    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps, calls: scheduler.timesteps.length });
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
@@ -218,14 +213,9 @@ export class StableDiffusionPipeline {
     // With CFG the U-Net sees [uncond; cond]; an accelerator may drop to the conditional half alone.
     const cfgInputs = cfg ? unetInputs(conditioning, 2 * batch) : undefined;
     const singleInputs = unetInputs(positive, batch);
-    if (accelerator?.prepare) {
-      const rows = cfg ? 2 * batch : batch;
-      const textEmbedsDim = conditioning.pooled && conditioning.pooled.length / rows;
-      const shapes = { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim };
-      warnings.push(...await accelerator.prepare(dryRehearsal((exec) => this.unet.model.forwardShapes(exec, shapes), run)));
-    }
-    const planned = accelerator && new PlannedExecutor(this.unetExec, accelerator, ortOps, run);
-    let cfgCalls = 0;
+    const rows = cfg ? 2 * batch : batch;
+    const shapes = { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: conditioning.pooled && conditioning.pooled.length / rows };
+    warnings.push(...await acceleration.begin(this.unetExec, (exec) => this.unet.model.forwardShapes(exec, shapes)));
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
     const keysFor = async (context: ort.Tensor) => {
@@ -243,19 +233,15 @@ export class StableDiffusionPipeline {
     start = performance.now();
     let state = scheduler.initialState;
     for (let i = 0; i < scheduler.timesteps.length; i++) {
-      if (request.signal?.aborted) throw request.signal.reason ?? new DOMException('generation aborted', 'AbortError');
+      checkAborted(request.signal);
       const stepStart = performance.now();
-      const cfgNow = cfg && (accelerator?.cfgActive?.(i) ?? true);
-      if (cfgNow) cfgCalls++;
+      const now = acceleration.call(i, cfg, this.unetExec);
+      const cfgNow = now.cfg;
       const modelBatch = cfgNow ? 2 * batch : batch;
       const { context, added } = cfgNow ? cfgInputs! : singleInputs;
-      if (planned) {
-        planned.call = i;
-        planned.cfg = cfgNow;
-      }
       const scaled = scheduler.scaleModelInput(cfgNow ? concat(latents, latents) : latents, i);
       const t = scheduler.timesteps[i];
-      const out = await this.unet.model.forward(planned ?? this.unetExec,
+      const out = await this.unet.model.forward(now.exec,
         new ort.Tensor('float32', scaled, [modelBatch, ...latentDims.slice(1)]),
         new ort.Tensor('float32', new Float32Array(modelBatch).fill(t), [modelBatch]),
         context, added, await keysFor(context));
@@ -267,25 +253,15 @@ export class StableDiffusionPipeline {
     }
     const denoising = seconds(start);
 
-    const images: GeneratedImage[] = [];
     start = performance.now();
-    if ((request.output ?? 'image') === 'image') {
-      const scale = 1 / this.vae.model.config.scalingFactor;
-      const plane = latentDims.slice(1).reduce((a, b) => a * b, 1);
-      for (let b = 0; b < batch; b++) {
-        // One image at a time: the decoder's activations dominate memory at full size.
-        const z = latents.slice(b * plane, (b + 1) * plane).map((v) => v * scale);
-        const decoded = await floats(await this.vae.model.decode(this.vaeExec, new ort.Tensor('float32', z, [1, ...latentDims.slice(1)])));
-        images.push({ data: decoded.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width, height });
-      }
-    }
+    const images = (request.output ?? 'image') === 'image' ? await decodeImages(this.vae.model, this.vaeExec, latents, latentDims) : [];
     const decoding = seconds(start);
     return {
       latents: { data: latents, dims: latentDims },
       images,
       seed,
       scheduler: scheduler.name,
-      accel: accelerator && { name: accelerator.name, cfgCalls, ...planned!.report() },
+      accel: acceleration.report(),
       timings: { textEncoding, denoising, decoding },
       warnings,
     };
