@@ -10,6 +10,7 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { ortOps } from '../runtime/ort-executor.ts';
 import { PlannedExecutor, dryRehearsal, type Accelerator } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
+import type { SchedulerName } from '../schedulers/index.ts';
 
 export interface Latents {
   data: Float32Array;
@@ -28,6 +29,33 @@ export interface GeneratedImage {
   data: Float32Array;
   width: number;
   height: number;
+}
+
+/** What every generation request has. */
+export interface BaseRequest {
+  steps?: number;
+  guidanceScale?: number;
+  /** Scheduler by name; default: the folder's own scheduler. */
+  scheduler?: SchedulerName;
+  /** Seed of our noise generator; random when absent (the result says which). */
+  seed?: number;
+  /** Starting latents [B, C, h, w], as diffusers' `latents=`. */
+  latents?: Latents;
+  /** Training-free accelerations, composed in this order (see src/runtime/plan.ts). */
+  accel?: AccelSpec[];
+  /** 'latent' skips VAE decoding. */
+  output?: 'image' | 'latent';
+  onStep?: (info: StepInfo) => void;
+  signal?: AbortSignal;
+}
+
+/** A text-to-image request: prompts, the image size and how many images per prompt. */
+export interface PromptRequest extends BaseRequest {
+  prompt: string | string[];
+  negativePrompt?: string | string[];
+  width?: number;
+  height?: number;
+  imagesPerPrompt?: number;
 }
 
 export const seconds = (start: number) => (performance.now() - start) / 1000;

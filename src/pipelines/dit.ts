@@ -7,34 +7,22 @@
  * multiplied by the initial sigma, and each step starts from the scaled model input.
  */
 import * as ort from 'onnxruntime-node';
-import type { AccelSpec } from '../accel/index.ts';
 import { describe, InputError } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
-import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import { createScheduler } from '../schedulers/index.ts';
 import { Rng } from '../util/rng.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, positiveInt, seconds, seedOf, type AccelReport, type GeneratedImage, type Latents,
-  type StepInfo,
+  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, positiveInt, seconds, seedOf, type AccelReport, type BaseRequest,
+  type GeneratedImage, type Latents,
 } from './common.ts';
 
-export interface DiTRequest {
+export interface DiTRequest extends BaseRequest {
   /** Class ids, or names from the folder's id2label; one image per label. */
   classLabels: (number | string)[];
-  steps?: number;
-  /** Default 4, as diffusers'. */
-  guidanceScale?: number;
-  scheduler?: SchedulerName;
-  seed?: number;
-  /** Starting latents [B, C, h, w], as diffusers' DiTPipeline draws them (not scaled by the initial sigma). */
-  latents?: Latents;
-  accel?: AccelSpec[];
-  output?: 'image' | 'latent';
-  onStep?: (info: StepInfo) => void;
-  signal?: AbortSignal;
 }
 
 export interface DiTResult {

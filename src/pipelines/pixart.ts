@@ -10,44 +10,27 @@
  * quotes and much else — that cleaning is not reproduced here).
  */
 import * as ort from 'onnxruntime-node';
-import type { AccelSpec } from '../accel/index.ts';
 import { InputError } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
-import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { Rng } from '../util/rng.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
   Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, guide, list, positiveInt, seconds, seedOf, type AccelReport,
-  type GeneratedImage, type Latents, type StepInfo,
+  type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
 
-export interface PixArtRequest {
-  prompt: string | string[];
-  negativePrompt?: string | string[];
-  steps?: number;
-  /** Default 4.5, as diffusers'. */
-  guidanceScale?: number;
-  scheduler?: SchedulerName;
-  seed?: number;
-  width?: number;
-  height?: number;
-  imagesPerPrompt?: number;
-  /** Starting latents [B, C, h, w] at the generated size (after binning), as diffusers' `latents=`. */
-  latents?: Latents;
+export interface PixArtRequest extends PromptRequest {
   /** T5 tokens per prompt; default 120 for α, 300 for Σ. */
   maxSequenceLength?: number;
-  /** Generate at the nearest trained size and resize back (default true, as diffusers). */
+  /** Generate at the nearest trained size and resize back (default true, as diffusers); starting latents are at the generated size. */
   resolutionBinning?: boolean;
-  accel?: AccelSpec[];
-  output?: 'image' | 'latent';
-  onStep?: (info: StepInfo) => void;
-  signal?: AbortSignal;
 }
 
 export interface PixArtResult {

@@ -11,14 +11,13 @@ import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../mod
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
-import type { AccelSpec } from '../accel/index.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
-import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import { Rng } from '../util/rng.ts';
 import {
   Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, guide, list, positiveInt, seconds, seedOf, type AccelReport,
-  type GeneratedImage, type Latents, type StepInfo,
+  type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
 
 export type { AccelReport, GeneratedImage, Latents, StepInfo } from './common.ts';
@@ -29,32 +28,13 @@ export interface PipelineOptions extends RuntimeOptions {
   variant?: string;
 }
 
-export interface GenerateRequest {
-  prompt: string | string[];
-  negativePrompt?: string | string[];
-  steps?: number;
-  guidanceScale?: number;
+export interface GenerateRequest extends PromptRequest {
   guidanceRescale?: number;
-  /** Scheduler by name; default: the folder's own scheduler. */
-  scheduler?: SchedulerName;
-  /** Seed of our noise generator; random when absent (the result says which). */
-  seed?: number;
-  width?: number;
-  height?: number;
-  imagesPerPrompt?: number;
-  /** Starting latents [B, C, h, w], as diffusers' `latents=` (scaled by init_noise_sigma here). */
-  latents?: Latents;
   /** SDXL micro-conditioning [height, width]; default: the output size. */
   originalSize?: [number, number];
   targetSize?: [number, number];
   /** SDXL crop offset [top, left]; default [0, 0]. */
   cropTopLeft?: [number, number];
-  /** Training-free accelerations, composed in this order (see src/runtime/plan.ts). */
-  accel?: AccelSpec[];
-  /** 'latent' skips VAE decoding. */
-  output?: 'image' | 'latent';
-  onStep?: (info: StepInfo) => void;
-  signal?: AbortSignal;
 }
 
 export interface GenerateResult {
