@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import type { ParamSource } from '../graph/builder.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from '../models/autoencoder-kl.ts';
 import { ClipTextModel, parseClipTextConfig } from '../models/clip-text.ts';
-import { PRESETS } from '../models/presets.ts';
+import { transformerFromConfig } from '../models/components.ts';
+import { PRESETS, TRANSFORMER_PRESETS } from '../models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import { shaped } from '../runtime/executor.ts';
@@ -106,5 +107,31 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
   }
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(indexFile, JSON.stringify(index, null, 2));
+  return dir;
+}
+
+/**
+ * Creates (once) `dir` holding a transformer preset's transformer with seeded random weights (F16),
+ * as a diffusers folder with that component only: enough to time its forward pass.
+ */
+export async function ensureRandomTransformerFolder(dir: string, presetName: string, seed = 0): Promise<string> {
+  const preset = TRANSFORMER_PRESETS[presetName];
+  if (!preset) throw new Error(`unknown transformer preset ${presetName}`);
+  const componentDir = path.join(dir, 'transformer');
+  const weightsFile = path.join(componentDir, 'diffusion_pytorch_model.safetensors');
+  if (!fs.existsSync(weightsFile)) {
+    const { source, shapes } = recordingParams();
+    const model = transformerFromConfig(preset.transformerClass, preset.transformer, presetName);
+    await model.forwardShapes(new DryExecutor(source), { batch: 1, latentHeight: 16, latentWidth: 16, tokens: 8 });
+    const rng = new Rng(seed);
+    const tensors: Record<string, TensorToWrite> = {};
+    for (const [name, shape] of shapes) tensors[name] = randomTensor(name, shape, rng);
+    fs.mkdirSync(componentDir, { recursive: true });
+    fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: preset.transformerClass, ...preset.transformer }, null, 2));
+    writeSafetensors(weightsFile, tensors);
+  }
+  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
+    _class_name: preset.pipeline, _diffusers_version: '0.40.0', transformer: ['diffusers', preset.transformerClass],
+  }, null, 2));
   return dir;
 }

@@ -11,13 +11,16 @@ import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
 import { writeFileAtomically } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
-import { loadUNet } from '../models/components.ts';
+import { loadTransformer, loadUNet } from '../models/components.ts';
+import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
+import { PRESETS, TRANSFORMER_PRESETS } from '../models/presets.ts';
+import type { CrossAttentionKV } from '../models/unet2d-condition.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import type { SegmentReport } from '../runtime/executor.ts';
 import { OrtExecutor, createSession, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
-import { ensureRandomPipelineFolder } from './random-folder.ts';
+import { ensureRandomPipelineFolder, ensureRandomTransformerFolder } from './random-folder.ts';
 
 export interface BenchUNetOptions {
   preset: string;
@@ -86,35 +89,98 @@ function segmentKind(name: string): string {
   return ['attn1', 'attn2', 'ff', 'proj_in', 'proj_out', 'resnets', 'downsamplers', 'upsamplers'].includes(last) ? last : 'other';
 }
 
+/** The forward pass under test: how to run it on shapes (MACs), for real, and with its text keys/values precomputed. */
+interface ForwardUnderTest {
+  /** "U-Net", "PixArt transformer". */
+  label: string;
+  dry(exec: DryExecutor): Promise<unknown>;
+  run(exec: OrtExecutor): Promise<unknown>;
+  /** The pipeline's path: cross-attention keys/values computed once per prompt (`once`), then forwards that use them. */
+  withCrossKV: { once(exec: OrtExecutor): Promise<unknown>; run(exec: OrtExecutor): Promise<unknown> };
+}
+
 export async function benchUNet(o: BenchUNetOptions): Promise<void> {
-  const runtime: RuntimeOptions = { device: 'cpu', threads: o.threads };
+  if (!PRESETS[o.preset]) throw new InputError('--preset', 'not a U-Net preset', Object.keys(PRESETS).join(', '), o.preset);
   const dir = path.resolve(o.cache, o.preset);
   process.stderr.write(`preparing ${dir} (seeded random weights, F16 on disk, computed in fp32)...\n`);
   await ensureRandomPipelineFolder(dir, o.preset, ['unet']);
   const { model, params, weights } = loadUNet(readPipelineFolder(dir));
+  await benchForward(o, params, (width, height) => {
+    const [h, w] = [height / 8, width / 8];
+    const rng = new Rng(1);
+    const sample = randomTensor(rng, [o.batch, model.config.inChannels, h, w]);
+    const context = randomTensor(rng, [o.batch, 77, model.config.crossAttentionDim[0]]);
+    const timestep = new ort.Tensor('float32', new Float32Array(o.batch).fill(500), [o.batch]);
+    let kv: CrossAttentionKV<ort.Tensor> | undefined;
+    return {
+      label: 'U-Net',
+      dry: (exec) => model.forwardShapes(exec, { batch: o.batch, latentHeight: h, latentWidth: w }),
+      run: (exec) => model.forward(exec, sample, timestep, context),
+      withCrossKV: {
+        once: async (exec) => (kv = await model.crossAttentionKV(exec, context)),
+        run: (exec) => model.forward(exec, sample, timestep, context, undefined, kv),
+      },
+    };
+  });
+  weights.close();
+}
+
+/** `diffuse bench-transformer`: the same for a PixArt transformer preset, with 120 T5 tokens (half of them padding). */
+export async function benchTransformer(o: BenchUNetOptions): Promise<void> {
+  const preset = TRANSFORMER_PRESETS[o.preset];
+  if (!preset || preset.pipeline === 'DiTPipeline') {
+    throw new InputError('--preset', 'not a PixArt preset', Object.keys(TRANSFORMER_PRESETS).filter((k) => k.startsWith('pixart')).join(', '), o.preset);
+  }
+  const dir = path.resolve(o.cache, o.preset);
+  process.stderr.write(`preparing ${dir} (seeded random weights, F16 on disk, computed in fp32)...\n`);
+  await ensureRandomTransformerFolder(dir, o.preset);
+  const { model, params, weights } = loadTransformer(readPipelineFolder(dir));
+  if (!(model instanceof PixArtTransformer2DModel)) throw new Error(`${dir}: not a PixArt transformer`);
+  const tokens = preset.maxSequenceLength ?? 120;
+  await benchForward(o, params, (width, height) => {
+    const [h, w] = [height / 8, width / 8];
+    const rng = new Rng(1);
+    const sample = randomTensor(rng, [o.batch, model.config.inChannels, h, w]);
+    const states = randomTensor(rng, [o.batch, tokens, model.config.captionChannels ?? model.config.crossAttentionDim]);
+    const mask = new ort.Tensor('int64', BigInt64Array.from({ length: o.batch * tokens }, (_, i) => (i % tokens < tokens / 2 ? 1n : 0n)), [o.batch, tokens]);
+    const timestep = new ort.Tensor('float32', new Float32Array(o.batch).fill(500), [o.batch]);
+    const sizes = model.config.useAdditionalConditions ? {
+      resolution: new ort.Tensor('float32', new Float32Array(2 * o.batch).map((_, i) => (i % 2 ? width : height)), [o.batch, 2]),
+      aspectRatio: new ort.Tensor('float32', new Float32Array(o.batch).fill(height / width), [o.batch, 1]),
+    } : undefined;
+    let kv: Map<string, { k: ort.Tensor; v: ort.Tensor; bias: ort.Tensor }> | undefined;
+    return {
+      label: 'PixArt transformer',
+      dry: (exec) => model.forwardShapes(exec, { batch: o.batch, latentHeight: h, latentWidth: w, tokens }),
+      run: (exec) => model.forward(exec, sample, timestep, { states, mask }, sizes),
+      withCrossKV: {
+        once: async (exec) => (kv = await model.crossAttentionKV(exec, states, mask)),
+        run: (exec) => model.forward(exec, sample, timestep, { states, mask, kv }, sizes),
+      },
+    };
+  });
+  weights.close();
+}
+
+async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt: (width: number, height: number) => ForwardUnderTest): Promise<void> {
+  const runtime: RuntimeOptions = { device: 'cpu', threads: o.threads };
   const results = [];
   for (const [width, height] of o.size) {
-    const [h, w] = [height / 8, width / 8];
-    const sampleDims = [o.batch, model.config.inChannels, h, w];
-    const contextDims = [o.batch, 77, model.config.crossAttentionDim[0]];
+    const subject = subjectAt(width, height);
     const dry = new DryExecutor();
-    await model.forwardShapes(dry, { batch: o.batch, latentHeight: h, latentWidth: w });
+    await subject.dry(dry);
     const macs = zeroMacs();
     for (const s of dry.calls) addMacs(macs, s.macs);
 
     const rng = new Rng(1);
-    const sample = randomTensor(rng, sampleDims);
-    const context = randomTensor(rng, contextDims);
-    const timestep = new ort.Tensor('float32', new Float32Array(o.batch).fill(500), [o.batch]);
     const exec = new OrtExecutor(params, runtime);
     let start = performance.now();
-    await model.forward(exec, sample, timestep, context);
+    await subject.run(exec);
     const firstSeconds = (performance.now() - start) / 1000;
-    // The pipeline's path: cross-attention keys/values computed once per prompt, then reused.
-    const crossKV = await model.crossAttentionKV(exec, context);
-    await model.forward(exec, sample, timestep, context, undefined, crossKV);
+    await subject.withCrossKV.once(exec);
+    await subject.withCrossKV.run(exec);
     start = performance.now();
-    await model.crossAttentionKV(exec, context);
+    await subject.withCrossKV.once(exec);
     const crossKVSeconds = (performance.now() - start) / 1000;
     const seconds: number[] = [];
     const secondsWithKV: number[] = [];
@@ -122,15 +188,14 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
     for (let r = 0; r < o.runs; r++) {
       exec.runSeconds.clear();
       start = performance.now();
-      await model.forward(exec, sample, timestep, context);
+      await subject.run(exec);
       seconds.push((performance.now() - start) / 1000);
       if (seconds[r] === Math.min(...seconds)) segmentSeconds = new Map(exec.runSeconds);
       start = performance.now();
-      await model.forward(exec, sample, timestep, context, undefined, crossKV);
+      await subject.withCrossKV.run(exec);
       secondsWithKV.push((performance.now() - start) / 1000);
     }
     await exec.release();
-
     // The same MAC-carrying ops, each timed alone at its own shapes.
     const distinct = new Map<string, { op: HeavyOp; count: number; seconds: number }>();
     const opsBySegment = new Map<string, string[]>();
@@ -161,7 +226,7 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
       profile: profileByKind(dry.calls, segmentSeconds, opsBySegment, distinct),
     };
     results.push(result);
-    console.log(`${o.preset} U-Net forward ${width}x${height}, batch ${o.batch}, fp32, ${o.threads} threads: ` +
+    console.log(`${o.preset} ${subject.label} forward ${width}x${height}, batch ${o.batch}, fp32, ${o.threads} threads: ` +
       `${best.toFixed(3)} s best of ${o.runs} (median ${median(seconds).toFixed(3)} s; first run with session creation ${firstSeconds.toFixed(1)} s)`);
     console.log(`  runs: ${seconds.map((x) => x.toFixed(3)).join(' ')} s; peak RSS so far ${(result.peakRssBytes / 2 ** 30).toFixed(2)} GiB`);
     console.log(`  with cross-attention keys/values precomputed (as generate does): ${result.withCrossKV.bestSeconds.toFixed(3)} s best ` +
@@ -170,7 +235,7 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
     console.log(`  MACs: ${result.gmacsFull.toFixed(1)} G full, ${result.gmacsCalflops.toFixed(1)} G counted like calflops`);
     console.log(`  rate: ${result.gmacPerSecondFull.toFixed(1)} GMAC/s full count`);
     console.log(`  same ops alone (${distinct.size} distinct conv/linear/attention shapes): ${kernelSeconds.toFixed(3)} s = ` +
-      `${result.kernelGmacPerSecond.toFixed(1)} GMAC/s → whole U-Net runs at ${(100 * result.efficiency).toFixed(1)}% of the kernels' own rate`);
+      `${result.kernelGmacPerSecond.toFixed(1)} GMAC/s → the whole ${subject.label} runs at ${(100 * result.efficiency).toFixed(1)}% of the kernels' own rate`);
     if (o.profile) {
       console.log(`  ${'segment kind'.padEnd(14)} ${'seconds'.padStart(8)} ${'ops alone'.padStart(9)} ${'GMACs'.padStart(8)} ${'GMAC/s'.padStart(7)}`);
       for (const p of result.profile) {
@@ -178,7 +243,6 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
       }
     }
   }
-  weights.close();
   const pytorch = o.pytorch ? timePyTorch(o) : undefined;
   if (pytorch) {
     for (const r of results) {
@@ -200,13 +264,17 @@ interface PyTorchTiming {
   runs: number[];
 }
 
-/** Runs tools/reference/bench_unet_torch.py in the reference environment (same threads, batch, runs). */
+/**
+ * Runs the reference script for the preset in the reference environment (same threads, batch,
+ * runs): tools/reference/bench_unet_torch.py (sd15) or bench_transformer_torch.py (PixArt).
+ */
 function timePyTorch(o: BenchUNetOptions): PyTorchTiming[] {
-  if (o.preset !== 'sd15') throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 preset only', 'sd15', o.preset);
+  const pixart = TRANSFORMER_PRESETS[o.preset]?.pipeline.startsWith('PixArt');
+  if (o.preset !== 'sd15' && !pixart) throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 and PixArt presets', 'sd15 or pixart-*', o.preset);
   const sizes = o.size.filter(([w, h]) => w === h).map(([w]) => w).join(',');
-  const script = path.resolve(import.meta.dirname, '../../tools/reference/bench_unet_torch.py');
+  const script = path.resolve(import.meta.dirname, `../../tools/reference/${pixart ? 'bench_transformer_torch.py' : 'bench_unet_torch.py'}`);
   const command = `source ${JSON.stringify(path.resolve(o.pytorch!))} && python ${JSON.stringify(script)} ` +
-    `--threads ${o.threads} --batch ${o.batch} --runs ${o.runs} --sizes ${sizes}`;
+    `--threads ${o.threads} --batch ${o.batch} --runs ${o.runs} --sizes ${sizes}${pixart ? ` --preset ${o.preset}` : ''}`;
   process.stderr.write('timing diffusers on PyTorch...\n');
   const run = spawnSync('bash', ['-c', command], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   if (run.status !== 0) throw new InputError('--pytorch', `the reference script failed (exit ${run.status})`, 'a working reference env.sh');

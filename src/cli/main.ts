@@ -5,7 +5,7 @@
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { InputError } from '../errors.ts';
 import { inspect } from './inspect.ts';
-import { benchUNet } from '../bench/unet-forward.ts';
+import { benchTransformer, benchUNet } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
 import { generate } from './generate.ts';
 import { tune } from './tune.ts';
@@ -184,6 +184,22 @@ export function buildProgram(): Command {
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts) => {
       await benchUNet(opts);
+    });
+
+  program
+    .command('bench-transformer')
+    .description('time one PixArt transformer forward of a preset (seeded random weights, 120 or 300 T5 tokens), against ORT\'s own MatMul rate')
+    .option('--preset <name>', 'architecture (pixart-alpha-1024, pixart-alpha-512, pixart-sigma-1024)', 'pixart-alpha-1024')
+    .option('--size <list>', 'image sizes, comma-separated', sizeList, [[512, 512], [1024, 1024]] as [number, number][])
+    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch'), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
+    .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
+    .option('--profile', 'print time per segment kind', false)
+    .option('--json <file>', 'also write results as JSON')
+    .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
+    .action(async (opts) => {
+      await benchTransformer(opts);
     });
 
   program

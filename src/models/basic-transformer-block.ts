@@ -47,7 +47,10 @@ export interface BlockOptions<T> {
 function feedForward(g: GraphBuilder, x: Value, kind: BlockOptions<TensorLike>['feedForward'], mult = 4): Value {
   const dim = x.shape[x.rank - 1];
   const inner = dim * mult;
-  if (kind === 'gelu-approximate') return g.linear(g.geluTanh(g.linear(x, 'net.0.proj', inner)), 'net.2', dim);
+  if (kind === 'gelu-approximate') {
+    const hidden = g.geluTanh(g.linear(x, 'net.0.proj', inner, false), g.param('net.0.proj.bias', [inner]));
+    return g.linear(hidden, 'net.2', dim);
+  }
   // Two half-width products instead of one product and a Split: no copy of the wide output,
   // and ORT fuses the gate's bias and GELU into its MatMul.
   const hidden = g.linearRows(x, 'net.0.proj', inner * 2, 0, inner);
