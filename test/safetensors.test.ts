@@ -4,8 +4,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   SafetensorsFile, bfloat16ToFloat32, float16ToFloat32, float32ToFloat16, parseSafetensorsHeader,
-  writeSafetensors,
+  writeSafetensors, writeShardedSafetensors,
 } from '../src/weights/safetensors.ts';
+import { openComponentWeights } from '../src/weights/diffusers-folder.ts';
 import { rawSafetensors, tempDir, throwsInputError } from './helpers/files.ts';
 
 const f32 = (...v: number[]) => new Float32Array(v);
@@ -295,4 +296,47 @@ test('writeSafetensors rejects bad input and leaves nothing behind', (t) => {
   t.after(() => st.close());
   assert.deepEqual([...st.tensors.keys()], ['b']);
   assert.deepEqual(fs.readdirSync(dir), ['bad.safetensors']);
+});
+
+test('tensors made lazily are written one at a time and checked like the others; a bad one leaves nothing behind', (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'lazy.safetensors');
+  const made: string[] = [];
+  writeSafetensors(file, {
+    a: { dtype: 'F32', shape: [2], data: () => (made.push('a'), f32(1, 2)) },
+    b: { dtype: 'F16', shape: [1], data: () => (made.push('b'), float32ToFloat16(f32(3))) },
+  });
+  assert.deepEqual(made, ['a', 'b']);
+  const st = SafetensorsFile.open(file);
+  assert.deepEqual([...st.readFloat32('a')], [1, 2]);
+  assert.deepEqual([...st.readFloat32('b')], [3]);
+  st.close();
+  const bad = path.join(dir, 'bad.safetensors');
+  throwsInputError(() => writeSafetensors(bad, { a: { dtype: 'F32', shape: [3], data: () => f32(1, 2) } }), `${bad}: a`, '12 bytes', 'found 8 bytes');
+  assert.deepEqual(fs.readdirSync(dir), ['lazy.safetensors']);
+});
+
+test('sharded writing: files of at most the limit (a bigger tensor alone), an index that opens as one weight set', (t) => {
+  const dir = tempDir(t);
+  const tensors = {
+    'x.weight': { dtype: 'F32' as const, shape: [4], data: f32(1, 2, 3, 4) }, // 16 bytes
+    'y.weight': { dtype: 'F32' as const, shape: [2], data: f32(5, 6) }, // 8: fits beside x under 24
+    'big.weight': { dtype: 'F32' as const, shape: [10], data: f32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9) }, // 40: over the limit, alone
+    'z.bias': { dtype: 'F16' as const, shape: [1], data: float32ToFloat16(f32(7)) },
+  };
+  const index = writeShardedSafetensors(dir, 'model', tensors, 24);
+  assert.equal(path.basename(index), 'model.safetensors.index.json');
+  assert.deepEqual(fs.readdirSync(dir).sort(), [
+    'model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', 'model-00003-of-00003.safetensors', 'model.safetensors.index.json']);
+  const json = JSON.parse(fs.readFileSync(index, 'utf8'));
+  assert.equal(json.metadata.total_size, 16 + 8 + 40 + 2);
+  assert.deepEqual(json.weight_map, {
+    'x.weight': 'model-00001-of-00003.safetensors', 'y.weight': 'model-00001-of-00003.safetensors',
+    'big.weight': 'model-00002-of-00003.safetensors', 'z.bias': 'model-00003-of-00003.safetensors',
+  });
+  const weights = openComponentWeights(dir);
+  t.after(() => weights.close());
+  assert.deepEqual([...weights.readFloat32('big.weight')], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  assert.deepEqual([...weights.readFloat32('z.bias')], [7]);
+  assert.equal(weights.float32Bytes(), (4 + 2 + 10 + 1) * 4);
 });

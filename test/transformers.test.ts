@@ -11,7 +11,7 @@ import { DiTTransformer2DModel } from '../src/models/dit-transformer-2d.ts';
 import { loadT5Encoder, loadTransformer } from '../src/models/components.ts';
 import { PixArtTransformer2DModel } from '../src/models/pixart-transformer-2d.ts';
 import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
-import { OrtExecutor } from '../src/runtime/ort-executor.ts';
+import { OrtExecutor, retainSessionsFor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { COMPONENT_TOLERANCE, assertClose } from './helpers/compare.ts';
 import { tempDir, throwsInputError, writeJson } from './helpers/files.ts';
@@ -69,9 +69,24 @@ for (const fixture of ['tiny-pixart-alpha', 'tiny-pixart-sigma']) {
     const out = await model.forward(exec, g.i64('input_ids'), g.i64('attention_mask'));
     const err = assertClose(out.data as Float32Array, g.f32('last_hidden_state').data as Float32Array, COMPONENT_TOLERANCE.textEncoder, `${fixture} T5`);
     t.diagnostic(`last_hidden_state: relative error ${err.toExponential(2)}`);
+    assert.ok(exec.openSessions > 0);
     await exec.release();
+
+    // Released after each block (as T5-XXL runs on a 24 GiB machine): the same states, no session left open.
+    const transient = new OrtExecutor(params, {}, { retainSessions: false });
+    const again = await model.forward(transient, g.i64('input_ids'), g.i64('attention_mask'));
+    assert.deepEqual(again.data, out.data);
+    assert.equal(transient.openSessions, 0);
   });
 }
+
+test('session policy: a component is kept in memory up to a quarter of the machine\'s', () => {
+  const GIB = 2 ** 30;
+  assert.equal(retainSessionsFor(2.4 * GIB, 24 * GIB), true); // PixArt's transformer
+  assert.equal(retainSessionsFor(17.7 * GIB, 24 * GIB), false); // T5-XXL as float32
+  assert.equal(retainSessionsFor(6 * GIB, 24 * GIB), true);
+  assert.equal(retainSessionsFor(6 * GIB + 1, 24 * GIB), false);
+});
 
 test('bad input: an unknown Transformer2DModel norm_type, caption_channels against the T5 width, a sample size the patch does not divide', (t) => {
   const dir = tempDir(t);

@@ -10,11 +10,12 @@ import { AutoencoderKL, parseAutoencoderKLConfig } from '../models/autoencoder-k
 import { ClipTextModel, parseClipTextConfig } from '../models/clip-text.ts';
 import { transformerFromConfig } from '../models/components.ts';
 import { PRESETS, TRANSFORMER_PRESETS } from '../models/presets.ts';
+import { T5EncoderModel, parseT5EncoderConfig } from '../models/t5-encoder.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import { shaped } from '../runtime/executor.ts';
 import { Rng } from '../util/rng.ts';
-import { float32ToFloat16, writeSafetensors, type TensorToWrite } from '../weights/safetensors.ts';
+import { float32ToFloat16, writeSafetensors, writeShardedSafetensors, type TensorToWrite } from '../weights/safetensors.ts';
 
 /** Records every parameter a forward pass asks for. */
 function recordingParams(): { source: ParamSource; shapes: Map<string, number[]> } {
@@ -23,7 +24,7 @@ function recordingParams(): { source: ParamSource; shapes: Map<string, number[]>
 }
 
 /** PyTorch-like init scale: U(-1/√fan_in, 1/√fan_in) for weights, norms at 1, biases small. */
-function randomTensor(name: string, shape: number[], rng: Rng): TensorToWrite {
+function randomValues(name: string, shape: number[], rng: Rng): Float32Array {
   const size = shape.reduce((a, b) => a * b, 1);
   const values = new Float32Array(size);
   const isNorm = /norm/.test(name) && name.endsWith('.weight');
@@ -33,7 +34,11 @@ function randomTensor(name: string, shape: number[], rng: Rng): TensorToWrite {
     const bound = (name.endsWith('.bias') ? 0.1 : 1) / Math.sqrt(fanIn);
     for (let i = 0; i < size; i++) values[i] = (rng.uniform() * 2 - 1) * bound;
   }
-  return { dtype: 'F16', shape, data: float32ToFloat16(values) };
+  return values;
+}
+
+function randomTensor(name: string, shape: number[], rng: Rng): TensorToWrite {
+  return { dtype: 'F16', shape, data: float32ToFloat16(randomValues(name, shape, rng)) };
 }
 
 export type ComponentName = 'unet' | 'vae' | 'text_encoder' | 'tokenizer' | 'scheduler';
@@ -132,6 +137,35 @@ export async function ensureRandomTransformerFolder(dir: string, presetName: str
   }
   fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
     _class_name: preset.pipeline, _diffusers_version: '0.40.0', transformer: ['diffusers', preset.transformerClass],
+  }, null, 2));
+  return dir;
+}
+
+/**
+ * Creates (once) `dir` holding a PixArt preset's T5 text encoder with seeded random weights, as the
+ * Hub ships it: float32 (or F16) in shards of at most 5 GB with a model.safetensors.index.json. Each
+ * tensor is made when it is written, so a 19 GB T5-XXL never sits in memory.
+ */
+export async function ensureRandomTextEncoderFolder(dir: string, presetName: string, dtype: 'F32' | 'F16', seed = 0): Promise<string> {
+  const config = TRANSFORMER_PRESETS[presetName]?.textEncoder;
+  if (!config) throw new Error(`preset ${presetName} has no T5 text encoder`);
+  const componentDir = path.join(dir, 'text_encoder');
+  const index = path.join(componentDir, 'model.safetensors.index.json');
+  if (!fs.existsSync(index)) {
+    const { source, shapes } = recordingParams();
+    await new T5EncoderModel(parseT5EncoderConfig(config, presetName)).forward(new DryExecutor(source), shaped([1, 8], 'int64'), shaped([1, 8], 'int64'));
+    const tensors: Record<string, TensorToWrite> = {};
+    [...shapes].forEach(([name, shape], i) => {
+      const values = () => randomValues(name, shape, new Rng(seed * 100_003 + i));
+      tensors[name] = { dtype, shape, data: dtype === 'F32' ? values : () => float32ToFloat16(values()) };
+    });
+    fs.mkdirSync(componentDir, { recursive: true });
+    fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: 'T5EncoderModel', architectures: ['T5EncoderModel'], ...config }, null, 2));
+    writeShardedSafetensors(componentDir, 'model', tensors, 5e9);
+  }
+  const preset = TRANSFORMER_PRESETS[presetName];
+  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
+    _class_name: preset.pipeline, _diffusers_version: '0.40.0', text_encoder: ['transformers', 'T5EncoderModel'],
   }, null, 2));
   return dir;
 }

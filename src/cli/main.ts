@@ -7,6 +7,7 @@ import { InputError } from '../errors.ts';
 import { inspect } from './inspect.ts';
 import { benchTransformer, benchUNet } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
+import { benchTextEncoder } from '../bench/text-encoder.ts';
 import { generate } from './generate.ts';
 import { tune } from './tune.ts';
 import { bench } from '../bench/accel.ts';
@@ -37,6 +38,13 @@ function seed(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n >= 2 ** 32) throw new InvalidArgumentError(`--seed expects an integer in [0, 4294967295], got "${value}"`);
   return n;
+}
+
+function oneOf<T extends string>(flag: string, values: readonly T[]) {
+  return (value: string): T => {
+    if (!(values as readonly string[]).includes(value)) throw new InputError(flag, 'unknown value', values.join(', '), value);
+    return value as T;
+  };
 }
 
 /** `--scheduler NAME`, for generate and bench alike. */
@@ -200,6 +208,22 @@ export function buildProgram(): Command {
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts) => {
       await benchTransformer(opts);
+    });
+
+  program
+    .command('bench-text-encoder')
+    .description('time T5 text encoding of a PixArt preset at full size (seeded random weights in shards) with its peak memory')
+    .option('--preset <name>', 'architecture (pixart-alpha-1024, pixart-alpha-512, pixart-sigma-1024)', 'pixart-alpha-1024')
+    .option('--dtype <type>', 'how the random weights are stored: F32 (as PixArt\'s Hub folders) or F16', oneOf('--dtype', ['F32', 'F16'] as const), 'F32')
+    .option('--batch <n>', 'prompts per call (2 = a prompt and its negative)', positiveInt('--batch'), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--runs <n>', 'encodings timed', positiveInt('--runs'), 2)
+    .option('--sessions <policy>', 'keep the sessions, release each after use, or auto (release when the encoder is over a quarter of memory)',
+      oneOf('--sessions', ['auto', 'keep', 'release'] as const), 'auto')
+    .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
+    .option('--json <file>', 'also write results as JSON')
+    .action(async (opts) => {
+      await benchTextEncoder(opts);
     });
 
   program

@@ -15,7 +15,7 @@ import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
-import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { OrtExecutor, retainSessionsFor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { Rng } from '../util/rng.ts';
@@ -114,7 +114,8 @@ export class PixArtPipeline {
     options: RuntimeOptions,
   ) {
     this.transformerExec = new OrtExecutor(transformer.params, options);
-    this.textExec = new OrtExecutor(textEncoder.params, options);
+    // T5-XXL is 19 GB as float32: run it one block's session at a time rather than hold it all.
+    this.textExec = new OrtExecutor(textEncoder.params, options, { retainSessions: retainSessionsFor(textEncoder.weights.float32Bytes()) });
     this.vaeExec = new OrtExecutor(vae.params, options);
   }
 
@@ -185,14 +186,15 @@ export class PixArtPipeline {
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
     const repeat = (items: string[]) => items.flatMap((p) => new Array<string>(perPrompt).fill(p));
-    const positive = await this.encode(repeat(prompts), maxLength, warnings);
-    let states = positive.states;
-    let mask = positive.mask;
-    if (cfg) {
-      const negative = await this.encode(repeat(negatives.length === 1 ? prompts.map(() => negatives[0]) : negatives), maxLength, warnings);
-      states = concat(negative.states, positive.states);
-      mask = new BigInt64Array([...negative.mask, ...positive.mask]);
-    }
+    // One encoder call for both halves: a T5-XXL too big to keep loads its weights once.
+    const texts = cfg ? [...repeat(negatives.length === 1 ? prompts.map(() => negatives[0]) : negatives), ...repeat(prompts)] : repeat(prompts);
+    const encoded = await this.encode(texts, maxLength, warnings);
+    const { states, mask } = encoded;
+    const positive = {
+      states: cfg ? states.slice(states.length / 2) : states,
+      mask: cfg ? mask.slice(mask.length / 2) : mask,
+      width: encoded.width,
+    };
     const textEncoding = seconds(start);
     const text = (rows: number, s: Float32Array, m: BigInt64Array) => ({
       states: new ort.Tensor('float32', s, [rows, maxLength, positive.width]),

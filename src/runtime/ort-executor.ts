@@ -3,6 +3,7 @@
  * ORT as bytes whose weights are external data pointing straight into the component's
  * safetensors files, so weights are never converted or copied on disk.
  */
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
@@ -19,6 +20,24 @@ export interface RuntimeOptions {
   threads?: number;
 }
 
+/** How long an executor keeps a segment's session. */
+export interface SessionPolicy {
+  /**
+   * false: create each session for its call and release it right after, so that only one
+   * segment's weights are ever in memory (a 4.7 B-parameter T5-XXL on a 24 GiB machine), at the
+   * cost of loading them again on the next call. Default true.
+   */
+  retainSessions?: boolean;
+}
+
+/**
+ * Whether to keep a component's sessions: not when its weights, as the float32 the sessions hold
+ * them in, would take more than a quarter of the machine's memory.
+ */
+export function retainSessionsFor(float32Bytes: number, totalMemory = os.totalmem()): boolean {
+  return float32Bytes <= totalMemory / 4;
+}
+
 interface CompiledSegment {
   session: ort.InferenceSession;
   outputKeys: string[];
@@ -32,18 +51,36 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   constructor(
     private readonly params: ParamSource,
     private readonly options: RuntimeOptions = {},
+    private readonly policy: SessionPolicy = {},
   ) {}
 
+  /** Sessions held now. */
+  get openSessions(): number {
+    return this.sessions.size;
+  }
+
   async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<Record<string, ort.Tensor>> {
+    const retain = this.policy.retainSessions ?? true;
     const key = `${name}|${shapeKey(inputs, options, true)}`;
-    let compiled = this.sessions.get(key);
+    let compiled = retain ? this.sessions.get(key) : undefined;
     if (!compiled) {
       compiled = this.compile(name, build, inputs, options);
-      this.sessions.set(key, compiled);
+      if (retain) this.sessions.set(key, compiled);
     }
     const { session, outputKeys } = await compiled;
     const start = performance.now();
-    const result = await session.run(inputs);
+    let result: Record<string, ort.Tensor>;
+    try {
+      result = { ...(await session.run(inputs)) } as Record<string, ort.Tensor>;
+      // A released session's GPU buffers go with it: bring its outputs to the CPU first.
+      if (!retain) {
+        for (const [k, t] of Object.entries(result)) {
+          if (t.location !== 'cpu') result[k] = new ort.Tensor(t.type, await t.getData(true), t.dims);
+        }
+      }
+    } finally {
+      if (!retain) await session.release();
+    }
     this.runSeconds.set(name, (this.runSeconds.get(name) ?? 0) + (performance.now() - start) / 1000);
     const outputs: Record<string, ort.Tensor> = {};
     for (const key of outputKeys) outputs[key] = result[outputName(key)];
@@ -54,7 +91,8 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     // One session per segment for every batch size: CFG and single-batch calls share it.
     const g = new GraphBuilder(name, this.params, 'mha', true);
     const outputs = buildSegment(g, build, inputs, options);
-    return { session: await createSession(g, this.options), outputKeys: Object.keys(outputs) };
+    const retained = this.policy.retainSessions ?? true;
+    return { session: await createSession(g, this.options, retained), outputKeys: Object.keys(outputs) };
   }
 
   async release(): Promise<void> {
@@ -63,8 +101,14 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   }
 }
 
-/** An ORT session for a built graph whose weights all live in one folder. */
-export async function createSession(g: GraphBuilder, options: RuntimeOptions): Promise<ort.InferenceSession> {
+/**
+ * An ORT session for a built graph whose weights all live in one folder. A session run only once
+ * (`retained` false) is not optimized: MLAS's packed weight copies and constant folding (a cast of
+ * F16 weights, through protobuf copies) cost more than they save on one run. Measured on T5-XXL
+ * (bench-text-encoder, 24 blocks of 0.8 GB): a block's session creation 1.5 s → 0.01 s with its
+ * run as fast; the whole encoding 50 s → 28 s from F16 weights.
+ */
+export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
   const folders = new Set(g.weightFiles().map((f) => path.dirname(f)));
   if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
   const folder = folders.values().next().value ?? process.cwd();
@@ -72,7 +116,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions): P
   const device = options.device ?? 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     executionProviders: device === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'],
-    graphOptimizationLevel: 'all',
+    graphOptimizationLevel: retained ? 'all' : 'disabled',
     // Measured: with memory patterns each session's second run is ~2× slower and peak RSS
     // ~40% higher (many sessions each planning its own block); plain arena reuse is better.
     enableMemPattern: false,
@@ -89,6 +133,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions): P
         model_external_initializers_file_folder_path: folder,
         // Hundreds of sessions share the cores; idle threads must sleep, not spin.
         intra_op: { allow_spinning: '0' },
+        ...(retained ? {} : { disable_prepacking: '1' }),
       },
     },
   };

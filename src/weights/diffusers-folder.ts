@@ -43,6 +43,13 @@ export class WeightSet {
     return [...this.owner.keys()];
   }
 
+  /** Bytes the tensors take as float32 (what sessions hold them as, whatever the file stores). */
+  float32Bytes(): number {
+    let bytes = 0;
+    for (const name of this.owner.keys()) bytes += this.info(name).shape.reduce((a, b) => a * b, 4);
+    return bytes;
+  }
+
   readFloat32(name: string): Float32Array {
     return this.fileOf(name).readFloat32(name);
   }

@@ -319,7 +319,8 @@ export type WritableDType = 'F32' | 'F16' | 'BF16' | 'I64' | 'I32';
 export interface TensorToWrite {
   dtype: WritableDType;
   shape: number[];
-  data: ArrayBufferView;
+  /** The bytes, or a function making them when the writer gets to this tensor (one in memory at a time). */
+  data: ArrayBufferView | (() => ArrayBufferView);
 }
 
 /**
@@ -352,11 +353,8 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
     if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       throw new InputError(`${where}.shape`, 'invalid shape', 'non-negative integers', describe(shape));
     }
-    const bytes = shape.reduce((n, d) => n * d, 1) * (DTYPE_BITS[dtype] / 8);
-    if (bytes !== data.byteLength) {
-      throw new InputError(where, 'data size does not match shape and dtype', `${bytes} bytes`,
-        `${data.byteLength} bytes`);
-    }
+    const bytes = byteSize(shape, dtype);
+    if (typeof data !== 'function') checkDataSize(where, bytes, data);
     // Using Object.defineProperty keeps a tensor called "__proto__" an ordinary key.
     Object.defineProperty(header, name, {
       value: { dtype, shape, data_offsets: [offset, offset + bytes] },
@@ -377,8 +375,10 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
     fd = fs.openSync(tmp, 'w');
     writeAll(fd, head);
     for (const name of order) {
-      const { data } = tensors[name];
-      writeAll(fd, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      const { dtype, shape, data } = tensors[name];
+      const bytes = typeof data === 'function' ? data() : data;
+      checkDataSize(`${abs}: ${name}`, byteSize(shape, dtype), bytes);
+      writeAll(fd, new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
     }
     fs.fsyncSync(fd);
     fs.closeSync(fd);
@@ -389,6 +389,45 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
     fs.rmSync(tmp, { force: true });
     throw err;
   }
+}
+
+const byteSize = (shape: number[], dtype: WritableDType) => shape.reduce((n, d) => n * d, 1) * (DTYPE_BITS[dtype] / 8);
+
+function checkDataSize(where: string, bytes: number, data: ArrayBufferView): void {
+  if (bytes !== data.byteLength) {
+    throw new InputError(where, 'data size does not match shape and dtype', `${bytes} bytes`, `${data.byteLength} bytes`);
+  }
+}
+
+/**
+ * Writes tensors as transformers and diffusers shard them: `<base>-00001-of-0000N.safetensors`
+ * files of at most `maxShardBytes` each (a larger tensor gets a file of its own), in the order
+ * given, and `<base>.safetensors.index.json` mapping each tensor to its file. Returns the index path.
+ */
+export function writeShardedSafetensors(dir: string, base: string, tensors: Record<string, TensorToWrite>, maxShardBytes: number): string {
+  const shards: string[][] = [[]];
+  let shardBytes = 0;
+  let total = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    const bytes = byteSize(t.shape, t.dtype);
+    if (shardBytes > 0 && shardBytes + bytes > maxShardBytes) {
+      shards.push([]);
+      shardBytes = 0;
+    }
+    shards[shards.length - 1].push(name);
+    shardBytes += bytes;
+    total += bytes;
+  }
+  const pad = (n: number) => String(n).padStart(5, '0');
+  const weightMap: Record<string, string> = {};
+  shards.forEach((names, i) => {
+    const file = `${base}-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`;
+    writeSafetensors(path.join(dir, file), Object.fromEntries(names.map((n) => [n, tensors[n]])));
+    for (const n of names) weightMap[n] = file;
+  });
+  const index = path.join(dir, `${base}.safetensors.index.json`);
+  fs.writeFileSync(index, JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
+  return index;
 }
 
 function writeAll(fd: number, bytes: Uint8Array): void {
