@@ -20,10 +20,20 @@ export function describe(value: unknown): string {
   if (value === undefined) return 'nothing';
   let text: string;
   try {
-    text = JSON.stringify(value);
+    // NaN and ±Infinity as themselves (JSON would print null).
+    text = JSON.stringify(value, (_key, v) => (typeof v === 'number' && !Number.isFinite(v) ? `\u0000${v}` : v))
+      .replace(/"\\u0000(NaN|-?Infinity)"/g, '$1');
   } catch {
     // JSON.parse accepts nesting deeper than JSON.stringify can recurse.
     return Array.isArray(value) ? 'a deeply nested list' : 'a deeply nested object';
   }
   return text.length > 60 ? text.slice(0, 57) + '...' : text;
+}
+
+/** The user stopped the run (Ctrl-C or SIGTERM); the CLI exits with 128 + the signal's number. */
+export class Interrupted extends Error {
+  constructor(readonly signal: 'SIGINT' | 'SIGTERM') {
+    super(`interrupted (${signal})`);
+    this.name = 'Interrupted';
+  }
 }

@@ -42,10 +42,10 @@ test('TGATE schedule: the official phases, call by call', () => {
 test('--accel syntax: defaults, knobs, and one clear error per mistake', () => {
   assert.deepEqual(parseAccelSpec('tgate'), { method: 'tgate', params: { ...TGATE_DEFAULTS } });
   assert.deepEqual(parseAccelSpec('tgate:gate_step=5,cache_self_attn=false').params, { ...TGATE_DEFAULTS, gate_step: 5, cache_self_attn: false });
-  throwsInputError(() => parseAccelSpec('tomato'), '--accel', 'unknown method', 'tgate', 'tomato');
-  throwsInputError(() => parseAccelSpec('tgate:gate=5'), '--accel tgate:gate', 'unknown key', 'gate_step');
-  throwsInputError(() => parseAccelSpec('tgate:gate_step=0'), '--accel tgate:gate_step', 'an integer ≥ 1', 'found 0');
-  throwsInputError(() => parseAccelSpec('tgate:gate_step=2.5'), '--accel tgate:gate_step', 'found 2.5');
+  throwsInputError(() => parseAccelSpec('tomato'), 'accel', 'unknown method', 'tgate', 'tomato');
+  throwsInputError(() => parseAccelSpec('tgate:gate=5'), 'accel tgate:gate', 'unknown key', 'gate_step');
+  throwsInputError(() => parseAccelSpec('tgate:gate_step=0'), 'accel tgate:gate_step', 'an integer ≥ 1', 'found 0');
+  throwsInputError(() => parseAccelSpec('tgate:gate_step=2.5'), 'accel tgate:gate_step', 'found 2.5');
   throwsInputError(() => parseAccelSpec('tgate:cache_self_attn=yes'), 'cache_self_attn', 'true or false');
   throwsInputError(() => parseAccelSpec('tgate:warm_up'), 'tgate:warm_up', 'no value');
   throwsInputError(() => createAccelerator([parseAccelSpec('tgate'), parseAccelSpec('tgate')]), 'tgate given twice');

@@ -77,7 +77,7 @@ test('tune: bad input gives one line naming the flag and exit 2, before any imag
     [['--model', TINY, '--steps', '6', '--reuse', '6', '--scheduler', 'ddim'], '--reuse: must leave computing calls in a run of 6 model calls'],
     [['--model', TINY, '--out', '/nonexistent/s.json'], '--out: folder does not exist'],
     [['--epsilon', '-1'], '--epsilon expects a number ≥ 0'],
-    [['--max-rounds', '0'], '--max-rounds expects a positive integer, got "0"'],
+    [['--max-rounds', '0'], '--max-rounds expects an integer from 1 to 1000000, got "0"'],
   ];
   expectOneLineErrors('tune', cases);
 });

@@ -103,7 +103,7 @@ test('cache_branch_id beyond the U-Net\'s depth is refused for that config', asy
     calls: 2, batch: 1, latentHeight: 32, latentWidth: 32, cfg: true, accelerator: createAccelerator([parseAccelSpec(spec)]),
     textEmbedsDim: preset === 'sdxl' ? 1280 : undefined,
   });
-  await rejectsInputError(() => run('sd15', 'deepcache:cache_branch_id=12'), '--accel deepcache:cache_branch_id', "beyond this U-Net's depth",
+  await rejectsInputError(() => run('sd15', 'deepcache:cache_branch_id=12'), 'accel deepcache:cache_branch_id', "beyond this U-Net's depth",
     '11 down-path outputs', '0 to 11', 'found 12');
   await rejectsInputError(() => run('sdxl', 'deepcache:cache_branch_id=9'), 'cache_branch_id', '0 to 8', 'found 9');
   await run('sdxl', 'deepcache:cache_branch_id=8');
@@ -163,7 +163,7 @@ test('--accel deepcache syntax: defaults, knobs, and one clear error per mistake
   assert.deepEqual(parseAccelSpec('deepcache:cache_interval=5,cache_branch_id=1,uniform=false,pow=1.25,center=20').params,
     { cache_interval: 5, cache_branch_id: 1, uniform: false, pow: 1.25, center: 20 });
   assert.equal(formatAccelSpec(parseAccelSpec('deepcache')), 'deepcache:cache_interval=3,cache_branch_id=0,uniform=true,pow=1.4,center=15');
-  throwsInputError(() => parseAccelSpec('deepcache:cache_interval=0'), '--accel deepcache:cache_interval', 'an integer ≥ 1', 'found 0');
+  throwsInputError(() => parseAccelSpec('deepcache:cache_interval=0'), 'accel deepcache:cache_interval', 'an integer ≥ 1', 'found 0');
   throwsInputError(() => parseAccelSpec('deepcache:cache_interval=2.5'), 'deepcache:cache_interval', 'found 2.5');
   throwsInputError(() => parseAccelSpec('deepcache:cache_branch_id=-1'), 'deepcache:cache_branch_id', 'an integer ≥ 0', 'found -1');
   throwsInputError(() => parseAccelSpec('deepcache:uniform=no'), 'deepcache:uniform', 'true or false', 'found no');
@@ -171,7 +171,7 @@ test('--accel deepcache syntax: defaults, knobs, and one clear error per mistake
   throwsInputError(() => parseAccelSpec('deepcache:pow=abc'), 'deepcache:pow', 'a number > 1', 'found abc');
   throwsInputError(() => parseAccelSpec('deepcache:pow=Infinity'), 'deepcache:pow', 'found Infinity');
   throwsInputError(() => parseAccelSpec('deepcache:center=-3'), 'deepcache:center', 'an integer ≥ 0', 'found -3');
-  throwsInputError(() => parseAccelSpec('deepcache:cache_layer_id=0'), '--accel deepcache:cache_layer_id', 'unknown key', 'cache_branch_id');
+  throwsInputError(() => parseAccelSpec('deepcache:cache_layer_id=0'), 'accel deepcache:cache_layer_id', 'unknown key', 'cache_branch_id');
   throwsInputError(() => parseAccelSpec('deepcache:pow'), 'deepcache:pow', 'no value');
   throwsInputError(() => createAccelerator([parseAccelSpec('deepcache'), parseAccelSpec('deepcache:cache_interval=5')]), 'deepcache given twice');
 });

@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadDiTPipeline } from '../src/pipelines/dit.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
@@ -30,19 +31,35 @@ interface DiTCase {
   noise: boolean;
 }
 
-test('tiny-dit: class-to-image equals diffusers (DDIM, DPM++ 2M, Euler; with and without CFG; labels by name)', async (t) => {
+test('tiny-dit: class-to-image equals diffusers (DDIM, DDIM trailing, DPM++ 2M, Euler; with and without CFG; labels by name)', async (t) => {
   const { cases } = JSON.parse(fs.readFileSync(path.join(GOLDENS, 'tiny-dit-pipelines.json'), 'utf8')) as { cases: DiTCase[] };
   const goldens = SafetensorsFile.open(path.join(GOLDENS, 'tiny-dit-pipelines.safetensors'));
   const pipeline = loadDiTPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-dit')));
+  // A case with scheduler config overrides runs on a copy of the folder whose
+  // scheduler_config.json holds them, as a user's folder would.
+  const overridden = fs.mkdtempSync(path.join(os.tmpdir(), 'tiny-dit-'));
+  fs.cpSync(path.join(FIXTURES, 'tiny-dit'), overridden, { recursive: true });
+  const schedulerFile = path.join(overridden, 'scheduler', 'scheduler_config.json');
+  const schedulerConfig = JSON.parse(fs.readFileSync(schedulerFile, 'utf8'));
+  const pipelines = new Map<string, ReturnType<typeof loadDiTPipeline>>();
+  const pipelineFor = (c: DiTCase) => {
+    if (Object.keys(c.config_overrides).length === 0) return pipeline;
+    const key = JSON.stringify(c.config_overrides);
+    if (!pipelines.has(key)) {
+      fs.writeFileSync(schedulerFile, JSON.stringify({ ...schedulerConfig, ...c.config_overrides }));
+      pipelines.set(key, loadDiTPipeline(readPipelineFolder(overridden)));
+    }
+    return pipelines.get(key)!;
+  };
   try {
-    // DDPM draws noise (ours is our own generator's; the scheduler is checked step by step in
-    // schedulers.test.ts), and scheduler config overrides are not a pipeline option.
-    const runnable = cases.filter((c) => !c.noise && Object.keys(c.config_overrides).length === 0);
-    assert.ok(runnable.length >= 5);
+    // DDPM draws noise: ours is our own generator's (the scheduler is checked step by step in
+    // schedulers.test.ts).
+    const runnable = cases.filter((c) => !c.noise);
+    assert.ok(runnable.some((c) => Object.keys(c.config_overrides).length > 0));
     for (const c of runnable) {
       const labels = c.label_names ?? c.class_labels;
       const latentsIn = goldens.readFloat32(`${c.name}.latents_in`);
-      const result = await pipeline.generate({
+      const result = await pipelineFor(c).generate({
         classLabels: labels, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler_from === 'folder' ? undefined : c.scheduler,
         latents: { data: latentsIn, dims: [labels.length, 4, 16, 16] }, output: c.output,
       });
@@ -61,6 +78,8 @@ test('tiny-dit: class-to-image equals diffusers (DDIM, DPM++ 2M, Euler; with and
   } finally {
     goldens.close();
     await pipeline.release();
+    for (const p of pipelines.values()) await p.release();
+    fs.rmSync(overridden, { recursive: true, force: true });
   }
 });
 
@@ -69,10 +88,10 @@ test('tiny-dit: class names resolve as DiTPipeline does; unknown names and ids o
   try {
     // "twin" is on ids 9 and 10: diffusers keeps the last in its (string-sorted) key order.
     assert.deepEqual(pipeline.classIds(['tench', 'Tinca tinca', 'goldfish', 'twin', 207, 'golden retriever']), [0, 0, 1, 9, 207, 207]);
-    throwsInputError(() => pipeline.classIds(['zebra crossing']), '--class', 'unknown class name', '"zebra crossing"');
-    throwsInputError(() => pipeline.classIds([1000]), '--class', 'class id out of range', '[0, 1000)', 'found 1000');
-    throwsInputError(() => pipeline.classIds([-1]), '--class', 'found -1');
-    throwsInputError(() => pipeline.classIds([]), '--class', 'no class given');
+    throwsInputError(() => pipeline.classIds(['zebra crossing']), 'classLabels', 'unknown class name', '"zebra crossing"');
+    throwsInputError(() => pipeline.classIds([1000]), 'classLabels', 'class id out of range', '[0, 1000)', 'found 1000');
+    throwsInputError(() => pipeline.classIds([-1]), 'classLabels', 'found -1');
+    throwsInputError(() => pipeline.classIds([]), 'classLabels', 'no class given');
   } finally {
     await pipeline.release();
   }

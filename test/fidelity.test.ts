@@ -43,5 +43,5 @@ test('fidelity sweep: prompts outside the scene grammar get no adherence; --swee
   assert.equal(r.rows[1].label, 'tgate:gate_step=2,warm_up=1 + deepcache:cache_interval=2');
   assert.equal(r.rows[1].adherence, undefined);
   assert.equal(r.chanceAdherence, undefined);
-  assert.throws(() => parseSweepSetting('tgate:gate=3'), /--accel tgate:gate: unknown key/);
+  assert.throws(() => parseSweepSetting('tgate:gate=3'), /accel tgate:gate: unknown key/);
 });

@@ -72,8 +72,8 @@ test('FORA whole-run MACs on SD 1.5 512²: a reusing call costs the U-Net withou
 });
 
 test('FORA composes with DeepCache and ToMe; with TGATE (both cache sub-layer outputs) it is refused', async () => {
-  throwsInputError(() => createAccelerator(['tgate', 'fora'].map(parseAccelSpec)), '--accel', 'tgate and fora both cache attention outputs', 'one such method at a time');
-  throwsInputError(() => parseAccelSpec('fora:cache_interval=0'), '--accel fora:cache_interval', 'an integer ≥ 1', 'found 0');
+  throwsInputError(() => createAccelerator(['tgate', 'fora'].map(parseAccelSpec)), 'accel', 'tgate and fora both cache attention outputs', 'one such method at a time');
+  throwsInputError(() => parseAccelSpec('fora:cache_interval=0'), 'accel fora:cache_interval', 'an integer ≥ 1', 'found 0');
   const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
   try {
     const request = { prompt: 'a cat', steps: 6, seed: 3, scheduler: 'ddim' as const, output: 'latent' as const };

@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decode } from 'fast-png';
@@ -133,8 +134,9 @@ test('generate runs PixArt (text-to-image) and DiT (class-to-image) folders, wit
     bytes = new Uint8Array(fs.readFileSync(file));
     assert.deepEqual([decode(bytes).width, decode(bytes).height], [128, 128]);
     text = pngText(bytes);
-    assert.match(text.parameters, /^class 207,otter\nSteps: 2, Sampler: ddim, CFG scale: 4, Seed: 4, Size: 128x128, Model: tiny-dit$/);
-    assert.equal(JSON.parse(text['diffusion.ts']).index, i);
+    // Each image carries its own seed (4 + index): the seed that regenerates it alone.
+    assert.match(text.parameters, new RegExp(`^class 207,otter\nSteps: 2, Sampler: ddim, CFG scale: 4, Seed: ${4 + i}, Size: 128x128, Model: tiny-dit$`));
+    assert.deepEqual([JSON.parse(text['diffusion.ts']).index, JSON.parse(text['diffusion.ts']).seed, JSON.parse(text['diffusion.ts']).batchSeed], [i, 4 + i, 4]);
   }
 
   // Flags another family's pipeline cannot use are refused by name, before any work.
@@ -156,5 +158,29 @@ test('generate runs PixArt (text-to-image) and DiT (class-to-image) folders, wit
     assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
     assert.ok(run.stderr.includes(message), `${fixture} ${flags.join(' ')} → ${run.stderr}`);
     assert.ok(!fs.existsSync(out), 'no output written');
+  }
+});
+
+test('a folder laid out as the Hugging Face cache keeps it (every file a symlink into blobs/) generates as the folder itself', async (t) => {
+  // models--org--name/snapshots/<rev>/<component>/<file> → ../../../blobs/<hash of the file>
+  const cache = path.join(tempDir(t), 'models--tiny--sd1');
+  const snapshot = path.join(cache, 'snapshots', '0123abc');
+  fs.mkdirSync(path.join(cache, 'blobs'), { recursive: true });
+  for (const entry of fs.readdirSync(TINY, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    const source = path.join(entry.parentPath, entry.name);
+    const relative = path.relative(TINY, source);
+    const blob = path.join(cache, 'blobs', createHash('sha256').update(fs.readFileSync(source)).digest('hex'));
+    fs.copyFileSync(source, blob);
+    fs.mkdirSync(path.dirname(path.join(snapshot, relative)), { recursive: true });
+    fs.symlinkSync(path.relative(path.dirname(path.join(snapshot, relative)), blob), path.join(snapshot, relative));
+  }
+  const request = { prompt: 'a red circle', steps: 2, seed: 3, width: 64, height: 64, output: 'latent' as const, scheduler: 'ddim' as const };
+  const [linked, plain] = [await loadPipeline(snapshot), await loadPipeline(TINY)];
+  try {
+    assert.deepEqual((await linked.generate(request)).latents.data, (await plain.generate(request)).latents.data);
+  } finally {
+    await linked.release();
+    await plain.release();
   }
 });

@@ -79,7 +79,7 @@ test('resolution bins: the nearest trained aspect ratio, first of equals; unknow
   assert.deepEqual(binResolution(256, 192, 32), [288, 224]);
   assert.deepEqual(binResolution(1024, 1024, 128), [1024, 1024]);
   assert.deepEqual(binResolution(100, 1000, 128), [512, 2048]);
-  assert.throws(() => binResolution(256, 256, 48), /--resolution-binning: PixArt has no resolution bins for transformer sample_size 48/);
+  assert.throws(() => binResolution(256, 256, 48), /resolutionBinning: PixArt has no resolution bins for transformer sample_size 48/);
 });
 
 test('methods on the protocol reach PixArt and DiT without model code: TGATE, FORA and attention reuse run; DeepCache and ToMe are refused by what the models declare', async () => {

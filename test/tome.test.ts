@@ -71,8 +71,8 @@ test('ToMe beyond the cap (ratio 0.9 > 1 − 1/(sx·sy)): every src token merges
 });
 
 test('ToMe knobs: ratio in [0, 1), integers ≥ 1 for strides; only one token-merging method', () => {
-  assert.throws(() => parseAccelSpec('tome:ratio=1'), /--accel tome:ratio: wrong value; expected a number ≥ 0 and < 1/);
-  assert.throws(() => parseAccelSpec('tome:sx=0'), /--accel tome:sx: wrong value/);
+  assert.throws(() => parseAccelSpec('tome:ratio=1'), /accel tome:ratio: wrong value; expected a number ≥ 0 and < 1/);
+  assert.throws(() => parseAccelSpec('tome:sx=0'), /accel tome:sx: wrong value/);
   assert.throws(() => parseAccelSpec('tome:merge=true'), /unknown key/);
   assert.ok(createAccelerator([parseAccelSpec('tome'), parseAccelSpec('tgate'), parseAccelSpec('deepcache')]));
 });

@@ -26,7 +26,7 @@ export type AttnReuseParams = {
   max_map_memory: number;
 };
 
-const ATTN_REUSE_DEFAULTS: AttnReuseParams = { reuse: 10, schedule: '', self_attn: true, cross_attn: true, fp16: true, max_map_memory: 0 };
+const ATTN_REUSE_DEFAULTS: MethodDefinition<AttnReuseParams>['defaults'] = { reuse: 'auto', schedule: '', self_attn: true, cross_attn: true, fp16: true, max_map_memory: 0 };
 
 /** HURRY(N, r): compute the first N − r calls, reuse the last r. */
 export function hurry(calls: number, reuse: number): number[] {
@@ -43,11 +43,11 @@ function readSchedule(file: string): number[] {
   try {
     value = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new InputError(`--accel attn-reuse:schedule=${file}`, `cannot read the schedule (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new InputError(`accel attn-reuse:schedule=${file}`, `cannot read the schedule (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   const schedule = Array.isArray(value) ? value : (value as { schedule?: unknown })?.schedule;
   if (!Array.isArray(schedule) || schedule.length === 0 || schedule.some((v) => v !== 0 && v !== 1)) {
-    throw new InputError(`--accel attn-reuse:schedule=${file}`, 'not a schedule', 'a JSON array of 0 (reuse) and 1 (compute), or {"schedule": [...]}');
+    throw new InputError(`accel attn-reuse:schedule=${file}`, 'not a schedule', 'a JSON array of 0 (reuse) and 1 (compute), or {"schedule": [...]}');
   }
   return schedule as number[];
 }
@@ -93,7 +93,7 @@ export function attnReuse(p: AttnReuseParams): Accelerator {
   const fromFile = p.schedule ? readSchedule(p.schedule) : undefined;
   const scheduleFor = (calls: number | undefined): number[] => {
     if (calls === undefined) throw new Error('attn-reuse needs the run\'s number of model calls');
-    const where = p.schedule ? `--accel attn-reuse:schedule=${p.schedule}` : '--accel attn-reuse:reuse';
+    const where = p.schedule ? `accel attn-reuse:schedule=${p.schedule}` : 'accel attn-reuse:reuse';
     if (!fromFile && p.reuse >= calls) throw new InputError(where, `reuse=${p.reuse} leaves no computing call in a run of ${calls} model calls`, `reuse < ${calls}`);
     const schedule = fromFile ?? hurry(calls, p.reuse);
     checkSchedule(schedule, calls, where);
@@ -120,7 +120,7 @@ export function attnReuse(p: AttnReuseParams): Accelerator {
       });
       const { kept: fitting, dropped } = fitMapBudget(sizes, p.max_map_memory * 2 ** 20);
       if (fitting.size === 0) {
-        throw new InputError('--accel attn-reuse:max_map_memory', 'no layer\'s attention maps fit in the budget',
+        throw new InputError('accel attn-reuse:max_map_memory', 'no layer\'s attention maps fit in the budget',
           `at least ${(Math.min(...sizes.map((s) => s.bytes)) / 2 ** 20).toFixed(1)} MiB`);
       }
       kept = fitting;
@@ -174,12 +174,15 @@ export const ATTN_REUSE: MethodDefinition<AttnReuseParams> = {
   abbreviation: 'AR',
   paper: 'attention-map reuse, Hunter et al. (arXiv 2401.01008)',
   knobs: {
-    reuse: { type: 'int', min: 0, doc: 'HURRY: reuse the maps on the last r model calls' },
+    reuse: {
+      type: 'int', min: 0, max: 10_000, doc: 'HURRY: reuse the maps on the last r model calls',
+      auto: { doc: 'half of the model calls (10 of 20, the paper\'s HURRY)', of: (calls) => Math.floor(calls / 2) },
+    },
     schedule: { type: 'string', doc: '0/1 per model call, as digits (11110100…) or a JSON file `diffuse tune` wrote; overrides reuse' },
     self_attn: { type: 'bool', doc: 'reuse self-attention maps' },
     cross_attn: { type: 'bool', doc: 'reuse cross-attention maps' },
     fp16: { type: 'bool', doc: 'store maps in float16' },
-    max_map_memory: { type: 'number', min: 0, doc: 'MiB the stored maps may take (0 = no limit); the largest layers are left out first' },
+    max_map_memory: { type: 'number', min: 0, max: 2 ** 30, doc: 'MiB the stored maps may take (0 = no limit); the largest layers are left out first' },
   },
   defaults: ATTN_REUSE_DEFAULTS,
   create: attnReuse,

@@ -225,6 +225,6 @@ export function sampleFromQuadCenter(total: number, samples: number, center: num
     if (indices.length === samples) return { indices, pow };
     pow -= 0.02;
   }
-  throw new InputError('--accel deepcache:pow/center', `no non-uniform schedule of ${samples} full passes over ${total} steps around center ${center}`,
+  throw new InputError('accel deepcache:pow/center', `no non-uniform schedule of ${samples} full passes over ${total} steps around center ${center}`,
     'a larger pow, a center nearer the start, or uniform=true', `pow ${pow.toFixed(2)} ≤ 1 after the official search`);
 }

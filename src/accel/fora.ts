@@ -43,7 +43,7 @@ export const FORA: MethodDefinition<ForaParams> = {
   abbreviation: 'FO',
   paper: 'FORA (arXiv 2407.01425)',
   knobs: {
-    cache_interval: { type: 'int', min: 1, doc: 'model calls per refresh of every attention and feed-forward output (1 = no caching)' },
+    cache_interval: { type: 'int', min: 1, max: 10_000, doc: 'model calls per refresh of every attention and feed-forward output (1 = no caching)' },
   },
   defaults: FORA_DEFAULTS,
   create: fora,

@@ -4,12 +4,13 @@
  * METHODS. Keys use the official code's parameter names; every value is checked against its
  * knob's type and range.
  */
-import { InputError } from '../errors.ts';
+import { InputError, describe } from '../errors.ts';
 import { combine, type Accelerator } from '../runtime/plan.ts';
 import { ATTN_REUSE } from './attn-reuse.ts';
 import { DEEPCACHE } from './deepcache.ts';
 import { FORA } from './fora.ts';
-import type { KnobValues, MethodDefinition } from './method.ts';
+import type { Knob, KnobValues, MethodDefinition } from './method.ts';
+import { own } from '../util/own.ts';
 import { TGATE } from './tgate.ts';
 import { TOME } from './tome.ts';
 
@@ -22,52 +23,101 @@ export interface AccelSpec {
   params: KnobValues;
 }
 
+/** The method named `name`, looked up as an own key only ("toString" is no method). */
+export function methodNamed(name: string): MethodDefinition | undefined {
+  return own(METHODS, name);
+}
+
 /** Parses one `--accel` value, e.g. `tgate:gate_step=10,sp_interval=5`. */
 export function parseAccelSpec(text: string): AccelSpec {
   const [method, rest] = text.split(/:(.*)/s, 2);
-  const definition = METHODS[method];
-  if (!definition) throw new InputError('--accel', 'unknown method', Object.keys(METHODS).join(', '), method);
-  const params = { ...definition.defaults };
+  const definition = methodNamed(method);
+  if (!definition) throw new InputError('accel', 'unknown method', Object.keys(METHODS).join(', '), JSON.stringify(method));
+  const params: KnobValues = { ...definition.defaults };
   for (const pair of rest ? rest.split(',') : []) {
     const [key, value] = pair.split('=', 2);
-    const knob = definition.knobs[key];
-    const where = `--accel ${method}:${key}`;
-    if (!knob) throw new InputError(where, 'unknown key', Object.keys(definition.knobs).join(', '), key);
-    if (value === undefined || value === '') throw new InputError(where, 'no value', `${key}=VALUE`);
-    if (knob.type === 'string') {
-      params[key] = value;
-    } else if (knob.type === 'bool') {
-      if (value !== 'true' && value !== 'false') throw new InputError(where, 'wrong value', 'true or false', value);
-      params[key] = value === 'true';
-    } else if (knob.type === 'number') {
-      const n = Number(value);
-      const min = knob.min ?? -Infinity;
-      const max = knob.maxExclusive ?? Infinity;
-      if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(value) || !Number.isFinite(n) || n < min || (knob.minExclusive && n === min) || n >= max) {
-        const range = `${knob.minExclusive ? '>' : '≥'} ${min}${max < Infinity ? ` and < ${max}` : ''}`;
-        throw new InputError(where, 'wrong value', `a number ${range} (${knob.doc})`, value);
-      }
-      params[key] = n;
-    } else {
-      const n = Number(value);
-      if (!/^-?\d+$/.test(value) || (knob.min !== undefined && n < knob.min)) {
-        throw new InputError(where, 'wrong value', `an integer ≥ ${knob.min ?? '-∞'} (${knob.doc})`, value);
-      }
-      params[key] = n;
-    }
+    const where = `accel ${method}:${key}`;
+    params[key] = parseKnob(where, own(definition.knobs, key), key, value, Object.keys(definition.knobs));
   }
   return { method, params };
 }
 
-/** One accelerator from several specs, composed in the order given (see runtime/plan.ts). */
-export function createAccelerator(specs: AccelSpec[]): Accelerator | undefined {
+/** What the library's `accel` option takes per method: `"tgate"`, `"tgate:gate_step=10"` or `{ method: 'tgate', params: { gate_step: 10 } }`. */
+export type AccelInput = string | { method: string; params?: Partial<KnobValues> };
+
+/** Checked specs from the library's `accel` option, each value against its knob. */
+export function toAccelSpecs(input: unknown): AccelSpec[] {
+  if (input === undefined) return [];
+  const expected = 'a list of method names, "name:key=value,..." strings or { method, params } objects';
+  if (!Array.isArray(input)) throw new InputError('accel', 'wrong value', expected, describe(input));
+  return input.map((item: unknown) => {
+    if (typeof item === 'string') return parseAccelSpec(item);
+    if (typeof item !== 'object' || item === null || typeof (item as { method?: unknown }).method !== 'string') {
+      throw new InputError('accel', 'wrong value', expected, describe(item));
+    }
+    const { method, params: given = {} } = item as { method: string; params?: unknown };
+    const definition = methodNamed(method);
+    if (!definition) throw new InputError('accel', 'unknown method', Object.keys(METHODS).join(', '), JSON.stringify(method));
+    if (typeof given !== 'object' || given === null || Array.isArray(given)) throw new InputError(`accel ${method}: params`, 'wrong value', 'an object of knob values', describe(given));
+    const params: KnobValues = { ...definition.defaults };
+    for (const [key, value] of Object.entries(given)) {
+      if (Object.hasOwn(definition.knobs, key) && value === definition.defaults[key]) continue;
+      const text = typeof value === 'number' || typeof value === 'boolean' || typeof value === 'string' ? String(value) : undefined;
+      params[key] = parseKnob(`accel ${method}:${key}`, own(definition.knobs, key), key, text ?? describe(value), Object.keys(definition.knobs));
+    }
+    return { method, params };
+  });
+}
+
+/** One knob's value from its text, checked against its type and range. */
+function parseKnob(where: string, knob: Knob | undefined, key: string, value: string | undefined, keys: string[]): number | boolean | string {
+  if (!knob) throw new InputError(where, 'unknown key', keys.join(', '), key);
+  if (value === undefined || value === '') throw new InputError(where, 'no value', `${key}=VALUE`);
+  if (knob.type === 'string') return value;
+  if ((knob.type === 'int' || knob.type === 'number') && knob.auto && value === 'auto') return 'auto';
+  if (knob.type === 'bool') {
+    if (value !== 'true' && value !== 'false') throw new InputError(where, 'wrong value', 'true or false', value);
+    return value === 'true';
+  }
+  const n = Number(value);
+  const syntax = knob.type === 'int' ? /^[+-]?\d+$/ : /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+  const inRange = n > knob.min || (n === knob.min && !knob.minExclusive);
+  const belowMax = n < knob.max || (n === knob.max && !knob.maxExclusive);
+  if (!syntax.test(value) || !Number.isFinite(n) || (knob.type === 'int' && !Number.isSafeInteger(n)) || !inRange || !belowMax) {
+    const range = `${knob.minExclusive ? '>' : '≥'} ${knob.min} and ${knob.maxExclusive ? '<' : '≤'} ${knob.max}`;
+    const auto = knob.auto ? ` or auto (${knob.auto.doc})` : '';
+    throw new InputError(where, 'wrong value', `${knob.type === 'int' ? 'an integer' : 'a number'} ${range}${auto} (${knob.doc})`, value);
+  }
+  return n;
+}
+
+/** The run length 'auto' knobs fit when a caller has no run yet (a check of the flags alone): the papers' 25 steps. */
+const NOMINAL_CALLS = 25;
+
+/** `spec` with every 'auto' knob fitted to a run of `calls` model calls. */
+export function fitToRun(spec: AccelSpec, calls: number): AccelSpec {
+  const { knobs } = methodNamed(spec.method)!;
+  const params = { ...spec.params };
+  for (const [key, value] of Object.entries(params)) {
+    const knob = own(knobs, key);
+    if (value === 'auto' && knob && (knob.type === 'int' || knob.type === 'number') && knob.auto) params[key] = knob.auto.of(calls);
+  }
+  return { method: spec.method, params };
+}
+
+/**
+ * One accelerator from several specs, composed in the order given (see runtime/plan.ts), for a
+ * run of `calls` model calls ('auto' knobs fit to it).
+ */
+export function createAccelerator(input: readonly (AccelSpec | AccelInput)[] | undefined, calls = NOMINAL_CALLS): Accelerator | undefined {
+  const specs = toAccelSpecs(input).map((s) => fitToRun(s, calls));
   const seen = new Set<string>();
   for (const s of specs) {
-    if (seen.has(s.method)) throw new InputError('--accel', `${s.method} given twice`, 'each method once');
+    if (seen.has(s.method)) throw new InputError('accel', `${s.method} given twice`, 'each method once');
     seen.add(s.method);
   }
   if (specs.length === 0) return undefined;
-  return combine(specs.map((s) => METHODS[s.method].create(s.params)));
+  return combine(specs.map((s) => methodNamed(s.method)!.create(s.params)));
 }
 
 /** `name:key=value,...` with every knob, for reports. */
@@ -77,7 +127,7 @@ export function formatAccelSpec(spec: AccelSpec): string {
 
 /** The method's main knob (its first) and the knobs that differ from its defaults, e.g. `tgate:gate_step=10,warm_up=1`. */
 export function shortAccelSpec(spec: AccelSpec): string {
-  const { defaults, knobs } = METHODS[spec.method];
+  const { defaults, knobs } = methodNamed(spec.method)!;
   const main = Object.keys(knobs)[0];
   const shown = Object.entries(spec.params).filter(([k, v]) => k === main || defaults[k] !== v);
   return `${spec.method}:${shown.map(([k, v]) => `${k}=${v}`).join(',')}`;

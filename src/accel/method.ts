@@ -5,16 +5,23 @@
  */
 import type { Accelerator } from '../runtime/plan.ts';
 
-export interface Knob {
-  /** 'number': any finite decimal number. */
-  type: 'int' | 'bool' | 'number' | 'string';
-  min?: number;
-  /** For 'number': min itself is refused. */
-  minExclusive?: boolean;
-  /** For 'number': values from this one up are refused. */
-  maxExclusive?: number;
-  doc: string;
-}
+/** A knob of a method; numbers always have a range, so no value can make a plan hang or allocate without bound. */
+export type Knob =
+  | { type: 'bool'; doc: string }
+  | { type: 'string'; doc: string }
+  | {
+      /** 'int': a safe integer; 'number': any finite decimal number. */
+      type: 'int' | 'number';
+      min: number;
+      max: number;
+      /** min itself is refused. */
+      minExclusive?: boolean;
+      /** max itself is refused. */
+      maxExclusive?: boolean;
+      doc: string;
+      /** `auto` (the default where given): a value fitted to the run's number of model calls, so defaults suit every scheduler and step count. */
+      auto?: { doc: string; of(calls: number): number };
+    };
 
 export type KnobValues = Record<string, number | boolean | string>;
 
@@ -25,6 +32,8 @@ export interface MethodDefinition<P = KnobValues> {
   abbreviation: string;
   paper: string;
   knobs: Record<keyof P & string, Knob>;
-  defaults: P;
+  /** Number knobs with an `auto` rule may default to 'auto'. */
+  defaults: { [K in keyof P]: P[K] | (P[K] extends number ? 'auto' : never) };
+  /** Builds the plan from checked values ('auto' already fitted to the run). */
   create(params: P): Accelerator;
 }

@@ -15,6 +15,7 @@
  * gate_step.
  */
 import type { Accelerator, Decision, SegmentRef } from '../runtime/plan.ts';
+import { InputError } from '../errors.ts';
 import type { MethodDefinition } from './method.ts';
 
 export type TgateParams = {
@@ -25,7 +26,7 @@ export type TgateParams = {
   cache_self_attn: boolean;
 };
 
-export const TGATE_DEFAULTS: TgateParams = { gate_step: 10, sp_interval: 5, fi_interval: 1, warm_up: 2, cache_self_attn: true };
+export const TGATE_DEFAULTS: MethodDefinition<TgateParams>['defaults'] = { gate_step: 'auto', sp_interval: 5, fi_interval: 1, warm_up: 2, cache_self_attn: true };
 
 export function tgate(p: TgateParams): Accelerator {
   const gate = p.gate_step;
@@ -34,6 +35,11 @@ export function tgate(p: TgateParams): Accelerator {
     claims: { 'residual-cache': 'cache attention outputs' },
     cfgActive: (s) => s < gate,
     fullPassCalls: [gate - 1, gate],
+    check(_model, run) {
+      if (run.calls !== undefined && gate >= run.calls) {
+        throw new InputError('accel tgate:gate_step', `${gate} leaves no model call after the gate in a run of ${run.calls} (nothing would be reused)`, `gate_step < ${run.calls}`);
+      }
+    },
     decide({ role }: SegmentRef, s: number, cfg: boolean): Decision {
       const atGate = cfg ? 'cache-cfg-mean' : 'cache';
       if (role.layer === 'cross-attention') {
@@ -58,10 +64,13 @@ export const TGATE: MethodDefinition<TgateParams> = {
   abbreviation: 'TG',
   paper: 'TGATE v2 (arXiv 2404.02747)',
   knobs: {
-    gate_step: { type: 'int', min: 1, doc: 'model calls with CFG; cross-attention cached at call gate_step-1, reused after' },
-    sp_interval: { type: 'int', min: 1, doc: 'self-attention refresh interval before the gate' },
-    fi_interval: { type: 'int', min: 1, doc: 'self-attention refresh interval after the gate' },
-    warm_up: { type: 'int', min: 0, doc: 'calls that always compute self-attention' },
+    gate_step: {
+      type: 'int', min: 1, max: 10_000, doc: 'model calls with CFG; cross-attention cached at call gate_step-1, reused after',
+      auto: { doc: '2/5 of the model calls (10 of 25, the paper\'s setting)', of: (calls) => Math.max(1, Math.round((2 * calls) / 5)) },
+    },
+    sp_interval: { type: 'int', min: 1, max: 10_000, doc: 'self-attention refresh interval before the gate' },
+    fi_interval: { type: 'int', min: 1, max: 10_000, doc: 'self-attention refresh interval after the gate' },
+    warm_up: { type: 'int', min: 0, max: 10_000, doc: 'calls that always compute self-attention' },
     cache_self_attn: { type: 'bool', doc: 'false = TGATE v1 (gate cross-attention only)' },
   },
   defaults: TGATE_DEFAULTS,

@@ -147,7 +147,7 @@ export async function bench(o: BenchOptions): Promise<void> {
   if (o.preset !== undefined && !o.dryRun) throw new InputError('--preset', 'presets have no weights: only --dry-run works with them', '--dry-run, or --model DIR');
   if (!o.dryRun && o.accel.length === 0) throw new InputError('--accel', 'nothing to compare with the baseline', 'at least one --accel NAME[:key=value,...]');
   if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
-  createAccelerator(o.accel); // refuse bad combinations before any work
+  createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
   const macs = await dryRun(o);
   if (o.dryRun) {
     if (o.json) writeFileAtomically(o.json, JSON.stringify({ ...o, ...macs }, null, 2));

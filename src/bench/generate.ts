@@ -3,12 +3,12 @@
  * preset architecture with seeded random weights, optionally against diffusers on PyTorch timed
  * in the same run on the same folder.
  */
-import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import { writeFileAtomically } from '../util/files.ts';
 import { loadPipeline, type GenerateResult } from '../pipelines/stable-diffusion.ts';
 import { ensureRandomPipelineFolder } from './random-folder.ts';
+import { runReferenceScript } from './reference-script.ts';
 
 export interface BenchGenerateOptions {
   preset: string;
@@ -64,13 +64,9 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<void> {
   const result: Record<string, unknown> = { ...o, firstSeconds, runs, best, peakRssBytes: rss };
   if (o.pytorch) {
     process.stderr.write('timing diffusers on PyTorch...\n');
-    const script = path.resolve(import.meta.dirname, '../../tools/reference/bench_generate_torch.py');
-    const command = `source ${JSON.stringify(path.resolve(o.pytorch))} && python ${JSON.stringify(script)} ${JSON.stringify(dir)} ` +
-      `--size ${o.size} --steps ${o.steps} --guidance ${o.guidance} --threads ${o.threads} --runs ${o.runs}`;
-    const run = spawnSync('bash', ['-c', command], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-    if (run.status !== 0) throw new InputError('--pytorch', `the reference script failed (exit ${run.status})`, 'a working reference env.sh');
-    const lines = run.stdout.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
-    const timed = lines.filter((l) => !l.warmup) as (Timing & { peak_rss_bytes: number; engine: string })[];
+    const lines = runReferenceScript<Timing & { warmup?: boolean; peak_rss_bytes: number; engine: string }>(o.pytorch, 'bench_generate_torch.py',
+      [dir, '--size', `${o.size}`, '--steps', `${o.steps}`, '--guidance', `${o.guidance}`, '--threads', `${o.threads}`, '--runs', `${o.runs}`]);
+    const timed = lines.filter((l) => !l.warmup);
     timed.forEach((t, i) => console.log(row(`${t.engine.replace('diffusers on ', '')} run ${i + 1}`, t, t.peak_rss_bytes)));
     const torchBest = timed.reduce((a, b) => (b.total < a.total ? b : a));
     console.log(`  best vs best: diffusion.ts ${best.total.toFixed(3)} s, PyTorch ${torchBest.total.toFixed(3)} s → ` +

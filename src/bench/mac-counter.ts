@@ -8,6 +8,7 @@ import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-conditio
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { getComponent, readComponentConfig, readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { wholeRunMacs, type Denoiser, type RunMacs } from './run-macs.ts';
+import { own } from '../util/own.ts';
 
 /** A denoiser config (a folder's or a preset's) ready for whole-run MAC counts at one image size. */
 export interface MacCounter {
@@ -43,8 +44,8 @@ export function macCounter(o: MacCounterOptions): MacCounter {
     [model, sampleSize] = [transformer, transformer.config.sampleSize];
   };
   if (o.preset !== undefined) {
-    const preset = PRESETS[o.preset];
-    const transformerPreset = TRANSFORMER_PRESETS[o.preset];
+    const preset = own(PRESETS, o.preset);
+    const transformerPreset = own(TRANSFORMER_PRESETS, o.preset);
     if (preset) {
       useUNet(preset.unet, `preset ${o.preset}`);
       textEmbedsDim = preset.textEncoder2 && parseClipTextConfig(preset.textEncoder2, `preset ${o.preset}`).projectionDim;
@@ -85,7 +86,7 @@ export function macCounter(o: MacCounterOptions): MacCounter {
     width, height, calls,
     count: (steps, accel) => wholeRunMacs(model, {
       calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim, tokens,
-      accelerator: accel.length > 0 ? createAccelerator(accel) : undefined,
+      accelerator: accel.length > 0 ? createAccelerator(accel, calls(steps)) : undefined,
     }),
   };
 }

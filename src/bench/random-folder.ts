@@ -16,6 +16,7 @@ import { DryExecutor } from '../runtime/dry-executor.ts';
 import { shaped } from '../runtime/executor.ts';
 import { Rng } from '../util/rng.ts';
 import { float32ToFloat16, writeSafetensors, writeShardedSafetensors, type TensorToWrite } from '../weights/safetensors.ts';
+import { own } from '../util/own.ts';
 
 /** Records every parameter a forward pass asks for. */
 function recordingParams(): { source: ParamSource; shapes: Map<string, number[]> } {
@@ -63,8 +64,10 @@ const SD15_SCHEDULER = {
  * `tokenizer` and `scheduler` it is a complete StableDiffusionPipeline folder.
  */
 export async function ensureRandomPipelineFolder(dir: string, presetName: string, components: ComponentName[], seed = 0): Promise<string> {
-  const preset = PRESETS[presetName];
+  const preset = own(PRESETS, presetName);
   if (!preset) throw new Error(`unknown preset ${presetName}`);
+  // The cache folder must take files before minutes of weight generation, not after.
+  fs.mkdirSync(dir, { recursive: true });
   const indexFile = path.join(dir, 'model_index.json');
   const index: Record<string, unknown> = fs.existsSync(indexFile)
     ? JSON.parse(fs.readFileSync(indexFile, 'utf8'))
@@ -120,8 +123,10 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
  * as a diffusers folder with that component only: enough to time its forward pass.
  */
 export async function ensureRandomTransformerFolder(dir: string, presetName: string, seed = 0): Promise<string> {
-  const preset = TRANSFORMER_PRESETS[presetName];
+  const preset = own(TRANSFORMER_PRESETS, presetName);
   if (!preset) throw new Error(`unknown transformer preset ${presetName}`);
+  // The cache folder must take files before minutes of weight generation, not after.
+  fs.mkdirSync(dir, { recursive: true });
   const componentDir = path.join(dir, 'transformer');
   const weightsFile = path.join(componentDir, 'diffusion_pytorch_model.safetensors');
   if (!fs.existsSync(weightsFile)) {
@@ -147,8 +152,10 @@ export async function ensureRandomTransformerFolder(dir: string, presetName: str
  * tensor is made when it is written, so a 19 GB T5-XXL never sits in memory.
  */
 export async function ensureRandomTextEncoderFolder(dir: string, presetName: string, dtype: 'F32' | 'F16', seed = 0): Promise<string> {
-  const config = TRANSFORMER_PRESETS[presetName]?.textEncoder;
+  const config = own(TRANSFORMER_PRESETS, presetName)?.textEncoder;
   if (!config) throw new Error(`preset ${presetName} has no T5 text encoder`);
+  // The cache folder must take files before minutes of weight generation, not after.
+  fs.mkdirSync(dir, { recursive: true });
   const componentDir = path.join(dir, 'text_encoder');
   const index = path.join(componentDir, 'model.safetensors.index.json');
   if (!fs.existsSync(index)) {
@@ -163,7 +170,7 @@ export async function ensureRandomTextEncoderFolder(dir: string, presetName: str
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: 'T5EncoderModel', architectures: ['T5EncoderModel'], ...config }, null, 2));
     writeShardedSafetensors(componentDir, 'model', tensors, 5e9);
   }
-  const preset = TRANSFORMER_PRESETS[presetName];
+  const preset = own(TRANSFORMER_PRESETS, presetName)!;
   fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
     _class_name: preset.pipeline, _diffusers_version: '0.40.0', text_encoder: ['transformers', 'T5EncoderModel'],
   }, null, 2));

@@ -15,6 +15,7 @@ import { writeFileAtomically } from '../util/files.ts';
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { ensureRandomTextEncoderFolder } from './random-folder.ts';
+import { own } from '../util/own.ts';
 
 export interface BenchTextEncoderOptions {
   preset: string;
@@ -48,7 +49,7 @@ function resetPeakRss(): void {
 }
 
 export async function benchTextEncoder(o: BenchTextEncoderOptions): Promise<void> {
-  const preset = TRANSFORMER_PRESETS[o.preset];
+  const preset = own(TRANSFORMER_PRESETS, o.preset);
   if (!preset?.textEncoder) {
     throw new InputError('--preset', 'not a preset with a T5 text encoder', Object.keys(TRANSFORMER_PRESETS).filter((k) => TRANSFORMER_PRESETS[k].textEncoder).join(', '), o.preset);
   }

@@ -4,11 +4,11 @@
  * (every conv / linear / attention of the forward, at its own shapes). The ratio says how much
  * the segment structure and the glue ops (norms, activations, copies) cost.
  */
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
+import { runReferenceScript } from './reference-script.ts';
 import { writeFileAtomically } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadTransformer, loadUNet } from '../models/components.ts';
@@ -21,6 +21,7 @@ import { OrtExecutor, createSession, type RuntimeOptions } from '../runtime/ort-
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { ensureRandomPipelineFolder, ensureRandomTransformerFolder } from './random-folder.ts';
+import { own } from '../util/own.ts';
 
 export interface BenchUNetOptions {
   preset: string;
@@ -100,7 +101,7 @@ interface ForwardUnderTest {
 }
 
 export async function benchUNet(o: BenchUNetOptions): Promise<void> {
-  if (!PRESETS[o.preset]) throw new InputError('--preset', 'not a U-Net preset', Object.keys(PRESETS).join(', '), o.preset);
+  if (!own(PRESETS, o.preset)) throw new InputError('--preset', 'not a U-Net preset', Object.keys(PRESETS).join(', '), o.preset);
   const dir = path.resolve(o.cache, o.preset);
   process.stderr.write(`preparing ${dir} (seeded random weights, F16 on disk, computed in fp32)...\n`);
   await ensureRandomPipelineFolder(dir, o.preset, ['unet']);
@@ -127,7 +128,7 @@ export async function benchUNet(o: BenchUNetOptions): Promise<void> {
 
 /** `diffuse bench-transformer`: the same for a PixArt transformer preset, with 120 T5 tokens (half of them padding). */
 export async function benchTransformer(o: BenchUNetOptions): Promise<void> {
-  const preset = TRANSFORMER_PRESETS[o.preset];
+  const preset = own(TRANSFORMER_PRESETS, o.preset);
   if (!preset || preset.pipeline === 'DiTPipeline') {
     throw new InputError('--preset', 'not a PixArt preset', Object.keys(TRANSFORMER_PRESETS).filter((k) => k.startsWith('pixart')).join(', '), o.preset);
   }
@@ -269,16 +270,12 @@ interface PyTorchTiming {
  * runs): tools/reference/bench_unet_torch.py (sd15) or bench_transformer_torch.py (PixArt).
  */
 function timePyTorch(o: BenchUNetOptions): PyTorchTiming[] {
-  const pixart = TRANSFORMER_PRESETS[o.preset]?.pipeline.startsWith('PixArt');
+  const pixart = own(TRANSFORMER_PRESETS, o.preset)?.pipeline.startsWith('PixArt');
   if (o.preset !== 'sd15' && !pixart) throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 and PixArt presets', 'sd15 or pixart-*', o.preset);
   const sizes = o.size.filter(([w, h]) => w === h).map(([w]) => w).join(',');
-  const script = path.resolve(import.meta.dirname, `../../tools/reference/${pixart ? 'bench_transformer_torch.py' : 'bench_unet_torch.py'}`);
-  const command = `source ${JSON.stringify(path.resolve(o.pytorch!))} && python ${JSON.stringify(script)} ` +
-    `--threads ${o.threads} --batch ${o.batch} --runs ${o.runs} --sizes ${sizes}${pixart ? ` --preset ${o.preset}` : ''}`;
   process.stderr.write('timing diffusers on PyTorch...\n');
-  const run = spawnSync('bash', ['-c', command], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  if (run.status !== 0) throw new InputError('--pytorch', `the reference script failed (exit ${run.status})`, 'a working reference env.sh');
-  return run.stdout.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as PyTorchTiming);
+  const args = ['--threads', `${o.threads}`, '--batch', `${o.batch}`, '--runs', `${o.runs}`, '--sizes', sizes, ...(pixart ? ['--preset', o.preset] : [])];
+  return runReferenceScript<PyTorchTiming>(o.pytorch!, pixart ? 'bench_transformer_torch.py' : 'bench_unet_torch.py', args);
 }
 
 function profileByKind(

@@ -4,11 +4,11 @@
  * work starts (flags the folder's pipeline cannot use are refused by name); outputs are written to
  * a temporary name and renamed, so a failed or interrupted run leaves no half-written file.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SingleBar } from 'cli-progress';
-import { InputError } from '../errors.ts';
+import { InputError, Interrupted } from '../errors.ts';
 import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import type { GeneratedImage, Latents, StepInfo } from '../pipelines/common.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
@@ -18,8 +18,9 @@ import { modelFolder } from '../pipelines/reference-model.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import type { Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
-import { writeFileAtomically } from '../util/files.ts';
+import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile, writeSafetensors } from '../weights/safetensors.ts';
+import { own } from '../util/own.ts';
 
 export interface GenerateFlags {
   model?: string;
@@ -38,6 +39,8 @@ export interface GenerateFlags {
   out: string;
   device: string;
   threads?: number;
+  /** GiB. */
+  memoryLimit?: number;
   variant?: string;
   accel: AccelSpec[];
   quiet: boolean;
@@ -77,6 +80,7 @@ interface Generated {
   latents: Latents;
   images: GeneratedImage[];
   seed: number;
+  seeds: number[];
   scheduler: string;
   accel?: { name: string; cfgCalls: number; summary: string[] };
   timings: { textEncoding?: number; denoising: number; decoding: number };
@@ -85,7 +89,7 @@ interface Generated {
 
 /** The folder's pipeline family, after checking that every given flag applies to it. */
 function familyOf(folder: PipelineFolder, f: GenerateFlags): Family {
-  const family = FAMILIES[folder.className];
+  const family = own(FAMILIES, folder.className);
   if (!family) {
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'unsupported pipeline', Object.keys(FAMILIES).join(', '), folder.className);
   }
@@ -134,19 +138,22 @@ export function outputNames(out: string, count: number): string[] {
 function checkFlags(f: GenerateFlags): Device {
   if (f.device !== 'cpu' && f.device !== 'webgpu') throw new InputError('--device', 'unknown device', 'cpu or webgpu', f.device);
   if (path.extname(f.out).toLowerCase() !== '.png') throw new InputError('--out', 'output must be a PNG file', 'a name ending in .png', f.out);
-  for (const file of [f.out, f.saveLatents]) {
-    if (file === undefined) continue;
-    const dir = path.dirname(path.resolve(file));
-    if (!fs.existsSync(dir)) throw new InputError(file === f.out ? '--out' : '--save-latents', 'folder does not exist', 'an existing folder', dir);
-  }
   return f.device;
+}
+
+/** Every file the run will write, checked before any work starts. */
+function checkOutputs(f: GenerateFlags, family: Family): void {
+  const images = family === 'dit' ? classLabels(f.class!).length : (f.batch ?? 1);
+  for (const name of outputNames(f.out, images)) checkOutputFile(name, '--out');
+  if (f.saveLatents) checkOutputFile(f.saveLatents, '--save-latents');
 }
 
 /** Starts the generation the folder's family does, with the flags that apply to it. */
 async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined,
-  onStep: (s: StepInfo) => void): Promise<{ run: () => Promise<Generated>; release: () => Promise<void> }> {
+  onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<{ run: () => Promise<Generated>; release: () => Promise<void> }> {
   const runtime = { device, threads: f.threads, variant: f.variant };
-  const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, seed: f.seed, latents, accel: f.accel, onStep };
+  const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;
+  const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, seed: f.seed, latents, accel: f.accel, onStep, signal, memoryLimit };
   if (family === 'dit') {
     const pipeline = loadDiTPipeline(folder, runtime);
     return { run: () => pipeline.generate({ ...common, classLabels: classLabels(f.class!) }), release: () => pipeline.release() };
@@ -165,22 +172,37 @@ async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, d
 
 export async function generate(f: GenerateFlags): Promise<void> {
   const device = checkFlags(f);
-  const latents = f.latents ? readLatentsFile(f.latents) : undefined;
-  const folder = readPipelineFolder(modelFolder(f.model));
-  const family = familyOf(folder, f);
-  const showProgress = !f.quiet && process.stderr.isTTY;
-  const bar = showProgress ? new SingleBar({ format: 'denoising {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}', hideCursor: true, stream: process.stderr }) : undefined;
-  const started = performance.now();
-  const onStep = (s: StepInfo) => {
-    if (!bar) return;
-    if (s.step === 1) bar.start(s.steps, 0, { rate: '-' });
-    bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
+  // Ctrl-C stops after the current step (the finally below restores the terminal); a second one at once.
+  const abort = new AbortController();
+  let bar: SingleBar | undefined;
+  const onSignal = (signal: 'SIGINT' | 'SIGTERM') => {
+    if (abort.signal.aborted) {
+      bar?.stop();
+      restoreTerminal();
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    }
+    abort.abort(new Interrupted(signal));
   };
-  const job = await start(folder, family, f, device, latents, onStep);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  let job: Awaited<ReturnType<typeof start>> | undefined;
   try {
+    const latents = f.latents ? readLatentsFile(f.latents) : undefined;
+    const folder = readPipelineFolder(modelFolder(f.model));
+    const family = familyOf(folder, f);
+    checkOutputs(f, family);
+    const showProgress = !f.quiet && process.stderr.isTTY;
+    bar = showProgress ? new SingleBar({ format: 'denoising {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}', hideCursor: true, stream: process.stderr }) : undefined;
+    const started = performance.now();
+    const onStep = (s: StepInfo) => {
+      if (!bar) return;
+      if (s.step === 1) bar.start(s.steps, 0, { rate: '-' });
+      bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
+    };
+    job = await start(folder, family, f, device, latents, onStep, abort.signal);
     const result: Generated = await job.run();
     bar?.stop();
-    for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
+    for (const w of result.warnings) process.stderr.write(`warning: ${withFlagNames(w)}\n`);
     // writeSafetensors writes through a temporary file itself.
     if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });
     const names = outputNames(f.out, result.images.length);
@@ -193,19 +215,21 @@ export async function generate(f: GenerateFlags): Promise<void> {
       ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
       ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
       scheduler: result.scheduler, seed: result.seed, width: image.width, height: image.height,
-      batch: f.batch ?? 1, model: path.resolve(folder.dir), device, threads: f.threads ?? null, latents: f.latents ?? null,
+      batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, latents: f.latents ?? null,
       accel: f.accel.map(formatAccelSpec),
     };
-    const parameters = [
+    // Each image records its own seed: the one that regenerates it alone.
+    const parameters = (seed: number) => [
       subject,
       ...(family === 'dit' ? [] : [`Negative prompt: ${f.negativePrompt ?? ''}`]),
-      `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${result.seed}, ` +
-        `Size: ${image.width}x${image.height}, Model: ${path.basename(settings.model)}` +
+      `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${seed}, ` +
+        `Size: ${image.width}x${image.height}, Model: ${settings.model}` +
         // quoted, as A1111 quotes values that contain commas
         (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : ''),
     ].join('\n');
     result.images.forEach((img, i) => {
-      const text = { parameters, 'diffusion.ts': JSON.stringify({ ...settings, index: i }) };
+      const seed = result.seeds[i];
+      const text = { parameters: parameters(seed), 'diffusion.ts': JSON.stringify({ ...settings, seed, batchSeed: result.seed, index: i }) };
       writeFileAtomically(names[i], encodePng(img.data, img.width, img.height, text));
     });
     const t = result.timings;
@@ -217,6 +241,24 @@ export async function generate(f: GenerateFlags): Promise<void> {
     }
   } finally {
     bar?.stop();
-    await job.release();
+    if (bar) restoreTerminal();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await job?.release();
   }
+}
+
+/**
+ * The model's name for the PNG, never the user's folder layout: the folder's name, "org/name" for
+ * a Hugging Face cache snapshot (models--org--name/snapshots/<rev>), "reference" for the embedded one.
+ */
+export function modelName(dir: string, given: string | undefined): string {
+  if (given === undefined || given === 'reference') return 'reference';
+  const hub = /models--([^/\\]+)[/\\]snapshots[/\\][^/\\]+[/\\]?$/.exec(path.resolve(dir));
+  return hub ? hub[1].replace(/--/g, '/') : path.basename(path.resolve(dir));
+}
+
+/** The cursor shown and line wrapping on again, whatever the progress bar left. */
+function restoreTerminal(): void {
+  if (process.stderr.isTTY) process.stderr.write('\x1b[?25h\x1b[?7h');
 }

@@ -15,6 +15,8 @@ import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-conditio
 import { DryExecutor, shapeOnlyParams } from '../runtime/dry-executor.ts';
 import { shaped, type SegmentReport } from '../runtime/executor.ts';
 import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
+import { own } from '../util/own.ts';
+import { modelFolder } from '../pipelines/reference-model.ts';
 
 export interface InspectOptions {
   preset?: string;
@@ -83,8 +85,9 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
   let pipeline = '';
   // T5 tokens per prompt for PixArt (its pipeline's max_sequence_length).
   let tokens = 120;
-  if (o.preset !== undefined && TRANSFORMER_PRESETS[o.preset]) {
-    const preset = TRANSFORMER_PRESETS[o.preset];
+  const transformerPreset = o.preset === undefined ? undefined : own(TRANSFORMER_PRESETS, o.preset);
+  if (transformerPreset) {
+    const preset = transformerPreset;
     const where = `preset ${o.preset}`;
     pipeline = preset.pipeline;
     tokens = preset.maxSequenceLength ?? tokens;
@@ -97,7 +100,7 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
       configs.text_encoder = { file: where, config: preset.textEncoder };
     }
   } else if (o.preset !== undefined) {
-    const preset = PRESETS[o.preset];
+    const preset = own(PRESETS, o.preset);
     if (!preset) throw new InputError('--preset', 'unknown preset', PRESET_NAMES.join(' or '), o.preset);
     pipeline = preset.textEncoder2 ? 'StableDiffusionXLPipeline' : 'StableDiffusionPipeline';
     parts.unet = { model: new UNet2DConditionModel(parseUNetConfig(preset.unet, `preset ${o.preset} unet`)), params: shapeOnlyParams };
@@ -113,7 +116,7 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
     }
   } else {
     if (dir === undefined) throw new InputError('inspect', 'no model given', 'a diffusers folder or --preset NAME');
-    folder = readPipelineFolder(dir);
+    folder = readPipelineFolder(modelFolder(dir));
     pipeline = folder.className;
     if (folder.className === 'PixArtSigmaPipeline') tokens = 300;
     const has = (c: string) => folder!.components[c] != null;
@@ -220,7 +223,7 @@ function formatText(folder: PipelineFolder | undefined, o: InspectOptions, repor
       lines.push(`  ${name.padEnd(16)} ${c ? `${c.library}.${c.className}  ${path.relative(folder.dir, c.dir)}/` : '(absent)'}`);
     }
   } else {
-    lines.push(`preset ${o.preset}: ${(PRESETS[o.preset!] ?? TRANSFORMER_PRESETS[o.preset!]).description} (built-in configs, no weights)`);
+    lines.push(`preset ${o.preset}: ${(own(PRESETS, o.preset!) ?? own(TRANSFORMER_PRESETS, o.preset!))!.description} (built-in configs, no weights)`);
   }
   for (const r of reports) {
     lines.push('', `== ${r.component}: ${r.className}  (${r.configFile})`);

@@ -1,9 +1,14 @@
 /**
  * The `diffuse` command line. Input errors print one line naming the file, key or flag and exit
- * with status 2; anything else is a bug and prints its stack.
+ * with status 2; errors from the operating system one line naming the path and the reason, exit
+ * status 1; anything else is a bug and prints its stack.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { InputError } from '../errors.ts';
+import { InputError, Interrupted } from '../errors.ts';
+import { withFlagNames } from './flag-names.ts';
+import { checkOutputFile, isSystemError, systemErrorLine } from '../util/files.ts';
 import { inspect } from './inspect.ts';
 import { benchTransformer, benchUNet } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
@@ -14,12 +19,17 @@ import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { PRESET_NAMES } from '../models/presets.ts';
+import { LIMITS } from '../pipelines/common.ts';
+import { MAX_THREADS } from '../runtime/ort-executor.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
-function positiveInt(flag: string) {
+/** An integer in [1, max] (max: the library's own bound where it has one, so a flag never promises more). */
+function positiveInt(flag: string, max = 1_000_000) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${flag} expects a positive integer, got "${value}"`);
+    if (!/^\+?\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n <= 0 || n > max) {
+      throw new InvalidArgumentError(`${flag} expects an integer from 1 to ${max}, got "${value}"`);
+    }
     return n;
   };
 }
@@ -71,7 +81,9 @@ export function parseSize(value: string): [number, number] {
   if (!m) throw new InvalidArgumentError(`--size expects N or WIDTHxHEIGHT, got "${value}"`);
   const width = Number(m[1]);
   const height = Number(m[2] ?? m[1]);
-  if (width <= 0 || height <= 0) throw new InvalidArgumentError(`--size must be positive, got "${value}"`);
+  if (width <= 0 || height <= 0 || width > LIMITS.size || height > LIMITS.size) {
+    throw new InvalidArgumentError(`--size expects sides from 1 to ${LIMITS.size}, got "${value}"`);
+  }
   return [width, height];
 }
 
@@ -79,19 +91,33 @@ function sizeList(value: string): [number, number][] {
   return value.split(',').map(parseSize);
 }
 
+const PACKAGE_VERSION = (JSON.parse(fs.readFileSync(path.join(import.meta.dirname, '../../package.json'), 'utf8')) as { version: string }).version;
+
+/** Options that name a file a command writes. */
+const OUTPUT_FLAGS: [string, string][] = [['out', '--out'], ['json', '--json'], ['saveLatents', '--save-latents']];
+
 export function buildProgram(): Command {
   const program = new Command('diffuse')
     .description('Run diffusers-format diffusion models on ONNX Runtime, with training-free accelerations.')
+    .version(PACKAGE_VERSION, '-V, --version')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    // commander's own messages (unknown or malformed flags) start like ours.
+    .configureOutput({ writeErr: (s) => process.stderr.write(s.replace(/^error: /, 'diffuse: ')) })
+    // Every file a command will write is checked before it starts work.
+    .hook('preAction', (_program, command) => {
+      const opts = command.opts();
+      for (const [key, flag] of OUTPUT_FLAGS) {
+        if (typeof opts[key] === 'string' && !(key === 'out' && opts.dryRun)) checkOutputFile(opts[key], flag);
+      }
+    });
 
   program
     .command('inspect')
     .description('list components, configs, parameters and per-segment MACs of a pipeline folder or preset')
-    .argument('[dir]', 'diffusers pipeline folder (model_index.json)')
+    .argument('[dir]', 'diffusers pipeline folder (model_index.json), or "reference" (the embedded model)')
     .option('--preset <name>', `use a built-in config instead of a folder (${PRESET_NAMES.join(', ')}); needs no weights`)
     .option('--size <WxH>', 'image size in pixels (default: the model\'s native size)', parseSize)
-    .option('--batch <n>', 'batch size', positiveInt('--batch'), 1)
+    .option('--batch <n>', 'batch size', positiveInt('--batch', LIMITS.imagesPerPrompt), 1)
     .option('--json', 'print JSON instead of text', false)
     .action(async (dir: string | undefined, opts: { preset?: string; size?: [number, number]; batch: number; json: boolean }) => {
       const [width, height] = opts.size ?? [];
@@ -105,22 +131,23 @@ export function buildProgram(): Command {
     .option('--prompt <text>', 'what to draw')
     .option('--negative-prompt <text>', 'what to steer away from (classifier-free guidance)')
     .option('--class <ids>', 'DiT: class ids or names from the folder\'s id2label, comma-separated (one image each)')
-    .option('--steps <n>', 'denoising steps (default 50; PixArt 20)', positiveInt('--steps'))
+    .option('--steps <n>', 'denoising steps (default 50; PixArt 20)', positiveInt('--steps', LIMITS.steps))
     .option('--guidance <g>', 'classifier-free guidance scale; ≤ 1 turns CFG off (default 7.5; PixArt 4.5, DiT 4)', number('--guidance'))
     .option('--guidance-rescale <r>', 'diffusers guidance_rescale in [0, 1] (default 0)', number('--guidance-rescale', 0))
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--seed <s>', 'seed of our noise generator (default: random, printed)', seed)
-    .option('--width <w>', 'image width in pixels, a multiple of 8 (default: the model\'s size)', positiveInt('--width'))
-    .option('--height <h>', 'image height in pixels, a multiple of 8', positiveInt('--height'))
-    .option('--batch <n>', 'images per prompt', positiveInt('--batch'))
-    .option('--max-sequence-length <n>', 'PixArt: T5 tokens per prompt (default 120 for α, 300 for Σ)', positiveInt('--max-sequence-length'))
+    .option('--width <w>', 'image width in pixels, a multiple of the model\'s VAE factor (8 for Stable Diffusion; times the patch size for PixArt) (default: the model\'s size)', positiveInt('--width', LIMITS.size))
+    .option('--height <h>', 'image height in pixels, the same multiple', positiveInt('--height', LIMITS.size))
+    .option('--batch <n>', 'images per prompt', positiveInt('--batch', LIMITS.imagesPerPrompt))
+    .option('--max-sequence-length <n>', 'PixArt: T5 tokens per prompt (default 120 for α, 300 for Σ)', positiveInt('--max-sequence-length', LIMITS.maxSequenceLength))
     .option('--resolution-binning', 'PixArt: generate at the nearest trained size, then resize and crop back (default)')
     .option('--no-resolution-binning', 'PixArt: generate at the size asked for')
     .option('--latents <file.safetensors>', 'starting latents: one F32 tensor "latents" [B, C, h, w] (diffusers\' latents=)')
     .option('--save-latents <file.safetensors>', 'also write the final latents (before VAE scaling and decoding)')
     .option('--out <file.png>', 'output PNG; several images get -0, -1, ... suffixes', 'out.png')
     .option('--device <name>', 'cpu or webgpu', 'cpu')
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
+    .option('--memory-limit <GiB>', 'refuse a run estimated to need more memory at its peak (default: this machine\'s memory)', number('--memory-limit', 0))
     .option('--variant <name>', 'weight file variant, e.g. fp16 for *.fp16.safetensors')
     .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
     .option('--quiet', 'no progress bar', false)
@@ -134,9 +161,9 @@ export function buildProgram(): Command {
     .option('--model <dir>', 'diffusers pipeline folder, or "reference" (the embedded model)')
     .option('--preset <name>', `built-in config (${PRESET_NAMES.join(', ')}); with --dry-run only`)
     .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
-    .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 25)
+    .option('--steps <n>', 'denoising steps', positiveInt('--steps', LIMITS.steps), 25)
     .option('--size <WxH>', 'image size (default: the model\'s native size)', parseSize)
-    .option('--batch <n>', 'images per run', positiveInt('--batch'), 1)
+    .option('--batch <n>', 'images per run', positiveInt('--batch', LIMITS.imagesPerPrompt), 1)
     .option('--runs <n>', 'timed runs per setting (the best counts)', positiveInt('--runs'), 1)
     .option('--warmup <n>', 'untimed runs per setting first (they create the ORT sessions)', (v: string) => (v === '0' ? 0 : positiveInt('--warmup')(v)), 1)
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
@@ -145,7 +172,7 @@ export function buildProgram(): Command {
     .option('--prompt <text>', 'prompt', 'a photo of an astronaut riding a horse on mars')
     .option('--dry-run', 'count MACs from the configs only; no weights are read, nothing runs', false)
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON')
     .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
@@ -163,7 +190,7 @@ export function buildProgram(): Command {
     .description('search a method\'s discrete knobs for the images closest to the unaccelerated ones (PHAST for attn-reuse)')
     .option('--model <dir>', 'diffusers pipeline folder, or "reference" (default)')
     .option('--method <name>', 'method to tune (attn-reuse)', 'attn-reuse')
-    .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 20)
+    .option('--steps <n>', 'denoising steps', positiveInt('--steps', LIMITS.steps), 20)
     .option('--reuse <r>', 'attn-reuse: model calls that reuse maps', positiveInt('--reuse'), 10)
     .option('--prompts <file>', 'one prompt per line (default: the reference model\'s held-out captions)')
     .option('--count <n>', 'the first N prompts only', positiveInt('--count'), 4)
@@ -171,7 +198,7 @@ export function buildProgram(): Command {
     .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
     .option('--seed <s>', 'seed of the first prompt (the next get +1, +2, ...)', seed, 0)
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'))
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.json>', 'where the schedule goes (rewritten after every round)', 'schedule.json')
     .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
     .action(async (opts) => {
@@ -183,8 +210,8 @@ export function buildProgram(): Command {
     .description('time one U-Net forward of a preset architecture with seeded random weights, against ORT\'s own conv/MatMul rate')
     .option('--preset <name>', 'architecture (sd15, sd21)', 'sd15')
     .option('--size <list>', 'image sizes, comma-separated', sizeList, [[256, 256], [512, 512]] as [number, number][])
-    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch'), 2)
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
     .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--profile', 'print time per segment kind', false)
@@ -199,8 +226,8 @@ export function buildProgram(): Command {
     .description('time one PixArt transformer forward of a preset (seeded random weights, 120 or 300 T5 tokens), against ORT\'s own MatMul rate')
     .option('--preset <name>', 'architecture (pixart-alpha-1024, pixart-alpha-512, pixart-sigma-1024)', 'pixart-alpha-1024')
     .option('--size <list>', 'image sizes, comma-separated', sizeList, [[512, 512], [1024, 1024]] as [number, number][])
-    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch'), 2)
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
     .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--profile', 'print time per segment kind', false)
@@ -215,8 +242,8 @@ export function buildProgram(): Command {
     .description('time T5 text encoding of a PixArt preset at full size (seeded random weights in shards) with its peak memory')
     .option('--preset <name>', 'architecture (pixart-alpha-1024, pixart-alpha-512, pixart-sigma-1024)', 'pixart-alpha-1024')
     .option('--dtype <type>', 'how the random weights are stored: F32 (as PixArt\'s Hub folders) or F16', oneOf('--dtype', ['F32', 'F16'] as const), 'F32')
-    .option('--batch <n>', 'prompts per call (2 = a prompt and its negative)', positiveInt('--batch'), 2)
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--batch <n>', 'prompts per call (2 = a prompt and its negative)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
     .option('--runs <n>', 'encodings timed', positiveInt('--runs'), 2)
     .option('--sessions <policy>', 'keep the sessions, release each after use, or auto (release when the encoder is over a quarter of memory)',
       oneOf('--sessions', ['auto', 'keep', 'release'] as const), 'auto')
@@ -230,10 +257,10 @@ export function buildProgram(): Command {
     .command('bench-generate')
     .description('time a whole text-to-image run of a preset architecture with seeded random weights (text, denoising, decoding)')
     .option('--preset <name>', 'architecture (sd15, sd21)', 'sd15')
-    .option('--size <n>', 'image size in pixels (square)', positiveInt('--size'), 256)
-    .option('--steps <n>', 'denoising steps', positiveInt('--steps'), 10)
+    .option('--size <n>', 'image size in pixels (square)', positiveInt('--size', LIMITS.size), 256)
+    .option('--steps <n>', 'denoising steps', positiveInt('--steps', LIMITS.steps), 10)
     .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads'), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
     .option('--runs <n>', 'timed runs after one warm-up run', positiveInt('--runs'), 2)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--json <file>', 'also write results as JSON')
@@ -245,9 +272,30 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** Options that may be given several times; any other given twice is a mistake (commander would keep the last silently). */
+const REPEATABLE = new Set(['accel', 'sweep', 'stepsBaseline']);
+
+function refuseRepeatedFlags(program: Command, argv: string[]): void {
+  const command = program.commands.find((c) => c.name() === argv[0]);
+  if (!command) return;
+  const seen = new Map<string, string>();
+  for (const arg of argv.slice(1)) {
+    if (arg === '--') break;
+    if (!arg.startsWith('--')) continue;
+    const flag = arg.split('=')[0];
+    const option = command.options.find((o) => o.long === flag);
+    if (!option || REPEATABLE.has(option.attributeName())) continue;
+    const earlier = seen.get(option.attributeName());
+    if (earlier !== undefined) throw new InputError(flag, earlier === flag ? 'given twice' : `given with ${earlier}`, 'once');
+    seen.set(option.attributeName(), flag);
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   try {
-    await buildProgram().parseAsync(argv, { from: 'user' });
+    const program = buildProgram();
+    refuseRepeatedFlags(program, argv);
+    await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) {
@@ -255,8 +303,17 @@ export async function main(argv: string[]): Promise<number> {
       return err.exitCode === 0 ? 0 : 2;
     }
     if (err instanceof InputError) {
-      process.stderr.write(`diffuse: ${err.message}\n`);
+      process.stderr.write(`diffuse: ${withFlagNames(err.message)}\n`);
       return 2;
+    }
+    if (err instanceof Interrupted) {
+      process.stderr.write(`diffuse: ${err.message}\n`);
+      return err.signal === 'SIGINT' ? 130 : 143;
+    }
+    // The operating system refused something (a full disk, a permission, a vanished file).
+    if (isSystemError(err)) {
+      process.stderr.write(`diffuse: ${systemErrorLine(err)}\n`);
+      return 1;
     }
     throw err;
   }

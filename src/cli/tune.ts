@@ -4,7 +4,6 @@
  * PHAST for attention-map reuse, starting from HURRY(N, r), writing the schedule as JSON for
  * `--accel attn-reuse:schedule=FILE`.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import { hurry } from '../accel/attn-reuse.ts';
@@ -41,7 +40,6 @@ const PSNR_CAP = 100;
 export async function tune(f: TuneFlags): Promise<void> {
   if (!TUNABLE.includes(f.method)) throw new InputError('--method', 'no search for this method yet', TUNABLE.join(', '), f.method);
   if (path.extname(f.out).toLowerCase() !== '.json') throw new InputError('--out', 'must be a JSON file', 'a name ending in .json', f.out);
-  if (!fs.existsSync(path.dirname(path.resolve(f.out)))) throw new InputError('--out', 'folder does not exist', 'an existing folder', path.dirname(path.resolve(f.out)));
   if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
   const model = modelFolder(f.model);
   const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);

@@ -9,6 +9,8 @@ import { OnnxDataType, type AttributeValue, type ModelProto, type NodeProto, typ
 
 export type DataType = 'float32' | 'float16' | 'int64' | 'int32' | 'bool';
 
+export const DATA_TYPE_BYTES: Record<DataType, number> = { float32: 4, float16: 2, int64: 8, int32: 4, bool: 1 };
+
 const ONNX_TYPE: Record<DataType, OnnxDataType> = {
   float32: OnnxDataType.FLOAT,
   float16: OnnxDataType.FLOAT16,
@@ -105,6 +107,10 @@ export class GraphBuilder {
   private readonly unbatched = new Set<string>();
   private counter = 0;
   private prefix = '';
+  /** The largest tensor an op of this graph produces, in bytes (for memory estimates). */
+  largestActivationBytes = 0;
+  /** The largest attention score matrix [B, H, Sq, Sk] in fp32 an attention op may hold. */
+  attentionScoreBytes = 0;
   /** The computation precision; fp16 parameters are cast to it inside the graph. */
   readonly dtype: DataType = 'float32';
   usesContribOps = false;
@@ -232,6 +238,7 @@ export class GraphBuilder {
   ): Value {
     const out = new Value(this.fresh(opType.toLowerCase()), shape, dtype);
     this.node(opType, inputs.map((v) => v.name), [out.name], attributes, domain);
+    this.largestActivationBytes = Math.max(this.largestActivationBytes, out.size * DATA_TYPE_BYTES[dtype]);
     return out;
   }
 
@@ -581,6 +588,8 @@ export class GraphBuilder {
       this.macs.attention += macs;
       this.heavyOps.push({ op: 'attention', q: [...q.shape], k: [...k.shape], heads, macs });
       const out = new Value(this.fresh('mha'), [b, sq, dim], q.dtype);
+      this.largestActivationBytes = Math.max(this.largestActivationBytes, out.size * DATA_TYPE_BYTES[q.dtype]);
+      this.attentionScoreBytes = Math.max(this.attentionScoreBytes, b * heads * sq * sk * 4);
       // An additive bias goes in as MultiHeadAttention's attention_bias [B or 1, H or 1, Sq, Sk].
       const bias = options.bias && this.attentionBias(options.bias, sq, sk);
       this.node('MultiHeadAttention', [q.name, k.name, v.name, ...(bias ? ['', '', bias.name] : [])], [out.name], {

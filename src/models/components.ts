@@ -42,7 +42,29 @@ function open<M>(
   const { config, where } = readComponentConfig(folder, component);
   const model = make(config, where);
   const weights = openComponentWeights(entry.dir, { variant: options.variant });
-  return { model, weights, configFile: where, params: weightParams(weights, { configFile: where, prefixes }) };
+  try {
+    return { model, weights, configFile: where, params: weightParams(weights, { configFile: where, prefixes }) };
+  } catch (err) {
+    weights.close();
+    throw err;
+  }
+}
+
+/**
+ * Runs a pipeline loader that opens components through `track`: if it throws, every component
+ * opened so far is closed again (a failed load leaves no file open).
+ */
+export function closingOnFailure<T>(load: (track: <C extends { weights: WeightSet }>(component: C) => C) => T): T {
+  const opened: WeightSet[] = [];
+  try {
+    return load((component) => {
+      opened.push(component.weights);
+      return component;
+    });
+  } catch (err) {
+    for (const weights of opened) weights.close();
+    throw err;
+  }
 }
 
 export function loadUNet(folder: PipelineFolder, options: LoadOptions = {}): LoadedComponent<UNet2DConditionModel> {

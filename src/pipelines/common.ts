@@ -3,14 +3,15 @@
  * guidance, tensors read back from the runtime, the [0, 1] image out of the VAE.
  */
 import * as ort from 'onnxruntime-node';
-import { createAccelerator, type AccelSpec } from '../accel/index.ts';
-import { InputError } from '../errors.ts';
+import { createAccelerator, type AccelInput, type AccelSpec } from '../accel/index.ts';
+import { InputError, describe } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { ortOps } from '../runtime/ort-executor.ts';
 import { PlannedExecutor, dryRehearsal, type Accelerator } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
+import { Rng } from '../util/rng.ts';
 
 export interface Latents {
   data: Float32Array;
@@ -42,7 +43,12 @@ export interface BaseRequest {
   /** Starting latents [B, C, h, w], as diffusers' `latents=`. */
   latents?: Latents;
   /** Training-free accelerations, composed in this order (see src/runtime/plan.ts). */
-  accel?: AccelSpec[];
+  accel?: (AccelSpec | AccelInput)[];
+  /**
+   * Bytes the run may need at its peak (default: this machine's memory). A run estimated above it
+   * is refused before it starts (src/pipelines/memory.ts).
+   */
+  memoryLimit?: number;
   /** 'latent' skips VAE decoding. */
   output?: 'image' | 'latent';
   onStep?: (info: StepInfo) => void;
@@ -60,21 +66,38 @@ export interface PromptRequest extends BaseRequest {
 
 export const seconds = (start: number) => (performance.now() - start) / 1000;
 
-export function list(value: string | string[], flag: string): string[] {
-  const items = Array.isArray(value) ? value : [value];
-  if (items.length === 0 || items.some((p) => typeof p !== 'string')) throw new InputError(flag, 'wrong value', 'a string or a non-empty list of strings');
-  return items;
+/** Where a value came from, for error messages: a string, a number, a list... */
+function found(value: unknown): string {
+  return typeof value === 'string' ? `"${value}" (a string)` : describe(value);
 }
 
-export function positiveInt(value: number | undefined, fallback: number, flag: string): number {
+/** A prompt or a non-empty list of them (`option` names the request field). */
+export function list(value: unknown, option: string): string[] {
+  const items = Array.isArray(value) ? value : [value];
+  if (items.length === 0 || items.length > LIMITS.prompts || items.some((p) => typeof p !== 'string')) {
+    throw new InputError(option, 'wrong value', `a string or a list of 1 to ${LIMITS.prompts} strings`, found(value));
+  }
+  return items as string[];
+}
+
+/** Bounds of the request fields: past them a request is a mistake, not a bigger job. */
+export const LIMITS = { steps: 1000, imagesPerPrompt: 64, prompts: 64, size: 16_384, guidanceScale: 100, maxSequenceLength: 4096 };
+
+/** An integer request field in [min, max], `fallback` when absent. */
+export function intOption(value: unknown, fallback: number, option: string, min: number, max: number): number {
   const v = value ?? fallback;
-  if (!Number.isInteger(v) || v <= 0) throw new InputError(flag, 'wrong value', 'a positive integer', String(value));
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw new InputError(option, 'wrong value', `an integer in [${min}, ${max}]`, found(value));
+  }
   return v;
 }
 
-export function finite(value: number | undefined, fallback: number, flag: string, min = -Infinity): number {
+/** A number request field in [min, max], `fallback` when absent. */
+export function numberOption(value: unknown, fallback: number, option: string, min: number, max: number): number {
   const v = value ?? fallback;
-  if (!Number.isFinite(v) || v < min) throw new InputError(flag, 'wrong value', min > -Infinity ? `a number ≥ ${min}` : 'a finite number', String(value));
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) {
+    throw new InputError(option, 'wrong value', `a number in [${min}, ${max}]`, found(value));
+  }
   return v;
 }
 
@@ -122,18 +145,38 @@ function std(x: Float32Array): number {
 }
 
 
+/**
+ * The noise of a batch: image b draws from its own generator seeded seed + b (mod 2³²), so every
+ * image of a batch is the image a run of that one seed gives (A1111's convention).
+ */
+export class BatchNoise {
+  private readonly rngs: Rng[];
+  readonly seeds: number[];
+
+  constructor(seed: number, images: number) {
+    this.seeds = Array.from({ length: images }, (_, b) => (seed + b) % 2 ** 32);
+    this.rngs = this.seeds.map((s) => new Rng(s));
+  }
+
+  /** Normal noise for the whole batch, `size` values, each image's part from its own generator. */
+  draw(size: number): Float32Array {
+    const out = new Float32Array(size);
+    const per = size / this.rngs.length;
+    this.rngs.forEach((rng, b) => rng.fillNormal(out.subarray(b * per, (b + 1) * per)));
+    return out;
+  }
+}
+
 /** A seed for our noise generator: the given one, checked, or a random one. */
-export function seedOf(seed: number | undefined): number {
-  const value = seed ?? Math.floor(Math.random() * 2 ** 32);
-  if (!Number.isInteger(value) || value < 0 || value >= 2 ** 32) throw new InputError('--seed', 'wrong value', 'an integer in [0, 2³²)', String(seed));
-  return value;
+export function seedOf(seed: unknown): number {
+  return intOption(seed, Math.floor(Math.random() * 2 ** 32), 'seed', 0, 2 ** 32 - 1);
 }
 
 /** Given starting latents must have exactly the shape the request implies. */
 export function checkLatents(latents: Latents | undefined, dims: number[]): void {
   const d = latents?.dims;
   if (d && (d.length !== dims.length || d.some((x, i) => x !== dims[i]))) {
-    throw new InputError('--latents', 'shape does not fit the request', `[${dims.join(', ')}]`, `[${d.join(', ')}]`);
+    throw new InputError('latents', 'shape does not fit the request', `[${dims.join(', ')}]`, `[${d.join(', ')}]`);
   }
 }
 
@@ -163,8 +206,8 @@ export class Acceleration {
 
   private constructor(private readonly plan: Accelerator | undefined, private readonly run: { steps: number; calls: number }) {}
 
-  static check(specs: AccelSpec[] | undefined, model: ModelDeclaration, run: { steps: number; calls: number }): Acceleration {
-    const plan = createAccelerator(specs ?? []);
+  static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: { steps: number; calls: number }): Acceleration {
+    const plan = createAccelerator(specs, run.calls);
     plan?.check?.(model, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
     return new Acceleration(plan, run);
   }

@@ -9,16 +9,17 @@
 import * as ort from 'onnxruntime-node';
 import { describe, InputError } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
-import { loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
+import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
+import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
-import { Rng } from '../util/rng.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, positiveInt, seconds, seedOf, type AccelReport, type BaseRequest,
+  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
   type GeneratedImage, type Latents,
 } from './common.ts';
+import { checkMemory, estimateMemory, vaeDecodeShapes } from './memory.ts';
 
 export interface DiTRequest extends BaseRequest {
   /** Class ids, or names from the folder's id2label; one image per label. */
@@ -31,6 +32,8 @@ export interface DiTResult {
   /** The class ids generated, in order. */
   classIds: number[];
   seed: number;
+  /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
+  seeds: number[];
   scheduler: string;
   accel?: AccelReport;
   timings: { denoising: number; decoding: number };
@@ -77,16 +80,16 @@ export class DiTPipeline {
   /** Class ids for ids or names, each checked against the model's classes. */
   classIds(labels: (number | string)[]): number[] {
     const classes = this.transformer.model.config.numClasses;
-    if (!Array.isArray(labels) || labels.length === 0) throw new InputError('--class', 'no class given', 'class ids or names, e.g. 207,360');
+    if (!Array.isArray(labels) || labels.length === 0) throw new InputError('classLabels', 'no class given', 'class ids or names, e.g. 207,360');
     return labels.map((label) => {
       if (typeof label === 'number') {
-        if (!Number.isInteger(label) || label < 0 || label >= classes) throw new InputError('--class', 'class id out of range', `an integer in [0, ${classes})`, `${label}`);
+        if (!Number.isInteger(label) || label < 0 || label >= classes) throw new InputError('classLabels', 'class id out of range', `an integer in [0, ${classes})`, `${label}`);
         return label;
       }
       const id = this.labels.get(String(label).trim());
       if (id === undefined) {
         const known = [...this.labels.keys()];
-        throw new InputError('--class', `unknown class name${known.length ? '' : ' (this folder has no id2label in model_index.json: give class ids)'}`,
+        throw new InputError('classLabels', `unknown class name${known.length ? '' : ' (this folder has no id2label in model_index.json: give class ids)'}`,
           known.length ? `a name from model_index.json's id2label, e.g. ${known.slice(0, 3).map((n) => `"${n}"`).join(', ')}` : 'a class id', JSON.stringify(label));
       }
       return id;
@@ -97,8 +100,8 @@ export class DiTPipeline {
     const model = this.transformer.model;
     const c = model.config;
     const ids = this.classIds(request.classLabels);
-    const steps = positiveInt(request.steps, 50, '--steps');
-    const guidance = finite(request.guidanceScale, 4, '--guidance');
+    const steps = intOption(request.steps, 50, 'steps', 1, LIMITS.steps);
+    const guidance = numberOption(request.guidanceScale, 4, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
     const seed = seedOf(request.seed);
     const cfg = guidance > 1;
     const batch = ids.length;
@@ -109,12 +112,15 @@ export class DiTPipeline {
       name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
     });
     const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length });
-    const warnings = await acceleration.begin(this.transformerExec,
-      (exec) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize }));
+    const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
+    const weightBytes = this.transformer.weights.float32Bytes() + this.vae.weights.float32Bytes();
+    checkMemory(await estimateMemory(weightBytes, [denoise, vaeDecodeShapes(this.vae.model, latentDims)]), request.memoryLimit, 'classLabels',
+      `${batch} image${batch > 1 ? 's' : ''}`);
+    const warnings = await acceleration.begin(this.transformerExec, denoise);
 
-    const rng = new Rng(seed);
+    const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);
-    let latents = request.latents ? Float32Array.from(request.latents.data) : rng.fillNormal(new Float32Array(size));
+    let latents = request.latents ? Float32Array.from(request.latents.data) : noise.draw(size);
     // [conditional; null class] with CFG, as diffusers orders it.
     const labels = (rows: number) => new ort.Tensor('int64', BigInt64Array.from({ length: rows }, (_, i) => BigInt(i < batch ? ids[i] : c.numClasses)), [rows]);
     const plane = size / batch;
@@ -141,8 +147,8 @@ export class DiTPipeline {
         const uncond = out.subarray((batch + b) * perRow, (batch + b) * perRow + plane);
         for (let k = 0; k < plane; k++) eps[b * plane + k] = uncond[k] + guidance * (cond[k] - uncond[k]);
       }
-      const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
-      ({ prevSample: latents, state } = scheduler.step(state, eps, i, input.subarray(0, size), noise));
+      const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
+      ({ prevSample: latents, state } = scheduler.step(state, eps, i, input.subarray(0, size), stepNoise));
       request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
@@ -153,6 +159,7 @@ export class DiTPipeline {
       images,
       classIds: ids,
       seed,
+      seeds: noise.seeds,
       scheduler: scheduler.name,
       accel: acceleration.report(),
       timings: { denoising, decoding: seconds(decodeStart) },
@@ -161,8 +168,11 @@ export class DiTPipeline {
   }
 
   async release(): Promise<void> {
-    await Promise.all([this.transformerExec.release(), this.vaeExec.release()]);
-    for (const component of [this.transformer, this.vae]) component.weights.close();
+    try {
+      await Promise.all([this.transformerExec.release(), this.vaeExec.release()]);
+    } finally {
+      for (const component of [this.transformer, this.vae]) component.weights.close();
+    }
   }
 }
 
@@ -172,9 +182,11 @@ export function loadDiTPipeline(folder: PipelineFolder, options: RuntimeOptions 
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'not a DiT pipeline', 'DiTPipeline', folder.className);
   }
   const load = { variant: options.variant };
-  const transformer = loadTransformer(folder, load);
-  if (!(transformer.model instanceof DiTTransformer2DModel)) {
-    throw new InputError(`${transformer.configFile}: norm_type`, 'a DiTPipeline needs a class-conditional DiT', '"ada_norm_zero"', 'a PixArt transformer (ada_norm_single)');
-  }
-  return new DiTPipeline(folder, transformer as LoadedComponent<DiTTransformer2DModel>, loadVae(folder, load), options);
+  return closingOnFailure((track) => {
+    const transformer = track(loadTransformer(folder, load));
+    if (!(transformer.model instanceof DiTTransformer2DModel)) {
+      throw new InputError(`${transformer.configFile}: norm_type`, 'a DiTPipeline needs a class-conditional DiT', '"ada_norm_zero"', 'a PixArt transformer (ada_norm_single)');
+    }
+    return new DiTPipeline(folder, transformer as LoadedComponent<DiTTransformer2DModel>, track(loadVae(folder, load)), options);
+  });
 }

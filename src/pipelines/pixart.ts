@@ -12,18 +12,19 @@
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
-import { loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
+import { closingOnFailure, loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
+import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, retainSessionsFor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
-import { Rng } from '../util/rng.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, guide, list, positiveInt, seconds, seedOf, type AccelReport,
+  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
+import { checkMemory, estimateMemory, vaeDecodeShapes } from './memory.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
 
 export interface PixArtRequest extends PromptRequest {
@@ -37,6 +38,8 @@ export interface PixArtResult {
   latents: Latents;
   images: GeneratedImage[];
   seed: number;
+  /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
+  seeds: number[];
   scheduler: string;
   /** The size the transformer ran at (the binned size with resolution binning). */
   generated: { width: number; height: number };
@@ -58,8 +61,8 @@ export function pythonStrip(text: string): string {
 export function binResolution(height: number, width: number, sampleSize: number): [number, number] {
   const bins = RESOLUTION_BINS[sampleSize];
   if (!bins) {
-    throw new InputError('--resolution-binning', `PixArt has no resolution bins for transformer sample_size ${sampleSize}`,
-      `sample_size 32, 64, 128 or 256, or --no-resolution-binning`, `${sampleSize}`);
+    throw new InputError('resolutionBinning', `PixArt has no resolution bins for transformer sample_size ${sampleSize}`,
+      `sample_size 32, 64, 128 or 256, or no resolution binning`, `${sampleSize}`);
   }
   const ratio = height / width;
   let best = bins[0];
@@ -103,6 +106,8 @@ export function resizeAndCrop(image: Float32Array, height: number, width: number
 export class PixArtPipeline {
   private readonly transformerExec: OrtExecutor;
   private readonly textExec: OrtExecutor;
+  /** Whether the T5 sessions stay (false for a T5-XXL on this machine: each block's session is released after its run). */
+  private readonly textRetained: boolean;
   private readonly vaeExec: OrtExecutor;
 
   constructor(
@@ -115,7 +120,8 @@ export class PixArtPipeline {
   ) {
     this.transformerExec = new OrtExecutor(transformer.params, options);
     // T5-XXL is 19 GB as float32: run it one block's session at a time rather than hold it all.
-    this.textExec = new OrtExecutor(textEncoder.params, options, { retainSessions: retainSessionsFor(textEncoder.weights.float32Bytes()) });
+    this.textRetained = retainSessionsFor(textEncoder.weights.float32Bytes());
+    this.textExec = new OrtExecutor(textEncoder.params, options, { retainSessions: this.textRetained });
     this.vaeExec = new OrtExecutor(vae.params, options);
   }
 
@@ -151,26 +157,28 @@ export class PixArtPipeline {
     const warnings: string[] = [];
     const model = this.transformer.model;
     const c = model.config;
-    const prompts = list(request.prompt, '--prompt');
-    const steps = positiveInt(request.steps, 20, '--steps');
-    const guidance = finite(request.guidanceScale, 4.5, '--guidance');
-    const perPrompt = positiveInt(request.imagesPerPrompt, 1, '--batch');
-    const maxLength = positiveInt(request.maxSequenceLength, this.defaultMaxSequenceLength, '--max-sequence-length');
-    const width = positiveInt(request.width, this.defaultSize, '--width');
-    const height = positiveInt(request.height, this.defaultSize, '--height');
+    const prompts = list(request.prompt, 'prompt');
+    const steps = intOption(request.steps, 20, 'steps', 1, LIMITS.steps);
+    const guidance = numberOption(request.guidanceScale, 4.5, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
+    const perPrompt = intOption(request.imagesPerPrompt, 1, 'imagesPerPrompt', 1, LIMITS.imagesPerPrompt);
+    const maxLength = intOption(request.maxSequenceLength, this.defaultMaxSequenceLength, 'maxSequenceLength', 1, LIMITS.maxSequenceLength);
+    const width = intOption(request.width, this.defaultSize, 'width', 1, LIMITS.size);
+    const height = intOption(request.height, this.defaultSize, 'height', 1, LIMITS.size);
     const factor = this.vae.model.downsampleFactor;
     const binning = request.resolutionBinning ?? true;
     const [genHeight, genWidth] = binning ? binResolution(height, width, c.sampleSize) : [height, width];
     const unit = factor * c.patchSize;
     if (genWidth % unit || genHeight % unit) {
-      throw new InputError('--width/--height', `must be multiples of ${unit} (VAE factor ${factor} × patch size ${c.patchSize})`, undefined, `${genWidth}x${genHeight}`);
+      throw new InputError('width/height', `must be multiples of ${unit} (VAE factor ${factor} × patch size ${c.patchSize})`, undefined, `${genWidth}x${genHeight}`);
     }
-    const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, '--negative-prompt');
+    const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, 'negativePrompt');
     if (negatives.length !== 1 && negatives.length !== prompts.length) {
-      throw new InputError('--negative-prompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
+      throw new InputError('negativePrompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
     }
     const seed = seedOf(request.seed);
     const cfg = guidance > 1;
+    // As in diffusers, the negative prompt is then unused; unlike diffusers, we say so.
+    if (!cfg && request.negativePrompt !== undefined) warnings.push(`negativePrompt has no effect: guidanceScale ${guidance} ≤ 1 turns classifier-free guidance off`);
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, c.inChannels, genHeight / factor, genWidth / factor];
     checkLatents(request.latents, latentDims);
@@ -179,7 +187,7 @@ export class PixArtPipeline {
       name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
     });
     if (scheduler.timesteps.length === 1) {
-      throw new InputError('--steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
+      throw new InputError('steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }
     const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length });
 
@@ -208,8 +216,13 @@ export class PixArtPipeline {
       aspectRatio: new ort.Tensor('float32', new Float32Array(rows).fill(genHeight / genWidth), [rows, 1]),
     } : undefined);
 
-    warnings.push(...await acceleration.begin(this.transformerExec, (exec) => model.forwardShapes(exec,
-      { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: positive.width })));
+    const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec,
+      { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: positive.width });
+    // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
+    const weightBytes = this.transformer.weights.float32Bytes() + this.vae.weights.float32Bytes() + (this.textRetained ? this.textEncoder.weights.float32Bytes() : 0);
+    checkMemory(await estimateMemory(weightBytes, [denoise, vaeDecodeShapes(this.vae.model, latentDims)]), request.memoryLimit, 'width/height',
+      `${genWidth}x${genHeight}, ${batch} image${batch > 1 ? 's' : ''}`);
+    warnings.push(...await acceleration.begin(this.transformerExec, denoise));
     // Caption projection and cross-attention keys/values depend on the prompt only: once per text (lossless).
     const kvs = new Map<object, Map<string, { k: ort.Tensor; v: ort.Tensor; bias: ort.Tensor }>>();
     const keysFor = async (t: { states: ort.Tensor; mask: ort.Tensor }) => {
@@ -218,9 +231,9 @@ export class PixArtPipeline {
       return kv;
     };
 
-    const rng = new Rng(seed);
+    const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);
-    let latents = request.latents ? Float32Array.from(request.latents.data) : rng.fillNormal(new Float32Array(size));
+    let latents = request.latents ? Float32Array.from(request.latents.data) : noise.draw(size);
     for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
 
     start = performance.now();
@@ -241,8 +254,8 @@ export class PixArtPipeline {
       // Guidance over every output channel, then the learned variance's half dropped.
       const guided = now.cfg ? guide(prediction, prediction.length / 2, guidance, 0, batch) : prediction;
       const eps = c.outChannels === 2 * c.inChannels ? firstChannels(guided, batch, plane) : guided;
-      const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
-      ({ prevSample: latents, state } = scheduler.step(state, eps, i, latents, noise));
+      const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
+      ({ prevSample: latents, state } = scheduler.step(state, eps, i, latents, stepNoise));
       request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
@@ -255,6 +268,7 @@ export class PixArtPipeline {
       latents: { data: latents, dims: latentDims },
       images,
       seed,
+      seeds: noise.seeds,
       scheduler: scheduler.name,
       generated: { width: genWidth, height: genHeight },
       accel: acceleration.report(),
@@ -264,8 +278,11 @@ export class PixArtPipeline {
   }
 
   async release(): Promise<void> {
-    await Promise.all([this.transformerExec.release(), this.textExec.release(), this.vaeExec.release()]);
-    for (const component of [this.transformer, this.textEncoder, this.vae]) component.weights.close();
+    try {
+      await Promise.all([this.transformerExec.release(), this.textExec.release(), this.vaeExec.release()]);
+    } finally {
+      for (const component of [this.transformer, this.textEncoder, this.vae]) component.weights.close();
+    }
   }
 }
 
@@ -284,17 +301,19 @@ export function loadPixArtPipeline(folder: PipelineFolder, options: RuntimeOptio
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'not a PixArt pipeline', PIPELINES.join(' or '), folder.className);
   }
   const load = { variant: options.variant };
-  const transformer = loadTransformer(folder, load);
-  if (!(transformer.model instanceof PixArtTransformer2DModel)) {
-    throw new InputError(`${transformer.configFile}: norm_type`, `a ${folder.className} needs a PixArt transformer`, '"ada_norm_single"', 'a DiT (ada_norm_zero)');
-  }
-  const textEncoder = loadT5Encoder(folder, 'text_encoder', load);
-  const expected = transformer.model.config.captionChannels ?? transformer.model.config.crossAttentionDim;
-  if (textEncoder.model.config.dModel !== expected) {
-    throw new InputError(`${transformer.configFile}: caption_channels`, `disagrees with the text encoder's d_model (${textEncoder.configFile})`,
-      `${textEncoder.model.config.dModel}`, `${expected}`);
-  }
-  const tokenizer = T5Tokenizer.fromFolder(getComponent(folder, 'tokenizer').dir);
-  const vae = loadVae(folder, load);
-  return new PixArtPipeline(folder, transformer as LoadedComponent<PixArtTransformer2DModel>, textEncoder, tokenizer, vae, options);
+  return closingOnFailure((track) => {
+    const transformer = track(loadTransformer(folder, load));
+    if (!(transformer.model instanceof PixArtTransformer2DModel)) {
+      throw new InputError(`${transformer.configFile}: norm_type`, `a ${folder.className} needs a PixArt transformer`, '"ada_norm_single"', 'a DiT (ada_norm_zero)');
+    }
+    const textEncoder = track(loadT5Encoder(folder, 'text_encoder', load));
+    const expected = transformer.model.config.captionChannels ?? transformer.model.config.crossAttentionDim;
+    if (textEncoder.model.config.dModel !== expected) {
+      throw new InputError(`${transformer.configFile}: caption_channels`, `disagrees with the text encoder's d_model (${textEncoder.configFile})`,
+        `${textEncoder.model.config.dModel}`, `${expected}`);
+    }
+    const tokenizer = T5Tokenizer.fromFolder(getComponent(folder, 'tokenizer').dir);
+    const vae = track(loadVae(folder, load));
+    return new PixArtPipeline(folder, transformer as LoadedComponent<PixArtTransformer2DModel>, textEncoder, tokenizer, vae, options);
+  });
 }

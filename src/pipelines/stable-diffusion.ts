@@ -7,18 +7,20 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
-import { loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
+import { closingOnFailure, loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
+import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
-import { Rng } from '../util/rng.ts';
 import {
-  Acceleration, checkAborted, checkLatents, concat, decodeImages, finite, floats, guide, list, positiveInt, seconds, seedOf, type AccelReport,
+  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
+import { checkMemory, estimateMemory, vaeDecodeShapes } from './memory.ts';
+import { modelFolder } from './reference-model.ts';
 
 export type { AccelReport, GeneratedImage, Latents, StepInfo } from './common.ts';
 import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
@@ -42,6 +44,8 @@ export interface GenerateResult {
   latents: Latents;
   images: GeneratedImage[];
   seed: number;
+  /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
+  seeds: number[];
   scheduler: string;
   /**
    * What the accelerators did: model calls run with the CFG batch, counters by name (segment calls
@@ -130,21 +134,23 @@ export class StableDiffusionPipeline {
 
   async generate(request: GenerateRequest): Promise<GenerateResult> {
     const warnings: string[] = [];
-    const prompts = list(request.prompt, '--prompt');
-    const steps = positiveInt(request.steps, 50, '--steps');
-    const guidance = finite(request.guidanceScale, 7.5, '--guidance');
-    const rescale = finite(request.guidanceRescale, 0, '--guidance-rescale', 0);
-    const perPrompt = positiveInt(request.imagesPerPrompt, 1, '--batch');
-    const width = positiveInt(request.width, this.defaultSize, '--width');
-    const height = positiveInt(request.height, this.defaultSize, '--height');
+    const prompts = list(request.prompt, 'prompt');
+    const steps = intOption(request.steps, 50, 'steps', 1, LIMITS.steps);
+    const guidance = numberOption(request.guidanceScale, 7.5, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
+    const rescale = numberOption(request.guidanceRescale, 0, 'guidanceRescale', 0, 1);
+    const perPrompt = intOption(request.imagesPerPrompt, 1, 'imagesPerPrompt', 1, LIMITS.imagesPerPrompt);
+    const width = intOption(request.width, this.defaultSize, 'width', 1, LIMITS.size);
+    const height = intOption(request.height, this.defaultSize, 'height', 1, LIMITS.size);
     const factor = this.vae.model.downsampleFactor;
-    if (width % factor || height % factor) throw new InputError('--width/--height', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
-    const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, '--negative-prompt');
+    if (width % factor || height % factor) throw new InputError('width/height', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
+    const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, 'negativePrompt');
     if (negatives.length !== 1 && negatives.length !== prompts.length) {
-      throw new InputError('--negative-prompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
+      throw new InputError('negativePrompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
     }
     const seed = seedOf(request.seed);
     const cfg = guidance > 1;
+    // As in diffusers, the negative prompt is then unused; unlike diffusers, we say so.
+    if (!cfg && request.negativePrompt !== undefined) warnings.push(`negativePrompt has no effect: guidanceScale ${guidance} ≤ 1 turns classifier-free guidance off`);
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, this.unet.model.config.inChannels, height / factor, width / factor];
     checkLatents(request.latents, latentDims);
@@ -195,7 +201,11 @@ export class StableDiffusionPipeline {
     const singleInputs = unetInputs(positive, batch);
     const rows = cfg ? 2 * batch : batch;
     const shapes = { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: conditioning.pooled && conditioning.pooled.length / rows };
-    warnings.push(...await acceleration.begin(this.unetExec, (exec) => this.unet.model.forwardShapes(exec, shapes)));
+    const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
+    const weightBytes = [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2].reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
+    checkMemory(await estimateMemory(weightBytes, [denoise, vaeDecodeShapes(this.vae.model, latentDims)]), request.memoryLimit, 'width/height',
+      `${width}x${height}, ${batch} image${batch > 1 ? 's' : ''}`);
+    warnings.push(...await acceleration.begin(this.unetExec, denoise));
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
     const keysFor = async (context: ort.Tensor) => {
@@ -205,9 +215,9 @@ export class StableDiffusionPipeline {
     };
 
     // Starting latents, scaled by the scheduler's initial sigma as diffusers does.
-    const rng = new Rng(seed);
+    const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);
-    let latents = request.latents ? Float32Array.from(request.latents.data) : rng.fillNormal(new Float32Array(size));
+    let latents = request.latents ? Float32Array.from(request.latents.data) : noise.draw(size);
     for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
 
     start = performance.now();
@@ -227,8 +237,8 @@ export class StableDiffusionPipeline {
         context, added, await keysFor(context));
       const prediction = await floats(out);
       const guided = cfgNow ? guide(prediction, size, guidance, rescale, batch) : prediction;
-      const noise = scheduler.needsNoise(i) ? rng.fillNormal(new Float32Array(size)) : undefined;
-      ({ prevSample: latents, state } = scheduler.step(state, guided, i, latents, noise));
+      const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
+      ({ prevSample: latents, state } = scheduler.step(state, guided, i, latents, stepNoise));
       request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
@@ -240,6 +250,7 @@ export class StableDiffusionPipeline {
       latents: { data: latents, dims: latentDims },
       images,
       seed,
+      seeds: noise.seeds,
       scheduler: scheduler.name,
       accel: acceleration.report(),
       timings: { textEncoding, denoising, decoding },
@@ -248,35 +259,43 @@ export class StableDiffusionPipeline {
   }
 
   async release(): Promise<void> {
-    await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release(), this.textExec2?.release()]);
-    for (const c of [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2]) c?.weights.close();
+    try {
+      await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release(), this.textExec2?.release()]);
+    } finally {
+      for (const c of [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2]) c?.weights.close();
+    }
   }
 }
 
 const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline'];
 
-/** Opens a Stable Diffusion 1.x / 2.x (StableDiffusionPipeline) or SDXL (StableDiffusionXLPipeline) folder. */
+/**
+ * Opens a Stable Diffusion 1.x / 2.x (StableDiffusionPipeline) or SDXL (StableDiffusionXLPipeline)
+ * folder; "reference" is the embedded reference model.
+ */
 export async function loadPipeline(dir: string, options: PipelineOptions = {}): Promise<StableDiffusionPipeline> {
-  const folder = readPipelineFolder(dir);
+  const folder = readPipelineFolder(modelFolder(dir));
   if (!PIPELINES.includes(folder.className)) {
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'unsupported pipeline', PIPELINES.join(' or '), folder.className);
   }
   const load = { variant: options.variant };
-  const unet = loadUNet(folder, load);
-  const vae = loadVae(folder, load);
-  const textEncoder = loadTextEncoder(folder, 'text_encoder', load);
-  const tokenizer = ClipTokenizer.fromFolder(getComponent(folder, 'tokenizer').dir);
-  let xl: XlParts | undefined;
-  if (folder.className === 'StableDiffusionXLPipeline') {
-    const textEncoder2 = loadTextEncoder(folder, 'text_encoder_2', load);
-    if (!textEncoder2.model.hasProjection) {
-      throw new InputError(`${folder.dir}/model_index.json: text_encoder_2`, 'SDXL needs the projected pooled embedding', 'CLIPTextModelWithProjection', 'CLIPTextModel');
+  return closingOnFailure((track) => {
+    const unet = track(loadUNet(folder, load));
+    const vae = track(loadVae(folder, load));
+    const textEncoder = track(loadTextEncoder(folder, 'text_encoder', load));
+    const tokenizer = ClipTokenizer.fromFolder(getComponent(folder, 'tokenizer').dir);
+    let xl: XlParts | undefined;
+    if (folder.className === 'StableDiffusionXLPipeline') {
+      const textEncoder2 = track(loadTextEncoder(folder, 'text_encoder_2', load));
+      if (!textEncoder2.model.hasProjection) {
+        throw new InputError(`${folder.dir}/model_index.json: text_encoder_2`, 'SDXL needs the projected pooled embedding', 'CLIPTextModelWithProjection', 'CLIPTextModel');
+      }
+      xl = {
+        textEncoder2,
+        tokenizer2: ClipTokenizer.fromFolder(getComponent(folder, 'tokenizer_2').dir),
+        forceZerosForEmptyPrompt: folder.options.force_zeros_for_empty_prompt !== false,
+      };
     }
-    xl = {
-      textEncoder2,
-      tokenizer2: ClipTokenizer.fromFolder(getComponent(folder, 'tokenizer_2').dir),
-      forceZerosForEmptyPrompt: folder.options.force_zeros_for_empty_prompt !== false,
-    };
-  }
-  return new StableDiffusionPipeline(folder, unet, vae, textEncoder, tokenizer, options, xl);
+    return new StableDiffusionPipeline(folder, unet, vae, textEncoder, tokenizer, options, xl);
+  });
 }

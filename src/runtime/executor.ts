@@ -75,6 +75,13 @@ export interface SegmentReport {
   parameterSizes: Record<string, number>;
   inputShapes: Record<string, readonly number[]>;
   outputShapes: Record<string, readonly number[]>;
+  /**
+   * Estimated bytes the segment's run holds at its peak: its inputs and outputs, twice its largest
+   * intermediate tensor (an op's input and output live at once) and its attention scores.
+   */
+  workingBytes: number;
+  /** The largest attention score matrix of the segment, fp32 bytes (part of workingBytes). */
+  attentionScoreBytes: number;
 }
 
 export function asDataType(type: string): DataType {

@@ -3,10 +3,11 @@
  * ORT as bytes whose weights are external data pointing straight into the component's
  * safetensors files, so weights are never converted or copied on disk.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { InputError } from '../errors.ts';
+import { InputError, describe } from '../errors.ts';
 import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
 import { encodeModel } from '../graph/onnx-proto.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
@@ -19,6 +20,12 @@ export interface RuntimeOptions {
   /** Intra-op threads per session (CPU). Defaults to ORT's choice (all cores). */
   threads?: number;
 }
+
+/**
+ * Intra-op threads a session may ask for. Every session owns its pool, and a run has dozens of
+ * sessions: thousands of threads exhaust the process's limit and ORT aborts natively.
+ */
+export const MAX_THREADS = 256;
 
 /** How long an executor keeps a segment's session. */
 export interface SessionPolicy {
@@ -52,7 +59,12 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     private readonly params: ParamSource,
     private readonly options: RuntimeOptions = {},
     private readonly policy: SessionPolicy = {},
-  ) {}
+  ) {
+    const t = options.threads;
+    if (t !== undefined && (!Number.isSafeInteger(t) || t < 1 || t > MAX_THREADS)) {
+      throw new InputError('threads', 'wrong value', `an integer from 1 to ${MAX_THREADS}`, describe(t));
+    }
+  }
 
   /** Sessions held now. */
   get openSessions(): number {
@@ -65,7 +77,11 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     let compiled = retain ? this.sessions.get(key) : undefined;
     if (!compiled) {
       compiled = this.compile(name, build, inputs, options);
-      if (retain) this.sessions.set(key, compiled);
+      // A segment that failed to compile is tried afresh next time, and release() skips it.
+      if (retain) {
+        this.sessions.set(key, compiled);
+        compiled.catch(() => this.sessions.delete(key));
+      }
     }
     const { session, outputKeys } = await compiled;
     const start = performance.now();
@@ -95,9 +111,14 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     return { session: await createSession(g, this.options, retained), outputKeys: Object.keys(outputs) };
   }
 
+  /** Releases every session that was created; segments that failed to compile hold nothing. */
   async release(): Promise<void> {
-    for (const compiled of this.sessions.values()) await (await compiled).session.release();
+    const compiled = [...this.sessions.values()];
     this.sessions.clear();
+    const sessions = await Promise.allSettled(compiled);
+    const released = await Promise.allSettled(sessions.flatMap((r) => (r.status === 'fulfilled' ? [r.value.session.release()] : [])));
+    const failed = released.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 }
 
@@ -109,10 +130,14 @@ export class OrtExecutor implements Executor<ort.Tensor> {
  * run as fast; the whole encoding 50 s → 28 s from F16 weights.
  */
 export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
-  const folders = new Set(g.weightFiles().map((f) => path.dirname(f)));
+  // ORT refuses external data whose resolved path leaves the folder it is given, so symlinked
+  // weights (the Hugging Face cache: snapshots/<rev>/unet/x.safetensors → ../../blobs/<sha>)
+  // are named by their real paths.
+  const realPaths = new Map(g.weightFiles().map((f) => [f, fs.realpathSync(f)]));
+  const folders = new Set([...realPaths.values()].map((f) => path.dirname(f)));
   if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
   const folder = folders.values().next().value ?? process.cwd();
-  const bytes = encodeModel(g.toModel((file) => path.basename(file)));
+  const bytes = encodeModel(g.toModel((file) => path.basename(realPaths.get(file) ?? file)));
   const device = options.device ?? 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     executionProviders: device === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'],
@@ -142,7 +167,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (device === 'webgpu' && /adapter|WebGPU|webgpu/.test(message)) {
-      throw new InputError('--device webgpu', `ONNX Runtime could not start WebGPU (${message.split('\n')[0].replace(/^.*?: /, '')})`,
+      throw new InputError('device webgpu', `ONNX Runtime could not start WebGPU (${message.split('\n')[0].replace(/^.*?: /, '')})`,
         'a GPU with a WebGPU-capable driver (Vulkan on Linux)');
     }
     throw err;

@@ -160,14 +160,14 @@ export function combine(accelerators: Accelerator[]): Accelerator {
   for (const a of accelerators) {
     for (const [kind, what] of Object.entries(a.claims ?? {})) {
       const first = claimed.get(kind);
-      if (first) throw new InputError('--accel', `${first.by} and ${a.name} both ${first.what}`, 'one such method at a time');
+      if (first) throw new InputError('accel', `${first.by} and ${a.name} both ${first.what}`, 'one such method at a time');
       claimed.set(kind, { by: a.name, what });
     }
   }
   for (const a of accelerators) {
     for (const [kind, reason] of Object.entries(a.conflicts ?? {})) {
       const other = claimed.get(kind);
-      if (other && other.by !== a.name) throw new InputError('--accel', `${other.by} and ${a.name} cannot be combined: ${reason}`, 'one of them');
+      if (other && other.by !== a.name) throw new InputError('accel', `${other.by} and ${a.name} cannot be combined: ${reason}`, 'one of them');
     }
   }
   const cutters = accelerators.filter((a) => a.branch);

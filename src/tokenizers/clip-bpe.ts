@@ -16,6 +16,8 @@ const BOS = '<|startoftext|>';
 const EOS = '<|endoftext|>';
 /** CLIP's context length; also every SD text encoder's number of positions. */
 const CLIP_CONTEXT = 77;
+/** The longest token sequence a tokenizer config may ask for. */
+const MAX_TOKENS = 65_536;
 /** transformers writes ~1e30 as model_max_length when a tokenizer has no limit. */
 const NO_LIMIT = 1e12;
 /**
@@ -351,8 +353,9 @@ function plainSpecial(content: string): AddedTokenSpec {
 function maxLength(configFile: string, value: unknown): number {
   // Missing or "no limit": SD pipelines pad to model_max_length, so fall back to CLIP's 77.
   if (value === undefined || value === null || (typeof value === 'number' && value >= NO_LIMIT)) return CLIP_CONTEXT;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 2) {
-    throw new InputError(`${configFile}: model_max_length`, 'is not usable', 'an integer of at least 2', describe(value));
+  // Above this the text encoder's position table is the bound anyway; ids padded that far only exhaust memory.
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 2 || value > MAX_TOKENS) {
+    throw new InputError(`${configFile}: model_max_length`, 'is not usable', `an integer from 2 to ${MAX_TOKENS} (or ${NO_LIMIT.toExponential(0)} and above for no limit)`, describe(value));
   }
   return value;
 }

@@ -1,4 +1,6 @@
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError } from '../errors.ts';
 
 /** Writes a file whole or not at all: a temporary file renamed over the target (no half-written output). */
 export function writeFileAtomically(file: string, data: string | Uint8Array): void {
@@ -10,4 +12,60 @@ export function writeFileAtomically(file: string, data: string | Uint8Array): vo
     fs.rmSync(tmp, { force: true });
     throw err;
   }
+}
+
+/**
+ * Checks, before any work, that `file` can be written the way writeFileAtomically writes it: its
+ * folder exists and takes a new file renamed into it (permissions, read-only mounts), and the
+ * name is not a folder or a read-only file. `flag` names the option in the error.
+ */
+export function checkOutputFile(file: string, flag: string): void {
+  const target = path.resolve(file);
+  const dir = path.dirname(target);
+  const stat = (p: string) => fs.statSync(p, { throwIfNoEntry: false });
+  const folder = stat(dir);
+  if (!folder) throw new InputError(flag, 'folder does not exist', 'an existing folder', dir);
+  if (!folder.isDirectory()) throw new InputError(flag, 'not a folder', 'an existing folder', dir);
+  const existing = stat(target);
+  if (existing?.isDirectory()) throw new InputError(flag, 'is a folder', 'a file name', target);
+  if (existing) {
+    try {
+      fs.accessSync(target, fs.constants.W_OK);
+    } catch {
+      throw new InputError(flag, 'cannot overwrite a read-only file', 'a writable file or a new name', target);
+    }
+  }
+  const probe = `${target}.probe-${process.pid}`;
+  try {
+    fs.writeFileSync(probe, '');
+    fs.renameSync(probe, `${probe}-renamed`);
+    fs.rmSync(`${probe}-renamed`);
+  } catch (err) {
+    fs.rmSync(probe, { force: true });
+    throw new InputError(flag, `cannot write into ${dir}`, 'a folder that takes new files', systemErrorReason(err));
+  }
+}
+
+const REASONS: Record<string, string> = {
+  EACCES: 'permission denied', EPERM: 'operation not permitted', EROFS: 'read-only file system', ENOSPC: 'no space left on the device',
+  EDQUOT: 'disk quota exceeded', ENOENT: 'no such file or folder', EISDIR: 'is a folder', ENOTDIR: 'a part of the path is not a folder',
+  EEXIST: 'already exists', EMFILE: 'too many open files', ENFILE: 'too many open files', EIO: 'input/output error',
+  ENAMETOOLONG: 'name too long', EXDEV: 'cannot rename across file systems', ELOOP: 'too many levels of symbolic links', EBUSY: 'busy',
+};
+
+/** An error from the operating system (fs, child processes): it has a string `code` such as EACCES. */
+export function isSystemError(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && /^E[A-Z]+$/.test((err as NodeJS.ErrnoException).code!);
+}
+
+/** "permission denied (EACCES)" for a system error; the message otherwise. */
+export function systemErrorReason(err: unknown): string {
+  if (!isSystemError(err)) return err instanceof Error ? err.message : String(err);
+  return `${Object.hasOwn(REASONS, err.code!) ? REASONS[err.code!] : err.message.replace(/^E[A-Z]+: /, '').replace(/,.*$/, '')} (${err.code})`;
+}
+
+/** One line for a system error: the path(s) it concerns, then the reason. */
+export function systemErrorLine(err: NodeJS.ErrnoException): string {
+  const paths = [err.path, (err as { dest?: string }).dest].filter((p): p is string => typeof p === 'string');
+  return `${paths.length ? `${paths.join(' → ')}: ` : ''}${systemErrorReason(err)}`;
 }

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError, describe } from '../errors.ts';
+import { own } from '../util/own.ts';
 
 export type Config = Record<string, unknown>;
 
@@ -100,6 +101,32 @@ function readOptional<T>(cfg: Config, key: string, where: string, expected: stri
   return value;
 }
 
+/**
+ * Ranges of the integer and number fields diffusers and transformers configs hold, by field name
+ * (the names are the libraries' own). Past them a config is broken, not large: a layer count of
+ * 65536 would build graphs for hours, 2³¹ train timesteps allocate gigabytes, a negative epsilon
+ * or padding fails inside ONNX Runtime. Fields not listed: integers within ±2²⁰.
+ */
+const FIELD_RANGES: Record<string, [number, number]> = {
+  layers_per_block: [1, 64], num_layers: [1, 1024], num_hidden_layers: [1, 1024], num_attention_heads: [1, 4096], num_heads: [1, 4096],
+  transformer_layers_per_block: [1, 64], norm_num_groups: [1, 4096], patch_size: [1, 64], sample_size: [1, 16_384],
+  num_train_timesteps: [1, 100_000], steps_offset: [0, 1000], downsample_padding: [0, 16], solver_order: [1, 3],
+  original_inference_steps: [1, 1000], relative_attention_num_buckets: [1, 4096], relative_attention_max_distance: [1, 1 << 20],
+  beta_start: [0, 1], beta_end: [0, 1], clip_sample_range: [0, 1e6], scaling_factor: [1e-6, 1e6], timestep_scaling: [0, 1e6],
+};
+const INT_RANGE: [number, number] = [-(2 ** 20), 2 ** 20];
+/** Epsilons (norm_eps, layer_norm_eps, layer_norm_epsilon): in (0, 1). */
+const isEpsilon = (key: string) => /(^|_)eps(ilon)?$/.test(key);
+
+function checkRange(where: string, key: string, value: number, integer: boolean): void {
+  if (isEpsilon(key)) {
+    if (!(value > 0 && value < 1)) throw wrongType(where, key, 'a number in (0, 1)', value);
+    return;
+  }
+  const [min, max] = own(FIELD_RANGES, key) ?? (integer ? INT_RANGE : [-Infinity, Infinity]);
+  if (value < min || value > max) throw wrongType(where, key, `${integer ? 'an integer' : 'a number'} from ${min} to ${max}`, value);
+}
+
 const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 const isInt = (v: unknown): v is number => Number.isSafeInteger(v);
 const isString = (v: unknown): v is string => typeof v === 'string';
@@ -111,20 +138,29 @@ const isPositiveInt = (v: unknown): v is number => isInt(v) && v > 0;
 const isPositiveIntList = (v: unknown): v is number[] => Array.isArray(v) && v.length > 0 && v.every(isPositiveInt);
 
 export function cfgNumber(cfg: Config, key: string, where: string, dflt?: number): number {
-  return read(cfg, key, where, 'a finite number', isNumber, dflt);
+  const value = read(cfg, key, where, 'a finite number', isNumber, dflt);
+  checkRange(where, key, value, false);
+  return value;
 }
 
 export function cfgInt(cfg: Config, key: string, where: string, dflt?: number): number {
-  return read(cfg, key, where, 'an integer', isInt, dflt);
+  const value = read(cfg, key, where, 'an integer', isInt, dflt);
+  checkRange(where, key, value, true);
+  return value;
 }
 
 /** Sizes and counts (channels, layers, heads): integers > 0. */
 export function cfgPositiveInt(cfg: Config, key: string, where: string, dflt?: number): number {
-  return read(cfg, key, where, 'a positive integer', isPositiveInt, dflt);
+  const value = read(cfg, key, where, 'a positive integer', isPositiveInt, dflt);
+  checkRange(where, key, value, true);
+  return value;
 }
 
 export function cfgPositiveIntList(cfg: Config, key: string, where: string, dflt?: number[]): number[] {
-  return [...read(cfg, key, where, 'a non-empty list of positive integers', isPositiveIntList, dflt)];
+  const values = [...read(cfg, key, where, 'a non-empty list of positive integers', isPositiveIntList, dflt)];
+  if (values.length > 64) throw wrongType(where, key, 'at most 64 entries', values);
+  for (const v of values) checkRange(where, key, v, true);
+  return values;
 }
 
 export function cfgString(cfg: Config, key: string, where: string, dflt?: string): string {
@@ -140,11 +176,15 @@ export function cfgStringList(cfg: Config, key: string, where: string, dflt?: st
 }
 
 export function cfgNumberList(cfg: Config, key: string, where: string, dflt?: number[]): number[] {
-  return [...read(cfg, key, where, 'a list of finite numbers', isNumberList, dflt)];
+  const values = [...read(cfg, key, where, 'a list of finite numbers', isNumberList, dflt)];
+  for (const v of values) checkRange(where, key, v, false);
+  return values;
 }
 
 export function cfgIntList(cfg: Config, key: string, where: string, dflt?: number[]): number[] {
-  return [...read(cfg, key, where, 'a list of integers', isIntList, dflt)];
+  const values = [...read(cfg, key, where, 'a list of integers', isIntList, dflt)];
+  for (const v of values) checkRange(where, key, v, true);
+  return values;
 }
 
 /** A string restricted to `allowed` (activation names, prediction types, ...). */
@@ -163,17 +203,23 @@ export function cfgIntOrIntList(cfg: Config, key: string, where: string, length:
   dflt?: number | number[]): number[] {
   const expected = `a positive integer or a list of ${length} positive integers`;
   const value = read(cfg, key, where, expected, (v): v is number | number[] => isPositiveInt(v) || isPositiveIntList(v), dflt);
+  const values = typeof value === 'number' ? [value] : value;
+  for (const v of values) checkRange(where, key, v, true);
   if (typeof value === 'number') return new Array<number>(length).fill(value);
   if (value.length !== length) throw wrongType(where, key, expected, value);
   return [...value];
 }
 
 export function cfgOptionalNumber(cfg: Config, key: string, where: string): number | undefined {
-  return readOptional(cfg, key, where, 'a finite number', isNumber);
+  const value = readOptional(cfg, key, where, 'a finite number', isNumber);
+  if (value !== undefined) checkRange(where, key, value, false);
+  return value;
 }
 
 export function cfgOptionalInt(cfg: Config, key: string, where: string): number | undefined {
-  return readOptional(cfg, key, where, 'an integer', isInt);
+  const value = readOptional(cfg, key, where, 'an integer', isInt);
+  if (value !== undefined) checkRange(where, key, value, true);
+  return value;
 }
 
 export function cfgOptionalString(cfg: Config, key: string, where: string): string | undefined {

@@ -1,0 +1,16 @@
+/** Library option names in CLI words: the library names its request options, the CLI its flags. */
+
+const FLAG_OF: Record<string, string> = {
+  prompt: '--prompt', negativePrompt: '--negative-prompt', steps: '--steps', guidanceScale: '--guidance', guidanceRescale: '--guidance-rescale',
+  scheduler: '--scheduler', seed: '--seed', width: '--width', height: '--height', imagesPerPrompt: '--batch', latents: '--latents',
+  accel: '--accel', classLabels: '--class', maxSequenceLength: '--max-sequence-length', resolutionBinning: '--resolution-binning',
+  device: '--device', threads: '--threads', memoryLimit: '--memory-limit',
+};
+
+/** "width/height: must be…" → "--width/--height: must be…"; "accel tgate:gate_step: …" → "--accel tgate:gate_step: …". */
+export function withFlagNames(message: string): string {
+  const m = /^[A-Za-z]+(?:\/[A-Za-z]+)*(?=[: ])/.exec(message);
+  const names = m ? m[0].split('/') : [];
+  if (!m || !names.every((n) => Object.hasOwn(FLAG_OF, n))) return message;
+  return names.map((n) => FLAG_OF[n]).join('/') + message.slice(m[0].length);
+}

@@ -1,0 +1,235 @@
+/**
+ * What a user of the CLI and the library may expect whatever they type: one clear line naming the
+ * flag or option (never a stack trace), checks before any work, bounded numbers, own-key lookups,
+ * no setting that silently does nothing, reproducible seeds per image, no leaked files.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createAccelerator, parseAccelSpec, toAccelSpecs } from '../src/accel/index.ts';
+import { describe } from '../src/errors.ts';
+import { modelName } from '../src/cli/generate.ts';
+import { withFlagNames } from '../src/cli/flag-names.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { OrtExecutor } from '../src/runtime/ort-executor.ts';
+import { readJsonObject } from '../src/weights/config.ts';
+import { parseUNetConfig } from '../src/models/unet2d-condition.ts';
+import { rejectsInputError, tempDir, throwsInputError } from './helpers/files.ts';
+
+const ROOT = path.join(import.meta.dirname, '..');
+const TINY = path.join(ROOT, 'test', 'fixtures', 'tiny-sd1');
+
+function diffuse(...args: string[]) {
+  const started = performance.now();
+  const run = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'diffuse.js'), ...args], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+  return { status: run.status, stdout: run.stdout, stderr: run.stderr, seconds: (performance.now() - started) / 1000 };
+}
+
+/** Exit 2 (or `status`), one line on stderr starting "diffuse: " with every fragment, no stack (after `progress` lines). */
+function refused(run: ReturnType<typeof diffuse>, fragments: string[], status = 2, progress = 0): void {
+  assert.equal(run.status, status, run.stderr);
+  const lines = run.stderr.trimEnd().split('\n').slice(progress);
+  assert.equal(lines.length, 1, `one line: ${run.stderr}`);
+  assert.match(lines[0], /^diffuse: /);
+  for (const f of fragments) assert.ok(lines[0].includes(f), `${JSON.stringify(f)} in ${lines[0]}`);
+}
+
+test('outputs are checked before any work: a missing folder, a folder as the file, a place that takes no files', (t) => {
+  const dir = tempDir(t);
+  fs.mkdirSync(path.join(dir, 'taken.png'));
+  const cases: [string, string[]][] = [
+    [path.join(dir, 'nope', 'x.png'), ['--out', 'folder does not exist']],
+    [path.join(dir, 'taken.png'), ['--out', 'is a folder']],
+    ['/proc/x.png', ['--out', 'cannot write into /proc']],
+  ];
+  for (const [out, fragments] of cases) {
+    // 1000 steps would take minutes: a refusal in seconds shows it came first.
+    const run = diffuse('generate', '--prompt', 'a red circle', '--steps', '1000', '--out', out, '--quiet');
+    refused(run, fragments);
+    assert.ok(run.seconds < 30, `refused after ${run.seconds.toFixed(1)} s`);
+  }
+  refused(diffuse('bench', '--preset', 'sd15', '--dry-run', '--json', path.join(dir, 'no', 'x.json')), ['--json', 'folder does not exist']);
+  refused(diffuse('generate', '--model', TINY, '--prompt', 'x', '--save-latents', '/proc/l.safetensors', '--out', path.join(dir, 'a.png')),
+    ['--save-latents', 'cannot write']);
+  assert.deepEqual(fs.readdirSync(dir), ['taken.png'], 'no probe or partial files left');
+});
+
+test('an error from the operating system is one line naming the path and the reason, exit 1, before the work', (t) => {
+  const file = path.join(tempDir(t), 'a-file');
+  fs.writeFileSync(file, '');
+  const run = diffuse('bench-generate', '--cache', path.join(file, 'cache'), '--size', '64', '--steps', '1', '--runs', '1');
+  refused(run, [path.join(file, 'cache'), 'a part of the path is not a folder (ENOTDIR)'], 1, 1);
+  assert.ok(run.seconds < 30, `refused after ${run.seconds.toFixed(1)} s`);
+});
+
+test('user text is looked up as own keys only: "toString", "constructor", "__proto__" are no method, knob or preset', () => {
+  for (const name of ['toString', 'constructor', '__proto__', 'hasOwnProperty']) {
+    throwsInputError(() => parseAccelSpec(`${name}:x=1`), 'accel', 'unknown method');
+    throwsInputError(() => parseAccelSpec(`tgate:${name}=1`), `accel tgate:${name}`, 'unknown key');
+    throwsInputError(() => toAccelSpecs([{ method: 'tgate', params: { [name]: 1 } }]), 'unknown key');
+  }
+  refused(diffuse('inspect', '--preset', 'toString'), ['--preset', 'unknown preset']);
+  refused(diffuse('bench', '--preset', 'constructor', '--dry-run'), ['--preset', 'unknown preset']);
+  refused(diffuse('generate', '--accel', 'valueOf', '--prompt', 'x'), ['--accel', 'unknown method']);
+});
+
+test('every number has a range: knobs, flags and config fields refuse values past it at once', async (t) => {
+  for (const [spec, where] of [['deepcache:uniform=false,pow=1e20', 'deepcache:pow'], ['tgate:gate_step=99999999999999999999', 'tgate:gate_step'],
+    ['tome:sx=1000000', 'tome:sx'], ['attn-reuse:max_map_memory=1e300', 'attn-reuse:max_map_memory']]) {
+    throwsInputError(() => parseAccelSpec(spec), `accel ${where}`, 'wrong value', '≤');
+  }
+  refused(diffuse('generate', '--prompt', 'x', '--threads', '1000'), ['--threads', 'from 1 to 256']);
+  refused(diffuse('generate', '--prompt', 'x', '--height', '9007199254740993'), ['--height', 'from 1 to 16384']);
+  refused(diffuse('inspect', '--preset', 'sd15', '--size', '100000'), ['--size']);
+  assert.throws(() => new OrtExecutor({ param: () => { throw new Error('unused'); } }, { threads: 1e6 }), /threads: wrong value/);
+
+  // Config fields: a layer count that would build graphs for hours, a negative epsilon or padding.
+  const unet = readJsonObject(path.join(TINY, 'unet', 'config.json'));
+  throwsInputError(() => parseUNetConfig({ ...unet, layers_per_block: 65536 }, 'unet/config.json'), 'layers_per_block', 'from 1 to 64', '65536');
+  throwsInputError(() => parseUNetConfig({ ...unet, norm_eps: -1e-5 }, 'unet/config.json'), 'norm_eps', 'in (0, 1)');
+  throwsInputError(() => parseUNetConfig({ ...unet, downsample_padding: -1 }, 'unet/config.json'), 'downsample_padding', 'from 0 to 16');
+  const dir = tempDir(t);
+  fs.cpSync(TINY, dir, { recursive: true });
+  const scheduler = path.join(dir, 'scheduler', 'scheduler_config.json');
+  fs.writeFileSync(scheduler, JSON.stringify({ ...readJsonObject(scheduler), num_train_timesteps: 2 ** 31 }));
+  const pipeline = await loadPipeline(dir);
+  try {
+    await rejectsInputError(() => pipeline.generate({ prompt: 'x', steps: 2, width: 32, height: 32 }), 'num_train_timesteps', 'from 1 to 100000');
+  } finally {
+    await pipeline.release();
+  }
+  const tokenizerConfig = path.join(dir, 'tokenizer', 'tokenizer_config.json');
+  fs.writeFileSync(tokenizerConfig, JSON.stringify({ ...readJsonObject(tokenizerConfig), model_max_length: 1e10 }));
+  await rejectsInputError(() => loadPipeline(dir), 'model_max_length', 'from 2 to 65536');
+});
+
+test('a flag given twice (or with its negation) is refused, not silently overridden', () => {
+  refused(diffuse('generate', '--prompt', 'a', '--prompt', 'b'), ['--prompt', 'given twice']);
+  refused(diffuse('generate', '--model', TINY, '--prompt', 'a', '--resolution-binning', '--no-resolution-binning'), ['--no-resolution-binning', 'given with --resolution-binning']);
+});
+
+test('--version prints the package version', () => {
+  const run = diffuse('--version');
+  assert.equal(run.status, 0);
+  assert.equal(run.stdout.trim(), JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version);
+});
+
+test('the library names its own options in errors (the CLI maps them to its flags) and takes method names, strings and objects', async () => {
+  const pipeline = await loadPipeline('reference');
+  try {
+    const base = { prompt: 'a red circle', steps: 2, output: 'latent' as const };
+    await rejectsInputError(() => pipeline.generate({ ...base, steps: '10' as unknown as number }), 'steps: wrong value', '"10" (a string)');
+    await rejectsInputError(() => pipeline.generate({ ...base, guidanceScale: NaN }), 'guidanceScale', 'found NaN');
+    await rejectsInputError(() => pipeline.generate({ ...base, accel: 'tgate' as unknown as string[] }), 'accel: wrong value');
+    await rejectsInputError(() => pipeline.generate({ ...base, accel: ['tomato'] }), 'accel: unknown method');
+    // diffusers ignores it silently; we say so.
+    const { warnings } = await pipeline.generate({ ...base, guidanceScale: 1, negativePrompt: 'blurry' });
+    assert.ok(warnings.some((w) => w.startsWith('negativePrompt has no effect')), warnings.join('; '));
+    // The same method three ways gives the same run.
+    const request = { ...base, steps: 6, seed: 3, scheduler: 'ddim' as const };
+    const byName = await pipeline.generate({ ...request, accel: ['tgate'] });
+    const byString = await pipeline.generate({ ...request, accel: ['tgate:gate_step=auto'] });
+    const byObject = await pipeline.generate({ ...request, accel: [{ method: 'tgate', params: { gate_step: 2 } }] });
+    assert.deepEqual(byName.latents.data, byString.latents.data);
+    assert.deepEqual(byName.latents.data, byObject.latents.data, 'auto is 2/5 of 6 calls, rounded: 2');
+  } finally {
+    await pipeline.release();
+  }
+  assert.equal(withFlagNames('steps: wrong value; expected an integer in [1, 1000], found "10" (a string)'), '--steps: wrong value; expected an integer in [1, 1000], found "10" (a string)');
+  assert.equal(withFlagNames('width/height: must be multiples of 8'), '--width/--height: must be multiples of 8');
+  assert.equal(withFlagNames('accel tgate:gate_step: wrong value'), '--accel tgate:gate_step: wrong value');
+  assert.equal(withFlagNames('/some/file.json: steps_offset: wrong value'), '/some/file.json: steps_offset: wrong value');
+  assert.equal(describe([1, NaN, { a: -Infinity }]), '[1,NaN,{"a":-Infinity}]');
+});
+
+test('settings that would do nothing are refused; defaults fit every scheduler and step count', async () => {
+  const pipeline = await loadPipeline('reference');
+  try {
+    const base = { prompt: 'a red circle', steps: 10, output: 'latent' as const, seed: 1 };
+    await rejectsInputError(() => pipeline.generate({ ...base, accel: ['tgate:gate_step=999'] }), 'accel tgate:gate_step', 'no model call after the gate', 'gate_step < 10');
+    await rejectsInputError(() => pipeline.generate({ ...base, accel: ['tgate:gate_step=10'] }), 'accel tgate:gate_step');
+    for (const scheduler of ['euler', 'pndm', 'ddim', 'dpm++2m'] as const) {
+      for (const accel of ['tgate', 'attn-reuse', 'deepcache', 'fora']) await pipeline.generate({ ...base, scheduler, accel: [accel] });
+    }
+  } finally {
+    await pipeline.release();
+  }
+  assert.ok(createAccelerator(['tgate', 'deepcache'], 4));
+});
+
+test('each image of a batch carries the seed that regenerates it alone (seed + index), ancestral noise included', async () => {
+  const pipeline = await loadPipeline(TINY);
+  try {
+    const request = { prompt: 'a red circle', steps: 3, width: 32, height: 32, output: 'latent' as const, scheduler: 'euler-a' as const };
+    const batch = await pipeline.generate({ ...request, seed: 5, imagesPerPrompt: 3 });
+    assert.deepEqual(batch.seeds, [5, 6, 7]);
+    const alone = await pipeline.generate({ ...request, seed: 7 });
+    const plane = alone.latents.data.length;
+    assert.deepEqual(batch.latents.data.subarray(2 * plane, 3 * plane), alone.latents.data);
+  } finally {
+    await pipeline.release();
+  }
+});
+
+test('PNGs record the model by name, not the user\'s folders', () => {
+  assert.equal(modelName('/home/me/models/my-sd15', '/home/me/models/my-sd15'), 'my-sd15');
+  assert.equal(modelName('/home/me/.cache/huggingface/hub/models--PixArt-alpha--PixArt-XL-2-512x512/snapshots/abc123', 'x'), 'PixArt-alpha/PixArt-XL-2-512x512');
+  assert.equal(modelName('/anything', undefined), 'reference');
+  assert.equal(modelName('/anything', 'reference'), 'reference');
+});
+
+test('a run that cannot fit in memory is refused with its estimate before it starts; the limit can be set', async (t) => {
+  const dir = tempDir(t);
+  let run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--width', '16384', '--height', '16384', '--out', path.join(dir, 'x.png'));
+  refused(run, ['--width/--height', 'needs about', 'attention scores', 'over the limit of', 'this machine\'s memory', 'found 16384x16384']);
+  assert.ok(run.seconds < 30, `refused after ${run.seconds.toFixed(1)} s`);
+  run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--width', '64', '--height', '64', '--memory-limit', '0.001', '--out', path.join(dir, 'x.png'));
+  refused(run, ['--width/--height', 'over the limit of 0.0 GiB']);
+  assert.deepEqual(fs.readdirSync(dir), []);
+});
+
+test('failed loads leave no file open; release() after a failed segment releases the rest', async (t) => {
+  const dir = tempDir(t);
+  fs.cpSync(TINY, dir, { recursive: true });
+  // The VAE config is broken: the U-Net's weights are open by the time it is read.
+  const vaeConfig = path.join(dir, 'vae', 'config.json');
+  fs.writeFileSync(vaeConfig, JSON.stringify({ ...readJsonObject(vaeConfig), layers_per_block: 0 }));
+  const open = () => fs.readdirSync('/proc/self/fd').length;
+  const before = open();
+  for (let i = 0; i < 20; i++) await rejectsInputError(() => loadPipeline(dir), 'layers_per_block');
+  assert.ok(open() <= before + 2, `file descriptors ${before} → ${open()}`);
+
+  const exec = new OrtExecutor({ param: (name, shape) => ({ name, shape, dtype: 'F32' }) }, { threads: 1 });
+  await assert.rejects(exec.run('broken', () => { throw new Error('cannot build'); }, {}), /cannot build/);
+  await exec.release();
+});
+
+test('Ctrl-C (SIGINT) stops a generation after the current step: exit 130, one line, no output file', async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'x.png');
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'diffuse.js'), 'generate', '--prompt', 'a red circle', '--steps', '1000', '--out', out],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  await new Promise((resolve) => setTimeout(resolve, 4000));
+  child.kill('SIGINT');
+  const status = await new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  assert.equal(status, 130, stderr);
+  assert.match(stderr.trim(), /^diffuse: interrupted \(SIGINT\)$/);
+  assert.deepEqual(fs.readdirSync(dir), []);
+});
+
+test('the package ships what users need (no tests, docs or stray images), and npm prints no config warning', () => {
+  const run = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  assert.doesNotMatch(run.stderr, /Unknown (project|user|env) config/);
+  const [info] = JSON.parse(run.stdout) as { size: number; files: { path: string }[] }[];
+  const files = info.files.map((f) => f.path);
+  assert.deepEqual(files.filter((f) => /^(test|docs|\.scratch|\.cache)\//.test(f) || (f.endsWith('.png') && !f.startsWith('assets/'))), []);
+  for (const needed of ['bin/diffuse.js', 'src/cli/main.ts', 'assets/reference-model/model_index.json', 'assets/clip-tokenizer/vocab.json']) {
+    assert.ok(files.includes(needed), `${needed} is shipped`);
+  }
+  assert.ok(info.size < 25e6, `packed size ${(info.size / 1e6).toFixed(1)} MB`);
+});
