@@ -12,6 +12,7 @@ import { createAccelerator, parseAccelSpec, toAccelSpecs } from '../src/accel/in
 import { describe } from '../src/errors.ts';
 import { modelName } from '../src/cli/generate.ts';
 import { withFlagNames } from '../src/cli/flag-names.ts';
+import { buildProgram } from '../src/cli/main.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readJsonObject } from '../src/weights/config.ts';
@@ -232,4 +233,37 @@ test('the package ships what users need (no tests, docs or stray images), and np
     assert.ok(files.includes(needed), `${needed} is shipped`);
   }
   assert.ok(info.size < 25e6, `packed size ${(info.size / 1e6).toFixed(1)} MB`);
+});
+
+test('one vocabulary: a flag shared by subcommands is spelled and shaped the same in each', () => {
+  // Allowed differences, each with its reason: a list where a command times several sizes, an
+  // optional file where JSON is the whole output, the kind of file an --out writes.
+  const variants: Record<string, string[]> = {
+    '--size': ['--size <WxH>', '--size <WxH,...>'], '--json': ['--json <file>', '--json [file]'], '--out': ['--out <file.png>', '--out <file.json>'],
+  };
+  const seen = new Map<string, Set<string>>();
+  for (const command of buildProgram().commands) {
+    for (const option of command.options) {
+      if (!seen.has(option.long!)) seen.set(option.long!, new Set());
+      seen.get(option.long!)!.add(option.flags);
+    }
+  }
+  for (const [long, flags] of seen) {
+    const allowed = variants[long] ?? [...flags].slice(0, 1);
+    for (const f of flags) assert.ok(allowed.includes(f), `${long}: ${[...flags].join(' | ')}`);
+  }
+  for (const command of ['inspect', 'bench', 'generate', 'bench-generate']) assert.ok(seen.get('--size')!.size > 0 && buildProgram().commands.find((c) => c.name() === command)!.options.some((o) => o.long === '--size'), `${command} takes --size`);
+});
+
+test('--size works in generate as in the other commands, and JSON goes to stdout with -', (t) => {
+  const dir = tempDir(t);
+  let run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--steps', '1', '--size', '48x32', '--out', path.join(dir, 'a.png'), '--quiet');
+  assert.equal(run.status, 0, run.stderr);
+  refused(diffuse('generate', '--model', TINY, '--prompt', 'x', '--size', '64', '--width', '64'), ['--size', 'given with --width/--height']);
+  run = diffuse('bench', '--preset', 'sd15', '--dry-run', '--size', '256', '--json', '-');
+  assert.equal(run.status, 0, run.stderr);
+  assert.ok(JSON.parse(run.stdout.slice(run.stdout.indexOf('\n{') + 1)));
+  run = diffuse('inspect', '--preset', 'sd15', '--json', path.join(dir, 'sd15.json'));
+  assert.equal(run.status, 0, run.stderr);
+  assert.ok(JSON.parse(fs.readFileSync(path.join(dir, 'sd15.json'), 'utf8')));
 });

@@ -7,7 +7,7 @@
  */
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
-import { writeFileAtomically } from '../util/files.ts';
+import { writeFileAtomically, writeOutput } from '../util/files.ts';
 import { createAccelerator, formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { calflopsMacs, fullMacs, type MacCount } from '../graph/builder.ts';
 import { drawLabel, labelWidth } from '../image/label.ts';
@@ -150,7 +150,7 @@ export async function bench(o: BenchOptions): Promise<void> {
   createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
   const macs = await dryRun(o);
   if (o.dryRun) {
-    if (o.json) writeFileAtomically(o.json, JSON.stringify({ ...o, ...macs }, null, 2));
+    if (o.json) writeOutput(o.json, JSON.stringify({ ...o, ...macs }, null, 2));
     return;
   }
 
@@ -193,7 +193,7 @@ export async function bench(o: BenchOptions): Promise<void> {
     writeFileAtomically(o.out, encodePng(image.data, image.width, image.height, { 'diffusion.ts': JSON.stringify({ rows, ...o, accel: o.accel.map(formatAccelSpec) }) }));
     console.log(`  comparison image: ${o.out}`);
     if (o.json) {
-      writeFileAtomically(o.json, JSON.stringify({ model: path.resolve(o.model!), width, height, steps: o.steps, runs: o.runs, rows,
+      writeOutput(o.json, JSON.stringify({ model: path.resolve(o.model!), width, height, steps: o.steps, runs: o.runs, rows,
         seconds: { baseline: base.seconds, accelerated: fast.seconds }, accel: o.accel.map(formatAccelSpec) }, null, 2));
     }
   } finally {
@@ -217,7 +217,7 @@ async function benchFidelity(o: BenchOptions): Promise<void> {
   console.log(formatFidelity(result, options));
   if (o.json) {
     const rows = result.rows.map((r) => ({ ...r, accel: r.accel.map(formatAccelSpec) }));
-    writeFileAtomically(o.json, JSON.stringify({ model: path.resolve(o.model), width: result.width, height: result.height, steps: o.steps,
+    writeOutput(o.json, JSON.stringify({ model: path.resolve(o.model), width: result.width, height: result.height, steps: o.steps,
       scheduler: o.scheduler ?? null, guidance: o.guidance, seed: o.seed, threads: o.threads ?? null, prompts, chanceAdherence: result.chanceAdherence, rows }, null, 2));
   }
 }

@@ -5,7 +5,7 @@
  */
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
-import { writeFileAtomically } from '../util/files.ts';
+import { writeOutput } from '../util/files.ts';
 import { loadPipeline, type GenerateResult } from '../pipelines/stable-diffusion.ts';
 import { ensureRandomPipelineFolder } from './random-folder.ts';
 import { runReferenceScript } from './reference-script.ts';
@@ -73,5 +73,5 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<void> {
       `${(torchBest.total / best.total).toFixed(2)}× (denoising alone ${(torchBest.denoising / best.denoising).toFixed(2)}×)`);
     result.pytorch = { runs: timed, best: torchBest };
   }
-  if (o.json) writeFileAtomically(o.json, JSON.stringify(result, null, 2));
+  if (o.json) writeOutput(o.json, JSON.stringify(result, null, 2));
 }

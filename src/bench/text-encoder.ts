@@ -11,7 +11,7 @@ import { InputError } from '../errors.ts';
 import { loadT5Encoder } from '../models/components.ts';
 import { TRANSFORMER_PRESETS } from '../models/presets.ts';
 import { OrtExecutor, retainSessionsFor } from '../runtime/ort-executor.ts';
-import { writeFileAtomically } from '../util/files.ts';
+import { writeOutput } from '../util/files.ts';
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { ensureRandomTextEncoderFolder } from './random-folder.ts';
@@ -83,7 +83,7 @@ export async function benchTextEncoder(o: BenchTextEncoderOptions): Promise<void
   await exec.release();
   weights.close();
   if (o.json) {
-    writeFileAtomically(o.json, JSON.stringify({
+    writeOutput(o.json, JSON.stringify({
       preset: o.preset, dtype: o.dtype, batch: o.batch, tokens, threads: o.threads, sessions: retain ? 'kept' : 'released',
       parameters: fp32 / 4, float32Bytes: fp32, machineBytes: os.totalmem(), date: new Date().toISOString(), runs,
     }, null, 2));

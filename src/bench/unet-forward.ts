@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
 import { runReferenceScript } from './reference-script.ts';
-import { writeFileAtomically } from '../util/files.ts';
+import { writeOutput } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadTransformer, loadUNet } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
@@ -254,7 +254,7 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
       Object.assign(r, { pytorch: p });
     }
   }
-  if (o.json) writeFileAtomically(o.json, JSON.stringify(results, null, 2));
+  if (o.json) writeOutput(o.json, JSON.stringify(results, null, 2));
 }
 
 interface PyTorchTiming {

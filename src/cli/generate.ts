@@ -33,6 +33,8 @@ export interface GenerateFlags {
   seed?: number;
   width?: number;
   height?: number;
+  /** --size WxH: the same as --width and --height. */
+  size?: [number, number];
   batch?: number;
   latents?: string;
   saveLatents?: string;
@@ -68,6 +70,7 @@ const ONLY: [keyof GenerateFlags, string, Family[]][] = [
   ['negativePrompt', '--negative-prompt', ['stable-diffusion', 'pixart']],
   ['guidanceRescale', '--guidance-rescale', ['stable-diffusion']],
   ['width', '--width', ['stable-diffusion', 'pixart']],
+  ['size', '--size', ['stable-diffusion', 'pixart']],
   ['height', '--height', ['stable-diffusion', 'pixart']],
   ['batch', '--batch', ['stable-diffusion', 'pixart']],
   ['class', '--class', ['dit']],
@@ -136,6 +139,11 @@ export function outputNames(out: string, count: number): string[] {
 }
 
 function checkFlags(f: GenerateFlags): Device {
+  if (f.size) {
+    if (f.width !== undefined || f.height !== undefined) throw new InputError('--size', 'given with --width/--height', 'one of them', `${f.size[0]}x${f.size[1]}`);
+    [f.width, f.height] = f.size;
+    f.size = undefined;
+  }
   if (f.device !== 'cpu' && f.device !== 'webgpu') throw new InputError('--device', 'unknown device', 'cpu or webgpu', f.device);
   if (path.extname(f.out).toLowerCase() !== '.png') throw new InputError('--out', 'output must be a PNG file', 'a name ending in .png', f.out);
   return f.device;

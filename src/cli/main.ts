@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { InputError, Interrupted } from '../errors.ts';
 import { withFlagNames } from './flag-names.ts';
-import { checkOutputFile, isSystemError, systemErrorLine } from '../util/files.ts';
+import { checkOutputFile, isSystemError, systemErrorLine, writeOutput } from '../util/files.ts';
 import { inspect } from './inspect.ts';
 import { benchTransformer, benchUNet } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
@@ -87,6 +87,13 @@ export function parseSize(value: string): [number, number] {
   return [width, height];
 }
 
+/** A square size for commands that time square images: "256" or "256x256". */
+function squareSize(value: string): number {
+  const [width, height] = parseSize(value);
+  if (width !== height) throw new InvalidArgumentError(`--size expects a square size here, got "${value}"`);
+  return width;
+}
+
 function sizeList(value: string): [number, number][] {
   return value.split(',').map(parseSize);
 }
@@ -107,7 +114,7 @@ export function buildProgram(): Command {
     .hook('preAction', (_program, command) => {
       const opts = command.opts();
       for (const [key, flag] of OUTPUT_FLAGS) {
-        if (typeof opts[key] === 'string' && !(key === 'out' && opts.dryRun)) checkOutputFile(opts[key], flag);
+        if (typeof opts[key] === 'string' && opts[key] !== '-' && !(key === 'out' && opts.dryRun)) checkOutputFile(opts[key], flag);
       }
     });
 
@@ -118,10 +125,11 @@ export function buildProgram(): Command {
     .option('--preset <name>', `use a built-in config instead of a folder (${PRESET_NAMES.join(', ')}); needs no weights`)
     .option('--size <WxH>', 'image size in pixels (default: the model\'s native size)', parseSize)
     .option('--batch <n>', 'batch size', positiveInt('--batch', LIMITS.imagesPerPrompt), 1)
-    .option('--json', 'print JSON instead of text', false)
-    .action(async (dir: string | undefined, opts: { preset?: string; size?: [number, number]; batch: number; json: boolean }) => {
+    .option('--json [file]', 'write JSON to the file instead of text (to stdout without one, or with -)')
+    .action(async (dir: string | undefined, opts: { preset?: string; size?: [number, number]; batch: number; json?: string | true }) => {
       const [width, height] = opts.size ?? [];
-      console.log(await inspect(dir, { preset: opts.preset, width, height, batch: opts.batch, json: opts.json }));
+      const text = await inspect(dir, { preset: opts.preset, width, height, batch: opts.batch, json: opts.json !== undefined });
+      writeOutput(typeof opts.json === 'string' ? opts.json : '-', text);
     });
 
   program
@@ -136,6 +144,7 @@ export function buildProgram(): Command {
     .option('--guidance-rescale <r>', 'diffusers guidance_rescale in [0, 1] (default 0)', number('--guidance-rescale', 0))
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--seed <s>', 'seed of our noise generator (default: random, printed)', seed)
+    .option('--size <WxH>', 'image size in pixels, N or WxH (the same as --width and --height)', parseSize)
     .option('--width <w>', 'image width in pixels, a multiple of the model\'s VAE factor (8 for Stable Diffusion; times the patch size for PixArt) (default: the model\'s size)', positiveInt('--width', LIMITS.size))
     .option('--height <h>', 'image height in pixels, the same multiple', positiveInt('--height', LIMITS.size))
     .option('--batch <n>', 'images per prompt', positiveInt('--batch', LIMITS.imagesPerPrompt))
@@ -161,20 +170,20 @@ export function buildProgram(): Command {
     .option('--model <dir>', 'diffusers pipeline folder, or "reference" (the embedded model)')
     .option('--preset <name>', `built-in config (${PRESET_NAMES.join(', ')}); with --dry-run only`)
     .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
-    .option('--steps <n>', 'denoising steps', positiveInt('--steps', LIMITS.steps), 25)
-    .option('--size <WxH>', 'image size (default: the model\'s native size)', parseSize)
+    .option('--steps <n>', 'denoising steps (default 25: the TGATE paper\'s tables)', positiveInt('--steps', LIMITS.steps), 25)
+    .option('--size <WxH>', 'image size in pixels, N or WxH (default: the model\'s native size)', parseSize)
     .option('--batch <n>', 'images per run', positiveInt('--batch', LIMITS.imagesPerPrompt), 1)
     .option('--runs <n>', 'timed runs per setting (the best counts)', positiveInt('--runs'), 1)
     .option('--warmup <n>', 'untimed runs per setting first (they create the ORT sessions)', (v: string) => (v === '0' ? 0 : positiveInt('--warmup')(v)), 1)
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
-    .option('--seed <s>', 'seed shared by both settings', seed, 0)
+    .option('--seed <s>', 'seed shared by both settings (default 0: measurements repeat)', seed, 0)
     .option('--prompt <text>', 'prompt', 'a photo of an astronaut riding a horse on mars')
     .option('--dry-run', 'count MACs from the configs only; no weights are read, nothing runs', false)
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
-    .option('--json <file>', 'also write results as JSON')
+    .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
     .option('--prompts <file>', 'with --fidelity: one prompt per line (default: the reference model\'s held-out captions)')
     .option('--count <n>', 'with --fidelity: the first N prompts only', positiveInt('--count'))
@@ -190,13 +199,13 @@ export function buildProgram(): Command {
     .description('search a method\'s discrete knobs for the images closest to the unaccelerated ones (PHAST for attn-reuse)')
     .option('--model <dir>', 'diffusers pipeline folder, or "reference" (default)')
     .option('--method <name>', 'method to tune (attn-reuse)', 'attn-reuse')
-    .option('--steps <n>', 'denoising steps', positiveInt('--steps', LIMITS.steps), 20)
+    .option('--steps <n>', 'denoising steps (default 20: the attention-reuse paper\'s)', positiveInt('--steps', LIMITS.steps), 20)
     .option('--reuse <r>', 'attn-reuse: model calls that reuse maps', positiveInt('--reuse'), 10)
     .option('--prompts <file>', 'one prompt per line (default: the reference model\'s held-out captions)')
     .option('--count <n>', 'the first N prompts only', positiveInt('--count'), 4)
     .option('--epsilon <dB>', 'a move must raise the mean PSNR by more than this', number('--epsilon', 0), 0.01)
     .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
-    .option('--seed <s>', 'seed of the first prompt (the next get +1, +2, ...)', seed, 0)
+    .option('--seed <s>', 'seed of the first prompt, the next get +1, +2, ... (default 0: searches repeat)', seed, 0)
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.json>', 'where the schedule goes (rewritten after every round)', 'schedule.json')
@@ -209,13 +218,13 @@ export function buildProgram(): Command {
     .command('bench-unet')
     .description('time one U-Net forward of a preset architecture with seeded random weights, against ORT\'s own conv/MatMul rate')
     .option('--preset <name>', 'architecture (sd15, sd21)', 'sd15')
-    .option('--size <list>', 'image sizes, comma-separated', sizeList, [[256, 256], [512, 512]] as [number, number][])
+    .option('--size <WxH,...>', 'image sizes, N or WxH, comma-separated', sizeList, [[256, 256], [512, 512]] as [number, number][])
     .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
     .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--profile', 'print time per segment kind', false)
-    .option('--json <file>', 'also write results as JSON')
+    .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts) => {
       await benchUNet(opts);
@@ -225,13 +234,13 @@ export function buildProgram(): Command {
     .command('bench-transformer')
     .description('time one PixArt transformer forward of a preset (seeded random weights, 120 or 300 T5 tokens), against ORT\'s own MatMul rate')
     .option('--preset <name>', 'architecture (pixart-alpha-1024, pixart-alpha-512, pixart-sigma-1024)', 'pixart-alpha-1024')
-    .option('--size <list>', 'image sizes, comma-separated', sizeList, [[512, 512], [1024, 1024]] as [number, number][])
+    .option('--size <WxH,...>', 'image sizes, N or WxH, comma-separated', sizeList, [[512, 512], [1024, 1024]] as [number, number][])
     .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
     .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--profile', 'print time per segment kind', false)
-    .option('--json <file>', 'also write results as JSON')
+    .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts) => {
       await benchTransformer(opts);
@@ -248,7 +257,7 @@ export function buildProgram(): Command {
     .option('--sessions <policy>', 'keep the sessions, release each after use, or auto (release when the encoder is over a quarter of memory)',
       oneOf('--sessions', ['auto', 'keep', 'release'] as const), 'auto')
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
-    .option('--json <file>', 'also write results as JSON')
+    .option('--json <file>', 'also write results as JSON (- for stdout)')
     .action(async (opts) => {
       await benchTextEncoder(opts);
     });
@@ -257,13 +266,13 @@ export function buildProgram(): Command {
     .command('bench-generate')
     .description('time a whole text-to-image run of a preset architecture with seeded random weights (text, denoising, decoding)')
     .option('--preset <name>', 'architecture (sd15, sd21)', 'sd15')
-    .option('--size <n>', 'image size in pixels (square)', positiveInt('--size', LIMITS.size), 256)
-    .option('--steps <n>', 'denoising steps', positiveInt('--steps', LIMITS.steps), 10)
+    .option('--size <WxH>', 'image size in pixels, N or NxN (square)', squareSize, 256)
+    .option('--steps <n>', 'denoising steps (default 10: a timing, not an image)', positiveInt('--steps', LIMITS.steps), 10)
     .option('--guidance <g>', 'CFG scale', number('--guidance'), 7.5)
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
     .option('--runs <n>', 'timed runs after one warm-up run', positiveInt('--runs'), 2)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
-    .option('--json <file>', 'also write results as JSON')
+    .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch on the same folder, in this run')
     .action(async (opts) => {
       await benchGenerate(opts);

@@ -14,6 +14,12 @@ export function writeFileAtomically(file: string, data: string | Uint8Array): vo
   }
 }
 
+/** A --json / --out target: "-" is standard output, anything else a file written whole. */
+export function writeOutput(target: string, data: string): void {
+  if (target === '-') process.stdout.write(data.endsWith('\n') ? data : `${data}\n`);
+  else writeFileAtomically(target, data);
+}
+
 /**
  * Checks, before any work, that `file` can be written the way writeFileAtomically writes it: its
  * folder exists and takes a new file renamed into it (permissions, read-only mounts), and the
