@@ -1,0 +1,115 @@
+/**
+ * Seeded fuzzing of what users type and what files hold: `--accel` specs, model configs (parsed,
+ * then run on shapes as `bench --dry-run` and the memory estimate do) and scheduler configs. Each
+ * case must succeed or end in one InputError, quickly. FUZZ_CASES scales it (`npm run fuzz` runs
+ * many more cases than CI).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { METHODS, parseAccelSpec } from '../src/accel/index.ts';
+import { InputError } from '../src/errors.ts';
+import { AutoencoderKL, parseAutoencoderKLConfig } from '../src/models/autoencoder-kl.ts';
+import { PixArtTransformer2DModel, parsePixArtConfig } from '../src/models/pixart-transformer-2d.ts';
+import { PRESETS, TRANSFORMER_PRESETS } from '../src/models/presets.ts';
+import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
+import { DryExecutor } from '../src/runtime/dry-executor.ts';
+import { shaped } from '../src/runtime/executor.ts';
+import { createScheduler, SCHEDULER_NAMES } from '../src/schedulers/index.ts';
+import type { Config } from '../src/weights/config.ts';
+
+const CASES = Number(process.env.FUZZ_CASES ?? 150);
+
+/** mulberry32: small, fast, seedable. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const rand = prng(0xf022ed);
+const int = (n: number) => Math.floor(rand() * n);
+const pick = <T>(items: readonly T[]): T => items[int(items.length)];
+
+const PROTOTYPE_NAMES = ['toString', 'constructor', '__proto__', 'valueOf', 'hasOwnProperty', 'prototype'];
+const WEIRD_NUMBERS = [-1, 0, 0.5, 1, 2, 3, 7, 64, 1000, 65536, 2 ** 31, 2 ** 53 + 2, 1e20, 1e300, -1e300, NaN, Infinity, -Infinity, -0.0001];
+const WEIRD_VALUES: unknown[] = [...WEIRD_NUMBERS, '3', '', 'toString', null, true, false, [], {}, [1, 2], [0], [-1, 4], { a: 1 }];
+const NUMBER_TEXT = ['0', '1', '-1', '2.5', '1e20', '1e300', '99999999999999999999', 'NaN', 'Infinity', '0x10', '', ' 3', '3 ', 'auto', 'true', '1e-320'];
+
+/** Runs `fn` and accepts success or an InputError; anything else, or a slow case, fails with the case. */
+async function expectTypedOrSuccess(label: string, fn: () => unknown): Promise<void> {
+  const started = performance.now();
+  try {
+    await fn();
+  } catch (err) {
+    if (!(err instanceof InputError)) throw new Error(`${label}: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
+    assert.ok(!err.message.includes('\n'), `${label}: one line: ${err.message}`);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  assert.ok(seconds < 10, `${label}: took ${seconds.toFixed(1)} s`);
+}
+
+/** `base` with 1–3 fields replaced (or added) by weird values. */
+function mutate(base: Config): { config: Config; changes: string } {
+  const config: Config = { ...base };
+  const keys = Object.keys(base);
+  const changes: string[] = [];
+  for (let n = 1 + int(3); n > 0; n--) {
+    const key = rand() < 0.9 ? pick(keys) : pick(PROTOTYPE_NAMES);
+    const value = pick(WEIRD_VALUES);
+    config[key] = value;
+    changes.push(`${key}=${JSON.stringify(value) ?? String(value)}`);
+  }
+  return { config, changes: changes.join(', ') };
+}
+
+test(`--accel specs: ${CASES} generated specs are parsed or refused by name`, async () => {
+  const methods = [...Object.keys(METHODS), ...PROTOTYPE_NAMES, 'TGATE', ''];
+  for (let i = 0; i < CASES; i++) {
+    const method = pick(methods);
+    const knobs = Object.hasOwn(METHODS, method) ? Object.keys(METHODS[method].knobs) : ['x'];
+    const pairs = Array.from({ length: int(4) }, () => `${rand() < 0.85 ? pick(knobs) : pick(PROTOTYPE_NAMES)}=${pick(NUMBER_TEXT)}`);
+    const spec = pairs.length ? `${method}:${pairs.join(',')}` : method;
+    await expectTypedOrSuccess(spec, () => parseAccelSpec(spec));
+  }
+});
+
+test(`model configs: ${CASES} mutated U-Net, VAE and PixArt configs are refused by name or run on shapes`, async () => {
+  const sd15 = PRESETS.sd15;
+  const pixart = TRANSFORMER_PRESETS['pixart-alpha-512'];
+  for (let i = 0; i < CASES; i++) {
+    const kind = pick(['unet', 'vae', 'pixart'] as const);
+    const { config, changes } = mutate(kind === 'unet' ? sd15.unet : kind === 'vae' ? sd15.vae : pixart.transformer);
+    await expectTypedOrSuccess(`${kind}: ${changes}`, async () => {
+      const exec = new DryExecutor();
+      if (kind === 'unet') {
+        await new UNet2DConditionModel(parseUNetConfig(config, 'unet/config.json')).forwardShapes(exec, { batch: 1, latentHeight: 8, latentWidth: 8 });
+      } else if (kind === 'vae') {
+        const vae = new AutoencoderKL(parseAutoencoderKLConfig(config, 'vae/config.json'));
+        await vae.decode(exec, shaped([1, vae.config.latentChannels, 4, 4]));
+      } else {
+        await new PixArtTransformer2DModel(parsePixArtConfig(config, 'transformer/config.json')).forwardShapes(exec, { batch: 1, latentHeight: 8, latentWidth: 8, tokens: 8 });
+      }
+    });
+  }
+});
+
+test(`scheduler configs: ${CASES} mutated configs give timesteps or one InputError`, async () => {
+  const base: Config = {
+    _class_name: 'DDIMScheduler', num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear',
+    prediction_type: 'epsilon', steps_offset: 1, set_alpha_to_one: false, clip_sample: false, timestep_spacing: 'leading',
+  };
+  for (let i = 0; i < CASES; i++) {
+    const { config, changes } = mutate(base);
+    const name = rand() < 0.5 ? undefined : pick([...SCHEDULER_NAMES, 'toString'] as string[]);
+    const steps = pick([1, 2, 10, 50, 1000]);
+    await expectTypedOrSuccess(`${name ?? 'folder'} ${steps} steps: ${changes}`, () => {
+      const scheduler = createScheduler({ name: name as never, config, configFile: 'scheduler/scheduler_config.json', steps });
+      assert.ok(scheduler.timesteps.length > 0);
+    });
+  }
+});
