@@ -18,6 +18,7 @@ import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readJsonObject } from '../src/weights/config.ts';
 import { parseUNetConfig } from '../src/models/unet2d-condition.ts';
 import { rejectsInputError, tempDir, throwsInputError } from './helpers/files.ts';
+import { pngText } from './helpers/png.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const TINY = path.join(ROOT, 'test', 'fixtures', 'tiny-sd1');
@@ -266,4 +267,20 @@ test('--size works in generate as in the other commands, and JSON goes to stdout
   run = diffuse('inspect', '--preset', 'sd15', '--json', path.join(dir, 'sd15.json'));
   assert.equal(run.status, 0, run.stderr);
   assert.ok(JSON.parse(fs.readFileSync(path.join(dir, 'sd15.json'), 'utf8')));
+});
+
+test('generate takes a seed list or range and a prompts file: one run per seed, each PNG with its own prompt and seed', (t) => {
+  const dir = tempDir(t);
+  const prompts = path.join(dir, 'prompts.txt');
+  fs.writeFileSync(prompts, 'a red circle\n\n# a comment\na blue square\n');
+  const run = diffuse('generate', '--model', TINY, '--prompts', prompts, '--seed', '3,10-11', '--steps', '1', '--size', '32', '--out', path.join(dir, 'x.png'), '--quiet');
+  assert.equal(run.status, 0, run.stderr);
+  const pngs = fs.readdirSync(dir).filter((f) => f.endsWith('.png')).sort((a, b) => Number(/-(\d+)/.exec(a)![1]) - Number(/-(\d+)/.exec(b)![1]));
+  assert.equal(pngs.length, 6);
+  const settings = pngs.map((f) => JSON.parse(pngText(new Uint8Array(fs.readFileSync(path.join(dir, f))))['diffusion.ts']) as { prompt: string; seed: number });
+  // Per run: the prompts in file order, image b with seed + b.
+  assert.deepEqual(settings.map((s) => [s.prompt, s.seed]),
+    [['a red circle', 3], ['a blue square', 4], ['a red circle', 10], ['a blue square', 11], ['a red circle', 11], ['a blue square', 12]]);
+  refused(diffuse('generate', '--prompt', 'x', '--prompts', prompts), ['--prompts', 'given with --prompt']);
+  refused(diffuse('generate', '--prompt', 'x', '--seed', '5-2'), ['--seed']);
 });

@@ -15,6 +15,7 @@ import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
+import { readPromptFile } from '../scenes/captions.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import type { Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
@@ -25,12 +26,15 @@ import { own } from '../util/own.ts';
 export interface GenerateFlags {
   model?: string;
   prompt?: string;
+  /** A file of prompts, one per line. */
+  prompts?: string;
   negativePrompt?: string;
   steps?: number;
   guidance?: number;
   guidanceRescale?: number;
   scheduler?: SchedulerName;
-  seed?: number;
+  /** One run per seed. */
+  seed?: number[];
   width?: number;
   height?: number;
   /** --size WxH: the same as --width and --height. */
@@ -67,6 +71,7 @@ const DEFAULTS: Record<Family, { steps: number; guidance: number }> = {
 };
 const ONLY: [keyof GenerateFlags, string, Family[]][] = [
   ['prompt', '--prompt', ['stable-diffusion', 'pixart']],
+  ['prompts', '--prompts', ['stable-diffusion', 'pixart']],
   ['negativePrompt', '--negative-prompt', ['stable-diffusion', 'pixart']],
   ['guidanceRescale', '--guidance-rescale', ['stable-diffusion']],
   ['width', '--width', ['stable-diffusion', 'pixart']],
@@ -101,7 +106,8 @@ function familyOf(folder: PipelineFolder, f: GenerateFlags): Family {
       throw new InputError(flag, `does not apply to a ${folder.className}`, family === 'dit' ? '--class for DiT (class-conditional)' : 'no such flag', String(f[key]));
     }
   }
-  if (family === 'dit' ? f.class === undefined : f.prompt === undefined) {
+  if (f.prompt !== undefined && f.prompts !== undefined) throw new InputError('--prompts', 'given with --prompt', 'one of them', f.prompts);
+  if (family === 'dit' ? f.class === undefined : f.prompt === undefined && f.prompts === undefined) {
     throw new InputError(family === 'dit' ? '--class' : '--prompt', family === 'dit' ? 'no class given' : 'no prompt given',
       family === 'dit' ? 'class ids or names, e.g. 207,360' : 'some text');
   }
@@ -150,32 +156,35 @@ function checkFlags(f: GenerateFlags): Device {
 }
 
 /** Every file the run will write, checked before any work starts. */
-function checkOutputs(f: GenerateFlags, family: Family): void {
-  const images = family === 'dit' ? classLabels(f.class!).length : (f.batch ?? 1);
-  for (const name of outputNames(f.out, images)) checkOutputFile(name, '--out');
+function checkOutputs(f: GenerateFlags, family: Family, subjects: string[]): string[] {
+  const perRun = family === 'dit' ? subjects.length : subjects.length * (f.batch ?? 1);
+  const names = outputNames(f.out, perRun * (f.seed?.length ?? 1));
+  for (const name of names) checkOutputFile(name, '--out');
   if (f.saveLatents) checkOutputFile(f.saveLatents, '--save-latents');
+  if (f.saveLatents && (f.seed?.length ?? 1) > 1) throw new InputError('--save-latents', 'keeps the latents of one run', 'one --seed', `${f.seed!.length} seeds`);
+  return names;
 }
 
 /** Starts the generation the folder's family does, with the flags that apply to it. */
 async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined,
-  onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<{ run: () => Promise<Generated>; release: () => Promise<void> }> {
+  onStep: (s: StepInfo) => void, signal: AbortSignal, prompts: string[]): Promise<{ run: (seed?: number) => Promise<Generated>; release: () => Promise<void> }> {
   const runtime = { device, threads: f.threads, variant: f.variant };
   const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;
-  const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, seed: f.seed, latents, accel: f.accel, onStep, signal, memoryLimit };
+  const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, latents, accel: f.accel, onStep, signal, memoryLimit };
   if (family === 'dit') {
     const pipeline = loadDiTPipeline(folder, runtime);
-    return { run: () => pipeline.generate({ ...common, classLabels: classLabels(f.class!) }), release: () => pipeline.release() };
+    return { run: (seed) => pipeline.generate({ ...common, seed, classLabels: classLabels(f.class!) }), release: () => pipeline.release() };
   }
-  const text = { ...common, prompt: f.prompt!, negativePrompt: f.negativePrompt, width: f.width, height: f.height, imagesPerPrompt: f.batch };
+  const text = { ...common, prompt: prompts, negativePrompt: f.negativePrompt, width: f.width, height: f.height, imagesPerPrompt: f.batch };
   if (family === 'pixart') {
     const pipeline = loadPixArtPipeline(folder, runtime);
     return {
-      run: () => pipeline.generate({ ...text, maxSequenceLength: f.maxSequenceLength, resolutionBinning: f.resolutionBinning }),
+      run: (seed) => pipeline.generate({ ...text, seed, maxSequenceLength: f.maxSequenceLength, resolutionBinning: f.resolutionBinning }),
       release: () => pipeline.release(),
     };
   }
   const pipeline = await loadPipeline(folder.dir, runtime);
-  return { run: () => pipeline.generate({ ...text, guidanceRescale: f.guidanceRescale }), release: () => pipeline.release() };
+  return { run: (seed) => pipeline.generate({ ...text, seed, guidanceRescale: f.guidanceRescale }), release: () => pipeline.release() };
 }
 
 export async function generate(f: GenerateFlags): Promise<void> {
@@ -198,54 +207,64 @@ export async function generate(f: GenerateFlags): Promise<void> {
     const latents = f.latents ? readLatentsFile(f.latents) : undefined;
     const folder = readPipelineFolder(modelFolder(f.model));
     const family = familyOf(folder, f);
-    checkOutputs(f, family);
+    // What each image of a run shows: a prompt (repeated --batch times) or a DiT class.
+    const subjects = family === 'dit' ? classLabels(f.class!).map((l) => `class ${l}`) : f.prompts ? readPromptFile(f.prompts) : [f.prompt!];
+    const names = checkOutputs(f, family, subjects);
     const showProgress = !f.quiet && process.stderr.isTTY;
     bar = showProgress ? new SingleBar({ format: 'denoising {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}', hideCursor: true, stream: process.stderr }) : undefined;
-    const started = performance.now();
+    let started = performance.now();
     const onStep = (s: StepInfo) => {
       if (!bar) return;
-      if (s.step === 1) bar.start(s.steps, 0, { rate: '-' });
+      if (s.step === 1) {
+        started = performance.now();
+        bar.start(s.steps, 0, { rate: '-' });
+      }
       bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
     };
-    job = await start(folder, family, f, device, latents, onStep, abort.signal);
-    const result: Generated = await job.run();
-    bar?.stop();
-    for (const w of result.warnings) process.stderr.write(`warning: ${withFlagNames(w)}\n`);
-    // writeSafetensors writes through a temporary file itself.
-    if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });
-    const names = outputNames(f.out, result.images.length);
-    const [image] = result.images;
+    job = await start(folder, family, f, device, latents, onStep, abort.signal, family === 'dit' ? [] : subjects);
     const defaults = DEFAULTS[family];
-    const subject = family === 'dit' ? `class ${f.class}` : f.prompt!;
-    const settings = {
-      ...(family === 'dit' ? { class: f.class } : { prompt: f.prompt, negativePrompt: f.negativePrompt ?? '' }),
-      steps: f.steps ?? defaults.steps, guidanceScale: f.guidance ?? defaults.guidance,
-      ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
-      ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
-      scheduler: result.scheduler, seed: result.seed, width: image.width, height: image.height,
-      batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, latents: f.latents ?? null,
-      accel: f.accel.map(formatAccelSpec),
-    };
-    // Each image records its own seed: the one that regenerates it alone.
-    const parameters = (seed: number) => [
-      subject,
-      ...(family === 'dit' ? [] : [`Negative prompt: ${f.negativePrompt ?? ''}`]),
-      `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${seed}, ` +
-        `Size: ${image.width}x${image.height}, Model: ${settings.model}` +
-        // quoted, as A1111 quotes values that contain commas
-        (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : ''),
-    ].join('\n');
-    result.images.forEach((img, i) => {
-      const seed = result.seeds[i];
-      const text = { parameters: parameters(seed), 'diffusion.ts': JSON.stringify({ ...settings, seed, batchSeed: result.seed, index: i }) };
-      writeFileAtomically(names[i], encodePng(img.data, img.width, img.height, text));
-    });
-    const t = result.timings;
-    process.stderr.write(`wrote ${names.join(', ')} (seed ${result.seed}, ${result.scheduler}; ` +
-      `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
-    if (result.accel) {
-      const a = result.accel;
-      process.stderr.write(`${a.name}: ${[`${a.cfgCalls} model calls with CFG`, ...a.summary].join(', ')}\n`);
+    let written = 0;
+    for (const seed of f.seed ?? [undefined]) {
+      const result: Generated = await job.run(seed);
+      bar?.stop();
+      for (const w of result.warnings) process.stderr.write(`warning: ${withFlagNames(w)}\n`);
+      // writeSafetensors writes through a temporary file itself.
+      if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });
+      const [image] = result.images;
+      const perSubject = family === 'dit' ? 1 : (f.batch ?? 1);
+      const settings = {
+        ...(family === 'dit' ? { class: f.class } : { negativePrompt: f.negativePrompt ?? '' }),
+        steps: f.steps ?? defaults.steps, guidanceScale: f.guidance ?? defaults.guidance,
+        ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
+        ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
+        scheduler: result.scheduler, width: image.width, height: image.height,
+        batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, latents: f.latents ?? null,
+        accel: f.accel.map(formatAccelSpec),
+      };
+      // Each image records its own seed: the one that regenerates it alone.
+      const parameters = (subject: string, seed: number) => [
+        subject,
+        ...(family === 'dit' ? [] : [`Negative prompt: ${f.negativePrompt ?? ''}`]),
+        `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${seed}, ` +
+          `Size: ${image.width}x${image.height}, Model: ${settings.model}` +
+          // quoted, as A1111 quotes values that contain commas
+          (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : ''),
+      ].join('\n');
+      const runNames = names.slice(written, written + result.images.length);
+      result.images.forEach((img, i) => {
+        const subject = subjects[Math.floor(i / perSubject)];
+        const seed = result.seeds[i];
+        const json = { ...(family === 'dit' ? {} : { prompt: subject }), ...settings, seed, batchSeed: result.seed, index: written + i };
+        writeFileAtomically(runNames[i], encodePng(img.data, img.width, img.height, { parameters: parameters(subject, seed), 'diffusion.ts': JSON.stringify(json) }));
+      });
+      written += result.images.length;
+      const t = result.timings;
+      process.stderr.write(`wrote ${runNames.join(', ')} (seed ${result.seed}, ${result.scheduler}; ` +
+        `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
+      if (result.accel) {
+        const a = result.accel;
+        process.stderr.write(`${a.name}: ${[`${a.cfgCalls} model calls with CFG`, ...a.summary].join(', ')}\n`);
+      }
     }
   } finally {
     bar?.stop();

@@ -50,6 +50,20 @@ function seed(value: string): number {
   return n;
 }
 
+/** `--seed` of generate: one seed, a list and ranges (`7`, `1,5,9`, `10-13`); at most 1000 seeds. */
+export function seedList(value: string): number[] {
+  const seeds: number[] = [];
+  for (const part of value.split(',')) {
+    const m = /^\s*(\d+)(?:\s*-\s*(\d+))?\s*$/.exec(part);
+    const [from, to] = m ? [Number(m[1]), Number(m[2] ?? m[1])] : [NaN, NaN];
+    if (!m || from >= 2 ** 32 || to >= 2 ** 32 || to < from || seeds.length + (to - from + 1) > 1000) {
+      throw new InvalidArgumentError(`--seed expects seeds in [0, 4294967295] as N, N,M,... or A-B (at most 1000), got "${value}"`);
+    }
+    for (let s = from; s <= to; s++) seeds.push(s);
+  }
+  return seeds;
+}
+
 function oneOf<T extends string>(flag: string, values: readonly T[]) {
   return (value: string): T => {
     if (!(values as readonly string[]).includes(value)) throw new InputError(flag, 'unknown value', values.join(', '), value);
@@ -137,13 +151,14 @@ export function buildProgram(): Command {
     .description('generate PNG images with a diffusers folder: text-to-image (Stable Diffusion 1.x/2.x/XL, PixArt-α/Σ) or class-to-image (DiT)')
     .option('--model <dir>', 'diffusers pipeline folder (model_index.json); default: the embedded reference model')
     .option('--prompt <text>', 'what to draw')
+    .option('--prompts <file>', 'one prompt per line (blank lines and # comments skipped), instead of --prompt')
     .option('--negative-prompt <text>', 'what to steer away from (classifier-free guidance)')
     .option('--class <ids>', 'DiT: class ids or names from the folder\'s id2label, comma-separated (one image each)')
     .option('--steps <n>', 'denoising steps (default 50; PixArt 20)', positiveInt('--steps', LIMITS.steps))
     .option('--guidance <g>', 'classifier-free guidance scale; ≤ 1 turns CFG off (default 7.5; PixArt 4.5, DiT 4)', number('--guidance'))
     .option('--guidance-rescale <r>', 'diffusers guidance_rescale in [0, 1] (default 0)', number('--guidance-rescale', 0))
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
-    .option('--seed <s>', 'seed of our noise generator (default: random, printed)', seed)
+    .option('--seed <s>', 'seed of our noise generator; a list or range (1,5,9 or 10-13) runs once per seed (default: random, printed)', seedList)
     .option('--size <WxH>', 'image size in pixels, N or WxH (the same as --width and --height)', parseSize)
     .option('--width <w>', 'image width in pixels, a multiple of the model\'s VAE factor (8 for Stable Diffusion; times the patch size for PixArt) (default: the model\'s size)', positiveInt('--width', LIMITS.size))
     .option('--height <h>', 'image height in pixels, the same multiple', positiveInt('--height', LIMITS.size))
