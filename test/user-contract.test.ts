@@ -284,3 +284,18 @@ test('generate takes a seed list or range and a prompts file: one run per seed, 
   refused(diffuse('generate', '--prompt', 'x', '--prompts', prompts), ['--prompts', 'given with --prompt']);
   refused(diffuse('generate', '--prompt', 'x', '--seed', '5-2'), ['--seed']);
 });
+
+test('one validated config for every reader: inspect and bench --dry-run refuse a broken folder config with the same line', (t) => {
+  const dir = tempDir(t);
+  fs.cpSync(TINY, dir, { recursive: true });
+  const file = path.join(dir, 'unet', 'config.json');
+  const config = readJsonObject(file);
+  for (const blockOutChannels of [[-4, 8], [4.5, 8], 'x']) {
+    fs.writeFileSync(file, JSON.stringify({ ...config, block_out_channels: blockOutChannels }));
+    const inspected = diffuse('inspect', dir);
+    const counted = diffuse('bench', '--model', dir, '--dry-run');
+    refused(inspected, ['block_out_channels']);
+    assert.equal(counted.stderr, inspected.stderr);
+    assert.equal(counted.status, 2);
+  }
+});
