@@ -16,20 +16,9 @@ import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
 import { createScheduler, SCHEDULER_NAMES } from '../src/schedulers/index.ts';
 import type { Config } from '../src/weights/config.ts';
+import { prng } from './helpers/prng.ts';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 150);
-
-/** mulberry32: small, fast, seedable. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const rand = prng(0xf022ed);
 const int = (n: number) => Math.floor(rand() * n);
