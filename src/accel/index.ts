@@ -31,13 +31,16 @@ export function methodNamed(name: string): MethodDefinition | undefined {
 /** Parses one `--accel` value, e.g. `tgate:gate_step=10,sp_interval=5`. */
 export function parseAccelSpec(text: string): AccelSpec {
   const [method, rest] = text.split(/:(.*)/s, 2);
+  return specOf(method, (rest ? rest.split(',') : []).map((pair) => pair.split('=', 2) as [string, string | undefined]));
+}
+
+/** The method's defaults with the given knob values (as text), each checked against its knob. */
+function specOf(method: string, values: [string, string | undefined][]): AccelSpec {
   const definition = methodNamed(method);
   if (!definition) throw new InputError('accel', 'unknown method', Object.keys(METHODS).join(', '), JSON.stringify(method));
   const params: KnobValues = { ...definition.defaults };
-  for (const pair of rest ? rest.split(',') : []) {
-    const [key, value] = pair.split('=', 2);
-    const where = `accel ${method}:${key}`;
-    params[key] = parseKnob(where, own(definition.knobs, key), key, value, Object.keys(definition.knobs));
+  for (const [key, value] of values) {
+    params[key] = parseKnob(`accel ${method}:${key}`, own(definition.knobs, key), key, value, Object.keys(definition.knobs));
   }
   return { method, params };
 }
@@ -56,16 +59,12 @@ export function toAccelSpecs(input: unknown): AccelSpec[] {
       throw new InputError('accel', 'wrong value', expected, describe(item));
     }
     const { method, params: given = {} } = item as { method: string; params?: unknown };
-    const definition = methodNamed(method);
-    if (!definition) throw new InputError('accel', 'unknown method', Object.keys(METHODS).join(', '), JSON.stringify(method));
     if (typeof given !== 'object' || given === null || Array.isArray(given)) throw new InputError(`accel ${method}: params`, 'wrong value', 'an object of knob values', describe(given));
-    const params: KnobValues = { ...definition.defaults };
-    for (const [key, value] of Object.entries(given)) {
-      if (Object.hasOwn(definition.knobs, key) && value === definition.defaults[key]) continue;
-      const text = typeof value === 'number' || typeof value === 'boolean' || typeof value === 'string' ? String(value) : undefined;
-      params[key] = parseKnob(`accel ${method}:${key}`, own(definition.knobs, key), key, text ?? describe(value), Object.keys(definition.knobs));
-    }
-    return { method, params };
+    // A default value passes as it is (a spec parsed before carries every knob, 'auto' and '' too).
+    const defaults: Record<string, unknown> = methodNamed(method)?.defaults ?? {};
+    const values = Object.entries(given).filter(([key, value]) => !(Object.hasOwn(defaults, key) && value === defaults[key]))
+      .map(([key, value]): [string, string] => [key, typeof value === 'number' || typeof value === 'boolean' || typeof value === 'string' ? String(value) : describe(value)]);
+    return specOf(method, values);
   });
 }
 

@@ -152,8 +152,9 @@ export async function ensureRandomTransformerFolder(dir: string, presetName: str
  * tensor is made when it is written, so a 19 GB T5-XXL never sits in memory.
  */
 export async function ensureRandomTextEncoderFolder(dir: string, presetName: string, dtype: 'F32' | 'F16', seed = 0): Promise<string> {
-  const config = own(TRANSFORMER_PRESETS, presetName)?.textEncoder;
-  if (!config) throw new Error(`preset ${presetName} has no T5 text encoder`);
+  const preset = own(TRANSFORMER_PRESETS, presetName);
+  const config = preset?.textEncoder;
+  if (!preset || !config) throw new Error(`preset ${presetName} has no T5 text encoder`);
   // The cache folder must take files before minutes of weight generation, not after.
   fs.mkdirSync(dir, { recursive: true });
   const componentDir = path.join(dir, 'text_encoder');
@@ -170,7 +171,6 @@ export async function ensureRandomTextEncoderFolder(dir: string, presetName: str
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: 'T5EncoderModel', architectures: ['T5EncoderModel'], ...config }, null, 2));
     writeShardedSafetensors(componentDir, 'model', tensors, 5e9);
   }
-  const preset = own(TRANSFORMER_PRESETS, presetName)!;
   fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
     _class_name: preset.pipeline, _diffusers_version: '0.40.0', text_encoder: ['transformers', 'T5EncoderModel'],
   }, null, 2));

@@ -1,4 +1,5 @@
 /** Library option names in CLI words: the library names its request options, the CLI its flags. */
+import { own } from '../util/own.ts';
 
 const FLAG_OF: Record<string, string> = {
   prompt: '--prompt', negativePrompt: '--negative-prompt', steps: '--steps', guidanceScale: '--guidance', guidanceRescale: '--guidance-rescale',
@@ -10,7 +11,7 @@ const FLAG_OF: Record<string, string> = {
 /** "width/height: must be…" → "--width/--height: must be…"; "accel tgate:gate_step: …" → "--accel tgate:gate_step: …". */
 export function withFlagNames(message: string): string {
   const m = /^[A-Za-z]+(?:\/[A-Za-z]+)*(?=[: ])/.exec(message);
-  const names = m ? m[0].split('/') : [];
-  if (!m || !names.every((n) => Object.hasOwn(FLAG_OF, n))) return message;
-  return names.map((n) => FLAG_OF[n]).join('/') + message.slice(m[0].length);
+  const flags = m ? m[0].split('/').map((name) => own(FLAG_OF, name)) : [];
+  if (!m || flags.some((f) => f === undefined)) return message;
+  return flags.join('/') + message.slice(m[0].length);
 }

@@ -10,7 +10,7 @@ import { InputError, Interrupted } from '../errors.ts';
 import { withFlagNames } from './flag-names.ts';
 import { checkOutputFile, isSystemError, systemErrorLine, writeOutput } from '../util/files.ts';
 import { inspect } from './inspect.ts';
-import { benchTransformer, benchUNet } from '../bench/unet-forward.ts';
+import { benchTransformer, benchUNet, type BenchUNetOptions } from '../bench/unet-forward.ts';
 import { benchGenerate } from '../bench/generate.ts';
 import { benchTextEncoder } from '../bench/text-encoder.ts';
 import { generate } from './generate.ts';
@@ -229,37 +229,11 @@ export function buildProgram(): Command {
       await tune(opts);
     });
 
-  program
-    .command('bench-unet')
-    .description('time one U-Net forward of a preset architecture with seeded random weights, against ORT\'s own conv/MatMul rate')
-    .option('--preset <name>', 'architecture (sd15, sd21)', 'sd15')
-    .option('--size <WxH,...>', 'image sizes, N or WxH, comma-separated', sizeList, [[256, 256], [512, 512]] as [number, number][])
-    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
-    .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
-    .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
-    .option('--profile', 'print time per segment kind', false)
-    .option('--json <file>', 'also write results as JSON (- for stdout)')
-    .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
-    .action(async (opts) => {
-      await benchUNet(opts);
-    });
-
-  program
-    .command('bench-transformer')
-    .description('time one PixArt transformer forward of a preset (seeded random weights, 120 or 300 T5 tokens), against ORT\'s own MatMul rate')
-    .option('--preset <name>', 'architecture (pixart-alpha-1024, pixart-alpha-512, pixart-sigma-1024)', 'pixart-alpha-1024')
-    .option('--size <WxH,...>', 'image sizes, N or WxH, comma-separated', sizeList, [[512, 512], [1024, 1024]] as [number, number][])
-    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
-    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
-    .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
-    .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
-    .option('--profile', 'print time per segment kind', false)
-    .option('--json <file>', 'also write results as JSON (- for stdout)')
-    .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
-    .action(async (opts) => {
-      await benchTransformer(opts);
-    });
+  forwardBench(program, 'bench-unet', 'time one U-Net forward of a preset architecture with seeded random weights, against ORT\'s own conv/MatMul rate',
+    ['sd15', 'sd21'], [[256, 256], [512, 512]], benchUNet);
+  forwardBench(program, 'bench-transformer',
+    'time one PixArt transformer forward of a preset (seeded random weights, 120 or 300 T5 tokens), against ORT\'s own MatMul rate',
+    ['pixart-alpha-1024', 'pixart-alpha-512', 'pixart-sigma-1024'], [[512, 512], [1024, 1024]], benchTransformer);
 
   program
     .command('bench-text-encoder')
@@ -298,6 +272,27 @@ export function buildProgram(): Command {
 
 /** Options that may be given several times; any other given twice is a mistake (commander would keep the last silently). */
 const REPEATABLE = new Set(['accel', 'sweep', 'stepsBaseline']);
+
+/** bench-unet and bench-transformer: one forward pass of a preset, timed with the same flags. */
+function forwardBench(program: Command, name: string, description: string, presets: string[], sizes: [number, number][],
+  bench: (opts: BenchUNetOptions) => Promise<void>): void {
+  program
+    .command(name)
+    .description(description)
+    .option('--preset <name>', `architecture (${presets.join(', ')})`, presets[0])
+    .option('--size <WxH,...>', 'image sizes, N or WxH, comma-separated', sizeList, sizes)
+    .option('--batch <n>', 'batch size (2 = a CFG batch)', positiveInt('--batch', LIMITS.imagesPerPrompt), 2)
+    .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS), 2)
+    .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
+    .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
+    .option('--profile', 'print time per segment kind', false)
+    .option('--json <file>', 'also write results as JSON (- for stdout)')
+    .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
+    .action(async (opts: BenchUNetOptions) => {
+      await bench(opts);
+    });
+}
+
 
 function refuseRepeatedFlags(program: Command, argv: string[]): void {
   const command = program.commands.find((c) => c.name() === argv[0]);

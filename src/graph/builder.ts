@@ -228,6 +228,12 @@ export class GraphBuilder {
     this.nodes.push({ opType, domain, name: this.fresh(opType), inputs, outputs, attributes });
   }
 
+  /** `out`, counted towards the largest tensor the graph produces. */
+  private produced(out: Value): Value {
+    this.largestActivationBytes = Math.max(this.largestActivationBytes, out.size * DATA_TYPE_BYTES[out.dtype]);
+    return out;
+  }
+
   private op(
     opType: string,
     inputs: Value[],
@@ -238,8 +244,7 @@ export class GraphBuilder {
   ): Value {
     const out = new Value(this.fresh(opType.toLowerCase()), shape, dtype);
     this.node(opType, inputs.map((v) => v.name), [out.name], attributes, domain);
-    this.largestActivationBytes = Math.max(this.largestActivationBytes, out.size * DATA_TYPE_BYTES[dtype]);
-    return out;
+    return this.produced(out);
   }
 
   // ---- elementwise -----------------------------------------------------------------------
@@ -587,8 +592,7 @@ export class GraphBuilder {
       const macs = 2 * b * heads * sq * sk * headDim;
       this.macs.attention += macs;
       this.heavyOps.push({ op: 'attention', q: [...q.shape], k: [...k.shape], heads, macs });
-      const out = new Value(this.fresh('mha'), [b, sq, dim], q.dtype);
-      this.largestActivationBytes = Math.max(this.largestActivationBytes, out.size * DATA_TYPE_BYTES[q.dtype]);
+      const out = this.produced(new Value(this.fresh('mha'), [b, sq, dim], q.dtype));
       this.attentionScoreBytes = Math.max(this.attentionScoreBytes, b * heads * sq * sk * 4);
       // An additive bias goes in as MultiHeadAttention's attention_bias [B or 1, H or 1, Sq, Sk].
       const bias = options.bias && this.attentionBias(options.bias, sq, sk);

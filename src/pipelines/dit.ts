@@ -19,7 +19,7 @@ import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
   type GeneratedImage, type Latents,
 } from './common.ts';
-import { checkMemory, estimateMemory, vaeDecodeShapes } from './memory.ts';
+import { refuseOverMemory } from './memory.ts';
 
 export interface DiTRequest extends BaseRequest {
   /** Class ids, or names from the folder's id2label; one image per label. */
@@ -113,9 +113,7 @@ export class DiTPipeline {
     });
     const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length });
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
-    const weightBytes = this.transformer.weights.float32Bytes() + this.vae.weights.float32Bytes();
-    checkMemory(await estimateMemory(weightBytes, [denoise, vaeDecodeShapes(this.vae.model, latentDims)]), request.memoryLimit, 'classLabels',
-      `${batch} image${batch > 1 ? 's' : ''}`);
+    await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels' });
     const warnings = await acceleration.begin(this.transformerExec, denoise);
 
     const noise = new BatchNoise(seed, batch);

@@ -10,6 +10,7 @@ import { InputError } from '../errors.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
+import type { WeightSet } from '../weights/diffusers-folder.ts';
 
 export interface MemoryEstimate {
   bytes: number;
@@ -19,7 +20,7 @@ export interface MemoryEstimate {
 }
 
 /** The estimate for weights of `weightBytes` and the model calls `forwards` make (each on shapes alone). */
-export async function estimateMemory(weightBytes: number, forwards: ((exec: Executor<ShapedTensor>) => Promise<unknown>)[]): Promise<MemoryEstimate> {
+async function estimateMemory(weightBytes: number, forwards: ((exec: Executor<ShapedTensor>) => Promise<unknown>)[]): Promise<MemoryEstimate> {
   let largest = { name: '', bytes: 0, attentionScoreBytes: 0 };
   for (const forward of forwards) {
     const dry = new DryExecutor();
@@ -39,7 +40,7 @@ export function gib(bytes: number): string {
  * Refuses a run whose estimate exceeds `limit` bytes (default: this machine's memory). `what`
  * names the request fields that set the size (e.g. "width/height").
  */
-export function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: string, found: string): void {
+function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: string, found: string): void {
   if (limit !== undefined && !(typeof limit === 'number' && Number.isFinite(limit) && limit > 0)) {
     throw new InputError('memoryLimit', 'wrong value', 'a positive number of bytes', String(limit));
   }
@@ -51,7 +52,22 @@ export function checkMemory(estimate: MemoryEstimate, limit: number | undefined,
   'a smaller size or batch, or a higher memory limit', found);
 }
 
-/** The VAE decoding one image of a latent batch `latentDims` [B, C, h, w], on shapes alone. */
-export function vaeDecodeShapes(vae: AutoencoderKL, latentDims: number[]): (exec: Executor<ShapedTensor>) => Promise<unknown> {
-  return (exec) => vae.decode(exec, { dims: [1, ...latentDims.slice(1)], type: 'float32' });
+/**
+ * What every pipeline checks before its denoising loop: the weights its sessions keep (`resident`),
+ * the denoiser's model call and the VAE decoding one image of `latentDims` [B, C, h, w], against
+ * `limit`. `what` names the request fields that set the size.
+ */
+export async function refuseOverMemory(o: {
+  resident: ({ weights: WeightSet } | undefined)[];
+  denoise: (exec: Executor<ShapedTensor>) => Promise<unknown>;
+  vae: AutoencoderKL;
+  latentDims: number[];
+  limit: number | undefined;
+  what: string;
+}): Promise<void> {
+  const weightBytes = o.resident.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
+  const decode = (exec: Executor<ShapedTensor>) => o.vae.decode(exec, { dims: [1, ...o.latentDims.slice(1)], type: 'float32' });
+  const [batch, , h, w] = o.latentDims;
+  const factor = o.vae.downsampleFactor;
+  checkMemory(await estimateMemory(weightBytes, [o.denoise, decode]), o.limit, o.what, `${w * factor}x${h * factor}, ${batch} image${batch > 1 ? 's' : ''}`);
 }

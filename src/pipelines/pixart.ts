@@ -24,7 +24,7 @@ import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
-import { checkMemory, estimateMemory, vaeDecodeShapes } from './memory.ts';
+import { refuseOverMemory } from './memory.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
 
 export interface PixArtRequest extends PromptRequest {
@@ -219,9 +219,8 @@ export class PixArtPipeline {
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec,
       { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: positive.width });
     // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
-    const weightBytes = this.transformer.weights.float32Bytes() + this.vae.weights.float32Bytes() + (this.textRetained ? this.textEncoder.weights.float32Bytes() : 0);
-    checkMemory(await estimateMemory(weightBytes, [denoise, vaeDecodeShapes(this.vae.model, latentDims)]), request.memoryLimit, 'width/height',
-      `${genWidth}x${genHeight}, ${batch} image${batch > 1 ? 's' : ''}`);
+    await refuseOverMemory({ resident: [this.transformer, this.vae, this.textRetained ? this.textEncoder : undefined], denoise, vae: this.vae.model, latentDims,
+      limit: request.memoryLimit, what: 'width/height' });
     warnings.push(...await acceleration.begin(this.transformerExec, denoise));
     // Caption projection and cross-attention keys/values depend on the prompt only: once per text (lossless).
     const kvs = new Map<object, Map<string, { k: ort.Tensor; v: ort.Tensor; bias: ort.Tensor }>>();

@@ -19,7 +19,7 @@ import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
-import { checkMemory, estimateMemory, vaeDecodeShapes } from './memory.ts';
+import { refuseOverMemory } from './memory.ts';
 import { modelFolder } from './reference-model.ts';
 
 export type { AccelReport, GeneratedImage, Latents, StepInfo } from './common.ts';
@@ -202,9 +202,8 @@ export class StableDiffusionPipeline {
     const rows = cfg ? 2 * batch : batch;
     const shapes = { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: conditioning.pooled && conditioning.pooled.length / rows };
     const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
-    const weightBytes = [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2].reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
-    checkMemory(await estimateMemory(weightBytes, [denoise, vaeDecodeShapes(this.vae.model, latentDims)]), request.memoryLimit, 'width/height',
-      `${width}x${height}, ${batch} image${batch > 1 ? 's' : ''}`);
+    await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
+      limit: request.memoryLimit, what: 'width/height' });
     warnings.push(...await acceleration.begin(this.unetExec, denoise));
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();

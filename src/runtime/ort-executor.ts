@@ -71,8 +71,12 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     return this.sessions.size;
   }
 
+  private get retain(): boolean {
+    return this.policy.retainSessions ?? true;
+  }
+
   async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<Record<string, ort.Tensor>> {
-    const retain = this.policy.retainSessions ?? true;
+    const retain = this.retain;
     const key = `${name}|${shapeKey(inputs, options, true)}`;
     let compiled = retain ? this.sessions.get(key) : undefined;
     if (!compiled) {
@@ -107,8 +111,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     // One session per segment for every batch size: CFG and single-batch calls share it.
     const g = new GraphBuilder(name, this.params, 'mha', true);
     const outputs = buildSegment(g, build, inputs, options);
-    const retained = this.policy.retainSessions ?? true;
-    return { session: await createSession(g, this.options, retained), outputKeys: Object.keys(outputs) };
+    return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs) };
   }
 
   /** Releases every session that was created; segments that failed to compile hold nothing. */

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
+import { own } from './own.ts';
 
 /** Writes a file whole or not at all: a temporary file renamed over the target (no half-written output). */
 export function writeFileAtomically(file: string, data: string | Uint8Array): void {
@@ -67,7 +68,7 @@ export function isSystemError(err: unknown): err is NodeJS.ErrnoException {
 /** "permission denied (EACCES)" for a system error; the message otherwise. */
 export function systemErrorReason(err: unknown): string {
   if (!isSystemError(err)) return err instanceof Error ? err.message : String(err);
-  return `${Object.hasOwn(REASONS, err.code!) ? REASONS[err.code!] : err.message.replace(/^E[A-Z]+: /, '').replace(/,.*$/, '')} (${err.code})`;
+  return `${own(REASONS, err.code!) ?? err.message.replace(/^E[A-Z]+: /, '').replace(/,.*$/, '')} (${err.code})`;
 }
 
 /** One line for a system error: the path(s) it concerns, then the reason. */

@@ -72,10 +72,6 @@ export function readJsonObject(filePath: string): Config {
   return value as Config;
 }
 
-function lookup(cfg: Config, key: string): unknown {
-  return Object.prototype.hasOwnProperty.call(cfg, key) ? cfg[key] : undefined;
-}
-
 function wrongType(where: string, key: string, expected: string, found: unknown): InputError {
   return new InputError(`${where}: ${key}`, 'wrong value', expected, describe(found));
 }
@@ -83,7 +79,7 @@ function wrongType(where: string, key: string, expected: string, found: unknown)
 /** Reads a required (no default) or defaulted value, checked by `accept`. */
 function read<T>(cfg: Config, key: string, where: string, expected: string,
   accept: (v: unknown) => v is T, dflt: T | undefined): T {
-  const value = lookup(cfg, key);
+  const value = own(cfg, key);
   if (value === undefined || value === null) {
     if (dflt !== undefined) return dflt;
     throw new InputError(`${where}: ${key}`, 'missing required key', expected);
@@ -95,7 +91,7 @@ function read<T>(cfg: Config, key: string, where: string, expected: string,
 /** Reads a value that may be absent (or null): undefined then. */
 function readOptional<T>(cfg: Config, key: string, where: string, expected: string,
   accept: (v: unknown) => v is T): T | undefined {
-  const value = lookup(cfg, key);
+  const value = own(cfg, key);
   if (value === undefined || value === null) return undefined;
   if (!accept(value)) throw wrongType(where, key, expected, value);
   return value;
