@@ -299,3 +299,22 @@ test('one validated config for every reader: inspect and bench --dry-run refuse 
     assert.equal(counted.status, 2);
   }
 });
+
+test('bad values for the new inputs: --memory-limit, memoryLimit, --prompts, --json, --seed', async (t) => {
+  const dir = tempDir(t);
+  refused(diffuse('generate', '--prompt', 'x', '--memory-limit', '-1'), ['--memory-limit']);
+  refused(diffuse('generate', '--prompt', 'x', '--memory-limit', 'lots'), ['--memory-limit']);
+  refused(diffuse('generate', '--prompts', path.join(dir, 'missing.txt')), [path.join(dir, 'missing.txt'), 'cannot read the prompt file']);
+  fs.writeFileSync(path.join(dir, 'empty.txt'), '\n# only a comment\n');
+  refused(diffuse('generate', '--prompts', path.join(dir, 'empty.txt')), ['empty.txt', 'no prompts']);
+  refused(diffuse('inspect', '--preset', 'sd15', '--json', path.join(dir, 'no', 'x.json')), ['--json', 'folder does not exist']);
+  refused(diffuse('generate', '--prompt', 'x', '--seed', '1,,2'), ['--seed']);
+  refused(diffuse('generate', '--prompt', 'x', '--seed', '0-5000'), ['--seed', 'at most 1000']);
+  const pipeline = await loadPipeline('reference');
+  try {
+    await rejectsInputError(() => pipeline.generate({ prompt: 'x', steps: 2, output: 'latent', memoryLimit: -5 }), 'memoryLimit', 'a positive number of bytes');
+  } finally {
+    await pipeline.release();
+  }
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['empty.txt']);
+});
