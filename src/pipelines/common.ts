@@ -62,6 +62,13 @@ export interface PromptRequest extends BaseRequest {
   width?: number;
   height?: number;
   imagesPerPrompt?: number;
+  /**
+   * img2img: the init image, planar RGB in [0, 1] (a GeneratedImage, or readImage(file)); resized to
+   * width × height, which default to its size rounded down to the VAE factor (src/pipelines/img2img.ts).
+   */
+  image?: GeneratedImage;
+  /** img2img: how much of the schedule runs, in (0, 1]; 1 ignores the image's content. Default 0.8. */
+  strength?: number;
 }
 
 export const seconds = (start: number) => (performance.now() - start) / 1000;

@@ -19,6 +19,7 @@ import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
+import { checkImage, imageDefaultSize, initLatents, startIndex, strengthOf } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 import { modelFolder } from './reference-model.ts';
 
@@ -52,7 +53,8 @@ export interface GenerateResult {
    * served from caches, shallow passes, and each method's own), and the same in words.
    */
   accel?: AccelReport;
-  timings: { textEncoding: number; denoising: number; decoding: number };
+  /** Seconds; imageEncoding for img2img only. */
+  timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
 }
 
@@ -139,9 +141,13 @@ export class StableDiffusionPipeline {
     const guidance = numberOption(request.guidanceScale, 7.5, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
     const rescale = numberOption(request.guidanceRescale, 0, 'guidanceRescale', 0, 1);
     const perPrompt = intOption(request.imagesPerPrompt, 1, 'imagesPerPrompt', 1, LIMITS.imagesPerPrompt);
-    const width = intOption(request.width, this.defaultSize, 'width', 1, LIMITS.size);
-    const height = intOption(request.height, this.defaultSize, 'height', 1, LIMITS.size);
     const factor = this.vae.model.downsampleFactor;
+    const image = request.image === undefined ? undefined : checkImage(request.image);
+    if (image === undefined && request.strength !== undefined) throw new InputError('strength', 'is for img2img', 'an image with it', `${request.strength}`);
+    if (image && request.latents) throw new InputError('latents', 'cannot start an img2img run (the image gives the starting latents)', 'latents or image', 'both');
+    const fromImage = image && imageDefaultSize(image, factor);
+    const width = intOption(request.width, fromImage?.width ?? this.defaultSize, 'width', 1, LIMITS.size);
+    const height = intOption(request.height, fromImage?.height ?? this.defaultSize, 'height', 1, LIMITS.size);
     if (width % factor || height % factor) throw new InputError('width/height', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
     const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, 'negativePrompt');
     if (negatives.length !== 1 && negatives.length !== prompts.length) {
@@ -168,12 +174,16 @@ export class StableDiffusionPipeline {
       steps,
     });
 
+    // img2img runs the end of the schedule only, from position `start`.
+    const start = image ? startIndex(scheduler, strengthOf(request.strength)) : 0;
+    const calls = scheduler.timesteps.length - start;
+
     // Refuse what cannot work before any work.
-    // Non-uniform schedules spread over the steps; PNDM makes one call more than steps.
-    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps, calls: scheduler.timesteps.length });
+    // Schedules count the calls that run; PNDM makes one call more than steps.
+    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps: steps - start, calls });
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
-    let start = performance.now();
+    let clock = performance.now();
     const repeat = (list: string[]) => list.flatMap((p) => new Array<string>(perPrompt).fill(p));
     const positive = await this.encodePrompts(repeat(prompts), warnings);
     let conditioning = positive;
@@ -188,7 +198,7 @@ export class StableDiffusionPipeline {
         pooled: positive.pooled && concat(negative.pooled!, positive.pooled),
       };
     }
-    const textEncoding = seconds(start);
+    const textEncoding = seconds(clock);
     const unetInputs = (c: Conditioning, rows: number) => ({
       context: new ort.Tensor('float32', c.context, [rows, c.tokens, c.width]),
       added: c.pooled && {
@@ -213,18 +223,25 @@ export class StableDiffusionPipeline {
       return kv;
     };
 
-    // Starting latents, scaled by the scheduler's initial sigma as diffusers does.
+    // Starting latents: noise scaled by the scheduler's initial sigma as diffusers does, or the init image noised.
     const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);
-    let latents = request.latents ? Float32Array.from(request.latents.data) : noise.draw(size);
-    for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
+    clock = performance.now();
+    let latents: Float32Array;
+    if (image) {
+      latents = await initLatents(this.vae.model, this.vaeExec, image, width, height, batch, scheduler, start, noise);
+    } else {
+      latents = request.latents ? Float32Array.from(request.latents.data) : noise.draw(size);
+      for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
+    }
+    const imageEncoding = seconds(clock);
 
-    start = performance.now();
-    let state = scheduler.initialState;
-    for (let i = 0; i < scheduler.timesteps.length; i++) {
+    clock = performance.now();
+    let state = scheduler.beginState(start);
+    for (let i = start; i < scheduler.timesteps.length; i++) {
       checkAborted(request.signal);
       const stepStart = performance.now();
-      const now = acceleration.call(i, cfg, this.unetExec);
+      const now = acceleration.call(i - start, cfg, this.unetExec);
       const cfgNow = now.cfg;
       const modelBatch = cfgNow ? 2 * batch : batch;
       const { context, added } = cfgNow ? cfgInputs! : singleInputs;
@@ -238,13 +255,13 @@ export class StableDiffusionPipeline {
       const guided = cfgNow ? guide(prediction, size, guidance, rescale, batch) : prediction;
       const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, guided, i, latents, stepNoise));
-      request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
+      request.onStep?.({ step: i - start + 1, steps: calls, timestep: t, seconds: seconds(stepStart) });
     }
-    const denoising = seconds(start);
+    const denoising = seconds(clock);
 
-    start = performance.now();
+    clock = performance.now();
     const images = (request.output ?? 'image') === 'image' ? await decodeImages(this.vae.model, this.vaeExec, latents, latentDims) : [];
-    const decoding = seconds(start);
+    const decoding = seconds(clock);
     return {
       latents: { data: latents, dims: latentDims },
       images,
@@ -252,7 +269,7 @@ export class StableDiffusionPipeline {
       seeds: noise.seeds,
       scheduler: scheduler.name,
       accel: acceleration.report(),
-      timings: { textEncoding, denoising, decoding },
+      timings: { textEncoding, ...(image ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };
   }

@@ -278,13 +278,18 @@ export function checkTimestepRange(timesteps: readonly number[], numTrain: numbe
 
 /**
  * The scheduler with every call's arguments checked (index in range, state for this step, arrays
- * of equal length), so each method's code holds only its arithmetic.
+ * of equal length), so each method's code holds only its arithmetic; and its beginState.
  */
-export function withArgumentChecks(s: Scheduler): Scheduler {
+export function withArgumentChecks(s: Omit<Scheduler, 'beginState'>): Scheduler {
   const name = s.className;
   const count = s.timesteps.length;
   return {
     ...s,
+    // Every method's initial state is its position plus history that starts empty.
+    beginState(i) {
+      checkIndex(name, 'beginState', i, count);
+      return Object.freeze({ ...s.initialState, index: i });
+    },
     needsNoise(i) {
       checkIndex(name, 'needsNoise', i, count);
       return s.needsNoise(i);

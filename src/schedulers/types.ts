@@ -63,6 +63,11 @@ export interface Scheduler {
   readonly usesVariance?: boolean;
   /** The state before the first step. */
   readonly initialState: SchedulerState;
+  /**
+   * The state before step i for a loop that begins there (img2img; diffusers' set_begin_index):
+   * position i, no history.
+   */
+  beginState(i: number): SchedulerState;
   /** The U-Net input at step i (a new array; works on any batch, as the scaling is one scalar). */
   scaleModelInput(sample: Float32Array, i: number): Float32Array;
   /**
