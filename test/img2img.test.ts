@@ -9,10 +9,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { readImage, decodeImage } from '../src/image/read.ts';
+import { readImage } from '../src/image/read.ts';
 import { resizeLanczos, toBytes } from '../src/image/resize.ts';
-import { encodePng } from '../src/image/png.ts';
+import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
@@ -31,14 +32,28 @@ interface Case {
   strength: number;
   guidance_scale: number;
   num_images_per_prompt: number;
+  /** PixArt cases give the size (no resolution binning). */
+  width?: number;
+  height?: number;
   decoded?: boolean;
 }
 
-for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl']) {
+/** The fixture's pipeline: Stable Diffusion's, or PixArt's without resolution binning (as the goldens). */
+async function open(fixture: string) {
+  const dir = path.join(FIXTURES, fixture);
+  if (!fixture.includes('pixart')) return loadPipeline(dir);
+  const pixart = loadPixArtPipeline(readPipelineFolder(dir));
+  return {
+    generate: (r: Parameters<typeof pixart.generate>[0]) => pixart.generate({ ...r, resolutionBinning: false }),
+    release: () => pixart.release(),
+  };
+}
+
+for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl', 'tiny-pixart-alpha', 'tiny-pixart-sigma']) {
   test(`${fixture}: img2img equals diffusers for every scheduler, strength and batch`, async (t) => {
     const cases = JSON.parse(fs.readFileSync(path.join(GOLDENS, `${fixture}.json`), 'utf8')) as Case[];
     const goldens = SafetensorsFile.open(path.join(GOLDENS, `${fixture}.safetensors`));
-    const pipeline = await loadPipeline(path.join(FIXTURES, fixture));
+    const pipeline = await open(fixture);
     try {
       for (const c of cases) {
         const calls: { step: number; steps: number }[] = [];
@@ -52,6 +67,8 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl']) {
           guidanceScale: c.guidance_scale,
           imagesPerPrompt: c.num_images_per_prompt,
           scheduler: c.scheduler,
+          // Without width/height (and for the resized case): the image's size rounded down.
+          ...(c.image === 'init-128.png' && c.width ? { width: c.width, height: c.height } : {}),
           output: c.decoded ? 'image' : 'latent',
           onStep: (s) => calls.push(s),
         });

@@ -213,9 +213,15 @@ export class Acceleration {
 
   private constructor(private readonly plan: Accelerator | undefined, private readonly run: { steps: number; calls: number }) {}
 
-  static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: { steps: number; calls: number }): Acceleration {
+  /** `why` says, for errors, why the run has the calls it has (e.g. img2img's strength). */
+  static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: { steps: number; calls: number }, why?: string): Acceleration {
     const plan = createAccelerator(specs, run.calls);
-    plan?.check?.(model, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
+    try {
+      plan?.check?.(model, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
+    } catch (e) {
+      if (e instanceof InputError && why) e.message += ` (${why})`;
+      throw e;
+    }
     return new Acceleration(plan, run);
   }
 

@@ -17,15 +17,32 @@ import { resizeLanczos } from '../image/resize.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor } from '../runtime/executor.ts';
 import type { Scheduler } from '../schedulers/index.ts';
-import { LIMITS, floats, type BatchNoise, type GeneratedImage } from './common.ts';
+import { LIMITS, floats, type BatchNoise, type GeneratedImage, type Latents, type PromptRequest } from './common.ts';
 
 const f32 = Math.fround;
 
 /** diffusers' default strength for StableDiffusionImg2ImgPipeline (its SDXL pipeline defaults to 0.3). */
 export const DEFAULT_STRENGTH = 0.8;
 
+/** An img2img request's own part. */
+export interface Img2Img {
+  image: GeneratedImage;
+  strength: number;
+}
+
+/** The img2img part of a request, checked; undefined for text-to-image. */
+export function img2imgOf(request: PromptRequest): Img2Img | undefined {
+  if (request.image === undefined) {
+    if (request.strength !== undefined) throw new InputError('strength', 'is for img2img', 'an image with it', describe(request.strength));
+    return undefined;
+  }
+  const image = checkImage(request.image);
+  if (request.latents) throw new InputError('latents', 'cannot start an img2img run (the image gives the starting latents)', 'latents or image', 'both');
+  return { image, strength: strengthOf(request.strength) };
+}
+
 /** The request's init image, checked: planar RGB [3, height, width] with values in [0, 1]. */
-export function checkImage(image: unknown): GeneratedImage {
+function checkImage(image: unknown): GeneratedImage {
   const i = image as GeneratedImage;
   const ok = typeof i === 'object' && i !== null && i.data instanceof Float32Array && Number.isSafeInteger(i.width) && Number.isSafeInteger(i.height) &&
     i.width >= 1 && i.height >= 1 && i.width <= LIMITS.size && i.height <= LIMITS.size && i.data.length === 3 * i.width * i.height;
@@ -49,30 +66,48 @@ export function imageDefaultSize(image: GeneratedImage, factor: number): { width
 }
 
 /** The strength of a request: a number in (0, 1], `DEFAULT_STRENGTH` when absent. */
-export function strengthOf(value: unknown): number {
+function strengthOf(value: unknown): number {
   const s = value ?? DEFAULT_STRENGTH;
   if (typeof s !== 'number' || !(s > 0 && s <= 1)) throw new InputError('strength', 'wrong value', 'a number in (0, 1]', describe(value));
   return s;
 }
 
 /**
- * The schedule position img2img starts at (diffusers' get_timesteps, for first-order schedulers):
- * int(steps × strength) steps run, the last ones. Refused when that is none.
+ * Where the denoising loop starts: position 0, or for img2img (diffusers' get_timesteps, for
+ * first-order schedulers) the position after which int(steps × strength) steps remain, refused when
+ * that is none. `calls` counts the model calls that run; `why` explains them for error messages.
  */
-export function startIndex(scheduler: Scheduler, strength: number): number {
-  const steps = scheduler.steps;
+export function scheduleStart(scheduler: Scheduler, img2img: Img2Img | undefined): { start: number; calls: number; why?: string } {
+  const total = scheduler.timesteps.length;
+  if (!img2img) return { start: 0, calls: total };
+  const { steps } = scheduler;
+  const { strength } = img2img;
   const run = Math.min(Math.floor(steps * strength), steps);
   if (run === 0) {
     throw new InputError('strength', `runs no step of ${steps} (int(steps × strength) = 0)`, `at least ${(1 / steps).toPrecision(3)} for ${steps} steps, or more steps`, `${strength}`);
   }
-  return steps - run;
+  const start = steps - run;
+  return { start, calls: total - start, why: `img2img at strength ${strength} runs the last ${total - start} of the schedule's ${total} model calls` };
+}
+
+/**
+ * The latents the loop starts from, [B, C, h, w]: text-to-image's noise (or the given latents) times
+ * the scheduler's initial sigma, as diffusers does; or img2img's noised init image (initLatents).
+ */
+export async function startingLatents(o: { img2img?: Img2Img; given?: Latents; dims: number[]; scheduler: Scheduler; start: number; noise: BatchNoise;
+  vae: AutoencoderKL; vaeExec: Executor<ort.Tensor>; width: number; height: number }): Promise<Float32Array> {
+  if (o.img2img) return initLatents(o.vae, o.vaeExec, o.img2img.image, o.width, o.height, o.dims[0], o.scheduler, o.start, o.noise);
+  const size = o.dims.reduce((a, b) => a * b, 1);
+  const latents = o.given ? Float32Array.from(o.given.data) : o.noise.draw(size);
+  for (let i = 0; i < size; i++) latents[i] *= o.scheduler.initNoiseSigma;
+  return latents;
 }
 
 /**
  * The starting latents of an img2img batch [batch, C, h, w]: the image at the output size, VAE-encoded
  * once, a posterior sample per image scaled by scaling_factor, noised to position `start` of the schedule.
  */
-export async function initLatents(vae: AutoencoderKL, exec: Executor<ort.Tensor>, image: GeneratedImage, width: number, height: number,
+async function initLatents(vae: AutoencoderKL, exec: Executor<ort.Tensor>, image: GeneratedImage, width: number, height: number,
   batch: number, scheduler: Scheduler, start: number, noise: BatchNoise): Promise<Float32Array> {
   const resized = resizeLanczos(image, width, height);
   const pixels = resized.data.map((v) => f32(f32(2 * v) - 1));

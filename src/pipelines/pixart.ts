@@ -8,6 +8,9 @@
  * Prompts are lower-cased and stripped, which is what diffusers does when its `clean_caption`
  * cannot run (it needs the Python packages bs4 and ftfy; with them it also rewrites URLs, HTML,
  * quotes and much else — that cleaning is not reproduced here).
+ *
+ * img2img (src/pipelines/img2img.ts) as diffusers' Stable Diffusion img2img does it, at the
+ * generated size: diffusers has no PixArt img2img pipeline.
  */
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
@@ -24,6 +27,7 @@ import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
+import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
 
@@ -44,7 +48,8 @@ export interface PixArtResult {
   /** The size the transformer ran at (the binned size with resolution binning). */
   generated: { width: number; height: number };
   accel?: AccelReport;
-  timings: { textEncoding: number; denoising: number; decoding: number };
+  /** Seconds; imageEncoding for img2img only. */
+  timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
 }
 
@@ -162,12 +167,14 @@ export class PixArtPipeline {
     const guidance = numberOption(request.guidanceScale, 4.5, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
     const perPrompt = intOption(request.imagesPerPrompt, 1, 'imagesPerPrompt', 1, LIMITS.imagesPerPrompt);
     const maxLength = intOption(request.maxSequenceLength, this.defaultMaxSequenceLength, 'maxSequenceLength', 1, LIMITS.maxSequenceLength);
-    const width = intOption(request.width, this.defaultSize, 'width', 1, LIMITS.size);
-    const height = intOption(request.height, this.defaultSize, 'height', 1, LIMITS.size);
     const factor = this.vae.model.downsampleFactor;
+    const unit = factor * c.patchSize;
+    const img2img = img2imgOf(request);
+    const fromImage = img2img && imageDefaultSize(img2img.image, unit);
+    const width = intOption(request.width, fromImage?.width ?? this.defaultSize, 'width', 1, LIMITS.size);
+    const height = intOption(request.height, fromImage?.height ?? this.defaultSize, 'height', 1, LIMITS.size);
     const binning = request.resolutionBinning ?? true;
     const [genHeight, genWidth] = binning ? binResolution(height, width, c.sampleSize) : [height, width];
-    const unit = factor * c.patchSize;
     if (genWidth % unit || genHeight % unit) {
       throw new InputError('width/height', `must be multiples of ${unit} (VAE factor ${factor} × patch size ${c.patchSize})`, undefined, `${genWidth}x${genHeight}`);
     }
@@ -189,7 +196,8 @@ export class PixArtPipeline {
     if (scheduler.timesteps.length === 1) {
       throw new InputError('steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }
-    const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length });
+    const { start: first, calls, why } = scheduleStart(scheduler, img2img);
+    const acceleration = Acceleration.check(request.accel, model.declaration, { steps: steps - first, calls }, why);
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
@@ -232,16 +240,19 @@ export class PixArtPipeline {
 
     const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);
-    let latents = request.latents ? Float32Array.from(request.latents.data) : noise.draw(size);
-    for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
+    // img2img: the init image at the generated (binned) size.
+    start = performance.now();
+    let latents = await startingLatents({ img2img, given: request.latents, dims: latentDims, scheduler, start: first, noise,
+      vae: this.vae.model, vaeExec: this.vaeExec, width: genWidth, height: genHeight });
+    const imageEncoding = seconds(start);
 
     start = performance.now();
-    let state = scheduler.initialState;
+    let state = scheduler.beginState(first);
     const plane = size / batch;
-    for (let i = 0; i < scheduler.timesteps.length; i++) {
+    for (let i = first; i < scheduler.timesteps.length; i++) {
       checkAborted(request.signal);
       const stepStart = performance.now();
-      const now = acceleration.call(i, cfg, this.transformerExec);
+      const now = acceleration.call(i - first, cfg, this.transformerExec);
       const rows = now.cfg ? 2 * batch : batch;
       const t = scheduler.timesteps[i];
       const input = scheduler.scaleModelInput(now.cfg ? concat(latents, latents) : latents, i);
@@ -255,7 +266,7 @@ export class PixArtPipeline {
       const eps = c.outChannels === 2 * c.inChannels ? firstChannels(guided, batch, plane) : guided;
       const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, eps, i, latents, stepNoise));
-      request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
+      request.onStep?.({ step: i - first + 1, steps: calls, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
 
@@ -271,7 +282,7 @@ export class PixArtPipeline {
       scheduler: scheduler.name,
       generated: { width: genWidth, height: genHeight },
       accel: acceleration.report(),
-      timings: { textEncoding, denoising, decoding },
+      timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };
   }

@@ -19,7 +19,7 @@ import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
-import { checkImage, imageDefaultSize, initLatents, startIndex, strengthOf } from './img2img.ts';
+import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 import { modelFolder } from './reference-model.ts';
 
@@ -142,10 +142,8 @@ export class StableDiffusionPipeline {
     const rescale = numberOption(request.guidanceRescale, 0, 'guidanceRescale', 0, 1);
     const perPrompt = intOption(request.imagesPerPrompt, 1, 'imagesPerPrompt', 1, LIMITS.imagesPerPrompt);
     const factor = this.vae.model.downsampleFactor;
-    const image = request.image === undefined ? undefined : checkImage(request.image);
-    if (image === undefined && request.strength !== undefined) throw new InputError('strength', 'is for img2img', 'an image with it', `${request.strength}`);
-    if (image && request.latents) throw new InputError('latents', 'cannot start an img2img run (the image gives the starting latents)', 'latents or image', 'both');
-    const fromImage = image && imageDefaultSize(image, factor);
+    const img2img = img2imgOf(request);
+    const fromImage = img2img && imageDefaultSize(img2img.image, factor);
     const width = intOption(request.width, fromImage?.width ?? this.defaultSize, 'width', 1, LIMITS.size);
     const height = intOption(request.height, fromImage?.height ?? this.defaultSize, 'height', 1, LIMITS.size);
     if (width % factor || height % factor) throw new InputError('width/height', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
@@ -175,12 +173,11 @@ export class StableDiffusionPipeline {
     });
 
     // img2img runs the end of the schedule only, from position `start`.
-    const start = image ? startIndex(scheduler, strengthOf(request.strength)) : 0;
-    const calls = scheduler.timesteps.length - start;
+    const { start, calls, why } = scheduleStart(scheduler, img2img);
 
     // Refuse what cannot work before any work.
     // Schedules count the calls that run; PNDM makes one call more than steps.
-    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps: steps - start, calls });
+    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps: steps - start, calls }, why);
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let clock = performance.now();
@@ -223,17 +220,10 @@ export class StableDiffusionPipeline {
       return kv;
     };
 
-    // Starting latents: noise scaled by the scheduler's initial sigma as diffusers does, or the init image noised.
     const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);
     clock = performance.now();
-    let latents: Float32Array;
-    if (image) {
-      latents = await initLatents(this.vae.model, this.vaeExec, image, width, height, batch, scheduler, start, noise);
-    } else {
-      latents = request.latents ? Float32Array.from(request.latents.data) : noise.draw(size);
-      for (let i = 0; i < size; i++) latents[i] *= scheduler.initNoiseSigma;
-    }
+    let latents = await startingLatents({ img2img, given: request.latents, dims: latentDims, scheduler, start, noise, vae: this.vae.model, vaeExec: this.vaeExec, width, height });
     const imageEncoding = seconds(clock);
 
     clock = performance.now();
@@ -269,7 +259,7 @@ export class StableDiffusionPipeline {
       seeds: noise.seeds,
       scheduler: scheduler.name,
       accel: acceleration.report(),
-      timings: { textEncoding, ...(image ? { imageEncoding } : {}), denoising, decoding },
+      timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };
   }

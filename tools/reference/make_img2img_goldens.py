@@ -11,6 +11,13 @@ seed: nothing else is passed in.
 
     source <reference env>/env.sh && python tools/reference/make_img2img_goldens.py
 
+PixArt: diffusers has no img2img pipeline for it, so the reference is PixArtAlphaPipeline /
+PixArtSigmaPipeline doing what StableDiffusionImg2ImgPipeline does: `retrieve_timesteps` cut by
+strength as get_timesteps cuts it (with set_begin_index, which PixArtAlphaPipeline's own reset to 0
+is kept from undoing), and `prepare_latents` returning the init
+image encoded, sampled and noised exactly as the SD img2img pipeline's prepare_latents does (same
+VaeImageProcessor preprocessing), without resolution binning.
+
 Writes test/fixtures/goldens/img2img/: the init images (PNG), per fixture the final latents of each
 case (and one decoded image) with an index JSON, and resize.safetensors: PIL's Lanczos resize
 (what diffusers' VaeImageProcessor does to a size that is not a multiple of 8) of the init images.
@@ -24,6 +31,8 @@ import numpy as np
 import PIL.Image
 import torch
 import diffusers.models.autoencoders.vae as vae_module
+import diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha as pixart_alpha
+import diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma as pixart_sigma
 import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as sd_img2img
 import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img as sdxl_img2img
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
@@ -36,10 +45,13 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    PixArtAlphaPipeline,
+    PixArtSigmaPipeline,
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionXLImg2ImgPipeline,
 )
+from diffusers.image_processor import VaeImageProcessor
 from safetensors.torch import save_file
 
 from our_rng import BatchNoise
@@ -111,8 +123,87 @@ class OurNoise:
 
 
 def patch_noise(source):
-    for module in (vae_module, sd_img2img, sdxl_img2img, ddpm_module, euler_a_module, lcm_module):
+    for module in (vae_module, sd_img2img, sdxl_img2img, pixart_alpha, pixart_sigma, ddpm_module, euler_a_module, lcm_module):
         module.randn_tensor = source
+
+
+PIXART_CASES = [
+    ("dpm++2m-s0.6", dict(scheduler="dpm++2m", strength=0.6, steps=10, width=128, height=128)),
+    ("ddim-s0.5", dict(scheduler="ddim", strength=0.5, steps=8, width=128, height=128, negative_prompt=NEGATIVE)),
+    ("euler-a-s0.7", dict(scheduler="euler-a", strength=0.7, steps=8, width=128, height=128)),
+    ("batch", dict(scheduler="dpm++2m", strength=0.6, steps=6, width=128, height=128, prompt=[PROMPT, "a red circle"], num_images_per_prompt=2)),
+    ("resized", dict(scheduler="dpm++2m", strength=0.7, steps=6, width=144, height=96, image="init-150x100.png", decode=True)),
+]
+
+
+def cut_by_strength(original, strength):
+    """retrieve_timesteps as img2img's get_timesteps leaves it: the last int(steps × strength) steps."""
+    def retrieve(scheduler, num_inference_steps=None, device=None, timesteps=None, sigmas=None, **kwargs):
+        all_timesteps, n = original(scheduler, num_inference_steps, device, timesteps, sigmas, **kwargs)
+        t_start = max(n - min(int(n * strength), n), 0)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+            # PixArtAlphaPipeline sets the begin index to 0 before its loop (right for text-to-image).
+            scheduler.set_begin_index = lambda begin_index=0: None
+        return all_timesteps[t_start * scheduler.order:], n - t_start
+    return retrieve
+
+
+@torch.no_grad()
+def pixart_init_latents(pipe, image, c, generators, noise):
+    """What StableDiffusionImg2ImgPipeline.prepare_latents computes, one generator per image."""
+    processor = VaeImageProcessor(vae_scale_factor=2 ** (len(pipe.vae.config.block_out_channels) - 1))
+    pixels = processor.preprocess(image, height=c["height"], width=c["width"])
+    samples = [pipe.vae.encode(pixels).latent_dist.sample(generator=g) for g in generators]
+    init = pipe.vae.config.scaling_factor * torch.cat(samples)
+    pipe.scheduler.set_timesteps(c["steps"])
+    t_start = c["steps"] - min(int(c["steps"] * c["strength"]), c["steps"])
+    if hasattr(pipe.scheduler, "set_begin_index"):
+        pipe.scheduler.set_begin_index(t_start)
+    return pipe.scheduler.add_noise(init, noise(init.shape, generator=generators), pipe.scheduler.timesteps[t_start:t_start + 1])
+
+
+def pixart_goldens(images):
+    original = pixart_alpha.retrieve_timesteps
+    for fixture, pipeline_class, module in [("tiny-pixart-alpha", PixArtAlphaPipeline, pixart_alpha),
+                                            ("tiny-pixart-sigma", PixArtSigmaPipeline, pixart_sigma)]:
+        pipe = pipeline_class.from_pretrained(os.path.join(FIXTURES, fixture), torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        base_config = pipe.scheduler.config
+        tensors, index = {}, []
+        for i, (name, c) in enumerate(PIXART_CASES):
+            seed = 3000 + i
+            prompt = c.get("prompt", PROMPT)
+            batch = (len(prompt) if isinstance(prompt, list) else 1) * c.get("num_images_per_prompt", 1)
+            generators = [torch.Generator().manual_seed(b) for b in range(batch)]
+            noise = OurNoise(seed, generators)
+            patch_noise(noise)
+            pipe.scheduler = SCHEDULERS[c["scheduler"]](base_config)
+            image_file = c.get("image", "init-128.png")
+            init = pixart_init_latents(pipe, images[image_file], c, generators, noise)
+            module.retrieve_timesteps = cut_by_strength(original, c["strength"])
+            pipe.prepare_latents = lambda *args, **kwargs: init.clone()
+            settings = dict(num_inference_steps=c["steps"], strength=c["strength"], guidance_scale=c.get("guidance_scale", 4.5),
+                            num_images_per_prompt=c.get("num_images_per_prompt", 1), width=c["width"], height=c["height"])
+            final = {}
+            with torch.no_grad():
+                out = pipe(prompt=prompt, negative_prompt=c.get("negative_prompt") or "", generator=generators, clean_caption=False,
+                           use_resolution_binning=False, output_type="latent" if not c.get("decode") else "pt",
+                           callback=lambda step, t, lat: final.update(latents=lat.clone()), callback_steps=1,
+                           **{k: v for k, v in settings.items() if k != "strength"}).images
+            module.retrieve_timesteps = original
+            del pipe.prepare_latents
+            tensors[f"{name}.latents_out"] = final["latents"].contiguous()
+            entry = dict(name=name, seed=seed, scheduler=c["scheduler"], prompt=prompt, negative_prompt=c.get("negative_prompt"),
+                         image=image_file, **settings)
+            if c.get("decode"):
+                tensors[f"{name}.image"] = out.contiguous()
+                entry["decoded"] = True
+            index.append(entry)
+        save_file(tensors, os.path.join(OUT, f"{fixture}.safetensors"))
+        with open(os.path.join(OUT, f"{fixture}.json"), "w") as f:
+            json.dump(index, f, indent=1)
+        print(fixture, len(index), "cases")
 
 
 def main():
@@ -167,6 +258,7 @@ def main():
         with open(os.path.join(OUT, f"{fixture}.json"), "w") as f:
             json.dump(index, f, indent=1)
         print(fixture, len(index), "cases")
+    pixart_goldens(images)
 
 
 if __name__ == "__main__":
