@@ -68,3 +68,16 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl']) {
     }
   });
 }
+
+test('one pipeline, sizes that differ only after rounding at the deep levels: each gets graphs that fit it', async () => {
+  // 40x24 and 64x32 both reach the deepest level as 1x2 latents, but upsample back to 2x3 and 2x4.
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  try {
+    for (const [width, height] of [[40, 24], [64, 32], [40, 24]]) {
+      const result = await pipeline.generate({ prompt: 'a cat', steps: 2, seed: 1, width, height, output: 'latent' });
+      assert.deepEqual(result.latents.dims, [1, 4, height / 8, width / 8]);
+    }
+  } finally {
+    await pipeline.release();
+  }
+});

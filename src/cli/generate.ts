@@ -16,6 +16,8 @@ import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { readPromptFile } from '../scenes/captions.ts';
+import { readImage } from '../image/read.ts';
+import { DEFAULT_STRENGTH } from '../pipelines/img2img.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import type { Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
@@ -40,6 +42,9 @@ export interface GenerateFlags {
   /** --size WxH: the same as --width and --height. */
   size?: [number, number];
   batch?: number;
+  /** img2img: a PNG or JPEG to start from. */
+  initImage?: string;
+  strength?: number;
   latents?: string;
   saveLatents?: string;
   out: string;
@@ -78,6 +83,8 @@ const ONLY: [keyof GenerateFlags, string, Family[]][] = [
   ['size', '--size', ['stable-diffusion', 'pixart']],
   ['height', '--height', ['stable-diffusion', 'pixart']],
   ['batch', '--batch', ['stable-diffusion', 'pixart']],
+  ['initImage', '--init-image', ['stable-diffusion', 'pixart']],
+  ['strength', '--strength', ['stable-diffusion', 'pixart']],
   ['class', '--class', ['dit']],
   ['maxSequenceLength', '--max-sequence-length', ['pixart']],
   ['resolutionBinning', '--resolution-binning / --no-resolution-binning', ['pixart']],
@@ -91,7 +98,7 @@ interface Generated {
   seeds: number[];
   scheduler: string;
   accel?: { name: string; cfgCalls: number; summary: string[] };
-  timings: { textEncoding?: number; denoising: number; decoding: number };
+  timings: { textEncoding?: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
 }
 
@@ -150,6 +157,8 @@ function checkFlags(f: GenerateFlags): Device {
     [f.width, f.height] = f.size;
     f.size = undefined;
   }
+  if (f.strength !== undefined && f.initImage === undefined) throw new InputError('--strength', 'is for img2img', '--init-image with it', String(f.strength));
+  if (f.latents !== undefined && f.initImage !== undefined) throw new InputError('--latents', 'given with --init-image (the image gives the starting latents)', 'one of them', f.latents);
   if (f.device !== 'cpu' && f.device !== 'webgpu') throw new InputError('--device', 'unknown device', 'cpu or webgpu', f.device);
   if (path.extname(f.out).toLowerCase() !== '.png') throw new InputError('--out', 'output must be a PNG file', 'a name ending in .png', f.out);
   return f.device;
@@ -166,7 +175,7 @@ function checkOutputs(f: GenerateFlags, family: Family, subjects: string[]): str
 }
 
 /** Starts the generation the folder's family does, with the flags that apply to it. */
-async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined,
+async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined, image: GeneratedImage | undefined,
   onStep: (s: StepInfo) => void, signal: AbortSignal, prompts: string[]): Promise<{ run: (seed?: number) => Promise<Generated>; release: () => Promise<void> }> {
   const runtime = { device, threads: f.threads, variant: f.variant };
   const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;
@@ -175,7 +184,7 @@ async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, d
     const pipeline = loadDiTPipeline(folder, runtime);
     return { run: (seed) => pipeline.generate({ ...common, seed, classLabels: classLabels(f.class!) }), release: () => pipeline.release() };
   }
-  const text = { ...common, prompt: prompts, negativePrompt: f.negativePrompt, width: f.width, height: f.height, imagesPerPrompt: f.batch };
+  const text = { ...common, prompt: prompts, negativePrompt: f.negativePrompt, width: f.width, height: f.height, imagesPerPrompt: f.batch, image, strength: f.strength };
   if (family === 'pixart') {
     const pipeline = loadPixArtPipeline(folder, runtime);
     return {
@@ -205,6 +214,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
   let job: Awaited<ReturnType<typeof start>> | undefined;
   try {
     const latents = f.latents ? readLatentsFile(f.latents) : undefined;
+    const image = f.initImage === undefined ? undefined : readImage(f.initImage);
     const folder = readPipelineFolder(modelFolder(f.model));
     const family = familyOf(folder, f);
     // What each image of a run shows: a prompt (repeated --batch times) or a DiT class.
@@ -221,7 +231,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
       }
       bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
     };
-    job = await start(folder, family, f, device, latents, onStep, abort.signal, family === 'dit' ? [] : subjects);
+    job = await start(folder, family, f, device, latents, image, onStep, abort.signal, family === 'dit' ? [] : subjects);
     const defaults = DEFAULTS[family];
     let written = 0;
     for (const seed of f.seed ?? [undefined]) {
@@ -230,15 +240,16 @@ export async function generate(f: GenerateFlags): Promise<void> {
       for (const w of result.warnings) process.stderr.write(`warning: ${withFlagNames(w)}\n`);
       // writeSafetensors writes through a temporary file itself.
       if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });
-      const [image] = result.images;
+      const [first] = result.images;
       const perSubject = family === 'dit' ? 1 : (f.batch ?? 1);
       const settings = {
         ...(family === 'dit' ? { class: f.class } : { negativePrompt: f.negativePrompt ?? '' }),
         steps: f.steps ?? defaults.steps, guidanceScale: f.guidance ?? defaults.guidance,
         ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
         ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
-        scheduler: result.scheduler, width: image.width, height: image.height,
+        scheduler: result.scheduler, width: first.width, height: first.height,
         batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, latents: f.latents ?? null,
+        ...(image ? { initImage: f.initImage, strength: f.strength ?? DEFAULT_STRENGTH } : {}),
         accel: f.accel.map(formatAccelSpec),
       };
       // Each image records its own seed: the one that regenerates it alone.
@@ -246,7 +257,9 @@ export async function generate(f: GenerateFlags): Promise<void> {
         subject,
         ...(family === 'dit' ? [] : [`Negative prompt: ${f.negativePrompt ?? ''}`]),
         `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${seed}, ` +
-          `Size: ${image.width}x${image.height}, Model: ${settings.model}` +
+          `Size: ${first.width}x${first.height}, Model: ${settings.model}` +
+          // A1111's name for img2img's strength
+          (image ? `, Denoising strength: ${settings.strength}` : '') +
           // quoted, as A1111 quotes values that contain commas
           (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : ''),
       ].join('\n');
@@ -260,7 +273,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
       written += result.images.length;
       const t = result.timings;
       process.stderr.write(`wrote ${runNames.join(', ')} (seed ${result.seed}, ${result.scheduler}; ` +
-        `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
+        `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}${t.imageEncoding === undefined ? '' : `init image ${t.imageEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
       if (result.accel) {
         const a = result.accel;
         process.stderr.write(`${a.name}: ${[`${a.cfgCalls} model calls with CFG`, ...a.summary].join(', ')}\n`);

@@ -148,7 +148,7 @@ export function buildProgram(): Command {
 
   program
     .command('generate')
-    .description('generate PNG images with a diffusers folder: text-to-image (Stable Diffusion 1.x/2.x/XL, PixArt-α/Σ) or class-to-image (DiT)')
+    .description('generate PNG images with a diffusers folder: text-to-image or image-to-image (Stable Diffusion 1.x/2.x/XL, PixArt-α/Σ), class-to-image (DiT)')
     .option('--model <dir>', 'diffusers pipeline folder (model_index.json); default: the embedded reference model')
     .option('--prompt <text>', 'what to draw')
     .option('--prompts <file>', 'one prompt per line (blank lines and # comments skipped), instead of --prompt')
@@ -166,6 +166,8 @@ export function buildProgram(): Command {
     .option('--max-sequence-length <n>', 'PixArt: T5 tokens per prompt (default 120 for α, 300 for Σ)', positiveInt('--max-sequence-length', LIMITS.maxSequenceLength))
     .option('--resolution-binning', 'PixArt: generate at the nearest trained size, then resize and crop back (default)')
     .option('--no-resolution-binning', 'PixArt: generate at the size asked for')
+    .option('--init-image <file>', 'img2img: start from this PNG or JPEG, resized to the output size (default: its own size rounded down to a multiple of 8; PixArt 16)')
+    .option('--strength <s>', 'img2img: how much of the schedule runs, in (0, 1]: int(steps × s) steps (default 0.8)', number('--strength'))
     .option('--latents <file.safetensors>', 'starting latents: one F32 tensor "latents" [B, C, h, w] (diffusers\' latents=)')
     .option('--save-latents <file.safetensors>', 'also write the final latents (before VAE scaling and decoding)')
     .option('--out <file.png>', 'output PNG; several images get -0, -1, ... suffixes', 'out.png')

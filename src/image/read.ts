@@ -11,8 +11,9 @@ import { InputError } from '../errors.ts';
 import type { GeneratedImage } from '../pipelines/common.ts';
 import { isSystemError, systemErrorReason } from '../util/files.ts';
 
-/** The largest side we accept (the pipelines' own bound). */
+/** The largest side we accept (the pipelines' own bound), and the most pixels (8192²: 768 MiB as planar floats). */
 export const MAX_IMAGE_SIDE = 16_384;
+export const MAX_IMAGE_PIXELS = 8192 * 8192;
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
@@ -36,8 +37,8 @@ export function readImage(file: string): GeneratedImage {
 }
 
 function checkSize(width: number, height: number, where: string): void {
-  if (!(width >= 1 && height >= 1 && width <= MAX_IMAGE_SIDE && height <= MAX_IMAGE_SIDE)) {
-    throw new InputError(where, 'image size out of range', `sides from 1 to ${MAX_IMAGE_SIDE} pixels`, `${width}x${height}`);
+  if (!(width >= 1 && height >= 1 && width <= MAX_IMAGE_SIDE && height <= MAX_IMAGE_SIDE && width * height <= MAX_IMAGE_PIXELS)) {
+    throw new InputError(where, 'image size out of range', `sides from 1 to ${MAX_IMAGE_SIDE} pixels, at most ${MAX_IMAGE_PIXELS / 2 ** 20} megapixels`, `${width}x${height}`);
   }
 }
 
@@ -85,7 +86,7 @@ function unpackBits(packed: Uint8Array, width: number, height: number, channels:
 function fromJpeg(bytes: Uint8Array, where: string): GeneratedImage {
   let image;
   try {
-    image = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: (MAX_IMAGE_SIDE * MAX_IMAGE_SIDE) / 1e6, maxMemoryUsageInMB: 4096 });
+    image = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6, maxMemoryUsageInMB: 2048 });
   } catch (e) {
     throw new InputError(where, `broken JPEG: ${(e as Error).message ?? String(e)}`);
   }

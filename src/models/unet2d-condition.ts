@@ -371,7 +371,7 @@ export class UNet2DConditionModel {
           const [height, width] = skips.peek().dims.slice(2);
           return (await exec.run(upsampler, (g, i) => ({
             x: g.scope(upsampler, () => g.conv2d(g.resizeNearest(i.x, height, width), 'conv', channels, 3, { padding: 1 })),
-          }), { x })).x;
+          }), { x }, { depends: `${height}x${width}` })).x;
         });
       }
     }

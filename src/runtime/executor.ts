@@ -39,6 +39,11 @@ export interface RunOptions {
   residual?: ResidualSpec;
   /** A variant of the segment's graph (e.g. ToMe-merged): part of its identity beside the name. */
   variant?: string;
+  /**
+   * What else its graph depends on besides the inputs' shapes (e.g. an upsampler's output size):
+   * part of its identity, so a compiled graph is never reused where it does not fit.
+   */
+  depends?: string;
   /** Inputs without a batch axis (their axis 0 stays static in batch-polymorphic graphs). */
   unbatched?: string[];
   /** What the segment is, for plans; segments without a role always run as built. */
@@ -112,6 +117,6 @@ export const outputName = (key: string): string => `out.${key}`;
  */
 export function shapeKey(inputs: Record<string, TensorLike>, options?: RunOptions, anyBatch = false): string {
   const shapes = Object.entries(inputs).map(([k, t]) => `${k}:${t.type}[${(anyBatch ? ['*', ...t.dims.slice(1)] : t.dims).join(',')}]`).join(';');
-  const variant = options?.variant ? `@${options.variant}:` : '';
+  const variant = (options?.variant ? `@${options.variant}:` : '') + (options?.depends ? `(${options.depends})` : '');
   return variant + (options?.outputs || options?.residual ? `${shapes}->${options.outputs?.join(',') ?? `-${options.residual!.value}`}` : shapes);
 }
