@@ -191,6 +191,8 @@ test('init images: PNG of every colour type and depth, JPEG, and clear errors fo
       (x, y) => [0, 1, 2].map((c) => ((y * w + x) * 4 + c) % 251)],
     ['rgb16', encode({ width: w, height: h, data: Uint16Array.from({ length: w * h * 3 }, (_, i) => i * 257), channels: 3, depth: 16 }),
       (x, y) => [0, 1, 2].map((c) => (y * w + x) * 3 + c)],
+    ['palette', encode({ width: w, height: h, data: Uint8Array.from({ length: w * h }, (_, i) => i % 3), channels: 1, depth: 8, palette: [[255, 0, 0], [0, 255, 0], [10, 20, 30]] }),
+      (x, y) => [[255, 0, 0], [0, 255, 0], [10, 20, 30]][(y * w + x) % 3]],
     ['grey1', encode({ width: w, height: h, data: Uint8Array.from([0b10101000, 0b01010000, 0b11111000]), channels: 1, depth: 1 }),
       (x, y) => new Array(3).fill([0b10101, 0b01010, 0b11111][y] & (1 << (4 - x)) ? 255 : 0)],
   ];

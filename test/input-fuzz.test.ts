@@ -1,6 +1,7 @@
 /**
  * Seeded fuzzing of what users type and what files hold: `--accel` specs, model configs (parsed,
- * then run on shapes as `bench --dry-run` and the memory estimate do) and scheduler configs. Each
+ * then run on shapes as `bench --dry-run` and the memory estimate do), scheduler configs and init
+ * images (PNG and JPEG bytes). Each
  * case must succeed or end in one InputError, quickly. FUZZ_CASES scales it (`npm run fuzz` runs
  * many more cases than CI).
  */
@@ -16,6 +17,11 @@ import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
 import { createScheduler, SCHEDULER_NAMES } from '../src/schedulers/index.ts';
 import type { Config } from '../src/weights/config.ts';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { encode as encodePng } from 'fast-png';
+import jpeg from 'jpeg-js';
+import { decodeImage } from '../src/image/read.ts';
 import { prng } from './helpers/prng.ts';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 150);
@@ -99,6 +105,37 @@ test(`scheduler configs: ${CASES} mutated configs give timesteps or one InputErr
     await expectTypedOrSuccess(`${name ?? 'folder'} ${steps} steps: ${changes}`, () => {
       const scheduler = createScheduler({ name: name as never, config, configFile: 'scheduler/scheduler_config.json', steps });
       assert.ok(scheduler.timesteps.length > 0);
+    });
+  }
+});
+
+test(`init images: ${CASES} mutated PNG and JPEG files decode or give one InputError`, async () => {
+  const w = 24;
+  const h = 16;
+  const rgba = Uint8Array.from({ length: w * h * 4 }, (_, i) => (i * 37) % 256);
+  const bases = [
+    fs.readFileSync(path.join(import.meta.dirname, 'fixtures', 'goldens', 'img2img', 'init-150x100.png')),
+    encodePng({ width: w, height: h, data: rgba, channels: 4, depth: 8 }),
+    encodePng({ width: w, height: h, data: Uint16Array.from({ length: w * h }, (_, i) => i * 97), channels: 1, depth: 16 }),
+    encodePng({ width: w, height: h, data: Uint8Array.from({ length: w * h }, (_, i) => i % 4), channels: 1, depth: 8, palette: [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]] }),
+    new Uint8Array(jpeg.encode({ data: rgba, width: w, height: h }, 80).data),
+  ];
+  for (let i = 0; i < CASES; i++) {
+    const bytes = Uint8Array.from(pick(bases));
+    const changes: string[] = [];
+    for (let n = 1 + int(4); n > 0; n--) {
+      const at = int(bytes.length);
+      const kind = int(4);
+      if (kind === 0) bytes[at] = int(256);
+      else if (kind === 1) bytes[at] ^= 1 << int(8);
+      else if (kind === 2) bytes.fill(0xff, at, at + 1 + int(8));
+      else bytes.set([0, 0, int(256), int(256)], Math.max(0, at - 4));
+      changes.push(`${kind}@${at}`);
+    }
+    const cut = rand() < 0.2 ? int(bytes.length) : bytes.length;
+    await expectTypedOrSuccess(`image ${changes.join(',')} cut ${cut}`, () => {
+      const image = decodeImage(bytes.subarray(0, cut), 'fuzz');
+      assert.equal(image.data.length, 3 * image.width * image.height);
     });
   }
 });

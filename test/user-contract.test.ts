@@ -223,6 +223,36 @@ test('Ctrl-C (SIGINT) stops a generation after the current step: exit 130, one l
   assert.deepEqual(fs.readdirSync(dir), []);
 });
 
+test('Ctrl-C in a terminal, during the progress bar: the cursor and line wrapping come back, exit 130', { skip: !fs.existsSync('/usr/bin/script') && 'needs script(1) for a pseudo-terminal' }, async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'x.png');
+  const command = [process.execPath, path.join(ROOT, 'bin', 'diffuse.js'), 'generate', '--prompt', 'a red circle', '--steps', '1000', '--out', out]
+    .map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  // script(1) runs the command on a pseudo-terminal; a ^C written to it is the terminal's interrupt.
+  const child = spawn('/usr/bin/script', ['-qfec', command, '/dev/null'], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no progress bar within 60 s: ${output}`)), 60_000);
+    const poll = setInterval(() => {
+      if (/denoising .* [1-9]\d*\/1000 steps/.test(output)) {
+        clearInterval(poll);
+        clearTimeout(timer);
+        resolve();
+      }
+    }, 50);
+  });
+  child.stdin.write('\x03');
+  const status = await new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  assert.equal(status, 130, output);
+  const hidden = output.lastIndexOf('\x1b[?25l');
+  assert.ok(hidden >= 0, 'the progress bar hid the cursor');
+  const rest = output.slice(hidden);
+  assert.ok(rest.includes('\x1b[?25h') && rest.includes('\x1b[?7h'), `cursor shown and wrapping on after the bar: ${JSON.stringify(rest.slice(-200))}`);
+  assert.match(output.trimEnd().split(/\r?\n/).at(-1)!, /diffuse: interrupted \(SIGINT\)$/);
+  assert.deepEqual(fs.readdirSync(dir), []);
+});
+
 test('the package ships what users need (no tests, docs or stray images), and npm prints no config warning', () => {
   const run = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' });
   assert.equal(run.status, 0, run.stderr);

@@ -47,25 +47,25 @@ function fromPng(bytes: Uint8Array, where: string): GeneratedImage {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (bytes.length < 24) throw new InputError(where, 'truncated PNG', 'a PNG header', `${bytes.length} bytes`);
   checkSize(view.getUint32(16), view.getUint32(20), where);
-  let png;
   try {
-    png = decodePng(bytes);
+    const png = decodePng(bytes);
+    const { width, height } = png;
+    let channels = png.channels;
+    let samples: ArrayLike<number> = png.data;
+    let max = 2 ** png.depth - 1;
+    if (png.palette) {
+      samples = convertIndexedToRgb(png);
+      channels = samples.length / (width * height);
+      max = 255;
+    } else if (png.depth < 8) {
+      samples = unpackBits(png.data as Uint8Array, width, height, channels, png.depth);
+    }
+    if (samples.length < width * height * channels) throw new InputError(where, 'truncated PNG', `${width * height * channels} samples`, `${samples.length}`);
+    return toPlanar(samples, width, height, channels, max);
   } catch (e) {
-    throw new InputError(where, `broken PNG: ${(e as Error).message}`);
+    if (e instanceof InputError) throw e;
+    throw new InputError(where, `broken PNG: ${(e as Error).message ?? String(e)}`);
   }
-  const { width, height } = png;
-  let channels = png.channels;
-  let samples: ArrayLike<number> = png.data;
-  let max = 2 ** png.depth - 1;
-  if (png.palette) {
-    samples = convertIndexedToRgb(png);
-    channels = samples.length / (width * height);
-    max = 255;
-  } else if (png.depth < 8) {
-    samples = unpackBits(png.data as Uint8Array, width, height, channels, png.depth);
-  }
-  if (samples.length < width * height * channels) throw new InputError(where, 'truncated PNG', `${width * height * channels} samples`, `${samples.length}`);
-  return toPlanar(samples, width, height, channels, max);
 }
 
 /** Grey images of 1, 2 or 4 bits per sample come packed, each row padded to a byte. */
