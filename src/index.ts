@@ -27,4 +27,6 @@ export { psnr, ssim } from './metrics/image.ts';
 export { parseAccelSpec, formatAccelSpec, METHODS, type AccelSpec } from './accel/index.ts';
 export { fidelitySweep, defaultSweep, type FidelityOptions, type FidelityResult, type FidelityRow } from './bench/fidelity.ts';
 export { encodePng } from './image/png.ts';
+export { readImage, decodeImage } from './image/read.ts';
+export { resizeLanczos } from './image/resize.ts';
 export { Rng } from './util/rng.ts';
