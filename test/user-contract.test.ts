@@ -182,6 +182,26 @@ test('PNGs record the model by name, not the user\'s folders', () => {
   assert.equal(modelName('/anything', 'reference'), 'reference');
 });
 
+test('img2img from the CLI: the PNG records strength and the input files by name only, never their folders', (t) => {
+  const dir = tempDir(t);
+  const init = path.join(dir, 'private', 'holiday.png');
+  fs.mkdirSync(path.dirname(init));
+  fs.copyFileSync(path.join(ROOT, 'test', 'fixtures', 'goldens', 'img2img', 'init-150x100.png'), init);
+  const out = path.join(dir, 'out.png');
+  const run = diffuse('generate', '--model', TINY, '--prompt', 'a cat', '--init-image', init, '--strength', '0.5', '--steps', '4', '--seed', '3', '--out', out, '--quiet');
+  assert.equal(run.status, 0, run.stderr);
+  const text = pngText(fs.readFileSync(out));
+  assert.match(text.parameters, /Size: 144x96, Model: tiny-sd1, Denoising strength: 0\.5$/);
+  const json = JSON.parse(text['diffusion.ts']) as Record<string, unknown>;
+  assert.equal(json.initImage, 'holiday.png');
+  assert.equal(json.strength, 0.5);
+  assert.ok(!text['diffusion.ts'].includes(dir) && !text.parameters.includes(dir), 'no folder of the user in the PNG');
+  refused(diffuse('generate', '--model', TINY, '--prompt', 'x', '--strength', '0.5', '--out', out), ['--strength', '--init-image']);
+  refused(diffuse('generate', '--model', TINY, '--prompt', 'x', '--init-image', path.join(dir, 'none.png'), '--out', out), ['none.png', 'no such file'], 2);
+  refused(diffuse('generate', '--model', TINY, '--prompt', 'x', '--init-image', init, '--strength', '0.1', '--steps', '5', '--out', out), ['--strength', 'runs no step of 5']);
+  refused(diffuse('generate', '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-dit'), '--class', '1', '--init-image', init, '--out', out), ['--init-image', 'does not apply']);
+});
+
 test('a run that cannot fit in memory is refused with its estimate before it starts; the limit can be set', async (t) => {
   const dir = tempDir(t);
   let run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--width', '16384', '--height', '16384', '--out', path.join(dir, 'x.png'));

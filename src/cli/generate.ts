@@ -248,8 +248,8 @@ export async function generate(f: GenerateFlags): Promise<void> {
         ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
         ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
         scheduler: result.scheduler, width: first.width, height: first.height,
-        batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, latents: f.latents ?? null,
-        ...(image ? { initImage: f.initImage, strength: f.strength ?? DEFAULT_STRENGTH } : {}),
+        batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, latents: f.latents === undefined ? null : path.basename(f.latents),
+        ...(image ? { initImage: path.basename(f.initImage!), strength: f.strength ?? DEFAULT_STRENGTH } : {}),
         accel: f.accel.map(formatAccelSpec),
       };
       // Each image records its own seed: the one that regenerates it alone.
