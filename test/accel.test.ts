@@ -13,8 +13,10 @@ import { calflopsMacs } from '../src/graph/builder.ts';
 import { transformerFromConfig } from '../src/models/components.ts';
 import { PRESETS, TRANSFORMER_PRESETS } from '../src/models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
+import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
-import { assertClose } from './helpers/compare.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { assertClose, relativeError } from './helpers/compare.ts';
 import { accelGoldens } from './helpers/goldens.ts';
 import { throwsInputError } from './helpers/files.ts';
 
@@ -118,6 +120,30 @@ test('TGATE on tiny-sd1 equals the official T-GATE code (final latents within 1e
     await pipeline.release();
   }
 });
+
+for (const fixture of ['tiny-pixart-alpha', 'tiny-pixart-sigma']) {
+  test(`TGATE on ${fixture} equals the official T-GATE PixArt code: the paper's recipe, a batch, a negative prompt, LCM`, async (t) => {
+    const pixart = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, fixture)));
+    try {
+      for (const c of accelGoldens(t, 'tgate-pixart', fixture)) {
+        const request = { ...c.request, width: 128, height: 128, resolutionBinning: false };
+        const accelerated = await pixart.generate({ ...request, accel: [parseAccelSpec(c.accel)] });
+        // Relative to max |x|, which the tiny random transformer drives to ~10³ in places: TGATE's
+        // effect on that scale is 6e-5 (LCM) to 1.8; it must stand well clear of our error.
+        const err = assertClose(accelerated.latents.data, c.expected, 1e-4, `${c.name} vs official TGATE`);
+        const baseline = await pixart.generate(request);
+        const baseErr = assertClose(baseline.latents.data, c.baseline, 1e-4, `${c.name} baseline`);
+        const change = relativeError(baseline.latents.data, c.expected);
+        assert.ok(change > 10 * Math.max(err, baseErr), `${c.name}: TGATE's change ${change} is within our error`);
+        const gate = parseAccelSpec(c.accel).params.gate_step as number;
+        assert.equal(accelerated.accel?.cfgCalls, c.guidance_scale > 1 ? gate : 0);
+        t.diagnostic(`${c.name}: relative error ${err.toExponential(2)}, TGATE's change ${change.toExponential(2)}, ${accelerated.accel?.stats.reusedSegments} segment calls reused`);
+      }
+    } finally {
+      await pixart.release();
+    }
+  });
+}
 
 test('TGATE with CFG off (guidance ≤ 1, as with LCM): no averaging, no CFG calls, still gates', async () => {
   const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));

@@ -30,26 +30,28 @@ export interface AccelCase {
   scheduler: SchedulerName;
   steps: number;
   accel: string;
-  prompt: string;
+  prompt: string | string[];
   negative_prompt: string;
   guidance_scale: number;
+  /** For stochastic schedulers: the seed of the step noise (our generator). */
+  seed?: number;
   schedule?: number[];
 }
 
 /**
- * The cases of test/fixtures/goldens/<method>/tiny-sd1.{json,safetensors}, each with its request
+ * The cases of test/fixtures/goldens/<method>/<fixture>.{json,safetensors}, each with its request
  * (fixed starting latents, latent output) and its expected final and baseline latents.
  */
-export function accelGoldens(t: TestContext, method: string) {
+export function accelGoldens(t: TestContext, method: string, fixture = 'tiny-sd1') {
   const dir = path.join(import.meta.dirname, '..', 'fixtures', 'goldens', method);
-  const cases = JSON.parse(fs.readFileSync(path.join(dir, 'tiny-sd1.json'), 'utf8')) as AccelCase[];
-  const st = SafetensorsFile.open(path.join(dir, 'tiny-sd1.safetensors'));
+  const cases = JSON.parse(fs.readFileSync(path.join(dir, `${fixture}.json`), 'utf8')) as AccelCase[];
+  const st = SafetensorsFile.open(path.join(dir, `${fixture}.safetensors`));
   t.after(() => st.close());
   return cases.map((c) => ({
     ...c,
     request: {
-      prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler,
-      latents: { data: st.readFloat32(`${c.name}.latents_in`), dims: [1, 4, 16, 16] }, output: 'latent' as const,
+      prompt: c.prompt, negativePrompt: c.negative_prompt, steps: c.steps, guidanceScale: c.guidance_scale, scheduler: c.scheduler, seed: c.seed,
+      latents: { data: st.readFloat32(`${c.name}.latents_in`), dims: st.tensors.get(`${c.name}.latents_in`)!.shape }, output: 'latent' as const,
     },
     expected: st.readFloat32(`${c.name}.latents_out`),
     baseline: st.readFloat32(`${c.name}.baseline_out`),
