@@ -78,6 +78,20 @@ for (const [preset, size, spec, paper] of TABLES) {
   });
 }
 
+// The TGATE paper's LCM-SDXL rows: 4 calls, no CFG (guidance-distilled), lcm-sdxl's U-Net (SDXL's with time_cond_proj_dim 256).
+for (const [spec, paper] of [[undefined, 11.955e12], ['tgate:gate_step=1,sp_interval=1,fi_interval=1,warm_up=0', 11.171e12]] as const) {
+  test(`whole-run MACs: LCM-SDXL 1024² 4 calls ${spec ?? 'baseline'} within 0.1% of the TGATE paper's ${paper / 1e12} T`, async (t) => {
+    const unet = new UNet2DConditionModel(parseUNetConfig({ ...PRESETS.sdxl.unet, time_cond_proj_dim: 256 }, 'lcm-sdxl'));
+    const macs = await wholeRunMacs(unet, {
+      calls: 4, batch: 1, latentHeight: 128, latentWidth: 128, cfg: false, textEmbedsDim: 1280,
+      accelerator: spec ? createAccelerator([parseAccelSpec(spec)]) : undefined,
+    });
+    const ours = calflopsMacs(macs.total);
+    t.diagnostic(`${(ours / 1e12).toFixed(3)} T (${(((ours - paper) / paper) * 100).toFixed(3)}%)`);
+    assert.ok(Math.abs(ours - paper) / paper < 1e-3, `${ours} vs ${paper}`);
+  });
+}
+
 // The TGATE paper's PixArt rows (calflops MACs, transformer only — text encoder out, caption
 // projection in — 1024², CFG batch); its LCM-PixArt row is 4 calls without CFG.
 const PIXART_TABLES: [string, string | undefined, number, boolean, number][] = [
@@ -87,6 +101,7 @@ const PIXART_TABLES: [string, string | undefined, number, boolean, number][] = [
   ['pixart-sigma-1024', undefined, 25, true, 107.766e12],
   ['pixart-sigma-1024', 'tgate:gate_step=15,sp_interval=3,fi_interval=1,warm_up=2', 25, true, 74.420e12],
   ['pixart-alpha-1024', undefined, 4, false, 8.563e12],
+  ['pixart-alpha-1024', 'tgate:gate_step=1,sp_interval=1,fi_interval=1,warm_up=0', 4, false, 7.623e12],
 ];
 
 for (const [preset, spec, calls, cfg, paper] of PIXART_TABLES) {

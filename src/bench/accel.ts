@@ -70,7 +70,7 @@ async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSe
     settings.push({ setting: o.accel.map(formatAccelSpec).join(' + '), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.stats.reusedSegments });
   }
   console.log(`Denoiser (U-Net or transformer) MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
-    `batch ${o.batch}${o.guidance > 1 ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
+    `batch ${o.batch}${counter.cfg ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
   const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
   for (const s of settings) {
     console.log(`  ${s.setting.padEnd(60)} ${tera(count(s.macs)).padStart(12)}  ×${(count(base.total) / count(s.macs)).toFixed(2)} ` +

@@ -14,6 +14,8 @@ import { own } from '../util/own.ts';
 export interface MacCounter {
   width: number;
   height: number;
+  /** Whether the CFG batch runs: guidance > 1 and a U-Net that is not guidance-distilled (LCM). */
+  cfg: boolean;
   /** Model calls a run of `steps` makes with the folder's (or the chosen) scheduler. */
   calls(steps: number): number;
   count(steps: number, accel: AccelSpec[]): Promise<RunMacs>;
@@ -35,9 +37,11 @@ export function macCounter(o: MacCounterOptions): MacCounter {
   let tokens: number | undefined;
   let calls = (steps: number) => steps;
   let factor = 8;
+  let distilled = false;
   const useUNet = (config: Record<string, unknown>, where: string) => {
     const unet = new UNet2DConditionModel(parseUNetConfig(config, where));
     [model, sampleSize] = [unet, unet.config.sampleSize];
+    distilled = unet.config.timeCondProjDim !== null;
   };
   const useTransformer = (className: string, config: Record<string, unknown>, where: string) => {
     const transformer = transformerFromConfig(className, config, where);
@@ -82,10 +86,11 @@ export function macCounter(o: MacCounterOptions): MacCounter {
   }
   const [width, height] = o.size ?? [sampleSize! * factor, sampleSize! * factor];
   if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
+  const cfg = o.guidance > 1 && !distilled;
   return {
-    width, height, calls,
+    width, height, calls, cfg,
     count: (steps, accel) => wholeRunMacs(model, {
-      calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg: o.guidance > 1, textEmbedsDim, tokens,
+      calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg, textEmbedsDim, tokens,
       accelerator: accel.length > 0 ? createAccelerator(accel, calls(steps)) : undefined,
     }),
   };

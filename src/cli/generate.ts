@@ -66,14 +66,15 @@ export interface GenerateFlags {
 type Family = 'stable-diffusion' | 'pixart' | 'dit';
 
 const FAMILIES: Record<string, Family> = {
-  StableDiffusionPipeline: 'stable-diffusion', StableDiffusionXLPipeline: 'stable-diffusion',
+  StableDiffusionPipeline: 'stable-diffusion', StableDiffusionXLPipeline: 'stable-diffusion', LatentConsistencyModelPipeline: 'stable-diffusion',
   PixArtAlphaPipeline: 'pixart', PixArtSigmaPipeline: 'pixart', DiTPipeline: 'dit',
 };
 
-/** Per family: its default steps and guidance (as diffusers'), and the flags only it takes. */
+/** Per family its default steps and guidance, as diffusers' (LCM's by its pipeline class); and the flags only it takes. */
 const DEFAULTS: Record<Family, { steps: number; guidance: number }> = {
   'stable-diffusion': { steps: 50, guidance: 7.5 }, pixart: { steps: 20, guidance: 4.5 }, dit: { steps: 50, guidance: 4 },
 };
+const CLASS_DEFAULTS: Record<string, { steps: number; guidance: number }> = { LatentConsistencyModelPipeline: { steps: 4, guidance: 8.5 } };
 const ONLY: [keyof GenerateFlags, string, Family[]][] = [
   ['prompt', '--prompt', ['stable-diffusion', 'pixart']],
   ['prompts', '--prompts', ['stable-diffusion', 'pixart']],
@@ -232,7 +233,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
       bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
     };
     job = await start(folder, family, f, device, latents, image, onStep, abort.signal, family === 'dit' ? [] : subjects);
-    const defaults = DEFAULTS[family];
+    const defaults = own(CLASS_DEFAULTS, folder.className) ?? DEFAULTS[family];
     let written = 0;
     for (const seed of f.seed ?? [undefined]) {
       const result: Generated = await job.run(seed);

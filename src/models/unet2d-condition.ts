@@ -48,6 +48,11 @@ export interface UNet2DConditionConfig {
    * TimestepEmbedding with `inputDim` inputs) and added to the time embedding. null = none.
    */
   addition: { type: 'text_time'; timeEmbedDim: number; inputDim: number } | null;
+  /**
+   * LCM's guidance embedding width (`time_cond_proj_dim`): a [B, width] condition projected by
+   * time_embedding.cond_proj (no bias) and added to the sinusoidal timestep embedding. null = none.
+   */
+  timeCondProjDim: number | null;
 }
 
 /** Precomputed cross-attention keys and values by attn2 module path (see crossAttentionKV). */
@@ -60,12 +65,17 @@ interface TextInput<T> {
   latentSize: [number, number];
 }
 
-/** SDXL's extra conditioning for the U-Net: diffusers' `added_cond_kwargs`. */
+/**
+ * Extra conditioning for the U-Net: SDXL's `added_cond_kwargs` (required with addition_embed_type
+ * "text_time") and LCM's `timestep_cond` (required with time_cond_proj_dim).
+ */
 export interface AddedConditioning<T> {
   /** Pooled, projected text embeddings of text_encoder_2: float32 [B, P]. */
-  textEmbeds: T;
+  textEmbeds?: T;
   /** Micro-conditioning ids, e.g. (original h, w, crop top, left, target h, w): float32 [B, K]. */
-  timeIds: T;
+  timeIds?: T;
+  /** The guidance-scale embedding of a guidance-distilled (LCM) U-Net: float32 [B, time_cond_proj_dim]. */
+  timestepCond?: T;
 }
 
 /** Reads and validates a UNet2DConditionModel config.json; unsupported options are refused by name. */
@@ -97,7 +107,6 @@ export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConf
   refuse('dual_cross_attention', [false], 'false');
   refuse('center_input_sample', [false], 'false');
   refuse('encoder_hid_dim', [null], 'null');
-  refuse('time_cond_proj_dim', [null], 'null');
   refuse('timestep_post_act', [null], 'null');
   refuse('class_embeddings_concat', [false], 'false');
   refuse('attention_type', ['default'], '"default"');
@@ -153,7 +162,15 @@ export function parseUNetConfig(cfg: Config, where: string): UNet2DConditionConf
     convInKernel,
     convOutKernel,
     addition,
+    timeCondProjDim: cfg.time_cond_proj_dim === undefined || cfg.time_cond_proj_dim === null ? null : guidanceEmbedWidth(cfg, where),
   };
+}
+
+/** time_cond_proj_dim: the guidance embedding has width/2 frequencies, spaced by 1/(width/2 − 1). */
+function guidanceEmbedWidth(cfg: Config, where: string): number {
+  const width = cfgPositiveInt(cfg, 'time_cond_proj_dim', where);
+  if (width < 4) throw new InputError(`${where}: time_cond_proj_dim`, 'too small for the guidance embedding', 'null, or at least 4', `${width}`);
+  return width;
 }
 
 /** Kernel sizes must be odd so that "same" padding exists. */
@@ -217,12 +234,27 @@ export class UNet2DConditionModel {
     return { textEmbeds: [batch, width], timeIds: [batch, timeIds] };
   }
 
-  /** Checks `added` against the config and the batch: present exactly when the config asks for it. */
+  /** Checks `added` against the config and the batch: each part present exactly when the config asks for it. */
   private checkAdded<T extends TensorLike>(batch: number, added: AddedConditioning<T> | undefined): void {
     const a = this.config.addition;
     const where = 'UNet2DConditionModel.forward: added';
+    const wrongTensor = (name: string, t: T, width: string) => {
+      if (t.dims.length !== 2 || t.dims[0] !== batch || t.type !== 'float32' || (width !== 'N' && t.dims[1] !== Number(width))) {
+        throw new InputError(`${where}.${name}`, 'wrong tensor', `float32 [${batch}, ${width}] (batch of the sample)`, `${t.type} [${t.dims.join(', ')}]`);
+      }
+    };
+    const projDim = this.config.timeCondProjDim;
+    if (projDim === null && added?.timestepCond !== undefined) {
+      throw new InputError(`${where}.timestepCond`, 'this U-Net takes no guidance embedding (config time_cond_proj_dim is null)', 'undefined', 'a tensor');
+    }
+    if (projDim !== null) {
+      if (added?.timestepCond === undefined) {
+        throw new InputError(`${where}.timestepCond`, 'missing: a guidance-distilled (LCM) U-Net (config time_cond_proj_dim) needs the guidance embedding', `[B, ${projDim}]`, 'undefined');
+      }
+      wrongTensor('timestepCond', added.timestepCond, String(projDim));
+    }
     if (!a) {
-      if (added !== undefined) {
+      if (added?.textEmbeds !== undefined || added?.timeIds !== undefined) {
         throw new InputError(where, 'this U-Net takes no added conditioning (config addition_embed_type is null)', 'undefined',
           'textEmbeds/timeIds');
       }
@@ -233,11 +265,8 @@ export class UNet2DConditionModel {
         'embeddings and the time ids', '{ textEmbeds: [B, P], timeIds: [B, K] }', added === undefined ? 'undefined' : 'an incomplete object');
     }
     const { textEmbeds, timeIds } = added;
-    for (const [name, t] of [['textEmbeds', textEmbeds], ['timeIds', timeIds]] as const) {
-      if (t.dims.length !== 2 || t.dims[0] !== batch || t.type !== 'float32') {
-        throw new InputError(`${where}.${name}`, 'wrong tensor', `float32 [${batch}, N] (batch of the sample)`, `${t.type} [${t.dims.join(', ')}]`);
-      }
-    }
+    wrongTensor('textEmbeds', textEmbeds, 'N');
+    wrongTensor('timeIds', timeIds, 'N');
     const width = textEmbeds.dims[1] + timeIds.dims[1] * a.timeEmbedDim;
     if (width !== a.inputDim) {
       throw new InputError(where, `textEmbeds width ${textEmbeds.dims[1]} + ${timeIds.dims[1]} time ids × addition_time_embed_dim ` +
@@ -310,12 +339,15 @@ export class UNet2DConditionModel {
       (await exec.run('conv_in', (g, i) => ({ x: g.conv2d(i.sample, 'conv_in', c.blockOutChannels[0], c.convInKernel, { padding: inPad }) }), { sample })).x);
     // TimestepEmbedding: linear_1, SiLU, linear_2 (time_embedding and add_embedding alike).
     const mlp = (g: GraphBuilder, input: Value) => g.linear(g.silu(g.linear(input, 'linear_1', this.timeEmbedDim)), 'linear_2', this.timeEmbedDim);
+    // LCM: the guidance embedding, through cond_proj, joins the timestep's before the MLP.
+    const cond = added?.timestepCond;
     let temb = (await exec.run('time_embedding', (g, i) => {
-      const proj = timestepEmbedding(g, i.timestep, c.blockOutChannels[0], c.flipSinToCos, c.freqShift);
+      let proj = timestepEmbedding(g, i.timestep, c.blockOutChannels[0], c.flipSinToCos, c.freqShift);
+      if (i.cond) proj = g.add(proj, g.scope('time_embedding', () => g.linear(i.cond, 'cond_proj', c.blockOutChannels[0], false)));
       return { temb: g.scope('time_embedding', () => mlp(g, proj)) };
-    }, { timestep })).temb;
+    }, { timestep, ...(cond ? { cond } : {}) })).temb;
     const addition = c.addition;
-    if (addition && added) {
+    if (addition && added?.textEmbeds && added.timeIds) {
       // add_time_proj (no parameters) over the flattened ids, [text_embeds, time embeds] → add_embedding, summed into temb.
       temb = (await exec.run('add_embedding', (g, i) => {
         const [batch, count] = i.time_ids.shape;
@@ -401,7 +433,9 @@ export class UNet2DConditionModel {
   forwardShapes(exec: Executor<ShapedTensor>, o: { batch: number; latentHeight: number; latentWidth: number; textEmbedsDim?: number }): Promise<ShapedTensor> {
     const c = this.config;
     const addedShapes = this.addedConditioningShapes(o.batch, o.textEmbedsDim);
-    const added = addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : undefined;
+    const cond = c.timeCondProjDim === null ? {} : { timestepCond: shaped([o.batch, c.timeCondProjDim]) };
+    const added = addedShapes || c.timeCondProjDim !== null
+      ? { ...(addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : {}), ...cond } : undefined;
     return this.forward(exec, shaped([o.batch, c.inChannels, o.latentHeight, o.latentWidth]), shaped([o.batch]), shaped([o.batch, 77, c.crossAttentionDim[0]]), added);
   }
 

@@ -137,8 +137,9 @@ export class StableDiffusionPipeline {
   async generate(request: GenerateRequest): Promise<GenerateResult> {
     const warnings: string[] = [];
     const prompts = list(request.prompt, 'prompt');
-    const steps = intOption(request.steps, 50, 'steps', 1, LIMITS.steps);
-    const guidance = numberOption(request.guidanceScale, 7.5, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
+    const defaults = this.folder.className === 'LatentConsistencyModelPipeline' ? LCM_DEFAULTS : SD_DEFAULTS;
+    const steps = intOption(request.steps, defaults.steps, 'steps', 1, LIMITS.steps);
+    const guidance = numberOption(request.guidanceScale, defaults.guidanceScale, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
     const rescale = numberOption(request.guidanceRescale, 0, 'guidanceRescale', 0, 1);
     const perPrompt = intOption(request.imagesPerPrompt, 1, 'imagesPerPrompt', 1, LIMITS.imagesPerPrompt);
     const factor = this.vae.model.downsampleFactor;
@@ -152,9 +153,14 @@ export class StableDiffusionPipeline {
       throw new InputError('negativePrompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
     }
     const seed = seedOf(request.seed);
-    const cfg = guidance > 1;
+    // A guidance-distilled (LCM) U-Net takes the guidance scale as an embedding instead of CFG.
+    const distilled = this.unet.model.config.timeCondProjDim;
+    const cfg = guidance > 1 && distilled === null;
     // As in diffusers, the negative prompt is then unused; unlike diffusers, we say so.
-    if (!cfg && request.negativePrompt !== undefined) warnings.push(`negativePrompt has no effect: guidanceScale ${guidance} ≤ 1 turns classifier-free guidance off`);
+    if (!cfg && request.negativePrompt !== undefined) {
+      warnings.push(`negativePrompt has no effect: ${distilled === null ? `guidanceScale ${guidance} ≤ 1 turns classifier-free guidance off`
+        : 'this U-Net is guidance-distilled (time_cond_proj_dim): guidanceScale goes in as an embedding, without classifier-free guidance'}`);
+    }
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, this.unet.model.config.inChannels, height / factor, width / factor];
     checkLatents(request.latents, latentDims);
@@ -196,12 +202,17 @@ export class StableDiffusionPipeline {
       };
     }
     const textEncoding = seconds(clock);
+    // LCM's guidance embedding of (guidanceScale − 1), the same for every row, as diffusers' get_guidance_scale_embedding.
+    const guidanceEmbedding = distilled === null ? undefined : guidanceScaleEmbedding(guidance - 1, distilled);
     const unetInputs = (c: Conditioning, rows: number) => ({
       context: new ort.Tensor('float32', c.context, [rows, c.tokens, c.width]),
-      added: c.pooled && {
-        textEmbeds: new ort.Tensor('float32', c.pooled, [rows, c.pooled.length / rows]),
-        timeIds: new ort.Tensor('float32', new Float32Array(rows * 6).map((_, i) => timeIds[i % 6]), [rows, 6]),
-      },
+      added: c.pooled || guidanceEmbedding ? {
+        ...(c.pooled ? {
+          textEmbeds: new ort.Tensor('float32', c.pooled, [rows, c.pooled.length / rows]),
+          timeIds: new ort.Tensor('float32', new Float32Array(rows * 6).map((_, i) => timeIds[i % 6]), [rows, 6]),
+        } : {}),
+        ...(guidanceEmbedding ? { timestepCond: new ort.Tensor('float32', new Float32Array(rows * distilled!).map((_, i) => guidanceEmbedding[i % distilled!]), [rows, distilled!]) } : {}),
+      } : undefined,
     });
     // With CFG the U-Net sees [uncond; cond]; an accelerator may drop to the conditional half alone.
     const cfgInputs = cfg ? unetInputs(conditioning, 2 * batch) : undefined;
@@ -273,11 +284,34 @@ export class StableDiffusionPipeline {
   }
 }
 
-const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline'];
+const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline', 'LatentConsistencyModelPipeline'];
+
+/** Default steps and guidance scale, as diffusers' pipelines have them. */
+const SD_DEFAULTS = { steps: 50, guidanceScale: 7.5 };
+const LCM_DEFAULTS = { steps: 4, guidanceScale: 8.5 };
 
 /**
- * Opens a Stable Diffusion 1.x / 2.x (StableDiffusionPipeline) or SDXL (StableDiffusionXLPipeline)
- * folder; "reference" is the embedded reference model.
+ * diffusers' get_guidance_scale_embedding in float32: sin and cos of (1000·w) times `dim`/2
+ * frequencies from 1 down to 1/10000 (zero-padded to an odd width).
+ */
+export function guidanceScaleEmbedding(w: number, dim: number): Float32Array {
+  const f32 = Math.fround;
+  const half = Math.floor(dim / 2);
+  const step = f32(f32(Math.log(10000)) / (half - 1));
+  const scaled = f32(f32(w) * 1000);
+  const out = new Float32Array(dim);
+  for (let k = 0; k < half; k++) {
+    const x = f32(scaled * f32(Math.exp(f32(k * -step))));
+    out[k] = Math.sin(x);
+    out[half + k] = Math.cos(x);
+  }
+  return out;
+}
+
+/**
+ * Opens a Stable Diffusion 1.x / 2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) or
+ * LCM-distilled (LatentConsistencyModelPipeline) folder; "reference" is the embedded reference model.
+ * Any of them may hold a guidance-distilled U-Net (time_cond_proj_dim), as LCM-SDXL does.
  */
 export async function loadPipeline(dir: string, options: PipelineOptions = {}): Promise<StableDiffusionPipeline> {
   const folder = readPipelineFolder(modelFolder(dir));
