@@ -96,9 +96,9 @@ export async function basicTransformerBlock<T extends TensorLike>(exec: Executor
 /**
  * One sub-layer (`module`) of the block: tokens + [gate ·] body(norm(tokens)), the body run through
  * the hooks. The body's output, before the gate and the residual add, is a second output (`value`)
- * that plans may cache.
+ * that plans may cache. Also the shape of the official DiT layout's blocks (official-dit.ts).
  */
-async function sublayer<T extends TensorLike>(exec: Executor<T>, block: string, module: string, tokens: T, extra: Record<string, T>, role: SegmentRole,
+export async function sublayer<T extends TensorLike>(exec: Executor<T>, block: string, module: string, tokens: T, extra: Record<string, T>, role: SegmentRole,
   normed: (g: GraphBuilder, x: Value, i: Record<string, Value>) => Value,
   body: (g: GraphBuilder, h: Value, i: Record<string, Value>, hooks: SegmentHooks) => Value): Promise<T> {
   const gated = 'gate' in extra;

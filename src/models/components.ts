@@ -10,6 +10,7 @@ import { weightParams } from '../weights/params.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from './autoencoder-kl.ts';
 import { ClipTextModel, ClipTextModelWithProjection, parseClipTextConfig } from './clip-text.ts';
 import { DiTTransformer2DModel, parseDiTConfig } from './dit-transformer-2d.ts';
+import { OFFICIAL_DIT_CLASSES, OfficialDiT, parseOfficialDiTConfig } from './official-dit.ts';
 import { PixArtTransformer2DModel, parsePixArtConfig } from './pixart-transformer-2d.ts';
 import { T5EncoderModel, parseT5EncoderConfig } from './t5-encoder.ts';
 import { UNet2DConditionModel, parseUNetConfig } from './unet2d-condition.ts';
@@ -90,7 +91,7 @@ export function loadTextEncoder(folder: PipelineFolder, component = 'text_encode
   }, options, ['', 'text_model.']);
 }
 
-export type DiffusionTransformer = PixArtTransformer2DModel | DiTTransformer2DModel;
+export type DiffusionTransformer = PixArtTransformer2DModel | DiTTransformer2DModel | OfficialDiT;
 
 const NORM_TYPES: Record<string, string> = { ada_norm_single: 'PixArt', ada_norm_zero: 'DiT' };
 
@@ -98,6 +99,7 @@ const NORM_TYPES: Record<string, string> = { ada_norm_single: 'PixArt', ada_norm
 export function transformerFromConfig(className: string, c: Record<string, unknown>, where: string): DiffusionTransformer {
   if (className === 'PixArtTransformer2DModel') return new PixArtTransformer2DModel(parsePixArtConfig(c, where));
   if (className === 'DiTTransformer2DModel') return new DiTTransformer2DModel(parseDiTConfig(c, where, false));
+  if ((OFFICIAL_DIT_CLASSES as readonly string[]).includes(className)) return new OfficialDiT(parseOfficialDiTConfig(c, where));
   const normType = c.norm_type;
   if (normType === 'ada_norm_single') return new PixArtTransformer2DModel(parsePixArtConfig(c, where));
   if (normType === 'ada_norm_zero') return new DiTTransformer2DModel(parseDiTConfig(c, where, true));
@@ -111,7 +113,7 @@ export function transformerFromConfig(className: string, c: Record<string, unkno
  */
 export function loadTransformer(folder: PipelineFolder, options: LoadOptions = {}): LoadedComponent<DiffusionTransformer> {
   const { className } = getComponent(folder, 'transformer');
-  return open(folder, 'transformer', ['PixArtTransformer2DModel', 'DiTTransformer2DModel', 'Transformer2DModel'],
+  return open(folder, 'transformer', ['PixArtTransformer2DModel', 'DiTTransformer2DModel', 'Transformer2DModel', ...OFFICIAL_DIT_CLASSES],
     (c, w) => transformerFromConfig(className, c, w), options);
 }
 

@@ -11,6 +11,7 @@ import { describe, InputError } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
+import { OfficialDiT } from '../models/official-dit.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
@@ -36,6 +37,11 @@ export interface DiTResult {
   seeds: number[];
   scheduler: string;
   accel?: AccelReport;
+  /**
+   * Latent channels guidance applies to: all of them for diffusers folders (DiTPipeline), the first
+   * 3 for the authors' checkpoints, as their forward_with_cfg does.
+   */
+  guidedChannels: number;
   timings: { denoising: number; decoding: number };
   warnings: string[];
 }
@@ -67,7 +73,7 @@ export class DiTPipeline {
 
   constructor(
     readonly folder: PipelineFolder,
-    readonly transformer: LoadedComponent<DiTTransformer2DModel>,
+    readonly transformer: LoadedComponent<DiTTransformer2DModel | OfficialDiT>,
     readonly vae: LoadedComponent<AutoencoderKL>,
     options: RuntimeOptions,
   ) {
@@ -122,6 +128,8 @@ export class DiTPipeline {
     // [conditional; null class] with CFG, as diffusers orders it.
     const labels = (rows: number) => new ort.Tensor('int64', BigInt64Array.from({ length: rows }, (_, i) => BigInt(i < batch ? ids[i] : c.numClasses)), [rows]);
     const plane = size / batch;
+    const guidedChannels = model instanceof OfficialDiT ? OFFICIAL_GUIDED_CHANNELS : c.inChannels;
+    const guided = (plane / c.inChannels) * guidedChannels;
     const start = performance.now();
     let state = scheduler.initialState;
     for (let i = 0; i < scheduler.timesteps.length; i++) {
@@ -143,7 +151,7 @@ export class DiTPipeline {
           continue;
         }
         const uncond = out.subarray((batch + b) * perRow, (batch + b) * perRow + plane);
-        for (let k = 0; k < plane; k++) eps[b * plane + k] = uncond[k] + guidance * (cond[k] - uncond[k]);
+        for (let k = 0; k < plane; k++) eps[b * plane + k] = k < guided ? uncond[k] + guidance * (cond[k] - uncond[k]) : cond[k];
       }
       const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, eps, i, input.subarray(0, size), stepNoise));
@@ -160,6 +168,7 @@ export class DiTPipeline {
       seeds: noise.seeds,
       scheduler: scheduler.name,
       accel: acceleration.report(),
+      guidedChannels,
       timings: { denoising, decoding: seconds(decodeStart) },
       warnings,
     };
@@ -174,6 +183,9 @@ export class DiTPipeline {
   }
 }
 
+/** The authors' forward_with_cfg guides channels 0–2 only ("for exact reproducibility"). */
+const OFFICIAL_GUIDED_CHANNELS = 3;
+
 /** Opens a DiTPipeline folder (the caller has read its model_index.json). */
 export function loadDiTPipeline(folder: PipelineFolder, options: RuntimeOptions & { variant?: string } = {}): DiTPipeline {
   if (folder.className !== 'DiTPipeline') {
@@ -182,9 +194,9 @@ export function loadDiTPipeline(folder: PipelineFolder, options: RuntimeOptions 
   const load = { variant: options.variant };
   return closingOnFailure((track) => {
     const transformer = track(loadTransformer(folder, load));
-    if (!(transformer.model instanceof DiTTransformer2DModel)) {
+    if (!(transformer.model instanceof DiTTransformer2DModel || transformer.model instanceof OfficialDiT)) {
       throw new InputError(`${transformer.configFile}: norm_type`, 'a DiTPipeline needs a class-conditional DiT', '"ada_norm_zero"', 'a PixArt transformer (ada_norm_single)');
     }
-    return new DiTPipeline(folder, transformer as LoadedComponent<DiTTransformer2DModel>, track(loadVae(folder, load)), options);
+    return new DiTPipeline(folder, transformer as LoadedComponent<DiTTransformer2DModel | OfficialDiT>, track(loadVae(folder, load)), options);
   });
 }

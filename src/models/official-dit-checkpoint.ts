@@ -1,0 +1,126 @@
+/**
+ * `diffuse convert`: a DiT or Skip-DiT checkpoint as its authors' train.py saves it (`.pt`: the
+ * state dict, or {model, ema, opt, args}) → a folder the DiT pipeline loads, once, without ever
+ * reading a pickle again: model_index.json (DiTPipeline), transformer/ (config.json with the
+ * official constructor's arguments, the EMA weights as safetensors under their own names),
+ * scheduler/ (DDIM, as diffusers' DiT conversion writes it) and, given `vae`, a copy of that VAE.
+ *
+ * The tensors tell depth, width, patch, input size, classes, learned sigma and the skip branches;
+ * the head count comes from `numHeads`, else the architecture name (`arch`, or the checkpoint's
+ * args.model) in the official DiT_models table — only where that entry's sizes match the tensors.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { InputError } from '../errors.ts';
+import type { PickleValue, TensorRef } from '../weights/pickle.ts';
+import { writeSafetensors } from '../weights/safetensors.ts';
+import { TorchCheckpoint } from '../weights/torch-checkpoint.ts';
+import { checkOfficialDiTConfig, type OfficialDiTConfig } from './official-dit.ts';
+
+/** The official DiT_models table (Skip-DiT adds "DiT-skip", DiT-XL/2 with long skips). */
+export const OFFICIAL_DIT_ARCHS: Record<string, { depth: number; hidden: number; patch: number; heads: number; skips: boolean }> = Object.fromEntries([
+  ...['XL', 'L', 'B', 'S'].flatMap((size) => [2, 4, 8].map((patch) => {
+    const [depth, hidden, heads] = { XL: [28, 1152, 16], L: [24, 1024, 16], B: [12, 768, 12], S: [12, 384, 6] }[size]!;
+    return [`DiT-${size}/${patch}`, { depth, hidden, patch, heads, skips: false }];
+  })),
+  ['DiT-skip', { depth: 28, hidden: 1152, patch: 2, heads: 16, skips: true }],
+]);
+
+export interface ConvertOptions {
+  arch?: string;
+  numHeads?: number;
+  /** A diffusers AutoencoderKL folder to copy in (DiT's sample.py uses stabilityai/sd-vae-ft-ema or -mse). */
+  vae?: string;
+}
+
+/** The official constructor's arguments, read off a state dict. */
+export function inferOfficialDiT(tensors: Map<string, TensorRef>, args: Map<string, PickleValue> | undefined, o: ConvertOptions, where: string): OfficialDiTConfig {
+  const shape = (name: string) => {
+    const t = tensors.get(name);
+    if (!t) throw new InputError(where, `no tensor "${name}": not a DiT checkpoint in the authors' layout`, 'x_embedder, pos_embed, blocks.N, final_layer tensors');
+    return t.shape;
+  };
+  const [, tokens, hidden] = shape('pos_embed');
+  const [, inChannels, patch] = shape('x_embedder.proj.weight');
+  const grid = Math.round(Math.sqrt(tokens));
+  if (grid * grid !== tokens) throw new InputError(`${where}: pos_embed`, 'not a square grid of positions', 'a square token count', `${tokens}`);
+  let depth = 0;
+  while (tensors.has(`blocks.${depth}.attn.qkv.weight`)) depth++;
+  const skipLinears = [...tensors.keys()].filter((k) => /^skip_linears\.\d+\.linear\.weight$/.test(k)).length;
+  const longSkips = skipLinears > 0;
+  if (longSkips && skipLinears * 2 !== depth) throw new InputError(where, `${skipLinears} skip branches for ${depth} blocks`, `${depth / 2} (one per pair of blocks)`);
+  const outChannels = shape('final_layer.linear.weight')[0] / (patch * patch);
+  const mlpWidth = shape('blocks.0.mlp.fc1.weight')[0];
+  const fromArgs = args?.get('model');
+  const archName = o.arch ?? (typeof fromArgs === 'string' ? fromArgs : undefined);
+  let heads = o.numHeads;
+  if (heads === undefined) {
+    const arch = archName === undefined ? undefined : Object.prototype.hasOwnProperty.call(OFFICIAL_DIT_ARCHS, archName) ? OFFICIAL_DIT_ARCHS[archName] : undefined;
+    const flag = o.arch !== undefined ? '--arch' : 'the checkpoint\'s args.model';
+    if (archName !== undefined && !arch) throw new InputError(o.arch !== undefined ? '--arch' : `${where}: args.model`, 'unknown architecture', Object.keys(OFFICIAL_DIT_ARCHS).join(', '), archName);
+    if (arch && (arch.depth !== depth || arch.hidden !== hidden || arch.patch !== patch)) {
+      throw new InputError(flag, `${archName} has depth ${arch.depth}, width ${arch.hidden}, patch ${arch.patch}, but the tensors have ${depth}, ${hidden}, ${patch}`,
+        'the architecture the weights were trained as, or --num-heads N', archName!);
+    }
+    const match = arch ?? Object.values(OFFICIAL_DIT_ARCHS).find((a) => a.depth === depth && a.hidden === hidden && a.patch === patch);
+    if (!match) throw new InputError('--num-heads', `cannot tell the head count of a ${depth}-block, ${hidden}-wide DiT (not in DiT_models)`, 'the number of attention heads');
+    heads = match.heads;
+  }
+  const config: OfficialDiTConfig = {
+    longSkips, sampleSize: grid * patch, patchSize: patch, inChannels, hiddenSize: hidden, depth, numHeads: heads,
+    mlpRatio: mlpWidth / hidden, numClasses: shape('y_embedder.embedding_table.weight')[0] - 1, learnSigma: outChannels === 2 * inChannels,
+  };
+  if (outChannels !== inChannels && outChannels !== 2 * inChannels) throw new InputError(`${where}: final_layer.linear.weight`, 'output channels', `${inChannels} or ${2 * inChannels}`, `${outChannels}`);
+  checkOfficialDiTConfig(config, o.numHeads !== undefined ? '--num-heads' : where);
+  return config;
+}
+
+/** config.json of a converted transformer: the official constructor's arguments. */
+export function officialDiTConfigJson(c: OfficialDiTConfig, source: Record<string, string>): Record<string, unknown> {
+  return {
+    _class_name: c.longSkips ? 'DiT_skip' : 'DiT', _source: source, input_size: c.sampleSize, patch_size: c.patchSize, in_channels: c.inChannels,
+    hidden_size: c.hiddenSize, depth: c.depth, num_heads: c.numHeads, mlp_ratio: c.mlpRatio, num_classes: c.numClasses, learn_sigma: c.learnSigma,
+  };
+}
+
+/** DiT's scheduler as diffusers' conversion writes it (facebook/DiT-XL-2-256). */
+const DDIM_CONFIG = {
+  _class_name: 'DDIMScheduler', beta_start: 0.0001, beta_end: 0.02, beta_schedule: 'linear', num_train_timesteps: 1000,
+  clip_sample: false, set_alpha_to_one: true, steps_offset: 0, prediction_type: 'epsilon',
+};
+
+/** Converts `file` into the folder `out` (written beside it under a temporary name, then renamed). */
+export function convertOfficialDiT(file: string, out: string, o: ConvertOptions): { config: OfficialDiTConfig; source: string; tensors: number } {
+  if (fs.existsSync(out)) throw new InputError('--out', 'already exists (convert writes a new folder)', 'a path that does not exist', out);
+  if (o.vae !== undefined && !fs.existsSync(path.join(o.vae, 'config.json'))) throw new InputError('--vae', 'not a diffusers VAE folder (no config.json)', 'an AutoencoderKL folder', o.vae);
+  const checkpoint = TorchCheckpoint.open(file);
+  const partial = `${out}.partial-${process.pid}`;
+  try {
+    const { source, tensors } = checkpoint.stateDict();
+    const config = inferOfficialDiT(tensors, checkpoint.args(), o, file);
+    fs.mkdirSync(path.join(partial, 'transformer'), { recursive: true });
+    fs.mkdirSync(path.join(partial, 'scheduler'));
+    const json = (p: string, v: unknown) => fs.writeFileSync(path.join(partial, p), `${JSON.stringify(v, null, 2)}\n`);
+    json('model_index.json', {
+      _class_name: 'DiTPipeline', _diffusers_version: '0.40.0',
+      transformer: ['diffusion.ts', config.longSkips ? 'DiT_skip' : 'DiT'], scheduler: ['diffusers', 'DDIMScheduler'],
+      ...(o.vae !== undefined ? { vae: ['diffusers', 'AutoencoderKL'] } : {}),
+    });
+    json('transformer/config.json', officialDiTConfigJson(config, { checkpoint: path.basename(file), state_dict: source }));
+    json('scheduler/scheduler_config.json', DDIM_CONFIG);
+    writeSafetensors(path.join(partial, 'transformer', 'diffusion_pytorch_model.safetensors'), Object.fromEntries([...tensors].map(([name, t]) => [name, {
+      dtype: 'F32' as const, shape: t.shape, data: () => checkpoint.readFloat32(name, t),
+    }])));
+    if (o.vae !== undefined) {
+      fs.mkdirSync(path.join(partial, 'vae'));
+      for (const f of fs.readdirSync(o.vae)) if (f === 'config.json' || f.endsWith('.safetensors')) fs.copyFileSync(path.join(o.vae, f), path.join(partial, 'vae', f));
+    }
+    fs.renameSync(partial, out);
+    return { config, source, tensors: tensors.size };
+  } catch (e) {
+    fs.rmSync(partial, { recursive: true, force: true });
+    throw e;
+  } finally {
+    checkpoint.close();
+  }
+}
