@@ -36,6 +36,8 @@ export function macCounter(o: MacCounterOptions): MacCounter {
   let textEmbedsDim: number | undefined;
   let tokens: number | undefined;
   let calls = (steps: number) => steps;
+  // A preset has no scheduler: its calls' timesteps are unknown (methods acting on noise levels then use none).
+  let timesteps = (_steps: number): readonly number[] | undefined => undefined;
   let factor = 8;
   let distilled = false;
   const useUNet = (config: Record<string, unknown>, where: string) => {
@@ -82,7 +84,9 @@ export function macCounter(o: MacCounterOptions): MacCounter {
     // The scheduler decides how many model calls a run makes (PNDM makes one more than steps).
     const scheduler = readComponentConfig(folder, 'scheduler');
     const className = getComponent(folder, 'scheduler').className;
-    calls = (steps) => createScheduler({ name: o.scheduler, className, config: scheduler.config, configFile: scheduler.where, steps }).timesteps.length;
+    const scheduled = (steps: number) => createScheduler({ name: o.scheduler, className, config: scheduler.config, configFile: scheduler.where, steps }).timesteps;
+    timesteps = scheduled;
+    calls = (steps) => scheduled(steps).length;
   }
   const [width, height] = o.size ?? [sampleSize! * factor, sampleSize! * factor];
   if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
@@ -90,7 +94,7 @@ export function macCounter(o: MacCounterOptions): MacCounter {
   return {
     width, height, calls, cfg,
     count: (steps, accel) => wholeRunMacs(model, {
-      calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg, textEmbedsDim, tokens,
+      calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg, textEmbedsDim, tokens, timesteps: timesteps(steps),
       accelerator: accel.length > 0 ? createAccelerator(accel, calls(steps)) : undefined,
     }),
   };

@@ -31,6 +31,8 @@ export interface RunMacsOptions {
   tokens?: number;
   /** Inference steps, for plans that spread over them (DeepCache non-uniform); default `calls`. */
   steps?: number;
+  /** Each call's timestep, for plans that act on noise levels (Skip-Cache's close/start); unknown if absent. */
+  timesteps?: readonly number[];
 }
 
 export interface RunMacs {
@@ -43,7 +45,7 @@ export interface RunMacs {
 
 export async function wholeRunMacs(model: Denoiser, o: RunMacsOptions): Promise<RunMacs> {
   const plan = o.accelerator ?? combine([]);
-  const run = { steps: o.steps ?? o.calls, calls: o.calls };
+  const run = { steps: o.steps ?? o.calls, calls: o.calls, timesteps: o.timesteps };
   const shapes = (batch: number) => ({ batch, latentHeight: o.latentHeight, latentWidth: o.latentWidth, textEmbedsDim: o.textEmbedsDim, tokens: o.tokens });
   plan.check?.(model.declaration, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
   await plan.prepare?.(dryRehearsal((exec) => model.forwardShapes(exec, shapes(o.cfg ? 2 * o.batch : o.batch)), run));

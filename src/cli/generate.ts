@@ -99,6 +99,8 @@ interface Generated {
   seeds: number[];
   scheduler: string;
   accel?: { name: string; cfgCalls: number; summary: string[] };
+  /** DiT: the latent channels guidance applies to (3 for the authors' checkpoints). */
+  guidedChannels?: number;
   timings: { textEncoding?: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
 }
@@ -262,7 +264,8 @@ export async function generate(f: GenerateFlags): Promise<void> {
           // A1111's name for img2img's strength
           (image ? `, Denoising strength: ${settings.strength}` : '') +
           // quoted, as A1111 quotes values that contain commas
-          (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : ''),
+          (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : '') +
+          (result.guidedChannels === 3 ? ', CFG channels: 0-2 (forward_with_cfg)' : ''),
       ].join('\n');
       const runNames = names.slice(written, written + result.images.length);
       result.images.forEach((img, i) => {

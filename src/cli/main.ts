@@ -19,6 +19,7 @@ import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { PRESET_NAMES } from '../models/presets.ts';
+import { OFFICIAL_DIT_ARCHS, convertOfficialDiT } from '../models/official-dit-checkpoint.ts';
 import { LIMITS } from '../pipelines/common.ts';
 import { MAX_THREADS } from '../runtime/ort-executor.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
@@ -130,6 +131,20 @@ export function buildProgram(): Command {
       for (const [key, flag] of OUTPUT_FLAGS) {
         if (typeof opts[key] === 'string' && opts[key] !== '-' && !(key === 'out' && opts.dryRun)) checkOutputFile(opts[key], flag);
       }
+    });
+
+  program
+    .command('convert')
+    .description('convert a DiT or Skip-DiT checkpoint as its authors save it (.pt) into a DiTPipeline folder; the pickle is read without running any code')
+    .argument('<file.pt>', 'the checkpoint: a state dict, or {model, ema, opt, args} (ema is taken)')
+    .requiredOption('--out <dir>', 'the folder to write (must not exist)')
+    .option('--arch <name>', `the architecture, for its head count (default: the checkpoint's args.model): ${Object.keys(OFFICIAL_DIT_ARCHS).join(', ')}`)
+    .option('--num-heads <n>', 'attention heads, where the architecture is not one of those', positiveInt('--num-heads', 4096))
+    .option('--vae <dir>', 'a diffusers AutoencoderKL folder to copy in (DiT uses sd-vae-ft-ema or -mse); without it the folder cannot decode images')
+    .action((file: string, opts: { out: string; arch?: string; numHeads?: number; vae?: string }) => {
+      const { config: c, source, tensors } = convertOfficialDiT(file, opts.out, { arch: opts.arch, numHeads: opts.numHeads, vae: opts.vae });
+      process.stderr.write(`wrote ${opts.out}: ${c.longSkips ? 'DiT_skip' : 'DiT'}, depth ${c.depth}, width ${c.hiddenSize}, ${c.numHeads} heads, patch ${c.patchSize}, ` +
+        `input ${c.sampleSize}, ${c.numClasses} classes${c.learnSigma ? ', learned sigma' : ''}; ${tensors} tensors from ${source === 'the checkpoint' ? 'the state dict' : `"${source}"`}\n`);
     });
 
   program

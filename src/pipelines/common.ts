@@ -8,7 +8,7 @@ import { InputError, describe } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { ortOps } from '../runtime/ort-executor.ts';
-import { PlannedExecutor, dryRehearsal, type Accelerator } from '../runtime/plan.ts';
+import { PlannedExecutor, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { Rng } from '../util/rng.ts';
@@ -211,10 +211,10 @@ export class Acceleration {
   private planned?: PlannedExecutor<ort.Tensor>;
   private cfgCalls = 0;
 
-  private constructor(private readonly plan: Accelerator | undefined, private readonly run: { steps: number; calls: number }) {}
+  private constructor(private readonly plan: Accelerator | undefined, private readonly run: RunShape) {}
 
   /** `why` says, for errors, why the run has the calls it has (e.g. img2img's strength). */
-  static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: { steps: number; calls: number }, why?: string): Acceleration {
+  static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: RunShape & { calls: number }, why?: string): Acceleration {
     const plan = createAccelerator(specs, run.calls);
     try {
       plan?.check?.(model, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });

@@ -1,7 +1,8 @@
 /**
  * Class-to-image for DiT folders, step for step as diffusers' DiTPipeline: class ids (or names
  * through model_index.json's id2label), classifier-free guidance against the null class with the
- * batch ordered [conditional; unconditional] and guidance on the noise channels only, the learned
+ * batch ordered [conditional; unconditional] and guidance on the noise channels only (the first 3
+ * of them for the authors' DiT / Skip-DiT checkpoints, as their forward_with_cfg does), the learned
  * variance dropped before the scheduler step, VAE decode. Two diffusers quirks are kept, as they
  * change images only with schedulers that scale their input (Euler): the starting latents are not
  * multiplied by the initial sigma, and each step starts from the scaled model input.
@@ -117,7 +118,7 @@ export class DiTPipeline {
     const scheduler = createScheduler({
       name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
     });
-    const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length });
+    const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length, timesteps: scheduler.timesteps });
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels' });
     const warnings = await acceleration.begin(this.transformerExec, denoise);
@@ -190,6 +191,9 @@ const OFFICIAL_GUIDED_CHANNELS = 3;
 export function loadDiTPipeline(folder: PipelineFolder, options: RuntimeOptions & { variant?: string } = {}): DiTPipeline {
   if (folder.className !== 'DiTPipeline') {
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'not a DiT pipeline', 'DiTPipeline', folder.className);
+  }
+  if (!folder.components.vae) {
+    throw new InputError(`${folder.dir}/model_index.json: vae`, 'missing: this folder cannot decode images', 'a VAE component (diffuse convert … --vae DIR copies one in)');
   }
   const load = { variant: options.variant };
   return closingOnFailure((track) => {

@@ -52,7 +52,12 @@ export interface RunInfo {
   calls?: number;
   /** Calls at which some composed method needs a full pass (sorted). */
   fullPassCalls: readonly number[];
+  /** The timestep each model call that runs gets (for methods that act on noise levels: Skip-Cache); undefined if not told. */
+  timesteps?: readonly number[];
 }
+
+/** What a caller tells of its run (the rest of RunInfo comes from the plan). */
+export type RunShape = Omit<RunInfo, 'fullPassCalls'>;
 
 /** A segment as a residual decision sees it. */
 export interface SegmentRef {
@@ -126,7 +131,7 @@ export interface RunHooks<T extends TensorLike> {
 export type Rehearsal = (plan: Accelerator) => Promise<void>;
 
 /** The Rehearsal of a model call: `forward` on a DryExecutor, through the plan. */
-export function dryRehearsal(forward: (exec: Executor<ShapedTensor>) => Promise<unknown>, run: { steps?: number; calls?: number }): Rehearsal {
+export function dryRehearsal(forward: (exec: Executor<ShapedTensor>) => Promise<unknown>, run: RunShape): Rehearsal {
   return async (plan) => void (await forward(new PlannedExecutor(new DryExecutor(), plan, shapedOps, run)));
 }
 
@@ -246,7 +251,7 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     private readonly inner: Executor<T>,
     private readonly plan: Accelerator,
     private readonly ops: TensorOps<T>,
-    run: { steps?: number; calls?: number } = {},
+    run: RunShape = {},
   ) {
     this.runInfo = { ...run, fullPassCalls: plan.fullPassCalls ?? [] };
     const context = { exec: inner, ops, run: this.runInfo };
