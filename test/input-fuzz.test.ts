@@ -22,6 +22,10 @@ import * as path from 'node:path';
 import { encode as encodePng } from 'fast-png';
 import jpeg from 'jpeg-js';
 import { decodeImage } from '../src/image/read.ts';
+import { readPickle, torchStorage } from '../src/weights/pickle.ts';
+import { TorchCheckpoint } from '../src/weights/torch-checkpoint.ts';
+import { ZipFile } from '../src/weights/zip.ts';
+import * as os from 'node:os';
 import { prng } from './helpers/prng.ts';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 150);
@@ -137,5 +141,48 @@ test(`init images: ${CASES} mutated PNG and JPEG files decode or give one InputE
       const image = decodeImage(bytes.subarray(0, cut), 'fuzz');
       assert.equal(image.data.length, 3 * image.width * image.height);
     });
+  }
+});
+
+test(`PyTorch checkpoints: ${CASES} mutated .pt files and pickles read or give one InputError, nothing runs`, async () => {
+  const file = path.join(import.meta.dirname, 'fixtures', 'skip-dit', 'tiny-dit.pt');
+  const base = fs.readFileSync(file);
+  const zip = ZipFile.open(file);
+  const pickleEntry = [...zip.entries.values()].find((e) => e.name.endsWith('data.pkl'))!;
+  const pickle = zip.readEntry(pickleEntry, 1 << 20);
+  const pickleAt = zip.dataOffset(pickleEntry);
+  zip.close();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'diffusion-ts-fuzz-'));
+  try {
+    for (let i = 0; i < CASES; i++) {
+      // Half the cases hit the pickle (inside the file or alone), half anywhere in the zip.
+      const inPickle = rand() < 0.5;
+      const bytes = Uint8Array.from(inPickle && rand() < 0.5 ? pickle : base);
+      const region = inPickle && bytes.length === base.length ? [pickleAt, pickleAt + pickle.length] : [0, bytes.length];
+      const changes: string[] = [];
+      for (let n = 1 + int(3); n > 0; n--) {
+        const at = region[0] + int(region[1] - region[0]);
+        bytes[at] = rand() < 0.5 ? int(256) : bytes[at] ^ (1 << int(8));
+        changes.push(`@${at}`);
+      }
+      if (bytes.length !== base.length) {
+        await expectTypedOrSuccess(`pickle ${changes.join(',')}`, () => readPickle(bytes, 'fuzz.pkl', (pid) => torchStorage(pid, 'fuzz.pkl')));
+        continue;
+      }
+      const cut = rand() < 0.1 ? int(bytes.length) : bytes.length;
+      const target = path.join(dir, `case-${i}.pt`);
+      fs.writeFileSync(target, bytes.subarray(0, cut));
+      await expectTypedOrSuccess(`.pt ${changes.join(',')} cut ${cut}`, () => {
+        const checkpoint = TorchCheckpoint.open(target);
+        try {
+          for (const [name, t] of checkpoint.stateDict().tensors) checkpoint.readFloat32(name, t);
+        } finally {
+          checkpoint.close();
+        }
+      });
+      fs.rmSync(target);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

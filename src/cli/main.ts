@@ -125,9 +125,10 @@ export function buildProgram(): Command {
     .exitOverride()
     // commander's own messages (unknown or malformed flags) start like ours.
     .configureOutput({ writeErr: (s) => process.stderr.write(s.replace(/^error: /, 'diffuse: ')) })
-    // Every file a command will write is checked before it starts work.
+    // Every file a command will write is checked before it starts work (convert checks its folder itself).
     .hook('preAction', (_program, command) => {
       const opts = command.opts();
+      if (command.name() === 'convert') return;
       for (const [key, flag] of OUTPUT_FLAGS) {
         if (typeof opts[key] === 'string' && opts[key] !== '-' && !(key === 'out' && opts.dryRun)) checkOutputFile(opts[key], flag);
       }

@@ -94,6 +94,8 @@ export class TorchCheckpoint {
       throw new InputError(`${this.path}: ${name}`, 'tensor is not floating point', 'F32, F16, BF16 or F64', dtype);
     }
     const count = t.shape.reduce((a, b) => a * b, 1);
+    // A state dict's tensors never hold more elements than their storages (that would be an expanded view).
+    if (count > t.storage.numel) throw new InputError(`${this.path}: ${name}`, `tensor of ${count} elements over a storage of ${t.storage.numel}`);
     // The elements it spans in its storage: offset + Σ (size − 1)·stride.
     const span = count === 0 ? 0 : t.shape.reduce((a, d, k) => a + (d - 1) * t.stride[k], 1);
     if (t.offset + span > t.storage.numel) throw new InputError(`${this.path}: ${name}`, 'tensor reaches past its storage');

@@ -1,0 +1,175 @@
+/**
+ * DiT and Skip-DiT from their authors' checkpoints against the official Skip-DiT code (goldens from
+ * tools/reference/make_skip_dit_fixtures.py): the .pt reader (no code runs; EMA weights taken),
+ * `diffuse convert`, the forward pass, DDIM sampling with forward_with_cfg's guidance, and
+ * Skip-Cache (the official DiT_cache) at N = 2 and 3.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { parseAccelSpec } from '../src/accel/index.ts';
+import { skipCacheFullCalls, SKIP_CACHE_DEFAULTS } from '../src/accel/skip-cache.ts';
+import { convertOfficialDiT, inferOfficialDiT } from '../src/models/official-dit-checkpoint.ts';
+import { loadDiTPipeline, type DiTPipeline } from '../src/pipelines/dit.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { readPickle } from '../src/weights/pickle.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { TorchCheckpoint } from '../src/weights/torch-checkpoint.ts';
+import { assertClose, relativeError } from './helpers/compare.ts';
+import { rejectsInputError, tempDir, throwsInputError } from './helpers/files.ts';
+
+const ROOT = path.join(import.meta.dirname, '..');
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+const SKIP_DIT = path.join(FIXTURES, 'skip-dit');
+const VAE = path.join(FIXTURES, 'tiny-dit', 'vae');
+
+/** The two tiny checkpoints converted into folders of a test's temporary directory. */
+function converted(t: Parameters<typeof tempDir>[0]): { skip: string; dit: string } {
+  const dir = tempDir(t);
+  const out = { skip: path.join(dir, 'skip'), dit: path.join(dir, 'dit') };
+  convertOfficialDiT(path.join(SKIP_DIT, 'tiny-skip-dit.pt'), out.skip, { numHeads: 2, vae: VAE });
+  convertOfficialDiT(path.join(SKIP_DIT, 'tiny-dit.pt'), out.dit, { numHeads: 2, vae: VAE });
+  return out;
+}
+
+test('.pt checkpoints: train.py\'s {model, ema, opt, args} gives its EMA weights and its args; a bare state dict itself', () => {
+  const skip = TorchCheckpoint.open(path.join(SKIP_DIT, 'tiny-skip-dit.pt'));
+  const plain = TorchCheckpoint.open(path.join(SKIP_DIT, 'tiny-dit.pt'));
+  try {
+    const { source, tensors } = skip.stateDict();
+    assert.equal(source, 'ema');
+    assert.equal(tensors.size, 132);
+    assert.equal(skip.args()?.get('model'), 'DiT-skip');
+    assert.equal(skip.args()?.get('image_size'), 64);
+    // The optimizer state (tensors under "opt") is read as data too, never executed.
+    assert.ok(skip.root instanceof Map && skip.root.get('opt') instanceof Map);
+    const config = inferOfficialDiT(tensors, skip.args(), { numHeads: 2 }, 'tiny-skip-dit.pt');
+    assert.deepEqual(config, { longSkips: true, sampleSize: 8, patchSize: 2, inChannels: 4, hiddenSize: 32, depth: 10, numHeads: 2, mlpRatio: 4, numClasses: 10, learnSigma: true });
+    assert.equal(plain.stateDict().source, 'the checkpoint');
+    assert.equal(inferOfficialDiT(plain.stateDict().tensors, undefined, { numHeads: 2 }, 'tiny-dit.pt').longSkips, false);
+    // The head count: from --num-heads, or an architecture whose sizes match the tensors.
+    throwsInputError(() => inferOfficialDiT(tensors, skip.args(), {}, 'x.pt'), 'args.model', 'DiT-skip has depth 28', '--num-heads');
+    throwsInputError(() => inferOfficialDiT(tensors, undefined, { arch: 'DiT-XXL/2' }, 'x.pt'), '--arch', 'unknown architecture', 'DiT-XL/2');
+    throwsInputError(() => inferOfficialDiT(tensors, undefined, {}, 'x.pt'), '--num-heads', 'cannot tell the head count');
+    throwsInputError(() => inferOfficialDiT(tensors, undefined, { numHeads: 3 }, 'x.pt'), '--num-heads', 'a divisor of hidden_size 32');
+  } finally {
+    skip.close();
+    plain.close();
+  }
+});
+
+test('the pickle reader creates data only: any other Python object is refused by name, never run', () => {
+  // GLOBAL os.system, ('echo hi',), REDUCE, STOP: what a malicious checkpoint carries.
+  const evil = Buffer.concat([Buffer.from([0x80, 0x02]), Buffer.from('cos\nsystem\n'), Buffer.from([0x58, 7, 0, 0, 0]), Buffer.from('echo hi'),
+    Buffer.from([0x85, 0x52, 0x2e])]);
+  throwsInputError(() => readPickle(evil, 'evil.pt', () => null), 'evil.pt', 'os.system', 'weights-only');
+  const builtins = Buffer.concat([Buffer.from([0x80, 0x02]), Buffer.from('cbuiltins\neval\n'), Buffer.from([0x4e, 0x85, 0x52, 0x2e])]);
+  throwsInputError(() => readPickle(builtins, 'b.pt', () => null), 'builtins.eval');
+  throwsInputError(() => readPickle(Buffer.from([0x80, 0x02, 0x7d]), 'cut.pt', () => null), 'cut.pt', 'truncated');
+  throwsInputError(() => readPickle(Buffer.from([0x80, 0x02, 0xff]), 'odd.pt', () => null), 'unsupported opcode 0xff');
+  // A plain dict of numbers and strings reads back.
+  const dict = Buffer.from([0x80, 0x02, 0x7d, 0x71, 0x00, 0x58, 1, 0, 0, 0, 0x61, 0x4b, 0x05, 0x73, 0x2e]);
+  assert.deepEqual(readPickle(dict, 'd', () => null), new Map([['a', 5]]));
+});
+
+test('the forward pass of both layouts equals the official DiT / DiT_skip (ema weights)', async (t) => {
+  const folders = converted(t);
+  const goldens = SafetensorsFile.open(path.join(SKIP_DIT, 'goldens.safetensors'));
+  t.after(() => goldens.close());
+  const i64 = (name: string) => {
+    const raw = goldens.readRaw(name);
+    return new ort.Tensor('int64', new BigInt64Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)), goldens.tensors.get(name)!.shape);
+  };
+  const f32 = (name: string) => new ort.Tensor('float32', goldens.readFloat32(name), goldens.tensors.get(name)!.shape);
+  for (const name of ['skip', 'dit'] as const) {
+    const pipeline = loadDiTPipeline(readPipelineFolder(folders[name]));
+    try {
+      const exec = (pipeline as unknown as { transformerExec: Parameters<DiTPipeline['transformer']['model']['forward']>[0] }).transformerExec;
+      const out = await pipeline.transformer.model.forward(exec, f32('x'), f32('t'), i64('y'));
+      const err = assertClose((out as ort.Tensor).data as Float32Array, goldens.readFloat32(`${name}.out`), 2e-6, `${name} forward`);
+      t.diagnostic(`${name}: relative error ${err.toExponential(2)}`);
+    } finally {
+      await pipeline.release();
+    }
+  }
+});
+
+test('DDIM sampling with forward_with_cfg\'s guidance, and Skip-Cache N = 2, 3, equal the official Skip-DiT code', async (t) => {
+  const folders = converted(t);
+  const goldens = SafetensorsFile.open(path.join(SKIP_DIT, 'goldens.safetensors'));
+  t.after(() => goldens.close());
+  const request = { classLabels: [3, 5], steps: 10, guidanceScale: 4, latents: { data: goldens.readFloat32('sample.z'), dims: [2, 4, 8, 8] }, output: 'latent' as const };
+  for (const name of ['skip', 'dit'] as const) {
+    const pipeline = loadDiTPipeline(readPipelineFolder(folders[name]));
+    try {
+      const plain = await pipeline.generate(request);
+      assert.equal(plain.guidedChannels, 3, 'the authors\' checkpoints guide channels 0-2');
+      const err = assertClose(plain.latents.data, goldens.readFloat32(`sample.${name}`), 1e-5, `${name} sampling`);
+      t.diagnostic(`${name}: sampling relative error ${err.toExponential(2)}`);
+      if (name !== 'skip') {
+        await rejectsInputError(() => pipeline.generate({ ...request, accel: ['skip-cache'] }), 'accel skip-cache', 'no long skip branches');
+        continue;
+      }
+      for (const n of [2, 3]) {
+        const cached = await pipeline.generate({ ...request, accel: [parseAccelSpec(`skip-cache:cache_interval=${n}`)] });
+        const expected = goldens.readFloat32(`sample.skip_cache${n}`);
+        const cacheErr = assertClose(cached.latents.data, expected, 1e-5, `Skip-Cache N=${n}`);
+        const change = relativeError(plain.latents.data, expected);
+        assert.ok(change > 20 * cacheErr, `Skip-Cache's change ${change} stands clear of our error ${cacheErr}`);
+        // Full passes at calls 0, N, 2N, …: the others are shallow.
+        assert.equal(cached.accel?.stats.shallowPasses, 10 - Math.ceil(10 / n));
+        t.diagnostic(`N=${n}: relative error ${cacheErr.toExponential(2)}, Skip-Cache's change ${change.toExponential(2)}`);
+      }
+      await rejectsInputError(() => pipeline.generate({ ...request, accel: ['skip-cache:skip_at_branch=5'] }), 'accel skip-cache:skip_at_branch', 'no block', '1 to 4');
+      await rejectsInputError(() => pipeline.generate({ ...request, accel: ['skip-cache:close_cache_at=1000'] }), 'accel skip-cache', 'no call of this run');
+      await rejectsInputError(() => pipeline.generate({ ...request, accel: ['skip-cache', 'deepcache'] }), 'accel');
+    } finally {
+      await pipeline.release();
+    }
+  }
+  const unet = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  try {
+    await rejectsInputError(() => unet.generate({ prompt: 'x', steps: 4, accel: ['skip-cache'] }), 'accel skip-cache', 'deepcache');
+  } finally {
+    await unet.release();
+  }
+});
+
+test('Skip-Cache\'s schedule replays the official counter: full every N calls, full at and after close_cache_at, full from start_cache_at', () => {
+  const run = (timesteps: number[], extra: Partial<typeof SKIP_CACHE_DEFAULTS> = {}, fullPassCalls: number[] = []) =>
+    skipCacheFullCalls({ ...SKIP_CACHE_DEFAULTS, ...extra }, { calls: timesteps.length, timesteps, fullPassCalls }).map((f) => (f ? 'F' : '.')).join('');
+  assert.equal(run([900, 800, 700, 600, 500, 400, 300, 200, 100, 0]), 'F.F.F.F.F.');
+  assert.equal(run([900, 800, 700, 600, 500, 400, 300, 200, 100, 0], { cache_interval: 3 }), 'F..F..F..F');
+  // A call at t ≤ 20 clears the cache afterwards: every later call is full.
+  assert.equal(run([999, 15, 10, 5, 0], { cache_interval: 4 }), 'F.FFF');
+  assert.equal(run([1000, 990, 980, 970]), 'F.F.');
+  assert.equal(run([1000, 990, 980, 970], { start_cache_at: 985 }), 'FFF.');
+  assert.equal(run([900, 800, 700, 600], {}, [1]), 'FFF.');
+});
+
+test('diffuse convert: one line on success, a refused folder left behind on failure', (t) => {
+  const dir = tempDir(t);
+  const diffuse = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, 'bin', 'diffuse.js'), ...args], { cwd: dir, encoding: 'utf8' });
+  const ok = diffuse('convert', path.join(SKIP_DIT, 'tiny-skip-dit.pt'), '--out', 'skip', '--num-heads', '2', '--vae', VAE);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.match(ok.stderr, /^wrote skip: DiT_skip, depth 10, width 32, 2 heads, patch 2, input 8, 10 classes, learned sigma; 132 tensors from "ema"\n$/);
+  assert.deepEqual(fs.readdirSync(path.join(dir, 'skip')).sort(), ['model_index.json', 'scheduler', 'transformer', 'vae']);
+  for (const [args, fragment] of [
+    [['convert', path.join(SKIP_DIT, 'tiny-skip-dit.pt'), '--out', 'skip', '--num-heads', '2'], 'already exists'],
+    [['convert', path.join(SKIP_DIT, 'tiny-skip-dit.pt'), '--out', 'again'], '--num-heads N'],
+    [['convert', path.join(ROOT, 'package.json'), '--out', 'x'], 'not a readable zip file'],
+    [['convert', path.join(dir, 'none.pt'), '--out', 'x'], 'checkpoint not found'],
+  ] as [string[], string][]) {
+    const run = diffuse(...args);
+    assert.equal(run.status, 2, run.stderr);
+    assert.match(run.stderr, /^diffuse: .*\n$/);
+    assert.ok(run.stderr.includes(fragment), run.stderr);
+  }
+  assert.deepEqual(fs.readdirSync(dir), ['skip'], 'no partial folder left');
+  const gen = diffuse('generate', '--model', 'skip', '--class', '1', '--steps', '4', '--accel', 'skip-cache', '--out', 'x.png');
+  assert.equal(gen.status, 0, gen.stderr);
+});
