@@ -11,6 +11,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { parseAccelSpec } from '../src/accel/index.ts';
+import { macCounter } from '../src/bench/mac-counter.ts';
+import { calflopsMacs } from '../src/graph/builder.ts';
 import { skipCacheFullCalls, SKIP_CACHE_DEFAULTS } from '../src/accel/skip-cache.ts';
 import { convertOfficialDiT, inferOfficialDiT } from '../src/models/official-dit-checkpoint.ts';
 import { loadDiTPipeline, type DiTPipeline } from '../src/pipelines/dit.ts';
@@ -173,3 +175,28 @@ test('diffuse convert: one line on success, a refused folder left behind on fail
   const gen = diffuse('generate', '--model', 'skip', '--class', '1', '--steps', '4', '--accel', 'skip-cache', '--out', 'x.png');
   assert.equal(gen.status, 0, gen.stderr);
 });
+
+test('whole-run MACs of Skip-Cache on Skip-DiT-XL/2 256² (250 DDIM steps, CFG) match a count by hand for N = 2…6', async (t) => {
+  // calflops convention: linear and conv MACs, per call of batch 2 (CFG), 256 tokens of width 1152.
+  const [D, N, B] = [1152, 256, 2];
+  const block = B * N * 12 * D * D + B * 6 * D * D;
+  const fusion = B * N * 2 * D * D;
+  const ends = B * N * 16 * D + B * (256 * D + D * D) + B * 2 * D * D + B * N * D * 32;
+  const full = ends + 28 * block + 14 * fusion;
+  const cached = ends + 8 * block + 4 * fusion;
+  const counter = macCounter({ preset: 'skip-dit-xl-2-256', batch: 1, guidance: 4 });
+  const baseline = calflopsMacs((await counter.count(250, [])).total);
+  assert.equal(baseline, 250 * full);
+  for (let n = 2; n <= 6; n++) {
+    const spec = parseAccelSpec(`skip-cache:cache_interval=${n}`);
+    const macs = calflopsMacs((await counter.count(250, [spec])).total);
+    const fullCalls = skipCacheFullCalls(spec.params as typeof SKIP_CACHE_DEFAULTS, { calls: 250, timesteps: counterTimesteps(), fullPassCalls: [] }).filter(Boolean).length;
+    assert.equal(macs, fullCalls * full + (250 - fullCalls) * cached, `N=${n}`);
+    t.diagnostic(`N=${n}: ${(macs / 1e12).toFixed(3)} T, ×${(baseline / macs).toFixed(2)} (${fullCalls} full calls of 250)`);
+  }
+});
+
+/** The 250 DDIM timesteps of DiT's scheduler (leading spacing: 996, 992, …, 0). */
+function counterTimesteps(): number[] {
+  return Array.from({ length: 250 }, (_, i) => 996 - 4 * i);
+}

@@ -58,6 +58,12 @@ export function macCounter(o: MacCounterOptions): MacCounter {
     } else if (transformerPreset) {
       useTransformer(transformerPreset.transformerClass, transformerPreset.transformer, `preset ${o.preset}`);
       tokens = transformerPreset.maxSequenceLength;
+      const schedulerConfig = transformerPreset.scheduler;
+      if (schedulerConfig) {
+        const scheduled = (steps: number) => createScheduler({ name: o.scheduler, config: schedulerConfig, configFile: `preset ${o.preset} scheduler`, steps }).timesteps;
+        timesteps = scheduled;
+        calls = (steps) => scheduled(steps).length;
+      }
     } else {
       throw new InputError('--preset', 'unknown preset', PRESET_NAMES.join(', '), o.preset);
     }

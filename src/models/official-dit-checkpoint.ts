@@ -16,6 +16,7 @@ import type { PickleValue, TensorRef } from '../weights/pickle.ts';
 import { writeSafetensors } from '../weights/safetensors.ts';
 import { TorchCheckpoint } from '../weights/torch-checkpoint.ts';
 import { checkOfficialDiTConfig, type OfficialDiTConfig } from './official-dit.ts';
+import { DIT_SCHEDULER } from './presets.ts';
 
 /** The official DiT_models table (Skip-DiT adds "DiT-skip", DiT-XL/2 with long skips). */
 export const OFFICIAL_DIT_ARCHS: Record<string, { depth: number; hidden: number; patch: number; heads: number; skips: boolean }> = Object.fromEntries([
@@ -83,12 +84,6 @@ export function officialDiTConfigJson(c: OfficialDiTConfig, source: Record<strin
   };
 }
 
-/** DiT's scheduler as diffusers' conversion writes it (facebook/DiT-XL-2-256). */
-const DDIM_CONFIG = {
-  _class_name: 'DDIMScheduler', beta_start: 0.0001, beta_end: 0.02, beta_schedule: 'linear', num_train_timesteps: 1000,
-  clip_sample: false, set_alpha_to_one: true, steps_offset: 0, prediction_type: 'epsilon',
-};
-
 /** Converts `file` into the folder `out` (written beside it under a temporary name, then renamed). */
 export function convertOfficialDiT(file: string, out: string, o: ConvertOptions): { config: OfficialDiTConfig; source: string; tensors: number } {
   if (fs.existsSync(out)) throw new InputError('--out', 'already exists (convert writes a new folder)', 'a path that does not exist', out);
@@ -108,7 +103,7 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
       ...(o.vae !== undefined ? { vae: ['diffusers', 'AutoencoderKL'] } : {}),
     });
     json('transformer/config.json', officialDiTConfigJson(config, { checkpoint: path.basename(file), state_dict: source }));
-    json('scheduler/scheduler_config.json', DDIM_CONFIG);
+    json('scheduler/scheduler_config.json', DIT_SCHEDULER);
     writeSafetensors(path.join(partial, 'transformer', 'diffusion_pytorch_model.safetensors'), Object.fromEntries([...tensors].map(([name, t]) => [name, {
       dtype: 'F32' as const, shape: t.shape, data: () => checkpoint.readFloat32(name, t),
     }])));

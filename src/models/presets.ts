@@ -134,6 +134,8 @@ export interface TransformerPreset {
   /** T5 tokens per prompt the pipeline pads to (PixArt-α 120, PixArt-Σ 300). */
   maxSequenceLength?: number;
   vae: Config;
+  /** The scheduler_config.json its pipeline ships (whole-run counts need the calls' timesteps). */
+  scheduler?: Config;
 }
 
 /** google/t5-v1_1-xxl's encoder, as PixArt folders ship it (4.76 B parameters). */
@@ -155,6 +157,17 @@ const DIT_XL_2: Config = {
   norm_type: 'ada_norm_zero', num_attention_heads: 16, num_embeds_ada_norm: 1000, num_layers: 28, out_channels: 8, patch_size: 2, sample_size: 32,
 };
 
+/** DiT's scheduler as diffusers' conversion writes it (facebook/DiT-XL-2-256), which `diffuse convert` writes too. */
+export const DIT_SCHEDULER: Config = {
+  _class_name: 'DDIMScheduler', beta_start: 0.0001, beta_end: 0.02, beta_schedule: 'linear', num_train_timesteps: 1000,
+  clip_sample: false, set_alpha_to_one: true, steps_offset: 0, prediction_type: 'epsilon',
+};
+
+/** Skip-DiT's DiT-XL/2 with long skips ("DiT-skip" in its DiT_models), in the authors' layout. */
+const SKIP_DIT_XL_2: Config = {
+  _class_name: 'DiT_skip', input_size: 32, patch_size: 2, in_channels: 4, hidden_size: 1152, depth: 28, num_heads: 16, mlp_ratio: 4, num_classes: 1000, learn_sigma: true,
+};
+
 export const TRANSFORMER_PRESETS: Record<string, TransformerPreset> = {
   'pixart-alpha-1024': {
     description: 'PixArt-α 1024 (PixArt-alpha/PixArt-XL-2-1024-MS)', pipeline: 'PixArtAlphaPipeline', transformerClass: 'Transformer2DModel',
@@ -171,11 +184,15 @@ export const TRANSFORMER_PRESETS: Record<string, TransformerPreset> = {
   },
   'dit-xl-2-256': {
     description: 'DiT-XL/2 256 (facebook/DiT-XL-2-256)', pipeline: 'DiTPipeline', transformerClass: 'Transformer2DModel',
-    transformer: DIT_XL_2, vae: { ...SD_VAE, sample_size: 256 },
+    transformer: DIT_XL_2, vae: { ...SD_VAE, sample_size: 256 }, scheduler: DIT_SCHEDULER,
+  },
+  'skip-dit-xl-2-256': {
+    description: 'Skip-DiT-XL/2 256 (OpenSparseLLMs/Skip-DiT, class-to-image)', pipeline: 'DiTPipeline', transformerClass: 'DiT_skip',
+    transformer: SKIP_DIT_XL_2, vae: { ...SD_VAE, sample_size: 256 }, scheduler: DIT_SCHEDULER,
   },
   'dit-xl-2-512': {
     description: 'DiT-XL/2 512 (facebook/DiT-XL-2-512)', pipeline: 'DiTPipeline', transformerClass: 'Transformer2DModel',
-    transformer: { ...DIT_XL_2, sample_size: 64 }, vae: { ...SD_VAE, sample_size: 512 },
+    transformer: { ...DIT_XL_2, sample_size: 64 }, vae: { ...SD_VAE, sample_size: 512 }, scheduler: DIT_SCHEDULER,
   },
 };
 
