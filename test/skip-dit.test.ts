@@ -22,6 +22,8 @@ import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { TorchCheckpoint } from '../src/weights/torch-checkpoint.ts';
 import { assertClose, relativeError } from './helpers/compare.ts';
+import { pngText } from './helpers/png.ts';
+import { readImage } from '../src/image/read.ts';
 import { rejectsInputError, tempDir, throwsInputError } from './helpers/files.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
@@ -174,6 +176,17 @@ test('diffuse convert: one line on success, a refused folder left behind on fail
   assert.deepEqual(fs.readdirSync(dir), ['skip'], 'no partial folder left');
   const gen = diffuse('generate', '--model', 'skip', '--class', '1', '--steps', '4', '--accel', 'skip-cache', '--out', 'x.png');
   assert.equal(gen.status, 0, gen.stderr);
+  // The .pt itself as --model, with convert's flags; the PNG names the checkpoint and the guidance convention.
+  const direct = diffuse('generate', '--model', path.join(SKIP_DIT, 'tiny-skip-dit.pt'), '--num-heads', '2', '--vae', VAE, '--class', '1', '--steps', '4', '--seed', '5', '--out', 'y.png');
+  assert.equal(direct.status, 0, direct.stderr);
+  assert.match(pngText(fs.readFileSync(path.join(dir, 'y.png'))).parameters, /Model: tiny-skip-dit\.pt, CFG channels: 0-2 \(forward_with_cfg\)$/);
+  const again = diffuse('generate', '--model', 'skip', '--class', '1', '--steps', '4', '--seed', '5', '--out', 'z.png');
+  assert.equal(again.status, 0, again.stderr);
+  // The converted folder and the .pt give the same image.
+  assert.deepEqual(readImage(path.join(dir, 'z.png')).data, readImage(path.join(dir, 'y.png')).data);
+  const refused = diffuse('generate', '--prompt', 'x', '--num-heads', '2', '--out', 'w.png');
+  assert.equal(refused.status, 2);
+  assert.match(refused.stderr, /^diffuse: --num-heads: is for a DiT \/ Skip-DiT checkpoint given as --model FILE\.pt/);
 });
 
 test('whole-run MACs of Skip-Cache on Skip-DiT-XL/2 256² (250 DDIM steps, CFG) match a count by hand for N = 2…6', async (t) => {

@@ -17,6 +17,7 @@ import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { readPromptFile } from '../scenes/captions.ts';
 import { readImage } from '../image/read.ts';
+import { convertedFolder } from '../models/official-dit-checkpoint.ts';
 import { DEFAULT_STRENGTH } from '../pipelines/img2img.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import type { Device } from '../runtime/ort-executor.ts';
@@ -61,6 +62,10 @@ export interface GenerateFlags {
   maxSequenceLength?: number;
   /** PixArt: generate at the nearest trained size (default as diffusers: on). */
   resolutionBinning?: boolean;
+  /** A DiT / Skip-DiT .pt as --model: its architecture, head count and VAE (as `diffuse convert` takes them). */
+  arch?: string;
+  numHeads?: number;
+  vae?: string;
 }
 
 type Family = 'stable-diffusion' | 'pixart' | 'dit';
@@ -177,6 +182,15 @@ function checkOutputs(f: GenerateFlags, family: Family, subjects: string[]): str
   return names;
 }
 
+/** The folder --model names: the embedded model, a diffusers folder, or a DiT / Skip-DiT .pt converted once (with --arch/--num-heads/--vae). */
+function modelDir(f: GenerateFlags): string {
+  const checkpoint = f.model !== undefined && /\.pth?$/i.test(f.model);
+  for (const [value, flag] of [[f.arch, '--arch'], [f.numHeads, '--num-heads'], [f.vae, '--vae']] as const) {
+    if (value !== undefined && !checkpoint) throw new InputError(flag, 'is for a DiT / Skip-DiT checkpoint given as --model FILE.pt', '--model FILE.pt with it', String(value));
+  }
+  return checkpoint ? convertedFolder(f.model!, { arch: f.arch, numHeads: f.numHeads, vae: f.vae }) : modelFolder(f.model);
+}
+
 /** Starts the generation the folder's family does, with the flags that apply to it. */
 async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined, image: GeneratedImage | undefined,
   onStep: (s: StepInfo) => void, signal: AbortSignal, prompts: string[]): Promise<{ run: (seed?: number) => Promise<Generated>; release: () => Promise<void> }> {
@@ -218,7 +232,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
   try {
     const latents = f.latents ? readLatentsFile(f.latents) : undefined;
     const image = f.initImage === undefined ? undefined : readImage(f.initImage);
-    const folder = readPipelineFolder(modelFolder(f.model));
+    const folder = readPipelineFolder(modelDir(f));
     const family = familyOf(folder, f);
     // What each image of a run shows: a prompt (repeated --batch times) or a DiT class.
     const subjects = family === 'dit' ? classLabels(f.class!).map((l) => `class ${l}`) : f.prompts ? readPromptFile(f.prompts) : [f.prompt!];
@@ -294,10 +308,12 @@ export async function generate(f: GenerateFlags): Promise<void> {
 
 /**
  * The model's name for the PNG, never the user's folder layout: the folder's name, "org/name" for
- * a Hugging Face cache snapshot (models--org--name/snapshots/<rev>), "reference" for the embedded one.
+ * a Hugging Face cache snapshot (models--org--name/snapshots/<rev>), a checkpoint's file name,
+ * "reference" for the embedded one.
  */
 export function modelName(dir: string, given: string | undefined): string {
   if (given === undefined || given === 'reference') return 'reference';
+  if (/\.pth?$/i.test(given)) return path.basename(given);
   const hub = /models--([^/\\]+)[/\\]snapshots[/\\][^/\\]+[/\\]?$/.exec(path.resolve(dir));
   return hub ? hub[1].replace(/--/g, '/') : path.basename(path.resolve(dir));
 }

@@ -165,7 +165,7 @@ export function buildProgram(): Command {
   program
     .command('generate')
     .description('generate PNG images with a diffusers folder: text-to-image or image-to-image (Stable Diffusion 1.x/2.x/XL, PixArt-α/Σ), class-to-image (DiT)')
-    .option('--model <dir>', 'diffusers pipeline folder (model_index.json); default: the embedded reference model')
+    .option('--model <dir>', 'diffusers pipeline folder (model_index.json), or a DiT / Skip-DiT checkpoint FILE.pt; default: the embedded reference model')
     .option('--prompt <text>', 'what to draw')
     .option('--prompts <file>', 'one prompt per line (blank lines and # comments skipped), instead of --prompt')
     .option('--negative-prompt <text>', 'what to steer away from (classifier-free guidance)')
@@ -184,6 +184,9 @@ export function buildProgram(): Command {
     .option('--no-resolution-binning', 'PixArt: generate at the size asked for')
     .option('--init-image <file>', 'img2img: start from this PNG or JPEG, resized to the output size (default: its own size rounded down to a multiple of 8; PixArt 16)')
     .option('--strength <s>', 'img2img: how much of the schedule runs, in (0, 1]: int(steps × s) steps (default 0.8)', number('--strength'))
+    .option('--arch <name>', 'a DiT / Skip-DiT .pt as --model: its architecture (default: the checkpoint\'s args.model), as in diffuse convert')
+    .option('--num-heads <n>', 'a DiT / Skip-DiT .pt as --model: its attention heads, as in diffuse convert', positiveInt('--num-heads', 4096))
+    .option('--vae <dir>', 'a DiT / Skip-DiT .pt as --model: the VAE to decode with (a diffusers AutoencoderKL folder)')
     .option('--latents <file.safetensors>', 'starting latents: one F32 tensor "latents" [B, C, h, w] (diffusers\' latents=)')
     .option('--save-latents <file.safetensors>', 'also write the final latents (before VAE scaling and decoding)')
     .option('--out <file.png>', 'output PNG; several images get -0, -1, ... suffixes', 'out.png')

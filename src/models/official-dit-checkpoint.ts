@@ -9,7 +9,9 @@
  * the head count comes from `numHeads`, else the architecture name (`arch`, or the checkpoint's
  * args.model) in the official DiT_models table — only where that entry's sizes match the tensors.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import type { PickleValue, TensorRef } from '../weights/pickle.ts';
@@ -119,4 +121,25 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
   } finally {
     checkpoint.close();
   }
+}
+
+/**
+ * A checkpoint given where a folder is expected (`generate --model FILE.pt`): converted once into a
+ * cache folder keyed by the file (path, size, modification time) and the options, then reused.
+ */
+export function convertedFolder(file: string, o: ConvertOptions): string {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(file);
+  } catch {
+    throw new InputError(file, 'checkpoint not found');
+  }
+  const key = JSON.stringify([fs.realpathSync(file), stat.size, stat.mtimeMs, o.arch ?? null, o.numHeads ?? null, o.vae === undefined ? null : path.resolve(o.vae)]);
+  const root = path.join(os.tmpdir(), 'diffusion-ts-converted');
+  const dir = path.join(root, createHash('sha256').update(key).digest('hex').slice(0, 24));
+  if (!fs.existsSync(path.join(dir, 'model_index.json'))) {
+    fs.mkdirSync(root, { recursive: true });
+    convertOfficialDiT(file, dir, o);
+  }
+  return dir;
 }
