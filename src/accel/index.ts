@@ -8,6 +8,7 @@ import { InputError, describe } from '../errors.ts';
 import { combine, type Accelerator } from '../runtime/plan.ts';
 import { ATTN_REUSE } from './attn-reuse.ts';
 import { DEEPCACHE } from './deepcache.ts';
+import { FIRST_BLOCK_CACHE } from './first-block-cache.ts';
 import { FORA } from './fora.ts';
 import { SKIP_CACHE } from './skip-cache.ts';
 import type { Knob, KnobValues, MethodDefinition } from './method.ts';
@@ -16,7 +17,7 @@ import { TGATE } from './tgate.ts';
 import { TOME } from './tome.ts';
 
 export const METHODS: Record<string, MethodDefinition> = Object.fromEntries(
-  ([TGATE, DEEPCACHE, ATTN_REUSE, TOME, FORA, SKIP_CACHE] as MethodDefinition[]).map((m) => [m.name, m]),
+  ([TGATE, DEEPCACHE, ATTN_REUSE, TOME, FORA, SKIP_CACHE, FIRST_BLOCK_CACHE] as MethodDefinition[]).map((m) => [m.name, m]),
 );
 
 export interface AccelSpec {

@@ -187,4 +187,14 @@ export const ortOps: TensorOps<ort.Tensor> = {
     return new ort.Tensor('float32', mean, [t.dims[0] / 2, ...t.dims.slice(1)]);
   },
   indices: (values) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]),
+  async relativeL1(a, reference) {
+    const [x, r] = await Promise.all([a, reference].map(async (t) => (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array));
+    let diff = 0;
+    let size = 0;
+    for (let i = 0; i < r.length; i++) {
+      diff += Math.abs(x[i] - r[i]);
+      size += Math.abs(r[i]);
+    }
+    return diff / size;
+  },
 };

@@ -11,7 +11,11 @@
  * - per generation, hooks that see every segment call with a role, inputs included, before any of
  *   the above is decided, and may run it as a variant of its graph (other SegmentHooks, extra
  *   inputs and outputs). A hook is async and may run segments of its own and read their values,
- *   so decisions may depend on tensors computed on the device.
+ *   so decisions may depend on tensors computed on the device;
+ * - per generation, hooks `around` each segment call with a role (the one mechanism for decisions
+ *   from tensor values): they see its inputs, may run it (with everything above) and look at its
+ *   outputs, or answer it without running it — First-Block-Cache and TeaCache skip spans of blocks
+ *   this way, deciding from residuals the run has just computed.
  * Before any work a plan checks the model's declaration and the run, and may rehearse one model
  * call on shapes alone (to size what it will store).
  *
@@ -32,7 +36,7 @@
 import { InputError } from '../errors.ts';
 import type { Value } from '../graph/builder.ts';
 import { DryExecutor } from './dry-executor.ts';
-import type { Executor, RunOptions, SegmentBuild, ShapedTensor, TensorLike } from './executor.ts';
+import type { Executor, ResidualSpec, RunOptions, SegmentBuild, ShapedTensor, TensorLike } from './executor.ts';
 import type { BranchPass, LongSkipDeclaration, ModelDeclaration, SegmentHooks, SegmentRole } from './protocol.ts';
 
 export type Decision = 'compute' | 'cache' | 'cache-cfg-mean' | 'reuse';
@@ -100,12 +104,15 @@ export interface SegmentVariant<T> {
 export interface TensorOps<T extends TensorLike> {
   /** [2B, ...] → [B, ...]: the mean of the unconditional and conditional halves. */
   meanOfHalves(t: T): Promise<T>;
+  /** mean |a − reference| / mean |reference| (NaN on shapes alone, where there are no values). */
+  relativeL1(a: T, reference: T): Promise<number>;
   /** A 1-D int64 tensor (token index lists). */
   indices(values: number[]): T;
 }
 
 export const shapedOps: TensorOps<ShapedTensor> = {
   meanOfHalves: async (t) => ({ dims: [t.dims[0] / 2, ...t.dims.slice(1)], type: t.type }),
+  relativeL1: async () => Number.NaN,
   indices: (values) => ({ dims: [values.length], type: 'int64' }),
 };
 
@@ -121,6 +128,12 @@ export interface PlanContext<T extends TensorLike> {
 export interface RunHooks<T extends TensorLike> {
   /** Sees every segment call with a role that runs; may answer a variant to run it as. */
   variant?(segment: SegmentCall<T>, at: CallInfo): Promise<SegmentVariant<T> | undefined>;
+  /**
+   * Wraps every segment call with a role: `next()` runs it as the rest of the plan says (variants,
+   * caches) and gives its outputs; the hook may look at them, or answer without calling `next` —
+   * then with the outputs the model reads (`residual.result` for a residual segment).
+   */
+  around?(segment: SegmentCall<T>, at: CallInfo, next: () => Promise<Record<string, T>>, residual: ResidualSpec | undefined): Promise<Record<string, T>>;
   /** Counters for reports, by name. */
   stats?(): Record<string, number>;
   /** What the method did, in words (undefined: nothing worth saying). */
@@ -283,6 +296,20 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     const role = options.role;
     if (!role) return this.inner.run(name, build, inputs, options);
     const segment: SegmentCall<T> = { name, role, inputs, key: shapesOf(inputs) };
+    const at = { call: this.call, cfg: this.cfg };
+    // Hooks around the call, the first given outermost.
+    let next = () => this.runPlanned(segment, build, options);
+    for (const h of [...this.hooks].reverse()) {
+      if (!h.around) continue;
+      const inner = next;
+      next = () => h.around!(segment, at, inner, options.residual);
+    }
+    return next();
+  }
+
+  /** A segment call with the plan's variants and residual decision applied. */
+  private async runPlanned(segment: SegmentCall<T>, build: SegmentBuild, options: RunOptions): Promise<Record<string, T>> {
+    const { name, inputs } = segment;
     const variants: SegmentVariant<T>[] = [];
     for (const h of this.hooks) {
       const v = await h.variant?.(segment, { call: this.call, cfg: this.cfg });

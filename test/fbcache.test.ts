@@ -1,0 +1,63 @@
+/**
+ * First-Block-Cache against diffusers' apply_first_block_cache on the tiny PixArt-α / PixArt-Σ
+ * (goldens from tools/reference/make_fbcache_goldens.py): the same calls skipped, the same final
+ * latents; and what it refuses.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseAccelSpec } from '../src/accel/index.ts';
+import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { assertClose, relativeError } from './helpers/compare.ts';
+import { rejectsInputError } from './helpers/files.ts';
+import { accelGoldens } from './helpers/goldens.ts';
+
+const FIXTURES = path.join(import.meta.dirname, 'fixtures');
+
+for (const fixture of ['tiny-pixart-alpha', 'tiny-pixart-sigma']) {
+  test(`First-Block-Cache on ${fixture} equals diffusers' apply_first_block_cache: same calls skipped, same latents`, async (t) => {
+    const index = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'goldens', 'fbcache', `${fixture}.json`), 'utf8')) as
+      { name: string; threshold: number; calls: { change: number | null; skipped: boolean }[] }[];
+    const pixart = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, fixture)));
+    try {
+      for (const c of accelGoldens(t, 'fbcache', fixture)) {
+        const { calls, threshold } = index.find((x) => x.name === c.name)!;
+        // Our decisions are diffusers' unless a change sits within float error of the threshold.
+        assert.ok(calls.every((x) => x.change === null || Math.abs(x.change - threshold) > 1e-4), `${c.name}: a change too close to the threshold to compare`);
+        const request = { ...c.request, width: 128, height: 128, resolutionBinning: false };
+        const cached = await pixart.generate({ ...request, accel: [parseAccelSpec(c.accel)] });
+        assert.equal(cached.accel?.stats.cachedCalls ?? 0, calls.filter((x) => x.skipped).length, `${c.name}: calls skipped`);
+        const err = assertClose(cached.latents.data, c.expected, 1e-4, `${c.name} vs diffusers`);
+        const change = relativeError(c.baseline, c.expected);
+        if (calls.some((x) => x.skipped)) assert.ok(change > 10 * err, `${c.name}: the cache's change ${change} is within our error`);
+        t.diagnostic(`${c.name}: ${cached.accel?.stats.cachedCalls} of ${calls.length} calls from the cache, relative error ${err.toExponential(2)}, change ${change.toExponential(2)}`);
+      }
+    } finally {
+      await pixart.release();
+    }
+  });
+}
+
+test('First-Block-Cache refuses models whose blocks are not one chain, knobs that leave nothing to skip, and a second span cache', async () => {
+  const unet = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  const pixart = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-pixart-alpha')));
+  try {
+    await rejectsInputError(() => unet.generate({ prompt: 'x', steps: 4, accel: ['fbcache'] }), 'accel fbcache', 'not one chain', 'deepcache');
+    const request = { prompt: 'x', steps: 4, width: 128, height: 128, resolutionBinning: false, output: 'latent' as const };
+    await rejectsInputError(() => pixart.generate({ ...request, accel: ['fbcache:Fn_compute_blocks=2'] }), 'accel fbcache:Fn_compute_blocks', 'no block of 2');
+    await rejectsInputError(() => pixart.generate({ ...request, accel: ['fbcache', 'fbcache'] }), 'accel', 'given twice');
+    // Warm-up and the cap on cached calls in a row keep calls computed.
+    const loose = await pixart.generate({ ...request, steps: 10, accel: ['fbcache:residual_diff_threshold=10'] });
+    assert.equal(loose.accel?.stats.cachedCalls, 9, 'all but the first call from the cache at a huge threshold');
+    const warm = await pixart.generate({ ...request, steps: 10, accel: ['fbcache:residual_diff_threshold=10,max_warmup_steps=4'] });
+    assert.equal(warm.accel?.stats.cachedCalls, 6);
+    const capped = await pixart.generate({ ...request, steps: 10, accel: ['fbcache:residual_diff_threshold=10,max_continuous_cached_steps=2'] });
+    assert.equal(capped.accel?.stats.cachedCalls, 6, 'two cached, one computed, repeated');
+  } finally {
+    await unet.release();
+    await pixart.release();
+  }
+});
