@@ -11,13 +11,14 @@ import { DEEPCACHE } from './deepcache.ts';
 import { FIRST_BLOCK_CACHE } from './first-block-cache.ts';
 import { FORA } from './fora.ts';
 import { SKIP_CACHE } from './skip-cache.ts';
+import { TEACACHE } from './teacache.ts';
 import type { Knob, KnobValues, MethodDefinition } from './method.ts';
 import { own } from '../util/own.ts';
 import { TGATE } from './tgate.ts';
 import { TOME } from './tome.ts';
 
 export const METHODS: Record<string, MethodDefinition> = Object.fromEntries(
-  ([TGATE, DEEPCACHE, ATTN_REUSE, TOME, FORA, SKIP_CACHE, FIRST_BLOCK_CACHE] as MethodDefinition[]).map((m) => [m.name, m]),
+  ([TGATE, DEEPCACHE, ATTN_REUSE, TOME, FORA, SKIP_CACHE, FIRST_BLOCK_CACHE, TEACACHE] as MethodDefinition[]).map((m) => [m.name, m]),
 );
 
 export interface AccelSpec {

@@ -131,9 +131,12 @@ export interface RunHooks<T extends TensorLike> {
   /**
    * Wraps every segment call with a role: `next()` runs it as the rest of the plan says (variants,
    * caches) and gives its outputs; the hook may look at them, or answer without calling `next` —
-   * then with the outputs the model reads (`residual.result` for a residual segment).
+   * then with the outputs the model reads (`residual.result` for a residual segment). `probe(v)`
+   * runs the segment's graph as variant `v` for `v`'s emitted values alone (nothing else of the
+   * plan applies; what the model would output is pruned), e.g. a block's modulated input.
    */
-  around?(segment: SegmentCall<T>, at: CallInfo, next: () => Promise<Record<string, T>>, residual: ResidualSpec | undefined): Promise<Record<string, T>>;
+  around?(segment: SegmentCall<T>, at: CallInfo, next: () => Promise<Record<string, T>>, residual: ResidualSpec | undefined,
+    probe: (variant: SegmentVariant<T>) => Promise<Record<string, T>>): Promise<Record<string, T>>;
   /** Counters for reports, by name. */
   stats?(): Record<string, number>;
   /** What the method did, in words (undefined: nothing worth saying). */
@@ -297,12 +300,16 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     if (!role) return this.inner.run(name, build, inputs, options);
     const segment: SegmentCall<T> = { name, role, inputs, key: shapesOf(inputs) };
     const at = { call: this.call, cfg: this.cfg };
+    const probe = async (v: SegmentVariant<T>) => {
+      const withIt = withVariant(build, inputs, { ...options, residual: undefined }, v);
+      return withIt.emitted(await this.inner.run(name, withIt.build, withIt.inputs, { ...withIt.options, outputs: withIt.emits }));
+    };
     // Hooks around the call, the first given outermost.
     let next = () => this.runPlanned(segment, build, options);
     for (const h of [...this.hooks].reverse()) {
       if (!h.around) continue;
       const inner = next;
-      next = () => h.around!(segment, at, inner, options.residual);
+      next = () => h.around!(segment, at, inner, options.residual, probe);
     }
     return next();
   }

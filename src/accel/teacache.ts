@@ -1,0 +1,112 @@
+/**
+ * TeaCache (Liu et al., arXiv 2411.19108; official code ali-vilab/TeaCache, e.g. TeaCache4FLUX).
+ * At each model call the first block's timestep-modulated input (its self-attention's normalised,
+ * shifted and scaled tokens) is compared with the previous call's: the relative L1 change, rescaled
+ * by a polynomial fitted to the model, accumulates; while the sum stays under rel_l1_thresh the
+ * whole block stack is skipped and the residual (stack output − input) of the last computed call
+ * is added instead; once it reaches the threshold the call computes and the sum restarts. The
+ * first and last calls always compute. The modulated input comes from a probe of block 0's
+ * self-attention segment (runtime/plan.ts `around`), which costs a norm and a modulation.
+ *
+ * `coefficients` are numpy.poly1d's, highest power first, separated by ':' (a comma separates knobs);
+ * the default "1:0" is no rescaling.
+ * Calls another composed method needs full (TGATE's gate) compute.
+ */
+import { InputError } from '../errors.ts';
+import type { TensorLike } from '../runtime/executor.ts';
+import type { Accelerator, PlanContext, RunHooks } from '../runtime/plan.ts';
+import type { MethodDefinition } from './method.ts';
+
+export type TeaCacheParams = {
+  rel_l1_thresh: number;
+  coefficients: string;
+};
+
+export const TEACACHE_DEFAULTS: TeaCacheParams = { rel_l1_thresh: 0.3, coefficients: '1:0' };
+
+/** numpy.poly1d from "c_n:…:c_1:c_0" (highest power first); `where` names the knob in errors. */
+export function polynomial(text: string, where: string): (x: number) => number {
+  const cs = text.split(':').map((c) => (c.trim() === '' ? Number.NaN : Number(c)));
+  if (cs.length > 16 || cs.some((c) => !Number.isFinite(c))) {
+    throw new InputError(where, 'wrong value', 'up to 16 numbers separated by ":", highest power first (numpy.poly1d), e.g. 1:0', JSON.stringify(text));
+  }
+  return (x) => cs.reduce((acc, c) => acc * x + c, 0);
+}
+
+export function teaCache(p: TeaCacheParams): Accelerator {
+  const rescale = polynomial(p.coefficients, 'accel teacache:coefficients');
+  let blocks = new Map<string, number>();
+  return {
+    name: 'teacache',
+    claims: { 'span-cache': 'skip spans of transformer blocks on cached residuals' },
+    conflicts: { cut: 'the blocks it skips are joined by long skips, not one chain' },
+    check(model) {
+      if (model.kind === 'U-Net' || model.longSkips) {
+        throw new InputError('accel teacache', `the transformer blocks of this ${model.kind} are not one chain (${model.kind === 'U-Net' ? 'resnets and resolutions between them' : 'long skips join them'})`,
+          model.kind === 'U-Net' ? 'a DiT or PixArt (on U-Nets: deepcache)' : 'a DiT without long skips (on Skip-DiT: skip-cache)');
+      }
+      blocks = new Map(model.transformerBlocks.map((b, i) => [b.block, i]));
+    },
+    begin<T extends TensorLike>(context: PlanContext<T>): RunHooks<T> {
+      const { exec, ops, run } = context;
+      const last = blocks.size - 1;
+      const calls = run.calls ?? Number.POSITIVE_INFINITY;
+      const difference = async (a: T, b: T) => (await exec.run('teacache.sub', (g, i) => ({ d: g.sub(i.a, i.b) }), { a, b })).d;
+      const sum = async (a: T, b: T) => (await exec.run('teacache.add', (g, i) => ({ s: g.add(i.a, i.b) }), { a, b })).s;
+      let call = -1;
+      let skip = false;
+      let accumulated = 0;
+      let previousInput: T | undefined;
+      let stackInput: T | undefined;
+      let residualOfStack: T | undefined;
+      let cachedCalls = 0;
+      return {
+        async around(segment, at, next, residual, probe) {
+          const index = blocks.get(segment.role.block);
+          if (index === undefined || !residual) return next();
+          const tokens = segment.inputs[residual.residual];
+          if (index === 0 && segment.role.blockInput !== undefined && at.call !== call) {
+            call = at.call;
+            const { h } = await probe({
+              name: 'teacache-probe', emits: ['h'],
+              hooks: (_own, _inner, emit) => ({ body: (_g, h) => (emit('h', h), h) }),
+            });
+            const edge = at.call === 0 || at.call === calls - 1 || run.fullPassCalls.includes(at.call);
+            const comparable = previousInput !== undefined && previousInput.dims.join() === h.dims.join() && residualOfStack?.dims.join() === tokens.dims.join();
+            if (edge || !comparable) {
+              skip = false;
+              accumulated = 0;
+            } else {
+              accumulated += rescale(await ops.relativeL1(h, previousInput!));
+              // NaN (shapes alone, no values) computes, as a change past the threshold would.
+              skip = accumulated < p.rel_l1_thresh;
+              if (!skip) accumulated = 0;
+            }
+            previousInput = h;
+            if (skip) cachedCalls++;
+            else stackInput = tokens;
+          }
+          const end = index === last && segment.role.layer === 'feed-forward';
+          if (skip) return { [residual.result]: end ? await sum(tokens, residualOfStack!) : tokens };
+          const out = await next();
+          if (end) residualOfStack = await difference(out[residual.result], stackInput!);
+          return out;
+        },
+        stats: () => ({ cachedCalls }),
+        summary: () => (cachedCalls ? `${cachedCalls} model calls skipped every block (cached residual)` : undefined),
+      };
+    },
+  };
+}
+
+export const TEACACHE: MethodDefinition<TeaCacheParams> = {
+  name: 'teacache',
+  abbreviation: 'TC',
+  paper: 'TeaCache (arXiv 2411.19108)',
+  knobs: {
+    rel_l1_thresh: { type: 'number', min: 0, max: 100, doc: 'skip while the accumulated rescaled change of block 0\'s modulated input stays under this' },
+    coefficients: { type: 'string', doc: 'the rescaling polynomial, highest power first, ":"-separated (numpy.poly1d), e.g. 2:0.5:0' },
+  },
+  defaults: TEACACHE_DEFAULTS,
+  create: teaCache,
+};
