@@ -98,6 +98,12 @@ test('TeaCache: first and last calls compute, a zero threshold computes everythi
     assert.equal(all.accel?.stats.cachedCalls, 8, 'every call but the first and the last');
     await rejectsInputError(() => pixart.generate({ ...request, accel: ['teacache:coefficients=1:x'] }), 'accel teacache:coefficients', '":"');
     await rejectsInputError(() => pixart.generate({ ...request, accel: ['teacache', 'fbcache'] }), 'accel', 'both skip spans');
+    await rejectsInputError(() => pixart.generate({ ...request, accel: ['fora', 'teacache'] }), 'accel', 'fora and teacache cannot be combined', 'FORA\'s refresh');
+    // With TGATE: its gate calls compute in full; after the gate the span cache skips as before.
+    const both = await pixart.generate({ ...request, accel: ['tgate:gate_step=4,sp_interval=1,warm_up=0', 'fbcache:residual_diff_threshold=10'] });
+    assert.equal(both.accel?.cfgCalls, 4);
+    assert.ok((both.accel?.stats.cachedCalls ?? 0) > 0 && (both.accel?.stats.reusedSegments ?? 0) > 0, JSON.stringify(both.accel?.stats));
+    assert.ok(both.latents.data.every(Number.isFinite));
   } finally {
     await pixart.release();
   }

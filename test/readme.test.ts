@@ -16,6 +16,8 @@ const PLACEHOLDERS: Record<string, string> = {
   'path/to/stable-diffusion-v1-5': path.join(FIXTURES, 'tiny-sd1'),
   'path/to/PixArt-XL-2-512x512': path.join(FIXTURES, 'tiny-pixart-alpha'),
   'path/to/DiT-XL-2-256': path.join(FIXTURES, 'tiny-dit'),
+  'path/to/skip-dit-xl-2-256.pt': path.join(FIXTURES, 'skip-dit', 'tiny-skip-dit.pt'),
+  'path/to/sd-vae-ft-ema': path.join(FIXTURES, 'tiny-dit', 'vae'),
 };
 /** What the CI run does itself before any test. */
 const SETUP = new Set(['npm ci', 'npm test']);

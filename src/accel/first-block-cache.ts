@@ -34,7 +34,10 @@ export function firstBlockCache(p: FirstBlockCacheParams): Accelerator {
   return {
     name: 'fbcache',
     claims: { 'span-cache': 'skip spans of transformer blocks on cached residuals' },
-    conflicts: { cut: 'the blocks it skips are joined by long skips, not one chain' },
+    conflicts: {
+      cut: 'the blocks it skips are joined by long skips, not one chain',
+      'block-schedule': 'a skipped call would leave FORA\'s refresh undone, and its caches stale',
+    },
     check(model) {
       if (model.kind === 'U-Net' || model.longSkips) {
         throw new InputError('accel fbcache', `the transformer blocks of this ${model.kind} are not one chain (${model.kind === 'U-Net' ? 'resnets and resolutions between them' : 'long skips join them'})`,

@@ -27,7 +27,7 @@ export function foraRefreshes(p: ForaParams, call: number, calls: number): boole
 export function fora(p: ForaParams): Accelerator {
   return {
     name: 'fora',
-    claims: { 'residual-cache': 'cache sub-layer outputs' },
+    claims: { 'residual-cache': 'cache sub-layer outputs', 'block-schedule': 'refresh every block\'s outputs on a schedule of calls' },
     check(_model, run) {
       if (run.calls === undefined) throw new Error('fora needs the run\'s number of model calls');
     },

@@ -39,7 +39,10 @@ export function teaCache(p: TeaCacheParams): Accelerator {
   return {
     name: 'teacache',
     claims: { 'span-cache': 'skip spans of transformer blocks on cached residuals' },
-    conflicts: { cut: 'the blocks it skips are joined by long skips, not one chain' },
+    conflicts: {
+      cut: 'the blocks it skips are joined by long skips, not one chain',
+      'block-schedule': 'a skipped call would leave FORA\'s refresh undone, and its caches stale',
+    },
     check(model) {
       if (model.kind === 'U-Net' || model.longSkips) {
         throw new InputError('accel teacache', `the transformer blocks of this ${model.kind} are not one chain (${model.kind === 'U-Net' ? 'resnets and resolutions between them' : 'long skips join them'})`,
