@@ -12,8 +12,11 @@ import { parseAccelSpec } from '../src/accel/index.ts';
 import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { spawnSync } from 'node:child_process';
+import { polynomial, teaCacheRecorder } from '../src/accel/teacache.ts';
+import { computedCalls, fitPolynomial } from '../src/tune/teacache-calibration.ts';
 import { assertClose, relativeError } from './helpers/compare.ts';
-import { rejectsInputError } from './helpers/files.ts';
+import { rejectsInputError, tempDir } from './helpers/files.ts';
 import { accelGoldens } from './helpers/goldens.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
@@ -106,5 +109,44 @@ test('TeaCache: first and last calls compute, a zero threshold computes everythi
     assert.ok(both.latents.data.every(Number.isFinite));
   } finally {
     await pixart.release();
+  }
+});
+
+test('TeaCache calibration: the polynomial fit recovers a known one; the recorded changes predict the calls a run computes; diffuse tune writes it', async (t) => {
+  // numpy.polyfit's order: 0.5x⁴ − x³ + 2x² + 0.25x + 0.1, sampled without noise.
+  const xs = Array.from({ length: 30 }, (_, i) => 0.05 + i * 0.03);
+  const truth = [0.5, -1, 2, 0.25, 0.1];
+  const fitted = fitPolynomial(xs, xs.map(polynomial(truth.join(':'), 'truth')), 4);
+  fitted.forEach((c, i) => assert.ok(Math.abs(c - truth[i]) < 1e-6, `coefficient ${i}: ${c}`));
+
+  const pixart = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-pixart-sigma')));
+  try {
+    const request = { prompt: 'a red circle', steps: 12, seed: 4, width: 128, height: 128, resolutionBinning: false, output: 'latent' as const };
+    const { plan, samples } = teaCacheRecorder();
+    const plain = await pixart.generate({ ...request, plans: [plan] });
+    assert.equal(samples.length, 11, 'one pair per call after the first');
+    assert.deepEqual(plain.latents.data, (await pixart.generate(request)).latents.data, 'recording changes nothing');
+    for (const threshold of [0.3, 0.6, 1.0]) {
+      const cached = await pixart.generate({ ...request, accel: [`teacache:rel_l1_thresh=${threshold}`] });
+      assert.equal(12 - (cached.accel?.stats.cachedCalls ?? 0), computedCalls(samples.map((s) => s.x), (x) => x, threshold), `threshold ${threshold}`);
+    }
+  } finally {
+    await pixart.release();
+  }
+  const dir = tempDir(t);
+  const out = path.join(dir, 'teacache.json');
+  const run = spawnSync(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'diffuse.js'), 'tune', '--method', 'teacache', '--model', path.join(FIXTURES, 'tiny-pixart-alpha'),
+    '--steps', '8', '--count', '2', '--guidance', '4.5', '--out', out], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  const report = JSON.parse(fs.readFileSync(out, 'utf8')) as { coefficients: number[]; samples: unknown[]; thresholds: { computedCalls: number }[] };
+  assert.equal(report.coefficients.length, 5);
+  assert.equal(report.samples.length, 2 * 7);
+  const suggestion = /--accel (\S+)/.exec(run.stdout)![1];
+  const pixart2 = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-pixart-alpha')));
+  try {
+    const r = await pixart2.generate({ prompt: 'x', steps: 8, width: 128, height: 128, resolutionBinning: false, output: 'latent', accel: [suggestion] });
+    assert.ok(r.latents.data.every(Number.isFinite), 'the suggested setting runs');
+  } finally {
+    await pixart2.release();
   }
 });

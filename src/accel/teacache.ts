@@ -113,3 +113,47 @@ export const TEACACHE: MethodDefinition<TeaCacheParams> = {
   defaults: TEACACHE_DEFAULTS,
   create: teaCache,
 };
+
+/**
+ * TeaCache's calibration, as a plan that changes nothing: per model call after the first, the
+ * relative L1 change of block 0's modulated input (x) and of the block stack's output (y), the
+ * pairs its rescaling polynomial is fitted to (src/tune/teacache-calibration.ts).
+ */
+export function teaCacheRecorder(): { plan: Accelerator; samples: { x: number; y: number }[] } {
+  const samples: { x: number; y: number }[] = [];
+  let blocks = new Map<string, number>();
+  const plan: Accelerator = {
+    name: 'teacache-calibration',
+    check(model) {
+      if (model.kind === 'U-Net' || model.longSkips) throw new InputError('--method teacache', `calibrates a chain of transformer blocks; this ${model.kind} is none`, 'a DiT or PixArt folder');
+      blocks = new Map(model.transformerBlocks.map((b, i) => [b.block, i]));
+    },
+    begin<T extends TensorLike>({ ops }: PlanContext<T>): RunHooks<T> {
+      const last = blocks.size - 1;
+      let call = -1;
+      let previousInput: T | undefined;
+      let previousOutput: T | undefined;
+      let x = Number.NaN;
+      return {
+        async around(segment, at, next, residual, probe) {
+          const index = blocks.get(segment.role.block);
+          if (index === undefined || !residual) return next();
+          if (index === 0 && segment.role.blockInput !== undefined && at.call !== call) {
+            call = at.call;
+            const { h } = await probe({ name: 'teacache-probe', emits: ['h'], hooks: (_own, _inner, emit) => ({ body: (_g, h) => (emit('h', h), h) }) });
+            x = previousInput ? await ops.relativeL1(h, previousInput) : Number.NaN;
+            previousInput = h;
+          }
+          const out = await next();
+          if (index === last && segment.role.layer === 'feed-forward') {
+            const tokens = out[residual.result];
+            if (previousOutput && Number.isFinite(x)) samples.push({ x, y: await ops.relativeL1(tokens, previousOutput) });
+            previousOutput = tokens;
+          }
+          return out;
+        },
+      };
+    },
+  };
+  return { plan, samples };
+}

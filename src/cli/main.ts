@@ -232,9 +232,9 @@ export function buildProgram(): Command {
 
   program
     .command('tune')
-    .description('search a method\'s discrete knobs for the images closest to the unaccelerated ones (PHAST for attn-reuse)')
+    .description('search a method\'s discrete knobs for the images closest to the unaccelerated ones (PHAST for attn-reuse), or calibrate TeaCache\'s polynomial on a PixArt or DiT folder')
     .option('--model <dir>', 'diffusers pipeline folder, or "reference" (default)')
-    .option('--method <name>', 'method to tune (attn-reuse)', 'attn-reuse')
+    .option('--method <name>', 'method to tune (attn-reuse, teacache)', 'attn-reuse')
     .option('--steps <n>', 'denoising steps (default 20: the attention-reuse paper\'s)', positiveInt('--steps', LIMITS.steps), 20)
     .option('--reuse <r>', 'attn-reuse: model calls that reuse maps', positiveInt('--reuse'), 10)
     .option('--prompts <file>', 'one prompt per line (default: the reference model\'s held-out captions)')

@@ -1,8 +1,9 @@
 /**
  * `diffuse tune`: searches a method's discrete knobs for the setting whose images stay closest
- * (PSNR) to the unaccelerated sampler's, with greedy local search (src/tune/greedy.ts). Today:
- * PHAST for attention-map reuse, starting from HURRY(N, r), writing the schedule as JSON for
- * `--accel attn-reuse:schedule=FILE`.
+ * (PSNR) to the unaccelerated sampler's, with greedy local search (src/tune/greedy.ts): PHAST for
+ * attention-map reuse, starting from HURRY(N, r), writing the schedule as JSON for
+ * `--accel attn-reuse:schedule=FILE`. For TeaCache it calibrates instead: the rescaling
+ * polynomial fitted on the user's model and prompts (src/tune/teacache-calibration.ts).
  */
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
@@ -12,6 +13,12 @@ import { macCounter } from '../bench/mac-counter.ts';
 import { psnr } from '../metrics/image.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
+import { DiTPipeline, loadDiTPipeline } from '../pipelines/dit.ts';
+import { loadPixArtPipeline } from '../pipelines/pixart.ts';
+import { polynomial, teaCacheRecorder } from '../accel/teacache.ts';
+import { computedCalls, fitPolynomial } from '../tune/teacache-calibration.ts';
+import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { modelName } from './generate.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { greedySearch, phast, type Round } from '../tune/greedy.ts';
@@ -33,7 +40,7 @@ export interface TuneFlags {
   maxRounds: number;
 }
 
-const TUNABLE = ['attn-reuse'];
+const TUNABLE = ['attn-reuse', 'teacache'];
 /** PSNR of identical images is infinite; capped so means stay finite. */
 const PSNR_CAP = 100;
 
@@ -41,6 +48,7 @@ export async function tune(f: TuneFlags): Promise<void> {
   if (!TUNABLE.includes(f.method)) throw new InputError('--method', 'no search for this method yet', TUNABLE.join(', '), f.method);
   if (path.extname(f.out).toLowerCase() !== '.json') throw new InputError('--out', 'must be a JSON file', 'a name ending in .json', f.out);
   if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
+  if (f.method === 'teacache') return calibrateTeaCache(f);
   const model = modelFolder(f.model);
   const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
   const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance: f.guidance }).calls(f.steps);
@@ -83,4 +91,49 @@ export async function tune(f: TuneFlags): Promise<void> {
   } finally {
     await pipeline.release();
   }
+}
+
+/** Thresholds the calibration reports the computed share of calls for. */
+const TEACACHE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2];
+
+/** TeaCache's polynomial fitted on uncached runs of a PixArt or DiT folder (prompts, or spread class ids for DiT). */
+async function calibrateTeaCache(f: TuneFlags): Promise<void> {
+  const folder = readPipelineFolder(modelFolder(f.model));
+  const isDiT = folder.className === 'DiTPipeline';
+  if (!isDiT && !folder.className.startsWith('PixArt')) {
+    throw new InputError('--model', 'TeaCache calibrates a transformer pipeline', 'a PixArt or DiT folder', `${folder.className} at ${folder.dir}`);
+  }
+  const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
+  const runs: { x: number; y: number }[][] = [];
+  const pipeline = isDiT ? loadDiTPipeline(folder, { threads: f.threads }) : loadPixArtPipeline(folder, { threads: f.threads });
+  try {
+    for (let i = 0; i < prompts.length; i++) {
+      const { plan, samples } = teaCacheRecorder();
+      const common = { seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, plans: [plan], output: 'latent' as const };
+      if (pipeline instanceof DiTPipeline) {
+        const classes = pipeline.transformer.model.config.numClasses;
+        await pipeline.generate({ ...common, classLabels: [Math.floor((i * classes) / prompts.length)] });
+      } else {
+        await pipeline.generate({ ...common, prompt: prompts[i] });
+      }
+      runs.push(samples);
+    }
+  } finally {
+    await pipeline.release();
+  }
+  const all = runs.flat();
+  const coefficients = fitPolynomial(all.map((s) => s.x), all.map((s) => s.y), 4);
+  const rescale = polynomial(coefficients.join(':'), 'coefficients');
+  const calls = runs[0].length + 1;
+  const table = TEACACHE_THRESHOLDS.map((threshold) => {
+    const computed = runs.reduce((sum, r) => sum + computedCalls(r.map((s) => s.x), rescale, threshold), 0) / runs.length;
+    return { rel_l1_thresh: threshold, computedCalls: computed, callSpeedup: calls / computed };
+  });
+  const report = { method: 'teacache', model: modelName(folder.dir, f.model), steps: f.steps, calls, scheduler: f.scheduler ?? null, guidance: f.guidance,
+    seed: f.seed, prompts: isDiT ? undefined : prompts, samples: all, coefficients, thresholds: table };
+  writeFileAtomically(f.out, JSON.stringify(report, null, 1));
+  console.log(`TeaCache calibration on ${report.model}: ${runs.length} runs of ${calls} model calls, ${all.length} (input change, output change) pairs`);
+  console.log(`  polynomial (highest power first): ${coefficients.map((c) => c.toPrecision(6)).join(', ')}`);
+  for (const t of table) console.log(`  rel_l1_thresh ${String(t.rel_l1_thresh).padEnd(5)} computes ${t.computedCalls.toFixed(1)} of ${calls} calls (×${t.callSpeedup.toFixed(2)} fewer block-stack runs)`);
+  console.log(`wrote ${f.out}; use e.g. --accel teacache:rel_l1_thresh=${table[3].rel_l1_thresh},coefficients=${coefficients.map((c) => c.toPrecision(6)).join(':')}`);
 }

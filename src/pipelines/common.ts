@@ -8,7 +8,7 @@ import { InputError, describe } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { ortOps } from '../runtime/ort-executor.ts';
-import { PlannedExecutor, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
+import { PlannedExecutor, combine, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { Rng } from '../util/rng.ts';
@@ -44,6 +44,11 @@ export interface BaseRequest {
   latents?: Latents;
   /** Training-free accelerations, composed in this order (see src/runtime/plan.ts). */
   accel?: (AccelSpec | AccelInput)[];
+  /**
+   * Plans built in code (runtime/plan.ts Accelerator objects: a method of your own, or an observer
+   * such as TeaCache's calibration recorder), composed after `accel`'s.
+   */
+  plans?: Accelerator[];
   /**
    * Bytes the run may need at its peak (default: this machine's memory). A run estimated above it
    * is refused before it starts (src/pipelines/memory.ts).
@@ -214,8 +219,13 @@ export class Acceleration {
   private constructor(private readonly plan: Accelerator | undefined, private readonly run: RunShape) {}
 
   /** `why` says, for errors, why the run has the calls it has (e.g. img2img's strength). */
-  static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: RunShape & { calls: number }, why?: string): Acceleration {
-    const plan = createAccelerator(specs, run.calls);
+  static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: RunShape & { calls: number }, why?: string,
+    plans?: readonly Accelerator[]): Acceleration {
+    const methods = createAccelerator(specs, run.calls);
+    if (plans !== undefined && !(Array.isArray(plans) && plans.every((p) => typeof p === 'object' && p !== null && typeof p.name === 'string'))) {
+      throw new InputError('plans', 'wrong value', 'a list of Accelerator objects (src/runtime/plan.ts)', describe(plans));
+    }
+    const plan = plans?.length ? combine([...(methods?.parts ?? (methods ? [methods] : [])), ...plans]) : methods;
     try {
       plan?.check?.(model, { ...run, fullPassCalls: plan.fullPassCalls ?? [] });
     } catch (e) {

@@ -197,7 +197,7 @@ export class PixArtPipeline {
       throw new InputError('steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }
     const { start: first, calls, why } = scheduleStart(scheduler, img2img);
-    const acceleration = Acceleration.check(request.accel, model.declaration, { steps: steps - first, calls, timesteps: scheduler.timesteps.slice(first) }, why);
+    const acceleration = Acceleration.check(request.accel, model.declaration, { steps: steps - first, calls, timesteps: scheduler.timesteps.slice(first) }, why, request.plans);
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();

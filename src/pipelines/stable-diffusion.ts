@@ -183,7 +183,7 @@ export class StableDiffusionPipeline {
 
     // Refuse what cannot work before any work.
     // Schedules count the calls that run; PNDM makes one call more than steps.
-    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps: steps - start, calls, timesteps: scheduler.timesteps.slice(start) }, why);
+    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps: steps - start, calls, timesteps: scheduler.timesteps.slice(start) }, why, request.plans);
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let clock = performance.now();
