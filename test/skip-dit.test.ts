@@ -126,6 +126,9 @@ test('DDIM sampling with forward_with_cfg\'s guidance, and Skip-Cache N = 2, 3, 
         assert.ok(change > 20 * cacheErr, `Skip-Cache's change ${change} stands clear of our error ${cacheErr}`);
         // Full passes at calls 0, N, 2N, …: the others are shallow.
         assert.equal(cached.accel?.stats.shallowPasses, 10 - Math.ceil(10 / n));
+        // The MACs the run really spent are what the count from configs predicts.
+        const counted = await macCounter({ model: folders.skip, batch: 2, guidance: 4 }).count(10, [parseAccelSpec(`skip-cache:cache_interval=${n}`)]);
+        assert.deepEqual(cached.denoiserMacs, counted.total);
         t.diagnostic(`N=${n}: relative error ${cacheErr.toExponential(2)}, Skip-Cache's change ${change.toExponential(2)}`);
       }
       await rejectsInputError(() => pipeline.generate({ ...request, accel: ['skip-cache:skip_at_branch=5'] }), 'accel skip-cache:skip_at_branch', 'no block', '1 to 4');

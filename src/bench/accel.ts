@@ -13,7 +13,7 @@ import { calflopsMacs, fullMacs, type MacCount } from '../graph/builder.ts';
 import { drawLabel, labelWidth } from '../image/label.ts';
 import { encodePng } from '../image/png.ts';
 import { psnr, ssim } from '../metrics/image.ts';
-import { loadPipeline, type GenerateRequest, type GenerateResult } from '../pipelines/stable-diffusion.ts';
+import { openRunner, type BenchRequest, type BenchResult } from './runner.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
@@ -86,16 +86,16 @@ interface Measured {
   /** Denoising-loop seconds of the best run: what the U-Net MAC ratio predicts (no text encoder, no VAE). */
   bestDenoising: number;
   peakRssBytes: number;
-  result: GenerateResult;
+  result: BenchResult;
 }
 
-async function measure(o: BenchOptions, setting: string, request: GenerateRequest, run: (r: GenerateRequest) => Promise<GenerateResult>): Promise<Measured> {
+async function measure(o: BenchOptions, setting: string, request: BenchRequest, run: (r: BenchRequest) => Promise<BenchResult>): Promise<Measured> {
   for (let w = 0; w < o.warmup; w++) {
     process.stderr.write(`${setting}: warm-up run ${w + 1}/${o.warmup} (creates ORT sessions)...\n`);
     await run(request);
   }
   const seconds: number[] = [];
-  let best: { seconds: number; result: GenerateResult } | undefined;
+  let best: { seconds: number; result: BenchResult } | undefined;
   for (let r = 0; r < o.runs; r++) {
     process.stderr.write(`${setting}: timed run ${r + 1}/${o.runs}...\n`);
     const start = performance.now();
@@ -154,13 +154,16 @@ export async function bench(o: BenchOptions): Promise<void> {
     return;
   }
 
-  const pipeline = await loadPipeline(o.model!, { threads: o.threads });
+  const pipeline = await openRunner(o.model!, o.threads);
   try {
+    if (pipeline.fixedSize !== undefined && o.size && (o.size[0] !== pipeline.fixedSize || o.size[1] !== pipeline.fixedSize)) {
+      throw new InputError('--size', 'a DiT generates at the size its configuration fixes', `${pipeline.fixedSize}`, `${o.size[0]}x${o.size[1]}`);
+    }
     const [width, height] = o.size ?? [pipeline.defaultSize, pipeline.defaultSize];
-    const request: GenerateRequest = {
-      prompt: o.prompt, steps: o.steps, guidanceScale: o.guidance, seed: o.seed, width, height, imagesPerPrompt: o.batch, scheduler: o.scheduler,
+    const request: BenchRequest = {
+      prompt: o.prompt, steps: o.steps, guidanceScale: o.guidance, seed: o.seed, width, height, batch: o.batch, scheduler: o.scheduler,
     };
-    const run = (r: GenerateRequest) => pipeline.generate(r);
+    const run = (r: BenchRequest) => pipeline.run(r);
     const base = await measure(o, 'baseline', request, run);
     const fast = await measure(o, 'accelerated', { ...request, accel: o.accel }, run);
     const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
@@ -168,20 +171,24 @@ export async function bench(o: BenchOptions): Promise<void> {
     const p = psnr(fast.result.images[0].data, base.result.images[0].data);
     const s = ssim(fast.result.images[0].data, base.result.images[0].data, width, height);
     const speedup = base.best / fast.best;
+    // What the runs really spent: adaptive methods (fbcache, teacache) decide at run time, so the
+    // counts from configs cannot see their savings.
+    const [baseSpent, fastSpent] = [count(base.result.denoiserMacs), count(fast.result.denoiserMacs)];
     const rows = [
-      { setting: 'baseline', macs: baseMacs, seconds: base.best, denoisingSeconds: base.bestDenoising, speedup: 1, denoisingSpeedup: 1,
+      { setting: 'baseline', macs: baseMacs, spentMacs: baseSpent, seconds: base.best, denoisingSeconds: base.bestDenoising, speedup: 1, denoisingSpeedup: 1,
         psnr: Infinity, ssim: 1, rss: base.peakRssBytes },
-      { setting: macs.settings[1].setting, macs: fastMacs, seconds: fast.best, denoisingSeconds: fast.bestDenoising, speedup,
+      { setting: macs.settings[1].setting, macs: fastMacs, spentMacs: fastSpent, seconds: fast.best, denoisingSeconds: fast.bestDenoising, speedup,
         denoisingSpeedup: base.bestDenoising / fast.bestDenoising, psnr: p, ssim: s, rss: fast.peakRssBytes },
     ];
-    console.log(`${o.model}: ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
+    console.log(`${o.model}: ${pipeline.kind} ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
       `best of ${o.runs} timed run(s) after ${o.warmup} warm-up(s); PSNR/SSIM against the baseline image; ` +
-      `"loop" = the denoising loop alone, which the U-Net MAC ratio predicts (text encoding and VAE decoding are fixed costs)`);
-    console.log(`  ${'setting'.padEnd(60)} ${'MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ` +
+      `"loop" = the denoising loop alone, which the denoiser MAC ratio predicts (text encoding and VAE decoding are fixed costs); ` +
+      `"ran" = the ratio of the MACs the runs really spent (adaptive methods decide at run time)`);
+    console.log(`  ${'setting'.padEnd(60)} ${'MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ${'ran ×'.padStart(6)} ` +
       `${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'peak RSS'.padStart(9)}`);
     for (const r of rows) {
       console.log(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +
-        `${r.speedup.toFixed(2).padStart(7)}× ${(r.denoisingSeconds / o.batch).toFixed(3).padStart(8)} ${r.denoisingSpeedup.toFixed(2).padStart(6)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
+        `${r.speedup.toFixed(2).padStart(7)}× ${(r.denoisingSeconds / o.batch).toFixed(3).padStart(8)} ${r.denoisingSpeedup.toFixed(2).padStart(6)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(baseSpent / r.spentMacs).toFixed(2).padStart(5)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
         `${r.ssim.toFixed(4).padStart(6)} ${((r.rss / 2 ** 30).toFixed(2) + ' GiB').padStart(9)}`);
     }
     if (fast.result.accel?.summary.length) console.log(`  ${fast.result.accel.name}: ${fast.result.accel.summary.join(', ')}`);

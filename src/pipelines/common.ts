@@ -5,6 +5,7 @@
 import * as ort from 'onnxruntime-node';
 import { createAccelerator, type AccelInput, type AccelSpec } from '../accel/index.ts';
 import { InputError, describe } from '../errors.ts';
+import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { ortOps } from '../runtime/ort-executor.ts';
@@ -77,6 +78,11 @@ export interface PromptRequest extends BaseRequest {
 }
 
 export const seconds = (start: number) => (performance.now() - start) / 1000;
+
+/** MACs an executor ran since `before` (a copy of its macsSpent taken earlier). */
+export function macsSince(exec: { macsSpent: MacCount }, before: MacCount): MacCount {
+  return { conv: exec.macsSpent.conv - before.conv, linear: exec.macsSpent.linear - before.linear, attention: exec.macsSpent.attention - before.attention };
+}
 
 /** Where a value came from, for error messages: a string, a number, a list... */
 function found(value: unknown): string {

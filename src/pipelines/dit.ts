@@ -9,6 +9,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { describe, InputError } from '../errors.ts';
+import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
@@ -18,7 +19,7 @@ import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
+  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
   type GeneratedImage, type Latents,
 } from './common.ts';
 import { refuseOverMemory } from './memory.ts';
@@ -43,6 +44,8 @@ export interface DiTResult {
    * 3 for the authors' checkpoints, as their forward_with_cfg does.
    */
   guidedChannels: number;
+  /** MACs the transformer ran in this generation. */
+  denoiserMacs: MacCount;
   timings: { denoising: number; decoding: number };
   warnings: string[];
 }
@@ -132,6 +135,7 @@ export class DiTPipeline {
     const guidedChannels = model instanceof OfficialDiT ? OFFICIAL_GUIDED_CHANNELS : c.inChannels;
     const guided = (plane / c.inChannels) * guidedChannels;
     const start = performance.now();
+    const macsBefore = { ...this.transformerExec.macsSpent };
     let state = scheduler.initialState;
     for (let i = 0; i < scheduler.timesteps.length; i++) {
       checkAborted(request.signal);
@@ -170,6 +174,7 @@ export class DiTPipeline {
       scheduler: scheduler.name,
       accel: acceleration.report(),
       guidedChannels,
+      denoiserMacs: macsSince(this.transformerExec, macsBefore),
       timings: { denoising, decoding: seconds(decodeStart) },
       warnings,
     };

@@ -24,9 +24,10 @@ import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
+  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
+import type { MacCount } from '../graph/builder.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
@@ -48,6 +49,8 @@ export interface PixArtResult {
   /** The size the transformer ran at (the binned size with resolution binning). */
   generated: { width: number; height: number };
   accel?: AccelReport;
+  /** MACs the transformer ran in this generation (caption projection and cross-attention keys/values included). */
+  denoiserMacs: MacCount;
   /** Seconds; imageEncoding for img2img only. */
   timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
@@ -247,6 +250,7 @@ export class PixArtPipeline {
     const imageEncoding = seconds(start);
 
     start = performance.now();
+    const macsBefore = { ...this.transformerExec.macsSpent };
     let state = scheduler.beginState(first);
     const plane = size / batch;
     for (let i = first; i < scheduler.timesteps.length; i++) {
@@ -282,6 +286,7 @@ export class PixArtPipeline {
       scheduler: scheduler.name,
       generated: { width: genWidth, height: genHeight },
       accel: acceleration.report(),
+      denoiserMacs: macsSince(this.transformerExec, macsBefore),
       timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };

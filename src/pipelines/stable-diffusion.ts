@@ -7,6 +7,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
+import type { MacCount } from '../graph/builder.ts';
 import { closingOnFailure, loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
@@ -16,7 +17,7 @@ import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
+  Acceleration, BatchNoise, checkAborted, macsSince, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
@@ -53,6 +54,8 @@ export interface GenerateResult {
    * served from caches, shallow passes, and each method's own), and the same in words.
    */
   accel?: AccelReport;
+  /** MACs the U-Net ran in this generation (every segment, cross-attention keys/values included): what the accelerations really spent. */
+  denoiserMacs: MacCount;
   /** Seconds; imageEncoding for img2img only. */
   timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
@@ -238,6 +241,7 @@ export class StableDiffusionPipeline {
     const imageEncoding = seconds(clock);
 
     clock = performance.now();
+    const macsBefore = { ...this.unetExec.macsSpent };
     let state = scheduler.beginState(start);
     for (let i = start; i < scheduler.timesteps.length; i++) {
       checkAborted(request.signal);
@@ -270,6 +274,7 @@ export class StableDiffusionPipeline {
       seeds: noise.seeds,
       scheduler: scheduler.name,
       accel: acceleration.report(),
+      denoiserMacs: macsSince(this.unetExec, macsBefore),
       timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };

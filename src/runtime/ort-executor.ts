@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
-import { GraphBuilder, type ParamSource } from '../graph/builder.ts';
+import { GraphBuilder, addMacs, zeroMacs, type MacCount, type ParamSource } from '../graph/builder.ts';
 import { encodeModel } from '../graph/onnx-proto.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
@@ -48,12 +48,23 @@ export function retainSessionsFor(float32Bytes: number, totalMemory = os.totalme
 interface CompiledSegment {
   session: ort.InferenceSession;
   outputKeys: string[];
+  /** The graph's MACs, and the batch it was built at (one session serves every batch; MACs scale with it). */
+  macs: MacCount;
+  batch: number;
+}
+
+/** The batch of a segment call: axis 0 of its first batched input (1 when all are unbatched). */
+function batchOf(inputs: Record<string, ort.Tensor>, options?: RunOptions): number {
+  const batched = Object.entries(inputs).find(([k]) => !options?.unbatched?.includes(k));
+  return batched?.[1].dims[0] ?? 1;
 }
 
 export class OrtExecutor implements Executor<ort.Tensor> {
   private readonly sessions = new Map<string, Promise<CompiledSegment>>();
   /** Seconds spent in session.run per segment name, summed over calls (for profiling). */
   readonly runSeconds = new Map<string, number>();
+  /** MACs of every segment run so far, at the batch it ran (what adaptive methods really spend). */
+  readonly macsSpent: MacCount = zeroMacs();
 
   constructor(
     private readonly params: ParamSource,
@@ -87,7 +98,8 @@ export class OrtExecutor implements Executor<ort.Tensor> {
         compiled.catch(() => this.sessions.delete(key));
       }
     }
-    const { session, outputKeys } = await compiled;
+    const { session, outputKeys, macs, batch } = await compiled;
+    addMacs(this.macsSpent, macs, batchOf(inputs, options) / batch);
     const start = performance.now();
     let result: Record<string, ort.Tensor>;
     try {
@@ -111,7 +123,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     // One session per segment for every batch size: CFG and single-batch calls share it.
     const g = new GraphBuilder(name, this.params, 'mha', true);
     const outputs = buildSegment(g, build, inputs, options);
-    return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs) };
+    return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs), macs: { ...g.macs }, batch: batchOf(inputs, options) };
   }
 
   /** Releases every session that was created; segments that failed to compile hold nothing. */

@@ -1,0 +1,79 @@
+/**
+ * One way for the benchmarks to generate with any pipeline family a folder holds: Stable Diffusion
+ * (and LCM), PixArt (at the size asked, no resolution binning) or DiT (class ids spread over its
+ * classes, one per image; the prompt is not used).
+ */
+import type { AccelSpec } from '../accel/index.ts';
+import type { MacCount } from '../graph/builder.ts';
+import type { AccelReport, GeneratedImage, Latents } from '../pipelines/common.ts';
+import { loadDiTPipeline } from '../pipelines/dit.ts';
+import { loadPixArtPipeline } from '../pipelines/pixart.ts';
+import { loadPipeline } from '../pipelines/stable-diffusion.ts';
+import type { SchedulerName } from '../schedulers/index.ts';
+import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+
+export interface BenchRequest {
+  prompt: string;
+  steps: number;
+  guidanceScale: number;
+  seed: number;
+  width: number;
+  height: number;
+  /** Images per run. */
+  batch: number;
+  scheduler?: SchedulerName;
+  accel?: AccelSpec[];
+}
+
+/** What every family's result has that the benchmarks read. */
+export interface BenchResult {
+  latents: Latents;
+  images: GeneratedImage[];
+  scheduler: string;
+  accel?: AccelReport;
+  /** MACs the denoiser ran (adaptive methods decide at run time: this is what they spent). */
+  denoiserMacs: MacCount;
+  timings: { denoising: number };
+  warnings: string[];
+}
+
+export interface BenchRunner {
+  /** What it generates: "text-to-image", or "class-to-image (classes 0, 500)". */
+  kind: string;
+  defaultSize: number;
+  /** A DiT's size is fixed by its configuration. */
+  fixedSize?: number;
+  run(request: BenchRequest): Promise<BenchResult>;
+  release(): Promise<void>;
+}
+
+export async function openRunner(model: string, threads?: number): Promise<BenchRunner> {
+  const folder = readPipelineFolder(model);
+  if (folder.className === 'DiTPipeline') {
+    const dit = loadDiTPipeline(folder, { threads });
+    const c = dit.transformer.model.config;
+    const size = c.sampleSize * dit.vae.model.downsampleFactor;
+    const classes = (batch: number) => Array.from({ length: batch }, (_, i) => Math.floor((i * c.numClasses) / batch));
+    return {
+      kind: 'class-to-image', defaultSize: size, fixedSize: size,
+      run: (r) => dit.generate({ classLabels: classes(r.batch), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler, accel: r.accel }),
+      release: () => dit.release(),
+    };
+  }
+  if (folder.className.startsWith('PixArt')) {
+    const pixart = loadPixArtPipeline(folder, { threads });
+    return {
+      kind: 'text-to-image', defaultSize: pixart.defaultSize,
+      run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
+        imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, resolutionBinning: false }),
+      release: () => pixart.release(),
+    };
+  }
+  const sd = await loadPipeline(folder.dir, { threads });
+  return {
+    kind: 'text-to-image', defaultSize: sd.defaultSize,
+    run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
+      imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel }),
+    release: () => sd.release(),
+  };
+}
