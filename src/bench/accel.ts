@@ -14,6 +14,9 @@ import { drawLabel, labelWidth } from '../image/label.ts';
 import { encodePng } from '../image/png.ts';
 import { psnr, ssim } from '../metrics/image.ts';
 import { openRunner, type BenchRequest, type BenchResult } from './runner.ts';
+import { ensureRandomDiTFolder } from './random-folder.ts';
+import { TRANSFORMER_PRESETS } from '../models/presets.ts';
+import { own } from '../util/own.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
@@ -34,6 +37,8 @@ export interface BenchOptions {
   seed: number;
   prompt: string;
   dryRun: boolean;
+  /** Where a DiT preset's random-weight folder is kept (real runs of a preset). */
+  cache: string;
   macs: 'calflops' | 'full';
   threads?: number;
   out: string;
@@ -144,7 +149,14 @@ export async function bench(o: BenchOptions): Promise<void> {
     throw new InputError('--model/--preset', 'give exactly one', '--model DIR (real runs or --dry-run) or --preset NAME (--dry-run)');
   }
   if (!['calflops', 'full'].includes(o.macs)) throw new InputError('--macs', 'unknown convention', 'calflops or full', o.macs);
-  if (o.preset !== undefined && !o.dryRun) throw new InputError('--preset', 'presets have no weights: only --dry-run works with them', '--dry-run, or --model DIR');
+  if (o.preset !== undefined && !o.dryRun) {
+    // DiT presets run on seeded random weights (a timing, not an image): no download needed.
+    if (own(TRANSFORMER_PRESETS, o.preset)?.pipeline !== 'DiTPipeline') {
+      throw new InputError('--preset', 'presets have no weights: only --dry-run works with them (DiT presets run on seeded random weights)', '--dry-run, or --model DIR', o.preset);
+    }
+    process.stderr.write(`${o.preset}: seeded random weights in ${path.join(o.cache, o.preset)} (made once)\n`);
+    o = { ...o, model: await ensureRandomDiTFolder(path.join(o.cache, o.preset), o.preset), preset: undefined };
+  }
   if (!o.dryRun && o.accel.length === 0) throw new InputError('--accel', 'nothing to compare with the baseline', 'at least one --accel NAME[:key=value,...]');
   if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
   createAccelerator(o.accel, o.steps); // refuse bad combinations before any work

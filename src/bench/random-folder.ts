@@ -9,6 +9,7 @@ import type { ParamSource } from '../graph/builder.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from '../models/autoencoder-kl.ts';
 import { ClipTextModel, parseClipTextConfig } from '../models/clip-text.ts';
 import { transformerFromConfig } from '../models/components.ts';
+import { OfficialDiT } from '../models/official-dit.ts';
 import { PRESETS, TRANSFORMER_PRESETS } from '../models/presets.ts';
 import { T5EncoderModel, parseT5EncoderConfig } from '../models/t5-encoder.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
@@ -89,19 +90,19 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
     const componentDir = path.join(dir, component);
     const weightsFile = path.join(componentDir, file);
     if (fs.existsSync(weightsFile)) continue;
+    const config = component === 'unet' ? preset.unet : component === 'vae' ? preset.vae : preset.textEncoder;
+    if (component === 'vae') {
+      await writeRandomVae(componentDir, config, presetName, seed);
+      continue;
+    }
     const { source, shapes } = recordingParams();
     const exec = new DryExecutor(source);
-    const config = component === 'unet' ? preset.unet : component === 'vae' ? preset.vae : preset.textEncoder;
     if (component === 'unet') {
       const unet = new UNet2DConditionModel(parseUNetConfig(config, presetName));
       const te2 = preset.textEncoder2 && parseClipTextConfig(preset.textEncoder2, presetName);
       const addedShapes = unet.addedConditioningShapes(1, te2 ? te2.projectionDim : undefined);
       const added = addedShapes ? { textEmbeds: shaped(addedShapes.textEmbeds), timeIds: shaped(addedShapes.timeIds) } : undefined;
       await unet.forward(exec, shaped([1, 4, 64, 64]), shaped([1]), shaped([1, 77, unet.config.crossAttentionDim[0]]), added);
-    } else if (component === 'vae') {
-      const vae = new AutoencoderKL(parseAutoencoderKLConfig(config, presetName));
-      await vae.encode(exec, shaped([1, 3, 64, 64]));
-      await vae.decode(exec, shaped([1, 4, 8, 8]));
     } else {
       await new ClipTextModel(parseClipTextConfig(config, presetName)).forward(exec, shaped([1, 77], 'int64'));
     }
@@ -115,6 +116,40 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
   }
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(indexFile, JSON.stringify(index, null, 2));
+  return dir;
+}
+
+/** A VAE folder (config.json and weights) with seeded random weights, F16. */
+async function writeRandomVae(componentDir: string, config: Record<string, unknown>, presetName: string, seed: number): Promise<void> {
+  const { source, shapes } = recordingParams();
+  const exec = new DryExecutor(source);
+  const vae = new AutoencoderKL(parseAutoencoderKLConfig(config, presetName));
+  await vae.encode(exec, shaped([1, 3, 64, 64]));
+  await vae.decode(exec, shaped([1, 4, 8, 8]));
+  const rng = new Rng(seed);
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [name, shape] of shapes) tensors[name] = randomTensor(name, shape, rng);
+  fs.mkdirSync(componentDir, { recursive: true });
+  fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: 'AutoencoderKL', ...config }, null, 2));
+  writeSafetensors(path.join(componentDir, 'diffusion_pytorch_model.safetensors'), tensors);
+}
+
+/**
+ * Creates (once) `dir` holding a DiT preset (diffusers' DiT or the authors' Skip-DiT) as a whole
+ * DiTPipeline folder with seeded random weights: transformer, VAE, DiT's DDIM scheduler.
+ */
+export async function ensureRandomDiTFolder(dir: string, presetName: string, seed = 0): Promise<string> {
+  const preset = own(TRANSFORMER_PRESETS, presetName);
+  if (!preset || preset.pipeline !== 'DiTPipeline') throw new Error(`${presetName} is not a DiT preset`);
+  await ensureRandomTransformerFolder(dir, presetName, seed);
+  const vaeDir = path.join(dir, 'vae');
+  if (!fs.existsSync(path.join(vaeDir, 'diffusion_pytorch_model.safetensors'))) await writeRandomVae(vaeDir, preset.vae, presetName, seed + 1);
+  fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(preset.scheduler, null, 2));
+  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
+    _class_name: 'DiTPipeline', _diffusers_version: '0.40.0', transformer: [preset.transformerClass.startsWith('DiT') ? 'diffusion.ts' : 'diffusers', preset.transformerClass],
+    vae: ['diffusers', 'AutoencoderKL'], scheduler: ['diffusers', 'DDIMScheduler'],
+  }, null, 2));
   return dir;
 }
 
@@ -132,7 +167,9 @@ export async function ensureRandomTransformerFolder(dir: string, presetName: str
   if (!fs.existsSync(weightsFile)) {
     const { source, shapes } = recordingParams();
     const model = transformerFromConfig(preset.transformerClass, preset.transformer, presetName);
-    await model.forwardShapes(new DryExecutor(source), { batch: 1, latentHeight: 16, latentWidth: 16, tokens: 8 });
+    // The authors' DiT layout runs at its configured size only.
+    const latent = model instanceof OfficialDiT ? model.config.sampleSize : 16;
+    await model.forwardShapes(new DryExecutor(source), { batch: 1, latentHeight: latent, latentWidth: latent, tokens: 8 });
     const rng = new Rng(seed);
     const tensors: Record<string, TensorToWrite> = {};
     for (const [name, shape] of shapes) tensors[name] = randomTensor(name, shape, rng);

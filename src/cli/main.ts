@@ -216,6 +216,7 @@ export function buildProgram(): Command {
     .option('--seed <s>', 'seed shared by both settings (default 0: measurements repeat)', seed, 0)
     .option('--prompt <text>', 'prompt', 'a photo of an astronaut riding a horse on mars')
     .option('--dry-run', 'count MACs from the configs only; no weights are read, nothing runs', false)
+    .option('--cache <dir>', 'DiT presets without --dry-run: where their seeded random-weight folder is kept', '.cache/bench')
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
