@@ -51,9 +51,26 @@ test('bench on a folder: table with speed-up, MAC ratio, PSNR/SSIM, and a labell
   assert.ok(png.height > 64, 'label band above the images');
 });
 
+test('bench on PixArt and DiT folders: adaptive methods show the MACs their runs really spent', (t) => {
+  const dir = tempDir(t);
+  const json = path.join(dir, 'bench.json');
+  const run = diffuse('bench', '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-pixart-alpha'), '--accel', 'fbcache:residual_diff_threshold=10', '--steps', '6',
+    '--guidance', '4.5', '--warmup', '0', '--size', '128', '--out', path.join(dir, 'cmp.png'), '--json', json);
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /text-to-image 128x128/);
+  const [base, fast] = JSON.parse(fs.readFileSync(json, 'utf8')).rows;
+  assert.equal(fast.macs, base.macs, 'counted from configs, an adaptive method saves nothing');
+  assert.ok(fast.spentMacs < base.spentMacs, `the run skipped blocks: ${fast.spentMacs} of ${base.spentMacs}`);
+  const dit = diffuse('bench', '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-dit'), '--accel', 'fora', '--steps', '6', '--warmup', '0',
+    '--out', path.join(dir, 'dit.png'));
+  assert.equal(dit.status, 0, dit.stderr);
+  assert.match(dit.stdout, /class-to-image/);
+});
+
 test('bench: bad input gives one line naming the flag and exit 2', () => {
   const cases: [string[], string][] = [
     [['--preset', 'sd15'], '--preset'],
+    [['--preset', 'pixart-alpha-512', '--accel', 'fora'], 'DiT presets run on seeded random weights'],
     [['--preset', 'sd15', '--dry-run', '--macs', 'flops'], '--macs'],
     [['--preset', 'sd15', '--dry-run', '--accel', 'tgate:gate_step=x'], '--accel tgate:gate_step'],
     [['--model', TINY, '--preset', 'sd15', '--dry-run'], '--model/--preset'],
