@@ -15,6 +15,7 @@ import { InputError } from '../errors.ts';
 import type { Accelerator, PlanContext, RunHooks } from '../runtime/plan.ts';
 import type { TensorLike } from '../runtime/executor.ts';
 import type { MethodDefinition } from './method.ts';
+import { SPAN_CACHE_CLAIMS, blockChain, tokenArithmetic } from './span-cache.ts';
 
 export type FirstBlockCacheParams = {
   residual_diff_threshold: number;
@@ -33,29 +34,21 @@ export function firstBlockCache(p: FirstBlockCacheParams): Accelerator {
   let blocks = new Map<string, number>();
   return {
     name: 'fbcache',
-    claims: { 'span-cache': 'skip spans of transformer blocks on cached residuals' },
-    conflicts: {
-      cut: 'the blocks it skips are joined by long skips, not one chain',
-      'block-schedule': 'a skipped call would leave FORA\'s refresh undone, and its caches stale',
-    },
+    ...SPAN_CACHE_CLAIMS,
     check(model) {
-      if (model.kind === 'U-Net' || model.longSkips) {
-        throw new InputError('accel fbcache', `the transformer blocks of this ${model.kind} are not one chain (${model.kind === 'U-Net' ? 'resnets and resolutions between them' : 'long skips join them'})`,
-          model.kind === 'U-Net' ? 'a DiT or PixArt (on U-Nets: deepcache)' : 'a DiT without long skips (on Skip-DiT: skip-cache)');
-      }
-      const depth = model.transformerBlocks.length;
+      const chain = blockChain(model, 'accel fbcache');
+      const depth = chain.size;
       if (p.Fn_compute_blocks + p.Bn_compute_blocks >= depth) {
         throw new InputError('accel fbcache:Fn_compute_blocks', `with Bn_compute_blocks ${p.Bn_compute_blocks} leaves no block of ${depth} to skip`,
           `Fn + Bn < ${depth}`, `${p.Fn_compute_blocks}`);
       }
-      blocks = new Map(model.transformerBlocks.map((b, i) => [b.block, i]));
+      blocks = chain;
     },
     begin<T extends TensorLike>(context: PlanContext<T>): RunHooks<T> {
       const { exec, ops, run } = context;
       const depth = blocks.size;
       const spanEnd = depth - p.Bn_compute_blocks - 1;
-      const difference = async (a: T, b: T) => (await exec.run('fbcache.sub', (g, i) => ({ d: g.sub(i.a, i.b) }), { a, b })).d;
-      const sum = async (a: T, b: T) => (await exec.run('fbcache.add', (g, i) => ({ s: g.add(i.a, i.b) }), { a, b })).s;
+      const { difference, sum } = tokenArithmetic(exec, 'fbcache');
       let call = -1;
       let skip = false;
       let headIn: T | undefined;

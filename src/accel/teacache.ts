@@ -16,6 +16,7 @@ import { InputError } from '../errors.ts';
 import type { TensorLike } from '../runtime/executor.ts';
 import type { Accelerator, PlanContext, RunHooks } from '../runtime/plan.ts';
 import type { MethodDefinition } from './method.ts';
+import { SPAN_CACHE_CLAIMS, blockChain, modulatedInputProbe, tokenArithmetic } from './span-cache.ts';
 
 export type TeaCacheParams = {
   rel_l1_thresh: number;
@@ -38,24 +39,15 @@ export function teaCache(p: TeaCacheParams): Accelerator {
   let blocks = new Map<string, number>();
   return {
     name: 'teacache',
-    claims: { 'span-cache': 'skip spans of transformer blocks on cached residuals' },
-    conflicts: {
-      cut: 'the blocks it skips are joined by long skips, not one chain',
-      'block-schedule': 'a skipped call would leave FORA\'s refresh undone, and its caches stale',
-    },
+    ...SPAN_CACHE_CLAIMS,
     check(model) {
-      if (model.kind === 'U-Net' || model.longSkips) {
-        throw new InputError('accel teacache', `the transformer blocks of this ${model.kind} are not one chain (${model.kind === 'U-Net' ? 'resnets and resolutions between them' : 'long skips join them'})`,
-          model.kind === 'U-Net' ? 'a DiT or PixArt (on U-Nets: deepcache)' : 'a DiT without long skips (on Skip-DiT: skip-cache)');
-      }
-      blocks = new Map(model.transformerBlocks.map((b, i) => [b.block, i]));
+      blocks = blockChain(model, 'accel teacache');
     },
     begin<T extends TensorLike>(context: PlanContext<T>): RunHooks<T> {
       const { exec, ops, run } = context;
       const last = blocks.size - 1;
       const calls = run.calls ?? Number.POSITIVE_INFINITY;
-      const difference = async (a: T, b: T) => (await exec.run('teacache.sub', (g, i) => ({ d: g.sub(i.a, i.b) }), { a, b })).d;
-      const sum = async (a: T, b: T) => (await exec.run('teacache.add', (g, i) => ({ s: g.add(i.a, i.b) }), { a, b })).s;
+      const { difference, sum } = tokenArithmetic(exec, 'teacache');
       let call = -1;
       let skip = false;
       let accumulated = 0;
@@ -70,10 +62,7 @@ export function teaCache(p: TeaCacheParams): Accelerator {
           const tokens = segment.inputs[residual.residual];
           if (index === 0 && segment.role.blockInput !== undefined && at.call !== call) {
             call = at.call;
-            const { h } = await probe({
-              name: 'teacache-probe', emits: ['h'],
-              hooks: (_own, _inner, emit) => ({ body: (_g, h) => (emit('h', h), h) }),
-            });
+            const { h } = await probe(modulatedInputProbe());
             const edge = at.call === 0 || at.call === calls - 1 || run.fullPassCalls.includes(at.call);
             const comparable = previousInput !== undefined && previousInput.dims.join() === h.dims.join() && residualOfStack?.dims.join() === tokens.dims.join();
             if (edge || !comparable) {
@@ -125,8 +114,7 @@ export function teaCacheRecorder(): { plan: Accelerator; samples: { x: number; y
   const plan: Accelerator = {
     name: 'teacache-calibration',
     check(model) {
-      if (model.kind === 'U-Net' || model.longSkips) throw new InputError('--method teacache', `calibrates a chain of transformer blocks; this ${model.kind} is none`, 'a DiT or PixArt folder');
-      blocks = new Map(model.transformerBlocks.map((b, i) => [b.block, i]));
+      blocks = blockChain(model, '--method teacache');
     },
     begin<T extends TensorLike>({ ops }: PlanContext<T>): RunHooks<T> {
       const last = blocks.size - 1;
@@ -140,7 +128,7 @@ export function teaCacheRecorder(): { plan: Accelerator; samples: { x: number; y
           if (index === undefined || !residual) return next();
           if (index === 0 && segment.role.blockInput !== undefined && at.call !== call) {
             call = at.call;
-            const { h } = await probe({ name: 'teacache-probe', emits: ['h'], hooks: (_own, _inner, emit) => ({ body: (_g, h) => (emit('h', h), h) }) });
+            const { h } = await probe(modulatedInputProbe());
             x = previousInput ? await ops.relativeL1(h, previousInput) : Number.NaN;
             previousInput = h;
           }

@@ -18,12 +18,10 @@ LCM's step noise from the project's generator (tools/reference/our_rng.py) for t
 """
 
 import json
-import math
 import os
 import shutil
 import tempfile
 
-import numpy as np
 import torch
 import diffusers.schedulers.scheduling_lcm as lcm_module
 from diffusers import LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -41,18 +39,6 @@ PROMPT = "a photo of an astronaut riding a horse"
 LCM_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                      original_inference_steps=50, prediction_type="epsilon", set_alpha_to_one=True, steps_offset=1,
                      timestep_spacing="leading", clip_sample=False)
-
-
-class OurNoise:
-    """LCM's step noise from our generator: image b of the batch from Rng(seed + b)."""
-
-    def __init__(self, seed, images):
-        self.noise = BatchNoise(seed, images)
-
-    def __call__(self, shape, generator=None, device=None, dtype=None, layout=None):
-        per = math.prod(shape[1:])
-        values = np.concatenate([rng.normal(per) for rng in self.noise.rngs])
-        return torch.from_numpy(values).reshape(tuple(shape)).to(dtype or torch.float32)
 
 
 def lcm_unet(base_folder, seed, **overrides):
@@ -86,7 +72,7 @@ def build_fixture(name, base, pipeline_class, unet, shared):
 
 
 def run(pipe, call, latents, seed, **kwargs):
-    lcm_module.randn_tensor = OurNoise(seed, latents.shape[0])
+    lcm_module.randn_tensor = BatchNoise(seed, latents.shape[0]).randn_tensor
     with torch.no_grad():
         return call(latents=latents.clone(), output_type="latent", **kwargs).images
 

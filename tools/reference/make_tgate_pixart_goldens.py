@@ -14,10 +14,8 @@ latents, the final latents with TGATE and those of the plain pipeline.
 """
 
 import json
-import math
 import os
 
-import numpy as np
 import torch
 import diffusers.schedulers.scheduling_lcm as lcm_module
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline
@@ -47,18 +45,6 @@ CASES = {
 }
 
 
-class OurNoise:
-    """LCM's step noise from our generator: image b of the batch from Rng(seed + b)."""
-
-    def __init__(self, seed, images):
-        self.noise = BatchNoise(seed, images)
-
-    def __call__(self, shape, generator=None, device=None, dtype=None, layout=None):
-        per = math.prod(shape[1:])
-        values = np.concatenate([rng.normal(per) for rng in self.noise.rngs])
-        return torch.from_numpy(values).reshape(tuple(shape)).to(dtype or torch.float32)
-
-
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(1)
@@ -83,7 +69,7 @@ def main():
             outs = []
             for p, extra in [(pipe, knobs), (plain_pipe, {})]:
                 p.scheduler = SCHEDULERS[scheduler].from_config(base_config)
-                lcm_module.randn_tensor = OurNoise(seed, batch)
+                lcm_module.randn_tensor = BatchNoise(seed, batch).randn_tensor
                 with torch.no_grad():
                     run = p.tgate if extra else p.__call__
                     outs.append(run(latents=latents.clone(), **common, **extra).images)

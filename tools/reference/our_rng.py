@@ -62,3 +62,13 @@ class BatchNoise:
 
     def __init__(self, seed, images):
         self.rngs = [Rng((seed + b) % 2**32) for b in range(images)]
+
+    def randn_tensor(self, shape, generator=None, device=None, dtype=None, layout=None):
+        """diffusers' randn_tensor drawing from these generators: image b's values from Rng(seed + b)."""
+        import math
+
+        import torch
+
+        per = math.prod(shape[1:])
+        values = np.concatenate([rng.normal(per) for rng in self.rngs])
+        return torch.from_numpy(values).reshape(tuple(shape)).to(dtype or torch.float32)
