@@ -18,7 +18,7 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
-import { assertClose, relativeError } from './helpers/compare.ts';
+import { assertClose, maxAbsDifference, relativeError } from './helpers/compare.ts';
 import { rejectsInputError, tempDir, throwsInputError } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
@@ -83,10 +83,7 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl', 'tiny-pixart-alpha',
         if (c.scheduler !== 'pndm') assert.equal(calls.length, run, `${c.name}: calls`);
         let note = `${c.name}: latents relative error ${err.toExponential(2)}, ${calls.length} calls`;
         if (c.decoded) {
-          const expected = goldens.readFloat32(`${c.name}.image`);
-          const actual = result.images[0].data;
-          let worst = 0;
-          for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
+          const worst = maxAbsDifference(result.images[0].data, goldens.readFloat32(`${c.name}.image`));
           assert.ok(worst <= 2e-3, `${c.name}: image differs by ${worst}`);
           note += `, image max |diff| ${worst.toExponential(2)}`;
         }

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
-import { assertClose } from './helpers/compare.ts';
+import { assertClose, maxAbsDifference } from './helpers/compare.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
@@ -52,10 +52,7 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl']) {
         const err = assertClose(result.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-3, `${c.name} latents`);
         let note = `${c.name}: latents relative error ${err.toExponential(2)}`;
         if (c.image) {
-          const expected = goldens.readFloat32(`${c.name}.image`);
-          const actual = result.images[0].data;
-          let worst = 0;
-          for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
+          const worst = maxAbsDifference(result.images[0].data, goldens.readFloat32(`${c.name}.image`));
           assert.ok(worst <= 2e-3, `${c.name}: image differs by ${worst}`);
           note += `, image max |diff| ${worst.toExponential(2)}`;
         }

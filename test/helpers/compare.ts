@@ -12,6 +12,14 @@ export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<num
   return diff / scale;
 }
 
+/** max |a − b|: how far a decoded image strays, in [0, 1] pixel units. */
+export function maxAbsDifference(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  assert.equal(actual.length, expected.length, 'length');
+  let worst = 0;
+  for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
+  return worst;
+}
+
 export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tolerance: number, what: string): number {
   const err = relativeError(actual, expected);
   assert.ok(Number.isFinite(err) && err <= tolerance, `${what}: relative error ${err.toExponential(3)} > ${tolerance}`);
