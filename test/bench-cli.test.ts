@@ -67,6 +67,22 @@ test('bench on PixArt and DiT folders: adaptive methods show the MACs their runs
   assert.match(dit.stdout, /class-to-image/);
 });
 
+test('bench --fidelity on a PixArt folder: span caches in the sweep, their savings in the MACs the runs spent', (t) => {
+  const dir = tempDir(t);
+  const json = path.join(dir, 'fidelity.json');
+  const prompts = path.join(dir, 'prompts.txt');
+  fs.writeFileSync(prompts, 'a cat\n');
+  const run = diffuse('bench', '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-pixart-alpha'), '--fidelity', '--steps', '6', '--size', '128', '--guidance', '4.5',
+    '--prompts', prompts, '--sweep', 'teacache:rel_l1_thresh=10', '--sweep', 'fbcache:residual_diff_threshold=10', '--no-fewer-steps', '--json', json);
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /ran ×/);
+  const rows = JSON.parse(fs.readFileSync(json, 'utf8')).rows as { label: string; macRatio: number; spentRatio: number }[];
+  for (const row of rows.slice(1)) {
+    assert.equal(row.macRatio, 1, `${row.label}: counted from configs, nothing saved`);
+    assert.ok(row.spentRatio > 1.2, `${row.label}: the runs skipped blocks (×${row.spentRatio})`);
+  }
+});
+
 test('bench: bad input gives one line naming the flag and exit 2', () => {
   const cases: [string[], string][] = [
     [['--preset', 'sd15'], '--preset'],

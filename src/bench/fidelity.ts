@@ -10,7 +10,9 @@ import { createAccelerator, parseAccelSpec, shortAccelSpec, type AccelSpec } fro
 import { calflopsMacs } from '../graph/builder.ts';
 import { adherence } from '../metrics/adherence.ts';
 import { psnr, ssim } from '../metrics/image.ts';
-import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
+import type { GeneratedImage } from '../pipelines/common.ts';
+import type { ModelDeclaration } from '../runtime/protocol.ts';
+import { openRunner, type BenchRequest } from './runner.ts';
 import { parseCaption, type SceneCaption } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { macCounter } from './mac-counter.ts';
@@ -40,7 +42,7 @@ export interface FidelityRow {
   kind: 'baseline' | 'method' | 'fewer steps';
   accel: AccelSpec[];
   steps: number;
-  /** Whole-run U-Net MACs per image, counted like calflops. */
+  /** Whole-run denoiser MACs per image, counted like calflops from the configs. */
   macs: number;
   macRatio: number;
   /** Mean seconds per image (text encoding, denoising, decoding). */
@@ -54,7 +56,9 @@ export interface FidelityRow {
   ssim: number;
   /** Mean adherence; undefined when a prompt is not of the scene grammar. */
   adherence?: number;
-  perPrompt: { seconds: number; loopSeconds: number; psnr: number; ssim: number; adherence?: number }[];
+  /** The ratio of the MACs the runs really spent (adaptive methods decide at run time: fbcache, teacache). */
+  spentRatio?: number;
+  perPrompt: { seconds: number; loopSeconds: number; spentMacs: number; psnr: number; ssim: number; adherence?: number }[];
 }
 
 export interface FidelityResult {
@@ -68,14 +72,23 @@ export interface FidelityResult {
 }
 
 /** TGATE gates at 20/40/60% of the steps, DeepCache intervals 2, 3, 5, ToMe ratios 0.3, 0.5, 0.6, attention-map reuse (HURRY) on the last 20/40/50% of the steps. */
-export function defaultSweep(steps: number): AccelSpec[][] {
+export function defaultSweep(steps: number, model?: ModelDeclaration): AccelSpec[][] {
   const sweep: AccelSpec[][] = [];
+  const unet = model === undefined || model.kind === 'U-Net';
   for (const share of [0.2, 0.4, 0.6]) {
     const gate = Math.max(1, Math.round(steps * share));
     sweep.push([parseAccelSpec(`tgate:gate_step=${gate},warm_up=${Math.min(2, gate - 1)}`)]);
   }
-  for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`deepcache:cache_interval=${interval}`)]);
-  for (const ratio of [0.3, 0.5, 0.6]) sweep.push([parseAccelSpec(`tome:ratio=${ratio}`)]);
+  if (unet) {
+    for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`deepcache:cache_interval=${interval}`)]);
+    for (const ratio of [0.3, 0.5, 0.6]) sweep.push([parseAccelSpec(`tome:ratio=${ratio}`)]);
+  } else if (model.longSkips) {
+    // Skip-DiT: its long skips are what Skip-Cache cuts; the span caches need one chain of blocks.
+    for (const interval of [2, 3, 4]) sweep.push([parseAccelSpec(`skip-cache:cache_interval=${interval}`)]);
+  } else {
+    for (const threshold of [0.05, 0.1, 0.2]) sweep.push([parseAccelSpec(`fbcache:residual_diff_threshold=${threshold}`)]);
+    for (const threshold of [0.2, 0.4, 0.6]) sweep.push([parseAccelSpec(`teacache:rel_l1_thresh=${threshold}`)]);
+  }
   for (const share of [0.2, 0.4, 0.5]) sweep.push([parseAccelSpec(`attn-reuse:reuse=${Math.max(1, Math.round(steps * share))}`)]);
   for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`fora:cache_interval=${interval}`)]);
   return sweep;
@@ -107,7 +120,7 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
     { label: `baseline (${o.steps} steps)`, kind: 'baseline', accel: [], steps: o.steps, macs: baseMacs, macRatio: 1 },
   ];
   const fewer = new Set<number>();
-  for (const accel of o.sweep ?? defaultSweep(o.steps)) {
+  for (const accel of o.sweep ?? defaultSweep(o.steps, counter.declaration)) {
     const macs = calflopsMacs((await counter.count(o.steps, accel)).total);
     settings.push({ label: accel.map(shortAccelSpec).join(' + '), kind: 'method', accel, steps: o.steps, macs, macRatio: baseMacs / macs });
     fewer.add(Math.max(1, Math.round((o.steps * macs) / baseMacs)));
@@ -119,24 +132,24 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
     settings.push({ label: `${steps} steps`, kind: 'fewer steps', accel: [], steps, macs, macRatio: baseMacs / macs });
   }
 
-  const pipeline = await loadPipeline(o.model, { threads: o.threads });
+  const pipeline = await openRunner(o.model, o.threads);
   const rows: FidelityRow[] = settings.map((s) => ({ ...s, seconds: 0, speedup: 0, loopSeconds: 0, loopSpeedup: 0, psnr: 0, ssim: 0, perPrompt: [] }));
   const images = new Map<string, GeneratedImage[]>(rows.map((r) => [r.label, []]));
   const baselineImages: GeneratedImage[] = [];
   try {
-    const request = (row: FidelityRow, i: number) => ({
+    const request = (row: FidelityRow, i: number): BenchRequest => ({
       prompt: o.prompts[i], seed: o.seed + i, steps: row.steps, guidanceScale: o.guidance, scheduler: o.scheduler,
-      width: counter.width, height: counter.height, accel: row.accel,
+      width: counter.width, height: counter.height, batch: 1, accel: row.accel,
     });
     o.progress?.(`warm-up: one image per setting (creates the ORT sessions)`);
-    for (const row of rows) await pipeline.generate(request(row, 0));
+    for (const row of rows) await pipeline.run(request(row, 0));
     // Prompt-major order: every setting sees the same machine state, give or take one prompt.
     for (let i = 0; i < o.prompts.length; i++) {
       o.progress?.(`prompt ${i + 1}/${o.prompts.length}: ${o.prompts[i]}`);
       let base: GeneratedImage | undefined;
       for (const row of rows) {
         const start = performance.now();
-        const result = await pipeline.generate(request(row, i));
+        const result = await pipeline.run(request(row, i));
         const seconds = (performance.now() - start) / 1000;
         const image = result.images[0];
         base ??= image;
@@ -145,6 +158,7 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
         row.perPrompt.push({
           seconds,
           loopSeconds: result.timings.denoising,
+          spentMacs: calflopsMacs(result.denoiserMacs),
           psnr: psnr(image.data, base.data),
           ssim: ssim(image.data, base.data, image.width, image.height),
           adherence: captions && adherence(image.data, image.width, image.height, captions[i]).score,
@@ -159,6 +173,7 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
     row.speedup = rows[0].seconds / row.seconds;
     row.loopSeconds = mean(row.perPrompt.map((p) => p.loopSeconds));
     row.loopSpeedup = rows[0].loopSeconds / row.loopSeconds;
+    row.spentRatio = mean(rows[0].perPrompt.map((p) => p.spentMacs)) / mean(row.perPrompt.map((p) => p.spentMacs));
     const finite = row.perPrompt.map((p) => p.psnr).filter(Number.isFinite);
     row.psnr = finite.length ? mean(finite) : Infinity;
     row.ssim = mean(row.perPrompt.map((p) => p.ssim));
@@ -175,13 +190,14 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
 export function formatFidelity(r: FidelityResult, o: FidelityOptions): string {
   const lines = [
     `${o.model}: ${r.width}x${r.height}, ${o.prompts.length} prompts (seeds ${o.seed}..${o.seed + o.prompts.length - 1}), CFG ${o.guidance}; ` +
-    `means per image ("loop" = the denoising loop alone); PSNR/SSIM against the baseline image of the same prompt and seed`,
-    `  ${'setting'.padEnd(36)} ${'steps'.padStart(5)} ${'U-Net MACs'.padStart(10)} ${'MAC ×'.padStart(6)} ${'s/image'.padStart(8)} ` +
+    `means per image ("loop" = the denoising loop alone; "ran ×" = the ratio of the MACs the runs really spent, which adaptive methods decide at run time); ` +
+    `PSNR/SSIM against the baseline image of the same prompt and seed`,
+    `  ${'setting'.padEnd(36)} ${'steps'.padStart(5)} ${'MACs'.padStart(10)} ${'MAC ×'.padStart(6)} ${'ran ×'.padStart(6)} ${'s/image'.padStart(8)} ` +
     `${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'adherence'.padStart(9)}`,
   ];
   for (const row of r.rows) {
     lines.push(`  ${row.label.padEnd(36)} ${String(row.steps).padStart(5)} ${`${(row.macs / 1e9).toFixed(2)} G`.padStart(10)} ` +
-      `${row.macRatio.toFixed(2).padStart(6)} ${row.seconds.toFixed(3).padStart(8)} ${row.speedup.toFixed(2).padStart(7)}× ` +
+      `${row.macRatio.toFixed(2).padStart(6)} ${(row.spentRatio ?? 1).toFixed(2).padStart(6)} ${row.seconds.toFixed(3).padStart(8)} ${row.speedup.toFixed(2).padStart(7)}× ` +
       `${row.loopSeconds.toFixed(3).padStart(8)} ${row.loopSpeedup.toFixed(2).padStart(6)}× ` +
       `${(Number.isFinite(row.psnr) ? row.psnr.toFixed(2) : '∞').padStart(8)} ${row.ssim.toFixed(4).padStart(6)} ` +
       `${(row.adherence === undefined ? '-' : row.adherence.toFixed(3)).padStart(9)}`);

@@ -8,6 +8,7 @@ import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-conditio
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { getComponent, readComponentConfig, readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { wholeRunMacs, type Denoiser, type RunMacs } from './run-macs.ts';
+import type { ModelDeclaration } from '../runtime/protocol.ts';
 import { own } from '../util/own.ts';
 
 /** A denoiser config (a folder's or a preset's) ready for whole-run MAC counts at one image size. */
@@ -16,6 +17,8 @@ export interface MacCounter {
   height: number;
   /** Whether the CFG batch runs: guidance > 1 and a U-Net that is not guidance-distilled (LCM). */
   cfg: boolean;
+  /** What the denoiser declares (its kind, blocks, long skips), for choosing methods that fit it. */
+  declaration: ModelDeclaration;
   /** Model calls a run of `steps` makes with the folder's (or the chosen) scheduler. */
   calls(steps: number): number;
   count(steps: number, accel: AccelSpec[]): Promise<RunMacs>;
@@ -98,7 +101,7 @@ export function macCounter(o: MacCounterOptions): MacCounter {
   if (width % factor || height % factor) throw new InputError('--size', `must be multiples of ${factor}`, undefined, `${width}x${height}`);
   const cfg = o.guidance > 1 && !distilled;
   return {
-    width, height, calls, cfg,
+    width, height, calls, cfg, declaration: model!.declaration,
     count: (steps, accel) => wholeRunMacs(model, {
       calls: calls(steps), steps, batch: o.batch, latentHeight: height / factor, latentWidth: width / factor, cfg, textEmbedsDim, tokens, timesteps: timesteps(steps),
       accelerator: accel.length > 0 ? createAccelerator(accel, calls(steps)) : undefined,
