@@ -197,7 +197,8 @@ function checkNoOverlap(tensors: Map<string, TensorInfo>, where: string, dataSta
 /** Largest single read/write; Node refuses lengths of 2 GiB and more. */
 const IO_CHUNK = 1 << 30;
 
-function readExactly(fd: number, target: ArrayBufferView, position: number, where: string): void {
+/** Fills `target` from the file at `position`, in chunks Node accepts; a short file is an InputError naming `where`. */
+export function readExactly(fd: number, target: ArrayBufferView, position: number, where: string): void {
   const bytes = new Uint8Array(target.buffer, target.byteOffset, target.byteLength);
   let done = 0;
   while (done < bytes.length) {

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { InputError } from '../errors.ts';
+import { readExactly } from './safetensors.ts';
 
 export interface ZipEntry {
   name: string;
@@ -56,12 +57,7 @@ export class ZipFile {
   private read(offset: number, length: number): Buffer {
     if (offset < 0 || length < 0 || offset + length > this.size) throw this.broken(`a record at byte ${offset} runs past the end of the file`);
     const out = Buffer.alloc(length);
-    let done = 0;
-    while (done < length) {
-      const n = fs.readSync(this.fd, out, done, length - done, offset + done);
-      if (n === 0) throw this.broken('file shorter than its directory says');
-      done += n;
-    }
+    readExactly(this.fd, out, offset, this.path);
     return out;
   }
 
@@ -160,17 +156,9 @@ export class ZipFile {
   }
 
   /** `length` bytes at `offset` of a stored entry, straight from the file. */
-  readStored(entry: ZipEntry, offset: number, length: number, into?: Uint8Array): Uint8Array {
+  readStored(entry: ZipEntry, offset: number, length: number): Uint8Array {
     if (entry.method !== 0) throw this.broken(`${entry.name} is compressed; tensors must be stored`);
     if (offset < 0 || offset + length > entry.size) throw this.broken(`read past the end of ${entry.name}`);
-    const out = into ?? new Uint8Array(length);
-    const start = this.dataOffset(entry) + offset;
-    let done = 0;
-    while (done < length) {
-      const n = fs.readSync(this.fd, out, done, length - done, start + done);
-      if (n === 0) throw this.broken('file shorter than its directory says');
-      done += n;
-    }
-    return out;
+    return this.read(this.dataOffset(entry) + offset, length);
   }
 }
