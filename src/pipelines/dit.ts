@@ -22,6 +22,7 @@ import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
   type GeneratedImage, type Latents,
 } from './common.ts';
+import { scheduleStart } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 
 export interface DiTRequest extends BaseRequest {
@@ -121,7 +122,7 @@ export class DiTPipeline {
     const scheduler = createScheduler({
       name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
     });
-    const acceleration = Acceleration.check(request.accel, model.declaration, { steps, calls: scheduler.timesteps.length, timesteps: scheduler.timesteps }, undefined, request.plans);
+    const acceleration = Acceleration.check(request.accel, model.declaration, scheduleStart(scheduler, undefined).run, undefined, request.plans);
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels' });
     const warnings = await acceleration.begin(this.transformerExec, denoise);

@@ -16,6 +16,7 @@ import { InputError, describe } from '../errors.ts';
 import { resizeLanczos } from '../image/resize.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor } from '../runtime/executor.ts';
+import type { RunShape } from '../runtime/plan.ts';
 import type { Scheduler } from '../schedulers/index.ts';
 import { LIMITS, floats, type BatchNoise, type GeneratedImage, type Latents, type PromptRequest } from './common.ts';
 
@@ -75,19 +76,21 @@ function strengthOf(value: unknown): number {
 /**
  * Where the denoising loop starts: position 0, or for img2img (diffusers' get_timesteps, for
  * first-order schedulers) the position after which int(steps × strength) steps remain, refused when
- * that is none. `calls` counts the model calls that run; `why` explains them for error messages.
+ * that is none. `run` is what the accelerations see: the steps, model calls and timesteps that run;
+ * `why` explains them for error messages.
  */
-export function scheduleStart(scheduler: Scheduler, img2img: Img2Img | undefined): { start: number; calls: number; why?: string } {
+export function scheduleStart(scheduler: Scheduler, img2img: Img2Img | undefined): { start: number; run: RunShape & { calls: number }; why?: string } {
   const total = scheduler.timesteps.length;
-  if (!img2img) return { start: 0, calls: total };
+  const runFrom = (start: number) => ({ steps: scheduler.steps - start, calls: total - start, timesteps: scheduler.timesteps.slice(start) });
+  if (!img2img) return { start: 0, run: runFrom(0) };
   const { steps } = scheduler;
   const { strength } = img2img;
-  const run = Math.min(Math.floor(steps * strength), steps);
-  if (run === 0) {
+  const remaining = Math.min(Math.floor(steps * strength), steps);
+  if (remaining === 0) {
     throw new InputError('strength', `runs no step of ${steps} (int(steps × strength) = 0)`, `at least ${(1 / steps).toPrecision(3)} for ${steps} steps, or more steps`, `${strength}`);
   }
-  const start = steps - run;
-  return { start, calls: total - start, why: `img2img at strength ${strength} runs the last ${total - start} of the schedule's ${total} model calls` };
+  const start = steps - remaining;
+  return { start, run: runFrom(start), why: `img2img at strength ${strength} runs the last ${total - start} of the schedule's ${total} model calls` };
 }
 
 /**

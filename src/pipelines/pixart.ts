@@ -199,8 +199,8 @@ export class PixArtPipeline {
     if (scheduler.timesteps.length === 1) {
       throw new InputError('steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }
-    const { start: first, calls, why } = scheduleStart(scheduler, img2img);
-    const acceleration = Acceleration.check(request.accel, model.declaration, { steps: steps - first, calls, timesteps: scheduler.timesteps.slice(first) }, why, request.plans);
+    const { start: first, run, why } = scheduleStart(scheduler, img2img);
+    const acceleration = Acceleration.check(request.accel, model.declaration, run, why, request.plans);
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
@@ -270,7 +270,7 @@ export class PixArtPipeline {
       const eps = c.outChannels === 2 * c.inChannels ? firstChannels(guided, batch, plane) : guided;
       const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, eps, i, latents, stepNoise));
-      request.onStep?.({ step: i - first + 1, steps: calls, timestep: t, seconds: seconds(stepStart) });
+      request.onStep?.({ step: i - first + 1, steps: run.calls, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
 

@@ -182,11 +182,11 @@ export class StableDiffusionPipeline {
     });
 
     // img2img runs the end of the schedule only, from position `start`.
-    const { start, calls, why } = scheduleStart(scheduler, img2img);
+    const { start, run, why } = scheduleStart(scheduler, img2img);
 
     // Refuse what cannot work before any work.
     // Schedules count the calls that run; PNDM makes one call more than steps.
-    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { steps: steps - start, calls, timesteps: scheduler.timesteps.slice(start) }, why, request.plans);
+    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, run, why, request.plans);
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let clock = performance.now();
@@ -260,7 +260,7 @@ export class StableDiffusionPipeline {
       const guided = cfgNow ? guide(prediction, size, guidance, rescale, batch) : prediction;
       const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, guided, i, latents, stepNoise));
-      request.onStep?.({ step: i - start + 1, steps: calls, timestep: t, seconds: seconds(stepStart) });
+      request.onStep?.({ step: i - start + 1, steps: run.calls, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(clock);
 
