@@ -256,6 +256,8 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
   cfg = true;
   readonly runInfo: RunInfo;
   private readonly hooks: RunHooks<T>[];
+  /** The hooks with an `around`, innermost first (the first given wraps the others). */
+  private readonly arounds: RunHooks<T>[];
   private readonly cache = new Map<string, T>();
   private readonly features = new Map<string, T>();
   /** Segment calls answered from the cache. */
@@ -272,6 +274,7 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     this.runInfo = { ...run, fullPassCalls: plan.fullPassCalls ?? [] };
     const context = { exec: inner, ops, run: this.runInfo };
     this.hooks = (plan.parts ?? [plan]).flatMap((method) => (method.begin ? [method.begin(context)] : []));
+    this.arounds = this.hooks.filter((h) => h.around).reverse();
   }
 
   /** What the plan did so far: counters by name, and the same in words. */
@@ -300,14 +303,13 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     if (!role) return this.inner.run(name, build, inputs, options);
     const segment: SegmentCall<T> = { name, role, inputs, key: shapesOf(inputs) };
     const at = { call: this.call, cfg: this.cfg };
+    let next = () => this.runPlanned(segment, build, options);
+    if (this.arounds.length === 0) return next();
     const probe = async (v: SegmentVariant<T>) => {
       const withIt = withVariant(build, inputs, { ...options, residual: undefined }, v);
       return withIt.emitted(await this.inner.run(name, withIt.build, withIt.inputs, { ...withIt.options, outputs: withIt.emits }));
     };
-    // Hooks around the call, the first given outermost.
-    let next = () => this.runPlanned(segment, build, options);
-    for (const h of [...this.hooks].reverse()) {
-      if (!h.around) continue;
+    for (const h of this.arounds) {
       const inner = next;
       next = () => h.around!(segment, at, inner, options.residual, probe);
     }
