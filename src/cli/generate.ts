@@ -75,11 +75,7 @@ const FAMILIES: Record<string, Family> = {
   PixArtAlphaPipeline: 'pixart', PixArtSigmaPipeline: 'pixart', DiTPipeline: 'dit',
 };
 
-/** Per family its default steps and guidance, as diffusers' (LCM's by its pipeline class); and the flags only it takes. */
-const DEFAULTS: Record<Family, { steps: number; guidance: number }> = {
-  'stable-diffusion': { steps: 50, guidance: 7.5 }, pixart: { steps: 20, guidance: 4.5 }, dit: { steps: 50, guidance: 4 },
-};
-const CLASS_DEFAULTS: Record<string, { steps: number; guidance: number }> = { LatentConsistencyModelPipeline: { steps: 4, guidance: 8.5 } };
+/** The flags only some families take. */
 const ONLY: [keyof GenerateFlags, string, Family[]][] = [
   ['prompt', '--prompt', ['stable-diffusion', 'pixart']],
   ['prompts', '--prompts', ['stable-diffusion', 'pixart']],
@@ -102,6 +98,9 @@ interface Generated {
   images: GeneratedImage[];
   seed: number;
   seeds: number[];
+  /** The steps and guidance the run used (the pipeline's defaults filled in). */
+  steps: number;
+  guidanceScale: number;
   scheduler: string;
   accel?: { name: string; cfgCalls: number; summary: string[] };
   /** DiT: the latent channels guidance applies to (3 for the authors' checkpoints). */
@@ -249,7 +248,6 @@ export async function generate(f: GenerateFlags): Promise<void> {
       bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
     };
     job = await start(folder, family, f, device, latents, image, onStep, abort.signal, family === 'dit' ? [] : subjects);
-    const defaults = own(CLASS_DEFAULTS, folder.className) ?? DEFAULTS[family];
     let written = 0;
     for (const seed of f.seed ?? [undefined]) {
       const result: Generated = await job.run(seed);
@@ -261,7 +259,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
       const perSubject = family === 'dit' ? 1 : (f.batch ?? 1);
       const settings = {
         ...(family === 'dit' ? { class: f.class } : { negativePrompt: f.negativePrompt ?? '' }),
-        steps: f.steps ?? defaults.steps, guidanceScale: f.guidance ?? defaults.guidance,
+        steps: result.steps, guidanceScale: result.guidanceScale,
         ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
         ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
         scheduler: result.scheduler, width: first.width, height: first.height,

@@ -38,6 +38,9 @@ export interface DiTResult {
   seed: number;
   /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
   seeds: number[];
+  /** The steps and guidance scale this run used, defaults filled in. */
+  steps: number;
+  guidanceScale: number;
   scheduler: string;
   accel?: AccelReport;
   /**
@@ -172,6 +175,8 @@ export class DiTPipeline {
       classIds: ids,
       seed,
       seeds: noise.seeds,
+      steps,
+      guidanceScale: guidance,
       scheduler: scheduler.name,
       accel: acceleration.report(),
       guidedChannels,

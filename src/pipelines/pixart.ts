@@ -45,6 +45,9 @@ export interface PixArtResult {
   seed: number;
   /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
   seeds: number[];
+  /** The steps and guidance scale this run used, defaults filled in. */
+  steps: number;
+  guidanceScale: number;
   scheduler: string;
   /** The size the transformer ran at (the binned size with resolution binning). */
   generated: { width: number; height: number };
@@ -283,6 +286,8 @@ export class PixArtPipeline {
       images,
       seed,
       seeds: noise.seeds,
+      steps,
+      guidanceScale: guidance,
       scheduler: scheduler.name,
       generated: { width: genWidth, height: genHeight },
       accel: acceleration.report(),

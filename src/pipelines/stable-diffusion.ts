@@ -48,6 +48,9 @@ export interface GenerateResult {
   seed: number;
   /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
   seeds: number[];
+  /** The steps and guidance scale this run used, defaults filled in. */
+  steps: number;
+  guidanceScale: number;
   scheduler: string;
   /**
    * What the accelerators did: model calls run with the CFG batch, counters by name (segment calls
@@ -272,6 +275,8 @@ export class StableDiffusionPipeline {
       images,
       seed,
       seeds: noise.seeds,
+      steps,
+      guidanceScale: guidance,
       scheduler: scheduler.name,
       accel: acceleration.report(),
       denoiserMacs: macsSince(this.unetExec, macsBefore),
