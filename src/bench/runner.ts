@@ -5,6 +5,7 @@
  */
 import type { AccelSpec } from '../accel/index.ts';
 import type { MacCount } from '../graph/builder.ts';
+import type { Accelerator } from '../runtime/plan.ts';
 import type { AccelReport, GeneratedImage, Latents } from '../pipelines/common.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
@@ -23,6 +24,12 @@ export interface BenchRequest {
   batch: number;
   scheduler?: SchedulerName;
   accel?: AccelSpec[];
+  /** Plans written in code, composed after `accel` (e.g. TeaCache's calibration recorder). */
+  plans?: Accelerator[];
+  /** DiT: the class ids to generate; default: `batch` ids spread over the classes. */
+  classLabels?: number[];
+  /** 'latent' skips VAE decoding (no images then). */
+  output?: 'image' | 'latent';
 }
 
 /** What every family's result has that the benchmarks read. */
@@ -38,8 +45,10 @@ export interface BenchResult {
 }
 
 export interface BenchRunner {
-  /** What it generates: "text-to-image", or "class-to-image (classes 0, 500)". */
+  /** What it generates: "text-to-image" or "class-to-image". */
   kind: string;
+  /** DiT: how many classes it has. */
+  classes?: number;
   defaultSize: number;
   /** A DiT's size is fixed by its configuration. */
   fixedSize?: number;
@@ -55,8 +64,9 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
     const size = c.sampleSize * dit.vae.model.downsampleFactor;
     const classes = (batch: number) => Array.from({ length: batch }, (_, i) => Math.floor((i * c.numClasses) / batch));
     return {
-      kind: 'class-to-image', defaultSize: size, fixedSize: size,
-      run: (r) => dit.generate({ classLabels: classes(r.batch), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler, accel: r.accel }),
+      kind: 'class-to-image', classes: c.numClasses, defaultSize: size, fixedSize: size,
+      run: (r) => dit.generate({ classLabels: r.classLabels ?? classes(r.batch), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
+        accel: r.accel, plans: r.plans, output: r.output }),
       release: () => dit.release(),
     };
   }
@@ -65,7 +75,7 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
     return {
       kind: 'text-to-image', defaultSize: pixart.defaultSize,
       run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
-        imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, resolutionBinning: false }),
+        imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, resolutionBinning: false }),
       release: () => pixart.release(),
     };
   }
@@ -73,7 +83,7 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
   return {
     kind: 'text-to-image', defaultSize: sd.defaultSize,
     run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
-      imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel }),
+      imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output }),
     release: () => sd.release(),
   };
 }

@@ -13,8 +13,7 @@ import { macCounter } from '../bench/mac-counter.ts';
 import { psnr } from '../metrics/image.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
-import { DiTPipeline, loadDiTPipeline } from '../pipelines/dit.ts';
-import { loadPixArtPipeline } from '../pipelines/pixart.ts';
+import { openRunner } from '../bench/runner.ts';
 import { polynomial, teaCacheRecorder } from '../accel/teacache.ts';
 import { computedCalls, fitPolynomial } from '../tune/teacache-calibration.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
@@ -105,17 +104,14 @@ async function calibrateTeaCache(f: TuneFlags): Promise<void> {
   }
   const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
   const runs: { x: number; y: number }[][] = [];
-  const pipeline = isDiT ? loadDiTPipeline(folder, { threads: f.threads }) : loadPixArtPipeline(folder, { threads: f.threads });
+  const pipeline = await openRunner(folder.dir, f.threads);
   try {
     for (let i = 0; i < prompts.length; i++) {
       const { plan, samples } = teaCacheRecorder();
-      const common = { seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, plans: [plan], output: 'latent' as const };
-      if (pipeline instanceof DiTPipeline) {
-        const classes = pipeline.transformer.model.config.numClasses;
-        await pipeline.generate({ ...common, classLabels: [Math.floor((i * classes) / prompts.length)] });
-      } else {
-        await pipeline.generate({ ...common, prompt: prompts[i] });
-      }
+      // DiT: one class per run, spread over its classes.
+      const classLabels = pipeline.classes === undefined ? undefined : [Math.floor((i * pipeline.classes) / prompts.length)];
+      await pipeline.run({ prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, plans: [plan],
+        width: pipeline.defaultSize, height: pipeline.defaultSize, batch: 1, classLabels, output: 'latent' });
       runs.push(samples);
     }
   } finally {
