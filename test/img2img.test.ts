@@ -18,7 +18,7 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
-import { assertClose, maxAbsDifference, relativeError } from './helpers/compare.ts';
+import { assertClose, assertImageClose, relativeError } from './helpers/compare.ts';
 import { rejectsInputError, tempDir, throwsInputError } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
@@ -83,8 +83,7 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl', 'tiny-pixart-alpha',
         if (c.scheduler !== 'pndm') assert.equal(calls.length, run, `${c.name}: calls`);
         let note = `${c.name}: latents relative error ${err.toExponential(2)}, ${calls.length} calls`;
         if (c.decoded) {
-          const worst = maxAbsDifference(result.images[0].data, goldens.readFloat32(`${c.name}.image`));
-          assert.ok(worst <= 2e-3, `${c.name}: image differs by ${worst}`);
+          const worst = assertImageClose(result.images[0].data, goldens.readFloat32(`${c.name}.image`), 2e-3, c.name);
           note += `, image max |diff| ${worst.toExponential(2)}`;
         }
         t.diagnostic(note);

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
-import { assertClose, maxAbsDifference } from './helpers/compare.ts';
+import { assertClose, assertImageClose } from './helpers/compare.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 
@@ -52,8 +52,7 @@ for (const fixture of ['tiny-sd1', 'tiny-sd2', 'tiny-sdxl']) {
         const err = assertClose(result.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-3, `${c.name} latents`);
         let note = `${c.name}: latents relative error ${err.toExponential(2)}`;
         if (c.image) {
-          const worst = maxAbsDifference(result.images[0].data, goldens.readFloat32(`${c.name}.image`));
-          assert.ok(worst <= 2e-3, `${c.name}: image differs by ${worst}`);
+          const worst = assertImageClose(result.images[0].data, goldens.readFloat32(`${c.name}.image`), 2e-3, c.name);
           note += `, image max |diff| ${worst.toExponential(2)}`;
         }
         if (c.name === 'long-prompt') assert.ok(result.warnings.some((w) => w.includes('truncated')), 'long prompt warns');

@@ -15,7 +15,7 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../src/scenes/captions.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
-import { assertClose } from './helpers/compare.ts';
+import { assertClose, assertImageClose } from './helpers/compare.ts';
 import { tempDir } from './helpers/files.ts';
 
 const GOLDENS = path.join(import.meta.dirname, 'fixtures', 'goldens', 'reference-model');
@@ -43,10 +43,7 @@ test('reference model: text-to-image equals diffusers (latents and decoded image
       const err = assertClose(result.latents.data, goldens.readFloat32(`${c.name}.latents_out`), 1e-3, `${c.name} latents`);
       let note = `${c.name}: latents relative error ${err.toExponential(2)}`;
       if (i === 0) {
-        const expected = goldens.readFloat32(`${c.name}.image`);
-        let worst = 0;
-        for (let k = 0; k < expected.length; k++) worst = Math.max(worst, Math.abs(result.images[0].data[k] - expected[k]));
-        assert.ok(worst <= 2e-3, `${c.name}: image differs by ${worst}`);
+        const worst = assertImageClose(result.images[0].data, goldens.readFloat32(`${c.name}.image`), 2e-3, c.name);
         note += `, image max |diff| ${worst.toExponential(2)}`;
       }
       t.diagnostic(note);

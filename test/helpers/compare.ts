@@ -12,11 +12,12 @@ export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<num
   return diff / scale;
 }
 
-/** max |a − b|: how far a decoded image strays, in [0, 1] pixel units. */
-export function maxAbsDifference(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+/** A decoded image within `tolerance` of the golden at every value ([0, 1] pixel units); returns max |a − b|. */
+export function assertImageClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tolerance: number, what: string): number {
   assert.equal(actual.length, expected.length, 'length');
   let worst = 0;
   for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
+  assert.ok(worst <= tolerance, `${what}: image differs by ${worst}`);
   return worst;
 }
 
