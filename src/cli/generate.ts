@@ -181,9 +181,12 @@ function checkOutputs(f: GenerateFlags, family: Family, subjects: string[]): str
   return names;
 }
 
+/** A PyTorch checkpoint given as --model (DiT / Skip-DiT `.pt`), not a folder. */
+const isCheckpointFile = (model: string) => /\.pth?$/i.test(model);
+
 /** The folder --model names: the embedded model, a diffusers folder, or a DiT / Skip-DiT .pt converted once (with --arch/--num-heads/--vae). */
 function modelDir(f: GenerateFlags): string {
-  const checkpoint = f.model !== undefined && /\.pth?$/i.test(f.model);
+  const checkpoint = f.model !== undefined && isCheckpointFile(f.model);
   for (const [value, flag] of [[f.arch, '--arch'], [f.numHeads, '--num-heads'], [f.vae, '--vae']] as const) {
     if (value !== undefined && !checkpoint) throw new InputError(flag, 'is for a DiT / Skip-DiT checkpoint given as --model FILE.pt', '--model FILE.pt with it', String(value));
   }
@@ -311,7 +314,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
  */
 export function modelName(dir: string, given: string | undefined): string {
   if (given === undefined || given === 'reference') return 'reference';
-  if (/\.pth?$/i.test(given)) return path.basename(given);
+  if (isCheckpointFile(given)) return path.basename(given);
   const hub = /models--([^/\\]+)[/\\]snapshots[/\\][^/\\]+[/\\]?$/.exec(path.resolve(dir));
   return hub ? hub[1].replace(/--/g, '/') : path.basename(path.resolve(dir));
 }
