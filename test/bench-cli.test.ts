@@ -111,6 +111,7 @@ test('tune: bad input gives one line naming the flag and exit 2, before any imag
     [['--model', TINY, '--out', '/nonexistent/s.json'], '--out: folder does not exist'],
     [['--epsilon', '-1'], '--epsilon expects a number ≥ 0'],
     [['--max-rounds', '0'], '--max-rounds expects an integer from 1 to 1000000, got "0"'],
+    [['--method', 'teacache', '--model', TINY, '--out', 'teacache.json'], '--model: TeaCache calibrates a transformer pipeline'],
   ];
   expectOneLineErrors('tune', cases);
 });

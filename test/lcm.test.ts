@@ -79,6 +79,8 @@ test('a guidance-distilled U-Net needs its guidance embedding, and others take n
     await rejectsInputError(() => lcm.unet.model.forward(new DryExecutor(), ...args(32)), 'timestepCond', 'time_cond_proj_dim');
     await rejectsInputError(() => lcm.unet.model.forward(new DryExecutor(), ...args(32), { timestepCond: shaped([1, 16]) }), 'timestepCond', '[1, 32]');
     await rejectsInputError(() => plain.unet.model.forward(new DryExecutor(), ...args(32), { timestepCond: shaped([1, 32]) }), 'timestepCond', 'no guidance embedding');
+    // Plans written in code must be Accelerator objects.
+    await rejectsInputError(() => lcm.generate({ prompt: 'x', steps: 2, plans: ['teacache'] as never }), 'plans', 'Accelerator objects');
     // bench --dry-run counts no CFG batch for it, whatever the guidance.
     assert.equal(macCounter({ model: path.join(FIXTURES, 'tiny-lcm-sdxl'), batch: 1, guidance: 8.5 }).cfg, false);
     assert.equal(macCounter({ model: path.join(FIXTURES, 'tiny-sdxl'), batch: 1, guidance: 8.5 }).cfg, true);
