@@ -85,8 +85,10 @@ test('bench --fidelity on a PixArt folder: span caches in the sweep, their savin
 
 test('bench: bad input gives one line naming the flag and exit 2', () => {
   const cases: [string[], string][] = [
-    [['--preset', 'sd15'], '--preset'],
-    [['--preset', 'pixart-alpha-512', '--accel', 'fora'], 'DiT presets run on seeded random weights'],
+    [['--preset', 'sd15'], '--accel: nothing to compare with the baseline'],
+    [['--preset', 'sdxl', '--accel', 'tome'], '--preset: SDXL presets have no random-weight pipeline yet'],
+    [['--preset', 'nope', '--accel', 'tome'], '--preset: unknown preset'],
+    [['--preset', 'pixart-alpha-512', '--fidelity', '--prompts', '/nonexistent/p.txt'], '/nonexistent/p.txt: cannot read the prompt file'],
     [['--preset', 'sd15', '--dry-run', '--macs', 'flops'], '--macs'],
     [['--preset', 'sd15', '--dry-run', '--accel', 'tgate:gate_step=x'], '--accel tgate:gate_step'],
     [['--model', TINY, '--preset', 'sd15', '--dry-run'], '--model/--preset'],

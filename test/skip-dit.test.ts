@@ -192,6 +192,35 @@ test('diffuse convert: one line on success, a refused folder left behind on fail
   assert.match(refused.stderr, /^diffuse: --num-heads: is for a DiT \/ Skip-DiT checkpoint given as --model FILE\.pt/);
 });
 
+test('diffuse convert --labels: class names for --class, checked against the checkpoint', (t) => {
+  const dir = tempDir(t);
+  const diffuse = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, 'bin', 'diffuse.js'), ...args], { cwd: dir, encoding: 'utf8' });
+  const labels = Object.fromEntries(Array.from({ length: 10 }, (_, i) => [String(i), `class ${i}, c${i}`]));
+  fs.writeFileSync(path.join(dir, 'labels.json'), JSON.stringify(labels));
+  fs.writeFileSync(path.join(dir, 'eleven.json'), JSON.stringify({ ...labels, 10: 'one too many' }));
+  fs.writeFileSync(path.join(dir, 'list.json'), JSON.stringify(['a', 'b']));
+  fs.writeFileSync(path.join(dir, 'broken.json'), '{"0": ');
+  const pt = path.join(SKIP_DIT, 'tiny-skip-dit.pt');
+  for (const [file, fragment] of [
+    ['eleven.json', '--labels eleven.json: class 10 is beyond the checkpoint\'s 10 classes'],
+    ['list.json', '--labels list.json: id2label: has the wrong type'],
+    ['broken.json', '--labels broken.json: not JSON'],
+    ['none.json', '--labels none.json: file not found'],
+  ]) {
+    const run = diffuse('convert', pt, '--out', 'x', '--num-heads', '2', '--labels', file);
+    assert.equal(run.status, 2, run.stderr);
+    assert.ok(run.stderr.startsWith(`diffuse: ${fragment}`), run.stderr);
+  }
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['broken.json', 'eleven.json', 'labels.json', 'list.json'], 'no folder left by a refusal');
+  assert.equal(diffuse('convert', pt, '--out', 'skip', '--num-heads', '2', '--vae', VAE, '--labels', 'labels.json').status, 0);
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'skip', 'model_index.json'), 'utf8')).id2label, labels);
+  const byName = diffuse('generate', '--model', 'skip', '--class', 'c3', '--steps', '2', '--seed', '1', '--out', 'a.png');
+  const byId = diffuse('generate', '--model', 'skip', '--class', '3', '--steps', '2', '--seed', '1', '--out', 'b.png');
+  assert.equal(byName.status, 0, byName.stderr);
+  assert.equal(byId.status, 0, byId.stderr);
+  assert.deepEqual(readImage(path.join(dir, 'a.png')).data, readImage(path.join(dir, 'b.png')).data);
+});
+
 test('whole-run MACs of Skip-Cache on Skip-DiT-XL/2 256² (50 DDIM steps, CFG) match a count by hand for N = 2…6', async (t) => {
   // calflops convention: linear and conv MACs, per call of batch 2 (CFG), 256 tokens of width 1152.
   const [D, N, B] = [1152, 256, 2];

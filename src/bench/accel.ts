@@ -14,9 +14,7 @@ import { drawLabel, labelWidth } from '../image/label.ts';
 import { encodePng } from '../image/png.ts';
 import { psnr, ssim } from '../metrics/image.ts';
 import { openRunner, type BenchRequest, type BenchResult } from './runner.ts';
-import { ensureRandomDiTFolder } from './random-folder.ts';
-import { TRANSFORMER_PRESETS } from '../models/presets.ts';
-import { own } from '../util/own.ts';
+import { checkRandomPreset, ensureRandomPresetFolder } from './random-folder.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
@@ -141,25 +139,34 @@ function comparison(a: Measured, b: Measured, labels: [string[], string[]]): { d
 }
 
 export async function bench(o: BenchOptions): Promise<void> {
-  if (o.model !== undefined) o = { ...o, model: modelFolder(o.model) };
-  if (o.fidelity) return benchFidelity(o);
-  if (o.sweep?.length) throw new InputError('--sweep', 'only with --fidelity', '--fidelity, or --accel for one setting');
-  if (o.stepsBaseline?.length) throw new InputError('--steps-baseline', 'only with --fidelity', '--fidelity');
   if ((o.model === undefined) === (o.preset === undefined)) {
-    throw new InputError('--model/--preset', 'give exactly one', '--model DIR (real runs or --dry-run) or --preset NAME (--dry-run)');
+    throw new InputError('--model/--preset', 'give exactly one', '--model DIR, or --preset NAME (seeded random weights for real runs)');
   }
-  if (!['calflops', 'full'].includes(o.macs)) throw new InputError('--macs', 'unknown convention', 'calflops or full', o.macs);
-  if (o.preset !== undefined && !o.dryRun) {
-    // DiT presets run on seeded random weights (a timing, not an image): no download needed.
-    if (own(TRANSFORMER_PRESETS, o.preset)?.pipeline !== 'DiTPipeline') {
-      throw new InputError('--preset', 'presets have no weights: only --dry-run works with them (DiT presets run on seeded random weights)', '--dry-run, or --model DIR', o.preset);
+  // Every flag is checked before a preset's random weights are written (gigabytes, minutes).
+  let prompts: string[] = [];
+  if (o.fidelity) {
+    prompts = readPromptFile(o.prompts ?? HELD_OUT_PROMPTS).slice(0, o.count);
+    if (o.dryRun) throw new InputError('--dry-run', 'not with --fidelity', 'one of them');
+    if (o.accel.length > 0) throw new InputError('--accel', 'the fidelity sweep takes its settings from --sweep', '--sweep SPEC[+SPEC...] (repeatable)');
+    for (const steps of o.stepsBaseline ?? []) {
+      if (steps >= o.steps) throw new InputError('--steps-baseline', `${steps} is not fewer than --steps ${o.steps}`, `a step count below ${o.steps}`);
     }
-    process.stderr.write(`${o.preset}: seeded random weights in ${path.join(o.cache, o.preset)} (made once)\n`);
-    o = { ...o, model: await ensureRandomDiTFolder(path.join(o.cache, o.preset), o.preset), preset: undefined };
+  } else {
+    if (o.sweep?.length) throw new InputError('--sweep', 'only with --fidelity', '--fidelity, or --accel for one setting');
+    if (o.stepsBaseline?.length) throw new InputError('--steps-baseline', 'only with --fidelity', '--fidelity');
+    if (!['calflops', 'full'].includes(o.macs)) throw new InputError('--macs', 'unknown convention', 'calflops or full', o.macs);
+    if (!o.dryRun && o.accel.length === 0) throw new InputError('--accel', 'nothing to compare with the baseline', 'at least one --accel NAME[:key=value,...]');
+    if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
+    createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
   }
-  if (!o.dryRun && o.accel.length === 0) throw new InputError('--accel', 'nothing to compare with the baseline', 'at least one --accel NAME[:key=value,...]');
-  if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
-  createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
+  if (o.model !== undefined) o = { ...o, model: modelFolder(o.model) };
+  else if (!o.dryRun) {
+    checkRandomPreset(o.preset!);
+    // Presets run on seeded random weights (a timing, not an image): no download needed.
+    process.stderr.write(`${o.preset}: seeded random weights in ${path.join(o.cache, o.preset!)} (made once)\n`);
+    o = { ...o, model: await ensureRandomPresetFolder(o.cache, o.preset!), preset: undefined };
+  }
+  if (o.fidelity) return benchFidelity(o, o.model!, prompts);
   const macs = await dryRun(o);
   if (o.dryRun) {
     if (o.json) writeOutput(o.json, JSON.stringify({ ...o, ...macs }, null, 2));
@@ -220,23 +227,16 @@ export async function bench(o: BenchOptions): Promise<void> {
   }
 }
 
-async function benchFidelity(o: BenchOptions): Promise<void> {
-  if (o.model === undefined) throw new InputError('--model', 'the fidelity sweep needs weights', 'reference or a diffusers folder');
-  if (o.dryRun) throw new InputError('--dry-run', 'not with --fidelity', 'one of them');
-  if (o.accel.length > 0) throw new InputError('--accel', 'the fidelity sweep takes its settings from --sweep', '--sweep SPEC[+SPEC...] (repeatable)');
-  for (const steps of o.stepsBaseline ?? []) {
-    if (steps >= o.steps) throw new InputError('--steps-baseline', `${steps} is not fewer than --steps ${o.steps}`, `a step count below ${o.steps}`);
-  }
-  const prompts = readPromptFile(o.prompts ?? HELD_OUT_PROMPTS).slice(0, o.count);
+async function benchFidelity(o: BenchOptions, model: string, prompts: string[]): Promise<void> {
   const options: FidelityOptions = {
-    model: o.model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads,
+    model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads,
     sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, stepBaselines: o.stepsBaseline, progress: (m) => process.stderr.write(`${m}\n`),
   };
   const result = await fidelitySweep(options);
   console.log(formatFidelity(result, options));
   if (o.json) {
     const rows = result.rows.map((r) => ({ ...r, accel: r.accel.map(formatAccelSpec) }));
-    writeOutput(o.json, JSON.stringify({ model: path.resolve(o.model), width: result.width, height: result.height, steps: o.steps,
+    writeOutput(o.json, JSON.stringify({ model: path.resolve(model), width: result.width, height: result.height, steps: o.steps,
       scheduler: o.scheduler ?? null, guidance: o.guidance, seed: o.seed, threads: o.threads ?? null, prompts, chanceAdherence: result.chanceAdherence, rows }, null, 2));
   }
 }

@@ -10,7 +10,8 @@ import { AutoencoderKL, parseAutoencoderKLConfig } from '../models/autoencoder-k
 import { ClipTextModel, parseClipTextConfig } from '../models/clip-text.ts';
 import { transformerFromConfig } from '../models/components.ts';
 import { OfficialDiT } from '../models/official-dit.ts';
-import { PRESETS, TRANSFORMER_PRESETS } from '../models/presets.ts';
+import { PRESET_NAMES, PRESETS, TRANSFORMER_PRESETS } from '../models/presets.ts';
+import { InputError } from '../errors.ts';
 import { T5EncoderModel, parseT5EncoderConfig } from '../models/t5-encoder.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
@@ -53,6 +54,27 @@ const CLASS: Record<'unet' | 'vae' | 'text_encoder', [string, string, string]> =
 
 /** The real CLIP BPE vocabulary with SD 1.5's tokenizer settings (see tools/reference/README.md). */
 const CLIP_TOKENIZER = path.resolve(import.meta.dirname, '../../assets/clip-tokenizer');
+/** The real T5 SentencePiece vocabulary as PixArt's folders ship it (spiece.model, see tools/reference/README.md). */
+const T5_TOKENIZER = path.resolve(import.meta.dirname, '../../assets/t5-tokenizer');
+
+/** Refuses before minutes of writing that a full disk would stop halfway. */
+function refuseWithoutDiskSpace(dir: string, bytes: number): void {
+  const { bavail, bsize } = fs.statfsSync(dir);
+  const free = bavail * bsize;
+  if (free < bytes * 1.05) {
+    throw new InputError('--cache', `no room for the random weights in ${dir}`, `${(bytes / 1e9).toFixed(1)} GB free`, `${(free / 1e9).toFixed(1)} GB`);
+  }
+}
+
+/**
+ * Adds components to `dir`/model_index.json, keeping the ones already there: the benchmarks fill
+ * one cache folder piece by piece (a transformer alone first, a whole pipeline later).
+ */
+function addToModelIndex(dir: string, className: string, components: Record<string, [string, string]>): void {
+  const file = path.join(dir, 'model_index.json');
+  const old = fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : {};
+  fs.writeFileSync(file, JSON.stringify({ ...old, _class_name: className, _diffusers_version: '0.40.0', ...components }, null, 2));
+}
 
 /** SD 1.5's published scheduler_config.json. */
 const SD15_SCHEDULER = {
@@ -69,10 +91,7 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
   if (!preset) throw new Error(`unknown preset ${presetName}`);
   // The cache folder must take files before minutes of weight generation, not after.
   fs.mkdirSync(dir, { recursive: true });
-  const indexFile = path.join(dir, 'model_index.json');
-  const index: Record<string, unknown> = fs.existsSync(indexFile)
-    ? JSON.parse(fs.readFileSync(indexFile, 'utf8'))
-    : { _class_name: 'StableDiffusionPipeline', _diffusers_version: '0.40.0' };
+  const index: Record<string, [string, string]> = {};
   for (const component of components) {
     if (component === 'tokenizer') {
       index.tokenizer = ['transformers', 'CLIPTokenizer'];
@@ -114,8 +133,7 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify(configJson, null, 2));
     writeSafetensors(weightsFile, tensors);
   }
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(indexFile, JSON.stringify(index, null, 2));
+  addToModelIndex(dir, 'StableDiffusionPipeline', index);
   return dir;
 }
 
@@ -146,10 +164,10 @@ export async function ensureRandomDiTFolder(dir: string, presetName: string, see
   if (!fs.existsSync(path.join(vaeDir, 'diffusion_pytorch_model.safetensors'))) await writeRandomVae(vaeDir, preset.vae, presetName, seed + 1);
   fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
   fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(preset.scheduler, null, 2));
-  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
-    _class_name: 'DiTPipeline', _diffusers_version: '0.40.0', transformer: [preset.transformerClass.startsWith('DiT') ? 'diffusion.ts' : 'diffusers', preset.transformerClass],
+  addToModelIndex(dir, 'DiTPipeline', {
+    transformer: [preset.transformerClass.startsWith('DiT') ? 'diffusion.ts' : 'diffusers', preset.transformerClass],
     vae: ['diffusers', 'AutoencoderKL'], scheduler: ['diffusers', 'DDIMScheduler'],
-  }, null, 2));
+  });
   return dir;
 }
 
@@ -177,9 +195,7 @@ export async function ensureRandomTransformerFolder(dir: string, presetName: str
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: preset.transformerClass, ...preset.transformer }, null, 2));
     writeSafetensors(weightsFile, tensors);
   }
-  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
-    _class_name: preset.pipeline, _diffusers_version: '0.40.0', transformer: ['diffusers', preset.transformerClass],
-  }, null, 2));
+  addToModelIndex(dir, preset.pipeline, { transformer: ['diffusers', preset.transformerClass] });
   return dir;
 }
 
@@ -199,6 +215,8 @@ export async function ensureRandomTextEncoderFolder(dir: string, presetName: str
   if (!fs.existsSync(index)) {
     const { source, shapes } = recordingParams();
     await new T5EncoderModel(parseT5EncoderConfig(config, presetName)).forward(new DryExecutor(source), shaped([1, 8], 'int64'), shaped([1, 8], 'int64'));
+    const bytes = [...shapes.values()].reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1) * (dtype === 'F32' ? 4 : 2), 0);
+    refuseWithoutDiskSpace(dir, bytes);
     const tensors: Record<string, TensorToWrite> = {};
     [...shapes].forEach(([name, shape], i) => {
       const values = () => randomValues(name, shape, new Rng(seed * 100_003 + i));
@@ -208,8 +226,46 @@ export async function ensureRandomTextEncoderFolder(dir: string, presetName: str
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: 'T5EncoderModel', architectures: ['T5EncoderModel'], ...config }, null, 2));
     writeShardedSafetensors(componentDir, 'model', tensors, 5e9);
   }
-  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify({
-    _class_name: preset.pipeline, _diffusers_version: '0.40.0', text_encoder: ['transformers', 'T5EncoderModel'],
-  }, null, 2));
+  addToModelIndex(dir, preset.pipeline, { text_encoder: ['transformers', 'T5EncoderModel'] });
   return dir;
+}
+
+/**
+ * Creates (once) `dir` holding a PixArt preset as a whole pipeline folder with seeded random
+ * weights: transformer and VAE, the T5-XXL text encoder (F16, 9.5 GB), the real T5 vocabulary and
+ * PixArt's DPM-Solver scheduler.
+ */
+export async function ensureRandomPixArtFolder(dir: string, presetName: string, seed = 0): Promise<string> {
+  const preset = own(TRANSFORMER_PRESETS, presetName);
+  if (!preset || preset.pipeline === 'DiTPipeline' || !preset.scheduler) throw new Error(`${presetName} is not a PixArt preset`);
+  await ensureRandomTransformerFolder(dir, presetName, seed);
+  await ensureRandomTextEncoderFolder(dir, presetName, 'F16', seed);
+  const vaeDir = path.join(dir, 'vae');
+  if (!fs.existsSync(path.join(vaeDir, 'diffusion_pytorch_model.safetensors'))) await writeRandomVae(vaeDir, preset.vae, presetName, seed + 1);
+  fs.cpSync(T5_TOKENIZER, path.join(dir, 'tokenizer'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(preset.scheduler, null, 2));
+  addToModelIndex(dir, preset.pipeline, {
+    tokenizer: ['transformers', 'T5Tokenizer'], vae: ['diffusers', 'AutoencoderKL'], scheduler: ['diffusers', String(preset.scheduler._class_name)],
+  });
+  return dir;
+}
+
+/** Refuses a preset that has no random-weight pipeline (unknown names, SDXL), before any work. */
+export function checkRandomPreset(presetName: string): void {
+  if (own(PRESETS, presetName)?.textEncoder2) {
+    throw new InputError('--preset', 'SDXL presets have no random-weight pipeline yet (two text encoders)', 'sd15 or sd21, a PixArt or DiT preset, or --dry-run', presetName);
+  }
+  if (!own(PRESETS, presetName) && !own(TRANSFORMER_PRESETS, presetName)) throw new InputError('--preset', 'unknown preset', PRESET_NAMES.join(', '), presetName);
+}
+
+/**
+ * Any preset as a whole pipeline folder with seeded random weights in `cache`/`presetName`, made
+ * once: what `bench --preset` runs (a timing at the real architecture's size, not an image).
+ */
+export async function ensureRandomPresetFolder(cache: string, presetName: string): Promise<string> {
+  checkRandomPreset(presetName);
+  const dir = path.join(cache, presetName);
+  if (own(PRESETS, presetName)) return ensureRandomPipelineFolder(dir, presetName, ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']);
+  return own(TRANSFORMER_PRESETS, presetName)!.pipeline === 'DiTPipeline' ? ensureRandomDiTFolder(dir, presetName) : ensureRandomPixArtFolder(dir, presetName);
 }

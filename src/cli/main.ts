@@ -20,6 +20,7 @@ import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { PRESET_NAMES } from '../models/presets.ts';
 import { OFFICIAL_DIT_ARCHS, convertOfficialDiT } from '../models/official-dit-checkpoint.ts';
+import { REFERENCE_NAMES } from '../pipelines/reference-model.ts';
 import { LIMITS } from '../pipelines/common.ts';
 import { MAX_THREADS } from '../runtime/ort-executor.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
@@ -142,8 +143,9 @@ export function buildProgram(): Command {
     .option('--arch <name>', `the architecture, for its head count (default: the checkpoint's args.model): ${Object.keys(OFFICIAL_DIT_ARCHS).join(', ')}`)
     .option('--num-heads <n>', 'attention heads, where the architecture is not one of those', positiveInt('--num-heads', 4096))
     .option('--vae <dir>', 'a diffusers AutoencoderKL folder to copy in (DiT uses sd-vae-ft-ema or -mse); without it the folder cannot decode images')
-    .action((file: string, opts: { out: string; arch?: string; numHeads?: number; vae?: string }) => {
-      const { config: c, source, tensors } = convertOfficialDiT(file, opts.out, { arch: opts.arch, numHeads: opts.numHeads, vae: opts.vae });
+    .option('--labels <file.json>', 'class names: a JSON object of class id → comma-separated names, kept as model_index.json\'s id2label (for --class NAME)')
+    .action((file: string, opts: { out: string; arch?: string; numHeads?: number; vae?: string; labels?: string }) => {
+      const { config: c, source, tensors } = convertOfficialDiT(file, opts.out, { arch: opts.arch, numHeads: opts.numHeads, vae: opts.vae, labels: opts.labels });
       process.stderr.write(`wrote ${opts.out}: ${c.longSkips ? 'DiT_skip' : 'DiT'}, depth ${c.depth}, width ${c.hiddenSize}, ${c.numHeads} heads, patch ${c.patchSize}, ` +
         `input ${c.sampleSize}, ${c.numClasses} classes${c.learnSigma ? ', learned sigma' : ''}; ${tensors} tensors from ${source === 'the checkpoint' ? 'the state dict' : `"${source}"`}\n`);
     });
@@ -151,7 +153,7 @@ export function buildProgram(): Command {
   program
     .command('inspect')
     .description('list components, configs, parameters and per-segment MACs of a pipeline folder or preset')
-    .argument('[dir]', 'diffusers pipeline folder (model_index.json), or "reference" (the embedded model)')
+    .argument('[dir]', `diffusers pipeline folder (model_index.json), ${REFERENCE_NAMES}`)
     .option('--preset <name>', `use a built-in config instead of a folder (${PRESET_NAMES.join(', ')}); needs no weights`)
     .option('--size <WxH>', 'image size in pixels (default: the model\'s native size)', parseSize)
     .option('--batch <n>', 'batch size', positiveInt('--batch', LIMITS.imagesPerPrompt), 1)
@@ -165,7 +167,7 @@ export function buildProgram(): Command {
   program
     .command('generate')
     .description('generate PNG images with a diffusers folder: text-to-image or image-to-image (Stable Diffusion 1.x/2.x/XL, PixArt-α/Σ), class-to-image (DiT)')
-    .option('--model <dir>', 'diffusers pipeline folder (model_index.json), or a DiT / Skip-DiT checkpoint FILE.pt; default: the embedded reference model')
+    .option('--model <dir>', `diffusers pipeline folder (model_index.json), a DiT / Skip-DiT checkpoint FILE.pt, ${REFERENCE_NAMES}; default: "reference"`)
     .option('--prompt <text>', 'what to draw')
     .option('--prompts <file>', 'one prompt per line (blank lines and # comments skipped), instead of --prompt')
     .option('--negative-prompt <text>', 'what to steer away from (classifier-free guidance)')
@@ -203,8 +205,8 @@ export function buildProgram(): Command {
   program
     .command('bench')
     .description('an accelerated setting vs. the baseline: whole-run MACs (--dry-run, no weights needed), or real runs with time, speed-up, PSNR/SSIM')
-    .option('--model <dir>', 'diffusers pipeline folder, or "reference" (the embedded model)')
-    .option('--preset <name>', `built-in config (${PRESET_NAMES.join(', ')}); with --dry-run only`)
+    .option('--model <dir>', `diffusers pipeline folder, ${REFERENCE_NAMES}`)
+    .option('--preset <name>', `built-in config (${PRESET_NAMES.join(', ')}): MACs with --dry-run, else real runs on seeded random weights (SDXL: --dry-run only)`)
     .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
     .option('--steps <n>', 'denoising steps (default 25: the TGATE paper\'s tables)', positiveInt('--steps', LIMITS.steps), 25)
     .option('--size <WxH>', 'image size in pixels, N or WxH (default: the model\'s native size)', parseSize)
@@ -216,7 +218,7 @@ export function buildProgram(): Command {
     .option('--seed <s>', 'seed shared by both settings (default 0: measurements repeat)', seed, 0)
     .option('--prompt <text>', 'prompt', 'a photo of an astronaut riding a horse on mars')
     .option('--dry-run', 'count MACs from the configs only; no weights are read, nothing runs', false)
-    .option('--cache <dir>', 'DiT presets without --dry-run: where their seeded random-weight folder is kept', '.cache/bench')
+    .option('--cache <dir>', 'presets without --dry-run: where their seeded random-weight folders are kept (PixArt: 12 GB with T5-XXL)', '.cache/bench')
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
@@ -234,7 +236,7 @@ export function buildProgram(): Command {
   program
     .command('tune')
     .description('search a method\'s discrete knobs for the images closest to the unaccelerated ones (PHAST for attn-reuse), or calibrate TeaCache\'s polynomial on a PixArt or DiT folder')
-    .option('--model <dir>', 'diffusers pipeline folder, or "reference" (default)')
+    .option('--model <dir>', `diffusers pipeline folder, ${REFERENCE_NAMES}; default: "reference"`)
     .option('--method <name>', 'method to tune (attn-reuse, teacache)', 'attn-reuse')
     .option('--steps <n>', 'denoising steps (default 20: the attention-reuse paper\'s)', positiveInt('--steps', LIMITS.steps), 20)
     .option('--reuse <r>', 'attn-reuse: model calls that reuse maps', positiveInt('--reuse'), 10)

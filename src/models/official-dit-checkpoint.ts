@@ -6,7 +6,7 @@
  * scheduler/ (DDIM, as diffusers' DiT conversion writes it) and, given `vae`, a copy of that VAE.
  *
  * The tensors tell depth, width, patch, input size, classes, learned sigma and the skip branches;
- * the head count comes from `numHeads`, else the architecture name (`arch`, or the checkpoint's
+ * the head count comes from `numHeads`, else the checkpoint's args.num_heads, else the architecture name (`arch`, or the checkpoint's
  * args.model) in the official DiT_models table — only where that entry's sizes match the tensors.
  */
 import { createHash } from 'node:crypto';
@@ -15,7 +15,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import type { PickleValue, TensorRef } from '../weights/pickle.ts';
-import { writeSafetensors } from '../weights/safetensors.ts';
+import { float32ToFloat16, writeSafetensors } from '../weights/safetensors.ts';
+import { labelTable } from '../pipelines/dit.ts';
 import { TorchCheckpoint } from '../weights/torch-checkpoint.ts';
 import { checkOfficialDiTConfig, type OfficialDiTConfig } from './official-dit.ts';
 import { DIT_SCHEDULER } from './presets.ts';
@@ -34,6 +35,8 @@ export interface ConvertOptions {
   numHeads?: number;
   /** A diffusers AutoencoderKL folder to copy in (DiT's sample.py uses stabilityai/sd-vae-ft-ema or -mse). */
   vae?: string;
+  /** A JSON file of class id → comma-separated names, written as model_index.json's id2label (as the Hub's DiT folders have it). */
+  labels?: string;
 }
 
 /** The official constructor's arguments, read off a state dict. */
@@ -56,7 +59,8 @@ export function inferOfficialDiT(tensors: Map<string, TensorRef>, args: Map<stri
   const mlpWidth = shape('blocks.0.mlp.fc1.weight')[0];
   const fromArgs = args?.get('model');
   const archName = o.arch ?? (typeof fromArgs === 'string' ? fromArgs : undefined);
-  let heads = o.numHeads;
+  const argsHeads = args?.get('num_heads');
+  let heads = o.numHeads ?? (typeof argsHeads === 'number' && Number.isInteger(argsHeads) ? argsHeads : undefined);
   if (heads === undefined) {
     const arch = archName === undefined ? undefined : Object.prototype.hasOwnProperty.call(OFFICIAL_DIT_ARCHS, archName) ? OFFICIAL_DIT_ARCHS[archName] : undefined;
     const flag = o.arch !== undefined ? '--arch' : 'the checkpoint\'s args.model';
@@ -91,11 +95,17 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
   if (fs.existsSync(out)) throw new InputError('--out', 'already exists (convert writes a new folder)', 'a path that does not exist', out);
   if (!fs.existsSync(path.dirname(path.resolve(out)))) throw new InputError('--out', 'its parent folder does not exist', 'a new folder in an existing one', out);
   if (o.vae !== undefined && !fs.existsSync(path.join(o.vae, 'config.json'))) throw new InputError('--vae', 'not a diffusers VAE folder (no config.json)', 'an AutoencoderKL folder', o.vae);
+  const id2label = o.labels === undefined ? undefined : readLabels(o.labels);
   const checkpoint = TorchCheckpoint.open(file);
   const partial = `${out}.partial-${process.pid}`;
   try {
     const { source, tensors } = checkpoint.stateDict();
     const config = inferOfficialDiT(tensors, checkpoint.args(), o, file);
+    if (id2label) {
+      const ids = Object.keys(id2label).map(Number);
+      const bad = ids.find((id) => id >= config.numClasses);
+      if (bad !== undefined) throw new InputError(`--labels ${o.labels}`, `class ${bad} is beyond the checkpoint's ${config.numClasses} classes`, `ids 0…${config.numClasses - 1}`, `${bad}`);
+    }
     fs.mkdirSync(path.join(partial, 'transformer'), { recursive: true });
     fs.mkdirSync(path.join(partial, 'scheduler'));
     const json = (p: string, v: unknown) => fs.writeFileSync(path.join(partial, p), `${JSON.stringify(v, null, 2)}\n`);
@@ -103,12 +113,15 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
       _class_name: 'DiTPipeline', _diffusers_version: '0.40.0',
       transformer: ['diffusion.ts', config.longSkips ? 'DiT_skip' : 'DiT'], scheduler: ['diffusers', 'DDIMScheduler'],
       ...(o.vae !== undefined ? { vae: ['diffusers', 'AutoencoderKL'] } : {}),
+      ...(id2label ? { id2label } : {}),
     });
     json('transformer/config.json', officialDiTConfigJson(config, { checkpoint: path.basename(file), state_dict: source }));
     json('scheduler/scheduler_config.json', DIT_SCHEDULER);
-    writeSafetensors(path.join(partial, 'transformer', 'diffusion_pytorch_model.safetensors'), Object.fromEntries([...tensors].map(([name, t]) => [name, {
-      dtype: 'F32' as const, shape: t.shape, data: () => checkpoint.readFloat32(name, t),
-    }])));
+    // Half-precision checkpoints stay half precision (exactly: F16 → F32 → F16 round-trips); the rest become F32.
+    const half = [...tensors.values()].every((t) => t.storage.dtype === 'F16');
+    writeSafetensors(path.join(partial, 'transformer', 'diffusion_pytorch_model.safetensors'), Object.fromEntries([...tensors].map(([name, t]) => [name, half
+      ? { dtype: 'F16' as const, shape: t.shape, data: () => float32ToFloat16(checkpoint.readFloat32(name, t)) }
+      : { dtype: 'F32' as const, shape: t.shape, data: () => checkpoint.readFloat32(name, t) }])));
     if (o.vae !== undefined) {
       fs.mkdirSync(path.join(partial, 'vae'));
       for (const f of fs.readdirSync(o.vae)) if (f === 'config.json' || f.endsWith('.safetensors')) fs.copyFileSync(path.join(o.vae, f), path.join(partial, 'vae', f));
@@ -123,6 +136,18 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
   }
 }
 
+/** `--labels FILE`: a JSON object of class id → comma-separated names (DiTPipeline's id2label). */
+function readLabels(file: string): Record<string, string> {
+  let value: unknown;
+  try {
+    value = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new InputError(`--labels ${file}`, (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : `not JSON (${(e as Error).message})`);
+  }
+  labelTable(value, `--labels ${file}`); // the same checks the pipeline makes when it loads the folder
+  return value as Record<string, string>;
+}
+
 /**
  * A checkpoint given where a folder is expected (`generate --model FILE.pt`): converted once into a
  * cache folder keyed by the file (path, size, modification time) and the options, then reused.
@@ -134,7 +159,7 @@ export function convertedFolder(file: string, o: ConvertOptions): string {
   } catch {
     throw new InputError(file, 'checkpoint not found');
   }
-  const key = JSON.stringify([fs.realpathSync(file), stat.size, stat.mtimeMs, o.arch ?? null, o.numHeads ?? null, o.vae === undefined ? null : path.resolve(o.vae)]);
+  const key = JSON.stringify([fs.realpathSync(file), stat.size, stat.mtimeMs, o.arch ?? null, o.numHeads ?? null, o.vae === undefined ? null : path.resolve(o.vae), o.labels === undefined ? null : path.resolve(o.labels)]);
   const root = path.join(os.tmpdir(), 'diffusion-ts-converted');
   const dir = path.join(root, createHash('sha256').update(key).digest('hex').slice(0, 24));
   if (!fs.existsSync(path.join(dir, 'model_index.json'))) {

@@ -157,6 +157,13 @@ const DIT_XL_2: Config = {
   norm_type: 'ada_norm_zero', num_attention_heads: 16, num_embeds_ada_norm: 1000, num_layers: 28, out_channels: 8, patch_size: 2, sample_size: 32,
 };
 
+/** PixArt-α's and PixArt-Σ's scheduler_config.json (DPM-Solver++ 2M on DDPM's linear betas). */
+const PIXART_SCHEDULER: Config = {
+  _class_name: 'DPMSolverMultistepScheduler', algorithm_type: 'dpmsolver++', beta_start: 0.0001, beta_end: 0.02, beta_schedule: 'linear',
+  num_train_timesteps: 1000, solver_order: 2, solver_type: 'midpoint', lower_order_final: true, prediction_type: 'epsilon', steps_offset: 0,
+  thresholding: false, use_karras_sigmas: false, trained_betas: null,
+};
+
 /** DiT's scheduler as diffusers' conversion writes it (facebook/DiT-XL-2-256), which `diffuse convert` writes too. */
 export const DIT_SCHEDULER: Config = {
   _class_name: 'DDIMScheduler', beta_start: 0.0001, beta_end: 0.02, beta_schedule: 'linear', num_train_timesteps: 1000,
@@ -171,16 +178,16 @@ const SKIP_DIT_XL_2: Config = {
 export const TRANSFORMER_PRESETS: Record<string, TransformerPreset> = {
   'pixart-alpha-1024': {
     description: 'PixArt-α 1024 (PixArt-alpha/PixArt-XL-2-1024-MS)', pipeline: 'PixArtAlphaPipeline', transformerClass: 'Transformer2DModel',
-    transformer: PIXART_TRANSFORMER, textEncoder: T5_XXL, maxSequenceLength: 120, vae: { ...SD_VAE, sample_size: 1024 },
+    transformer: PIXART_TRANSFORMER, textEncoder: T5_XXL, maxSequenceLength: 120, vae: { ...SD_VAE, sample_size: 1024 }, scheduler: PIXART_SCHEDULER,
   },
   'pixart-alpha-512': {
     description: 'PixArt-α 512 (PixArt-alpha/PixArt-XL-2-512x512)', pipeline: 'PixArtAlphaPipeline', transformerClass: 'Transformer2DModel',
-    transformer: { ...PIXART_TRANSFORMER, sample_size: 64 }, textEncoder: T5_XXL, maxSequenceLength: 120, vae: { ...SD_VAE, sample_size: 512 },
+    transformer: { ...PIXART_TRANSFORMER, sample_size: 64 }, textEncoder: T5_XXL, maxSequenceLength: 120, vae: { ...SD_VAE, sample_size: 512 }, scheduler: PIXART_SCHEDULER,
   },
   'pixart-sigma-1024': {
     description: 'PixArt-Σ 1024 (PixArt-alpha/PixArt-Sigma-XL-2-1024-MS)', pipeline: 'PixArtSigmaPipeline', transformerClass: 'PixArtTransformer2DModel',
     transformer: { ...PIXART_TRANSFORMER, interpolation_scale: 2, use_additional_conditions: false }, textEncoder: T5_XXL, maxSequenceLength: 300,
-    vae: { ...SD_VAE, sample_size: 1024, scaling_factor: 0.13025 },
+    vae: { ...SD_VAE, sample_size: 1024, scaling_factor: 0.13025 }, scheduler: PIXART_SCHEDULER,
   },
   'dit-xl-2-256': {
     description: 'DiT-XL/2 256 (facebook/DiT-XL-2-256)', pipeline: 'DiTPipeline', transformerClass: 'Transformer2DModel',

@@ -1,13 +1,27 @@
 /**
- * The embedded reference model (assets/reference-model): a small Stable Diffusion pipeline trained
- * by tools/train-reference/ on the captioned scenes of src/scenes/. It is what `generate` uses
- * without --model, and the yardstick of fidelity measurements.
+ * The embedded reference models, trained by tools/train-reference/ on the scenes of src/scenes/:
+ * - "reference" (assets/reference-model): a small Stable Diffusion pipeline, what `generate` uses
+ *   without --model and the yardstick of fidelity measurements;
+ * - "reference-dit" (assets/reference-dit): a class-conditional DiT as a diffusers DiTPipeline folder;
+ * - "reference-skip-dit" (assets/reference-skip-dit): the same trained with Skip-DiT's long skip
+ *   branches, converted from its authors' checkpoint layout (assets/reference-skip-dit.pt).
  */
 import * as path from 'node:path';
 
-export const REFERENCE_MODEL = path.resolve(import.meta.dirname, '../../assets/reference-model');
+const ASSETS = path.resolve(import.meta.dirname, '../../assets');
+export const REFERENCE_MODEL = path.join(ASSETS, 'reference-model');
 
-/** A --model value: absent or "reference" means the embedded model, anything else is a folder. */
+export const REFERENCE_MODELS: Record<string, string> = {
+  reference: REFERENCE_MODEL,
+  'reference-dit': path.join(ASSETS, 'reference-dit'),
+  'reference-skip-dit': path.join(ASSETS, 'reference-skip-dit'),
+};
+
+/** How --model help texts name them. */
+export const REFERENCE_NAMES = 'or "reference", "reference-dit", "reference-skip-dit" (the embedded models)';
+
+/** A --model value: absent means the embedded U-Net model, a reference name its folder, anything else is a folder. */
 export function modelFolder(flag: string | undefined): string {
-  return flag === undefined || flag === 'reference' ? REFERENCE_MODEL : flag;
+  if (flag === undefined) return REFERENCE_MODEL;
+  return Object.prototype.hasOwnProperty.call(REFERENCE_MODELS, flag) ? REFERENCE_MODELS[flag] : flag;
 }

@@ -6,7 +6,8 @@ About 20 s on one thread. Writes only these paths, and rerunning rewrites the sa
 same machine (seeded, one torch thread, goldens without safetensors metadata):
 - test/fixtures/tiny-pixart-alpha/  a real PixArtAlphaPipeline.save_pretrained folder (seeds 300,
   301, 302 for transformer, T5, VAE); tokenizer/ holds spiece.model, tokenizer_config.json and
-  special_tokens_map.json (no tokenizer.json) as the Hub's PixArt folders ship it;
+  special_tokens_map.json (no tokenizer.json) as the Hub's PixArt folders ship it (tokenizer/ is
+  a link to assets/t5-tokenizer, which the benchmarks' random-weight PixArt folders copy too);
 - test/fixtures/tiny-pixart-sigma/  a real PixArtSigmaPipeline.save_pretrained folder (seeds 400,
   401, 402), made to look like the published Σ folders: the transformer is saved by diffusers'
   legacy `Transformer2DModel` class (its config keeps that `_class_name` and the legacy keys;

@@ -177,12 +177,15 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
     return ema_text, ema_unet
 
 
-def loss_plot(history, path):
-    """Two panels (VAE reconstruction, U-Net epsilon MSE), log-scale loss against step, drawn with PIL."""
+LOSS_PANELS = [('vae', 'VAE reconstruction (L1 + MSE)'), ('unet', 'U-Net + text encoder: epsilon MSE')]
+
+
+def loss_plot(history, path, panels=LOSS_PANELS):
+    """Two panels (by default VAE reconstruction, U-Net epsilon MSE), log-scale loss against step, drawn with PIL."""
     width, height, pad = 900, 360, 50
     img = Image.new('RGB', (width, height), 'white')
     draw = ImageDraw.Draw(img)
-    for panel, (stage, title) in enumerate([('vae', 'VAE reconstruction (L1 + MSE)'), ('unet', 'U-Net + text encoder: epsilon MSE')]):
+    for panel, (stage, title) in enumerate(panels):
         points = [(h['step'], h['loss']) for h in history if h['stage'] == stage]
         if not points:
             continue
