@@ -18,7 +18,7 @@ import { checkRandomPreset, ensureRandomPresetFolder } from './random-folder.ts'
 import type { SchedulerName } from '../schedulers/index.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
-import { fidelitySweep, formatFidelity, type FidelityOptions } from './fidelity.ts';
+import { classPrompts, fidelitySweep, formatFidelity, type FidelityOptions } from './fidelity.ts';
 import { macCounter } from './mac-counter.ts';
 
 export interface BenchOptions {
@@ -143,9 +143,8 @@ export async function bench(o: BenchOptions): Promise<void> {
     throw new InputError('--model/--preset', 'give exactly one', '--model DIR, or --preset NAME (seeded random weights for real runs)');
   }
   // Every flag is checked before a preset's random weights are written (gigabytes, minutes).
-  let prompts: string[] = [];
+  const given = o.fidelity && o.prompts !== undefined ? readPromptFile(o.prompts).slice(0, o.count) : undefined;
   if (o.fidelity) {
-    prompts = readPromptFile(o.prompts ?? HELD_OUT_PROMPTS).slice(0, o.count);
     if (o.dryRun) throw new InputError('--dry-run', 'not with --fidelity', 'one of them');
     if (o.accel.length > 0) throw new InputError('--accel', 'the fidelity sweep takes its settings from --sweep', '--sweep SPEC[+SPEC...] (repeatable)');
     for (const steps of o.stepsBaseline ?? []) {
@@ -166,7 +165,10 @@ export async function bench(o: BenchOptions): Promise<void> {
     process.stderr.write(`${o.preset}: seeded random weights in ${path.join(o.cache, o.preset!)} (made once)\n`);
     o = { ...o, model: await ensureRandomPresetFolder(o.cache, o.preset!), preset: undefined };
   }
-  if (o.fidelity) return benchFidelity(o, o.model!, prompts);
+  if (o.fidelity) {
+    const prompts = given ?? classPrompts(o.model!, o.count) ?? readPromptFile(HELD_OUT_PROMPTS).slice(0, o.count);
+    return benchFidelity(o, o.model!, prompts);
+  }
   const macs = await dryRun(o);
   if (o.dryRun) {
     if (o.json) writeOutput(o.json, JSON.stringify({ ...o, ...macs }, null, 2));

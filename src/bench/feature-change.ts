@@ -11,7 +11,7 @@ import type { Accelerator, PlanContext, RunHooks } from '../runtime/plan.ts';
 export interface FeatureChange {
   /** The blocks' module paths, in the order the model runs them. */
   blocks: string[];
-  /** changes[i][j]: block j's change from model call i to call i + 1. */
+  /** changes[i][j]: block j's change from model call i to call i + 1 (NaN where it did not run at both). */
   changes: number[][];
 }
 
@@ -23,7 +23,7 @@ export function featureChangeRecorder(): { plan: Accelerator; result: FeatureCha
       result.blocks = model.transformerBlocks.map((b) => b.block);
     },
     begin<T extends TensorLike>({ ops }: PlanContext<T>): RunHooks<T> {
-      const previous = new Map<string, T>();
+      const previous = new Map<string, { call: number; tokens: T }>();
       return {
         async around(segment, at, next, residual) {
           const out = await next();
@@ -32,11 +32,12 @@ export function featureChangeRecorder(): { plan: Accelerator; result: FeatureCha
           const tokens = out[residual.result];
           const key = `${segment.role.block} ${segment.key}`;
           const before = previous.get(key);
-          if (before) {
+          // Only between consecutive calls: a block a cache skipped at the call before has no change to show.
+          if (before?.call === at.call - 1) {
             const row = (result.changes[at.call - 1] ??= new Array(result.blocks.length).fill(Number.NaN));
-            row[result.blocks.indexOf(segment.role.block)] = await ops.relativeL1(tokens, before);
+            row[result.blocks.indexOf(segment.role.block)] = await ops.relativeL1(tokens, before.tokens);
           }
-          previous.set(key, tokens);
+          previous.set(key, { call: at.call, tokens });
           return out;
         },
       };

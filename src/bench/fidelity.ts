@@ -13,6 +13,8 @@ import { psnr, ssim } from '../metrics/image.ts';
 import type { GeneratedImage } from '../pipelines/common.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import { openRunner, type BenchRequest } from './runner.ts';
+import { labelTable } from '../pipelines/dit.ts';
+import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { parseCaption, type SceneCaption } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { macCounter } from './mac-counter.ts';
@@ -69,6 +71,34 @@ export interface FidelityResult {
   chanceAdherence?: number;
   /** Images of the first keepImages prompts, by row label. */
   images: Map<string, GeneratedImage[]>;
+}
+
+/**
+ * A class-conditional folder's prompts when none are given: `count` classes (default all) spread
+ * over its id2label, each by the first of its names that is a caption of the scene grammar (the
+ * reference DiTs have one, so adherence is scored), else its first name. Undefined for folders
+ * without id2label.
+ */
+export function classPrompts(model: string, count?: number): string[] | undefined {
+  const folder = readPipelineFolder(model);
+  if (folder.options.id2label === undefined) return undefined;
+  const byId = new Map<number, string[]>();
+  for (const [name, id] of labelTable(folder.options.id2label, `${folder.dir}/model_index.json`)) byId.set(id, [...(byId.get(id) ?? []), name]);
+  const ids = [...byId.keys()].sort((a, b) => a - b);
+  const n = Math.min(count ?? ids.length, ids.length);
+  return Array.from({ length: n }, (_, i) => {
+    const names = byId.get(ids[Math.floor((i * ids.length) / n)])!;
+    return names.find(isCaption) ?? names[0];
+  });
+}
+
+function isCaption(text: string): boolean {
+  try {
+    parseCaption(text);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** TGATE gates at 20/40/60% of the steps, DeepCache intervals 2, 3, 5, ToMe ratios 0.3, 0.5, 0.6, attention-map reuse (HURRY) on the last 20/40/50% of the steps. */
@@ -133,6 +163,8 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
   }
 
   const pipeline = await openRunner(o.model, o.threads);
+  // A DiT takes no text: adherence is scored only where every prompt named the class generated.
+  if (!o.prompts.every((p) => pipeline.usesPrompt(p))) captions = undefined;
   const rows: FidelityRow[] = settings.map((s) => ({ ...s, seconds: 0, speedup: 0, loopSeconds: 0, loopSpeedup: 0, psnr: 0, ssim: 0, perPrompt: [] }));
   const images = new Map<string, GeneratedImage[]>(rows.map((r) => [r.label, []]));
   const baselineImages: GeneratedImage[] = [];

@@ -1,7 +1,7 @@
 /**
  * One way for the benchmarks to generate with any pipeline family a folder holds: Stable Diffusion
- * (and LCM), PixArt (at the size asked, no resolution binning) or DiT (class ids spread over its
- * classes, one per image; the prompt is not used).
+ * (and LCM), PixArt (at the size asked, no resolution binning) or DiT (the class the prompt names in
+ * the folder's id2label; for a prompt that names none, class ids spread over its classes, one per image).
  */
 import type { AccelSpec } from '../accel/index.ts';
 import type { MacCount } from '../graph/builder.ts';
@@ -52,6 +52,8 @@ export interface BenchRunner {
   defaultSize: number;
   /** A DiT's size is fixed by its configuration. */
   fixedSize?: number;
+  /** Whether a prompt conditions the image (a DiT uses it only where it names a class). */
+  usesPrompt(prompt: string): boolean;
   run(request: BenchRequest): Promise<BenchResult>;
   release(): Promise<void>;
 }
@@ -62,10 +64,13 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
     const dit = loadDiTPipeline(folder, { threads });
     const c = dit.transformer.model.config;
     const size = c.sampleSize * dit.vae.model.downsampleFactor;
-    const classes = (batch: number) => Array.from({ length: batch }, (_, i) => Math.floor((i * c.numClasses) / batch));
+    const classes = (r: BenchRequest) => {
+      const named = dit.labels.get(r.prompt);
+      return Array.from({ length: r.batch }, (_, i) => named ?? Math.floor((i * c.numClasses) / r.batch));
+    };
     return {
-      kind: 'class-to-image', classes: c.numClasses, defaultSize: size, fixedSize: size,
-      run: (r) => dit.generate({ classLabels: r.classLabels ?? classes(r.batch), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
+      kind: 'class-to-image', classes: c.numClasses, defaultSize: size, fixedSize: size, usesPrompt: (prompt) => dit.labels.has(prompt),
+      run: (r) => dit.generate({ classLabels: r.classLabels ?? classes(r), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
         accel: r.accel, plans: r.plans, output: r.output }),
       release: () => dit.release(),
     };
@@ -73,7 +78,7 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
   if (folder.className.startsWith('PixArt')) {
     const pixart = loadPixArtPipeline(folder, { threads });
     return {
-      kind: 'text-to-image', defaultSize: pixart.defaultSize,
+      kind: 'text-to-image', defaultSize: pixart.defaultSize, usesPrompt: () => true,
       run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
         imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, resolutionBinning: false }),
       release: () => pixart.release(),
@@ -81,7 +86,7 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
   }
   const sd = await loadPipeline(folder.dir, { threads });
   return {
-    kind: 'text-to-image', defaultSize: sd.defaultSize,
+    kind: 'text-to-image', defaultSize: sd.defaultSize, usesPrompt: () => true,
     run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
       imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output }),
     release: () => sd.release(),

@@ -224,7 +224,7 @@ export function buildProgram(): Command {
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
-    .option('--prompts <file>', 'with --fidelity: one prompt per line (default: the reference model\'s held-out captions)')
+    .option('--prompts <file>', 'with --fidelity: one prompt per line; for a DiT, class names (default: the reference model\'s held-out captions; for a DiT with id2label, classes spread over it)')
     .option('--count <n>', 'with --fidelity: the first N prompts only', positiveInt('--count'))
     .option('--no-fewer-steps', 'with --fidelity: no equal-MAC fewer-steps baselines')
     .option('--steps-baseline <n>', 'with --fidelity, repeatable: also the plain sampler at N steps (e.g. 13 of 20, the attention-reuse paper\'s equal-latency baseline)', (v: string, prev: number[]) => [...prev, positiveInt('--steps-baseline')(v)], [] as number[])

@@ -13,9 +13,8 @@ import { macCounter } from '../bench/mac-counter.ts';
 import { psnr } from '../metrics/image.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
-import { openRunner } from '../bench/runner.ts';
-import { polynomial, teaCacheRecorder } from '../accel/teacache.ts';
-import { computedCalls, fitPolynomial } from '../tune/teacache-calibration.ts';
+import { calibrateTeaCache } from '../tune/teacache-calibration.ts';
+import { classPrompts } from '../bench/fidelity.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { modelName } from './generate.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
@@ -47,7 +46,7 @@ export async function tune(f: TuneFlags): Promise<void> {
   if (!TUNABLE.includes(f.method)) throw new InputError('--method', 'no search for this method yet', TUNABLE.join(', '), f.method);
   if (path.extname(f.out).toLowerCase() !== '.json') throw new InputError('--out', 'must be a JSON file', 'a name ending in .json', f.out);
   if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
-  if (f.method === 'teacache') return calibrateTeaCache(f);
+  if (f.method === 'teacache') return calibrateTeaCacheCommand(f);
   const model = modelFolder(f.model);
   const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
   const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance: f.guidance }).calls(f.steps);
@@ -92,41 +91,20 @@ export async function tune(f: TuneFlags): Promise<void> {
   }
 }
 
-/** Thresholds the calibration reports the computed share of calls for. */
-const TEACACHE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2];
-
-/** TeaCache's polynomial fitted on uncached runs of a PixArt or DiT folder (prompts, or spread class ids for DiT). */
-async function calibrateTeaCache(f: TuneFlags): Promise<void> {
+/** TeaCache's polynomial fitted on uncached runs of a PixArt or DiT folder (prompts, or class names / spread class ids for DiT). */
+async function calibrateTeaCacheCommand(f: TuneFlags): Promise<void> {
   const folder = readPipelineFolder(modelFolder(f.model));
   const isDiT = folder.className === 'DiTPipeline';
   if (!isDiT && !folder.className.startsWith('PixArt')) {
     throw new InputError('--model', 'TeaCache calibrates a transformer pipeline', 'a PixArt or DiT folder', `${folder.className} at ${folder.dir}`);
   }
-  const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
-  const runs: { x: number; y: number }[][] = [];
-  const pipeline = await openRunner(folder.dir, f.threads);
-  try {
-    for (let i = 0; i < prompts.length; i++) {
-      const { plan, samples } = teaCacheRecorder();
-      // DiT: one class per run, spread over its classes.
-      const classLabels = pipeline.classes === undefined ? undefined : [Math.floor((i * pipeline.classes) / prompts.length)];
-      await pipeline.run({ prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, plans: [plan],
-        width: pipeline.defaultSize, height: pipeline.defaultSize, batch: 1, classLabels, output: 'latent' });
-      runs.push(samples);
-    }
-  } finally {
-    await pipeline.release();
-  }
-  const all = runs.flat();
-  const coefficients = fitPolynomial(all.map((s) => s.x), all.map((s) => s.y), 4);
-  const rescale = polynomial(coefficients.join(':'), 'coefficients');
-  const calls = runs[0].length + 1;
-  const table = TEACACHE_THRESHOLDS.map((threshold) => {
-    const computed = runs.reduce((sum, r) => sum + computedCalls(r.map((s) => s.x), rescale, threshold), 0) / runs.length;
-    return { rel_l1_thresh: threshold, computedCalls: computed, callSpeedup: calls / computed };
+  const prompts = f.prompts !== undefined ? readPromptFile(f.prompts).slice(0, f.count) : classPrompts(folder.dir, f.count) ?? readPromptFile(HELD_OUT_PROMPTS).slice(0, f.count);
+  const { runs, calls, coefficients, thresholds: table } = await calibrateTeaCache({
+    model: folder.dir, prompts, steps: f.steps, guidance: f.guidance, seed: f.seed, scheduler: f.scheduler, threads: f.threads,
   });
+  const all = runs.flat();
   const report = { method: 'teacache', model: modelName(folder.dir, f.model), steps: f.steps, calls, scheduler: f.scheduler ?? null, guidance: f.guidance,
-    seed: f.seed, prompts: isDiT ? undefined : prompts, samples: all, coefficients, thresholds: table };
+    seed: f.seed, prompts: isDiT && folder.options.id2label === undefined ? undefined : prompts, samples: all, coefficients, thresholds: table };
   writeFileAtomically(f.out, JSON.stringify(report, null, 1));
   console.log(`TeaCache calibration on ${report.model}: ${runs.length} runs of ${calls} model calls, ${all.length} (input change, output change) pairs`);
   console.log(`  polynomial (highest power first): ${coefficients.map((c) => c.toPrecision(6)).join(', ')}`);

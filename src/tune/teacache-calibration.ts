@@ -4,6 +4,9 @@
  * modulated-input change, as the TeaCache authors fit theirs (numpy.polyfit, degree 4), and the
  * share of calls each threshold would compute on the recorded runs.
  */
+import { polynomial, teaCacheRecorder } from '../accel/teacache.ts';
+import { openRunner } from '../bench/runner.ts';
+import type { SchedulerName } from '../schedulers/index.ts';
 
 /** Least-squares polynomial of `degree` through (x, y), numpy.polyfit's order: highest power first. */
 export function fitPolynomial(xs: number[], ys: number[], degree: number): number[] {
@@ -40,4 +43,59 @@ export function computedCalls(changes: number[], rescale: (x: number) => number,
     accumulated = 0;
   }
   return computed;
+}
+
+/** Thresholds a calibration reports the computed share of calls for. */
+export const TEACACHE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2];
+
+export interface CalibrationRequest {
+  /** A PixArt or DiT pipeline folder. */
+  model: string;
+  /** One uncached run each; for a DiT, class names (or anything: then classes spread over its classes). */
+  prompts: string[];
+  steps: number;
+  guidance: number;
+  /** Seed of the first run; the next get +1, +2, … */
+  seed: number;
+  scheduler?: SchedulerName;
+  threads?: number;
+}
+
+export interface Calibration {
+  /** Model calls per run. */
+  calls: number;
+  /** Every run's (input change, output change) pairs. */
+  runs: { x: number; y: number }[][];
+  /** numpy.polyfit's order: highest power first. */
+  coefficients: number[];
+  /** Per threshold: the calls a run computes on average, and the fewer block-stack runs that means. */
+  thresholds: { rel_l1_thresh: number; computedCalls: number; callSpeedup: number }[];
+}
+
+/** TeaCache's polynomial fitted on uncached runs of the model (degree 4, as the TeaCache authors fit theirs). */
+export async function calibrateTeaCache(r: CalibrationRequest): Promise<Calibration> {
+  const runs: { x: number; y: number }[][] = [];
+  const pipeline = await openRunner(r.model, r.threads);
+  try {
+    for (let i = 0; i < r.prompts.length; i++) {
+      const { plan, samples } = teaCacheRecorder();
+      // A DiT: the class the prompt names, else one class per run spread over its classes.
+      const spread = pipeline.classes !== undefined && !pipeline.usesPrompt(r.prompts[i]);
+      const classLabels = spread ? [Math.floor((i * pipeline.classes!) / r.prompts.length)] : undefined;
+      await pipeline.run({ prompt: r.prompts[i], seed: r.seed + i, steps: r.steps, guidanceScale: r.guidance, scheduler: r.scheduler, plans: [plan],
+        width: pipeline.defaultSize, height: pipeline.defaultSize, batch: 1, classLabels, output: 'latent' });
+      runs.push(samples);
+    }
+  } finally {
+    await pipeline.release();
+  }
+  const all = runs.flat();
+  const coefficients = fitPolynomial(all.map((s) => s.x), all.map((s) => s.y), 4);
+  const rescale = polynomial(coefficients.join(':'), 'coefficients');
+  const calls = runs[0].length + 1;
+  const thresholds = TEACACHE_THRESHOLDS.map((threshold) => {
+    const computed = runs.reduce((sum, run) => sum + computedCalls(run.map((s) => s.x), rescale, threshold), 0) / runs.length;
+    return { rel_l1_thresh: threshold, computedCalls: computed, callSpeedup: calls / computed };
+  });
+  return { calls, runs, coefficients, thresholds };
 }

@@ -5,8 +5,8 @@
 
 Class-conditional, as the DiT and Skip-DiT papers' ImageNet models are. A class is one object of
 the reference scenes (scenes.py): colour x shape x grid cell, medium size, on a random background
-(white, gray or black): 6 x 3 x 9 = 162 classes, named "red circle at the top left" (and, as a
-second name, "red circle top left"). The images are encoded by the reference model's VAE
+(white, gray or black): 6 x 3 x 9 = 162 classes, named "red circle at the top left", "red circle top
+left" and the scene grammar's caption "a red circle at the top left". The images are encoded by the reference model's VAE
 (assets/reference-model/vae, 64x64 RGB -> 16x16x4, scaled by its scaling factor), as DiT encodes
 ImageNet with SD's VAE.
 
@@ -62,7 +62,9 @@ def classes():
         for shape in scenes.SHAPES:
             for phrase, cell in scenes.GRAMMAR['positions'].items():
                 short = phrase.replace('at the ', '').replace('on the ', '').replace('in the ', '')
-                out.append((colour, shape, tuple(cell), f'{colour} {shape} {phrase}, {colour} {shape} {short}'))
+                # the last name is the scene grammar's caption, so `bench --fidelity` scores adherence to it
+                article = 'an' if colour[0] in 'aeiou' else 'a'
+                out.append((colour, shape, tuple(cell), f'{colour} {shape} {phrase}, {colour} {shape} {short}, {article} {colour} {shape} {phrase}'))
     return out
 
 
