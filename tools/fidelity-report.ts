@@ -208,8 +208,9 @@ async function ditPart(): Promise<void> {
     const sweep = [
       ...(m.name === 'Skip-DiT' ? [2, 3, 4, 5, 6].map((n) => `skip-cache:cache_interval=${n},skip_at_branch=2`) : []),
       'fora:cache_interval=2', 'fora:cache_interval=3',
-      ...(m.name === 'DiT' ? ['fbcache:residual_diff_threshold=0.05', 'fbcache:residual_diff_threshold=0.1', 'fbcache:residual_diff_threshold=0.2'] : []),
-      ...(m.name === 'DiT' ? [0.1, 0.2, 0.4].map((t) => `teacache:rel_l1_thresh=${t},coefficients=${coefficients}`) : []),
+      // One first and one last block always computed on both (a Skip-DiT's skipped span must hold both ends of its long skips).
+      ...[0.05, 0.1, 0.2].map((t) => `fbcache:residual_diff_threshold=${t},Fn_compute_blocks=1,Bn_compute_blocks=1`),
+      ...[0.1, 0.2, 0.4].map((t) => `teacache:rel_l1_thresh=${t},coefficients=${coefficients}`),
       ...gates.map((g) => `tgate:gate_step=${g},warm_up=2`),
     ].map((spec) => [parseAccelSpec(spec)]);
     const result = await fidelitySweep({ model: m.dir, prompts, steps, guidance, seed: 0, sweep, keepImages: grid, progress: (msg) => process.stderr.write(`${m.name}: ${msg}\n`) });

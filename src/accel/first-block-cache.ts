@@ -15,7 +15,7 @@ import { InputError } from '../errors.ts';
 import type { Accelerator, PlanContext, RunHooks } from '../runtime/plan.ts';
 import type { TensorLike } from '../runtime/executor.ts';
 import type { MethodDefinition } from './method.ts';
-import { SPAN_CACHE_CLAIMS, blockChain, tokenArithmetic } from './span-cache.ts';
+import { SPAN_CACHE_CLAIMS, blockChain, passedOn, tokenArithmetic } from './span-cache.ts';
 
 export type FirstBlockCacheParams = {
   residual_diff_threshold: number;
@@ -36,7 +36,7 @@ export function firstBlockCache(p: FirstBlockCacheParams): Accelerator {
     name: 'fbcache',
     ...SPAN_CACHE_CLAIMS,
     check(model) {
-      const chain = blockChain(model, 'accel fbcache');
+      const chain = blockChain(model, 'accel fbcache', { head: p.Fn_compute_blocks, tail: p.Bn_compute_blocks, knobs: 'Bn_compute_blocks = Fn_compute_blocks' });
       const depth = chain.size;
       if (p.Fn_compute_blocks + p.Bn_compute_blocks >= depth) {
         throw new InputError('accel fbcache:Fn_compute_blocks', `with Bn_compute_blocks ${p.Bn_compute_blocks} leaves no block of ${depth} to skip`,
@@ -60,7 +60,8 @@ export function firstBlockCache(p: FirstBlockCacheParams): Accelerator {
       return {
         async around(segment, at, next, residual) {
           const index = blocks.get(segment.role.block);
-          if (index === undefined || !residual) return next();
+          if (index === undefined || (!residual && !segment.role.passThrough)) return next();
+          if (!residual) return skip && index >= p.Fn_compute_blocks && index <= spanEnd ? passedOn(segment, residual) : next();
           if (at.call !== call) {
             call = at.call;
             skip = false;
@@ -91,7 +92,7 @@ export function firstBlockCache(p: FirstBlockCacheParams): Accelerator {
           if (index > spanEnd) return next();
           if (skip) {
             const end = index === spanEnd && blockEnd;
-            return { [residual.result]: end ? await sum(tokens, spanResidual!) : tokens };
+            return passedOn(segment, residual, end ? await sum(tokens, spanResidual!) : tokens);
           }
           const out = await next();
           if (index === spanEnd && blockEnd) spanResidual = await difference(out[residual.result], headOut!);

@@ -1,11 +1,13 @@
 /**
  * What the span caches (first-block-cache.ts, teacache.ts) share: they skip runs of consecutive
- * transformer blocks on a cached residual, so they need the blocks to form one chain; they add
- * and subtract token tensors on the device; TeaCache probes block 0's modulated input.
+ * transformer blocks on a cached residual, so the span must be self-contained (on a Skip-DiT: every
+ * long skip inside it or outside it, never across its edge); they answer a skipped block's
+ * segments by passing tokens on, add and subtract token tensors on the device; TeaCache probes
+ * block 0's modulated input.
  */
 import { InputError } from '../errors.ts';
-import type { Executor, TensorLike } from '../runtime/executor.ts';
-import type { SegmentVariant } from '../runtime/plan.ts';
+import type { Executor, ResidualSpec, TensorLike } from '../runtime/executor.ts';
+import type { SegmentCall, SegmentVariant } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 
 /** Claims and conflicts of a span cache (runtime/plan.ts composition). */
@@ -17,13 +19,28 @@ export const SPAN_CACHE_CLAIMS = {
   },
 } as const;
 
-/** The model's transformer blocks in order (name → index), refused unless they form one chain. */
-export function blockChain(model: ModelDeclaration, where: string): Map<string, number> {
-  if (model.kind === 'U-Net' || model.longSkips) {
-    throw new InputError(where, `the transformer blocks of this ${model.kind} are not one chain (${model.kind === 'U-Net' ? 'resnets and resolutions between them' : 'long skips join them'})`,
-      model.kind === 'U-Net' ? 'a DiT or PixArt (on U-Nets: deepcache)' : 'a DiT without long skips (on Skip-DiT: skip-cache)');
+/**
+ * The model's transformer blocks in order (name → index), refused unless the span that skips all
+ * but the first `head` and the last `tail` blocks can be replaced by one residual: a U-Net's
+ * blocks are no chain; on a Skip-DiT, block i's long skip goes to block D−1−i, which stays on the
+ * same side of the span's edges only when head = tail.
+ */
+export function blockChain(model: ModelDeclaration, where: string, span: { head: number; tail: number; knobs?: string }): Map<string, number> {
+  if (model.kind === 'U-Net') {
+    throw new InputError(where, `the transformer blocks of this ${model.kind} are not one chain (resnets and resolutions between them)`, 'a DiT or PixArt (on U-Nets: deepcache)');
+  }
+  if (model.longSkips && span.head !== span.tail) {
+    throw new InputError(where, `on a ${model.kind} a skipped span must hold both ends of every long skip it cuts: ${span.head} first and ${span.tail} last blocks always computed`,
+      `as many last blocks as first (${span.knobs ?? 'head = tail'})`);
   }
   return new Map(model.transformerBlocks.map((b, i) => [b.block, i]));
+}
+
+/** A span cache's answer for a segment of a skipped block: the residual input as the result, or a skip fusion's tokens passed on. */
+export function passedOn<T>(segment: SegmentCall<T>, residual: ResidualSpec | undefined, tokens?: T): Record<string, T> {
+  if (residual) return { [residual.result]: tokens ?? segment.inputs[residual.residual] };
+  const through = segment.role.passThrough!;
+  return { [through.output]: segment.inputs[through.input] };
 }
 
 /** a − b and a + b on the executor's device (one small segment each). */

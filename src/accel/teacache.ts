@@ -16,7 +16,7 @@ import { InputError } from '../errors.ts';
 import type { TensorLike } from '../runtime/executor.ts';
 import type { Accelerator, PlanContext, RunHooks } from '../runtime/plan.ts';
 import type { MethodDefinition } from './method.ts';
-import { SPAN_CACHE_CLAIMS, blockChain, modulatedInputProbe, tokenArithmetic } from './span-cache.ts';
+import { SPAN_CACHE_CLAIMS, blockChain, modulatedInputProbe, passedOn, tokenArithmetic } from './span-cache.ts';
 
 export type TeaCacheParams = {
   rel_l1_thresh: number;
@@ -41,7 +41,7 @@ export function teaCache(p: TeaCacheParams): Accelerator {
     name: 'teacache',
     ...SPAN_CACHE_CLAIMS,
     check(model) {
-      blocks = blockChain(model, 'accel teacache');
+      blocks = blockChain(model, 'accel teacache', { head: 0, tail: 0 });
     },
     begin<T extends TensorLike>(context: PlanContext<T>): RunHooks<T> {
       const { exec, ops, run } = context;
@@ -58,7 +58,8 @@ export function teaCache(p: TeaCacheParams): Accelerator {
       return {
         async around(segment, at, next, residual, probe) {
           const index = blocks.get(segment.role.block);
-          if (index === undefined || !residual) return next();
+          if (index === undefined || (!residual && !segment.role.passThrough)) return next();
+          if (!residual) return skip ? passedOn(segment, residual) : next();
           const tokens = segment.inputs[residual.residual];
           if (index === 0 && segment.role.blockInput !== undefined && at.call !== call) {
             call = at.call;
@@ -79,7 +80,7 @@ export function teaCache(p: TeaCacheParams): Accelerator {
             else stackInput = tokens;
           }
           const end = index === last && segment.role.layer === 'feed-forward';
-          if (skip) return { [residual.result]: end ? await sum(tokens, residualOfStack!) : tokens };
+          if (skip) return passedOn(segment, residual, end ? await sum(tokens, residualOfStack!) : tokens);
           const out = await next();
           if (end) residualOfStack = await difference(out[residual.result], stackInput!);
           return out;
@@ -114,7 +115,7 @@ export function teaCacheRecorder(): { plan: Accelerator; samples: { x: number; y
   const plan: Accelerator = {
     name: 'teacache-calibration',
     check(model) {
-      blocks = blockChain(model, '--method teacache');
+      blocks = blockChain(model, '--method teacache', { head: 0, tail: 0 });
     },
     begin<T extends TensorLike>({ ops }: PlanContext<T>): RunHooks<T> {
       const last = blocks.size - 1;

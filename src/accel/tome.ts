@@ -94,6 +94,7 @@ function tokenMerging<T extends TensorLike>(p: TomeParams, context: PlanContext<
   return {
     async variant(s: SegmentCall<T>) {
       const { role } = s;
+      if (role.layer === 'skip-fusion') return undefined; // tokens merge inside a block's sub-layers only
       if (role.blockInput && role.latentSize) {
         // The block's first sub-layer: its input is the similarity metric of the whole block.
         const tokens = s.inputs[role.blockInput];

@@ -131,7 +131,7 @@ export class OfficialDiT {
         tokens = await skips.up(tokens, async (x, skip) => {
           const fused = (await exec.run(`skip_linears.${j - half}`, (g, i) => ({
             x: g.linear(g.layerNorm(g.concat([i.x, i.skip], -1), `skip_norms.${j - half}`, 1e-6), `skip_linears.${j - half}.linear`, dim),
-          }), { x, skip })).x;
+          }), { x, skip }, { role: { block: `blocks.${j}`, layer: 'skip-fusion', latentSize: [height, width], passThrough: { input: 'x', output: 'x' } } })).x;
           return block(j, fused);
         });
       }

@@ -10,15 +10,23 @@
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { Executor, TensorLike } from './executor.ts';
 
-/** What a segment is, for plans: one sub-layer of a transformer block. */
+/**
+ * What a segment is, for plans: one sub-layer of a transformer block, or (Skip-DiT) the fusion of a
+ * block's input with its long skip, which runs before the block's first sub-layer.
+ */
 export interface SegmentRole {
   /** Module path of the transformer block, e.g. `down_blocks.1.attentions.0.transformer_blocks.0`. */
   block: string;
-  layer: 'self-attention' | 'cross-attention' | 'feed-forward';
+  layer: 'self-attention' | 'cross-attention' | 'feed-forward' | 'skip-fusion';
   /** Height and width of the model's input latent; the block's tokens are a grid downsampled from it. */
   latentSize?: [number, number];
   /** On the block's first sub-layer: the input that holds the block's input tokens [B, N, C]. */
   blockInput?: string;
+  /**
+   * On a segment without a residual: what a plan that skips the whole block answers instead of
+   * running it, the input `input` as the output `output` (a skip fusion passes its tokens on).
+   */
+  passThrough?: { input: string; output: string };
 }
 
 /** The projections an attention core works on, each built only if the core asks for it. */
