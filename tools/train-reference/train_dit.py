@@ -90,6 +90,14 @@ def encode(vae, images, batch=512):
     return torch.cat(means), torch.cat(stds)
 
 
+def diffusers_timestep_embedding(t, dim, max_period=10000):
+    """diffusers' Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=1), which its DiT uses."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - 1))
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
 def sizes(args, num_classes):
     return dict(input_size=scenes.SIZE // 4, patch_size=2, in_channels=4, hidden_size=args.hidden, depth=args.depth,
                 num_heads=args.heads, mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=num_classes, learn_sigma=True)
@@ -100,6 +108,10 @@ def train(kind, models, diffusion, labels, mean, std, scaling, args, history):
     torch.manual_seed(args.seed + 10)
     cls = models.DiT_skip if kind == 'skip-dit' else models.DiT
     model = cls(**sizes(args, len(classes())))
+    if kind == 'dit':
+        # Trained as diffusers runs it: its timestep frequencies are exp(-ln(10^4) k / (half - 1)),
+        # the official DiT's exp(-ln(10^4) k / half); the Skip-DiT keeps the official ones.
+        model.t_embedder.timestep_embedding = diffusers_timestep_embedding
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -225,7 +237,7 @@ def main():
     ap.add_argument('--batch', type=int, default=64)
     ap.add_argument('--lr', type=float, default=3e-4)
     ap.add_argument('--ema', type=float, default=0.999)
-    ap.add_argument('--only', choices=['dit', 'skip-dit'], help='train one of them (for timing runs)')
+    ap.add_argument('--only', choices=['dit', 'skip-dit'], help='train and save one of them (the log keeps the other\'s curve)')
     ap.add_argument('--threads', type=int, default=os.cpu_count())
     # bf16 autocast made a training step 11x slower here (14.2 s vs 1.3 s at batch 64, torch 2.13 CPU)
     ap.add_argument('--bf16', action='store_true', help='bf16 autocast (slower on this CPU at these sizes)')
@@ -239,48 +251,52 @@ def main():
     mean, std = encode(vae, images)
     scaling = vae.config.scaling_factor
     history, minutes = [], {}
+    id2label = {str(i): n for i, n in enumerate(names)}
+    with open(os.path.join(ROOT, 'assets', 'reference-dit-labels.json'), 'w') as f:
+        json.dump(id2label, f, indent=1)
     with tempfile.TemporaryDirectory() as tmp:
         models, diffusion_pkg = import_official(tmp)
         diffusion = diffusion_pkg.create_diffusion(timestep_respacing='')
-        trained = {}
-        for kind in ['dit', 'skip-dit']:
-            if args.only and kind != args.only:
-                continue
-            trained[kind], seconds = train(kind, models, diffusion, labels, mean, std, scaling, args, history)
-            minutes[kind] = seconds / 60
-        if args.only:
-            log(f'{args.only}: {minutes[args.only]:.1f} min for {args.steps} steps; nothing saved')
-            return
-        id2label = {str(i): n for i, n in enumerate(names)}
-        with open(os.path.join(ROOT, 'assets', 'reference-dit-labels.json'), 'w') as f:
-            json.dump(id2label, f, indent=1)
-
-        skip = trained['skip-dit']
-        run_args = argparse.Namespace(model='DiT-skip', image_size=scenes.SIZE, num_classes=len(names), depth=args.depth,
-                                      hidden_size=args.hidden, num_heads=args.heads, global_batch_size=args.batch,
-                                      global_seed=args.seed, vae='reference-model', steps=args.steps)
-        torch.save({'ema': {k: v.half() for k, v in skip.state_dict().items()}, 'args': run_args}, args.skip_dit_out)
-
-        transformer = to_diffusers(trained['dit'].state_dict(), args, len(names))
-        check_same_forward(trained['dit'], transformer, len(names))
-        pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(**DIT_SCHEDULER))
-        shutil.rmtree(args.dit_out, ignore_errors=True)
-        pipe.to(torch.float16).save_pretrained(args.dit_out, safe_serialization=True)
-        index_file = os.path.join(args.dit_out, 'model_index.json')
-        with open(index_file) as f:
-            index = json.load(f)
-        index['id2label'] = id2label
-        with open(index_file, 'w') as f:
-            json.dump(index, f, indent=2)
+        # Each model is saved as soon as it is trained: a later failure loses nothing.
+        if args.only != 'skip-dit':
+            dit, seconds = train('dit', models, diffusion, labels, mean, std, scaling, args, history)
+            minutes['dit'] = seconds / 60
+            kept = os.path.join(tempfile.gettempdir(), 'reference-dit-official.pt')
+            torch.save({'ema': dit.state_dict()}, kept)  # in the authors' layout, should the conversion below fail
+            log(f'kept the DiT in the official layout at {kept}')
+            transformer = to_diffusers(dit.state_dict(), args, len(names))
+            check_same_forward(dit, transformer, len(names))
+            pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(**DIT_SCHEDULER))
+            shutil.rmtree(args.dit_out, ignore_errors=True)
+            pipe.to(torch.float16).save_pretrained(args.dit_out, safe_serialization=True)
+            index_file = os.path.join(args.dit_out, 'model_index.json')
+            with open(index_file) as f:
+                index = json.load(f)
+            index['id2label'] = id2label
+            with open(index_file, 'w') as f:
+                json.dump(index, f, indent=2)
+            log(f'saved {args.dit_out}')
+        if args.only != 'dit':
+            skip, seconds = train('skip-dit', models, diffusion, labels, mean, std, scaling, args, history)
+            minutes['skip-dit'] = seconds / 60
+            run_args = argparse.Namespace(model='DiT-skip', image_size=scenes.SIZE, num_classes=len(names), depth=args.depth,
+                                          hidden_size=args.hidden, num_heads=args.heads, global_batch_size=args.batch,
+                                          global_seed=args.seed, vae='reference-model', steps=args.steps)
+            torch.save({'ema': {k: v.half() for k, v in skip.state_dict().items()}, 'args': run_args}, args.skip_dit_out)
+            log(f'saved {args.skip_dit_out}')
     total = time.time() - began
-    log(f'saved {args.dit_out} and {args.skip_dit_out} after {total / 60:.1f} min')
-    with open(f'{args.log}-log.json', 'w') as f:
-        json.dump({'command': ' '.join(sys.argv), 'settings': vars(args), 'minutes': total / 60, 'training_minutes': minutes,
-                   'torch': torch.__version__, 'history': history}, f)
+    log_file = f'{args.log}-log.json'
+    old = json.load(open(log_file)) if args.only and os.path.exists(log_file) else {}
+    runs = old.get('runs', []) + [{'command': ' '.join(sys.argv), 'settings': vars(args), 'minutes': total / 60, 'training_minutes': minutes,
+                                   'torch': torch.__version__}]
+    history = [h for h in old.get('history', []) if h['stage'] not in minutes] + history
+    with open(log_file, 'w') as f:
+        json.dump({'runs': runs, 'history': history}, f)
     loss_plot(history, f'{args.log}-loss.png', [('dit', 'DiT: epsilon MSE + VB'), ('skip-dit', 'Skip-DiT: epsilon MSE + VB')])
-    pipe = DiTPipeline.from_pretrained(args.dit_out, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    sample_grid(pipe, names, f'{args.log}-samples.png')
+    if args.only != 'skip-dit':
+        pipe = DiTPipeline.from_pretrained(args.dit_out, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        sample_grid(pipe, names, f'{args.log}-samples.png')
     log('wrote the log, the loss plot and the sample grid')
 
 
