@@ -10,16 +10,19 @@ left" and the scene grammar's caption "a red circle at the top left". The images
 (assets/reference-model/vae, 64x64 RGB -> 16x16x4, scaled by its scaling factor), as DiT encodes
 ImageNet with SD's VAE.
 
-Both models are the official code: Skip-DiT's class-to-image/models.py (DiT and DiT_skip, read from
-the git mirror as tools/reference/make_skip_dit_fixtures.py reads it) trained with its diffusion
-package's training_losses (learned sigma: epsilon MSE + the variational bound, 1000 linear-beta
-steps), label dropout 10% for classifier-free guidance, AdamW, EMA. The same seed, data stream,
-noise, depth, width and steps for both; the only difference is DiT_skip's long skip branches.
+Both models are the official code: Skip-DiT's class-to-image/models.py (DiT and DiT_skip, read from the
+git mirror as tools/reference/make_skip_dit_fixtures.py reads it) trained with its diffusion package's
+training_losses (learned sigma: epsilon MSE + the variational bound, 1000 linear-beta steps), label
+dropout 10% for classifier-free guidance, AdamW, EMA. The same seed, data stream, noise, depth, width
+and steps for both; the differences are DiT_skip's long skip branches and, so that each model equals
+the layout it is published in, the DiT's timestep frequencies (diffusers' /(half-1) instead of the
+official /half).
 
-Writes:
+Writes, each model as soon as it is trained (`--only dit|skip-dit`: one of them):
   assets/reference-dit/        the DiT as a diffusers DiTPipeline folder (the official weights mapped
                                to DiTTransformer2DModel and checked against the official forward), the
-                               reference VAE, DiT's DDIM scheduler, id2label in model_index.json;
+                               reference VAE, DiT's DDIM scheduler, id2label in model_index.json (and
+                               the official-layout weights in <tmp>/reference-dit-official.pt);
   assets/reference-skip-dit.pt the Skip-DiT as Skip-DiT's train.py saves it ({"ema", "args"}: the
                                "model" and "opt" entries are left out to keep it small), float16;
   assets/reference-dit-labels.json  id2label for `diffuse convert --labels`;
@@ -44,7 +47,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, 'tools', 'reference'))
 import scenes  # noqa: E402
 from make_skip_dit_fixtures import import_official  # noqa: E402
-from train import loss_plot, log, lr_at, to_tensor  # noqa: E402
+from train import encode_pool, loss_plot, log, lr_at  # noqa: E402
 
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -78,16 +81,6 @@ def render_pool(seed, per_class):
             images.append(scenes.render(scene, rng))
             labels.append(label)
     return torch.tensor(labels), np.stack(images)
-
-
-@torch.no_grad()
-def encode(vae, images, batch=512):
-    means, stds = [], []
-    for i in range(0, len(images), batch):
-        d = vae.encode(to_tensor(images[i:i + batch])).latent_dist
-        means.append(d.mean)
-        stds.append(d.std)
-    return torch.cat(means), torch.cat(stds)
 
 
 def diffusers_timestep_embedding(t, dim, max_period=10000):
@@ -248,7 +241,7 @@ def main():
     log(f'rendering {args.per_class} scenes for each of {len(names)} classes')
     labels, images = render_pool(args.seed, args.per_class)
     vae = AutoencoderKL.from_pretrained(VAE_DIR, torch_dtype=torch.float32).eval()
-    mean, std = encode(vae, images)
+    mean, std = encode_pool(vae, images)
     scaling = vae.config.scaling_factor
     history, minutes = [], {}
     id2label = {str(i): n for i, n in enumerate(names)}
