@@ -88,16 +88,16 @@ export function classPrompts(model: string, count?: number): string[] | undefine
   const n = Math.min(count ?? ids.length, ids.length);
   return Array.from({ length: n }, (_, i) => {
     const names = byId.get(ids[Math.floor((i * ids.length) / n)])!;
-    return names.find(isCaption) ?? names[0];
+    return names.find((name) => sceneCaption(name) !== undefined) ?? names[0];
   });
 }
 
-function isCaption(text: string): boolean {
+/** The prompt as a caption of the scene grammar, or undefined. */
+function sceneCaption(text: string): SceneCaption | undefined {
   try {
-    parseCaption(text);
-    return true;
+    return parseCaption(text);
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -135,15 +135,9 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult> {
   if (o.prompts.length === 0) throw new InputError('--prompts', 'no prompts', 'at least one prompt');
-  let captions: SceneCaption[] | undefined = [];
-  for (const p of o.prompts) {
-    try {
-      captions.push(parseCaption(p));
-    } catch {
-      captions = undefined; // not the scene grammar: no adherence scores
-      break;
-    }
-  }
+  // Prompts outside the scene grammar get no adherence scores.
+  const parsed = o.prompts.map(sceneCaption);
+  let captions = parsed.every((c) => c !== undefined) ? (parsed as SceneCaption[]) : undefined;
   const counter = macCounter({ model: o.model, size: o.size, scheduler: o.scheduler, batch: 1, guidance: o.guidance });
   const baseMacs = calflopsMacs((await counter.count(o.steps, [])).total);
   const settings: Omit<FidelityRow, 'seconds' | 'speedup' | 'loopSeconds' | 'loopSpeedup' | 'psnr' | 'ssim' | 'adherence' | 'perPrompt'>[] = [
