@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import type { PickleValue, TensorRef } from '../weights/pickle.ts';
 import { float32ToFloat16, writeSafetensors } from '../weights/safetensors.ts';
-import { labelTable } from '../pipelines/dit.ts';
+import { labelTable } from '../weights/diffusers-folder.ts';
 import { TorchCheckpoint } from '../weights/torch-checkpoint.ts';
 import { checkOfficialDiTConfig, type OfficialDiTConfig } from './official-dit.ts';
 import { DIT_SCHEDULER } from './presets.ts';

@@ -8,7 +8,7 @@
  * multiplied by the initial sigma, and each step starts from the scaled model input.
  */
 import * as ort from 'onnxruntime-node';
-import { describe, InputError } from '../errors.ts';
+import { InputError } from '../errors.ts';
 import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
@@ -17,7 +17,7 @@ import { OfficialDiT } from '../models/official-dit.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
-import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
   type GeneratedImage, type Latents,
@@ -52,26 +52,6 @@ export interface DiTResult {
   denoiserMacs: MacCount;
   timings: { denoising: number; decoding: number };
   warnings: string[];
-}
-
-/**
- * DiTPipeline's label table: every comma-separated name of id2label, stripped, to its id; a name
- * listed under several ids keeps the last one in the file's key order, which diffusers writes
- * sorted as strings ("0", "1", "10", …) — JSON.parse would order integer keys numerically.
- */
-export function labelTable(id2label: unknown, where: string): Map<string, number> {
-  if (typeof id2label !== 'object' || id2label === null || Array.isArray(id2label)) {
-    throw new InputError(`${where}: id2label`, 'has the wrong type', 'an object of class id → names', describe(id2label));
-  }
-  const labels = new Map<string, number>();
-  for (const id of Object.keys(id2label).sort()) {
-    const names = (id2label as Record<string, unknown>)[id];
-    if (!/^\d+$/.test(id) || typeof names !== 'string') {
-      throw new InputError(`${where}: id2label.${id}`, 'is not a class', 'a numeric id mapped to comma-separated names', describe(names));
-    }
-    for (const name of names.split(',')) labels.set(name.trim(), Number(id));
-  }
-  return labels;
 }
 
 export class DiTPipeline {

@@ -269,3 +269,23 @@ export function readComponentConfig(folder: PipelineFolder, component: string): 
   const where = path.join(entry.dir, configFileName(entry));
   return { config: readJsonObject(where), where };
 }
+
+/**
+ * DiTPipeline's label table: every comma-separated name of id2label, stripped, to its id; a name
+ * listed under several ids keeps the last one in the file's key order, which diffusers writes
+ * sorted as strings ("0", "1", "10", …) — JSON.parse would order integer keys numerically.
+ */
+export function labelTable(id2label: unknown, where: string): Map<string, number> {
+  if (typeof id2label !== 'object' || id2label === null || Array.isArray(id2label)) {
+    throw new InputError(`${where}: id2label`, 'has the wrong type', 'an object of class id → names', describe(id2label));
+  }
+  const labels = new Map<string, number>();
+  for (const id of Object.keys(id2label).sort()) {
+    const names = (id2label as Record<string, unknown>)[id];
+    if (!/^\d+$/.test(id) || typeof names !== 'string') {
+      throw new InputError(`${where}: id2label.${id}`, 'is not a class', 'a numeric id mapped to comma-separated names', describe(names));
+    }
+    for (const name of names.split(',')) labels.set(name.trim(), Number(id));
+  }
+  return labels;
+}
