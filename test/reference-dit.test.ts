@@ -1,8 +1,8 @@
 /**
- * The embedded transformer reference (tools/train-reference/train_dit.py): the Skip-DiT equals
- * the official DiT_skip on its checkpoint, the
- * committed converted folder is what `diffuse convert` makes of that checkpoint, `generate` takes
- * it by name with class names, and it draws the class asked for (goldens from
+ * The embedded transformer references (tools/train-reference/train_dit.py): the DiT folder samples
+ * as diffusers' DiTPipeline does, the Skip-DiT equals the official DiT_skip on its checkpoint and its
+ * committed converted folder is what `diffuse convert` makes of that checkpoint; `generate` takes
+ * both by name with class names, and they draw the class asked for (goldens from
  * tools/train-reference/make_dit_reference_goldens.py).
  */
 import { test } from 'node:test';
@@ -24,10 +24,31 @@ import { tempDir } from './helpers/files.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const GOLDENS = path.join(import.meta.dirname, 'fixtures', 'goldens');
+const DIT = REFERENCE_MODELS['reference-dit'];
 const SKIP_DIT = REFERENCE_MODELS['reference-skip-dit'];
 /** Measured when the models were trained (docs/REFERENCE_MODEL.md); chance is far lower. */
 const ADHERENCE_FLOOR = 0.4;
-const MODELS = ['reference-skip-dit']; // the DiT twin lands with issue 15's next increment
+const MODELS = ['reference-dit', 'reference-skip-dit'];
+
+test('reference DiT samples as diffusers\' DiTPipeline: 10 DDIM steps, guidance 4, two classes, from the same latents', async (t) => {
+  const goldens = SafetensorsFile.open(path.join(GOLDENS, 'reference-dit.safetensors'));
+  const pipeline = loadDiTPipeline(readPipelineFolder(DIT));
+  try {
+    const classLabels = JSON.parse(goldens.metadata.class_labels) as number[];
+    const result = await pipeline.generate({
+      classLabels, steps: Number(goldens.metadata.steps), guidanceScale: Number(goldens.metadata.guidance_scale),
+      latents: { data: goldens.readFloat32('latents_in'), dims: [classLabels.length, 4, 16, 16] },
+    });
+    const err = assertClose(result.latents.data, goldens.readFloat32('latents_out'), 1e-3, 'latents');
+    const expected = goldens.readFloat32('image');
+    const diff = result.images[0].data.reduce((m, v, i) => Math.max(m, Math.abs(v - expected[i])), 0);
+    assert.ok(diff < 1e-3, `image max |diff| ${diff}`);
+    t.diagnostic(`latents relative error ${err.toExponential(2)}, image max |diff| ${diff.toExponential(2)}`);
+  } finally {
+    goldens.close();
+    await pipeline.release();
+  }
+});
 
 test('reference Skip-DiT equals the official DiT_skip forward; its folder is `diffuse convert` of its checkpoint', async (t) => {
   const goldens = SafetensorsFile.open(path.join(GOLDENS, 'reference-skip-dit.safetensors'));

@@ -2,8 +2,9 @@
  * The embedded reference models, trained by tools/train-reference/ on the scenes of src/scenes/:
  * - "reference" (assets/reference-model): a small Stable Diffusion pipeline, what `generate` uses
  *   without --model and the yardstick of fidelity measurements;
- * - "reference-skip-dit" (assets/reference-skip-dit): a class-conditional DiT with Skip-DiT's long
- *   skip branches, converted from its authors' checkpoint layout (assets/reference-skip-dit.pt).
+ * - "reference-dit" (assets/reference-dit): a class-conditional DiT, a diffusers DiTPipeline folder;
+ * - "reference-skip-dit" (assets/reference-skip-dit): its twin with Skip-DiT's long skip branches,
+ *   trained the same way, converted from its authors' checkpoint layout (assets/reference-skip-dit.pt).
  */
 import * as path from 'node:path';
 
@@ -12,11 +13,12 @@ export const REFERENCE_MODEL = path.join(ASSETS, 'reference-model');
 
 export const REFERENCE_MODELS: Record<string, string> = {
   reference: REFERENCE_MODEL,
+  'reference-dit': path.join(ASSETS, 'reference-dit'),
   'reference-skip-dit': path.join(ASSETS, 'reference-skip-dit'),
 };
 
 /** How --model help texts name them. */
-export const REFERENCE_NAMES = 'or "reference", "reference-skip-dit" (the embedded models)';
+export const REFERENCE_NAMES = 'or "reference", "reference-dit", "reference-skip-dit" (the embedded models)';
 
 /** A --model value: absent means the embedded U-Net model, a reference name its folder, anything else is a folder. */
 export function modelFolder(flag: string | undefined): string {

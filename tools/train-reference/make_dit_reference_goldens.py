@@ -36,10 +36,15 @@ def dit_goldens():
     pipe.set_progress_bar_config(disable=True)
     latents = torch.randn(len(CLASSES), 4, 16, 16, generator=torch.Generator().manual_seed(3000))
     pipeline_dit.randn_tensor = lambda shape, **_: latents.clone().reshape(shape)
+    # DiTPipeline always decodes: the final latents are what it hands the VAE, times the scaling factor.
+    decoded = []
+    decode = pipe.vae.decode
+    pipe.vae.decode = lambda z, *a, **k: decoded.append(z.clone()) or decode(z, *a, **k)
     with torch.no_grad():
-        out = pipe(class_labels=CLASSES, num_inference_steps=10, guidance_scale=4.0, output_type='latent').images
-        image = pipe.vae.decode(out[:1] / pipe.vae.config.scaling_factor).sample
-    save_file({'latents_in': latents, 'latents_out': out.contiguous(), 'image': (image / 2 + 0.5).clamp(0, 1).contiguous()},
+        images = pipe(class_labels=CLASSES, num_inference_steps=10, guidance_scale=4.0, output_type='np').images
+    out = decoded[0] * pipe.vae.config.scaling_factor
+    image = torch.from_numpy(images[:1]).permute(0, 3, 1, 2)
+    save_file({'latents_in': latents, 'latents_out': out.contiguous(), 'image': image.contiguous()},
               os.path.join(GOLDENS, 'reference-dit.safetensors'), metadata={'class_labels': json.dumps(CLASSES), 'steps': '10', 'guidance_scale': '4'})
 
 

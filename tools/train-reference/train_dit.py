@@ -54,6 +54,9 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 VAE_DIR = os.path.join(ROOT, 'assets', 'reference-model', 'vae')
 # DiT's scheduler as diffusers' DiT conversion writes it (src/models/presets.ts DIT_SCHEDULER).
+# The class table has ImageNet's 1000 rows (only the first 162 are drawn in training) so that the null
+# class is row 1000, the one diffusers' DiTPipeline hard-codes for classifier-free guidance.
+CLASS_TABLE = 1000
 DIT_SCHEDULER = dict(beta_start=0.0001, beta_end=0.02, beta_schedule='linear', num_train_timesteps=1000, clip_sample=False,
                      set_alpha_to_one=True, steps_offset=0, prediction_type='epsilon')
 
@@ -100,7 +103,7 @@ def train(kind, models, diffusion, labels, mean, std, scaling, args, history):
     """One model; every random draw comes from generators seeded alike for both kinds."""
     torch.manual_seed(args.seed + 10)
     cls = models.DiT_skip if kind == 'skip-dit' else models.DiT
-    model = cls(**sizes(args, len(classes())))
+    model = cls(**sizes(args, CLASS_TABLE))
     if kind == 'dit':
         # Trained as diffusers runs it: its timestep frequencies are exp(-ln(10^4) k / (half - 1)),
         # the official DiT's exp(-ln(10^4) k / half); the Skip-DiT keeps the official ones.
@@ -226,9 +229,9 @@ def main():
     ap.add_argument('--depth', type=int, default=12)
     ap.add_argument('--hidden', type=int, default=128)
     ap.add_argument('--heads', type=int, default=4)
-    ap.add_argument('--steps', type=int, default=1800)
-    ap.add_argument('--batch', type=int, default=64)
-    ap.add_argument('--lr', type=float, default=3e-4)
+    ap.add_argument('--steps', type=int, default=4500)
+    ap.add_argument('--batch', type=int, default=32)
+    ap.add_argument('--lr', type=float, default=6e-4)
     ap.add_argument('--ema', type=float, default=0.999)
     ap.add_argument('--only', choices=['dit', 'skip-dit'], help='train and save one of them (the log keeps the other\'s curve)')
     ap.add_argument('--threads', type=int, default=os.cpu_count())
@@ -257,8 +260,8 @@ def main():
             kept = os.path.join(tempfile.gettempdir(), 'reference-dit-official.pt')
             torch.save({'ema': dit.state_dict()}, kept)  # in the authors' layout, should the conversion below fail
             log(f'kept the DiT in the official layout at {kept}')
-            transformer = to_diffusers(dit.state_dict(), args, len(names))
-            check_same_forward(dit, transformer, len(names))
+            transformer = to_diffusers(dit.state_dict(), args, CLASS_TABLE)
+            check_same_forward(dit, transformer, CLASS_TABLE)
             pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(**DIT_SCHEDULER))
             shutil.rmtree(args.dit_out, ignore_errors=True)
             pipe.to(torch.float16).save_pretrained(args.dit_out, safe_serialization=True)
@@ -272,7 +275,7 @@ def main():
         if args.only != 'dit':
             skip, seconds = train('skip-dit', models, diffusion, labels, mean, std, scaling, args, history)
             minutes['skip-dit'] = seconds / 60
-            run_args = argparse.Namespace(model='DiT-skip', image_size=scenes.SIZE, num_classes=len(names), depth=args.depth,
+            run_args = argparse.Namespace(model='DiT-skip', image_size=scenes.SIZE, num_classes=CLASS_TABLE, depth=args.depth,
                                           hidden_size=args.hidden, num_heads=args.heads, global_batch_size=args.batch,
                                           global_seed=args.seed, vae='reference-model', steps=args.steps)
             torch.save({'ema': {k: v.half() for k, v in skip.state_dict().items()}, 'args': run_args}, args.skip_dit_out)
