@@ -36,7 +36,7 @@ const { values } = parseArgs({
   options: {
     part: { type: 'string', default: 'unet' },
     count: { type: 'string', default: '24' }, steps: { type: 'string', default: '25' }, guidance: { type: 'string', default: '5' }, grid: { type: 'string', default: '4' },
-    'dit-count': { type: 'string', default: '12' }, 'dit-steps': { type: 'string', default: '50' }, 'dit-guidance': { type: 'string', default: '4' },
+    'dit-count': { type: 'string', default: '24' }, 'dit-steps': { type: 'string', default: '50' }, 'dit-guidance': { type: 'string', default: '4' },
   },
 });
 
@@ -243,14 +243,25 @@ async function ditPart(): Promise<void> {
 
   // The claim: Skip-Cache on the Skip-DiT against the plain DiT's best cache at the same MAC ratio.
   const [dit, skip] = results;
-  const ditCaches = dit.result.rows.filter((r) => r.kind === 'method' && CACHES.has(r.accel[0].method)).map((r) => [r.spentRatio ?? r.macRatio, r.psnr] as [number, number]);
-  const margins: number[] = [];
+  // Means of per-image dB hide how caching fails here: most images stay within 40-60 dB, a few flip to
+  // another picture (~10 dB, SSIM < 0.5), and one flip in 12 moves the mean by 3 dB. So the claim is
+  // judged on the mean, the median and the count of flipped images.
+  const ditCaches = dit.result.rows.filter((r) => r.kind === 'method' && CACHES.has(r.accel[0].method));
+  const ditMean = ditCaches.map((r) => [r.spentRatio ?? r.macRatio, r.psnr] as [number, number]);
+  const ditMedian = ditCaches.map((r) => [r.spentRatio ?? r.macRatio, medianPsnr(r)] as [number, number]);
+  const margins = { mean: [] as number[], median: [] as number[] };
+  const signed = (d: number) => `${d >= 0 ? '+' : ''}${d.toFixed(2)} dB`;
   const claim = skip.result.rows.filter((r) => r.kind === 'method' && r.accel[0].method === 'skip-cache').map((r) => {
     const ratio = r.spentRatio ?? r.macRatio;
-    const other = frontierAt(ditCaches, ratio);
-    if (other !== undefined) margins.push(r.psnr - other);
+    const other = frontierAt(ditMean, ratio);
+    const otherMedian = frontierAt(ditMedian, ratio);
+    if (other !== undefined) margins.mean.push(r.psnr - other);
+    if (otherMedian !== undefined) margins.median.push(medianPsnr(r) - otherMedian);
+    const flips = flipped(r);
+    const ditFlips = ditCaches.filter((d) => (d.spentRatio ?? d.macRatio) >= ratio).map(flipped);
     return `| \`${r.label}\` | ${ratio.toFixed(2)}× | ${r.loopSpeedup.toFixed(2)}× | ${r.psnr.toFixed(2)} | ${other === undefined ? 'no DiT cache saves as much' : other.toFixed(2)} | ` +
-      `${other === undefined ? '-' : `${(r.psnr - other) >= 0 ? '+' : ''}${(r.psnr - other).toFixed(2)} dB`} |`;
+      `${other === undefined ? '-' : signed(r.psnr - other)} | ${medianPsnr(r).toFixed(2)} | ${otherMedian === undefined ? '-' : otherMedian.toFixed(2)} | ` +
+      `${otherMedian === undefined ? '-' : signed(medianPsnr(r) - otherMedian)} | ${flips} | ${ditFlips.length ? Math.min(...ditFlips) : '-'} |`;
   });
   const changeRow = (c: number[]) => c.map((v) => v.toFixed(3)).join(' | ');
   const tableOf = ({ name, result, coefficients }: (typeof results)[number]) => [
@@ -273,10 +284,12 @@ async function ditPart(): Promise<void> {
     tableOf(skip),
     '',
     '**Skip-DiT\'s claim at equal cost.** Skip-Cache on the Skip-DiT against the best of FORA, First-Block-Cache and TeaCache on the plain DiT, at the',
-    'same ratio of MACs spent (the DiT\'s best PSNR at that ratio, interpolated along its frontier):',
+    'same ratio of MACs spent (the DiT\'s best PSNR at that ratio, interpolated along its frontier), by mean and by median PSNR',
+    'over the classes; "flipped": images that became another picture (SSIM under 0.5 against their own uncached image), for the',
+    'Skip-DiT setting and for the DiT cache saving at least as much with the fewest:',
     '',
-    '| Skip-DiT setting | MACs spent × | loop × | PSNR dB | plain DiT\'s best cache at that ratio | Skip-DiT ahead by |',
-    '|---|---|---|---|---|---|',
+    '| Skip-DiT setting | MACs spent × | loop × | mean PSNR dB | DiT\'s best (mean) | ahead by | median PSNR dB | DiT\'s best (median) | ahead by | flipped | DiT flipped |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
     ...claim,
     '',
     verdict(margins),
@@ -307,14 +320,30 @@ async function ditPart(): Promise<void> {
 }
 
 /** The claim in one sentence, from the margins of the table above it. */
-function verdict(margins: number[]): string {
-  if (margins.length === 0) return '**Verdict:** no plain-DiT cache saves as much as any Skip-Cache setting, so there is nothing to compare at equal cost.';
-  const ahead = margins.filter((m) => m > 0).length;
-  const mean = margins.reduce((a, b) => a + b, 0) / margins.length;
-  const range = `${Math.min(...margins).toFixed(2)} to ${Math.max(...margins).toFixed(2)} dB`;
-  const answer = ahead === margins.length ? 'yes' : ahead === 0 ? 'no' : 'not everywhere';
-  return `**Verdict: ${answer}.** Skip-Cache on the Skip-DiT is ahead of the plain DiT's best cache at equal MACs in ${ahead} of ${margins.length} ` +
-    `settings, by ${mean >= 0 ? '+' : ''}${mean.toFixed(2)} dB on average (${range}).`;
+function verdict(margins: { mean: number[]; median: number[] }): string {
+  if (margins.mean.length === 0) return '**Verdict:** no plain-DiT cache saves as much as any Skip-Cache setting, so there is nothing to compare at equal cost.';
+  const summary = (m: number[]) => {
+    const ahead = m.filter((d) => d > 0).length;
+    const average = m.reduce((a, b) => a + b, 0) / m.length;
+    return { ahead, answer: ahead === m.length ? 'yes' : ahead === 0 ? 'no' : 'not everywhere',
+      text: `ahead in ${ahead} of ${m.length} settings, by ${average >= 0 ? '+' : ''}${average.toFixed(2)} dB on average (${Math.min(...m).toFixed(2)} to ${Math.max(...m).toFixed(2)} dB)` };
+  };
+  const [mean, median] = [summary(margins.mean), summary(margins.median)];
+  const answer = mean.answer === median.answer ? mean.answer : 'not everywhere';
+  return `**Verdict: ${answer}.** Against the plain DiT's best cache at equal MACs, Skip-Cache on the Skip-DiT is, by mean PSNR, ${mean.text}; ` +
+    `by median PSNR, ${median.text}.`;
+}
+
+/** Median PSNR over the images of a row (identical images left out, as the mean leaves them out). */
+function medianPsnr(row: FidelityRow): number {
+  const v = row.perPrompt.map((p) => p.psnr).filter(Number.isFinite).sort((a, b) => a - b);
+  if (!v.length) return Infinity;
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+}
+
+/** Images that became another picture: SSIM against their own baseline under 0.5. */
+function flipped(row: FidelityRow): number {
+  return row.perPrompt.filter((p) => p.ssim < 0.5).length;
 }
 
 function ditTable(result: FidelityResult): string {

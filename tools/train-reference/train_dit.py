@@ -308,7 +308,7 @@ def main():
     history = [h for h in old.get('history', []) if h['stage'] not in minutes] + history
     with open(log_file, 'w') as f:
         json.dump({'runs': runs, 'history': history}, f)
-    loss_plot(history, f'{args.log}-loss.png', [('dit', 'DiT: epsilon MSE + VB'), ('skip-dit', 'Skip-DiT: epsilon MSE + VB')])
+    loss_plot(history, f'{args.log}-loss.png', [('dit', 'DiT: weighted epsilon MSE + VB'), ('skip-dit', 'Skip-DiT: weighted epsilon MSE + VB')])
     if args.only != 'skip-dit':
         pipe = DiTPipeline.from_pretrained(args.dit_out, torch_dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
