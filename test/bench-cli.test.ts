@@ -65,6 +65,14 @@ test('bench on PixArt and DiT folders: adaptive methods show the MACs their runs
     '--out', path.join(dir, 'dit.png'));
   assert.equal(dit.status, 0, dit.stderr);
   assert.match(dit.stdout, /class-to-image/);
+  assert.match(dit.stdout, /CFG 4,/, 'without --guidance, the DiT pipeline\'s own default, as generate uses');
+});
+
+test('tune without --guidance: the pipeline\'s own default (DiT 4), written to its report', (t) => {
+  const out = path.join(tempDir(t), 'teacache.json');
+  const run = diffuse('tune', '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-dit'), '--method', 'teacache', '--steps', '10', '--count', '1', '--out', out);
+  assert.equal(run.status, 0, run.stderr);
+  assert.equal(JSON.parse(fs.readFileSync(out, 'utf8')).guidance, 4);
 });
 
 test('bench --fidelity on a PixArt folder: span caches in the sweep, their savings in the MACs the runs spent', (t) => {
@@ -116,4 +124,11 @@ test('tune: bad input gives one line naming the flag and exit 2, before any imag
     [['--method', 'teacache', '--model', TINY, '--out', 'teacache.json'], '--model: TeaCache calibrates a transformer pipeline'],
   ];
   expectOneLineErrors('tune', cases);
+});
+
+test('tune --method teacache with too few model calls for the polynomial: one line naming --steps, no report', (t) => {
+  const out = path.join(tempDir(t), 'teacache.json');
+  expectOneLineErrors('tune', [[['--method', 'teacache', '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-dit'), '--steps', '4', '--count', '1', '--out', out],
+    '--steps: 3 (input change, output change) pairs cannot fit TeaCache\'s degree-4 polynomial']]);
+  assert.ok(!fs.existsSync(out));
 });

@@ -16,7 +16,9 @@ import { psnr, ssim } from '../metrics/image.ts';
 import { openRunner, type BenchRequest, type BenchResult } from './runner.ts';
 import { checkRandomPreset, ensureRandomPresetFolder } from './random-folder.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
+import { pipelineDefaults } from '../pipelines/common.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
+import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import { classPrompts, fidelitySweep, formatFidelity, type FidelityOptions } from './fidelity.ts';
 import { macCounter } from './mac-counter.ts';
@@ -31,7 +33,8 @@ export interface BenchOptions {
   runs: number;
   warmup: number;
   scheduler?: SchedulerName;
-  guidance: number;
+  /** Absent: the pipeline's default. */
+  guidance?: number;
   seed: number;
   prompt: string;
   dryRun: boolean;
@@ -61,7 +64,7 @@ interface MacSetting {
 }
 
 /** Whole-run denoiser MACs of the baseline and of the accelerated setting, from configs only. */
-async function dryRun(o: BenchOptions): Promise<{ calls: number; settings: MacSetting[] }> {
+async function dryRun(o: Resolved): Promise<{ calls: number; settings: MacSetting[] }> {
   const counter = macCounter(o);
   const { width, height } = counter;
   const calls = counter.calls(o.steps);
@@ -92,7 +95,7 @@ interface Measured {
   result: BenchResult;
 }
 
-async function measure(o: BenchOptions, setting: string, request: BenchRequest, run: (r: BenchRequest) => Promise<BenchResult>): Promise<Measured> {
+async function measure(o: Resolved, setting: string, request: BenchRequest, run: (r: BenchRequest) => Promise<BenchResult>): Promise<Measured> {
   for (let w = 0; w < o.warmup; w++) {
     process.stderr.write(`${setting}: warm-up run ${w + 1}/${o.warmup} (creates ORT sessions)...\n`);
     await run(request);
@@ -138,6 +141,9 @@ function comparison(a: Measured, b: Measured, labels: [string[], string[]]): { d
   return { data: out, width, height };
 }
 
+/** The options once --guidance has its default. */
+type Resolved = BenchOptions & { guidance: number };
+
 export async function bench(o: BenchOptions): Promise<void> {
   if ((o.model === undefined) === (o.preset === undefined)) {
     throw new InputError('--model/--preset', 'give exactly one', '--model DIR, or --preset NAME (seeded random weights for real runs)');
@@ -165,6 +171,12 @@ export async function bench(o: BenchOptions): Promise<void> {
     process.stderr.write(`${o.preset}: seeded random weights in ${path.join(o.cache, o.preset!)} (made once)\n`);
     o = { ...o, model: await ensureRandomPresetFolder(o.cache, o.preset!), preset: undefined };
   }
+  // Without --guidance, the pipeline's own default, as `generate` uses; a preset's dry run only counts
+  // MACs, for which every default (all > 1) runs the CFG batch alike.
+  return benchResolved({ ...o, guidance: o.guidance ?? (o.model !== undefined ? pipelineDefaults(readPipelineFolder(o.model).className).guidanceScale : 7.5) }, given);
+}
+
+async function benchResolved(o: Resolved, given: string[] | undefined): Promise<void> {
   if (o.fidelity) {
     const prompts = given ?? classPrompts(o.model!, o.count) ?? readPromptFile(HELD_OUT_PROMPTS).slice(0, o.count);
     return benchFidelity(o, o.model!, prompts);
@@ -229,7 +241,7 @@ export async function bench(o: BenchOptions): Promise<void> {
   }
 }
 
-async function benchFidelity(o: BenchOptions, model: string, prompts: string[]): Promise<void> {
+async function benchFidelity(o: Resolved, model: string, prompts: string[]): Promise<void> {
   const options: FidelityOptions = {
     model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads,
     sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, stepBaselines: o.stepsBaseline, progress: (m) => process.stderr.write(`${m}\n`),

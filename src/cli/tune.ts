@@ -16,6 +16,7 @@ import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion
 import { calibrateTeaCache } from '../tune/teacache-calibration.ts';
 import { classPrompts } from '../bench/fidelity.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { pipelineDefaults } from '../pipelines/common.ts';
 import { modelName } from './generate.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
@@ -30,7 +31,8 @@ export interface TuneFlags {
   prompts?: string;
   count?: number;
   epsilon: number;
-  guidance: number;
+  /** Absent: the pipeline's default. */
+  guidance?: number;
   seed: number;
   scheduler?: SchedulerName;
   threads?: number;
@@ -46,16 +48,18 @@ export async function tune(f: TuneFlags): Promise<void> {
   if (!TUNABLE.includes(f.method)) throw new InputError('--method', 'no search for this method yet', TUNABLE.join(', '), f.method);
   if (path.extname(f.out).toLowerCase() !== '.json') throw new InputError('--out', 'must be a JSON file', 'a name ending in .json', f.out);
   if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
-  if (f.method === 'teacache') return calibrateTeaCacheCommand(f);
   const model = modelFolder(f.model);
+  // Without --guidance, the pipeline's own default, as `generate` uses.
+  const guidance = f.guidance ?? pipelineDefaults(readPipelineFolder(model).className).guidanceScale;
+  if (f.method === 'teacache') return calibrateTeaCacheCommand({ ...f, guidance });
   const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
-  const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance: f.guidance }).calls(f.steps);
+  const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance }).calls(f.steps);
   if (f.reuse <= 0 || f.reuse >= calls) throw new InputError('--reuse', `must leave computing calls in a run of ${calls} model calls`, `1 … ${calls - 1}`, String(f.reuse));
 
   const pipeline = await loadPipeline(model, { threads: f.threads });
   try {
     const request = (i: number, accel: AccelSpec[] = []) => ({
-      prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, accel,
+      prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: guidance, scheduler: f.scheduler, accel,
     });
     const baseline: GeneratedImage[] = [];
     for (let i = 0; i < prompts.length; i++) baseline.push((await pipeline.generate(request(i))).images[0]);
@@ -71,7 +75,7 @@ export async function tune(f: TuneFlags): Promise<void> {
     const save = (rounds: readonly Round<number[]>[], finished: boolean) => {
       const last = rounds[rounds.length - 1];
       const report = {
-        method: f.method, model: path.resolve(model), steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance: f.guidance,
+        method: f.method, model: path.resolve(model), steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance,
         seed: f.seed, prompts, epsilon: f.epsilon, finished, evaluations, psnr: last.objective, hurryPsnr: rounds[0].objective,
         schedule: last.state, rounds: rounds.map((r) => ({ ...r, state: r.state.join('') })),
       };
@@ -92,7 +96,7 @@ export async function tune(f: TuneFlags): Promise<void> {
 }
 
 /** TeaCache's polynomial fitted on uncached runs of a PixArt or DiT folder (prompts, or class names / spread class ids for DiT). */
-async function calibrateTeaCacheCommand(f: TuneFlags): Promise<void> {
+async function calibrateTeaCacheCommand(f: TuneFlags & { guidance: number }): Promise<void> {
   const folder = readPipelineFolder(modelFolder(f.model));
   const isDiT = folder.className === 'DiTPipeline';
   if (!isDiT && !folder.className.startsWith('PixArt')) {

@@ -21,6 +21,7 @@ import { getComponent, labelTable, readComponentConfig, type PipelineFolder } fr
 import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
   type GeneratedImage, type Latents,
+  pipelineDefaults,
 } from './common.ts';
 import { scheduleStart } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
@@ -94,8 +95,9 @@ export class DiTPipeline {
     const model = this.transformer.model;
     const c = model.config;
     const ids = this.classIds(request.classLabels);
-    const steps = intOption(request.steps, 50, 'steps', 1, LIMITS.steps);
-    const guidance = numberOption(request.guidanceScale, 4, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
+    const defaults = pipelineDefaults(this.folder.className);
+    const steps = intOption(request.steps, defaults.steps, 'steps', 1, LIMITS.steps);
+    const guidance = numberOption(request.guidanceScale, defaults.guidanceScale, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
     const seed = seedOf(request.seed);
     const cfg = guidance > 1;
     const batch = ids.length;

@@ -26,6 +26,7 @@ import { getComponent, readComponentConfig, type PipelineFolder } from '../weigh
 import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
+  pipelineDefaults,
 } from './common.ts';
 import type { MacCount } from '../graph/builder.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
@@ -169,8 +170,9 @@ export class PixArtPipeline {
     const model = this.transformer.model;
     const c = model.config;
     const prompts = list(request.prompt, 'prompt');
-    const steps = intOption(request.steps, 20, 'steps', 1, LIMITS.steps);
-    const guidance = numberOption(request.guidanceScale, 4.5, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
+    const defaults = pipelineDefaults(this.folder.className);
+    const steps = intOption(request.steps, defaults.steps, 'steps', 1, LIMITS.steps);
+    const guidance = numberOption(request.guidanceScale, defaults.guidanceScale, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
     const perPrompt = intOption(request.imagesPerPrompt, 1, 'imagesPerPrompt', 1, LIMITS.imagesPerPrompt);
     const maxLength = intOption(request.maxSequenceLength, this.defaultMaxSequenceLength, 'maxSequenceLength', 1, LIMITS.maxSequenceLength);
     const factor = this.vae.model.downsampleFactor;

@@ -19,6 +19,7 @@ import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
   Acceleration, BatchNoise, checkAborted, macsSince, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
   type GeneratedImage, type Latents, type PromptRequest,
+  pipelineDefaults,
 } from './common.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
@@ -143,7 +144,7 @@ export class StableDiffusionPipeline {
   async generate(request: GenerateRequest): Promise<GenerateResult> {
     const warnings: string[] = [];
     const prompts = list(request.prompt, 'prompt');
-    const defaults = this.folder.className === 'LatentConsistencyModelPipeline' ? LCM_DEFAULTS : SD_DEFAULTS;
+    const defaults = pipelineDefaults(this.folder.className);
     const steps = intOption(request.steps, defaults.steps, 'steps', 1, LIMITS.steps);
     const guidance = numberOption(request.guidanceScale, defaults.guidanceScale, 'guidanceScale', -LIMITS.guidanceScale, LIMITS.guidanceScale);
     const rescale = numberOption(request.guidanceRescale, 0, 'guidanceRescale', 0, 1);
@@ -297,8 +298,6 @@ export class StableDiffusionPipeline {
 const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline', 'LatentConsistencyModelPipeline'];
 
 /** Default steps and guidance scale, as diffusers' pipelines have them. */
-const SD_DEFAULTS = { steps: 50, guidanceScale: 7.5 };
-const LCM_DEFAULTS = { steps: 4, guidanceScale: 8.5 };
 
 /**
  * diffusers' get_guidance_scale_embedding in float32: sin and cos of (1000·w) times `dim`/2

@@ -7,6 +7,10 @@
 import { polynomial, teaCacheRecorder } from '../accel/teacache.ts';
 import { openRunner } from '../bench/runner.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
+import { InputError } from '../errors.ts';
+
+/** The TeaCache authors fit degree 4 (numpy.polyfit). */
+const DEGREE = 4;
 
 /** Least-squares polynomial of `degree` through (x, y), numpy.polyfit's order: highest power first. */
 export function fitPolynomial(xs: number[], ys: number[], degree: number): number[] {
@@ -90,7 +94,11 @@ export async function calibrateTeaCache(r: CalibrationRequest): Promise<Calibrat
     await pipeline.release();
   }
   const all = runs.flat();
-  const coefficients = fitPolynomial(all.map((s) => s.x), all.map((s) => s.y), 4);
+  if (all.length < DEGREE + 1) {
+    throw new InputError('steps', `${all.length} (input change, output change) pairs cannot fit TeaCache's degree-${DEGREE} polynomial`,
+      `at least ${DEGREE + 1} (a run of N model calls gives N − 1): more steps or more prompts`, `${r.steps} steps × ${r.prompts.length} prompts`);
+  }
+  const coefficients = fitPolynomial(all.map((s) => s.x), all.map((s) => s.y), DEGREE);
   const rescale = polynomial(coefficients.join(':'), 'coefficients');
   const calls = runs[0].length + 1;
   const thresholds = TEACACHE_THRESHOLDS.map((threshold) => {
