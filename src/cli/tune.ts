@@ -15,7 +15,7 @@ import { modelFolder } from '../pipelines/reference-model.ts';
 import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
 import { calibrateTeaCache } from '../tune/teacache-calibration.ts';
 import { classPrompts } from '../bench/fidelity.ts';
-import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import { pipelineDefaults } from '../pipelines/common.ts';
 import { modelName } from './generate.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
@@ -50,8 +50,9 @@ export async function tune(f: TuneFlags): Promise<void> {
   if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
   const model = modelFolder(f.model);
   // Without --guidance, the pipeline's own default, as `generate` uses.
-  const guidance = f.guidance ?? pipelineDefaults(readPipelineFolder(model).className).guidanceScale;
-  if (f.method === 'teacache') return calibrateTeaCacheCommand({ ...f, guidance });
+  const folder = readPipelineFolder(model);
+  const guidance = f.guidance ?? pipelineDefaults(folder.className).guidanceScale;
+  if (f.method === 'teacache') return calibrateTeaCacheCommand({ ...f, guidance }, folder);
   const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
   const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance }).calls(f.steps);
   if (f.reuse <= 0 || f.reuse >= calls) throw new InputError('--reuse', `must leave computing calls in a run of ${calls} model calls`, `1 … ${calls - 1}`, String(f.reuse));
@@ -96,8 +97,7 @@ export async function tune(f: TuneFlags): Promise<void> {
 }
 
 /** TeaCache's polynomial fitted on uncached runs of a PixArt or DiT folder (prompts, or class names / spread class ids for DiT). */
-async function calibrateTeaCacheCommand(f: TuneFlags & { guidance: number }): Promise<void> {
-  const folder = readPipelineFolder(modelFolder(f.model));
+async function calibrateTeaCacheCommand(f: TuneFlags & { guidance: number }, folder: PipelineFolder): Promise<void> {
   const isDiT = folder.className === 'DiTPipeline';
   if (!isDiT && !folder.className.startsWith('PixArt')) {
     throw new InputError('--model', 'TeaCache calibrates a transformer pipeline', 'a PixArt or DiT folder', `${folder.className} at ${folder.dir}`);

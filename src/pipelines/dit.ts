@@ -20,8 +20,7 @@ import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
-  type GeneratedImage, type Latents,
-  pipelineDefaults,
+  pipelineDefaults, type GeneratedImage, type Latents,
 } from './common.ts';
 import { scheduleStart } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';

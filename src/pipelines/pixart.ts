@@ -25,8 +25,7 @@ import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf, type AccelReport,
-  type GeneratedImage, type Latents, type PromptRequest,
-  pipelineDefaults,
+  pipelineDefaults, type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
 import type { MacCount } from '../graph/builder.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';

@@ -18,8 +18,7 @@ import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
   Acceleration, BatchNoise, checkAborted, macsSince, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
-  type GeneratedImage, type Latents, type PromptRequest,
-  pipelineDefaults,
+  pipelineDefaults, type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
@@ -297,7 +296,6 @@ export class StableDiffusionPipeline {
 
 const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline', 'LatentConsistencyModelPipeline'];
 
-/** Default steps and guidance scale, as diffusers' pipelines have them. */
 
 /**
  * diffusers' get_guidance_scale_embedding in float32: sin and cos of (1000·w) times `dim`/2
