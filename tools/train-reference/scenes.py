@@ -124,13 +124,21 @@ def training_batch(rng, batch):
 
 def held_out_captions(seed, count):
     """Distinct held-out captions, every object with its position stated (so all of it can be checked)."""
+    return held_out_batch(seed, count, draw=False)[0]
+
+
+def held_out_batch(seed, count, draw=True):
+    """(captions, uint8 images) of distinct held-out scenes with every position stated; images None without draw."""
     rng = np.random.default_rng(seed)
-    out = []
-    while len(out) < count:
+    render_rng = np.random.default_rng(seed + 1)
+    captions, images = [], []
+    while len(captions) < count:
         scene = sample_scene(rng)
         for o in scene['objects']:
             o['position_stated'] = True
         text = caption(scene)
-        if is_held_out(text) and text not in out:
-            out.append(text)
-    return out
+        if is_held_out(text) and text not in captions:
+            captions.append(text)
+            if draw:
+                images.append(render(scene, render_rng))
+    return captions, np.stack(images) if draw else None
