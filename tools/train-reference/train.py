@@ -133,6 +133,12 @@ def ema_update(ema, model, decay):
             e.lerp_(p, 1 - decay)
 
 
+def x0_weight(alpha_bar, cap):
+    """Weight of the epsilon MSE per sample: high-noise steps decide layout, colour and class but have the
+    smallest epsilon error, so weigh them as the x0 error, capped: (1 - alpha_bar) / alpha_bar in [1, cap]."""
+    return ((1 - alpha_bar) / alpha_bar).clamp(1, cap)
+
+
 GAIN_TIMESTEPS = (300, 500, 700, 900)
 
 
@@ -160,7 +166,7 @@ def caption_gain(text_encoder, unet, probe, empty, alphas):
     return gains
 
 
-def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, history, probe=None):
+def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, history, probe):
     torch.manual_seed(args.seed + 3)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     unet = UNet2DConditionModel(**UNET_CONFIG)
@@ -174,8 +180,7 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [''])[0]
-    if probe:
-        probe = (tokenize(tokenizer, probe[0]), probe[1])
+    probe = (tokenize(tokenizer, probe[0]), probe[1])
     rng = np.random.default_rng(args.seed + 4)
     gen = torch.Generator().manual_seed(args.seed + 5)
     start = time.time()
@@ -193,10 +198,7 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
             context = text_encoder(batch_ids).last_hidden_state
             pred = unet(noisy, t, context).sample
-        # High-noise steps decide layout and colour but have the smallest epsilon error: weight them
-        # as the x0 error, capped ((1 - alpha_bar) / alpha_bar clamped to [1, snr_cap]).
-        weight = ((1 - a) / a).clamp(1, args.snr_cap)
-        loss = (weight * (pred.float() - noise) ** 2).mean()
+        loss = (x0_weight(a, args.snr_cap) * (pred.float() - noise) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -209,7 +211,7 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
         if step % 100 == 0 or step == args.unet_steps - 1:
             recent = [h['loss'] for h in history[-10:] if h['stage'] == 'unet']
             log(f'unet step {step}/{args.unet_steps}: loss {np.mean(recent):.4f}, {time.time() - start:.0f} s')
-        if probe and (step + 1) % args.gain_every == 0:
+        if (step + 1) % args.gain_every == 0:
             gains = caption_gain(text_encoder, unet, probe, empty, alphas)
             history.append({'stage': 'gain', 'step': step + 1, 'gain': gains})
             log('caption gain (epsilon MSE, empty - captioned) / empty: ' + ', '.join(f't={t}: {g:.4f}' for t, g in gains.items()))

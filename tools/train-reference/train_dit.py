@@ -49,7 +49,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, 'tools', 'reference'))
 import scenes  # noqa: E402
 from make_skip_dit_fixtures import import_official  # noqa: E402
-from train import encode_pool, loss_plot, log, lr_at  # noqa: E402
+from train import encode_pool, loss_plot, log, lr_at, x0_weight  # noqa: E402
 
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -137,11 +137,8 @@ def train(kind, models, diffusion, labels, mean, std, scaling, args, history):
         # label dropout (class_dropout_prob) draws from torch's global generator: seed it per step
         torch.manual_seed(args.seed * 100_003 + step)
         terms = diffusion.training_losses(autocast_model, x, t, dict(y=labels[pick]), noise=noise)
-        # The epsilon MSE is tiny at high noise, where the class decides the picture: weigh it up to
-        # the x0 error there, capped (weight (1 - alpha_bar) / alpha_bar clamped to [1, snr_cap]).
         alpha_bar = torch.from_numpy(diffusion.alphas_cumprod).float()[t]
-        weight = ((1 - alpha_bar) / alpha_bar).clamp(1, args.snr_cap)
-        loss = (weight * terms['mse'] + terms['vb']).mean()
+        loss = (x0_weight(alpha_bar, args.snr_cap) * terms['mse'] + terms['vb']).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
