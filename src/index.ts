@@ -4,7 +4,8 @@ export { GraphBuilder, Value, calflopsMacs, fullMacs, type MacCount, type ParamS
 export { OrtExecutor, type Device, type RuntimeOptions } from './runtime/ort-executor.ts';
 export { DryExecutor, shapeOnlyParams } from './runtime/dry-executor.ts';
 export { shaped, type Executor, type SegmentBuild, type SegmentReport, type TensorLike } from './runtime/executor.ts';
-export { SafetensorsFile, parseSafetensorsHeader, writeSafetensors, type TensorInfo } from './weights/safetensors.ts';
+export { SafetensorsFile, parseSafetensorsHeader, type TensorInfo } from './weights/safetensors.ts';
+export { writeSafetensors } from './weights/safetensors-write.ts';
 export { readPipelineFolder, readComponentConfig, openComponentWeights, WeightSet, type PipelineFolder } from './weights/diffusers-folder.ts';
 export { loadUNet, loadVae, loadTextEncoder, loadTransformer, loadT5Encoder, type DiffusionTransformer, type LoadedComponent, type LoadOptions } from './models/components.ts';
 export { PixArtTransformer2DModel, parsePixArtConfig, type PixArtConfig } from './models/pixart-transformer-2d.ts';

@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decode } from 'fast-png';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
-import { SafetensorsFile, writeSafetensors } from '../src/weights/safetensors.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { writeSafetensors } from '../src/weights/safetensors-write.ts';
 import { tempDir } from './helpers/files.ts';
 import { pngText } from './helpers/png.ts';
 

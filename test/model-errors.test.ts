@@ -12,7 +12,8 @@ import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
-import { SafetensorsFile, writeSafetensors, type TensorToWrite, type WritableDType } from '../src/weights/safetensors.ts';
+import { SafetensorsFile } from '../src/weights/safetensors.ts';
+import { writeSafetensors, type TensorToWrite, type WritableDType } from '../src/weights/safetensors-write.ts';
 import { assertClose } from './helpers/compare.ts';
 import { tempDir, throwsInputError, writeJson, rejectsInputError } from './helpers/files.ts';
 

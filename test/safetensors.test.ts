@@ -2,10 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  SafetensorsFile, bfloat16ToFloat32, float16ToFloat32, float32ToFloat16, parseSafetensorsHeader,
-  writeSafetensors, writeShardedSafetensors,
-} from '../src/weights/safetensors.ts';
+import { SafetensorsFile, bfloat16ToFloat32, float16ToFloat32, float32ToFloat16, parseSafetensorsHeader } from '../src/weights/safetensors.ts';
+import { writeSafetensors, writeShardedSafetensors } from '../src/weights/safetensors-write.ts';
 import { openComponentWeights } from '../src/weights/diffusers-folder.ts';
 import { rawSafetensors, tempDir, throwsInputError } from './helpers/files.ts';
 

@@ -9,7 +9,8 @@ import * as ort from 'onnxruntime-node';
 import { loadTextEncoder } from '../src/models/components.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
-import { SafetensorsFile, float16ToFloat32, float32ToFloat16, writeSafetensors, type TensorToWrite } from '../src/weights/safetensors.ts';
+import { SafetensorsFile, float16ToFloat32, float32ToFloat16 } from '../src/weights/safetensors.ts';
+import { writeSafetensors, type TensorToWrite } from '../src/weights/safetensors-write.ts';
 import { assertClose } from './helpers/compare.ts';
 import { tempDir } from './helpers/files.ts';
 

@@ -23,7 +23,8 @@ import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-fo
 import type { Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
-import { SafetensorsFile, writeSafetensors } from '../weights/safetensors.ts';
+import { SafetensorsFile } from '../weights/safetensors.ts';
+import { writeSafetensors } from '../weights/safetensors-write.ts';
 import { own } from '../util/own.ts';
 
 export interface GenerateFlags {

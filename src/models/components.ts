@@ -2,8 +2,8 @@
  * Opens one component of a diffusers pipeline folder as a model: checks its class is one we
  * implement, parses its config, and binds its safetensors weights.
  */
-import * as path from 'node:path';
 import { InputError } from '../errors.ts';
+import { joinPath } from '../io/files.ts';
 import type { ParamSource } from '../graph/builder.ts';
 import { getComponent, openComponentWeights, readComponentConfig, type PipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
 import { weightParams } from '../weights/params.ts';
@@ -37,7 +37,7 @@ function open<M>(
 ): LoadedComponent<M> {
   const entry = getComponent(folder, component);
   if (!classes.includes(entry.className)) {
-    throw new InputError(`${path.join(folder.dir, 'model_index.json')}: ${component}`, 'unsupported component class',
+    throw new InputError(`${joinPath(folder.dir, 'model_index.json')}: ${component}`, 'unsupported component class',
       classes.join(' or '), entry.className);
   }
   const { config, where } = readComponentConfig(folder, component);

@@ -5,8 +5,8 @@
  * request says otherwise) are refused with the estimate, instead of failing in ONNX Runtime
  * minutes later.
  */
-import * as os from 'node:os';
 import { InputError } from '../errors.ts';
+import { totalMemory } from '../io/files.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
@@ -44,7 +44,7 @@ function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: 
   if (limit !== undefined && !(typeof limit === 'number' && Number.isFinite(limit) && limit > 0)) {
     throw new InputError('memoryLimit', 'wrong value', 'a positive number of bytes', String(limit));
   }
-  const max = limit ?? os.totalmem();
+  const max = limit ?? totalMemory();
   if (estimate.bytes <= max) return;
   const scores = estimate.largest.attentionScoreBytes > estimate.largest.bytes / 2 ? ` of which attention scores ${gib(estimate.largest.attentionScoreBytes)}` : '';
   throw new InputError(what, `needs about ${gib(estimate.bytes)} at its peak (weights ${gib(estimate.weightBytes)}, ` +

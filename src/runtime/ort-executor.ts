@@ -3,13 +3,11 @@
  * ORT as bytes whose weights are external data pointing straight into the component's
  * safetensors files, so weights are never converted or copied on disk.
  */
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
 import { GraphBuilder, addMacs, zeroMacs, type MacCount, type ParamSource } from '../graph/builder.ts';
-import { encodeModel } from '../graph/onnx-proto.ts';
+import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
+import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
 
@@ -41,8 +39,8 @@ export interface SessionPolicy {
  * Whether to keep a component's sessions: not when its weights, as the float32 the sessions hold
  * them in, would take more than a quarter of the machine's memory.
  */
-export function retainSessionsFor(float32Bytes: number, totalMemory = os.totalmem()): boolean {
-  return float32Bytes <= totalMemory / 4;
+export function retainSessionsFor(float32Bytes: number, memory = totalMemory()): boolean {
+  return float32Bytes <= memory / 4;
 }
 
 interface CompiledSegment {
@@ -145,14 +143,22 @@ export class OrtExecutor implements Executor<ort.Tensor> {
  * run as fast; the whole encoding 50 s → 28 s from F16 weights.
  */
 export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
-  // ORT refuses external data whose resolved path leaves the folder it is given, so symlinked
-  // weights (the Hugging Face cache: snapshots/<rev>/unet/x.safetensors → ../../blobs/<sha>)
-  // are named by their real paths.
-  const realPaths = new Map(g.weightFiles().map((f) => [f, fs.realpathSync(f)]));
-  const folders = new Set([...realPaths.values()].map((f) => path.dirname(f)));
-  if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
-  const folder = folders.values().next().value ?? process.cwd();
-  const bytes = encodeModel(g.toModel((file) => path.basename(realPaths.get(file) ?? file)));
+  let bytes: Uint8Array;
+  let folder: string | undefined;
+  if (g.weightFiles().some(isMounted)) {
+    // Weights from a mounted source (HTTP, picked files) travel inside the model: ORT cannot
+    // open them, and only this segment's tensors are fetched.
+    bytes = encodeModel(await inlineWeights(g.toModel((file) => file)));
+  } else {
+    // ORT refuses external data whose resolved path leaves the folder it is given, so symlinked
+    // weights (the Hugging Face cache: snapshots/<rev>/unet/x.safetensors → ../../blobs/<sha>)
+    // are named by their real paths.
+    const realPaths = new Map(g.weightFiles().map((f) => [f, realPath(f)]));
+    const folders = new Set([...realPaths.values()].map((f) => dirName(f)));
+    if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
+    folder = folders.values().next().value;
+    bytes = encodeModel(g.toModel((file) => baseName(realPaths.get(file) ?? file)));
+  }
   const device = options.device ?? 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
     executionProviders: device === 'webgpu' ? ['webgpu', 'cpu'] : ['cpu'],
@@ -170,7 +176,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     extra: {
       session: {
         // Where relative external-data locations resolve (ORT refuses paths outside it).
-        model_external_initializers_file_folder_path: folder,
+        ...(folder === undefined ? {} : { model_external_initializers_file_folder_path: folder }),
         // Hundreds of sessions share the cores; idle threads must sleep, not spin.
         intra_op: { allow_spinning: '0' },
         ...(retained ? {} : { disable_prepacking: '1' }),
@@ -187,6 +193,37 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     }
     throw err;
   }
+}
+
+/** Reads for neighbouring tensors closer than this are merged into one (fewer HTTP requests). */
+const MERGE_GAP = 1 << 16;
+
+/** The model with every external initializer's bytes fetched into it, neighbours read together. */
+async function inlineWeights(model: ModelProto): Promise<ModelProto> {
+  const byFile = new Map<string, typeof model.graph.initializers>();
+  for (const t of model.graph.initializers) {
+    if (t.external) byFile.set(t.external.location, [...(byFile.get(t.external.location) ?? []), t]);
+  }
+  const initializers = new Map(model.graph.initializers.map((t) => [t, t]));
+  await Promise.all([...byFile].map(async ([file, tensors]) => {
+    tensors.sort((a, b) => a.external!.offset - b.external!.offset);
+    for (let i = 0; i < tensors.length;) {
+      const start = tensors[i].external!.offset;
+      let end = start + tensors[i].external!.length;
+      let j = i + 1;
+      while (j < tensors.length && tensors[j].external!.offset <= end + MERGE_GAP) {
+        end = Math.max(end, tensors[j].external!.offset + tensors[j].external!.length);
+        j++;
+      }
+      const run = await fetchBytes(file, start, end - start);
+      for (const t of tensors.slice(i, j)) {
+        const { offset, length } = t.external!;
+        initializers.set(t, { name: t.name, dims: t.dims, dataType: t.dataType, raw: run.subarray(offset - start, offset - start + length) });
+      }
+      i = j;
+    }
+  }));
+  return { ...model, graph: { ...model.graph, initializers: model.graph.initializers.map((t) => initializers.get(t)!) } };
 }
 
 /** What plans need of onnxruntime tensors (read back to the CPU where they live on a GPU). */

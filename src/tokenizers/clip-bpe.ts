@@ -7,10 +7,9 @@
  * in folders transformers 5 saved, the vocabulary, merges and added tokens of their tokenizer.json),
  * works out the special tokens the way transformers does, and adds SD's truncation and padding.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { describe, InputError } from '../errors.ts';
+import { fileKind, joinPath, readTextFile } from '../io/files.ts';
 
 const BOS = '<|startoftext|>';
 const EOS = '<|endoftext|>';
@@ -71,12 +70,12 @@ export class ClipTokenizer {
    * special_tokens_map.json — or, without vocab.json, tokenizer.json (as transformers 5 saves).
    */
   static fromFolder(dir: string): ClipTokenizer {
-    const vocabFile = path.join(dir, 'vocab.json');
-    const jsonFile = path.join(dir, 'tokenizer.json');
-    const configFile = path.join(dir, 'tokenizer_config.json');
-    const mapFile = path.join(dir, 'special_tokens_map.json');
+    const vocabFile = joinPath(dir, 'vocab.json');
+    const jsonFile = joinPath(dir, 'tokenizer.json');
+    const configFile = joinPath(dir, 'tokenizer_config.json');
+    const mapFile = joinPath(dir, 'special_tokens_map.json');
 
-    const fromJson = !fs.existsSync(vocabFile) && fs.existsSync(jsonFile);
+    const fromJson = fileKind(vocabFile) === undefined && fileKind(jsonFile) !== undefined;
     const { vocab, merges, listed } = fromJson ? readTokenizerJson(jsonFile) : readVocabAndMerges(dir);
     const vocabName = fromJson ? 'tokenizer.json' : 'vocab.json';
     const config = asObject(configFile, readJson(configFile, false) ?? {});
@@ -202,7 +201,7 @@ function tokenizerJson(
 
 function readText(file: string, required: boolean): string | undefined {
   try {
-    return fs.readFileSync(file, 'utf8');
+    return readTextFile(file);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       if (!required) return undefined;
@@ -240,8 +239,8 @@ function parseVocab(file: string, value: unknown): Record<string, number> {
 }
 
 function readVocabAndMerges(dir: string): { vocab: Record<string, number>; merges: [string, string][]; listed: undefined } {
-  const vocabFile = path.join(dir, 'vocab.json');
-  const mergesFile = path.join(dir, 'merges.txt');
+  const vocabFile = joinPath(dir, 'vocab.json');
+  const mergesFile = joinPath(dir, 'merges.txt');
   const vocab = parseVocab(vocabFile, readJson(vocabFile, true));
   const merges = parseMerges(mergesFile, readText(mergesFile, true)!);
   checkMerges(merges, vocab, 'vocab.json', (i) => `${mergesFile}:${i + 1}`);

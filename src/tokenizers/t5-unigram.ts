@@ -9,10 +9,9 @@
  * prepended), the Unigram pieces with their scores plus T5's 100 `<extra_id_N>` (N descending),
  * `</s>` appended.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { describe, InputError } from '../errors.ts';
+import { fileKind, joinPath, readTextFile, readWholeFile } from '../io/files.ts';
 
 interface SentencePiece {
   piece: string;
@@ -76,7 +75,7 @@ function utf8(decoder: TextDecoder, bytes: Uint8Array, file: string): string {
 
 /** Reads the parts of a sentencepiece ModelProto a Unigram tokenizer needs. */
 export function readSentencePieceModel(file: string): SentencePieceModel {
-  const bytes = new Uint8Array(fs.readFileSync(file));
+  const bytes = readWholeFile(file);
   const decoder = new TextDecoder('utf-8', { fatal: true });
   const pieces: SentencePiece[] = [];
   let unkId = 0;
@@ -138,10 +137,10 @@ function tokenizerJsonFromModel(model: SentencePieceModel, extraIds: number, add
 }
 
 function readJson(file: string): Record<string, unknown> | undefined {
-  if (!fs.existsSync(file)) return undefined;
+  if (fileKind(file) === undefined) return undefined;
   let value: unknown;
   try {
-    value = JSON.parse(fs.readFileSync(file, 'utf8'));
+    value = JSON.parse(readTextFile(file));
   } catch (e) {
     throw new InputError(file, `is not valid JSON (${(e as Error).message})`);
   }
@@ -183,16 +182,16 @@ export class T5Tokenizer {
 
   /** Reads a diffusers `tokenizer/` folder: tokenizer.json, or spiece.model (+ tokenizer_config.json). */
   static fromFolder(dir: string): T5Tokenizer {
-    const jsonFile = path.join(dir, 'tokenizer.json');
-    const modelFile = path.join(dir, 'spiece.model');
-    const configFile = path.join(dir, 'tokenizer_config.json');
+    const jsonFile = joinPath(dir, 'tokenizer.json');
+    const modelFile = joinPath(dir, 'spiece.model');
+    const configFile = joinPath(dir, 'tokenizer_config.json');
     const config = readJson(configFile) ?? {};
     let json: Record<string, unknown>;
-    if (fs.existsSync(jsonFile)) {
+    if (fileKind(jsonFile) !== undefined) {
       json = readJson(jsonFile)!;
       const model = json.model as Record<string, unknown> | undefined;
       if (model?.type !== 'Unigram') throw new InputError(`${jsonFile}: model.type`, 'not a T5 tokenizer', '"Unigram"', describe(model?.type));
-    } else if (fs.existsSync(modelFile)) {
+    } else if (fileKind(modelFile) !== undefined) {
       const model = readSentencePieceModel(modelFile);
       const extraIds = typeof config.extra_ids === 'number' && Number.isInteger(config.extra_ids) && config.extra_ids >= 0 ? config.extra_ids : 100;
       json = tokenizerJsonFromModel(model, extraIds, addedTokens(configFile, config, model, extraIds));
@@ -203,7 +202,7 @@ export class T5Tokenizer {
     try {
       tokenizer = new Tokenizer(json, config);
     } catch (e) {
-      throw new InputError(fs.existsSync(jsonFile) ? jsonFile : modelFile, `cannot be used as a tokenizer (${(e as Error).message})`);
+      throw new InputError(fileKind(jsonFile) !== undefined ? jsonFile : modelFile, `cannot be used as a tokenizer (${(e as Error).message})`);
     }
     const idOf = (token: string) => {
       const id = tokenizer.token_to_id(token);

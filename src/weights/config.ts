@@ -3,19 +3,18 @@
  * Every problem is an InputError naming `file: key` with what was expected and found.
  * A key set to null counts as absent, as diffusers treats it.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { InputError, describe } from '../errors.ts';
+import { readTextFile, resolvePath } from '../io/files.ts';
 import { own } from '../util/own.ts';
 
 export type Config = Record<string, unknown>;
 
 /** Reads and parses a JSON file; missing file or bad JSON is an InputError naming the path. */
 export function readJsonFile(filePath: string): unknown {
-  const abs = path.resolve(filePath);
+  const abs = resolvePath(filePath);
   let text: string;
   try {
-    text = fs.readFileSync(abs, 'utf8');
+    text = readTextFile(abs);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new InputError(abs, 'file not found');
@@ -67,7 +66,7 @@ export function parsePythonJson(text: string): unknown {
 export function readJsonObject(filePath: string): Config {
   const value = readJsonFile(filePath);
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new InputError(path.resolve(filePath), 'top level must be a JSON object', 'an object', describe(value));
+    throw new InputError(resolvePath(filePath), 'top level must be a JSON object', 'an object', describe(value));
   }
   return value as Config;
 }

@@ -3,9 +3,8 @@
  * component holding config.json (scheduler_config.json, ...) and safetensors weights,
  * either one file or shards listed by a *.safetensors.index.json.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { InputError, describe } from '../errors.ts';
+import { baseName, dirName, fileKind, isAbsolutePath, joinPath, listFolder as listEntries, resolvePath } from '../io/files.ts';
 import { readJsonObject, type Config } from './config.ts';
 import { SafetensorsFile, type TensorInfo } from './safetensors.ts';
 
@@ -24,7 +23,7 @@ export class WeightSet {
         const other = this.owner.get(name);
         if (other !== undefined) {
           throw new InputError(source, `tensor "${name}" appears in two weight files`, 'each tensor in one file',
-            `${path.basename(other.path)} and ${path.basename(file.path)}`);
+            `${baseName(other.path)} and ${baseName(file.path)}`);
         }
         this.owner.set(name, file);
       }
@@ -86,8 +85,8 @@ function openAll(source: string, filePaths: string[]): WeightSet {
 
 /** Opens the shards named by a safetensors index (`{"weight_map": {tensor: shard file}}`). */
 export function openShardedWeights(indexPath: string): WeightSet {
-  const abs = path.resolve(indexPath);
-  const dir = path.dirname(abs);
+  const abs = resolvePath(indexPath);
+  const dir = dirName(abs);
   const index = readJsonObject(abs);
   const map = index.weight_map;
   if (typeof map !== 'object' || map === null || Array.isArray(map)) {
@@ -96,14 +95,14 @@ export function openShardedWeights(indexPath: string): WeightSet {
   }
   const shards: string[] = [];
   for (const [name, shard] of Object.entries(map)) {
-    if (typeof shard !== 'string' || shard === '' || path.isAbsolute(shard) ||
+    if (typeof shard !== 'string' || shard === '' || isAbsolutePath(shard) ||
         shard.split(/[\\/]/).includes('..')) {
       throw new InputError(`${abs}: weight_map.${name}`, 'invalid shard file name',
         'a file name inside the same folder', describe(shard));
     }
     if (!shards.includes(shard)) shards.push(shard);
   }
-  const set = openAll(abs, shards.map((s) => path.join(dir, s)));
+  const set = openAll(abs, shards.map((s) => joinPath(dir, s)));
   for (const [name, shard] of Object.entries(map as Record<string, string>)) {
     const file = set.files[shards.indexOf(shard)];
     if (!file.tensors.has(name)) {
@@ -139,14 +138,14 @@ const VARIANT_FILE =
  * `variant` (e.g. "fp16") selects `diffusion_pytorch_model.fp16.safetensors` and the like.
  */
 export function openComponentWeights(componentDir: string, options: { variant?: string } = {}): WeightSet {
-  const dir = path.resolve(componentDir);
+  const dir = resolvePath(componentDir);
   const entries = listFolder(dir);
   const { variant } = options;
   const { single, index } = candidateNames(variant);
   const singleFound = single.find((n) => entries.includes(n));
-  if (singleFound !== undefined) return openAll(dir, [path.join(dir, singleFound)]);
+  if (singleFound !== undefined) return openAll(dir, [joinPath(dir, singleFound)]);
   const indexFound = index.find((n) => entries.includes(n));
-  if (indexFound !== undefined) return openShardedWeights(path.join(dir, indexFound));
+  if (indexFound !== undefined) return openShardedWeights(joinPath(dir, indexFound));
 
   const present = entries.length === 0 ? 'an empty folder' : entries.join(', ');
   const hasSafetensors = entries.some((n) => n.endsWith('.safetensors') || n.endsWith('.index.json'));
@@ -162,7 +161,7 @@ export function openComponentWeights(componentDir: string, options: { variant?: 
 
 function listFolder(dir: string): string[] {
   try {
-    return fs.readdirSync(dir).sort();
+    return listEntries(dir).sort();
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new InputError(dir, 'folder not found');
@@ -190,16 +189,17 @@ export interface PipelineFolder {
 }
 
 export function readPipelineFolder(dir: string): PipelineFolder {
-  const abs = path.resolve(dir);
-  let stat: fs.Stats;
+  const abs = resolvePath(dir);
+  let kind: ReturnType<typeof fileKind>;
   try {
-    stat = fs.statSync(abs);
+    kind = fileKind(abs);
   } catch {
-    throw new InputError(abs, 'model folder not found');
+    kind = undefined;
   }
-  if (!stat.isDirectory()) throw new InputError(abs, 'not a folder', 'a diffusers model folder');
-  const indexPath = path.join(abs, 'model_index.json');
-  if (!fs.existsSync(indexPath)) {
+  if (kind === undefined) throw new InputError(abs, 'model folder not found');
+  if (kind !== 'folder') throw new InputError(abs, 'not a folder', 'a diffusers model folder');
+  const indexPath = joinPath(abs, 'model_index.json');
+  if (fileKind(indexPath) === undefined) {
     throw new InputError(indexPath, 'missing model_index.json: not a diffusers pipeline folder');
   }
   const index = readJsonObject(indexPath);
@@ -235,7 +235,7 @@ export function readPipelineFolder(dir: string): PipelineFolder {
     if (key.includes('/') || key.includes('\\') || key === '.' || key === '..') {
       throw new InputError(`${indexPath}: ${key}`, 'component name is not a plain folder name');
     }
-    components[key] = { library: value[0], className: value[1], dir: path.join(abs, key) };
+    components[key] = { library: value[0], className: value[1], dir: joinPath(abs, key) };
   }
   const result: PipelineFolder = { dir: abs, className, components, options };
   if (version !== undefined) result.diffusersVersion = version;
@@ -254,7 +254,7 @@ function configFileName(component: PipelineComponent): string {
 
 /** Looks a component up in the pipeline, failing if it is unknown or listed as absent. */
 export function getComponent(folder: PipelineFolder, component: string): PipelineComponent {
-  const where = `${path.join(folder.dir, 'model_index.json')}: ${component}`;
+  const where = `${joinPath(folder.dir, 'model_index.json')}: ${component}`;
   if (!Object.prototype.hasOwnProperty.call(folder.components, component)) {
     throw new InputError(where, 'pipeline has no such component', `one of ${Object.keys(folder.components).join(', ')}`,
       'nothing');
@@ -266,7 +266,7 @@ export function getComponent(folder: PipelineFolder, component: string): Pipelin
 
 export function readComponentConfig(folder: PipelineFolder, component: string): { config: Config; where: string } {
   const entry = getComponent(folder, component);
-  const where = path.join(entry.dir, configFileName(entry));
+  const where = joinPath(entry.dir, configFileName(entry));
   return { config: readJsonObject(where), where };
 }
 

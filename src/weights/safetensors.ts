@@ -1,14 +1,13 @@
 /**
- * Reading and writing the safetensors format: an 8-byte little-endian header length N,
+ * Reading the safetensors format (writing: safetensors-write.ts): an 8-byte little-endian header length N,
  * N bytes of JSON describing each tensor (dtype, shape, data_offsets relative to the
  * end of the header), then the raw little-endian tensor bytes.
  *
  * Files may exceed 2 GiB, so only the header is read at open time and every tensor is
  * fetched with positional reads.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { InputError } from '../errors.ts';
+import { openForReading, resolvePath, type ReadHandle } from '../io/files.ts';
 import { describe } from '../errors.ts';
 
 export type DType =
@@ -194,20 +193,13 @@ function checkNoOverlap(tensors: Map<string, TensorInfo>, where: string, dataSta
   }
 }
 
-/** Largest single read/write; Node refuses lengths of 2 GiB and more. */
-const IO_CHUNK = 1 << 30;
-
 /** Fills `target` from the file at `position`, in chunks Node accepts; a short file is an InputError naming `where`. */
-export function readExactly(fd: number, target: ArrayBufferView, position: number, where: string): void {
+export function readExactly(handle: ReadHandle, target: ArrayBufferView, position: number, where: string): void {
   const bytes = new Uint8Array(target.buffer, target.byteOffset, target.byteLength);
-  let done = 0;
-  while (done < bytes.length) {
-    const n = fs.readSync(fd, bytes, done, Math.min(IO_CHUNK, bytes.length - done), position + done);
-    if (n === 0) {
-      throw new InputError(where, 'file ended early (truncated or changed while reading?)',
-        `${bytes.length} bytes at offset ${position}`, `${done} bytes`);
-    }
-    done += n;
+  const done = handle.read(bytes, position);
+  if (done < bytes.length) {
+    throw new InputError(where, 'file ended early (truncated or changed while reading?)',
+      `${bytes.length} bytes at offset ${position}`, `${done} bytes`);
   }
 }
 
@@ -216,11 +208,11 @@ export class SafetensorsFile {
   readonly tensors: Map<string, TensorInfo>;
   readonly metadata: Record<string, string>;
   readonly dataStart: number;
-  private fd: number | null;
+  private handle: ReadHandle | null;
 
-  private constructor(filePath: string, fd: number, header: SafetensorsHeader) {
+  private constructor(filePath: string, handle: ReadHandle, header: SafetensorsHeader) {
     this.path = filePath;
-    this.fd = fd;
+    this.handle = handle;
     this.tensors = header.tensors;
     this.metadata = header.metadata;
     this.dataStart = header.dataStart;
@@ -228,19 +220,18 @@ export class SafetensorsFile {
 
   /** Opens a file and reads its header only. */
   static open(filePath: string): SafetensorsFile {
-    const abs = path.resolve(filePath);
-    let fd: number;
+    const abs = resolvePath(filePath);
+    let fd: ReadHandle;
     try {
-      fd = fs.openSync(abs, 'r');
+      fd = openForReading(abs);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') throw new InputError(abs, 'safetensors file not found');
+      if (code === 'EISDIR') throw new InputError(abs, 'not a regular file', 'a .safetensors file');
       throw new InputError(abs, `cannot open safetensors file (${code ?? (err as Error).message})`);
     }
     try {
-      const stat = fs.fstatSync(fd);
-      if (!stat.isFile()) throw new InputError(abs, 'not a regular file', 'a .safetensors file');
-      const size = stat.size;
+      const size = fd.size;
       const head = new Uint8Array(Math.min(8, size));
       readExactly(fd, head, 0, abs);
       let bytes = head;
@@ -255,7 +246,7 @@ export class SafetensorsFile {
       }
       return new SafetensorsFile(abs, fd, parseSafetensorsHeader(bytes, size, abs));
     } catch (err) {
-      fs.closeSync(fd);
+      fd.close();
       throw err;
     }
   }
@@ -303,138 +294,13 @@ export class SafetensorsFile {
   }
 
   close(): void {
-    if (this.fd !== null) {
-      fs.closeSync(this.fd);
-      this.fd = null;
-    }
+    this.handle?.close();
+    this.handle = null;
   }
 
-  private openFd(): number {
-    if (this.fd === null) throw new Error(`${this.path}: safetensors file already closed`);
-    return this.fd;
-  }
-}
-
-export type WritableDType = 'F32' | 'F16' | 'BF16' | 'I64' | 'I32';
-
-export interface TensorToWrite {
-  dtype: WritableDType;
-  shape: number[];
-  /** The bytes, or a function making them when the writer gets to this tensor (one in memory at a time). */
-  data: ArrayBufferView | (() => ArrayBufferView);
-}
-
-/**
- * Writes a safetensors file atomically (temp file + rename). Tensors are laid out by
- * decreasing element size after a header padded to 8 bytes, so every tensor is aligned.
- */
-export function writeSafetensors(filePath: string, tensors: Record<string, TensorToWrite>,
-  metadata?: Record<string, string>): void {
-  const abs = path.resolve(filePath);
-  const header: Record<string, unknown> = {};
-  if (metadata !== undefined) {
-    for (const [key, value] of Object.entries(metadata)) {
-      if (typeof value !== 'string') {
-        throw new InputError(`${abs}: __metadata__.${key}`, 'metadata values must be strings', 'a string',
-          describe(value));
-      }
-    }
-    header.__metadata__ = metadata;
-  }
-  const order = Object.keys(tensors).sort((a, b) => DTYPE_BITS[tensors[b].dtype] - DTYPE_BITS[tensors[a].dtype]);
-  let offset = 0;
-  for (const name of order) {
-    const where = `${abs}: ${name}`;
-    if (name === '__metadata__') throw new InputError(where, 'tensor name is reserved for metadata');
-    const { dtype, shape, data } = tensors[name];
-    if (!['F32', 'F16', 'BF16', 'I64', 'I32'].includes(dtype)) {
-      throw new InputError(`${where}.dtype`, 'unsupported dtype for writing', 'F32, F16, BF16, I64 or I32',
-        describe(dtype));
-    }
-    if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw new InputError(`${where}.shape`, 'invalid shape', 'non-negative integers', describe(shape));
-    }
-    const bytes = byteSize(shape, dtype);
-    if (typeof data !== 'function') checkDataSize(where, bytes, data);
-    // Using Object.defineProperty keeps a tensor called "__proto__" an ordinary key.
-    Object.defineProperty(header, name, {
-      value: { dtype, shape, data_offsets: [offset, offset + bytes] },
-      enumerable: true, writable: true, configurable: true,
-    });
-    offset += bytes;
-  }
-
-  const json = Buffer.from(JSON.stringify(header), 'utf8');
-  const padded = Math.ceil(json.length / 8) * 8;
-  const head = Buffer.alloc(8 + padded, 0x20);
-  head.writeBigUInt64LE(BigInt(padded), 0);
-  json.copy(head, 8);
-
-  const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.${process.pid}.${Date.now()}.tmp`);
-  let fd: number | null = null;
-  try {
-    fd = fs.openSync(tmp, 'w');
-    writeAll(fd, head);
-    for (const name of order) {
-      const { dtype, shape, data } = tensors[name];
-      const bytes = typeof data === 'function' ? data() : data;
-      checkDataSize(`${abs}: ${name}`, byteSize(shape, dtype), bytes);
-      writeAll(fd, new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
-    }
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = null;
-    fs.renameSync(tmp, abs);
-  } catch (err) {
-    if (fd !== null) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
-}
-
-const byteSize = (shape: number[], dtype: WritableDType) => shape.reduce((n, d) => n * d, 1) * (DTYPE_BITS[dtype] / 8);
-
-function checkDataSize(where: string, bytes: number, data: ArrayBufferView): void {
-  if (bytes !== data.byteLength) {
-    throw new InputError(where, 'data size does not match shape and dtype', `${bytes} bytes`, `${data.byteLength} bytes`);
-  }
-}
-
-/**
- * Writes tensors as transformers and diffusers shard them: `<base>-00001-of-0000N.safetensors`
- * files of at most `maxShardBytes` each (a larger tensor gets a file of its own), in the order
- * given, and `<base>.safetensors.index.json` mapping each tensor to its file. Returns the index path.
- */
-export function writeShardedSafetensors(dir: string, base: string, tensors: Record<string, TensorToWrite>, maxShardBytes: number): string {
-  const shards: string[][] = [[]];
-  let shardBytes = 0;
-  let total = 0;
-  for (const [name, t] of Object.entries(tensors)) {
-    const bytes = byteSize(t.shape, t.dtype);
-    if (shardBytes > 0 && shardBytes + bytes > maxShardBytes) {
-      shards.push([]);
-      shardBytes = 0;
-    }
-    shards[shards.length - 1].push(name);
-    shardBytes += bytes;
-    total += bytes;
-  }
-  const pad = (n: number) => String(n).padStart(5, '0');
-  const weightMap: Record<string, string> = {};
-  shards.forEach((names, i) => {
-    const file = `${base}-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`;
-    writeSafetensors(path.join(dir, file), Object.fromEntries(names.map((n) => [n, tensors[n]])));
-    for (const n of names) weightMap[n] = file;
-  });
-  const index = path.join(dir, `${base}.safetensors.index.json`);
-  fs.writeFileSync(index, JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
-  return index;
-}
-
-function writeAll(fd: number, bytes: Uint8Array): void {
-  let done = 0;
-  while (done < bytes.length) {
-    done += fs.writeSync(fd, bytes, done, Math.min(IO_CHUNK, bytes.length - done));
+  private openFd(): ReadHandle {
+    if (this.handle === null) throw new Error(`${this.path}: safetensors file already closed`);
+    return this.handle;
   }
 }
 

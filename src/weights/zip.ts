@@ -3,9 +3,9 @@
  * disk): what PyTorch's `torch.save` writes (stored entries, ZIP64 past 4 GiB). Entries are read
  * whole (stored, or deflated through zlib) or located for reading in place (stored only).
  */
-import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { InputError } from '../errors.ts';
+import { openForReading, type ReadHandle } from '../io/files.ts';
 import { readExactly } from './safetensors.ts';
 
 export interface ZipEntry {
@@ -30,24 +30,24 @@ export class ZipFile {
   readonly entries = new Map<string, ZipEntry>();
   readonly size: number;
 
-  private constructor(readonly path: string, private readonly fd: number) {
-    this.size = fs.fstatSync(fd).size;
+  private constructor(readonly path: string, private readonly handle: ReadHandle) {
+    this.size = handle.size;
   }
 
   static open(file: string): ZipFile {
-    const fd = fs.openSync(file, 'r');
+    const handle = openForReading(file);
     try {
-      const zip = new ZipFile(file, fd);
+      const zip = new ZipFile(file, handle);
       zip.readDirectory();
       return zip;
     } catch (e) {
-      fs.closeSync(fd);
+      handle.close();
       throw e;
     }
   }
 
   close(): void {
-    fs.closeSync(this.fd);
+    this.handle.close();
   }
 
   private broken(problem: string): InputError {
@@ -57,7 +57,7 @@ export class ZipFile {
   private read(offset: number, length: number): Buffer {
     if (offset < 0 || length < 0 || offset + length > this.size) throw this.broken(`a record at byte ${offset} runs past the end of the file`);
     const out = Buffer.alloc(length);
-    readExactly(this.fd, out, offset, this.path);
+    readExactly(this.handle, out, offset, this.path);
     return out;
   }
 

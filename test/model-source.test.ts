@@ -1,0 +1,101 @@
+/**
+ * Model folders that are not on a local disk (src/io/): the reference model served over HTTP on
+ * loopback, mounted and read with Range requests as the browser build reads it, generates the same
+ * image as from the folder on disk — plain and accelerated — and fetches tensors a segment at a
+ * time, never a weights file whole. Broken servers and listings are one clear InputError.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { parseAccelSpec } from '../src/accel/index.ts';
+import { InputError } from '../src/errors.ts';
+import { listFilesRecursively } from '../src/io/files.ts';
+import { LISTING_FILE, mountHttpFolder } from '../src/io/prefetched-source.ts';
+import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+
+interface Served { url: string; requests: { file: string; bytes: number; status: number }[]; close(): Promise<void> }
+
+/** Serves `dir` on loopback with Range support (or, with ignoreRange, whole files only) and a listing. */
+async function serve(dir: string, options: { ignoreRange?: boolean } = {}): Promise<Served> {
+  const requests: Served['requests'] = [];
+  const server = http.createServer((req, res) => {
+    const relative = decodeURIComponent(new URL(req.url!, 'http://x').pathname.slice(1));
+    // The listing of a pipeline folder (one with model_index.json), as the demo server serves it.
+    const folder = path.join(dir, path.dirname(relative));
+    if (path.basename(relative) === LISTING_FILE && fs.existsSync(path.join(folder, 'model_index.json'))) {
+      res.end(JSON.stringify({ files: listFilesRecursively(folder) }));
+      return;
+    }
+    const file = path.join(dir, relative);
+    if (!file.startsWith(dir + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      res.statusCode = 404;
+      res.end();
+      return;
+    }
+    const data = fs.readFileSync(file);
+    const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+    if (range && !options.ignoreRange) {
+      const [start, end] = [Number(range[1]), Math.min(Number(range[2]), data.length - 1)];
+      res.writeHead(206, { 'Content-Range': `bytes ${start}-${end}/${data.length}` });
+      res.end(data.subarray(start, end + 1));
+      requests.push({ file: relative, bytes: end + 1 - start, status: 206 });
+    } else {
+      res.end(data);
+      requests.push({ file: relative, bytes: data.length, status: 200 });
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return { url: `http://127.0.0.1:${port}/reference-model`, requests, close: () => new Promise((r) => server.close(() => r())) };
+}
+
+function maxDifference(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  return worst;
+}
+
+test('the reference model over HTTP with Range requests generates what the folder on disk does, plain and with TGATE', async () => {
+  const served = await serve(path.dirname(REFERENCE_MODEL));
+  const unmount = await mountHttpFolder(served.url);
+  const remote = await loadPipeline(served.url);
+  const local = await loadPipeline(REFERENCE_MODEL);
+  try {
+    const request = { prompt: 'a red circle at the top left', seed: 3, steps: 6 };
+    const tgate = [parseAccelSpec('tgate:gate_step=3')];
+    for (const options of [request, { ...request, accel: tgate }] as { prompt: string; seed: number; steps: number; accel?: typeof tgate }[]) {
+      const [a, b] = await Promise.all([remote.generate(options), local.generate(options)]);
+      // Inline weights and external data are the same bytes, so the same sessions compute the same numbers.
+      assert.ok(maxDifference(a.images[0].data, b.images[0].data) <= 1e-6, `${options.accel ? 'tgate' : 'plain'} image differs`);
+    }
+    const weights = listFilesRecursively(path.dirname(REFERENCE_MODEL) + '/reference-model');
+    for (const [file, size] of Object.entries(weights).filter(([f]) => f.endsWith('.safetensors'))) {
+      const reads = served.requests.filter((r) => r.file === `reference-model/${file}`);
+      assert.ok(reads.length > 1, `${file}: read in parts`);
+      assert.ok(reads.every((r) => r.status === 206 && r.bytes < size), `${file}: every read a Range request for part of the file`);
+    }
+  } finally {
+    await Promise.all([remote.release(), local.release()]);
+    unmount();
+    await served.close();
+  }
+});
+
+test('a server that ignores Range requests, a missing listing and a listing escaping the folder are clear InputErrors', async () => {
+  const served = await serve(path.dirname(REFERENCE_MODEL), { ignoreRange: true });
+  try {
+    await assert.rejects(mountHttpFolder(served.url), (e: unknown) => e instanceof InputError && /ignores Range requests/.test(e.message));
+    await assert.rejects(mountHttpFolder(`${served.url}/unet`),
+      (e: unknown) => e instanceof InputError && e.message.includes(`unet/${LISTING_FILE}`) && /listing/.test(e.message));
+    await assert.rejects(mountHttpFolder(served.url, { listing: { '../secret.json': 10 } }),
+      (e: unknown) => e instanceof InputError && /plain path inside the folder/.test(e.message));
+    await assert.rejects(mountHttpFolder(served.url, { listing: { 'model_index.json': -1 } }),
+      (e: unknown) => e instanceof InputError && /wrong size/.test(e.message));
+  } finally {
+    await served.close();
+  }
+});
