@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { parseAccelSpec } from '../src/accel/index.ts';
 import { InputError } from '../src/errors.ts';
 import { listFilesRecursively } from '../src/io/files.ts';
-import { LISTING_FILE, mountHttpFolder } from '../src/io/prefetched-source.ts';
+import { LISTING_FILE, mountHttpFolder, mountPickedFiles } from '../src/io/prefetched-source.ts';
 import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 
@@ -97,5 +97,22 @@ test('a server that ignores Range requests, a missing listing and a listing esca
       (e: unknown) => e instanceof InputError && /wrong size/.test(e.message));
   } finally {
     await served.close();
+  }
+});
+
+test('a folder picked as File objects (a directory picker) loads as the folder on disk does', async () => {
+  const dir = REFERENCE_MODEL;
+  const picked = Object.keys(listFilesRecursively(dir)).map((p) => ({ path: `reference-model/${p}`, file: new Blob([fs.readFileSync(path.join(dir, p))]) }));
+  const unmount = await mountPickedFiles('picked:reference-model', picked);
+  const remote = await loadPipeline('picked:reference-model');
+  const local = await loadPipeline(dir);
+  try {
+    const request = { prompt: 'a blue square on the right', seed: 1, steps: 4 };
+    const [a, b] = await Promise.all([remote.generate(request), local.generate(request)]);
+    assert.ok(maxDifference(a.images[0].data, b.images[0].data) <= 1e-6);
+    await assert.rejects(loadPipeline('picked:reference-model/unet'), (e: unknown) => e instanceof InputError && /model_index\.json/.test(e.message));
+  } finally {
+    await Promise.all([remote.release(), local.release()]);
+    unmount();
   }
 });

@@ -135,3 +135,24 @@ export async function mountHttpFolder(url: string, options: { listing?: FolderLi
   }
   return mountFiles(root, await prefetchedSource(root, listing, httpRangeReader(root, fetchFn)));
 }
+
+/** A file a user picked, with its path inside the picked folder (a browser's webkitRelativePath). */
+export interface PickedFile {
+  path: string;
+  file: Blob;
+}
+
+/**
+ * Mounts files a user picked (a directory picker's File objects) under `root` (e.g. "picked:my-model"),
+ * the picked folder's own name stripped from their paths. Returns the function that unmounts it.
+ */
+export async function mountPickedFiles(root: string, picked: PickedFile[]): Promise<() => void> {
+  // webkitRelativePath starts with the picked folder's name: "my-model/unet/config.json".
+  const top = new Set(picked.map((p) => p.path.split('/')[0]));
+  const strip = top.size === 1 && picked.every((p) => p.path.includes('/'));
+  const byPath = new Map(picked.map((p) => [strip ? p.path.slice(p.path.indexOf('/') + 1) : p.path, p.file]));
+  const listing = Object.fromEntries([...byPath].map(([p, file]) => [p, file.size]));
+  const reader: RangeReader = async (relative, offset, length) =>
+    new Uint8Array(await byPath.get(relative)!.slice(offset, offset + length).arrayBuffer());
+  return mountFiles(root, await prefetchedSource(root, listing, reader));
+}
