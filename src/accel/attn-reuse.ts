@@ -9,8 +9,8 @@
  * attention core the model builds through its hooks: a storing call's core emits its map, a
  * reusing call's core is the stored map times the values.
  */
-import * as fs from 'node:fs';
 import { InputError } from '../errors.ts';
+import { readTextFile } from '../io/files.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { TensorLike } from '../runtime/executor.ts';
 import type { SegmentRole } from '../runtime/protocol.ts';
@@ -41,7 +41,7 @@ function readSchedule(file: string): number[] {
   if (/^[01]+$/.test(file)) return [...file].map(Number);
   let value: unknown;
   try {
-    value = JSON.parse(fs.readFileSync(file, 'utf8'));
+    value = JSON.parse(readTextFile(file));
   } catch (e) {
     throw new InputError(`accel attn-reuse:schedule=${file}`, `cannot read the schedule (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }

@@ -6,16 +6,17 @@
  * - "reference-skip-dit" (assets/reference-skip-dit): its twin with Skip-DiT's long skip branches,
  *   trained the same way, converted from its authors' checkpoint layout (assets/reference-skip-dit.pt).
  */
-import * as path from 'node:path';
+import { joinPath, resolvePath } from '../io/files.ts';
 
-const ASSETS = path.resolve(import.meta.dirname, '../../assets');
-export const REFERENCE_MODEL = path.join(ASSETS, 'reference-model');
+// import.meta.dirname is Node's; in a browser bundle the page mounts the models it serves instead.
+const ASSETS = import.meta.dirname && resolvePath(joinPath(import.meta.dirname, '../../assets'));
+export const REFERENCE_MODEL = ASSETS && joinPath(ASSETS, 'reference-model');
 
-export const REFERENCE_MODELS: Record<string, string> = {
+export const REFERENCE_MODELS: Record<string, string> = ASSETS ? {
   reference: REFERENCE_MODEL,
-  'reference-dit': path.join(ASSETS, 'reference-dit'),
-  'reference-skip-dit': path.join(ASSETS, 'reference-skip-dit'),
-};
+  'reference-dit': joinPath(ASSETS, 'reference-dit'),
+  'reference-skip-dit': joinPath(ASSETS, 'reference-skip-dit'),
+} : {};
 
 /** How --model help texts name them. */
 export const REFERENCE_NAMES = 'or "reference", "reference-dit", "reference-skip-dit" (the embedded models)';

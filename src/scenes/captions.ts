@@ -8,9 +8,8 @@
  *
  * No size word means medium. An object without a position may sit in any cell of the 3×3 grid.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { InputError } from '../errors.ts';
+import { joinPath, readTextFile, resolvePath } from '../io/files.ts';
 
 export type Rgb = [number, number, number];
 
@@ -38,13 +37,15 @@ export interface SceneCaption {
   background?: string;
 }
 
-const GRAMMAR_FILE = path.resolve(import.meta.dirname, '../../assets/scenes/grammar.json');
+// import.meta.dirname is Node's; a browser bundle has no package folder to read assets from.
+const SCENES = import.meta.dirname && resolvePath(joinPath(import.meta.dirname, '../../assets/scenes'));
+const GRAMMAR_FILE = SCENES && joinPath(SCENES, 'grammar.json');
 /** Captions training never saw (tools/train-reference/make_scene_files.py). */
-export const HELD_OUT_PROMPTS = path.resolve(import.meta.dirname, '../../assets/scenes/held-out-prompts.txt');
+export const HELD_OUT_PROMPTS = SCENES && joinPath(SCENES, 'held-out-prompts.txt');
 let cached: SceneGrammar | undefined;
 
 export function sceneGrammar(): SceneGrammar {
-  return (cached ??= JSON.parse(fs.readFileSync(GRAMMAR_FILE, 'utf8')) as SceneGrammar);
+  return (cached ??= JSON.parse(readTextFile(GRAMMAR_FILE)) as SceneGrammar);
 }
 
 const alternatives = (words: string[]) => words.map((w) => w.replace(/ /g, '\\s+')).join('|');
@@ -81,7 +82,7 @@ export function parseCaption(text: string, where = 'caption'): SceneCaption {
 export function readPromptFile(file: string): string[] {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readTextFile(file);
   } catch (e) {
     throw new InputError(file, `cannot read the prompt file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
