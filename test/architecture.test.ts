@@ -15,10 +15,11 @@ const ALLOWED: Record<string, string[]> = {
   graph: [],
   util: ['errors'],
   errors: [],
-  runtime: ['graph', 'errors'],
-  weights: ['graph', 'errors', 'util'],
-  models: ['graph', 'runtime', 'weights', 'errors', 'util'],
-  accel: ['graph', 'runtime', 'errors', 'util'],
+  io: ['errors'],
+  runtime: ['graph', 'errors', 'io'],
+  weights: ['graph', 'errors', 'util', 'io'],
+  models: ['graph', 'runtime', 'weights', 'errors', 'util', 'io'],
+  accel: ['graph', 'runtime', 'errors', 'util', 'io'],
 };
 
 function importsOf(file: string): string[] {
