@@ -8,7 +8,7 @@ import { InputError, describe } from '../errors.ts';
 import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { ortOps } from '../runtime/ort-executor.ts';
+import { ortOps, tensorData } from '../runtime/ort-executor.ts';
 import { PlannedExecutor, combine, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
@@ -131,7 +131,7 @@ export function numberOption(value: unknown, fallback: number, option: string, m
 }
 
 export async function floats(t: ort.Tensor): Promise<Float32Array> {
-  return (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array;
+  return (await tensorData(t)) as Float32Array;
 }
 
 export function concat(a: Float32Array, b: Float32Array): Float32Array {

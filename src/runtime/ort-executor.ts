@@ -6,7 +6,7 @@
 import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
 import { GraphBuilder, addMacs, zeroMacs, type MacCount, type ParamSource } from '../graph/builder.ts';
-import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
+import { OnnxDataType, encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
 import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
@@ -105,7 +105,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
       // A released session's GPU buffers go with it: bring its outputs to the CPU first.
       if (!retain) {
         for (const [k, t] of Object.entries(result)) {
-          if (t.location !== 'cpu') result[k] = new ort.Tensor(t.type, await t.getData(true), t.dims);
+          if (t.location !== 'cpu') result[k] = new ort.Tensor(t.type, await tensorData(t), t.dims);
         }
       }
     } finally {
@@ -189,7 +189,8 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     const message = err instanceof Error ? err.message : String(err);
     if (device === 'webgpu' && /adapter|WebGPU|webgpu/.test(message)) {
       throw new InputError('device webgpu', `ONNX Runtime could not start WebGPU (${message.split('\n')[0].replace(/^.*?: /, '')})`,
-        'a GPU with a WebGPU-capable driver (Vulkan on Linux)');
+        'a WebGPU adapter: on Linux the Vulkan loader (apt-get install libvulkan1) and a Vulkan driver — a GPU\'s, ' +
+        'Mesa ≥ 25 lavapipe, or Chromium\'s SwiftShader with VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json');
     }
     throw err;
   }
@@ -226,10 +227,47 @@ async function inlineWeights(model: ModelProto): Promise<ModelProto> {
   return { ...model, graph: { ...model.graph, initializers: model.graph.initializers.map((t) => initializers.get(t)!) } };
 }
 
+/** A tensor's values on the CPU, wherever it lives. */
+export async function tensorData(t: ort.Tensor): Promise<ort.Tensor['data']> {
+  if (t.location === 'cpu') return t.data;
+  // onnxruntime-node 1.30's downloader for WebGPU buffers throws a C string and aborts the
+  // process; a session that copies its input to a CPU output is ORT's own device-to-host copy.
+  if ((ort.env.versions as Record<string, string | undefined>).node !== undefined) {
+    const copy = await hostCopySession(t.type, t.dims.length);
+    return (await copy.run({ x: t })).y.data;
+  }
+  return t.getData();
+}
+
+const hostCopies = new Map<string, Promise<ort.InferenceSession>>();
+
+/** An Identity session for one dtype and rank (any shape), its output on the CPU. */
+function hostCopySession(type: ort.Tensor.Type, rank: number): Promise<ort.InferenceSession> {
+  const key = `${type}/${rank}`;
+  let session = hostCopies.get(key);
+  if (!session) {
+    const elemType = ({ float32: OnnxDataType.FLOAT, float16: OnnxDataType.FLOAT16, int64: OnnxDataType.INT64, int32: OnnxDataType.INT32, bool: OnnxDataType.BOOL } as Partial<Record<string, OnnxDataType>>)[type];
+    if (elemType === undefined) throw new Error(`no host copy for ${type} tensors`);
+    const shape = Array.from({ length: rank }, (_, i) => `d${i}`);
+    const model: ModelProto = {
+      irVersion: 9, producer: 'diffusion.ts', opsets: [{ domain: '', version: 18 }],
+      graph: {
+        name: `host-copy-${key}`, initializers: [],
+        nodes: [{ opType: 'Identity', name: 'copy', inputs: ['x'], outputs: ['y'], attributes: {} }],
+        inputs: [{ name: 'x', elemType, shape }], outputs: [{ name: 'y', elemType, shape }],
+      },
+    };
+    session = ort.InferenceSession.create(encodeModel(model), { executionProviders: ['webgpu'], preferredOutputLocation: 'cpu' });
+    session.catch(() => hostCopies.delete(key));
+    hostCopies.set(key, session);
+  }
+  return session;
+}
+
 /** What plans need of onnxruntime tensors (read back to the CPU where they live on a GPU). */
 export const ortOps: TensorOps<ort.Tensor> = {
   async meanOfHalves(t) {
-    const data = (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array;
+    const data = (await tensorData(t)) as Float32Array;
     const half = data.length / 2;
     const mean = new Float32Array(half);
     for (let i = 0; i < half; i++) mean[i] = (data[i] + data[half + i]) / 2;
@@ -237,7 +275,7 @@ export const ortOps: TensorOps<ort.Tensor> = {
   },
   indices: (values) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]),
   async relativeL1(a, reference) {
-    const [x, r] = await Promise.all([a, reference].map(async (t) => (t.location === 'cpu' ? t.data : await t.getData()) as Float32Array));
+    const [x, r] = await Promise.all([a, reference].map(async (t) => (await tensorData(t)) as Float32Array));
     let diff = 0;
     let size = 0;
     for (let i = 0; i < r.length; i++) {
