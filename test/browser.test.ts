@@ -116,6 +116,14 @@ test('on WebGPU (SwiftShader) the page draws Node\'s CPU image within the stated
   assert.ok(value >= WEBGPU_MIN_PSNR, `WebGPU vs CPU PSNR ${value.toFixed(1)} dB`);
 });
 
+test('a folder opened with the directory picker loads and generates like the embedded model', { skip }, async () => {
+  await page.setInputFiles('#folder', REFERENCE_MODEL);
+  await page.waitForFunction(() => /Model: reference-model/.test(document.getElementById('model-name')!.textContent ?? ''));
+  const state = await generate(FIELDS);
+  assert.equal(state.error, undefined);
+  assert.ok(maxDifference(state.runs[0].images[0].data, await nodeImages()) <= WASM_MAX_DIFFERENCE);
+});
+
 test('bad form input is one clear message naming the field', { skip }, async () => {
   const cases: [Record<string, string>, RegExp][] = [
     // The reference model's VAE scales by 4, so sizes must be multiples of 4.
