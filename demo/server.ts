@@ -29,48 +29,51 @@ function fileFor(urlPath: string): string | undefined {
   return path.join(PAGE, ...(parts.length ? parts : ['index.html']));
 }
 
+/** Answers one request: the page, a model file (Range requests honoured) or a model folder's listing. */
+export function demoRequestHandler(req: http.IncomingMessage, res: http.ServerResponse): void {
+  res.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
+  res.setHeader('Cross-Origin-Embedder-Policy', 'require-corp');
+  res.setHeader('Cross-Origin-Resource-Policy', 'same-origin');
+  let urlPath: string;
+  try {
+    urlPath = decodeURIComponent(new URL(req.url ?? '/', 'http://localhost').pathname);
+  } catch {
+    res.writeHead(400).end('bad path');
+    return;
+  }
+  const parts = urlPath.split('/').filter(Boolean);
+  if (parts[0] === 'models' && parts.length === 3 && parts[2] === LISTING_FILE && SERVED_MODELS.includes(parts[1])) {
+    res.setHeader('Content-Type', TYPES['.json']);
+    res.end(JSON.stringify({ files: listFilesRecursively(path.join(MODELS, parts[1])) }));
+    return;
+  }
+  const file = fileFor(urlPath);
+  const stat = file && fs.statSync(file, { throwIfNoEntry: false });
+  if (!file || !stat || !stat.isFile()) {
+    res.writeHead(404).end('not found');
+    return;
+  }
+  res.setHeader('Content-Type', TYPES[path.extname(file)] ?? 'application/octet-stream');
+  res.setHeader('Accept-Ranges', 'bytes');
+  const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+  let [start, end] = [0, stat.size - 1];
+  if (range) {
+    start = Number(range[1]);
+    end = range[2] === '' ? stat.size - 1 : Math.min(Number(range[2]), stat.size - 1);
+    if (start > end) {
+      res.writeHead(416, { 'Content-Range': `bytes */${stat.size}` }).end();
+      return;
+    }
+    res.writeHead(206, { 'Content-Range': `bytes ${start}-${end}/${stat.size}`, 'Content-Length': end - start + 1 });
+  } else {
+    res.writeHead(200, { 'Content-Length': stat.size });
+  }
+  if (req.method === 'HEAD') res.end();
+  else fs.createReadStream(file, { start, end }).pipe(res);
+}
+
 export function createDemoServer(): http.Server {
-  return http.createServer((req, res) => {
-    res.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
-    res.setHeader('Cross-Origin-Embedder-Policy', 'require-corp');
-    res.setHeader('Cross-Origin-Resource-Policy', 'same-origin');
-    let urlPath: string;
-    try {
-      urlPath = decodeURIComponent(new URL(req.url ?? '/', 'http://localhost').pathname);
-    } catch {
-      res.writeHead(400).end('bad path');
-      return;
-    }
-    const parts = urlPath.split('/').filter(Boolean);
-    if (parts[0] === 'models' && parts.length === 3 && parts[2] === LISTING_FILE && SERVED_MODELS.includes(parts[1])) {
-      res.setHeader('Content-Type', TYPES['.json']);
-      res.end(JSON.stringify({ files: listFilesRecursively(path.join(MODELS, parts[1])) }));
-      return;
-    }
-    const file = fileFor(urlPath);
-    const stat = file && fs.statSync(file, { throwIfNoEntry: false });
-    if (!file || !stat || !stat.isFile()) {
-      res.writeHead(404).end('not found');
-      return;
-    }
-    res.setHeader('Content-Type', TYPES[path.extname(file)] ?? 'application/octet-stream');
-    res.setHeader('Accept-Ranges', 'bytes');
-    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
-    let [start, end] = [0, stat.size - 1];
-    if (range) {
-      start = Number(range[1]);
-      end = range[2] === '' ? stat.size - 1 : Math.min(Number(range[2]), stat.size - 1);
-      if (start > end) {
-        res.writeHead(416, { 'Content-Range': `bytes */${stat.size}` }).end();
-        return;
-      }
-      res.writeHead(206, { 'Content-Range': `bytes ${start}-${end}/${stat.size}`, 'Content-Length': end - start + 1 });
-    } else {
-      res.writeHead(200, { 'Content-Length': stat.size });
-    }
-    if (req.method === 'HEAD') res.end();
-    else fs.createReadStream(file, { start, end }).pipe(res);
-  });
+  return http.createServer(demoRequestHandler);
 }
 
 if (process.argv[1] === import.meta.filename) {

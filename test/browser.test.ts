@@ -137,4 +137,7 @@ test('bad form input is one clear message naming the field', { skip }, async () 
     assert.doesNotMatch(state.error ?? '', /unexpected error|    at /);
     assert.equal(await page.textContent('#error'), state.error);
   }
+  const unaccelerated = await generate(FIELDS, { compare: true });
+  assert.match(unaccelerated.error ?? '', /compare.*needs an acceleration/);
+  assert.equal(unaccelerated.runs.length, 0, 'nothing generated');
 });

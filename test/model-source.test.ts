@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { demoRequestHandler } from '../demo/server.ts';
 import { parseAccelSpec } from '../src/accel/index.ts';
 import { InputError } from '../src/errors.ts';
 import { listFilesRecursively } from '../src/io/files.ts';
@@ -18,38 +19,18 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 
 interface Served { url: string; requests: { file: string; bytes: number; status: number }[]; close(): Promise<void> }
 
-/** Serves `dir` on loopback with Range support (or, with ignoreRange, whole files only) and a listing. */
-async function serve(dir: string, options: { ignoreRange?: boolean } = {}): Promise<Served> {
+/** The demo server on loopback (Range requests, listings), logging each answer; ignoreRange drops the Range header. */
+async function serve(options: { ignoreRange?: boolean } = {}): Promise<Served> {
   const requests: Served['requests'] = [];
   const server = http.createServer((req, res) => {
-    const relative = decodeURIComponent(new URL(req.url!, 'http://x').pathname.slice(1));
-    // The listing of a pipeline folder (one with model_index.json), as the demo server serves it.
-    const folder = path.join(dir, path.dirname(relative));
-    if (path.basename(relative) === LISTING_FILE && fs.existsSync(path.join(folder, 'model_index.json'))) {
-      res.end(JSON.stringify({ files: listFilesRecursively(folder) }));
-      return;
-    }
-    const file = path.join(dir, relative);
-    if (!file.startsWith(dir + path.sep) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
-      res.statusCode = 404;
-      res.end();
-      return;
-    }
-    const data = fs.readFileSync(file);
-    const range = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-    if (range && !options.ignoreRange) {
-      const [start, end] = [Number(range[1]), Math.min(Number(range[2]), data.length - 1)];
-      res.writeHead(206, { 'Content-Range': `bytes ${start}-${end}/${data.length}` });
-      res.end(data.subarray(start, end + 1));
-      requests.push({ file: relative, bytes: end + 1 - start, status: 206 });
-    } else {
-      res.end(data);
-      requests.push({ file: relative, bytes: data.length, status: 200 });
-    }
+    if (options.ignoreRange) delete req.headers.range;
+    const file = decodeURIComponent(new URL(req.url!, 'http://x').pathname).replace(/^\/models\//, '');
+    res.on('finish', () => requests.push({ file, bytes: Number(res.getHeader('content-length') ?? 0), status: res.statusCode }));
+    demoRequestHandler(req, res);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as { port: number };
-  return { url: `http://127.0.0.1:${port}/reference-model`, requests, close: () => new Promise((r) => server.close(() => r())) };
+  return { url: `http://127.0.0.1:${port}/models/reference-model`, requests, close: () => new Promise((r) => server.close(() => r())) };
 }
 
 function maxDifference(a: Float32Array, b: Float32Array): number {
@@ -60,7 +41,7 @@ function maxDifference(a: Float32Array, b: Float32Array): number {
 }
 
 test('the reference model over HTTP with Range requests generates what the folder on disk does, plain and with TGATE', async () => {
-  const served = await serve(path.dirname(REFERENCE_MODEL));
+  const served = await serve();
   const unmount = await mountHttpFolder(served.url);
   const remote = await loadPipeline(served.url);
   const local = await loadPipeline(REFERENCE_MODEL);
@@ -72,7 +53,7 @@ test('the reference model over HTTP with Range requests generates what the folde
       // Inline weights and external data are the same bytes, so the same sessions compute the same numbers.
       assert.ok(maxDifference(a.images[0].data, b.images[0].data) <= 1e-6, `${options.accel ? 'tgate' : 'plain'} image differs`);
     }
-    const weights = listFilesRecursively(path.dirname(REFERENCE_MODEL) + '/reference-model');
+    const weights = listFilesRecursively(REFERENCE_MODEL);
     for (const [file, size] of Object.entries(weights).filter(([f]) => f.endsWith('.safetensors'))) {
       const reads = served.requests.filter((r) => r.file === `reference-model/${file}`);
       assert.ok(reads.length > 1, `${file}: read in parts`);
@@ -86,7 +67,7 @@ test('the reference model over HTTP with Range requests generates what the folde
 });
 
 test('a server that ignores Range requests, a missing listing and a listing escaping the folder are clear InputErrors', async () => {
-  const served = await serve(path.dirname(REFERENCE_MODEL), { ignoreRange: true });
+  const served = await serve({ ignoreRange: true });
   try {
     await assert.rejects(mountHttpFolder(served.url), (e: unknown) => e instanceof InputError && /ignores Range requests/.test(e.message));
     await assert.rejects(mountHttpFolder(`${served.url}/unet`),

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { decode } from 'fast-png';
+import { readImage } from '../src/image/read.ts';
 import { psnr } from '../src/metrics/image.ts';
 import { tempDir } from './helpers/files.ts';
 
@@ -27,21 +27,13 @@ function generate(cwd: string, out: string, device: string, env: Record<string, 
     '--device', device, '--out', out], { cwd, encoding: 'utf8', timeout: 300_000, env: { ...process.env, XDG_RUNTIME_DIR: cwd, ...env } });
 }
 
-function planar(file: string): Float32Array {
-  const png = decode(fs.readFileSync(file));
-  const plane = png.width * png.height;
-  const out = new Float32Array(3 * plane);
-  for (let p = 0; p < plane; p++) for (let c = 0; c < 3; c++) out[c * plane + p] = png.data[p * png.channels + c] / 255;
-  return out;
-}
-
 test('generate --device webgpu on SwiftShader draws the CPU image', { skip }, (t) => {
   const cwd = tempDir(t);
   const gpu = generate(cwd, 'gpu.png', 'webgpu', { VK_ICD_FILENAMES: ICD });
   assert.equal(gpu.status, 0, gpu.stderr);
   const cpu = generate(cwd, 'cpu.png', 'cpu');
   assert.equal(cpu.status, 0, cpu.stderr);
-  const value = psnr(planar(path.join(cwd, 'gpu.png')), planar(path.join(cwd, 'cpu.png')));
+  const value = psnr(readImage(path.join(cwd, 'gpu.png')).data, readImage(path.join(cwd, 'cpu.png')).data);
   assert.ok(value >= MIN_PSNR, `WebGPU vs CPU: ${value.toFixed(1)} dB`);
 });
 

@@ -11,7 +11,7 @@ export type DataType = 'float32' | 'float16' | 'int64' | 'int32' | 'bool';
 
 export const DATA_TYPE_BYTES: Record<DataType, number> = { float32: 4, float16: 2, int64: 8, int32: 4, bool: 1 };
 
-const ONNX_TYPE: Record<DataType, OnnxDataType> = {
+export const ONNX_TYPE: Record<DataType, OnnxDataType> = {
   float32: OnnxDataType.FLOAT,
   float16: OnnxDataType.FLOAT16,
   int64: OnnxDataType.INT64,

@@ -120,9 +120,7 @@ export function fileSize(file: string): number {
 }
 
 export function readTextFile(file: string): string {
-  const m = mounted(file);
-  if (!m) return node(file).fs.readFileSync(file, 'utf8');
-  return new TextDecoder().decode(m.source.read(m.relative, 0, m.source.size(m.relative)));
+  return isMounted(file) ? new TextDecoder().decode(readWholeFile(file)) : node(file).fs.readFileSync(file, 'utf8');
 }
 
 export function readWholeFile(file: string): Uint8Array {
@@ -174,7 +172,7 @@ export function openForReading(file: string): ReadHandle {
   const fd = fs.openSync(file, 'r');
   try {
     const stat = fs.fstatSync(fd);
-    if (stat.isDirectory()) throw new FileError('EISDIR', file, 'is a folder');
+    if (!stat.isFile()) throw new FileError(stat.isDirectory() ? 'EISDIR' : 'EINVAL', file, 'not a regular file');
     let closed = false;
     return {
       size: stat.size,

@@ -5,8 +5,8 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
-import { GraphBuilder, addMacs, zeroMacs, type MacCount, type ParamSource } from '../graph/builder.ts';
-import { OnnxDataType, encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
+import { GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type DataType, type MacCount, type ParamSource } from '../graph/builder.ts';
+import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
 import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
@@ -203,7 +203,10 @@ const MERGE_GAP = 1 << 16;
 async function inlineWeights(model: ModelProto): Promise<ModelProto> {
   const byFile = new Map<string, typeof model.graph.initializers>();
   for (const t of model.graph.initializers) {
-    if (t.external) byFile.set(t.external.location, [...(byFile.get(t.external.location) ?? []), t]);
+    if (!t.external) continue;
+    const tensors = byFile.get(t.external.location);
+    if (tensors) tensors.push(t);
+    else byFile.set(t.external.location, [t]);
   }
   const initializers = new Map(model.graph.initializers.map((t) => [t, t]));
   await Promise.all([...byFile].map(async ([file, tensors]) => {
@@ -246,8 +249,9 @@ function hostCopySession(type: ort.Tensor.Type, rank: number): Promise<ort.Infer
   const key = `${type}/${rank}`;
   let session = hostCopies.get(key);
   if (!session) {
-    const elemType = ({ float32: OnnxDataType.FLOAT, float16: OnnxDataType.FLOAT16, int64: OnnxDataType.INT64, int32: OnnxDataType.INT32, bool: OnnxDataType.BOOL } as Partial<Record<string, OnnxDataType>>)[type];
-    if (elemType === undefined) throw new Error(`no host copy for ${type} tensors`);
+    // ORT's tensor type names are the graph's data type names.
+    if (!Object.hasOwn(ONNX_TYPE, type)) throw new Error(`no host copy for ${type} tensors`);
+    const elemType = ONNX_TYPE[type as DataType];
     const shape = Array.from({ length: rank }, (_, i) => `d${i}`);
     const model: ModelProto = {
       irVersion: 9, producer: 'diffusion.ts', opsets: [{ domain: '', version: 18 }],

@@ -221,19 +221,19 @@ export class SafetensorsFile {
   /** Opens a file and reads its header only. */
   static open(filePath: string): SafetensorsFile {
     const abs = resolvePath(filePath);
-    let fd: ReadHandle;
+    let handle: ReadHandle;
     try {
-      fd = openForReading(abs);
+      handle = openForReading(abs);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') throw new InputError(abs, 'safetensors file not found');
-      if (code === 'EISDIR') throw new InputError(abs, 'not a regular file', 'a .safetensors file');
+      if (code === 'EISDIR' || code === 'EINVAL') throw new InputError(abs, 'not a regular file', 'a .safetensors file');
       throw new InputError(abs, `cannot open safetensors file (${code ?? (err as Error).message})`);
     }
     try {
-      const size = fd.size;
+      const size = handle.size;
       const head = new Uint8Array(Math.min(8, size));
-      readExactly(fd, head, 0, abs);
+      readExactly(handle, head, 0, abs);
       let bytes = head;
       if (size >= 8) {
         const n = headerLengthField(head);
@@ -241,12 +241,12 @@ export class SafetensorsFile {
         if (n <= BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) {
           bytes = new Uint8Array(8 + Number(n));
           bytes.set(head);
-          readExactly(fd, bytes.subarray(8), 8, abs);
+          readExactly(handle, bytes.subarray(8), 8, abs);
         }
       }
-      return new SafetensorsFile(abs, fd, parseSafetensorsHeader(bytes, size, abs));
+      return new SafetensorsFile(abs, handle, parseSafetensorsHeader(bytes, size, abs));
     } catch (err) {
-      fd.close();
+      handle.close();
       throw err;
     }
   }
@@ -261,30 +261,30 @@ export class SafetensorsFile {
   readRaw(name: string): Buffer {
     const info = this.info(name);
     const out = Buffer.allocUnsafeSlow(info.byteLength);
-    readExactly(this.openFd(), out, info.offset, this.path);
+    readExactly(this.openHandle(), out, info.offset, this.path);
     return out;
   }
 
   /** The tensor converted to float32; F32, F16, BF16 and F64 are accepted. */
   readFloat32(name: string): Float32Array {
     const info = this.info(name);
-    const fd = this.openFd();
+    const handle = this.openHandle();
     const count = info.byteLength / (DTYPE_BITS[info.dtype] / 8);
     switch (info.dtype) {
       case 'F32': {
         const out = new Float32Array(count);
-        readExactly(fd, out, info.offset, this.path);
+        readExactly(handle, out, info.offset, this.path);
         return out;
       }
       case 'F16':
       case 'BF16': {
         const half = new Uint16Array(count);
-        readExactly(fd, half, info.offset, this.path);
+        readExactly(handle, half, info.offset, this.path);
         return info.dtype === 'F16' ? float16ToFloat32(half) : bfloat16ToFloat32(half);
       }
       case 'F64': {
         const wide = new Float64Array(count);
-        readExactly(fd, wide, info.offset, this.path);
+        readExactly(handle, wide, info.offset, this.path);
         return Float32Array.from(wide);
       }
       default:
@@ -298,7 +298,7 @@ export class SafetensorsFile {
     this.handle = null;
   }
 
-  private openFd(): ReadHandle {
+  private openHandle(): ReadHandle {
     if (this.handle === null) throw new Error(`${this.path}: safetensors file already closed`);
     return this.handle;
   }
