@@ -77,13 +77,13 @@ export function createDemoServer(): http.Server {
 }
 
 if (process.argv[1] === import.meta.filename) {
-  if (!fs.existsSync(path.join(PAGE, 'index.html'))) {
-    console.error('error: dist-demo/ is not built; run `npm run demo` (it builds first)');
+  const port = Number(process.env.PORT ?? 8173);
+  if (!/^\d+$/.test(process.env.PORT ?? '8173') || port > 65535) {
+    console.error(`error: PORT: expected a port number from 0 to 65535, found ${JSON.stringify(process.env.PORT)}`);
     process.exit(1);
   }
-  const port = Number(process.env.PORT ?? 8173);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    console.error(`error: PORT: expected a port number from 0 to 65535, found ${JSON.stringify(process.env.PORT)}`);
+  if (!fs.existsSync(path.join(PAGE, 'index.html'))) {
+    console.error('error: dist-demo/ is not built; run `npm run demo` (it builds first)');
     process.exit(1);
   }
   const server = createDemoServer();

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { demoRequestHandler } from '../demo/server.ts';
 import { parseAccelSpec } from '../src/accel/index.ts';
 import { InputError } from '../src/errors.ts';
@@ -95,5 +96,14 @@ test('a folder picked as File objects (a directory picker) loads as the folder o
   } finally {
     await Promise.all([remote.release(), local.release()]);
     unmount();
+  }
+});
+
+test('the demo server refuses a bad PORT with one line naming it, exit 1', () => {
+  for (const port of ['abc', '-1', '70000', '80.5']) {
+    const run = spawnSync(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, '..', 'demo', 'server.ts')],
+      { encoding: 'utf8', timeout: 60_000, env: { ...process.env, PORT: port } });
+    assert.equal(run.status, 1, run.stderr);
+    assert.equal(run.stderr.trim(), `error: PORT: expected a port number from 0 to 65535, found ${JSON.stringify(port)}`);
   }
 });
