@@ -10,6 +10,8 @@ export { mountHttpFolder, mountPickedFiles, prefetchedSource, httpRangeReader, L
 export { loadPipeline, StableDiffusionPipeline, type GenerateRequest, type GenerateResult, type PipelineOptions } from './pipelines/stable-diffusion.ts';
 export { loadPixArtPipeline, PixArtPipeline } from './pipelines/pixart.ts';
 export { loadDiTPipeline, DiTPipeline } from './pipelines/dit.ts';
+export { describeTransfers, type Transfers } from './runtime/ort-executor.ts';
+export { pipelineDefaults, type GeneratedImage } from './pipelines/common.ts';
 export { SCHEDULER_NAMES, type SchedulerName } from './schedulers/index.ts';
 export { parseAccelSpec, formatAccelSpec, METHODS, type AccelSpec } from './accel/index.ts';
 export { calflopsMacs, fullMacs, type MacCount } from './graph/builder.ts';

@@ -43,3 +43,31 @@ test('layers: models import no method, methods no model, the protocol neither', 
   }
   assert.ok(checked > 20, `${checked} imports checked`);
 });
+
+/** Relative imports that stay in the bundle: `import type` is erased. */
+function runtimeImportsOf(file: string): string[] {
+  const text = fs.readFileSync(file, 'utf8');
+  return [...text.matchAll(/^(?:import|export)(?!\s+type\b)\b[^;]*?from '(\.[^']+)'/gms)].map((m) => m[1]);
+}
+
+test('the browser entry reaches no Node-only API: no node: imports, no Buffer, no require, process only for getBuiltinModule', () => {
+  const seen = new Set<string>();
+  const queue = [path.join(SRC, 'browser.ts')];
+  while (queue.length) {
+    const file = queue.pop()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    for (const spec of runtimeImportsOf(file)) queue.push(path.resolve(path.dirname(file), spec));
+  }
+  const problems: string[] = [];
+  for (const file of seen) {
+    const code = fs.readFileSync(file, 'utf8').replace(/\/\*[\s\S]*?\*\/|\/\/.*$/gm, '');
+    const name = path.relative(path.join(SRC, '..'), file);
+    for (const m of code.matchAll(/^import(?!\s+type\b)[^;]*?from '(node:[^']+|fs|path|os|child_process|worker_threads)'/gm)) problems.push(`${name} imports ${m[1]}`);
+    if (/\bBuffer\s*[.(]/.test(code)) problems.push(`${name} uses Buffer`);
+    if (/\brequire\s*\(/.test(code)) problems.push(`${name} calls require`);
+    for (const m of code.matchAll(/\bprocess\.(\w+)/g)) if (m[1] !== 'getBuiltinModule') problems.push(`${name} uses process.${m[1]}`);
+  }
+  assert.deepEqual(problems, []);
+  assert.ok(seen.size > 30, `${seen.size} modules reached from src/browser.ts`);
+});

@@ -35,6 +35,8 @@ test('generate --device webgpu on SwiftShader draws the CPU image', { skip }, (t
   assert.equal(cpu.status, 0, cpu.stderr);
   const value = psnr(readImage(path.join(cwd, 'gpu.png')).data, readImage(path.join(cwd, 'cpu.png')).data);
   assert.ok(value >= MIN_PSNR, `WebGPU vs CPU: ${value.toFixed(1)} dB`);
+  // Segment outputs stay on the GPU: a step brings back only the noise prediction, and sends the latents and the timestep.
+  assert.match(gpu.stderr, /webgpu: per denoising step 1\.0 copies to the CPU \(8\.0 KiB\), 2\.\d to the GPU/);
 });
 
 test('without a WebGPU adapter, --device webgpu is one line saying what to install, exit 2', { skip }, (t) => {

@@ -20,7 +20,7 @@ import { readImage } from '../image/read.ts';
 import { convertedFolder } from '../models/official-dit-checkpoint.ts';
 import { DEFAULT_STRENGTH } from '../pipelines/img2img.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
-import type { Device } from '../runtime/ort-executor.ts';
+import { describeTransfers, type Device, type Transfers } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile } from '../weights/safetensors.ts';
@@ -107,6 +107,7 @@ interface Generated {
   /** DiT: the latent channels guidance applies to (3 for the authors' checkpoints). */
   guidedChannels?: number;
   timings: { textEncoding?: number; imageEncoding?: number; denoising: number; decoding: number };
+  denoisingTransfers: Transfers;
   warnings: string[];
 }
 
@@ -294,6 +295,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
       const t = result.timings;
       process.stderr.write(`wrote ${runNames.join(', ')} (seed ${result.seed}, ${result.scheduler}; ` +
         `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}${t.imageEncoding === undefined ? '' : `init image ${t.imageEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
+      if (device === 'webgpu') process.stderr.write(`webgpu: ${describeTransfers(result.denoisingTransfers, result.steps)}\n`);
       if (result.accel) {
         const a = result.accel;
         process.stderr.write(`${a.name}: ${[`${a.cfgCalls} model calls with CFG`, ...a.summary].join(', ')}\n`);

@@ -15,7 +15,7 @@ import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
 import { OfficialDiT } from '../models/official-dit.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { OrtExecutor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
@@ -50,6 +50,8 @@ export interface DiTResult {
   guidedChannels: number;
   /** MACs the transformer ran in this generation. */
   denoiserMacs: MacCount;
+  /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
+  denoisingTransfers: Transfers;
   timings: { denoising: number; decoding: number };
   warnings: string[];
 }
@@ -121,6 +123,7 @@ export class DiTPipeline {
     const guided = (plane / c.inChannels) * guidedChannels;
     const start = performance.now();
     const macsBefore = { ...this.transformerExec.macsSpent };
+    const transfersBefore = { ...transfers };
     let state = scheduler.initialState;
     for (let i = 0; i < scheduler.timesteps.length; i++) {
       checkAborted(request.signal);
@@ -148,6 +151,7 @@ export class DiTPipeline {
       request.onStep?.({ step: i + 1, steps: scheduler.timesteps.length, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
+    const denoisingTransfers = transfersSince(transfersBefore);
     const decodeStart = performance.now();
     const images = (request.output ?? 'image') === 'image' ? await decodeImages(this.vae.model, this.vaeExec, latents, latentDims) : [];
     return {
@@ -162,6 +166,7 @@ export class DiTPipeline {
       accel: acceleration.report(),
       guidedChannels,
       denoiserMacs: macsSince(this.transformerExec, macsBefore),
+      denoisingTransfers,
       timings: { denoising, decoding: seconds(decodeStart) },
       warnings,
     };

@@ -19,7 +19,7 @@ import { closingOnFailure, loadT5Encoder, loadTransformer, loadVae, type LoadedC
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, retainSessionsFor, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { OrtExecutor, retainSessionsFor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
@@ -54,6 +54,8 @@ export interface PixArtResult {
   accel?: AccelReport;
   /** MACs the transformer ran in this generation (caption projection and cross-attention keys/values included). */
   denoiserMacs: MacCount;
+  /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
+  denoisingTransfers: Transfers;
   /** Seconds; imageEncoding for img2img only. */
   timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
@@ -255,6 +257,7 @@ export class PixArtPipeline {
 
     start = performance.now();
     const macsBefore = { ...this.transformerExec.macsSpent };
+    const transfersBefore = { ...transfers };
     let state = scheduler.beginState(first);
     const plane = size / batch;
     for (let i = first; i < scheduler.timesteps.length; i++) {
@@ -277,6 +280,7 @@ export class PixArtPipeline {
       request.onStep?.({ step: i - first + 1, steps: run.calls, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(start);
+    const denoisingTransfers = transfersSince(transfersBefore);
 
     start = performance.now();
     const fit = (decoded: Float32Array) => ({ data: binning ? resizeAndCrop(decoded, genHeight, genWidth, height, width) : decoded, width, height });
@@ -293,6 +297,7 @@ export class PixArtPipeline {
       generated: { width: genWidth, height: genHeight },
       accel: acceleration.report(),
       denoiserMacs: macsSince(this.transformerExec, macsBefore),
+      denoisingTransfers,
       timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };

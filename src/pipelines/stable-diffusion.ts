@@ -13,7 +13,7 @@ import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { OrtExecutor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
@@ -59,6 +59,8 @@ export interface GenerateResult {
   accel?: AccelReport;
   /** MACs the U-Net ran in this generation (every segment, cross-attention keys/values included): what the accelerations really spent. */
   denoiserMacs: MacCount;
+  /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
+  denoisingTransfers: Transfers;
   /** Seconds; imageEncoding for img2img only. */
   timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
@@ -245,6 +247,7 @@ export class StableDiffusionPipeline {
 
     clock = performance.now();
     const macsBefore = { ...this.unetExec.macsSpent };
+    const transfersBefore = { ...transfers };
     let state = scheduler.beginState(start);
     for (let i = start; i < scheduler.timesteps.length; i++) {
       checkAborted(request.signal);
@@ -266,6 +269,7 @@ export class StableDiffusionPipeline {
       request.onStep?.({ step: i - start + 1, steps: run.calls, timestep: t, seconds: seconds(stepStart) });
     }
     const denoising = seconds(clock);
+    const denoisingTransfers = transfersSince(transfersBefore);
 
     clock = performance.now();
     const images = (request.output ?? 'image') === 'image' ? await decodeImages(this.vae.model, this.vaeExec, latents, latentDims) : [];
@@ -280,6 +284,7 @@ export class StableDiffusionPipeline {
       scheduler: scheduler.name,
       accel: acceleration.report(),
       denoiserMacs: macsSince(this.unetExec, macsBefore),
+      denoisingTransfers,
       timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };

@@ -5,7 +5,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
-import { GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type DataType, type MacCount, type ParamSource } from '../graph/builder.ts';
+import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource } from '../graph/builder.ts';
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
 import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
@@ -57,6 +57,16 @@ function batchOf(inputs: Record<string, ort.Tensor>, options?: RunOptions): numb
   return batched?.[1].dims[0] ?? 1;
 }
 
+/**
+ * How segments build attention. onnxruntime-web 1.30's WebGPU MultiHeadAttention gives wrong
+ * outputs once the query has 32 tokens or more (op by op against wasm on Chromium's SwiftShader:
+ * relative error 0.4 to 1; right below 32), while Node's own WebGPU provider and every CPU
+ * provider are right: in the browser on WebGPU, attention is built from MatMul and Softmax.
+ */
+function attentionKindFor(device: Device): AttentionKind {
+  return device === 'webgpu' && 'web' in ort.env.versions ? 'plain' : 'mha';
+}
+
 export class OrtExecutor implements Executor<ort.Tensor> {
   private readonly sessions = new Map<string, Promise<CompiledSegment>>();
   /** Seconds spent in session.run per segment name, summed over calls (for profiling). */
@@ -98,6 +108,14 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     }
     const { session, outputKeys, macs, batch } = await compiled;
     addMacs(this.macsSpent, macs, batchOf(inputs, options) / batch);
+    if (this.options.device === 'webgpu') {
+      // ORT uploads every CPU-resident input of a WebGPU session.
+      for (const t of Object.values(inputs)) {
+        if (t.location !== 'cpu') continue;
+        transfers.toDevice++;
+        transfers.toDeviceBytes += tensorBytes(t);
+      }
+    }
     const start = performance.now();
     let result: Record<string, ort.Tensor>;
     try {
@@ -119,7 +137,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
 
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
     // One session per segment for every batch size: CFG and single-batch calls share it.
-    const g = new GraphBuilder(name, this.params, 'mha', true);
+    const g = new GraphBuilder(name, this.params, attentionKindFor(this.options.device ?? 'cpu'), true);
     const outputs = buildSegment(g, build, inputs, options);
     return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs), macs: { ...g.macs }, batch: batchOf(inputs, options) };
   }
@@ -230,9 +248,42 @@ async function inlineWeights(model: ModelProto): Promise<ModelProto> {
   return { ...model, graph: { ...model.graph, initializers: model.graph.initializers.map((t) => initializers.get(t)!) } };
 }
 
+/**
+ * Copies between a GPU and the CPU in this process so far (WebGPU; the CPU providers copy
+ * nothing): a pipeline reports the difference over its denoising loop. Weights are not counted.
+ */
+export interface Transfers {
+  toHost: number;
+  toHostBytes: number;
+  toDevice: number;
+  toDeviceBytes: number;
+}
+
+export const transfers: Transfers = { toHost: 0, toHostBytes: 0, toDevice: 0, toDeviceBytes: 0 };
+
+export function transfersSince(before: Transfers): Transfers {
+  return {
+    toHost: transfers.toHost - before.toHost, toHostBytes: transfers.toHostBytes - before.toHostBytes,
+    toDevice: transfers.toDevice - before.toDevice, toDeviceBytes: transfers.toDeviceBytes - before.toDeviceBytes,
+  };
+}
+
+/** "per denoising step: 1.0 copies to the CPU (2.0 KiB), 3.0 to the GPU (21.5 KiB)". */
+export function describeTransfers(t: Transfers, steps: number): string {
+  const kib = (bytes: number) => `${(bytes / steps / 1024).toFixed(1)} KiB`;
+  return `per denoising step ${(t.toHost / steps).toFixed(1)} copies to the CPU (${kib(t.toHostBytes)}), ` +
+    `${(t.toDevice / steps).toFixed(1)} to the GPU (${kib(t.toDeviceBytes)})`;
+}
+
+function tensorBytes(t: ort.Tensor): number {
+  return t.size * (Object.hasOwn(ONNX_TYPE, t.type) ? DATA_TYPE_BYTES[t.type as DataType] : 4);
+}
+
 /** A tensor's values on the CPU, wherever it lives. */
 export async function tensorData(t: ort.Tensor): Promise<ort.Tensor['data']> {
   if (t.location === 'cpu') return t.data;
+  transfers.toHost++;
+  transfers.toHostBytes += tensorBytes(t);
   // onnxruntime-node 1.30's downloader for WebGPU buffers throws a C string and aborts the
   // process; a session that copies its input to a CPU output is ORT's own device-to-host copy.
   if ((ort.env.versions as Record<string, string | undefined>).node !== undefined) {

@@ -115,6 +115,13 @@ interface AddedToken {
   special: boolean;
 }
 
+/** Standard base64 of bytes, with what both Node and browsers have (btoa). */
+function base64(bytes: Uint8Array): string {
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
 /** The tokenizer.json transformers builds for a T5 sentencepiece model with `extraIds` sentinel tokens. */
 function tokenizerJsonFromModel(model: SentencePieceModel, extraIds: number, added: AddedToken[]): Record<string, unknown> {
   const vocab: [string, number][] = model.pieces.map((p) => [p.piece, p.score]);
@@ -123,7 +130,7 @@ function tokenizerJsonFromModel(model: SentencePieceModel, extraIds: number, add
   return {
     version: '1.0',
     added_tokens: added,
-    normalizer: model.charsmap.length ? { type: 'Precompiled', precompiled_charsmap: Buffer.from(model.charsmap).toString('base64') } : null,
+    normalizer: model.charsmap.length ? { type: 'Precompiled', precompiled_charsmap: base64(model.charsmap) } : null,
     pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'WhitespaceSplit' }, metaspace] },
     post_processor: {
       type: 'TemplateProcessing',

@@ -53,7 +53,7 @@ export class WeightSet {
     return this.fileOf(name).readFloat32(name);
   }
 
-  readRaw(name: string): Buffer {
+  readRaw(name: string): Uint8Array {
     return this.fileOf(name).readRaw(name);
   }
 

@@ -258,9 +258,9 @@ export class SafetensorsFile {
   }
 
   /** The tensor's raw little-endian bytes, in a buffer of its own (not pooled). */
-  readRaw(name: string): Buffer {
+  readRaw(name: string): Uint8Array {
     const info = this.info(name);
-    const out = Buffer.allocUnsafeSlow(info.byteLength);
+    const out = new Uint8Array(info.byteLength);
     readExactly(this.openHandle(), out, info.offset, this.path);
     return out;
   }
