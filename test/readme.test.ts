@@ -7,7 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
+import { readImage } from '../src/image/read.ts';
 import { tempDir } from './helpers/files.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
@@ -37,9 +39,12 @@ test('README: every code block is sh or ts, and the folders it names exist here'
   for (const placeholder of readme.match(/path\/to\/[\w.-]+/g) ?? []) assert.ok(PLACEHOLDERS[placeholder], `${placeholder} stands for a fixture`);
 });
 
+/** A block that starts `diffuse serve` is a session: one script, the service in the background. */
+const isService = (b: { code: string }) => /^npx diffuse serve\b/m.test(b.code);
+
 test('README: every shell command runs (exit 0)', (t) => {
   const cwd = tempDir(t);
-  const commands = blocks.filter((b) => b.lang === 'sh')
+  const commands = blocks.filter((b) => b.lang === 'sh' && !isService(b))
     .flatMap((b) => b.code.replace(/\\\n\s*/g, ' ').split('\n'))
     .map((line) => line.replace(/\s+#\s.*$/, '').trim())
     .filter((line) => line !== '' && !SETUP.has(line));
@@ -52,6 +57,29 @@ test('README: every shell command runs (exit 0)', (t) => {
     t.diagnostic(`ok: ${command}`);
   }
   assert.ok(fs.existsSync(path.join(cwd, 'red.png')) && fs.existsSync(path.join(cwd, 'circles-2.png')) && fs.existsSync(path.join(cwd, 'dog-1.png')));
+});
+
+test('README: the service session runs as written (serve in the background, curl, the image fetched, kill)', async (t) => {
+  const cwd = tempDir(t);
+  const sessions = blocks.filter((b) => b.lang === 'sh' && isService(b));
+  assert.equal(sessions.length, 1);
+  // A free port instead of the default one, in case something else holds it.
+  const port = await new Promise<number>((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port: free } = probe.address() as net.AddressInfo;
+      probe.close(() => resolve(free));
+    });
+  });
+  const script = sessions[0].code
+    .replace(/^npx diffuse serve/m, `npx diffuse serve --port ${port} --results ${JSON.stringify(path.join(cwd, 'results'))}`)
+    .replaceAll('localhost:8174', `localhost:${port}`)
+    .replace(/^npx diffuse /gm, `${JSON.stringify(process.execPath)} ${JSON.stringify(path.join(ROOT, 'bin', 'diffuse.js'))} `);
+  const run = spawnSync('bash', ['-c', `set -euo pipefail\n${script}\nwait`], { cwd, encoding: 'utf8', timeout: 300_000 });
+  assert.equal(run.status, 0, `${run.stdout}\n${run.stderr}`);
+  assert.match(run.stdout, /^event: done$/m, run.stdout);
+  assert.match(run.stderr, /diffuse serve: stopped/);
+  const image = readImage(path.join(cwd, 'served.png'));
+  assert.equal(image.width, 64);
 });
 
 test('README: every TypeScript example runs as written (imports from the package)', (t) => {

@@ -14,6 +14,7 @@ import { benchTransformer, benchUNet, type BenchUNetOptions } from '../bench/une
 import { benchGenerate } from '../bench/generate.ts';
 import { benchTextEncoder } from '../bench/text-encoder.ts';
 import { generate } from './generate.ts';
+import { serve } from '../serve/serve.ts';
 import { tune } from './tune.ts';
 import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
@@ -108,6 +109,12 @@ function squareSize(value: string): number {
   const [width, height] = parseSize(value);
   if (width !== height) throw new InvalidArgumentError(`--size expects a square size here, got "${value}"`);
   return width;
+}
+
+function portNumber(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 65535) throw new InvalidArgumentError(`--port expects a port number from 0 to 65535, got "${value}"`);
+  return n;
 }
 
 function sizeList(value: string): [number, number][] {
@@ -289,6 +296,21 @@ export function buildProgram(): Command {
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch on the same folder, in this run')
     .action(async (opts) => {
       await benchGenerate(opts);
+    });
+
+  program
+    .command('serve')
+    .description('an HTTP image service on this machine: POST /v1/images queues a job, worker threads generate it (API at /openapi.json)')
+    .option('--host <address>', 'address to listen on (beyond loopback a --token is required)', '127.0.0.1')
+    .option('--port <n>', 'port (0: any free one)', portNumber, 8174)
+    .option('--model-dir <dir>', 'folder of diffusers model folders requests may name (the embedded reference models are always there)')
+    .option('--results <dir>', 'where finished images are written', 'diffuse-results')
+    .option('--workers <n>', 'worker threads, one job at a time each, each with its own copy of the models it has run', positiveInt('--workers', 64), 1)
+    .option('--threads <n>', 'intra-op threads of each ORT session a worker creates (requests cannot set it)', positiveInt('--threads', MAX_THREADS), 1)
+    .option('--token <token>', 'bearer token required on /v1 and /metrics (default: $DIFFUSE_TOKEN); at least 16 characters')
+    .option('--rate <n>', 'jobs per minute one client may submit', positiveInt('--rate', 1_000_000), 120)
+    .action(async (opts) => {
+      await serve(opts);
     });
 
   return program;

@@ -1,0 +1,140 @@
+/**
+ * A generation worker: runs in a worker thread (ORT's `run` blocks whatever thread it is on, so the
+ * server's event loop stays free), keeps each model it has loaded, takes one job at a time, and
+ * writes each image atomically into the result directory with the PNG parameters `generate` writes.
+ */
+import * as path from 'node:path';
+import { parentPort, workerData } from 'node:worker_threads';
+import { parseAccelSpec } from '../accel/index.ts';
+import { fullMacs, type MacCount } from '../graph/builder.ts';
+import { encodePng } from '../image/png.ts';
+import type { GeneratedImage, StepInfo } from '../pipelines/common.ts';
+import { loadDiTPipeline } from '../pipelines/dit.ts';
+import { loadPixArtPipeline } from '../pipelines/pixart.ts';
+import { loadPipeline } from '../pipelines/stable-diffusion.ts';
+import { writeFileAtomically } from '../util/files.ts';
+import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+import type { ImageJob } from './job.ts';
+
+export interface WorkerOptions {
+  resultsDir: string;
+  /** Intra-op threads of each ORT session this worker creates. */
+  threads: number;
+}
+
+/** Messages from the queue to a worker. */
+export type ToWorker = { type: 'run'; id: string; job: ImageJob } | { type: 'cancel'; id: string };
+
+/** What a finished job reports. */
+export interface JobOutcome {
+  images: string[];
+  seed: number;
+  steps: number;
+  guidanceScale: number;
+  scheduler: string;
+  macs: number;
+  timings: Record<string, number>;
+  accel?: string[];
+}
+
+/** Messages from a worker to the queue. */
+export type FromWorker =
+  | { type: 'step'; id: string; step: number; steps: number }
+  | { type: 'done'; id: string; outcome: JobOutcome }
+  | { type: 'failed'; id: string; error: string; cancelled: boolean };
+
+interface Generation {
+  images: GeneratedImage[];
+  seeds: number[];
+  steps: number;
+  guidanceScale: number;
+  scheduler: string;
+  denoiserMacs: MacCount;
+  timings: Record<string, number | undefined>;
+  accel?: { name: string; cfgCalls: number; summary: string[] };
+}
+
+type Runner = (job: ImageJob, onStep: (s: StepInfo) => void, signal: AbortSignal) => Promise<Generation>;
+
+const runners = new Map<string, Promise<Runner>>();
+
+/** The model's pipeline, loaded once per worker and kept. */
+function runnerFor(folderPath: string, threads: number): Promise<Runner> {
+  let runner = runners.get(folderPath);
+  if (!runner) {
+    runner = (async (): Promise<Runner> => {
+      const folder = readPipelineFolder(folderPath);
+      if (folder.className === 'DiTPipeline') {
+        const dit = loadDiTPipeline(folder, { threads });
+        return (job, onStep, signal) => dit.generate({
+          classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
+          accel: job.accel.map(parseAccelSpec), onStep, signal,
+        });
+      }
+      if (folder.className.startsWith('PixArt')) {
+        const pixart = loadPixArtPipeline(folder, { threads });
+        return (job, onStep, signal) => pixart.generate({ ...promptRequest(job), onStep, signal });
+      }
+      const sd = await loadPipeline(folder.dir, { threads });
+      return (job, onStep, signal) => sd.generate({ ...promptRequest(job), onStep, signal });
+    })();
+    runners.set(folderPath, runner);
+    runner.catch(() => runners.delete(folderPath));
+  }
+  return runner;
+}
+
+function promptRequest(job: ImageJob) {
+  return {
+    prompt: job.prompt ?? '', negativePrompt: job.negativePrompt, steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed,
+    width: job.width, height: job.height, imagesPerPrompt: job.batch, scheduler: job.scheduler, accel: job.accel.map(parseAccelSpec),
+  };
+}
+
+function pngParameters(job: ImageJob, g: Generation, image: GeneratedImage, seed: number): string {
+  const subject = job.classLabels ? `class ${job.classLabels.join(', ')}` : job.prompt ?? '';
+  return [
+    subject,
+    ...(job.classLabels ? [] : [`Negative prompt: ${job.negativePrompt ?? ''}`]),
+    `Steps: ${g.steps}, Sampler: ${g.scheduler}, CFG scale: ${g.guidanceScale}, Seed: ${seed}, Size: ${image.width}x${image.height}, Model: ${job.model}` +
+      (job.accel.length ? `, Accel: "${job.accel.join(' + ')}"` : ''),
+  ].join('\n');
+}
+
+/** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
+export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
+  const run = await runnerFor(job.folder, options.threads);
+  const g = await run(job, onStep, signal);
+  const images = g.images.map((image, i) => {
+    const name = `${id}-${i}.png`;
+    const json = { ...job, folder: undefined, seed: g.seeds[i], index: i };
+    writeFileAtomically(path.join(options.resultsDir, name), encodePng(image.data, image.width, image.height, {
+      parameters: pngParameters(job, g, image, g.seeds[i]), 'diffusion.ts': JSON.stringify(json),
+    }));
+    return name;
+  });
+  const timings = Object.fromEntries(Object.entries(g.timings).filter((e): e is [string, number] => e[1] !== undefined));
+  return {
+    images, seed: job.seed, steps: g.steps, guidanceScale: g.guidanceScale, scheduler: g.scheduler, macs: fullMacs(g.denoiserMacs), timings,
+    accel: g.accel && [g.accel.name, ...g.accel.summary],
+  };
+}
+
+if (parentPort && workerData?.diffusionWorker) {
+  const port = parentPort;
+  const options = workerData.options as WorkerOptions;
+  const running = new Map<string, AbortController>();
+  const send = (m: FromWorker) => port.postMessage(m);
+  port.on('message', (m: ToWorker) => {
+    if (m.type === 'cancel') {
+      running.get(m.id)?.abort();
+      return;
+    }
+    const abort = new AbortController();
+    running.set(m.id, abort);
+    runJob(m.id, m.job, options, (s) => send({ type: 'step', id: m.id, step: s.step, steps: s.steps }), abort.signal)
+      .then((outcome) => send({ type: 'done', id: m.id, outcome }))
+      .catch((err: unknown) => send({ type: 'failed', id: m.id, error: err instanceof Error ? err.message : String(err), cancelled: abort.signal.aborted }))
+      .finally(() => running.delete(m.id));
+  });
+}

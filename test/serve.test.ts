@@ -1,0 +1,204 @@
+/**
+ * `diffuse serve` on loopback with the embedded queue: jobs on the reference model from POST to
+ * PNG, idempotency, Server-Sent Events, cancelling a running job, a bearer token, a rate limit,
+ * 200+ malformed or hostile requests answered 4xx with the field named while the service keeps
+ * serving, and a shutdown that lets the running job finish.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { readImage } from '../src/image/read.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
+import { Rng } from '../src/util/rng.ts';
+import { startService, type Service } from '../src/serve/serve.ts';
+
+const TOKEN = 'a-test-token-of-32-characters-xx';
+const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
+let service: Service;
+let base: string;
+let results: string;
+let models: string;
+
+interface JobView { id: string; state: string; progress: { step: number; steps: number }; images?: string[]; error?: string; seed: number; queue_position: number }
+
+before(async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'serve-'));
+  results = path.join(dir, 'results');
+  models = path.join(dir, 'models');
+  fs.mkdirSync(models);
+  fs.symlinkSync(REFERENCE_MODEL, path.join(models, 'my-model'));
+  service = await startService({ host: '127.0.0.1', port: 0, results, modelDir: models, workers: 1, threads: 1, rate: 10_000 });
+  base = `http://127.0.0.1:${service.port}`;
+});
+
+after(async () => {
+  await service?.close(false);
+});
+
+function post(body: unknown, headers: Record<string, string> = {}, at = base): Promise<Response> {
+  return fetch(`${at}/v1/images`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+}
+
+async function finished(id: string, at = base, headers: Record<string, string> = {}): Promise<JobView> {
+  for (;;) {
+    const job = await (await fetch(`${at}/v1/jobs/${id}`, { headers })).json() as JobView;
+    if (!['queued', 'running'].includes(job.state)) return job;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test('a job runs from POST to a PNG equal to the library\'s image, with its parameters; an Idempotency-Key returns the same job', async () => {
+  const request = { model: 'my-model', prompt: 'a blue square on the right', steps: 4, seed: 5, guidance: 7.5 };
+  const response = await post(request, { 'Idempotency-Key': 'job-1' });
+  assert.equal(response.status, 202);
+  const queued = await response.json() as JobView;
+  assert.equal(response.headers.get('location'), `/v1/jobs/${queued.id}`);
+  const again = await (await post(request, { 'Idempotency-Key': 'job-1' })).json() as JobView;
+  assert.equal(again.id, queued.id, 'same key, same job');
+
+  const done = await finished(queued.id);
+  assert.equal(done.state, 'done', done.error);
+  assert.deepEqual(done.progress, { step: 4, steps: 4 });
+  assert.equal(done.images!.length, 1);
+  const png = await fetch(`${base}${done.images![0]}`);
+  assert.equal(png.headers.get('content-type'), 'image/png');
+  const bytes = Buffer.from(await png.arrayBuffer());
+  assert.match(bytes.toString('latin1'), /parameters\0+a blue square on the right\nNegative prompt: \nSteps: 4, Sampler: dpm\+\+2m, CFG scale: 7\.5, Seed: 5/);
+  assert.equal(done.images![0], `/v1/images/${queued.id}.png`);
+  const file = path.join(results, `${queued.id}-0.png`);
+  const served = readImage(file);
+  const pipeline = await loadPipeline(REFERENCE_MODEL);
+  try {
+    const expected = (await pipeline.generate({ prompt: request.prompt, steps: 4, seed: 5, guidanceScale: 7.5 })).images[0];
+    const worst = served.data.reduce((m, v, i) => Math.max(m, Math.abs(v - Math.round(Math.min(1, Math.max(0, expected.data[i])) * 255) / 255)), 0);
+    assert.ok(worst < 1e-6, `served image = library image rounded to 8 bits (max diff ${worst})`);
+  } finally {
+    await pipeline.release();
+  }
+});
+
+test('events stream queued, started, every step and done; a running job is cancelled at its next step', async () => {
+  const { id } = await (await post({ model: 'reference', prompt: 'a red circle', steps: 3, seed: 1 })).json() as JobView;
+  const text = await (await fetch(`${base}/v1/jobs/${id}/events`)).text();
+  const events = [...text.matchAll(/^event: (\w+)$/gm)].map((m) => m[1]);
+  assert.equal(events.at(-1), 'done', text);
+  assert.equal(events.filter((e) => e === 'step').length, 3, text);
+  assert.ok(['queued', 'started'].includes(events[0]));
+
+  const long = await (await post({ model: 'reference', prompt: 'a red circle', steps: 200, seed: 2 })).json() as JobView;
+  for (;;) {
+    const job = await (await fetch(`${base}/v1/jobs/${long.id}`)).json() as JobView;
+    if (job.progress.step >= 1) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const cancel = await fetch(`${base}/v1/jobs/${long.id}`, { method: 'DELETE' });
+  assert.equal(cancel.status, 202);
+  const job = await finished(long.id);
+  assert.equal(job.state, 'cancelled');
+  assert.ok(job.progress.step < 200, `stopped at step ${job.progress.step}`);
+  assert.equal(job.images, undefined);
+  assert.equal((await fetch(`${base}/v1/jobs/${long.id}`, { method: 'DELETE' })).status, 409, 'a finished job cannot be cancelled');
+});
+
+/** Requests a hostile or careless client might send, each with the field its refusal must name. */
+function hostileRequests(count: number): { body: string; headers?: Record<string, string>; field: RegExp }[] {
+  const rng = new Rng(11);
+  const pick = <T>(xs: T[]): T => xs[Math.floor(rng.uniform() * xs.length)];
+  // Per field, values that are wrong for it: wrong types, out of range, too long.
+  const wrong: Record<string, unknown[]> = {
+    prompt: [7, true, [], {}, 'x'.repeat(5000)],
+    negative_prompt: [7, false, ['a'], 'y'.repeat(2001)],
+    steps: [0, -1, 1.5, 1e308, '12', true, [], {}, 201, 2 ** 53],
+    width: [0, 7, 65, 1e308, -8, '64', 4096, [64]],
+    height: [0, 12, 1.5, 'NaN', 2056, {}],
+    seed: [-1, 1.5, 2 ** 40, '5', {}, []],
+    batch: [0, 5, 1.5, '1', true],
+    guidance: [-1, 51, 1e308, 'NaN', [], true, -1e308],
+    scheduler: ['nope', 7, '', [], 'euler; rm -rf /'],
+    accel: [7, 'x'.repeat(600), 'tgate:gate_step=0', 'nosuchmethod', 'deepcache:cache_interval=-1', 'tgate:nope=1', { $gt: 1 }],
+    class: [[], [-1], [1.5], 'x'.repeat(300), [1, 2, 3, 4, 5], {}, true, [null]],
+  };
+  const out: { body: string; headers?: Record<string, string>; field: RegExp }[] = [
+    { body: '{"model": "reference", ', field: /body/ },
+    { body: 'not json at all', field: /body/ },
+    { body: '[1, 2, 3]', field: /body/ },
+    { body: '"a string"', field: /body/ },
+    { body: JSON.stringify({ model: 'reference', prompt: 'x'.repeat(70_000) }), field: /body/ },
+    { body: JSON.stringify({ model: 'reference' }), headers: { 'content-type': 'text/plain' }, field: /Content-Type/ },
+    { body: JSON.stringify({ model: 'reference' }), headers: { 'Idempotency-Key': 'k'.repeat(300) }, field: /Idempotency-Key/ },
+    { body: JSON.stringify({ prompt: 'no model' }), field: /model/ },
+    { body: JSON.stringify({ model: 'reference', extra: 1 }), field: /extra/ },
+  ];
+  for (const name of ['../reference-model', '/etc', 'a/b', '..', '%2e%2e', 'my-model/../../x', '.hidden', 'C:\\x', 'my-model\u0000', 'nonexistent']) {
+    out.push({ body: JSON.stringify({ model: name, prompt: 'x' }), field: /model/ });
+  }
+  out.push({ body: JSON.stringify({ model: 'reference', prompt: 'x', accel: 'tgate:gate_step=0' }), field: /accel/ });
+  out.push({ body: JSON.stringify({ model: 'reference', prompt: 'x', accel: 'nosuchmethod' }), field: /accel/ });
+  out.push({ body: JSON.stringify({ model: 'reference', prompt: 'x', width: 65 }), field: /width/ });
+  while (out.length < count) {
+    const name = pick(Object.keys(wrong));
+    out.push({ body: JSON.stringify({ model: 'reference', prompt: 'x', [name]: pick(wrong[name]) }), field: new RegExp(`^${name}$`) });
+  }
+  return out;
+}
+
+test('200+ malformed or hostile requests are each one 4xx naming the field, and the service keeps serving', async () => {
+  const requests = hostileRequests(220);
+  for (const r of requests) {
+    const response = await post(r.body, r.headers);
+    const text = await response.text();
+    assert.ok(response.status >= 400 && response.status < 500, `${r.body.slice(0, 80)} → ${response.status} ${text.slice(0, 200)}`);
+    const body = JSON.parse(text) as { error: { field: string; message: string } };
+    assert.match(body.error.field, r.field, `${r.body.slice(0, 80)} → ${text.slice(0, 200)}`);
+    assert.doesNotMatch(text, /\n\s+at |\.ts:\d+|node:internal/, 'no stack trace');
+  }
+  for (const p of ['/v1/images/../../etc/passwd', '/v1/images/%2e%2e%2fpackage.json', '/v1/images/x.png', '/v1/jobs/nope', '/nowhere']) {
+    const response = await fetch(`${base}${p}`);
+    assert.equal(response.status, 404, p);
+  }
+  const health = await (await fetch(`${base}/healthz`)).json() as { ok: boolean; failed: number };
+  assert.equal(health.ok, true);
+  const job = await (await post({ model: 'reference', prompt: 'still serving', steps: 2, seed: 3 })).json() as JobView;
+  assert.equal((await finished(job.id)).state, 'done');
+  const metrics = await (await fetch(`${base}/metrics`)).text();
+  assert.match(metrics, /^diffusion_queue_depth 0$/m);
+  assert.match(metrics, /^diffusion_jobs_done_total \d+$/m);
+  const openapi = await (await fetch(`${base}/openapi.json`)).json() as { paths: Record<string, unknown> };
+  assert.ok(openapi.paths['/v1/images'] && openapi.paths['/v1/jobs/{id}/events']);
+});
+
+test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loopback a token is required', async () => {
+  const guarded = await startService({ host: '127.0.0.1', port: 0, results, workers: 1, threads: 1, rate: 2, token: TOKEN });
+  try {
+    const at = `http://127.0.0.1:${guarded.port}`;
+    const request = { model: 'reference', prompt: 'x', steps: 1 };
+    assert.equal((await post(request, {}, at)).status, 401);
+    assert.equal((await post(request, { authorization: 'Bearer wrong' }, at)).status, 401);
+    assert.equal((await fetch(`${at}/metrics`)).status, 401);
+    assert.equal((await fetch(`${at}/healthz`)).status, 200);
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    assert.equal((await post(request, auth, at)).status, 202);
+    assert.equal((await post(request, auth, at)).status, 202);
+    const limited = await post(request, auth, at);
+    assert.equal(limited.status, 429);
+    assert.ok(Number(limited.headers.get('retry-after')) > 0);
+  } finally {
+    await guarded.close(false);
+  }
+  const open = spawnSync(process.execPath, [CLI, 'serve', '--host', '0.0.0.0', '--port', '0'], { encoding: 'utf8', env: { ...process.env, DIFFUSE_TOKEN: '' }, timeout: 60_000 });
+  assert.equal(open.status, 2, open.stderr);
+  assert.match(open.stderr, /^diffuse: --token: required when listening beyond loopback/m);
+});
+
+test('closing the service lets the running job finish', async () => {
+  const own = await startService({ host: '127.0.0.1', port: 0, results, workers: 1, threads: 1, rate: 100 });
+  const at = `http://127.0.0.1:${own.port}`;
+  const { id } = await (await post({ model: 'reference', prompt: 'drain me', steps: 6, seed: 4 }, {}, at)).json() as JobView;
+  while (own.queue.get(id)!.state === 'queued') await new Promise((r) => setTimeout(r, 10));
+  await own.close(true);
+  assert.equal(own.queue.get(id)!.state, 'done');
+});
