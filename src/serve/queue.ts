@@ -66,11 +66,14 @@ export class EmbeddedQueue extends EventEmitter {
     const thread = new Worker(new URL('./worker-entry.js', import.meta.url), { workerData: { diffusionWorker: true, options } });
     const worker: PoolWorker = { thread };
     thread.on('message', (m: FromWorker) => this.onMessage(worker, m));
-    thread.on('error', (err) => {
-      // A worker that dies fails its job (say why) and is replaced.
-      if (worker.busy) this.finish(worker, worker.busy, 'failed', { error: `the worker stopped: ${err.message}` });
+    // A worker that dies fails its job, saying why, and is replaced ('exit' follows every 'error').
+    let reason = 'it exited';
+    thread.on('error', (err) => (reason = err.message));
+    thread.on('exit', () => {
+      if (worker.busy) this.finish(worker, worker.busy, 'failed', { error: `the worker stopped: ${reason}` });
+      if (this.closing) return;
       const i = this.workers.indexOf(worker);
-      if (i >= 0 && !this.closing) this.workers[i] = this.startWorker(options);
+      if (i >= 0) this.workers[i] = this.startWorker(options);
       this.pump();
     });
     return worker;
