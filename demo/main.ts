@@ -210,13 +210,7 @@ $('form').addEventListener('submit', (event) => {
   button.disabled = true;
   generate().catch(show).finally(() => {
     button.disabled = false;
-    $<HTMLSelectElement>('model').addEventListener('change', () => {
-  const option = $<HTMLSelectElement>('model').selectedOptions[0];
-  fitFormTo(option.dataset.class!);
-  $('model-name').textContent = `Model: ${option.text}.`;
-});
-fitFormTo($<HTMLSelectElement>('model').selectedOptions[0].dataset.class!);
-state.ready = true;
+    state.ready = true;
   });
 });
 

@@ -178,6 +178,7 @@ test('the embedded DiT draws Node\'s image for a class name; a Skip-Cache compar
   };
   const dit = await generate(fields, { model: 'reference-dit' });
   assert.equal(dit.error, undefined);
+  assert.equal(await page.inputValue('#steps'), '6', 'a run leaves the form as the user filled it');
   assert.ok(maxDifference(dit.runs[0].images[0].data, await node('reference-dit')) <= WASM_MAX_DIFFERENCE, 'DiT image = Node CPU image');
 
   const cached = await generate(fields, { model: 'reference-skip-dit', accel: ['skip-cache', 'cache_interval=2'], compare: true });
