@@ -57,7 +57,7 @@ def main():
     torch.set_num_threads(args.threads)
     pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     vae, text_encoder, unet, tokenizer = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
-    alphas = DDPMScheduler(**train.NOISE_SCHEDULE).alphas_cumprod
+    alphas = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
     scaling = vae.config.scaling_factor
 
     rng = np.random.default_rng(123)

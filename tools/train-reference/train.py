@@ -58,7 +58,12 @@ UNET_CONFIG = dict(
     block_out_channels=[48, 96, 96], layers_per_block=1, attention_head_dim=2,
     cross_attention_dim=TEXT_CONFIG['hidden_size'], norm_num_groups=16,
 )
-NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', steps_offset=1)
+# SD's schedule ends at alpha_bar 0.0047: the noisiest training input still shows where the objects are,
+# so the model never has to place them from the caption. DiT's linear schedule ends at 4e-5.
+NOISE_SCHEDULES = {
+    'scaled_linear': dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', steps_offset=1),
+    'linear': dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule='linear', steps_offset=1),
+}
 
 
 def log(msg):
@@ -168,14 +173,19 @@ def caption_gain(text_encoder, unet, probe, empty, alphas):
 
 def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, history, probe):
     torch.manual_seed(args.seed + 3)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    if args.init_from:
+        # Fine-tuning: start from a saved pipeline's weights (e.g. onto another noise schedule).
+        text_encoder = CLIPTextModel.from_pretrained(args.init_from, subfolder='text_encoder', torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(args.init_from, subfolder='unet', torch_dtype=torch.float32)
+    else:
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+        unet = UNet2DConditionModel(**UNET_CONFIG)
     # Plain attention trains ~25% faster than CPU flash attention at these tiny head widths; the
     # saved model does not record the processor.
     unet.set_attn_processor(AttnProcessor())
     ema_text, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
-    noise_schedule = DDPMScheduler(**NOISE_SCHEDULE)
-    alphas = noise_schedule.alphas_cumprod
+    noise_schedule = NOISE_SCHEDULES[args.beta_schedule]
+    alphas = DDPMScheduler(**noise_schedule).alphas_cumprod
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     ids = tokenize(tokenizer, captions)
@@ -192,7 +202,7 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
         batch_ids[torch.rand(len(pick), generator=gen) < args.uncond] = empty
         latents = (latent_mean[pick] + latent_std[pick] * torch.randn(latent_mean[pick].shape, generator=gen)) * scaling
         noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, NOISE_SCHEDULE['num_train_timesteps'], (len(pick),), generator=gen)
+        t = torch.randint(0, noise_schedule['num_train_timesteps'], (len(pick),), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
@@ -286,10 +296,12 @@ def main():
     ap.add_argument('--vae-batch', type=int, default=32)
     ap.add_argument('--vae-lr', type=float, default=1e-3)
     ap.add_argument('--vae-kl', type=float, default=1e-4)
+    ap.add_argument('--init-from', help='pipeline folder whose U-Net and text encoder to start from instead of random weights')
     ap.add_argument('--unet-steps', type=int, default=7000)
     ap.add_argument('--unet-batch', type=int, default=64)
     ap.add_argument('--unet-lr', type=float, default=1e-3)
     ap.add_argument('--uncond', type=float, default=0.1, help='share of empty captions')
+    ap.add_argument('--beta-schedule', choices=sorted(NOISE_SCHEDULES), default='scaled_linear', help='training noise schedule')
     ap.add_argument('--snr-cap', type=float, default=20, help='largest weight of the epsilon MSE at high noise (1: unweighted)')
     ap.add_argument('--gain-every', type=int, default=1000, help='steps between caption-gain probes on held-out scenes')
     ap.add_argument('--ema', type=float, default=0.999)
@@ -320,7 +332,7 @@ def main():
     log('training the U-Net and the text encoder')
     text_encoder, unet = train_unet(captions, mean, std, scaling, tokenizer, args, history, probe)
 
-    scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(**NOISE_SCHEDULE).config)
+    scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(**NOISE_SCHEDULES[args.beta_schedule]).config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
