@@ -23,7 +23,10 @@ let base: string;
 let results: string;
 let models: string;
 
-interface JobView { id: string; state: string; progress: { step: number; steps: number }; images?: string[]; error?: string; seed: number; queue_position: number }
+interface JobView {
+  id: string; state: string; progress: { step: number; steps: number }; images?: string[]; error?: string; seed: number; queue_position: number;
+  macs?: number; estimate?: { macs: number; baseline_macs: number; speedup: number };
+}
 
 before(async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'serve-'));
@@ -82,12 +85,16 @@ test('a job runs from POST to a PNG equal to the library\'s image, with its para
 });
 
 test('events stream queued, started, every step and done; a running job is cancelled at its next step', async () => {
-  const { id } = await (await post({ model: 'reference', prompt: 'a red circle', steps: 3, seed: 1 })).json() as JobView;
+  const { id } = await (await post({ model: 'reference', prompt: 'a red circle', steps: 6, seed: 1, accel: 'deepcache:cache_interval=3' })).json() as JobView;
   const text = await (await fetch(`${base}/v1/jobs/${id}/events`)).text();
   const events = [...text.matchAll(/^event: (\w+)$/gm)].map((m) => m[1]);
   assert.equal(events.at(-1), 'done', text);
-  assert.equal(events.filter((e) => e === 'step').length, 3, text);
+  assert.equal(events.filter((e) => e === 'step').length, 6, text);
   assert.ok(['queued', 'started'].includes(events[0]));
+  // The MACs counted before the run for the chosen method, against what the run spent.
+  const done = await finished(id);
+  assert.ok(done.estimate && done.estimate.speedup > 1.5, JSON.stringify(done.estimate));
+  assert.ok(Math.abs(done.macs! / done.estimate.macs - 1) < 0.05, `spent ${done.macs} vs estimated ${done.estimate.macs}`);
 
   const long = await (await post({ model: 'reference', prompt: 'a red circle', steps: 200, seed: 2 })).json() as JobView;
   for (;;) {

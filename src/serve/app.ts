@@ -47,6 +47,9 @@ function view(record: JobRecord, position: number) {
     created_at: new Date(record.createdAt).toISOString(),
     timings: { queued_seconds: seconds(record.createdAt, record.startedAt ?? record.finishedAt), run_seconds: seconds(record.startedAt, record.finishedAt), ...record.outcome?.timings },
     seed: record.job.seed,
+    ...(record.estimate ? {
+      estimate: { macs: record.estimate.macs, baseline_macs: record.estimate.baselineMacs, speedup: record.estimate.baselineMacs / record.estimate.macs },
+    } : {}),
     ...(record.outcome ? {
       steps: record.outcome.steps, guidance: record.outcome.guidanceScale, scheduler: record.outcome.scheduler,
       macs: record.outcome.macs, accel: record.outcome.accel, images: record.outcome.images.map(imageUrl),
@@ -212,7 +215,7 @@ function metrics(queue: EmbeddedQueue): string {
 
 function openApi(o: ServiceOptions): Record<string, unknown> {
   const error = { type: 'object', properties: { error: { type: 'object', properties: { field: { type: 'string' }, message: { type: 'string' }, expected: { type: 'string' }, found: { type: 'string' } } } } };
-  const job = { type: 'object', properties: { id: { type: 'string' }, state: { enum: ['queued', 'running', 'done', 'failed', 'cancelled'] }, progress: { type: 'object' }, queue_position: { type: 'integer' }, images: { type: 'array', items: { type: 'string' } }, error: { type: 'string' } } };
+  const job = { type: 'object', properties: { id: { type: 'string' }, state: { enum: ['queued', 'running', 'done', 'failed', 'cancelled'] }, progress: { type: 'object' }, queue_position: { type: 'integer' }, estimate: { type: 'object', properties: { macs: { type: 'number' }, baseline_macs: { type: 'number' }, speedup: { type: 'number' } } }, macs: { type: 'number' }, images: { type: 'array', items: { type: 'string' } }, error: { type: 'string' } } };
   const json = (schema: unknown) => ({ content: { 'application/json': { schema } } });
   const id = [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }];
   return {

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import type { ImageJob } from './job.ts';
-import type { FromWorker, JobOutcome, ToWorker, WorkerOptions } from './worker.ts';
+import type { FromWorker, JobOutcome, MacEstimate, ToWorker, WorkerOptions } from './worker.ts';
 
 export type JobState = 'queued' | 'running' | 'done' | 'failed' | 'cancelled';
 
@@ -19,6 +19,7 @@ export interface JobRecord {
   startedAt?: number;
   finishedAt?: number;
   progress: { step: number; steps: number };
+  estimate?: MacEstimate;
   outcome?: JobOutcome;
   error?: string;
 }
@@ -159,6 +160,10 @@ export class EmbeddedQueue extends EventEmitter {
   private onMessage(worker: PoolWorker, m: FromWorker): void {
     const record = this.records.get(m.id);
     if (!record) return;
+    if (m.type === 'estimate') {
+      record.estimate = m.estimate;
+      return;
+    }
     if (m.type === 'step') {
       record.progress = { step: m.step, steps: m.steps };
       this.counts.stepSeconds += (performance.now() - worker.stepStart!) / 1000;

@@ -8,7 +8,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { parseAccelSpec } from '../accel/index.ts';
 import { fullMacs, type MacCount } from '../graph/builder.ts';
 import { encodePng } from '../image/png.ts';
-import type { GeneratedImage, StepInfo } from '../pipelines/common.ts';
+import { macCounter } from '../bench/mac-counter.ts';
+import { pipelineDefaults, type GeneratedImage, type StepInfo } from '../pipelines/common.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
@@ -37,8 +38,35 @@ export interface JobOutcome {
   accel?: string[];
 }
 
+/** The chosen methods' whole-run MACs against the plain run's, counted from the configs before the job runs. */
+export interface MacEstimate {
+  macs: number;
+  baselineMacs: number;
+}
+
+/**
+ * Counts a job's MACs on shapes alone (what `bench --dry-run` counts). Methods that decide from
+ * tensor values (fbcache, teacache) count as the plain run: only the run itself knows what they skip.
+ */
+export async function estimateMacs(job: ImageJob): Promise<MacEstimate> {
+  const folder = readPipelineFolder(job.folder);
+  const defaults = pipelineDefaults(folder.className);
+  const options = {
+    model: job.folder, scheduler: job.scheduler, guidance: job.guidanceScale ?? defaults.guidanceScale,
+    batch: folder.className === 'DiTPipeline' ? job.classLabels?.length ?? 1 : job.batch,
+  };
+  let counter = macCounter(options);
+  if (folder.className !== 'DiTPipeline' && (job.width !== undefined || job.height !== undefined)) {
+    counter = macCounter({ ...options, size: [job.width ?? counter.width, job.height ?? counter.height] });
+  }
+  const steps = job.steps ?? defaults.steps;
+  const [plain, chosen] = await Promise.all([counter.count(steps, []), counter.count(steps, job.accel.map(parseAccelSpec))]);
+  return { macs: fullMacs(chosen.total), baselineMacs: fullMacs(plain.total) };
+}
+
 /** Messages from a worker to the queue. */
 export type FromWorker =
+  | { type: 'estimate'; id: string; estimate: MacEstimate }
   | { type: 'step'; id: string; step: number; steps: number }
   | { type: 'done'; id: string; outcome: JobOutcome }
   | { type: 'failed'; id: string; error: string; cancelled: boolean };
@@ -132,6 +160,8 @@ if (parentPort && workerData?.diffusionWorker) {
     }
     const abort = new AbortController();
     running.set(m.id, abort);
+    // An estimate that cannot be made (a size the model refuses, say) is left out: the run says why.
+    estimateMacs(m.job).then((estimate) => send({ type: 'estimate', id: m.id, estimate }), () => {});
     runJob(m.id, m.job, options, (s) => send({ type: 'step', id: m.id, step: s.step, steps: s.steps }), abort.signal)
       .then((outcome) => send({ type: 'done', id: m.id, outcome }))
       .catch((err: unknown) => send({ type: 'failed', id: m.id, error: err instanceof Error ? err.message : String(err), cancelled: abort.signal.aborted }))
