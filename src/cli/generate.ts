@@ -10,6 +10,7 @@ import { InputError, Interrupted } from '../errors.ts';
 import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
+import { formatParameters } from '../image/parameters.ts';
 import type { GeneratedImage, Latents, StepInfo } from '../pipelines/common.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
@@ -273,17 +274,11 @@ export async function generate(f: GenerateFlags): Promise<void> {
         accel: f.accel.map(formatAccelSpec),
       };
       // Each image records its own seed: the one that regenerates it alone.
-      const parameters = (subject: string, seed: number) => [
-        subject,
-        ...(family === 'dit' ? [] : [`Negative prompt: ${f.negativePrompt ?? ''}`]),
-        `Steps: ${settings.steps}, Sampler: ${result.scheduler}, CFG scale: ${settings.guidanceScale}, Seed: ${seed}, ` +
-          `Size: ${first.width}x${first.height}, Model: ${settings.model}` +
-          // A1111's name for img2img's strength
-          (image ? `, Denoising strength: ${settings.strength}` : '') +
-          // quoted, as A1111 quotes values that contain commas
-          (f.accel.length ? `, Accel: "${f.accel.map(formatAccelSpec).join(' + ')}"` : '') +
-          (result.guidedChannels === 3 ? ', CFG channels: 0-2 (forward_with_cfg)' : ''),
-      ].join('\n');
+      const parameters = (subject: string, seed: number) => formatParameters({
+        subject, negativePrompt: family === 'dit' ? undefined : f.negativePrompt ?? '', steps: settings.steps, sampler: result.scheduler,
+        cfgScale: settings.guidanceScale, seed, width: first.width, height: first.height, model: settings.model,
+        strength: image ? settings.strength : undefined, accel: settings.accel, guidedChannels: result.guidedChannels,
+      });
       const runNames = names.slice(written, written + result.images.length);
       result.images.forEach((img, i) => {
         const subject = subjects[Math.floor(i / perSubject)];

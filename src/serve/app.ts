@@ -87,22 +87,15 @@ export function createApp(o: ServiceOptions): Hono {
   });
   app.notFound((c) => c.json({ error: { field: 'path', message: `no such endpoint: ${c.req.method} ${c.req.path}` } }, 404));
 
-  app.use('/v1/*', async (c, next) => {
-    if (o.token !== undefined) {
-      const header = c.req.header('authorization') ?? '';
-      const given = /^Bearer (.+)$/.exec(header)?.[1];
-      if (given === undefined || !sameToken(given, o.token)) {
-        return c.json({ error: { field: 'Authorization', message: 'Authorization: a bearer token is required', expected: 'Bearer <token>' } }, 401);
-      }
-    }
-    await next();
-  });
-  app.use('/metrics', async (c, next) => {
-    if (o.token !== undefined && !sameToken(/^Bearer (.+)$/.exec(c.req.header('authorization') ?? '')?.[1] ?? '', o.token)) {
+  const requireToken = async (c: Context, next: () => Promise<void>) => {
+    const given = /^Bearer (.+)$/.exec(c.req.header('authorization') ?? '')?.[1];
+    if (o.token !== undefined && (given === undefined || !sameToken(given, o.token))) {
       return c.json({ error: { field: 'Authorization', message: 'Authorization: a bearer token is required', expected: 'Bearer <token>' } }, 401);
     }
     await next();
-  });
+  };
+  app.use('/v1/*', requireToken);
+  app.use('/metrics', requireToken);
 
   app.post('/v1/images', bodyLimit({
     maxSize: o.maxBodyBytes,

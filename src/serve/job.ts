@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { parseAccelSpec } from '../accel/index.ts';
 import { InputError, describe } from '../errors.ts';
 import { REFERENCE_MODELS } from '../pipelines/reference-model.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
@@ -131,9 +131,10 @@ export function checkJobRequest(body: unknown, modelDir: string | undefined, ran
   const scheduler = field(b, 'scheduler') as string | undefined;
   const accelText = field(b, 'accel') as string | undefined;
   const accel = accelText === undefined || accelText.trim() === '' ? [] : accelText.split('+').map((s) => s.trim());
+  // Parsed here only to refuse a bad one before it is queued; the worker parses it again.
   for (const spec of accel) {
     try {
-      parseAccelSpec(spec) satisfies AccelSpec;
+      parseAccelSpec(spec);
     } catch (err) {
       if (err instanceof InputError) throw new RequestError(422, 'accel', err.message.replace(/^--accel:? ?/, ''));
       throw err;

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { parseAccelSpec } from '../accel/index.ts';
 import { fullMacs, type MacCount } from '../graph/builder.ts';
+import { formatParameters } from '../image/parameters.ts';
 import { encodePng } from '../image/png.ts';
 import { macCounter } from '../bench/mac-counter.ts';
 import { pipelineDefaults, type GeneratedImage, type StepInfo } from '../pipelines/common.ts';
@@ -119,16 +120,6 @@ function promptRequest(job: ImageJob) {
   };
 }
 
-function pngParameters(job: ImageJob, g: Generation, image: GeneratedImage, seed: number): string {
-  const subject = job.classLabels ? `class ${job.classLabels.join(', ')}` : job.prompt ?? '';
-  return [
-    subject,
-    ...(job.classLabels ? [] : [`Negative prompt: ${job.negativePrompt ?? ''}`]),
-    `Steps: ${g.steps}, Sampler: ${g.scheduler}, CFG scale: ${g.guidanceScale}, Seed: ${seed}, Size: ${image.width}x${image.height}, Model: ${job.model}` +
-      (job.accel.length ? `, Accel: "${job.accel.join(' + ')}"` : ''),
-  ].join('\n');
-}
-
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
   const run = await runnerFor(job.folder, options.threads);
@@ -137,7 +128,11 @@ export async function runJob(id: string, job: ImageJob, options: WorkerOptions, 
     const name = `${id}-${i}.png`;
     const json = { ...job, folder: undefined, seed: g.seeds[i], index: i };
     writeFileAtomically(path.join(options.resultsDir, name), encodePng(image.data, image.width, image.height, {
-      parameters: pngParameters(job, g, image, g.seeds[i]), 'diffusion.ts': JSON.stringify(json),
+      parameters: formatParameters({
+        subject: job.classLabels ? `class ${job.classLabels.join(', ')}` : job.prompt ?? '', negativePrompt: job.classLabels ? undefined : job.negativePrompt ?? '',
+        steps: g.steps, sampler: g.scheduler, cfgScale: g.guidanceScale, seed: g.seeds[i], width: image.width, height: image.height, model: job.model, accel: job.accel,
+      }),
+      'diffusion.ts': JSON.stringify(json),
     }));
     return name;
   });
