@@ -199,6 +199,19 @@ test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loop
   const open = spawnSync(process.execPath, [CLI, 'serve', '--host', '0.0.0.0', '--port', '0'], { encoding: 'utf8', env: { ...process.env, DIFFUSE_TOKEN: '' }, timeout: 60_000 });
   assert.equal(open.status, 2, open.stderr);
   assert.match(open.stderr, /^diffuse: --token: required when listening beyond loopback/m);
+  // Every serve flag refuses a bad value in one line, exit 2, before anything starts.
+  const refusals: [string[], RegExp][] = [
+    [['--port', '70000'], /^diffuse: .*--port expects a port number from 0 to 65535, got "70000"$/m],
+    [['--model-dir', '/no/such/folder'], /^diffuse: --model-dir: not a folder; expected a folder of diffusers model folders, found \/no\/such\/folder$/m],
+    [['--token', 'short'], /^diffuse: --token: too short; expected at least 16 characters, found 5$/m],
+    [['--workers', '0'], /^diffuse: .*--workers expects an integer from 1 to 64, got "0"$/m],
+  ];
+  for (const [flags, message] of refusals) {
+    const run = spawnSync(process.execPath, [CLI, 'serve', ...(flags.includes('--port') ? [] : ['--port', '0']), ...flags], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(run.status, 2, `${flags.join(' ')}: ${run.stderr}`);
+    assert.match(run.stderr, message);
+    assert.doesNotMatch(run.stderr, /\n\s+at /);
+  }
 });
 
 test('closing the service lets the running job finish', async () => {
