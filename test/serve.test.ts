@@ -218,7 +218,7 @@ test('closing the service lets the running job finish', async () => {
   const own = await startService({ host: '127.0.0.1', port: 0, results, workers: 1, threads: 1, rate: 100 });
   const at = `http://127.0.0.1:${own.port}`;
   const { id } = await (await post({ model: 'reference', prompt: 'drain me', steps: 6, seed: 4 }, {}, at)).json() as JobView;
-  while (own.queue.get(id)!.state === 'queued') await new Promise((r) => setTimeout(r, 10));
+  while ((await own.queue.get(id))!.state === 'queued') await new Promise((r) => setTimeout(r, 10));
   await own.close(true);
-  assert.equal(own.queue.get(id)!.state, 'done');
+  assert.equal((await own.queue.get(id))!.state, 'done');
 });

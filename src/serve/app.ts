@@ -10,10 +10,10 @@ import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
 import { checkJobRequest, listModels, requestSchema, RequestError } from './job.ts';
-import type { EmbeddedQueue, JobEvent, JobRecord } from './queue.ts';
+import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type QueueStats } from './queue.ts';
 
 export interface ServiceOptions {
-  queue: EmbeddedQueue;
+  queue: JobQueue;
   resultsDir: string;
   modelDir?: string;
   /** Bearer token required on /v1 and /metrics; undefined: none (loopback only, checked by the CLI). */
@@ -44,6 +44,7 @@ function view(record: JobRecord, position: number) {
     model: record.job.model,
     progress: record.progress,
     queue_position: position,
+    attempts: record.attempts,
     created_at: new Date(record.createdAt).toISOString(),
     timings: { queued_seconds: seconds(record.createdAt, record.startedAt ?? record.finishedAt), run_seconds: seconds(record.startedAt, record.finishedAt), ...record.outcome?.timings },
     seed: record.job.seed,
@@ -118,53 +119,54 @@ export function createApp(o: ServiceOptions): Hono {
     const key = c.req.header('idempotency-key');
     if (key !== undefined && (key.length === 0 || key.length > 200)) throw new RequestError(400, 'Idempotency-Key', 'wrong length', '1 to 200 characters', `${key.length}`);
     const job = checkJobRequest(body, o.modelDir, () => randomInt(0, 2 ** 32 - 1));
-    const { record } = o.queue.submit(job, key);
+    const { record } = await o.queue.submit(job, key);
     c.header('Location', `/v1/jobs/${record.id}`);
-    return c.json(view(record, o.queue.position(record.id)), 202);
+    return c.json(view(record, await o.queue.position(record.id)), 202);
   });
 
-  const jobOr404 = (c: Context): JobRecord => {
-    const record = o.queue.get(c.req.param('id') ?? '');
+  const jobOr404 = async (c: Context): Promise<JobRecord> => {
+    const record = await o.queue.get(c.req.param('id') ?? '');
     if (!record) throw new RequestError(404, 'id', 'no such job', undefined, JSON.stringify((c.req.param('id') ?? '').slice(0, 100)));
     return record;
   };
 
-  app.get('/v1/jobs/:id', (c) => {
-    const record = jobOr404(c);
-    return c.json(view(record, o.queue.position(record.id)));
+  app.get('/v1/jobs/:id', async (c) => {
+    const record = await jobOr404(c);
+    return c.json(view(record, await o.queue.position(record.id)));
   });
 
-  app.delete('/v1/jobs/:id', (c) => {
-    const record = jobOr404(c);
-    if (!o.queue.cancel(record.id)) throw new RequestError(409, 'id', `the job is already ${record.state}`);
-    return c.json(view(record, o.queue.position(record.id)), 202);
+  app.delete('/v1/jobs/:id', async (c) => {
+    const record = await jobOr404(c);
+    if (!await o.queue.cancel(record.id)) throw new RequestError(409, 'id', `the job is already ${record.state}`);
+    const now = await o.queue.get(record.id) ?? record;
+    return c.json(view(now, await o.queue.position(now.id)), 202);
   });
 
-  app.get('/v1/jobs/:id/events', (c) => {
-    const record = jobOr404(c);
+  app.get('/v1/jobs/:id/events', async (c) => {
+    const record = await jobOr404(c);
     return streamSSE(c, async (stream) => {
-      const finished = new Set(['done', 'failed', 'cancelled']);
-      const send = (type: string, r: JobRecord) => stream.writeSSE({ event: type, data: JSON.stringify(view(r, o.queue.position(r.id))) });
-      if (finished.has(record.state)) {
-        await send(record.state, record);
-        return;
-      }
-      await send(record.state === 'running' ? 'started' : 'queued', record);
-      // Events are written in order, and the stream ends only after the last one is written.
+      const send = async (type: string, r: JobRecord) => stream.writeSSE({ event: type, data: JSON.stringify(view(r, await o.queue.position(r.id))) });
+      // Listening starts before the job is read again, so no event falls between the two; events
+      // are written in order, and the stream ends only after the last one is written.
       let written = Promise.resolve();
-      await new Promise<void>((resolve) => {
+      let stop = () => {};
+      const ended = new Promise<void>((resolve) => {
         const listener = (e: JobEvent) => {
           if (e.id !== record.id) return;
           written = written.then(() => send(e.type, e.record));
-          if (finished.has(e.type)) stop();
+          if (FINISHED.has(e.record.state)) stop();
         };
-        const stop = () => {
+        stop = () => {
           o.queue.off('job', listener);
           void written.then(resolve);
         };
         o.queue.on('job', listener);
         stream.onAbort(stop);
       });
+      const now = await o.queue.get(record.id) ?? record;
+      written = written.then(() => send(FINISHED.has(now.state) ? now.state : now.state === 'running' ? 'started' : 'queued', now));
+      if (FINISHED.has(now.state)) stop();
+      await ended;
     });
   });
 
@@ -177,22 +179,20 @@ export function createApp(o: ServiceOptions): Hono {
     return c.body(fs.readFileSync(file), 200, { 'Content-Type': 'image/png' });
   });
 
-  app.get('/healthz', (c) => c.json({ ok: true, ...countsOf(o.queue) }));
+  app.get('/healthz', async (c) => c.json({ ok: true, ...countsOf(await o.queue.stats()) }));
 
-  app.get('/metrics', (c) => c.text(metrics(o.queue), 200, { 'Content-Type': 'text/plain; version=0.0.4' }));
+  app.get('/metrics', async (c) => c.text(metrics(await o.queue.stats()), 200, { 'Content-Type': 'text/plain; version=0.0.4' }));
 
   app.get('/openapi.json', (c) => c.json(openApi(o)));
   return app;
 }
 
-function countsOf(queue: EmbeddedQueue) {
-  const s = queue.stats();
+function countsOf(s: QueueStats) {
   return { queued: s.queued, running: s.running, done: s.done, failed: s.failed, cancelled: s.cancelled };
 }
 
 /** Prometheus text exposition. */
-function metrics(queue: EmbeddedQueue): string {
-  const s = queue.stats();
+function metrics(s: QueueStats): string {
   const lines: string[] = [];
   const metric = (name: string, type: string, help: string, value: number) => lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, `${name} ${value}`);
   metric('diffusion_queue_depth', 'gauge', 'Jobs waiting for a worker.', s.queued);
@@ -202,7 +202,7 @@ function metrics(queue: EmbeddedQueue): string {
   metric('diffusion_jobs_cancelled_total', 'counter', 'Jobs cancelled.', s.cancelled);
   metric('diffusion_step_seconds_sum', 'counter', 'Seconds spent in denoising steps.', s.stepSeconds);
   metric('diffusion_step_seconds_count', 'counter', 'Denoising steps run.', s.steps);
-  metric('diffusion_images_per_minute', 'gauge', 'Images finished in the last minute.', s.finishedImages.length);
+  metric('diffusion_images_per_minute', 'gauge', 'Images finished in the last minute.', s.imagesLastMinute);
   return `${lines.join('\n')}\n`;
 }
 

@@ -10,7 +10,8 @@ import { serve as listen } from '@hono/node-server';
 import { InputError } from '../errors.ts';
 import { createApp } from './app.ts';
 import { listModels } from './job.ts';
-import { EmbeddedQueue } from './queue.ts';
+import { EmbeddedQueue } from './embedded-queue.ts';
+import type { JobQueue } from './queue.ts';
 
 export interface ServeOptions {
   host: string;
@@ -31,7 +32,7 @@ function isLoopback(host: string): boolean {
 
 export interface Service {
   port: number;
-  queue: EmbeddedQueue;
+  queue: JobQueue;
   /** Stops taking requests; `drain`: lets running jobs finish (else cancels them). */
   close(drain: boolean): Promise<void>;
 }

@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { parseAccelSpec } from '../accel/index.ts';
+import { InputError } from '../errors.ts';
 import { fullMacs, type MacCount } from '../graph/builder.ts';
 import { formatParameters } from '../image/parameters.ts';
 import { encodePng } from '../image/png.ts';
@@ -70,7 +71,7 @@ export type FromWorker =
   | { type: 'estimate'; id: string; estimate: MacEstimate }
   | { type: 'step'; id: string; step: number; steps: number }
   | { type: 'done'; id: string; outcome: JobOutcome }
-  | { type: 'failed'; id: string; error: string; cancelled: boolean };
+  | { type: 'failed'; id: string; error: string; cancelled: boolean; input: boolean };
 
 interface Generation {
   images: GeneratedImage[];
@@ -159,7 +160,9 @@ if (parentPort && workerData?.diffusionWorker) {
     estimateMacs(m.job).then((estimate) => send({ type: 'estimate', id: m.id, estimate }), () => {});
     runJob(m.id, m.job, options, (s) => send({ type: 'step', id: m.id, step: s.step, steps: s.steps }), abort.signal)
       .then((outcome) => send({ type: 'done', id: m.id, outcome }))
-      .catch((err: unknown) => send({ type: 'failed', id: m.id, error: err instanceof Error ? err.message : String(err), cancelled: abort.signal.aborted }))
+      .catch((err: unknown) => send({
+        type: 'failed', id: m.id, error: err instanceof Error ? err.message : String(err), cancelled: abort.signal.aborted, input: err instanceof InputError,
+      }))
       .finally(() => running.delete(m.id));
   });
 }
