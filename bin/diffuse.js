@@ -31,6 +31,12 @@ if (onGlibc && process.env.DIFFUSE_USER_GLIBC_TUNABLES === undefined && !userTun
     process.exit(code ?? 1);
   });
 } else {
+  if (process.env.DIFFUSE_USER_GLIBC_TUNABLES !== undefined) {
+    // Restarted from above: a parent that vanished without passing a signal on was killed hard
+    // (SIGKILL), and so is this process, rather than running on as an orphan.
+    const parent = process.ppid;
+    setInterval(() => process.ppid !== parent && process.kill(process.pid, 'SIGKILL'), 500).unref();
+  }
   const { register } = await import('tsx/esm/api');
   register();
   const { main } = await import('../src/cli/main.ts');

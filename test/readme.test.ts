@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -59,27 +59,55 @@ test('README: every shell command runs (exit 0)', (t) => {
   assert.ok(fs.existsSync(path.join(cwd, 'red.png')) && fs.existsSync(path.join(cwd, 'circles-2.png')) && fs.existsSync(path.join(cwd, 'dog-1.png')));
 });
 
-test('README: the service session runs as written (serve in the background, curl, the image fetched, kill)', async (t) => {
-  const cwd = tempDir(t);
-  const sessions = blocks.filter((b) => b.lang === 'sh' && isService(b));
-  assert.equal(sessions.length, 1);
-  // A free port instead of the default one, in case something else holds it.
-  const port = await new Promise<number>((resolve) => {
+function freePort(): Promise<number> {
+  return new Promise<number>((resolve) => {
     const probe = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port: free } = probe.address() as net.AddressInfo;
-      probe.close(() => resolve(free));
+      const { port } = probe.address() as net.AddressInfo;
+      probe.close(() => resolve(port));
     });
   });
-  const script = sessions[0].code
-    .replace(/^npx diffuse serve/m, `npx diffuse serve --port ${port} --results ${JSON.stringify(path.join(cwd, 'results'))}`)
+}
+
+/** Runs a service session: free ports instead of the default ones, in case something holds them. */
+async function runSession(code: string, cwd: string, redisPort?: number) {
+  const port = await freePort();
+  const script = code
+    .replace(/^npx diffuse serve/m, `npx diffuse serve --port ${port}`)
+    .replace(/^npx diffuse (serve|worker)/gm, `npx diffuse $1 --results ${JSON.stringify(path.join(cwd, 'results'))}`)
     .replaceAll('localhost:8174', `localhost:${port}`)
+    .replaceAll('redis://127.0.0.1:6379', `redis://127.0.0.1:${redisPort}`)
     .replace(/^npx diffuse /gm, `${JSON.stringify(process.execPath)} ${JSON.stringify(path.join(ROOT, 'bin', 'diffuse.js'))} `);
   const run = spawnSync('bash', ['-c', `set -euo pipefail\n${script}\nwait`], { cwd, encoding: 'utf8', timeout: 300_000 });
   assert.equal(run.status, 0, `${run.stdout}\n${run.stderr}`);
   assert.match(run.stdout, /^event: done$/m, run.stdout);
   assert.match(run.stderr, /diffuse serve: stopped/);
+  return run;
+}
+
+const sessions = blocks.filter((b) => b.lang === 'sh' && isService(b));
+
+test('README: the service session runs as written (serve in the background, curl, the image fetched, kill)', async (t) => {
+  const cwd = tempDir(t);
+  assert.equal(sessions.length, 2);
+  await runSession(sessions[0].code, cwd);
   const image = readImage(path.join(cwd, 'served.png'));
   assert.equal(image.width, 64);
+});
+
+const REDIS_SERVER = '/usr/bin/redis-server';
+test('README: the Redis session runs as written (serve --redis, a worker, curl, kill)', {
+  skip: fs.existsSync(REDIS_SERVER) || process.env.CI ? false : `${REDIS_SERVER} is missing (apt-get install redis-server)`,
+}, async (t) => {
+  const cwd = tempDir(t);
+  const redisPort = await freePort();
+  const redis = spawn(REDIS_SERVER, ['--port', `${redisPort}`, '--bind', '127.0.0.1', '--dir', cwd, '--save', ''], { stdio: 'ignore' });
+  try {
+    const run = await runSession(sessions[1].code, cwd, redisPort);
+    assert.match(run.stderr, /diffuse worker: stopped/);
+    assert.equal(fs.readdirSync(path.join(cwd, 'results')).length, 1);
+  } finally {
+    redis.kill();
+  }
 });
 
 test('README: every TypeScript example runs as written (imports from the package)', (t) => {

@@ -204,7 +204,8 @@ test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loop
     [['--port', '70000'], /^diffuse: .*--port expects a port number from 0 to 65535, got "70000"$/m],
     [['--model-dir', '/no/such/folder'], /^diffuse: --model-dir: not a folder; expected a folder of diffusers model folders, found \/no\/such\/folder$/m],
     [['--token', 'short'], /^diffuse: --token: too short; expected at least 16 characters, found 5$/m],
-    [['--workers', '0'], /^diffuse: .*--workers expects an integer from 1 to 64, got "0"$/m],
+    [['--workers', '65'], /^diffuse: .*--workers expects an integer from 0 to 64, got "65"$/m],
+    [['--workers', '0'], /^diffuse: --workers: no worker would run the jobs; expected at least 1 without --redis, found 0$/m],
   ];
   for (const [flags, message] of refusals) {
     const run = spawnSync(process.execPath, [CLI, 'serve', ...(flags.includes('--port') ? [] : ['--port', '0']), ...flags], { encoding: 'utf8', timeout: 60_000 });

@@ -14,6 +14,8 @@ import { benchTransformer, benchUNet, type BenchUNetOptions } from '../bench/une
 import { benchGenerate } from '../bench/generate.ts';
 import { benchTextEncoder } from '../bench/text-encoder.ts';
 import { generate } from './generate.ts';
+import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS } from '../serve/redis-queue.ts';
+import { work } from '../serve/redis-worker.ts';
 import { serve } from '../serve/serve.ts';
 import { tune } from './tune.ts';
 import { bench } from '../bench/accel.ts';
@@ -35,6 +37,20 @@ function positiveInt(flag: string, max = 1_000_000) {
     }
     return n;
   };
+}
+
+/** An integer in [0, max]. */
+function count(flag: string, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\+?\d+$/.test(value.trim()) || n > max) throw new InvalidArgumentError(`${flag} expects an integer from 0 to ${max}, got "${value}"`);
+    return n;
+  };
+}
+
+function queueName(value: string): string {
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(value)) throw new InvalidArgumentError(`--queue expects a name of letters, digits, "_" and "-" (at most 64), got "${value.slice(0, 100)}"`);
+  return value;
 }
 
 function number(flag: string, min = -Infinity) {
@@ -305,12 +321,29 @@ export function buildProgram(): Command {
     .option('--port <n>', 'port (0: any free one)', portNumber, 8174)
     .option('--model-dir <dir>', 'folder of diffusers model folders requests may name (the embedded reference models are always there)')
     .option('--results <dir>', 'where finished images are written', 'diffuse-results')
-    .option('--workers <n>', 'worker threads, one job at a time each, each with its own copy of the models it has run', positiveInt('--workers', 64), 1)
+    .option('--workers <n>', 'worker threads here, one job at a time each, each with its own copy of the models it has run (default: 1; 0 with --redis)', count('--workers', 64))
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates (requests cannot set it)', positiveInt('--threads', MAX_THREADS), 1)
     .option('--token <token>', 'bearer token required on /v1 and /metrics (default: $DIFFUSE_TOKEN); at least 16 characters')
     .option('--rate <n>', 'jobs per minute one client may submit', positiveInt('--rate', 1_000_000), 120)
+    .option('--redis <url>', 'queue jobs in Redis (redis://host:port) for `diffuse worker` processes on any machine, instead of in this process')
+    .option('--queue <name>', 'with --redis: the queue\'s key prefix (one Redis can hold several services)', queueName, DEFAULT_QUEUE)
+    .option('--stall-seconds <n>', 'with --redis and --workers: seconds without a lock renewal before a job goes to another worker', positiveInt('--stall-seconds', 3600), DEFAULT_STALL_SECONDS)
     .action(async (opts) => {
       await serve(opts);
+    });
+
+  program
+    .command('worker')
+    .description('take jobs from a `diffuse serve --redis` queue and generate them here (any number of machines)')
+    .requiredOption('--redis <url>', 'the Redis the server queues jobs in (redis://host:port)')
+    .option('--queue <name>', 'the queue\'s key prefix, as given to serve', queueName, DEFAULT_QUEUE)
+    .option('--model-dir <dir>', 'this machine\'s folder of diffusers model folders (the names requests give; the embedded reference models are always there)')
+    .option('--results <dir>', 'where finished images are written: the folder the server reads (shared between machines)', 'diffuse-results')
+    .option('--workers <n>', 'worker threads, one job at a time each', positiveInt('--workers', 64), 1)
+    .option('--threads <n>', 'intra-op threads of each ORT session a worker creates', positiveInt('--threads', MAX_THREADS), 1)
+    .option('--stall-seconds <n>', 'seconds without a lock renewal before another worker takes a job over (a worker that died)', positiveInt('--stall-seconds', 3600), DEFAULT_STALL_SECONDS)
+    .action(async (opts) => {
+      await work(opts);
     });
 
   return program;

@@ -1,7 +1,9 @@
 /**
- * `diffuse serve`: the HTTP API (src/serve/app.ts) over the embedded queue (src/serve/queue.ts) on
- * one machine. Ctrl-C (or SIGTERM) stops taking jobs, lets the running ones finish and exits; a
- * second one cancels them.
+ * `diffuse serve`: the HTTP API (src/serve/app.ts) over a job queue: the embedded one
+ * (src/serve/embedded-queue.ts) on one machine, or with `--redis` the Redis one
+ * (src/serve/redis-queue.ts), whose jobs `diffuse worker` processes take on any machine (and this
+ * process too, with `--workers`). Ctrl-C (or SIGTERM) stops taking jobs, lets the running ones
+ * finish and exits; a second one cancels them.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -12,14 +14,24 @@ import { createApp } from './app.ts';
 import { listModels } from './job.ts';
 import { EmbeddedQueue } from './embedded-queue.ts';
 import type { JobQueue } from './queue.ts';
+import { checkRedisUrl, DEFAULT_QUEUE, DEFAULT_STALL_SECONDS, RedisQueue } from './redis-queue.ts';
+import { startRedisWorkers, type RedisWorkers } from './redis-worker.ts';
+import { runUntilSignalled } from './shutdown.ts';
 
 export interface ServeOptions {
   host: string;
   port: number;
   modelDir?: string;
   results: string;
-  workers: number;
+  /** Generation threads in this process (default: 1 embedded, 0 with --redis). */
+  workers?: number;
   threads: number;
+  /** Redis URL: jobs go to a BullMQ queue that `diffuse worker` processes take. */
+  redis?: string;
+  /** The queue's key prefix in Redis (default "diffuse"). */
+  queue?: string;
+  /** Seconds without a lock renewal before a job goes to another worker (default 30). */
+  stallSeconds?: number;
   token?: string;
   rate: number;
 }
@@ -44,20 +56,42 @@ export async function startService(o: ServeOptions): Promise<Service> {
   if (!isLoopback(o.host) && token === undefined) {
     throw new InputError('--token', `required when listening beyond loopback (--host ${o.host})`, 'a bearer token (--token or DIFFUSE_TOKEN)');
   }
+  if (o.redis === undefined && o.workers === 0) throw new InputError('--workers', 'no worker would run the jobs', 'at least 1 without --redis', '0');
   if (o.modelDir !== undefined) {
     if (!fs.statSync(o.modelDir, { throwIfNoEntry: false })?.isDirectory()) throw new InputError('--model-dir', 'not a folder', 'a folder of diffusers model folders', o.modelDir);
   }
   fs.mkdirSync(o.results, { recursive: true });
   const resultsDir = path.resolve(o.results);
 
-  const queue = new EmbeddedQueue(o.workers, { resultsDir, threads: o.threads });
+  const log = (line: string) => process.stderr.write(`diffuse serve: ${line}\n`);
+  let queue: JobQueue;
+  let local: RedisWorkers | undefined;
+  if (o.redis === undefined) {
+    queue = new EmbeddedQueue(o.workers ?? 1, { resultsDir, threads: o.threads });
+  } else {
+    queue = await RedisQueue.open(o.redis, o.queue ?? DEFAULT_QUEUE, log);
+    if (o.workers) {
+      local = await startRedisWorkers({
+        redis: o.redis, queue: o.queue ?? DEFAULT_QUEUE, modelDir: o.modelDir, results: resultsDir, workers: o.workers, threads: o.threads,
+        stallSeconds: o.stallSeconds ?? DEFAULT_STALL_SECONDS,
+        log: () => {},
+      }).catch(async (err) => {
+        await queue.close(false);
+        throw err;
+      });
+    }
+  }
+  const closeQueue = async (drain: boolean) => {
+    await local?.close(drain);
+    await queue.close(drain);
+  };
   const app = createApp({ queue, resultsDir, modelDir: o.modelDir && path.resolve(o.modelDir), token, ratePerMinute: o.rate, maxBodyBytes: MAX_BODY_BYTES });
   const server = listen({ fetch: app.fetch, hostname: o.host, port: o.port });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', (err: NodeJS.ErrnoException) => reject(new InputError('--port', `cannot listen on ${o.host}:${o.port} (${err.code ?? err.message})`, 'a free port')));
   }).catch(async (err) => {
-    await queue.close(false);
+    await closeQueue(false);
     throw err;
   });
   const address = server.address();
@@ -66,7 +100,7 @@ export async function startService(o: ServeOptions): Promise<Service> {
     queue,
     close: async (drain) => {
       server.close();
-      await queue.close(drain);
+      await closeQueue(drain);
     },
   };
 }
@@ -75,26 +109,9 @@ export async function startService(o: ServeOptions): Promise<Service> {
 export async function serve(o: ServeOptions): Promise<void> {
   const service = await startService(o);
   const models = ['reference', 'reference-dit', 'reference-skip-dit', ...(o.modelDir ? listModels(o.modelDir) : [])];
+  const workers = o.workers ?? (o.redis === undefined ? 1 : 0);
+  const queue = o.redis === undefined ? 'embedded queue' : `queue "${o.queue ?? DEFAULT_QUEUE}" at ${checkRedisUrl(o.redis)}`;
   process.stderr.write(`diffuse serve: http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${service.port}/ ` +
-    `(${o.workers} worker${o.workers > 1 ? 's' : ''}; models: ${models.join(', ')}; images in ${path.resolve(o.results)}; API at /openapi.json)\n`);
-
-  await new Promise<void>((resolve) => {
-    let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
-      if (stopping) {
-        process.stderr.write(`diffuse serve: ${signal} again: cancelling the running jobs\n`);
-        void service.queue.close(false);
-        return;
-      }
-      stopping = true;
-      process.stderr.write(`diffuse serve: ${signal}: no new jobs; finishing the running ones (again to cancel them)\n`);
-      void service.close(true).then(() => {
-        for (const s of ['SIGINT', 'SIGTERM'] as const) process.off(s, stop);
-        resolve();
-      });
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
-  process.stderr.write('diffuse serve: stopped\n');
+    `(${queue}; ${workers} worker${workers === 1 ? '' : 's'} here; models: ${models.join(', ')}; images in ${path.resolve(o.results)}; API at /openapi.json)\n`);
+  await runUntilSignalled('diffuse serve', service.close);
 }
