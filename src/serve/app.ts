@@ -10,7 +10,7 @@ import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
 import { checkJobRequest, listModels, requestSchema, RequestError } from './job.ts';
-import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type QueueStats } from './queue.ts';
+import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type JobState, type QueueStats } from './queue.ts';
 
 export interface ServiceOptions {
   queue: JobQueue;
@@ -154,7 +154,7 @@ export function createApp(o: ServiceOptions): Hono {
         const listener = (e: JobEvent) => {
           if (e.id !== record.id) return;
           written = written.then(() => send(e.type, e.record));
-          if (FINISHED.has(e.record.state)) stop();
+          if (FINISHED.has(e.type as JobState)) stop();
         };
         stop = () => {
           o.queue.off('job', listener);

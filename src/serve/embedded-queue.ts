@@ -25,6 +25,8 @@ export class EmbeddedQueue extends EventEmitter implements JobQueue {
 
   constructor(workers: number, options: WorkerOptions) {
     super();
+    // One listener per open event stream.
+    this.setMaxListeners(0);
     for (let i = 0; i < workers; i++) this.workers.push({ thread: new GenerationThread(options) });
   }
 

@@ -143,6 +143,8 @@ export class RedisQueue extends EventEmitter implements JobQueue {
   /** `connections[0]` is for commands; BullMQ leaves those it was given open when it closes: closed in close(). */
   private constructor(private readonly connections: Redis[], private readonly queue: Queue<ImageJob, JobOutcome>, private readonly events: QueueEvents, prefix: string) {
     super();
+    // One listener per open event stream.
+    this.setMaxListeners(0);
     this.client = connections[0];
     this.keys = extraKeys(prefix);
     const follow = (type: JobEvent['type']) => ({ jobId }: { jobId: string }) => this.relay(jobId, type);
@@ -171,7 +173,8 @@ export class RedisQueue extends EventEmitter implements JobQueue {
     const previous = this.pending.get(id) ?? Promise.resolve();
     const next = previous.then(async () => {
       const record = await this.get(id);
-      if (!record) return;
+      // Read after the job moved on (a step read once it is done): the later event will say so.
+      if (!record || (FINISHED.has(record.state) && type !== 'failed' && type !== 'done')) return;
       // A failure's record says whether it was a cancel.
       this.emit('job', { id, type: type === 'failed' ? record.state as JobEvent['type'] : type, record } satisfies JobEvent);
     }).catch(() => {});
