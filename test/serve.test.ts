@@ -206,6 +206,7 @@ test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loop
     [['--token', 'short'], /^diffuse: --token: too short; expected at least 16 characters, found 5$/m],
     [['--workers', '65'], /^diffuse: .*--workers expects an integer from 0 to 64, got "65"$/m],
     [['--workers', '0'], /^diffuse: --workers: no worker would run the jobs; expected at least 1 without --redis, found 0$/m],
+    [['--threads', `${os.availableParallelism() + 1}`], /^diffuse: --threads: more threads per session than this machine's \d+ cores \(each of a model's sessions keeps its own pool\); expected at most \d+, found \d+$/m],
   ];
   for (const [flags, message] of refusals) {
     const run = spawnSync(process.execPath, [CLI, 'serve', ...(flags.includes('--port') ? [] : ['--port', '0']), ...flags], { encoding: 'utf8', timeout: 60_000 });

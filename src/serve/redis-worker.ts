@@ -12,6 +12,7 @@ import { GenerationThread, JobFailure } from './generation-thread.ts';
 import { listModels, resolveModel, RequestError, type ImageJob } from './job.ts';
 import { CANCELLED, QUEUE_NAME, checkRedisUrl, connectRedis, duplicateConnection, extraKeys, onceEach, type JobProgress } from './redis-queue.ts';
 import { runUntilSignalled } from './shutdown.ts';
+import { checkThreadBudget } from './threads.ts';
 import type { JobOutcome, MacEstimate } from './worker.ts';
 
 export interface RedisWorkerOptions {
@@ -36,6 +37,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
   if (o.modelDir !== undefined && !fs.statSync(o.modelDir, { throwIfNoEntry: false })?.isDirectory()) {
     throw new InputError('--model-dir', 'not a folder', 'a folder of diffusers model folders', o.modelDir);
   }
+  checkThreadBudget(o.workers, o.threads, o.log);
   const modelDir = o.modelDir && path.resolve(o.modelDir);
   fs.mkdirSync(o.results, { recursive: true });
   const resultsDir = path.resolve(o.results);

@@ -17,6 +17,7 @@ import type { JobQueue } from './queue.ts';
 import { checkRedisUrl, DEFAULT_QUEUE, DEFAULT_STALL_SECONDS, RedisQueue } from './redis-queue.ts';
 import { startRedisWorkers, type RedisWorkers } from './redis-worker.ts';
 import { runUntilSignalled } from './shutdown.ts';
+import { checkThreadBudget } from './threads.ts';
 
 export interface ServeOptions {
   host: string;
@@ -57,13 +58,14 @@ export async function startService(o: ServeOptions): Promise<Service> {
     throw new InputError('--token', `required when listening beyond loopback (--host ${o.host})`, 'a bearer token (--token or DIFFUSE_TOKEN)');
   }
   if (o.redis === undefined && o.workers === 0) throw new InputError('--workers', 'no worker would run the jobs', 'at least 1 without --redis', '0');
+  const log = (line: string) => process.stderr.write(`diffuse serve: ${line}\n`);
+  checkThreadBudget(o.workers ?? (o.redis === undefined ? 1 : 0), o.threads, log);
   if (o.modelDir !== undefined) {
     if (!fs.statSync(o.modelDir, { throwIfNoEntry: false })?.isDirectory()) throw new InputError('--model-dir', 'not a folder', 'a folder of diffusers model folders', o.modelDir);
   }
   fs.mkdirSync(o.results, { recursive: true });
   const resultsDir = path.resolve(o.results);
 
-  const log = (line: string) => process.stderr.write(`diffuse serve: ${line}\n`);
   let queue: JobQueue;
   let local: RedisWorkers | undefined;
   if (o.redis === undefined) {
