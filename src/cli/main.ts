@@ -14,9 +14,7 @@ import { benchTransformer, benchUNet, type BenchUNetOptions } from '../bench/une
 import { benchGenerate } from '../bench/generate.ts';
 import { benchTextEncoder } from '../bench/text-encoder.ts';
 import { generate } from './generate.ts';
-import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS } from '../serve/redis-queue.ts';
-import { work } from '../serve/redis-worker.ts';
-import { serve } from '../serve/serve.ts';
+import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS } from '../serve/queue.ts';
 import { tune } from './tune.ts';
 import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
@@ -329,6 +327,8 @@ export function buildProgram(): Command {
     .option('--queue <name>', 'with --redis: the queue\'s key prefix (one Redis can hold several services)', queueName, DEFAULT_QUEUE)
     .option('--stall-seconds <n>', 'with --redis and --workers: seconds without a lock renewal before a job goes to another worker', positiveInt('--stall-seconds', 3600), DEFAULT_STALL_SECONDS)
     .action(async (opts) => {
+      // Loaded when used: the service's modules (BullMQ) take longer to import than generate needs to start.
+      const { serve } = await import('../serve/serve.ts');
       await serve(opts);
     });
 
@@ -343,6 +343,7 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates', positiveInt('--threads', MAX_THREADS), 1)
     .option('--stall-seconds <n>', 'seconds without a lock renewal before another worker takes a job over (a worker that died)', positiveInt('--stall-seconds', 3600), DEFAULT_STALL_SECONDS)
     .action(async (opts) => {
+      const { work } = await import('../serve/redis-worker.ts');
       await work(opts);
     });
 

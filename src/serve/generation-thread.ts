@@ -8,6 +8,9 @@ import { Worker } from 'node:worker_threads';
 import type { ImageJob } from './job.ts';
 import type { FromWorker, JobOutcome, MacEstimate, ToWorker, WorkerOptions } from './worker.ts';
 
+/** From the sources (through tsx) a worker thread first registers tsx; the built package runs worker.js itself. */
+const WORKER_ENTRY = import.meta.url.endsWith('.ts') ? './worker-entry.js' : './worker.js';
+
 export interface RunHooks {
   onEstimate?(estimate: MacEstimate): void;
   onStep?(step: number, steps: number): void;
@@ -33,7 +36,7 @@ export class GenerationThread {
   }
 
   private start(): void {
-    const thread = new Worker(new URL('./worker-entry.js', import.meta.url), { workerData: { diffusionWorker: true, options: this.options } });
+    const thread = new Worker(new URL(WORKER_ENTRY, import.meta.url), { workerData: { diffusionWorker: true, options: this.options } });
     this.thread = thread;
     thread.on('message', (m: FromWorker) => this.onMessage(m));
     let reason = 'it exited';

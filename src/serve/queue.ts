@@ -60,3 +60,7 @@ export interface JobQueue {
 }
 
 export const FINISHED: ReadonlySet<JobState> = new Set(['done', 'failed', 'cancelled']);
+
+/** Redis mode: the default key prefix, and seconds without a lock renewal before a job goes to another worker. */
+export const DEFAULT_QUEUE = 'diffuse';
+export const DEFAULT_STALL_SECONDS = 30;

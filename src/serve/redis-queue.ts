@@ -19,8 +19,6 @@ import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type JobState, 
 import type { JobOutcome, MacEstimate } from './worker.ts';
 
 export const QUEUE_NAME = 'images';
-export const DEFAULT_QUEUE = 'diffuse';
-export const DEFAULT_STALL_SECONDS = 30;
 /** A cancelled job fails with this reason, and is shown as cancelled. */
 export const CANCELLED = 'cancelled';
 const DAY_SECONDS = 86_400;
