@@ -4,6 +4,7 @@
  * work starts (flags the folder's pipeline cannot use are refused by name); outputs are written to
  * a temporary name and renamed, so a failed or interrupted run leaves no half-written file.
  */
+import { commandSessionCache } from '../runtime/session-cache.ts';
 import * as path from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { InputError, Interrupted } from '../errors.ts';
@@ -199,7 +200,7 @@ function modelDir(f: GenerateFlags): string {
 /** Starts the generation the folder's family does, with the flags that apply to it. */
 async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined, image: GeneratedImage | undefined,
   onStep: (s: StepInfo) => void, signal: AbortSignal, prompts: string[]): Promise<{ run: (seed?: number) => Promise<Generated>; release: () => Promise<void> }> {
-  const runtime = { device, threads: f.threads, variant: f.variant };
+  const runtime = { device, threads: f.threads, variant: f.variant, sessionCache: commandSessionCache() };
   const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;
   const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, latents, accel: f.accel, onStep, signal, memoryLimit };
   if (family === 'dit') {

@@ -308,6 +308,7 @@ export function buildProgram(): Command {
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch on the same folder, in this run')
+    .option('--session-cache <dir>', 'keep ORT\'s optimised models here: run twice, and the second process\'s first run is a cold start from the cache')
     .action(async (opts) => {
       await benchGenerate(opts);
     });

@@ -5,6 +5,7 @@
  * `--accel attn-reuse:schedule=FILE`. For TeaCache it calibrates instead: the rescaling
  * polynomial fitted on the user's model and prompts (src/tune/teacache-calibration.ts).
  */
+import { commandSessionCache } from '../runtime/session-cache.ts';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import { hurry } from '../accel/attn-reuse.ts';
@@ -57,7 +58,7 @@ export async function tune(f: TuneFlags): Promise<void> {
   const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance }).calls(f.steps);
   if (f.reuse <= 0 || f.reuse >= calls) throw new InputError('--reuse', `must leave computing calls in a run of ${calls} model calls`, `1 … ${calls - 1}`, String(f.reuse));
 
-  const pipeline = await loadPipeline(model, { threads: f.threads });
+  const pipeline = await loadPipeline(model, { threads: f.threads, sessionCache: commandSessionCache() });
   try {
     const request = (i: number, accel: AccelSpec[] = []) => ({
       prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: guidance, scheduler: f.scheduler, accel,

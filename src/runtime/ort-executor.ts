@@ -17,6 +17,25 @@ export interface RuntimeOptions {
   device?: Device;
   /** Intra-op threads per session (CPU). Defaults to ORT's choice (all cores). */
   threads?: number;
+  /** Keeps ORT's optimised models between processes (Node: openSessionCache in src/runtime/session-cache.ts). */
+  sessionCache?: SessionCache;
+}
+
+/** Optimised models on disk, by a key of everything they depend on (src/runtime/session-cache.ts). */
+export interface SessionCache {
+  key(model: Uint8Array, weightFiles: string[], options: string): string;
+  /** The complete optimised model for `key`, if one is kept. */
+  find(key: string): string | undefined;
+  /** Somewhere to write a new entry; `commit` puts it in place whole. */
+  begin(key: string): SessionCacheEntry;
+  /** Drops an entry ORT could not load. */
+  forget(key: string): void;
+}
+
+export interface SessionCacheEntry {
+  modelPath: string;
+  commit(): void;
+  discard(): void;
 }
 
 /**
@@ -202,6 +221,10 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     },
   };
   try {
+    // CPU sessions of local weights that are kept are cached optimised (WebGPU's and one-run sessions
+    // are not optimised the same way, and mounted weights have no file to key by).
+    const cache = options.sessionCache;
+    if (cache && retained && device === 'cpu' && folder !== undefined) return await cachedSession(cache, bytes, g.weightFiles().map(realPath), sessionOptions);
     return await ort.InferenceSession.create(bytes, sessionOptions);
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
@@ -210,6 +233,60 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
         'a WebGPU adapter: on Linux the Vulkan loader (apt-get install libvulkan1) and a Vulkan driver — a GPU\'s, ' +
         'Mesa ≥ 25 lavapipe, or Chromium\'s SwiftShader with VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json');
     }
+    throw err;
+  }
+}
+
+/**
+ * A session from the cached optimised model when there is one (no graph optimisation: it was done
+ * when the entry was written), else a session that writes its optimised model into a new entry.
+ * The optimised model's weights (folded casts, reordered layouts) go into a file beside it.
+ */
+async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightFiles: string[], sessionOptions: ort.InferenceSession.SessionOptions) {
+  const { model_external_initializers_file_folder_path: _folder, ...session } = sessionOptions.extra!.session as Record<string, unknown>;
+  let key: string;
+  let hit: string | undefined;
+  try {
+    key = cache.key(bytes, weightFiles, JSON.stringify({ ...sessionOptions, extra: { session } }));
+    hit = cache.find(key);
+  } catch {
+    // A cache that cannot be read (a permission, a vanished weight file) only costs the time it would save.
+    return await ort.InferenceSession.create(bytes, sessionOptions);
+  }
+  if (hit) {
+    try {
+      return await ort.InferenceSession.create(hit, { ...sessionOptions, graphOptimizationLevel: 'disabled', extra: { session } });
+    } catch {
+      // A damaged entry (a disk error, a file changed by hand) is written again below.
+      try {
+        cache.forget(key);
+      } catch {
+        return await ort.InferenceSession.create(bytes, sessionOptions);
+      }
+    }
+  }
+  let entry: SessionCacheEntry;
+  try {
+    entry = cache.begin(key);
+  } catch {
+    return await ort.InferenceSession.create(bytes, sessionOptions);
+  }
+  try {
+    const created = await ort.InferenceSession.create(bytes, {
+      ...sessionOptions,
+      optimizedModelFilePath: entry.modelPath,
+      // Not ORT's warning that an NCHWc-optimised model suits this machine only: the key says which machine.
+      logSeverityLevel: 3,
+      extra: { session: { ...sessionOptions.extra!.session as object, optimized_model_external_initializers_file_name: 'weights.bin', optimized_model_external_initializers_min_size_in_bytes: '1024' } },
+    });
+    try {
+      entry.commit();
+    } catch {
+      entry.discard();
+    }
+    return created;
+  } catch (err) {
+    entry.discard();
     throw err;
   }
 }

@@ -15,6 +15,7 @@ import { pipelineDefaults, type GeneratedImage, type StepInfo } from '../pipelin
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
+import { commandSessionCache } from '../runtime/session-cache.ts';
 import { writeFileAtomically } from '../util/files.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import type { ImageJob } from './job.ts';
@@ -87,6 +88,7 @@ interface Generation {
 type Runner = (job: ImageJob, onStep: (s: StepInfo) => void, signal: AbortSignal) => Promise<Generation>;
 
 const runners = new Map<string, Promise<Runner>>();
+const sessionCache = commandSessionCache();
 
 /** The model's pipeline, loaded once per worker and kept. */
 function runnerFor(folderPath: string, threads: number): Promise<Runner> {
@@ -95,17 +97,17 @@ function runnerFor(folderPath: string, threads: number): Promise<Runner> {
     runner = (async (): Promise<Runner> => {
       const folder = readPipelineFolder(folderPath);
       if (folder.className === 'DiTPipeline') {
-        const dit = loadDiTPipeline(folder, { threads });
+        const dit = loadDiTPipeline(folder, { threads, sessionCache });
         return (job, onStep, signal) => dit.generate({
           classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
           accel: job.accel.map(parseAccelSpec), onStep, signal,
         });
       }
       if (folder.className.startsWith('PixArt')) {
-        const pixart = loadPixArtPipeline(folder, { threads });
+        const pixart = loadPixArtPipeline(folder, { threads, sessionCache });
         return (job, onStep, signal) => pixart.generate({ ...promptRequest(job), onStep, signal });
       }
-      const sd = await loadPipeline(folder.dir, { threads });
+      const sd = await loadPipeline(folder.dir, { threads, sessionCache });
       return (job, onStep, signal) => sd.generate({ ...promptRequest(job), onStep, signal });
     })();
     runners.set(folderPath, runner);

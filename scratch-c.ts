@@ -1,0 +1,12 @@
+import { loadPipeline } from './src/pipelines/stable-diffusion.ts';
+import { REFERENCE_MODEL } from './src/pipelines/reference-model.ts';
+import { openSessionCache } from './src/runtime/session-cache.ts';
+import * as ort from 'onnxruntime-node';
+const orig = ort.InferenceSession.create;
+let total = 0, n = 0;
+(ort.InferenceSession as any).create = async (...a: any[]) => { const t = performance.now(); const s = await (orig as any).apply(ort.InferenceSession, a); total += performance.now() - t; n++; return s; };
+const p = await loadPipeline(REFERENCE_MODEL, process.argv[2] ? { sessionCache: openSessionCache(process.argv[2]) } : {});
+const t = performance.now();
+const r = await p.generate({ prompt: 'a red circle', steps: 2, seed: 1 });
+let sum = 0; for (const v of r.images[0].data) sum += v;
+console.log('first generate', (performance.now() - t).toFixed(0), 'sessions', n, 'create ms', total.toFixed(0), 'checksum', sum.toFixed(6));

@@ -1,0 +1,81 @@
+/**
+ * ORT's optimised models kept on disk between processes, so a second process skips graph
+ * optimisation (constant folding of weight casts, NCHWc reordering: most of a session's creation).
+ * One folder per segment, named by a hash of everything the optimised model depends on: the
+ * segment's graph, each weight file's real path, size and modification time (weights that change
+ * miss), the session options, ONNX Runtime's version and this machine's CPU and architecture (the
+ * optimised model holds kernels' layouts for this CPU). An entry is written into a temporary folder
+ * and renamed into place when complete, so a crash mid-write leaves nothing that is ever read.
+ * The folder can be moved (DIFFUSE_CACHE_DIR) or deleted at any time.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import type { SessionCache, SessionCacheEntry } from './ort-executor.ts';
+
+const MODEL_FILE = 'model.onnx';
+
+/**
+ * The commands' cache: in `$DIFFUSE_CACHE_DIR`, else `$XDG_CACHE_HOME/diffusion.ts/sessions`, else
+ * `~/.cache/diffusion.ts/sessions`; none with DIFFUSE_CACHE_DIR=off.
+ */
+export function commandSessionCache(): SessionCache | undefined {
+  const dir = process.env.DIFFUSE_CACHE_DIR;
+  if (dir === 'off') return undefined;
+  return openSessionCache(dir || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'diffusion.ts', 'sessions'));
+}
+
+/** Temporary folders older than this were left by a process that died mid-write. */
+const ABANDONED_MS = 24 * 3600 * 1000;
+
+export function openSessionCache(dir: string): SessionCache {
+  try {
+    for (const name of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+      const file = path.join(dir, name);
+      if (name.startsWith('.') && Date.now() - (fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? Date.now()) > ABANDONED_MS) {
+        fs.rmSync(file, { recursive: true, force: true });
+      }
+    }
+  } catch {
+    // An unreadable cache folder: every lookup falls back to building the session.
+  }
+  const machine = `${process.arch} ${os.cpus()[0]?.model ?? 'unknown cpu'} onnxruntime ${ort.env.versions.common ?? ''}`;
+  return {
+    key(model, weightFiles, options) {
+      const hash = createHash('sha256').update(machine).update('\0').update(options).update('\0').update(model);
+      for (const file of weightFiles) {
+        const st = fs.statSync(file);
+        hash.update(`\0${file}\0${st.size}\0${st.mtimeMs}\0${st.ino}`);
+      }
+      return hash.digest('hex').slice(0, 40);
+    },
+    find(key) {
+      const file = path.join(dir, key, MODEL_FILE);
+      return fs.existsSync(file) ? file : undefined;
+    },
+    begin(key): SessionCacheEntry {
+      const final = path.join(dir, key);
+      const temporary = path.join(dir, `.${key}.${process.pid}.${randomBytes(4).toString('hex')}`);
+      fs.mkdirSync(temporary, { recursive: true });
+      return {
+        modelPath: path.join(temporary, MODEL_FILE),
+        commit() {
+          try {
+            fs.renameSync(temporary, final);
+          } catch {
+            // Another process put the same entry in place first: theirs is as good.
+            fs.rmSync(temporary, { recursive: true, force: true });
+          }
+        },
+        discard() {
+          fs.rmSync(temporary, { recursive: true, force: true });
+        },
+      };
+    },
+    forget(key) {
+      fs.rmSync(path.join(dir, key), { recursive: true, force: true });
+    },
+  };
+}

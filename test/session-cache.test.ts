@@ -1,0 +1,116 @@
+/**
+ * The on-disk cache of ORT's optimised models (src/runtime/session-cache.ts): a second process (here,
+ * a second pipeline) builds every session from the cache and draws the same image; changed weights
+ * miss; a half-written entry is never read and a damaged one is rebuilt; a cache that cannot be
+ * written only costs time; the CLI uses it by default and not with DIFFUSE_CACHE_DIR=off.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
+import type { SessionCache } from '../src/runtime/ort-executor.ts';
+import { openSessionCache } from '../src/runtime/session-cache.ts';
+import { tempDir } from './helpers/files.ts';
+
+const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
+
+/** The cache, counting what it was asked. */
+function counted(dir: string) {
+  const cache = openSessionCache(dir);
+  const counts = { hits: 0, misses: 0, commits: 0 };
+  const wrapped: SessionCache = {
+    ...cache,
+    find(key) {
+      const hit = cache.find(key);
+      counts[hit ? 'hits' : 'misses']++;
+      return hit;
+    },
+    begin(key) {
+      const entry = cache.begin(key);
+      return { ...entry, commit: () => { counts.commits++; entry.commit(); } };
+    },
+  };
+  return { cache: wrapped, counts };
+}
+
+async function draw(model: string, sessionCache?: SessionCache): Promise<Float32Array> {
+  const pipeline = await loadPipeline(model, { sessionCache });
+  try {
+    return (await pipeline.generate({ prompt: 'a red circle at the top left', steps: 2, seed: 3 })).images[0].data;
+  } finally {
+    await pipeline.release();
+  }
+}
+
+const entries = (dir: string) => fs.readdirSync(dir).filter((n) => !n.startsWith('.'));
+
+test('a second pipeline builds every session from the cache and draws the same image as without one', async (t) => {
+  const dir = tempDir(t);
+  const plain = await draw(REFERENCE_MODEL);
+  const first = counted(dir);
+  assert.deepEqual(await draw(REFERENCE_MODEL, first.cache), plain);
+  assert.ok(first.counts.misses > 10 && first.counts.hits === 0, JSON.stringify(first.counts));
+  assert.equal(first.counts.commits, first.counts.misses);
+  assert.equal(entries(dir).length, first.counts.commits);
+  for (const entry of entries(dir)) assert.deepEqual(fs.readdirSync(path.join(dir, entry)).sort(), ['model.onnx', 'weights.bin']);
+
+  const second = counted(dir);
+  assert.deepEqual(await draw(REFERENCE_MODEL, second.cache), plain);
+  assert.deepEqual(second.counts, { hits: first.counts.misses, misses: 0, commits: 0 });
+});
+
+test('changed weights miss; a half-written entry is never read; a damaged entry is rebuilt; an unwritable cache only costs time', async (t) => {
+  const work = tempDir(t);
+  const model = path.join(work, 'model');
+  fs.cpSync(REFERENCE_MODEL, model, { recursive: true, dereference: true });
+  const dir = path.join(work, 'cache');
+  const plain = await draw(model);
+  const first = counted(dir);
+  await draw(model, first.cache);
+
+  // New modification time on the U-Net's weights: its sessions miss, the others hit.
+  const unetWeights = fs.readdirSync(path.join(model, 'unet')).find((f) => f.endsWith('.safetensors'))!;
+  const later = new Date(Date.now() + 60_000);
+  fs.utimesSync(path.join(model, 'unet', unetWeights), later, later);
+  const changed = counted(dir);
+  assert.deepEqual(await draw(model, changed.cache), plain);
+  assert.ok(changed.counts.misses > 0 && changed.counts.hits > 0, JSON.stringify(changed.counts));
+  assert.equal(entries(dir).length, first.counts.commits + changed.counts.misses);
+
+  // A crash mid-write leaves a temporary folder beside the entries: never read, and an entry
+  // truncated on disk fails to load and is written again.
+  const [victim] = entries(dir);
+  fs.mkdirSync(path.join(dir, `.${victim}.999.dead`));
+  fs.writeFileSync(path.join(dir, `.${victim}.999.dead`, 'model.onnx'), 'half');
+  fs.truncateSync(path.join(dir, victim, 'model.onnx'), 10);
+  const damaged = counted(dir);
+  assert.deepEqual(await draw(model, damaged.cache), plain);
+  assert.equal(damaged.counts.commits, 1, 'the damaged entry was written again');
+  assert.ok(fs.statSync(path.join(dir, victim, 'model.onnx')).size > 10);
+
+  // A cache folder under a file cannot be created: the run goes on without it.
+  const blocked = path.join(work, 'a-file');
+  fs.writeFileSync(blocked, '');
+  assert.deepEqual(await draw(model, openSessionCache(path.join(blocked, 'cache'))), plain);
+});
+
+test('the CLI caches by default (DIFFUSE_CACHE_DIR) and not with DIFFUSE_CACHE_DIR=off', (t) => {
+  const work = tempDir(t);
+  const dir = path.join(work, 'cache');
+  const run = (cacheDir: string, out: string) => spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a blue square', '--steps', '2', '--seed', '1', '--out', path.join(work, out)],
+    { encoding: 'utf8', env: { ...process.env, DIFFUSE_CACHE_DIR: cacheDir } });
+  assert.equal(run(dir, 'a.png').status, 0);
+  const written = entries(dir).length;
+  assert.ok(written > 10);
+  const again = run(dir, 'b.png');
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(entries(dir).length, written, 'the second process wrote nothing new');
+  assert.deepEqual(fs.readFileSync(path.join(work, 'a.png')), fs.readFileSync(path.join(work, 'b.png')));
+  const off = run('off', 'c.png');
+  assert.equal(off.status, 0, off.stderr);
+  assert.equal(fs.existsSync(path.join(work, 'off')), false);
+  assert.deepEqual(fs.readFileSync(path.join(work, 'a.png')), fs.readFileSync(path.join(work, 'c.png')));
+});
