@@ -21,6 +21,7 @@ const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
 function counted(dir: string) {
   const cache = openSessionCache(dir);
   const counts = { hits: 0, misses: 0, commits: 0 };
+  const committed: string[] = [];
   const wrapped: SessionCache = {
     ...cache,
     find(key) {
@@ -30,10 +31,10 @@ function counted(dir: string) {
     },
     begin(key) {
       const entry = cache.begin(key);
-      return { ...entry, commit: () => { counts.commits++; entry.commit(); } };
+      return { ...entry, commit: () => { counts.commits++; committed.push(key); entry.commit(); } };
     },
   };
-  return { cache: wrapped, counts };
+  return { cache: wrapped, counts, committed };
 }
 
 async function draw(model: string, sessionCache?: SessionCache): Promise<Float32Array> {
@@ -80,9 +81,9 @@ test('changed weights miss; a half-written entry is never read; a damaged entry 
   assert.ok(changed.counts.misses > 0 && changed.counts.hits > 0, JSON.stringify(changed.counts));
   assert.equal(entries(dir).length, first.counts.commits + changed.counts.misses);
 
-  // A crash mid-write leaves a temporary folder beside the entries: never read, and an entry
-  // truncated on disk fails to load and is written again.
-  const [victim] = entries(dir);
+  // A crash mid-write leaves a temporary folder beside the entries: never read, and an entry in
+  // use truncated on disk fails to load and is written again.
+  const [victim] = changed.committed;
   fs.mkdirSync(path.join(dir, `.${victim}.999.dead`));
   fs.writeFileSync(path.join(dir, `.${victim}.999.dead`, 'model.onnx'), 'half');
   fs.truncateSync(path.join(dir, victim, 'model.onnx'), 10);
