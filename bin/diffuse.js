@@ -1,6 +1,9 @@
 #!/usr/bin/env node
 // Runs the TypeScript CLI through tsx, so the package works from a clone without a build step.
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 // glibc gives every freed block over 32 MB (its largest mmap threshold) back to the kernel, so at
 // 1024² each segment's activations are fresh pages to fault in on every run. Measured on two
@@ -37,8 +40,24 @@ if (onGlibc && process.env.DIFFUSE_USER_GLIBC_TUNABLES === undefined && !userTun
     const parent = process.ppid;
     setInterval(() => process.ppid !== parent && process.kill(process.pid, 'SIGKILL'), 500).unref();
   }
+  const { main } = builtIsCurrent() ? await import('../dist/cli/main.js') : await fromSources();
+  process.exitCode = await main(process.argv.slice(2));
+}
+
+/** The TypeScript sources through tsx: a clone without a build, or sources edited since the build. */
+async function fromSources() {
   const { register } = await import('tsx/esm/api');
   register();
-  const { main } = await import('../src/cli/main.ts');
-  process.exitCode = await main(process.argv.slice(2));
+  return import('../src/cli/main.ts');
+}
+
+/**
+ * The compiled package (`npm run build`, run by `npm ci` and `npm pack`) when no source is newer
+ * than it: it starts about 0.2 s sooner than compiling through tsx.
+ */
+function builtIsCurrent() {
+  const built = fs.statSync(new URL('../dist/cli/main.js', import.meta.url), { throwIfNoEntry: false });
+  if (!built) return false;
+  const src = fileURLToPath(new URL('../src', import.meta.url));
+  return fs.readdirSync(src, { recursive: true }).every((name) => fs.statSync(path.join(src, name)).mtimeMs <= built.mtimeMs);
 }
