@@ -126,7 +126,8 @@ function hostileRequests(count: number): { body: string; headers?: Record<string
     batch: [0, 5, 1.5, '1', true],
     guidance: [-1, 51, 1e308, 'NaN', [], true, -1e308],
     scheduler: ['nope', 7, '', [], 'euler; rm -rf /'],
-    accel: [7, 'x'.repeat(600), 'tgate:gate_step=0', 'nosuchmethod', 'deepcache:cache_interval=-1', 'tgate:nope=1', { $gt: 1 }],
+    // '@file' is a plan file on the command line only: a request cannot name a file on the server.
+    accel: [7, 'x'.repeat(600), 'tgate:gate_step=0', 'nosuchmethod', 'deepcache:cache_interval=-1', 'tgate:nope=1', { $gt: 1 }, '@/etc/passwd', '@plan.json'],
     class: [[], [-1], [1.5], 'x'.repeat(300), [1, 2, 3, 4, 5], {}, true, [null]],
   };
   const out: { body: string; headers?: Record<string, string>; field: RegExp }[] = [

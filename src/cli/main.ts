@@ -16,6 +16,7 @@ import { benchTextEncoder } from '../bench/text-encoder.ts';
 import { generate } from './generate.ts';
 import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS } from '../serve/queue.ts';
 import { tune } from './tune.ts';
+import { readPlanFile } from './plan-file.ts';
 import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
@@ -94,9 +95,9 @@ function schedulerName(value: string): SchedulerName {
   return value;
 }
 
-/** Repeatable `--accel NAME[:key=value,...]`; errors are InputErrors naming the method and key. */
+/** Repeatable `--accel NAME[:key=value,...]` or `--accel @plan.json`; errors are InputErrors naming the method and key. */
 function accelList(value: string, previous: AccelSpec[]): AccelSpec[] {
-  return [...previous, parseAccelSpec(value)];
+  return [...previous, ...(value.startsWith('@') ? readPlanFile(value.slice(1)) : [parseAccelSpec(value)])];
 }
 
 /** Repeatable `--sweep SPEC[+SPEC...]`. */
@@ -104,7 +105,7 @@ function sweepList(value: string, previous: AccelSpec[][]): AccelSpec[][] {
   return [...previous, parseSweepSetting(value)];
 }
 
-const ACCEL_HELP = `training-free acceleration, repeatable to compose: ${Object.keys(METHODS).map((m) => `${m}[:${Object.keys(METHODS[m].knobs).map((k) => `${k}=…`).join(',')}]`).join(' | ')}`;
+const ACCEL_HELP = `training-free acceleration, repeatable to compose (or @plan.json: a plan file, as tune --speedup writes): ${Object.keys(METHODS).map((m) => `${m}[:${Object.keys(METHODS[m].knobs).map((k) => `${k}=…`).join(',')}]`).join(' | ')}`;
 
 /** "512", "768x512" → [width, height]. */
 export function parseSize(value: string): [number, number] {
@@ -262,14 +263,15 @@ export function buildProgram(): Command {
     .option('--steps <n>', 'denoising steps (default 20: the attention-reuse paper\'s)', positiveInt('--steps', LIMITS.steps), 20)
     .option('--reuse <r>', 'attn-reuse: model calls that reuse maps', positiveInt('--reuse'), 10)
     .option('--prompts <file>', 'one prompt per line (default: the reference model\'s held-out captions)')
-    .option('--count <n>', 'the first N prompts only', positiveInt('--count'), 4)
+    .option('--count <n>', 'the first N prompts only (--speedup: N to tune on, the next N to check on)', positiveInt('--count'), 4)
     .option('--epsilon <dB>', 'a move must raise the mean PSNR by more than this', number('--epsilon', 0), 0.01)
     .option('--guidance <g>', 'CFG scale (default: the pipeline\'s own, as generate: 7.5; PixArt 4.5, DiT 4; LCM 8.5)', number('--guidance'))
     .option('--seed <s>', 'seed of the first prompt, the next get +1, +2, ... (default 0: searches repeat)', seed, 0)
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
-    .option('--out <file.json>', 'where the schedule goes (rewritten after every round)', 'schedule.json')
+    .option('--out <file.json>', 'where the schedule goes (rewritten after every round; default schedule.json, with --speedup plan.json)')
     .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
+    .option('--speedup <x>', 'instead: search DeepCache, TGATE and ToMe settings for the best PSNR at this measured speed-up (SD folders); writes a plan for --accel @FILE', number('--speedup'))
     .action(async (opts) => {
       await tune(opts);
     });

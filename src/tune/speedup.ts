@@ -1,0 +1,89 @@
+/**
+ * `diffuse tune --speedup X`: the composable U-Net methods' knobs searched for the plan that keeps
+ * the images closest (PSNR) to the unaccelerated ones at a measured speed-up of at least X.
+ *
+ * Each method has a ladder of settings from off to aggressive (DeepCache's cache interval, TGATE's
+ * gate step, ToMe's merge ratio). The search is greedy, as PHAST's is (src/tune/greedy.ts), but
+ * climbs speed instead of PSNR: from everything off, each round measures every one-rung step up
+ * and takes the one that loses the least PSNR per unit of speed gained (log speed-up), until the
+ * measured speed-up reaches the target. Every plan measured is kept: the frontier of speed-up
+ * against PSNR, from which the best plan at or above the target wins.
+ */
+import type { AccelSpec } from '../accel/index.ts';
+
+/** A rung per method: 0 is off. */
+export type Rungs = Record<string, number>;
+
+export interface Ladder {
+  method: string;
+  /** Settings from the first rung up (rung 0, off, has none). */
+  settings: Record<string, number>[];
+}
+
+/** The ladders for a run of `calls` model calls. */
+export function unetLadders(calls: number): Ladder[] {
+  const gates = [...new Set([0.8, 0.6, 0.4, 0.25].map((share) => Math.max(1, Math.round(share * calls))))].filter((g) => g < calls);
+  return [
+    { method: 'deepcache', settings: [2, 3, 4, 5].filter((n) => n < calls).map((cache_interval) => ({ cache_interval })) },
+    { method: 'tgate', settings: gates.map((gate_step) => ({ gate_step })) },
+    { method: 'tome', settings: [0.3, 0.5, 0.7].map((ratio) => ({ ratio })) },
+  ];
+}
+
+export function planOf(ladders: Ladder[], rungs: Rungs): AccelSpec[] {
+  return ladders.filter((l) => (rungs[l.method] ?? 0) > 0).map((l) => ({ method: l.method, params: l.settings[rungs[l.method] - 1] }));
+}
+
+export function describePlan(plan: AccelSpec[]): string {
+  return plan.length === 0 ? 'none' : plan.map((s) => `${s.method}:${Object.entries(s.params).map(([k, v]) => `${k}=${v}`).join(',')}`).join(' + ');
+}
+
+export interface Measured {
+  plan: AccelSpec[];
+  /** Plain run's denoising seconds over this plan's, measured. */
+  speedup: number;
+  /** Plain run's MACs over this plan's. */
+  macSpeedup: number;
+  psnr: number;
+}
+
+/**
+ * Climbs from nothing to the target speed-up. `measure` runs a plan on the tuning prompts; it is
+ * called once per distinct plan. Returns every plan measured and the rounds' picks.
+ */
+export async function climbToSpeedup(ladders: Ladder[], target: number, measure: (plan: AccelSpec[]) => Promise<Measured>,
+  onRound?: (round: number, pick: Measured, tried: number) => void): Promise<{ measured: Measured[]; path: Measured[] }> {
+  const measured = new Map<string, Measured>();
+  const run = async (rungs: Rungs) => {
+    const plan = planOf(ladders, rungs);
+    const key = describePlan(plan);
+    let m = measured.get(key);
+    if (!m) measured.set(key, (m = await measure(plan)));
+    return m;
+  };
+  let rungs: Rungs = Object.fromEntries(ladders.map((l) => [l.method, 0]));
+  let current = await run(rungs);
+  const path = [current];
+  for (let round = 1; current.speedup < target; round++) {
+    const steps = ladders.filter((l) => rungs[l.method] < l.settings.length).map((l) => ({ ...rungs, [l.method]: rungs[l.method] + 1 }));
+    if (steps.length === 0) break;
+    let pick: { rungs: Rungs; m: Measured; cost: number } | undefined;
+    for (const next of steps) {
+      const m = await run(next);
+      const gain = Math.log(m.speedup) - Math.log(current.speedup);
+      // PSNR lost per unit of log speed-up; a step that is not faster costs without bound.
+      const cost = gain > 0 ? (current.psnr - m.psnr) / gain : Infinity;
+      if (!pick || cost < pick.cost || (cost === pick.cost && m.speedup > pick.m.speedup)) pick = { rungs: next, m, cost };
+    }
+    [rungs, current] = [pick!.rungs, pick!.m];
+    path.push(current);
+    onRound?.(round, current, steps.length);
+  }
+  return { measured: [...measured.values()], path };
+}
+
+/** The plans no other plan beats in both speed-up and PSNR, fastest last. */
+export function frontier(measured: Measured[]): Measured[] {
+  return measured.filter((a) => !measured.some((b) => b !== a && b.speedup >= a.speedup && b.psnr >= a.psnr && (b.speedup > a.speedup || b.psnr > a.psnr)))
+    .sort((a, b) => a.speedup - b.speedup);
+}

@@ -1,0 +1,100 @@
+/**
+ * `tune --speedup X` and plan files: the climb (src/tune/speedup.ts) on a synthetic measure, the
+ * search on the reference model writing a plan that `generate --accel @plan.json` runs as the same
+ * methods given by hand, and one clear line for every bad plan file.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { AccelSpec } from '../src/accel/index.ts';
+import { tune } from '../src/cli/tune.ts';
+import { climbToSpeedup, describePlan, frontier, unetLadders, type Measured } from '../src/tune/speedup.ts';
+import { tempDir } from './helpers/files.ts';
+
+const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
+
+test('the climb takes the step that loses the least PSNR per speed gained, stops at the target, and keeps every plan it measured', async () => {
+  const ladders = unetLadders(20);
+  assert.deepEqual(ladders.map((l) => l.settings.length), [4, 4, 3]);
+  assert.deepEqual(ladders[1].settings.map((s) => s.gate_step), [16, 12, 8, 5]);
+  // Synthetic: DeepCache gains 1.5× a rung for 3 dB, TGATE 1.2× for 1 dB, ToMe 1.1× for 2 dB.
+  const effect: Record<string, [number, number]> = { deepcache: [1.5, 3], tgate: [1.2, 1], tome: [1.1, 2] };
+  const rungOf = (plan: AccelSpec[], method: string) => {
+    const spec = plan.find((s) => s.method === method);
+    const ladder = ladders.find((l) => l.method === method)!;
+    return spec ? ladder.settings.findIndex((s) => JSON.stringify(s) === JSON.stringify(spec.params)) + 1 : 0;
+  };
+  let calls = 0;
+  const measure = async (plan: AccelSpec[]): Promise<Measured> => {
+    calls++;
+    let speedup = 1;
+    let loss = 0;
+    for (const [method, [gain, cost]] of Object.entries(effect)) {
+      speedup *= gain ** rungOf(plan, method);
+      loss += cost * rungOf(plan, method);
+    }
+    return { plan, speedup, macSpeedup: speedup, psnr: 60 - loss };
+  };
+  const rounds: string[] = [];
+  const { measured, path: climb } = await climbToSpeedup(ladders, 3, measure, (_round, pick) => rounds.push(describePlan(pick.plan)));
+  // Cost per log-speed: DeepCache 3/ln 1.5 = 7.4, TGATE 1/ln 1.2 = 5.5, ToMe 2/ln 1.1 = 21: TGATE first, all four rungs, then DeepCache.
+  assert.deepEqual(rounds.slice(0, 4), ['tgate:gate_step=16', 'tgate:gate_step=12', 'tgate:gate_step=8', 'tgate:gate_step=5']);
+  assert.equal(rounds[4], 'deepcache:cache_interval=2 + tgate:gate_step=5');
+  assert.ok(climb[climb.length - 1].speedup >= 3 && climb[climb.length - 2].speedup < 3);
+  assert.equal(calls, measured.length, 'each plan measured once');
+  const front = frontier(measured);
+  for (const a of front) assert.ok(!measured.some((b) => b.speedup > a.speedup && b.psnr > a.psnr), `${describePlan(a.plan)} is beaten`);
+  assert.ok(front.every((m, i) => i === 0 || m.speedup >= front[i - 1].speedup));
+});
+
+test('tune --speedup on the reference model writes a plan that generate --accel @plan.json runs as the same methods by hand', async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'plan.json');
+  await tune({ method: 'attn-reuse', steps: 10, reuse: 1, count: 2, epsilon: 0, guidance: 7.5, seed: 0, out, maxRounds: 100, speedup: 1.4 });
+  const plan = JSON.parse(fs.readFileSync(out, 'utf8'));
+  assert.ok(Array.isArray(plan.accel) && plan.accel.length >= 1, JSON.stringify(plan));
+  assert.equal(plan.model, 'reference');
+  assert.ok(plan.macSpeedup > 1.2, `MAC speed-up ${plan.macSpeedup}`);
+  assert.ok(plan.psnr > 15 && plan.psnr < 100 && plan.heldOutPsnr > 10, `PSNR ${plan.psnr}, held out ${plan.heldOutPsnr}`);
+  assert.equal(plan.prompts.length, 2);
+  assert.equal(plan.heldOut.length, 2);
+  assert.ok(plan.frontier.length >= 2);
+
+  const generate = (accel: string[], file: string) => spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a red circle', '--steps', '10', '--seed', '4',
+    ...accel.flatMap((a) => ['--accel', a]), '--out', path.join(dir, file)], { encoding: 'utf8' });
+  const fromPlan = generate([`@${out}`], 'plan.png');
+  assert.equal(fromPlan.status, 0, fromPlan.stderr);
+  const byHand = generate(plan.accel, 'hand.png');
+  assert.equal(byHand.status, 0, byHand.stderr);
+  assert.deepEqual(fs.readFileSync(path.join(dir, 'plan.png')), fs.readFileSync(path.join(dir, 'hand.png')));
+
+  await assert.rejects(tune({ method: 'attn-reuse', steps: 10, reuse: 1, count: 40, epsilon: 0, guidance: 7.5, seed: 0, maxRounds: 100, speedup: 2 }),
+    /--count: 40 prompts to tune on and 40 others to check the plan on; expected at least 80 prompts, found \d+/);
+  await assert.rejects(tune({ method: 'attn-reuse', steps: 10, reuse: 1, epsilon: 0, guidance: 7.5, seed: 0, maxRounds: 100, speedup: 1 }),
+    /--speedup: wrong value; expected a number above 1/);
+  await assert.rejects(tune({ model: 'reference-dit', method: 'attn-reuse', steps: 10, reuse: 1, epsilon: 0, seed: 0, maxRounds: 100, speedup: 2 }),
+    /--model: tune --speedup searches the U-Net methods \(DeepCache, TGATE, ToMe\); expected a Stable Diffusion folder, found DiTPipeline/);
+});
+
+test('a bad plan file is one line naming it, what was expected and what was found', (t) => {
+  const dir = tempDir(t);
+  const cases: [string | undefined, RegExp][] = [
+    [undefined, /--accel @\S+: cannot be read \(ENOENT\); expected a plan file: JSON with an "accel" list/],
+    ['{"accel": ', /--accel @\S+: is not valid JSON/],
+    ['[1, 2]', /--accel @\S+: accel: missing or not a list; expected a list of methods as --accel takes them, found nothing/],
+    ['{"accel": "tgate"}', /--accel @\S+: accel: missing or not a list; expected a list of methods as --accel takes them, found "tgate"/],
+    ['{"accel": ["nosuch"]}', /--accel @\S+: accel: unknown method; expected .*tgate.*, found "nosuch"/],
+    ['{"accel": [{"method": "deepcache", "params": {"cache_interval": 0}}]}', /--accel @\S+: accel deepcache:cache_interval: wrong value; expected an integer ≥ 1/],
+  ];
+  for (const [i, [text, message]] of cases.entries()) {
+    const file = path.join(dir, `plan-${i}.json`);
+    if (text !== undefined) fs.writeFileSync(file, text);
+    const run = spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'x', '--accel', `@${file}`, '--out', path.join(dir, 'x.png')], { encoding: 'utf8' });
+    assert.equal(run.status, 2, `${text}: ${run.stderr}`);
+    assert.match(run.stderr, message);
+    assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
+    assert.equal(fs.existsSync(path.join(dir, 'x.png')), false);
+  }
+});
