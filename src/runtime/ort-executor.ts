@@ -30,6 +30,10 @@ export interface SessionCache {
   begin(key: string): SessionCacheEntry;
   /** Drops an entry ORT could not load. */
   forget(key: string): void;
+  /** Whether a session whose weights take this many bytes is worth saving with MLAS's pre-packed weights. */
+  prepacks(weightBytes: number): boolean;
+  /** Whether a written entry loads and runs, tried in another process (a crash there costs nothing here). */
+  verify(modelPath: string, sessionOptions: ort.InferenceSession.SessionOptions): boolean;
 }
 
 export interface SessionCacheEntry {
@@ -182,6 +186,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
 export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
   let bytes: Uint8Array;
   let folder: string | undefined;
+  let weightBytes = 0;
   if (g.weightFiles().some(isMounted)) {
     // Weights from a mounted source (HTTP, picked files) travel inside the model: ORT cannot
     // open them, and only this segment's tensors are fetched.
@@ -194,7 +199,9 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     const folders = new Set([...realPaths.values()].map((f) => dirName(f)));
     if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
     folder = folders.values().next().value;
-    bytes = encodeModel(g.toModel((file) => baseName(realPaths.get(file) ?? file)));
+    const model = g.toModel((file) => baseName(realPaths.get(file) ?? file));
+    weightBytes = model.graph.initializers.reduce((sum, t) => sum + (t.external?.length ?? 0), 0);
+    bytes = encodeModel(model);
   }
   const device = options.device ?? 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
@@ -224,7 +231,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     // CPU sessions of local weights that are kept are cached optimised (WebGPU's and one-run sessions
     // are not optimised the same way, and mounted weights have no file to key by).
     const cache = options.sessionCache;
-    if (cache && retained && device === 'cpu' && folder !== undefined) return await cachedSession(cache, bytes, g.weightFiles().map(realPath), sessionOptions);
+    if (cache && retained && device === 'cpu' && folder !== undefined) return await cachedSession(cache, bytes, weightBytes, g.weightFiles().map(realPath), sessionOptions);
     return await ort.InferenceSession.create(bytes, sessionOptions);
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
@@ -240,13 +247,15 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
 /**
  * A session from the cached optimised model when there is one (no graph optimisation: it was done
  * when the entry was written), else a session that writes its optimised model into a new entry.
- * The optimised model's weights (folded casts, reordered layouts) go into a file beside it. Not
- * MLAS's pre-packed weights (session.save_external_prepacked_constant_initializers), though they
- * would save most of what is left (SD 1.5 at 256²: session creation 7.3 → 1.6 s): ORT 1.30
- * crashes (SIGSEGV) running two of the reference model's segments loaded with them.
+ * The optimised model's weights (folded casts, reordered layouts) go into a file beside it, and for
+ * large sessions MLAS's pre-packed weights too (SD 1.5 at 256²: creating all sessions from the cache
+ * 7.3 s without them, 1.6 s with). ORT 1.30 writes pre-packed weights that some kernels then crash
+ * on (two of the reference model's segments: SIGSEGV at run), so such an entry is first loaded and
+ * run in another process, and written again without them if that fails.
  */
-async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightFiles: string[], sessionOptions: ort.InferenceSession.SessionOptions) {
+async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightBytes: number, weightFiles: string[], sessionOptions: ort.InferenceSession.SessionOptions) {
   const { model_external_initializers_file_folder_path: _folder, ...session } = sessionOptions.extra!.session as Record<string, unknown>;
+  const loading = { ...sessionOptions, graphOptimizationLevel: 'disabled' as const, extra: { session } };
   let key: string;
   let hit: string | undefined;
   try {
@@ -258,7 +267,7 @@ async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightFiles
   }
   if (hit) {
     try {
-      return await ort.InferenceSession.create(hit, { ...sessionOptions, graphOptimizationLevel: 'disabled', extra: { session } });
+      return await ort.InferenceSession.create(hit, loading);
     } catch {
       // A damaged entry (a disk error, a file changed by hand) is written again below.
       try {
@@ -268,6 +277,16 @@ async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightFiles
       }
     }
   }
+  const writing = (modelPath: string, prepacked: boolean): ort.InferenceSession.SessionOptions => ({
+    ...sessionOptions,
+    optimizedModelFilePath: modelPath,
+    // Not ORT's warning that an NCHWc-optimised model suits this machine only: the key says which machine.
+    logSeverityLevel: 3,
+    extra: { session: {
+      ...sessionOptions.extra!.session as object, optimized_model_external_initializers_file_name: 'weights.bin', optimized_model_external_initializers_min_size_in_bytes: '1024',
+      ...(prepacked ? { save_external_prepacked_constant_initializers: '1' } : {}),
+    } },
+  });
   let entry: SessionCacheEntry;
   try {
     entry = cache.begin(key);
@@ -275,13 +294,13 @@ async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightFiles
     return await ort.InferenceSession.create(bytes, sessionOptions);
   }
   try {
-    const created = await ort.InferenceSession.create(bytes, {
-      ...sessionOptions,
-      optimizedModelFilePath: entry.modelPath,
-      // Not ORT's warning that an NCHWc-optimised model suits this machine only: the key says which machine.
-      logSeverityLevel: 3,
-      extra: { session: { ...sessionOptions.extra!.session as object, optimized_model_external_initializers_file_name: 'weights.bin', optimized_model_external_initializers_min_size_in_bytes: '1024' } },
-    });
+    const prepacked = cache.prepacks(weightBytes);
+    const created = await ort.InferenceSession.create(bytes, writing(entry.modelPath, prepacked));
+    if (prepacked && !cache.verify(entry.modelPath, loading)) {
+      entry.discard();
+      entry = cache.begin(key);
+      await (await ort.InferenceSession.create(bytes, writing(entry.modelPath, false))).release();
+    }
     try {
       entry.commit();
     } catch {

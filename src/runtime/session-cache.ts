@@ -4,10 +4,13 @@
  * One folder per segment, named by a hash of everything the optimised model depends on: the
  * segment's graph, each weight file's real path, size and modification time (weights that change
  * miss), the session options, ONNX Runtime's version and this machine's CPU and architecture (the
- * optimised model holds kernels' layouts for this CPU). An entry is written into a temporary folder
- * and renamed into place when complete, so a crash mid-write leaves nothing that is ever read.
- * The folder can be moved (DIFFUSE_CACHE_DIR) or deleted at any time.
+ * optimised model holds kernels' layouts for this CPU). Large sessions' entries also hold MLAS's
+ * pre-packed weights, once another process has loaded and run them (src/runtime/ort-executor.ts
+ * says why). An entry is written into a temporary folder and renamed into place when complete, so
+ * a crash mid-write leaves nothing that is ever read. The folder can be moved (DIFFUSE_CACHE_DIR)
+ * or deleted at any time.
  */
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -30,7 +33,27 @@ export function commandSessionCache(): SessionCache | undefined {
 /** Temporary folders older than this were left by a process that died mid-write. */
 const ABANDONED_MS = 24 * 3600 * 1000;
 
-export function openSessionCache(dir: string): SessionCache {
+/** Sessions whose weights take less than this are saved without pre-packed weights: they start fast anyway, and each pre-packed entry costs a check in another process. */
+const PREPACK_FROM_BYTES = 32 * 2 ** 20;
+
+/**
+ * Loads an entry and runs it once on zeros of its input shapes (unknown dimensions 1), in a process
+ * of its own: exit status 0 if both worked.
+ */
+const CHECK_SCRIPT = `
+const ort = await import(process.env.DIFFUSE_CHECK_ORT);
+const session = await ort.InferenceSession.create(process.env.DIFFUSE_CHECK_MODEL, JSON.parse(process.env.DIFFUSE_CHECK_OPTIONS));
+const arrays = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array, int32: Int32Array, bool: Uint8Array };
+const feeds = {};
+for (const input of session.inputMetadata) {
+  const shape = input.shape.map((d) => (typeof d === 'number' ? d : 1));
+  feeds[input.name] = new ort.Tensor(input.type, new arrays[input.type](shape.reduce((a, b) => a * b, 1)), shape);
+}
+await session.run(feeds);
+`;
+
+export function openSessionCache(dir: string, o: { prepackFromBytes?: number } = {}): SessionCache {
+  const prepackFrom = o.prepackFromBytes ?? PREPACK_FROM_BYTES;
   try {
     for (const name of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
       const file = path.join(dir, name);
@@ -76,6 +99,14 @@ export function openSessionCache(dir: string): SessionCache {
     },
     forget(key) {
       fs.rmSync(path.join(dir, key), { recursive: true, force: true });
+    },
+    prepacks: (weightBytes) => weightBytes >= prepackFrom,
+    verify(modelPath, sessionOptions) {
+      const check = spawnSync(process.execPath, ['--input-type=module', '-e', CHECK_SCRIPT], {
+        stdio: 'ignore',
+        env: { ...process.env, DIFFUSE_CHECK_ORT: import.meta.resolve('onnxruntime-node'), DIFFUSE_CHECK_MODEL: modelPath, DIFFUSE_CHECK_OPTIONS: JSON.stringify(sessionOptions) },
+      });
+      return check.status === 0;
     },
   };
 }
