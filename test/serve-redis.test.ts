@@ -225,10 +225,12 @@ test('a bad or unreachable --redis is one clear error, exit 2, before anything s
     [['worker', '--redis', redisUrl, '--queue', 'a:b'], /--queue expects a name of letters/],
     [['worker'], /--redis <url>' not specified/],
   ] as const) {
-    const run = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+    const cwd = fs.mkdtempSync(path.join(dir, 'refused-'));
+    const run = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', timeout: 60_000 });
     assert.equal(run.status, 2, `${args.join(' ')}: ${run.stderr}`);
     assert.match(run.stderr, message);
     assert.doesNotMatch(run.stderr, /\n\s+at /);
     assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
+    assert.deepEqual(fs.readdirSync(cwd), [], `${args.join(' ')} left nothing behind`);
   }
 });

@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { readImage } from '../src/image/read.ts';
@@ -209,12 +210,19 @@ test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loop
     [['--workers', '0'], /^diffuse: --workers: no worker would run the jobs; expected at least 1 without --redis, found 0$/m],
     [['--threads', `${os.availableParallelism() + 1}`], /^diffuse: --threads: more threads per session than this machine's \d+ cores \(each of a model's sessions keeps its own pool\); expected at most \d+, found \d+$/m],
   ];
+  // A port already taken is refused after the service has started its workers: it leaves no results folder either.
+  const taken = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((resolve) => taken.once('listening', resolve));
+  refusals.push([['--port', `${(taken.address() as net.AddressInfo).port}`], /^diffuse: --port: cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\); expected a free port$/m]);
+  const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'serve-refused-'));
   for (const [flags, message] of refusals) {
-    const run = spawnSync(process.execPath, [CLI, 'serve', ...(flags.includes('--port') ? [] : ['--port', '0']), ...flags], { encoding: 'utf8', timeout: 60_000 });
+    const run = spawnSync(process.execPath, [CLI, 'serve', ...(flags.includes('--port') ? [] : ['--port', '0']), ...flags], { cwd, encoding: 'utf8', timeout: 60_000 });
     assert.equal(run.status, 2, `${flags.join(' ')}: ${run.stderr}`);
     assert.match(run.stderr, message);
     assert.doesNotMatch(run.stderr, /\n\s+at /);
+    assert.deepEqual(fs.readdirSync(cwd), [], `${flags.join(' ')} left nothing behind`);
   }
+  taken.close();
 });
 
 test('closing the service lets the running job finish', async () => {

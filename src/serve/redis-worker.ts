@@ -39,9 +39,15 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
   }
   checkThreadBudget(o.workers, o.threads, o.log);
   const modelDir = o.modelDir && path.resolve(o.modelDir);
-  fs.mkdirSync(o.results, { recursive: true });
-  const resultsDir = path.resolve(o.results);
   const client = await connectRedis(o.redis);
+  // Made once Redis answers: a refused start leaves nothing behind.
+  const resultsDir = path.resolve(o.results);
+  try {
+    fs.mkdirSync(resultsDir, { recursive: true });
+  } catch (err) {
+    client.disconnect();
+    throw err;
+  }
   const report = onceEach((m) => o.log(`redis: ${m}`));
   client.on('error', report);
   const keys = extraKeys(o.queue);

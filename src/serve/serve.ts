@@ -63,7 +63,6 @@ export async function startService(o: ServeOptions): Promise<Service> {
   if (o.modelDir !== undefined) {
     if (!fs.statSync(o.modelDir, { throwIfNoEntry: false })?.isDirectory()) throw new InputError('--model-dir', 'not a folder', 'a folder of diffusers model folders', o.modelDir);
   }
-  fs.mkdirSync(o.results, { recursive: true });
   const resultsDir = path.resolve(o.results);
 
   let queue: JobQueue;
@@ -87,13 +86,17 @@ export async function startService(o: ServeOptions): Promise<Service> {
     await local?.close(drain);
     await queue.close(drain);
   };
+  // The results folder is made once everything else has started: a refused start leaves nothing behind.
+  const made = !fs.existsSync(resultsDir);
   const app = createApp({ queue, resultsDir, modelDir: o.modelDir && path.resolve(o.modelDir), token, ratePerMinute: o.rate, maxBodyBytes: MAX_BODY_BYTES });
   const server = listen({ fetch: app.fetch, hostname: o.host, port: o.port });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', (err: NodeJS.ErrnoException) => reject(new InputError('--port', `cannot listen on ${o.host}:${o.port} (${err.code ?? err.message})`, 'a free port')));
-  }).catch(async (err) => {
+  }).then(() => fs.mkdirSync(resultsDir, { recursive: true })).catch(async (err) => {
+    server.close();
     await closeQueue(false);
+    if (made) fs.rmSync(resultsDir, { recursive: true, force: true });
     throw err;
   });
   const address = server.address();
