@@ -75,7 +75,7 @@ function startWorker(): Worker {
   // (Killing bin/diffuse.js kills the worker it restarts itself as: bin/diffuse.js sees to that.)
   const lines: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (line) => lines.push(line));
-  const worker = { child, lines, exited: new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code))) };
+  const worker = { child, lines, exited: new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code))) };
   workers.push(worker);
   return worker;
 }
@@ -104,6 +104,17 @@ const finished = (id: string, seconds = 120) => until(`job ${id}`, async () => {
   const j = await job(id);
   return !['queued', 'running'].includes(j.state) && j;
 }, seconds);
+
+/**
+ * The workers' logs once each of `ids` is in them (a worker logs a job done just after Redis
+ * records it, so the server can say done a moment before the line arrives here).
+ */
+async function loggedDone(ids: string[]): Promise<Map<string, number>> {
+  return until('the workers to log every job done', () => {
+    const done = completions();
+    return ids.every((id) => done.has(id)) && done;
+  });
+}
 
 /** Job ids each worker reported done, over all workers. */
 function completions(): Map<string, number> {
@@ -146,7 +157,7 @@ test('200 jobs over two worker processes: every image present, each job complete
   const files = fs.readdirSync(results);
   for (const id of ids) assert.ok(files.includes(`${id}-0.png`), `image of ${id}`);
   assert.equal(files.filter((f) => !f.endsWith('.png')).length, 0, 'no half-written files');
-  const done = completions();
+  const done = await loggedDone(ids);
   for (const id of ids) assert.equal(done.get(id), 1, `${id} completed once`);
   for (const w of [a, b]) assert.ok(w.lines.filter((l) => l.includes(' done ')).length >= 20, 'both workers took a share');
   const metrics = await (await fetch(`${base}/metrics`)).text();
@@ -157,14 +168,14 @@ test('200 jobs over two worker processes: every image present, each job complete
 test('a worker killed with SIGKILL mid-job: the job goes to the other worker and completes once', { skip }, async () => {
   const { id } = await (await post({ model: 'reference', prompt: 'a blue square', steps: 100, width: 128, height: 128, seed: 3 })).json() as JobView;
   await until('the job to run', async () => (await job(id)).progress.step >= 1);
-  const victim = workers.find((w) => w.lines.includes(`diffuse worker: took ${id} (attempt 1)`))!;
+  const victim = await until('a worker to log taking it', () => workers.find((w) => w.lines.includes(`diffuse worker: took ${id} (attempt 1)`)));
   const other = workers.find((w) => w !== victim)!;
   victim.child.kill('SIGKILL');
   const j = await finished(id);
   assert.equal(j.state, 'done', j.error);
   assert.equal(j.attempts, 2, 'taken over after its worker died');
+  assert.equal((await loggedDone([id])).get(id), 1);
   assert.ok(other.lines.includes(`diffuse worker: done ${id}`));
-  assert.equal(completions().get(id), 1);
   assert.ok(fs.existsSync(path.join(results, `${id}-0.png`)));
 });
 
@@ -198,7 +209,7 @@ test('Redis restarted under load: every job still completes exactly once', { ski
   await sleep(500);
   await startRedis();
   for (const id of ids) assert.equal((await finished(id, 300)).state, 'done');
-  const done = completions();
+  const done = await loggedDone(ids);
   for (const id of ids) assert.equal(done.get(id), 1, `${id} completed once`);
   for (const id of ids) assert.ok(fs.existsSync(path.join(results, `${id}-0.png`)));
 });
@@ -207,7 +218,7 @@ test('a worker drains on SIGTERM: its running job finishes before it exits', { s
   const live = workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null);
   const { id } = await (await post({ model: 'reference', prompt: 'drain', steps: 30, width: 128, height: 128, seed: 9 })).json() as JobView;
   await until('the job to run', async () => (await job(id)).progress.step >= 1);
-  const runner = live.find((w) => w.lines.some((l) => l.includes(`took ${id}`)))!;
+  const runner = await until('a worker to log taking it', () => live.find((w) => w.lines.some((l) => l.includes(`took ${id}`))));
   runner.child.kill('SIGTERM');
   assert.equal(await runner.exited, 0);
   assert.ok(runner.lines.includes(`diffuse worker: done ${id}`), runner.lines.join('\n'));
