@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { InputError, describe } from '../errors.ts';
-import { toAccelSpecs, type AccelSpec } from '../accel/index.ts';
+import { shortAccelSpec, toAccelSpecs, type AccelSpec } from '../accel/index.ts';
 import { writeFileAtomically } from '../util/files.ts';
 
 export function readPlanFile(file: string): AccelSpec[] {
@@ -36,6 +36,5 @@ export function readPlanFile(file: string): AccelSpec[] {
 
 /** Writes a plan whole (never half a file): its methods as `--accel` text, and what else is known about it. */
 export function writePlanFile(file: string, accel: AccelSpec[], about: Record<string, unknown>): void {
-  const text = accel.map((spec) => `${spec.method}${Object.keys(spec.params).length ? `:${Object.entries(spec.params).map(([k, v]) => `${k}=${v}`).join(',')}` : ''}`);
-  writeFileAtomically(file, `${JSON.stringify({ accel: text, ...about }, null, 2)}\n`);
+  writeFileAtomically(file, `${JSON.stringify({ accel: accel.map(shortAccelSpec), ...about }, null, 2)}\n`);
 }

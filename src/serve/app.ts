@@ -9,7 +9,7 @@ import { randomInt, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
-import { checkJobRequest, listModels, requestSchema, RequestError } from './job.ts';
+import { checkJobRequest, modelNames, requestSchema, RequestError } from './job.ts';
 import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type JobState, type QueueStats } from './queue.ts';
 
 export interface ServiceOptions {
@@ -213,7 +213,7 @@ function openApi(o: ServiceOptions): Record<string, unknown> {
   const id = [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }];
   return {
     openapi: '3.1.0',
-    info: { title: 'diffusion.ts image service', version: '1', description: `Models: reference, reference-dit, reference-skip-dit${o.modelDir ? `, ${listModels(o.modelDir).join(', ')}` : ''}.` },
+    info: { title: 'diffusion.ts image service', version: '1', description: `Models: ${modelNames(o.modelDir).join(', ')}.` },
     ...(o.token !== undefined ? { security: [{ bearer: [] }], components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } } } : {}),
     paths: {
       '/v1/images': { post: {

@@ -46,7 +46,7 @@ export class RequestError extends Error {
 type FieldSpec = { type: 'string' | 'integer' | 'number'; min?: number; max?: number; maxLength?: number; description: string; enum?: readonly string[] };
 
 const FIELDS: Record<string, FieldSpec | { oneOf: true; description: string }> = {
-  model: { type: 'string', maxLength: 200, description: 'a folder name in the server\'s model directory, or reference, reference-dit, reference-skip-dit' },
+  model: { type: 'string', maxLength: 200, description: `a folder name in the server's model directory, or ${Object.keys(REFERENCE_MODELS).join(', ')}` },
   prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models' },
   negative_prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models' },
   class: { oneOf: true, description: 'DiT: class ids or names (id2label), one image each' },
@@ -105,6 +105,11 @@ export function resolveModel(name: string, modelDir: string | undefined): string
     throw new RequestError(422, 'model', 'unknown model', [...Object.keys(REFERENCE_MODELS), ...known].join(', '), JSON.stringify(name));
   }
   return path.join(modelDir, name);
+}
+
+/** The names a request may give: the embedded reference models, then the model directory's folders. */
+export function modelNames(modelDir: string | undefined): string[] {
+  return [...Object.keys(REFERENCE_MODELS), ...(modelDir ? listModels(modelDir) : [])];
 }
 
 /** The model directory's diffusers folders (those with a model_index.json). */

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import { InputError } from '../errors.ts';
 import { GenerationThread, JobFailure } from './generation-thread.ts';
-import { listModels, resolveModel, RequestError, type ImageJob } from './job.ts';
+import { modelNames, resolveModel, RequestError, type ImageJob } from './job.ts';
 import { CANCELLED, QUEUE_NAME, checkRedisUrl, connectRedis, duplicateConnection, extraKeys, onceEach, type JobProgress } from './redis-queue.ts';
 import { runUntilSignalled } from './shutdown.ts';
 import { checkThreadBudget } from './threads.ts';
@@ -143,7 +143,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
 export async function work(o: Omit<RedisWorkerOptions, 'log'>): Promise<void> {
   const log = (line: string) => process.stderr.write(`diffuse worker: ${line}\n`);
   const workers = await startRedisWorkers({ ...o, log });
-  const models = ['reference', 'reference-dit', 'reference-skip-dit', ...(o.modelDir ? listModels(o.modelDir) : [])];
+  const models = modelNames(o.modelDir);
   log(`taking jobs from queue "${o.queue}" at ${checkRedisUrl(o.redis)} (${o.workers} worker${o.workers === 1 ? '' : 's'}; models: ${models.join(', ')}; images in ${path.resolve(o.results)})`);
   await runUntilSignalled('diffuse worker', workers.close);
 }

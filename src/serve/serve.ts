@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import { serve as listen } from '@hono/node-server';
 import { InputError } from '../errors.ts';
 import { createApp } from './app.ts';
-import { listModels } from './job.ts';
+import { modelNames } from './job.ts';
 import { EmbeddedQueue } from './embedded-queue.ts';
 import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS, type JobQueue } from './queue.ts';
 import { checkRedisUrl, RedisQueue } from './redis-queue.ts';
@@ -39,6 +39,11 @@ export interface ServeOptions {
 
 const MAX_BODY_BYTES = 64 * 1024;
 
+/** Generation threads in this process: 1 by default with the embedded queue, 0 with Redis (workers elsewhere). */
+function workersOf(o: ServeOptions): number {
+  return o.workers ?? (o.redis === undefined ? 1 : 0);
+}
+
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 }
@@ -59,7 +64,9 @@ export async function startService(o: ServeOptions): Promise<Service> {
   }
   if (o.redis === undefined && o.workers === 0) throw new InputError('--workers', 'no worker would run the jobs', 'at least 1 without --redis', '0');
   const log = (line: string) => process.stderr.write(`diffuse serve: ${line}\n`);
-  checkThreadBudget(o.workers ?? (o.redis === undefined ? 1 : 0), o.threads, log);
+  const workers = workersOf(o);
+  const queueName = o.queue ?? DEFAULT_QUEUE;
+  checkThreadBudget(workers, o.threads, log);
   if (o.modelDir !== undefined) {
     if (!fs.statSync(o.modelDir, { throwIfNoEntry: false })?.isDirectory()) throw new InputError('--model-dir', 'not a folder', 'a folder of diffusers model folders', o.modelDir);
   }
@@ -68,12 +75,12 @@ export async function startService(o: ServeOptions): Promise<Service> {
   let queue: JobQueue;
   let local: RedisWorkers | undefined;
   if (o.redis === undefined) {
-    queue = new EmbeddedQueue(o.workers ?? 1, { resultsDir, threads: o.threads });
+    queue = new EmbeddedQueue(workers, { resultsDir, threads: o.threads });
   } else {
-    queue = await RedisQueue.open(o.redis, o.queue ?? DEFAULT_QUEUE, log);
-    if (o.workers) {
+    queue = await RedisQueue.open(o.redis, queueName, log);
+    if (workers) {
       local = await startRedisWorkers({
-        redis: o.redis, queue: o.queue ?? DEFAULT_QUEUE, modelDir: o.modelDir, results: resultsDir, workers: o.workers, threads: o.threads,
+        redis: o.redis, queue: queueName, modelDir: o.modelDir, results: resultsDir, workers, threads: o.threads,
         stallSeconds: o.stallSeconds ?? DEFAULT_STALL_SECONDS,
         log: () => {},
       }).catch(async (err) => {
@@ -113,8 +120,8 @@ export async function startService(o: ServeOptions): Promise<Service> {
 /** `diffuse serve`: starts the service and serves until a signal; resolves once it has stopped. */
 export async function serve(o: ServeOptions): Promise<void> {
   const service = await startService(o);
-  const models = ['reference', 'reference-dit', 'reference-skip-dit', ...(o.modelDir ? listModels(o.modelDir) : [])];
-  const workers = o.workers ?? (o.redis === undefined ? 1 : 0);
+  const models = modelNames(o.modelDir);
+  const workers = workersOf(o);
   const queue = o.redis === undefined ? 'embedded queue' : `queue "${o.queue ?? DEFAULT_QUEUE}" at ${checkRedisUrl(o.redis)}`;
   process.stderr.write(`diffuse serve: http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${service.port}/ ` +
     `(${queue}; ${workers} worker${workers === 1 ? '' : 's'} here; models: ${models.join(', ')}; images in ${path.resolve(o.results)}; API at /openapi.json)\n`);

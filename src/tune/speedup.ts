@@ -9,7 +9,7 @@
  * measured speed-up reaches the target. Every plan measured is kept: the frontier of speed-up
  * against PSNR, from which the best plan at or above the target wins.
  */
-import type { AccelSpec } from '../accel/index.ts';
+import { shortAccelSpec, type AccelSpec } from '../accel/index.ts';
 
 /** A rung per method: 0 is off. */
 export type Rungs = Record<string, number>;
@@ -35,7 +35,7 @@ export function planOf(ladders: Ladder[], rungs: Rungs): AccelSpec[] {
 }
 
 export function describePlan(plan: AccelSpec[]): string {
-  return plan.length === 0 ? 'none' : plan.map((s) => `${s.method}:${Object.entries(s.params).map(([k, v]) => `${k}=${v}`).join(',')}`).join(' + ');
+  return plan.length === 0 ? 'none' : plan.map(shortAccelSpec).join(' + ');
 }
 
 export interface Measured {
