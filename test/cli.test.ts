@@ -60,3 +60,10 @@ test('an unknown command exits non-zero without a stack trace', () => {
   assert.match(r.stderr, /frobnicate/);
   assert.doesNotMatch(r.stderr, /^\s+at /m);
 });
+
+test('--precision: bf16 is refused with the reason, int8 on webgpu is refused, and bench --fidelity stays fp32', () => {
+  assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'bf16'), '--precision', 'no bfloat16 matrix kernels on CPU', 'expected fp32 or int8', 'bf16');
+  assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'int8', '--device', 'webgpu'), '--precision: int8 runs on the CPU only');
+  assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'int8', '--fidelity'), '--precision', 'fidelity sweep runs in fp32');
+  assertUserError(diffuse('bench-unet', '--precision', 'fp32,int4'), '--precision', 'found "int4"');
+});

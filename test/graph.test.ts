@@ -4,14 +4,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { GraphBuilder, type ParamSource } from '../src/graph/builder.ts';
+import { GraphBuilder } from '../src/graph/builder.ts';
 import { shapeOnlyParams } from '../src/runtime/dry-executor.ts';
 import { createSession } from '../src/runtime/ort-executor.ts';
 import { Rng } from '../src/util/rng.ts';
-import { tempDir } from './helpers/files.ts';
+import { fileParams, tempDir } from './helpers/files.ts';
 import { assertClose } from './helpers/compare.ts';
 
 test('MACs: conv, linear and attention are counted exactly, split by kind', () => {
@@ -33,27 +31,6 @@ test('shape errors are caught when building, not when running', () => {
   assert.throws(() => g.matmul(a, g.input('m', [4, 5]), 'linear'), /matmul/);
   assert.throws(() => g.attention(g.input('q', [1, 4, 10]), g.input('k', [1, 4, 10]), g.input('v', [1, 4, 10]), 3), /heads/);
 });
-
-/** Parameters with given values, written to one file the way safetensors lays tensors out. */
-function fileParams(dir: string, values: Record<string, Float32Array>): ParamSource {
-  const file = path.join(dir, 'params.bin');
-  const offsets = new Map<string, number>();
-  let offset = 0;
-  const chunks: Buffer[] = [];
-  for (const [name, v] of Object.entries(values)) {
-    offsets.set(name, offset);
-    chunks.push(Buffer.from(v.buffer, v.byteOffset, v.byteLength));
-    offset += v.byteLength;
-  }
-  fs.writeFileSync(file, Buffer.concat(chunks));
-  return {
-    param: (name, shape) => {
-      const start = offsets.get(name);
-      if (start === undefined) throw new Error(`no test value for ${name}`);
-      return { name, shape, dtype: 'F32', location: { file, offset: start, byteLength: values[name].byteLength } };
-    },
-  };
-}
 
 async function run(g: GraphBuilder, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
   const session = await createSession(g, { threads: 1 });

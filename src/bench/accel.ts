@@ -22,6 +22,7 @@ import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import { classPrompts, fidelitySweep, formatFidelity, type FidelityOptions } from './fidelity.ts';
 import { macCounter } from './mac-counter.ts';
+import type { Precision } from '../graph/quantize.ts';
 
 export interface BenchOptions {
   model?: string;
@@ -42,6 +43,8 @@ export interface BenchOptions {
   cache: string;
   macs: 'calflops' | 'full';
   threads?: number;
+  /** The accelerated setting's denoiser precision (the baseline is always fp32). */
+  precision: Precision;
   out: string;
   json?: string;
   /** The fidelity sweep (src/bench/fidelity.ts) instead of one accelerated setting. */
@@ -63,6 +66,13 @@ interface MacSetting {
   reusedSegments: number;
 }
 
+/** "tgate:gate_step=10 + deepcache:interval=3", with " (int8)" when the precision is reduced. */
+function settingName(o: BenchOptions): string {
+  const methods = o.accel.map(formatAccelSpec).join(' + ');
+  if (o.precision === 'fp32') return methods;
+  return methods ? `${methods} (${o.precision})` : o.precision;
+}
+
 /** Whole-run denoiser MACs of the baseline and of the accelerated setting, from configs only. */
 async function dryRun(o: Resolved): Promise<{ calls: number; settings: MacSetting[] }> {
   const counter = macCounter(o);
@@ -71,9 +81,9 @@ async function dryRun(o: Resolved): Promise<{ calls: number; settings: MacSettin
   const settings: MacSetting[] = [];
   const base = await counter.count(o.steps, []);
   settings.push({ setting: 'baseline', macs: base.total, cfgCalls: base.cfgCalls, reusedSegments: 0 });
-  if (o.accel.length > 0) {
+  if (o.accel.length > 0 || o.precision !== 'fp32') {
     const r = await counter.count(o.steps, o.accel);
-    settings.push({ setting: o.accel.map(formatAccelSpec).join(' + '), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.stats.reusedSegments });
+    settings.push({ setting: settingName(o), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.stats.reusedSegments });
   }
   console.log(`Denoiser (U-Net or transformer) MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
     `batch ${o.batch}${counter.cfg ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
@@ -153,6 +163,7 @@ export async function bench(o: BenchOptions): Promise<void> {
   if (o.fidelity) {
     if (o.dryRun) throw new InputError('--dry-run', 'not with --fidelity', 'one of them');
     if (o.accel.length > 0) throw new InputError('--accel', 'the fidelity sweep takes its settings from --sweep', '--sweep SPEC[+SPEC...] (repeatable)');
+    if (o.precision !== 'fp32') throw new InputError('--precision', 'the fidelity sweep runs in fp32', 'fp32 with --fidelity (one --precision setting: bench without --fidelity)', o.precision);
     for (const steps of o.stepsBaseline ?? []) {
       if (steps >= o.steps) throw new InputError('--steps-baseline', `${steps} is not fewer than --steps ${o.steps}`, `a step count below ${o.steps}`);
     }
@@ -160,7 +171,9 @@ export async function bench(o: BenchOptions): Promise<void> {
     if (o.sweep?.length) throw new InputError('--sweep', 'only with --fidelity', '--fidelity, or --accel for one setting');
     if (o.stepsBaseline?.length) throw new InputError('--steps-baseline', 'only with --fidelity', '--fidelity');
     if (!['calflops', 'full'].includes(o.macs)) throw new InputError('--macs', 'unknown convention', 'calflops or full', o.macs);
-    if (!o.dryRun && o.accel.length === 0) throw new InputError('--accel', 'nothing to compare with the baseline', 'at least one --accel NAME[:key=value,...]');
+    if (!o.dryRun && o.accel.length === 0 && o.precision === 'fp32') {
+      throw new InputError('--accel', 'nothing to compare with the baseline', 'at least one --accel NAME[:key=value,...], or --precision int8');
+    }
     if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
     createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
   }
@@ -188,6 +201,11 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
   }
 
   const pipeline = await openRunner(o.model!, o.threads);
+  // A reduced precision is another set of sessions: a second runner, the baseline's staying fp32.
+  const reduced = o.precision === 'fp32' ? undefined : await openRunner(o.model!, o.threads, o.precision).catch(async (err) => {
+    await pipeline.release();
+    throw err;
+  });
   try {
     if (pipeline.fixedSize !== undefined && o.size && (o.size[0] !== pipeline.fixedSize || o.size[1] !== pipeline.fixedSize)) {
       throw new InputError('--size', 'a DiT generates at the size its configuration fixes', `${pipeline.fixedSize}`, `${o.size[0]}x${o.size[1]}`);
@@ -196,9 +214,8 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
     const request: BenchRequest = {
       prompt: o.prompt, steps: o.steps, guidanceScale: o.guidance, seed: o.seed, width, height, batch: o.batch, scheduler: o.scheduler,
     };
-    const run = (r: BenchRequest) => pipeline.run(r);
-    const base = await measure(o, 'baseline', request, run);
-    const fast = await measure(o, 'accelerated', { ...request, accel: o.accel }, run);
+    const base = await measure(o, 'baseline', request, (r) => pipeline.run(r));
+    const fast = await measure(o, 'accelerated', { ...request, accel: o.accel }, (r) => (reduced ?? pipeline).run(r));
     const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
     const [baseMacs, fastMacs] = macs.settings.map((s) => count(s.macs));
     const p = psnr(fast.result.images[0].data, base.result.images[0].data);
@@ -228,16 +245,17 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
     for (const w of fast.result.warnings) console.log(`  warning: ${w}`);
     const image = comparison(base, fast, [
       ['BASELINE', `${base.best.toFixed(2)} S`],
-      [o.accel.map((a) => a.method).join('+'), `${fast.best.toFixed(2)} S ${speedup.toFixed(2)}X`, `PSNR ${p.toFixed(1)} DB`],
+      [[...o.accel.map((a) => a.method), ...(o.precision === 'fp32' ? [] : [o.precision])].join('+'), `${fast.best.toFixed(2)} S ${speedup.toFixed(2)}X`, `PSNR ${p.toFixed(1)} DB`],
     ]);
     writeFileAtomically(o.out, encodePng(image.data, image.width, image.height, { 'diffusion.ts': JSON.stringify({ rows, ...o, accel: o.accel.map(formatAccelSpec) }) }));
     console.log(`  comparison image: ${o.out}`);
     if (o.json) {
       writeOutput(o.json, JSON.stringify({ model: path.resolve(o.model!), width, height, steps: o.steps, runs: o.runs, rows,
-        seconds: { baseline: base.seconds, accelerated: fast.seconds }, accel: o.accel.map(formatAccelSpec) }, null, 2));
+        seconds: { baseline: base.seconds, accelerated: fast.seconds }, accel: o.accel.map(formatAccelSpec), precision: o.precision }, null, 2));
     }
   } finally {
     await pipeline.release();
+    await reduced?.release();
   }
 }
 

@@ -5,6 +5,7 @@
  */
 import type { AccelSpec } from '../accel/index.ts';
 import type { MacCount } from '../graph/builder.ts';
+import type { Precision } from '../graph/quantize.ts';
 import type { Accelerator } from '../runtime/plan.ts';
 import type { AccelReport, GeneratedImage, Latents } from '../pipelines/common.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
@@ -58,10 +59,10 @@ export interface BenchRunner {
   release(): Promise<void>;
 }
 
-export async function openRunner(model: string, threads?: number): Promise<BenchRunner> {
+export async function openRunner(model: string, threads?: number, precision: Precision = 'fp32'): Promise<BenchRunner> {
   const folder = readPipelineFolder(model);
   if (folder.className === 'DiTPipeline') {
-    const dit = loadDiTPipeline(folder, { threads });
+    const dit = loadDiTPipeline(folder, { threads, precision });
     const c = dit.transformer.model.config;
     const size = c.sampleSize * dit.vae.model.downsampleFactor;
     const classes = (r: BenchRequest) => {
@@ -76,7 +77,7 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
     };
   }
   if (folder.className.startsWith('PixArt')) {
-    const pixart = loadPixArtPipeline(folder, { threads });
+    const pixart = loadPixArtPipeline(folder, { threads, precision });
     return {
       kind: 'text-to-image', defaultSize: pixart.defaultSize, usesPrompt: () => true,
       run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
@@ -84,7 +85,7 @@ export async function openRunner(model: string, threads?: number): Promise<Bench
       release: () => pixart.release(),
     };
   }
-  const sd = await loadPipeline(folder.dir, { threads });
+  const sd = await loadPipeline(folder.dir, { threads, precision });
   return {
     kind: 'text-to-image', defaultSize: sd.defaultSize, usesPrompt: () => true,
     run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,

@@ -18,6 +18,7 @@ import type { CrossAttentionKV } from '../models/unet2d-condition.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import type { SegmentReport } from '../runtime/executor.ts';
 import { OrtExecutor, createSession, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import type { Precision } from '../graph/quantize.ts';
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { ensureRandomPipelineFolder, ensureRandomTransformerFolder } from './random-folder.ts';
@@ -31,6 +32,8 @@ export interface BenchUNetOptions {
   runs: number;
   cache: string;
   profile: boolean;
+  /** Each is timed in turn, in this order, in the same process. */
+  precision: Precision[];
   json?: string;
   /** A reference environment's env.sh: also time diffusers on PyTorch, in the same run. */
   pytorch?: string;
@@ -60,7 +63,7 @@ function paramBytes(op: HeavyOp): number {
 
 /** Seconds ORT takes for `op` alone (best of `runs` after a warm-up). */
 async function timeOp(op: HeavyOp, params: ParamSource, runtime: RuntimeOptions, runs: number, rng: Rng): Promise<number> {
-  const g = new GraphBuilder('op', params);
+  const g = new GraphBuilder('op', params, 'mha', false, runtime.precision);
   const feeds: Record<string, ort.Tensor> = {};
   const input = (name: string, dims: number[]) => {
     feeds[name] = randomTensor(rng, dims);
@@ -164,9 +167,9 @@ export async function benchTransformer(o: BenchUNetOptions): Promise<void> {
 }
 
 async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt: (width: number, height: number) => ForwardUnderTest): Promise<void> {
-  const runtime: RuntimeOptions = { device: 'cpu', threads: o.threads };
   const results = [];
-  for (const [width, height] of o.size) {
+  for (const [width, height] of o.size) for (const precision of o.precision) {
+    const runtime: RuntimeOptions = { device: 'cpu', threads: o.threads, precision };
     const subject = subjectAt(width, height);
     const dry = new DryExecutor();
     await subject.dry(dry);
@@ -216,7 +219,7 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
 
     const best = Math.min(...seconds);
     const result = {
-      preset: o.preset, width, height, batch: o.batch, threads: o.threads,
+      preset: o.preset, width, height, batch: o.batch, threads: o.threads, precision,
       gmacsFull: fullMacs(macs) / 1e9, gmacsCalflops: calflopsMacs(macs) / 1e9,
       firstRunSeconds: firstSeconds, seconds, bestSeconds: best, medianSeconds: median(seconds),
       gmacPerSecondFull: fullMacs(macs) / 1e9 / best,
@@ -227,7 +230,7 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
       profile: profileByKind(dry.calls, segmentSeconds, opsBySegment, distinct),
     };
     results.push(result);
-    console.log(`${o.preset} ${subject.label} forward ${width}x${height}, batch ${o.batch}, fp32, ${o.threads} threads: ` +
+    console.log(`${o.preset} ${subject.label} forward ${width}x${height}, batch ${o.batch}, ${precision}, ${o.threads} threads: ` +
       `${best.toFixed(3)} s best of ${o.runs} (median ${median(seconds).toFixed(3)} s; first run with session creation ${firstSeconds.toFixed(1)} s)`);
     console.log(`  runs: ${seconds.map((x) => x.toFixed(3)).join(' ')} s; peak RSS so far ${(result.peakRssBytes / 2 ** 30).toFixed(2)} GiB`);
     console.log(`  with cross-attention keys/values precomputed (as generate does): ${result.withCrossKV.bestSeconds.toFixed(3)} s best ` +
@@ -244,12 +247,19 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
       }
     }
   }
+  for (const r of results) {
+    const fp32 = results.find((x) => x.width === r.width && x.height === r.height && x.precision === 'fp32');
+    if (r.precision !== 'fp32' && fp32) {
+      console.log(`${r.width}x${r.height}: ${r.precision} is ${(fp32.bestSeconds / r.bestSeconds).toFixed(2)}× as fast as fp32 (best vs best), ` +
+        `${(fp32.medianSeconds / r.medianSeconds).toFixed(2)}× (median vs median)`);
+    }
+  }
   const pytorch = o.pytorch ? timePyTorch(o) : undefined;
   if (pytorch) {
     for (const r of results) {
       const p = pytorch.find((x) => x.size === r.width && r.width === r.height);
       if (!p) continue;
-      console.log(`${r.width}x${r.height}: diffusers on ${p.engine}: ${p.seconds_min.toFixed(3)} s best of ${p.runs.length} → ` +
+      console.log(`${r.width}x${r.height} ${r.precision}: diffusers on ${p.engine}: ${p.seconds_min.toFixed(3)} s best of ${p.runs.length} → ` +
         `diffusion.ts is ${(p.seconds_min / r.bestSeconds).toFixed(2)}× as fast (best vs best), ${(p.seconds_median / r.medianSeconds).toFixed(2)}× (median vs median)`);
       Object.assign(r, { pytorch: p });
     }

@@ -26,6 +26,7 @@ import { describeTransfers, type Device, type Transfers } from '../runtime/ort-e
 import type { SchedulerName } from '../schedulers/index.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile } from '../weights/safetensors.ts';
+import type { Precision } from '../graph/quantize.ts';
 import { writeSafetensors } from '../weights/safetensors-write.ts';
 import { own } from '../util/own.ts';
 
@@ -57,6 +58,7 @@ export interface GenerateFlags {
   /** GiB. */
   memoryLimit?: number;
   variant?: string;
+  precision: Precision;
   accel: AccelSpec[];
   quiet: boolean;
   /** DiT: class ids or names, comma-separated. */
@@ -200,7 +202,7 @@ function modelDir(f: GenerateFlags): string {
 /** Starts the generation the folder's family does, with the flags that apply to it. */
 async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined, image: GeneratedImage | undefined,
   onStep: (s: StepInfo) => void, signal: AbortSignal, prompts: string[]): Promise<{ run: (seed?: number) => Promise<Generated>; release: () => Promise<void> }> {
-  const runtime = { device, threads: f.threads, variant: f.variant, sessionCache: commandSessionCache() };
+  const runtime = { device, threads: f.threads, variant: f.variant, precision: f.precision, sessionCache: commandSessionCache() };
   const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;
   const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, latents, accel: f.accel, onStep, signal, memoryLimit };
   if (family === 'dit') {
@@ -270,7 +272,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
         ...(family === 'stable-diffusion' ? { guidanceRescale: f.guidanceRescale ?? 0 } : {}),
         ...(family === 'pixart' ? { maxSequenceLength: f.maxSequenceLength ?? null, resolutionBinning: f.resolutionBinning ?? true } : {}),
         scheduler: result.scheduler, width: first.width, height: first.height,
-        batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, latents: f.latents === undefined ? null : path.basename(f.latents),
+        batch: f.batch ?? 1, model: modelName(folder.dir, f.model), device, threads: f.threads ?? null, precision: f.precision, latents: f.latents === undefined ? null : path.basename(f.latents),
         ...(image ? { initImage: path.basename(f.initImage!), strength: f.strength ?? DEFAULT_STRENGTH } : {}),
         accel: f.accel.map(formatAccelSpec),
       };

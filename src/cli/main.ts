@@ -25,6 +25,7 @@ import { OFFICIAL_DIT_ARCHS, convertOfficialDiT } from '../models/official-dit-c
 import { REFERENCE_NAMES } from '../pipelines/reference-model.ts';
 import { LIMITS } from '../pipelines/common.ts';
 import { MAX_THREADS } from '../runtime/ort-executor.ts';
+import { parsePrecision, type Precision } from '../graph/quantize.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
 /** An integer in [1, max] (max: the library's own bound where it has one, so a flag never promises more). */
@@ -88,6 +89,11 @@ function oneOf<T extends string>(flag: string, values: readonly T[]) {
     return value as T;
   };
 }
+
+const PRECISION_HELP = 'the denoiser\'s arithmetic: fp32, or int8 (8-bit linear layers and convolutions, activations quantized at run time; CPU only). ' +
+  'Text encoders and the VAE stay fp32';
+const precisionFlag = (value: string): Precision => parsePrecision(value, '--precision');
+const precisionList = (value: string): Precision[] => [...new Set(value.split(',').map(precisionFlag))];
 
 /** `--scheduler NAME`, for generate and bench alike. */
 function schedulerName(value: string): SchedulerName {
@@ -218,6 +224,7 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--memory-limit <GiB>', 'refuse a run estimated to need more memory at its peak (default: this machine\'s memory)', number('--memory-limit', 0))
     .option('--variant <name>', 'weight file variant, e.g. fp16 for *.fp16.safetensors')
+    .option('--precision <mode>', PRECISION_HELP, precisionFlag, 'fp32')
     .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
     .option('--quiet', 'no progress bar', false)
     .action(async (opts) => {
@@ -243,6 +250,7 @@ export function buildProgram(): Command {
     .option('--cache <dir>', 'presets without --dry-run: where their seeded random-weight folders are kept (PixArt: 12 GB with T5-XXL)', '.cache/bench')
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
+    .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32 or int8 (the baseline stays fp32)', precisionFlag, 'fp32')
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
@@ -369,6 +377,7 @@ function forwardBench(program: Command, name: string, description: string, prese
     .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--profile', 'print time per segment kind', false)
+    .option('--precision <modes>', 'fp32 and/or int8, comma-separated: each timed in turn in this process (peak RSS is the process\'s so far)', precisionList, ['fp32'] as Precision[])
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts: BenchUNetOptions) => {

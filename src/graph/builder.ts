@@ -6,16 +6,19 @@
  * into the safetensors file) or shapes alone (MAC counting from a config, no weights).
  */
 import { OnnxDataType, type AttributeValue, type ModelProto, type NodeProto, type TensorProto, type ValueInfoProto } from './onnx-proto.ts';
+import type { Precision, QuantizedParam } from './quantize.ts';
 
-export type DataType = 'float32' | 'float16' | 'int64' | 'int32' | 'bool';
+export type DataType = 'float32' | 'float16' | 'int64' | 'int32' | 'int8' | 'uint8' | 'bool';
 
-export const DATA_TYPE_BYTES: Record<DataType, number> = { float32: 4, float16: 2, int64: 8, int32: 4, bool: 1 };
+export const DATA_TYPE_BYTES: Record<DataType, number> = { float32: 4, float16: 2, int64: 8, int32: 4, int8: 1, uint8: 1, bool: 1 };
 
 export const ONNX_TYPE: Record<DataType, OnnxDataType> = {
   float32: OnnxDataType.FLOAT,
   float16: OnnxDataType.FLOAT16,
   int64: OnnxDataType.INT64,
   int32: OnnxDataType.INT32,
+  int8: OnnxDataType.INT8,
+  uint8: OnnxDataType.UINT8,
   bool: OnnxDataType.BOOL,
 };
 
@@ -100,6 +103,8 @@ export class GraphBuilder {
   readonly macs: MacCount = zeroMacs();
   readonly heavyOps: HeavyOp[] = [];
   private readonly initializers = new Map<string, { ref: WeightRef; value: Value }>();
+  /** Parameters quantized when the session is built (src/graph/quantize.ts), by weight name. */
+  private readonly quantized = new Map<string, QuantizedParam>();
   private readonly constants: TensorProto[] = [];
   private readonly inputs: Value[] = [];
   private readonly outputs: Value[] = [];
@@ -119,12 +124,14 @@ export class GraphBuilder {
    * With `dynamicBatch`, axis 0 of every graph input and output is the symbolic dimension
    * "batch", so one session serves any batch size (CFG and no-CFG calls share weights and
    * compiled kernels). Shapes inside the graph never hard-code the batch: see reshape().
+   * `precision` int8 builds linear layers and convolutions as 8-bit products (src/graph/quantize.ts).
    */
   constructor(
     readonly name: string,
     private readonly params: ParamSource,
     readonly attentionKind: AttentionKind = 'mha',
     readonly dynamicBatch = false,
+    readonly precision: Precision = 'fp32',
   ) {}
 
   // ---- structure -------------------------------------------------------------------------
@@ -176,28 +183,49 @@ export class GraphBuilder {
    * the file, so the slice is just another external-data range — no copy, no Slice op.
    */
   paramRows(localName: string, shape: number[], start: number, end: number): Value {
-    const fullName = this.prefix + localName;
-    const key = start === 0 && end === shape[0] ? fullName : `${fullName}[${start}:${end}]`;
+    const { key, ref } = this.paramSlice(localName, shape, start, end);
     const existing = this.initializers.get(key);
     if (existing) return existing.value;
-    const full = this.params.param(fullName, shape);
-    const rowBytes = full.location ? full.location.byteLength / shape[0] : 0;
-    const sliceShape = [end - start, ...shape.slice(1)];
-    const ref: WeightRef = {
-      ...full,
-      shape: sliceShape,
-      location: full.location && { file: full.location.file, offset: full.location.offset + start * rowBytes, byteLength: (end - start) * rowBytes },
-    };
-    const stored = new Value(key, sliceShape, ref.dtype === 'F32' ? 'float32' : 'float16');
+    const stored = new Value(key, ref.shape, ref.dtype === 'F32' ? 'float32' : 'float16');
     this.usedNames.add(key);
     const value = ref.dtype === 'F32' ? stored : this.cast(stored, this.dtype); // folded by ORT at session start
     this.initializers.set(key, { ref, value });
     return value;
   }
 
+  private paramSlice(localName: string, shape: number[], start: number, end: number): { key: string; ref: WeightRef } {
+    const fullName = this.prefix + localName;
+    const key = start === 0 && end === shape[0] ? fullName : `${fullName}[${start}:${end}]`;
+    const full = this.params.param(fullName, shape);
+    const rowBytes = full.location ? full.location.byteLength / shape[0] : 0;
+    const ref: WeightRef = {
+      ...full,
+      shape: [end - start, ...shape.slice(1)],
+      location: full.location && { file: full.location.file, offset: full.location.offset + start * rowBytes, byteLength: (end - start) * rowBytes },
+    };
+    return { key, ref };
+  }
+
+  /**
+   * Rows [start, end) of a parameter [rows, inner, ...kernel] as an int8 matrix [kernel·inner, rows]
+   * and its per-row scales, made from the stored floats when the session is built.
+   */
+  private quantizedRows(localName: string, shape: number[], start: number, end: number): { weight: Value; scale: Value } {
+    const { key, ref } = this.paramSlice(localName, shape, start, end);
+    const weightName = `${key}#int8`;
+    const scaleName = `${key}#scale`;
+    const rows = end - start;
+    const kernel = product(shape.slice(2));
+    if (!this.quantized.has(weightName)) {
+      this.usedNames.add(weightName).add(scaleName);
+      this.quantized.set(weightName, { ref, rows, inner: shape[1], kernel, weightName, scaleName });
+    }
+    return { weight: new Value(weightName, [kernel * shape[1], rows], 'int8'), scale: new Value(scaleName, [rows], 'float32') };
+  }
+
   /** A small constant embedded in the model file. */
-  constant(data: Float32Array | BigInt64Array | Int32Array, shape: number[], hint = 'const'): Value {
-    const dtype: DataType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : 'int32';
+  constant(data: Float32Array | BigInt64Array | Int32Array | Uint8Array, shape: number[], hint = 'const'): Value {
+    const dtype: DataType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : data instanceof Int32Array ? 'int32' : 'uint8';
     if (data.length !== product(shape)) throw new Error(`constant ${hint}: ${data.length} values for shape [${shape}]`);
     const name = this.fresh(hint);
     this.constants.push({
@@ -467,14 +495,23 @@ export class GraphBuilder {
   /** Outputs [start, end) of a Linear with `outFeatures` outputs (e.g. one half of GEGLU's projection). */
   linearRows(x: Value, name: string, outFeatures: number, start: number, end: number, bias = true): Value {
     const inFeatures = x.shape[x.rank - 1];
-    const weight = this.paramRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
-    // Gemm reads the [out, in] weight transposed as it is: MLAS prepacks it straight from the
-    // file, where a Transpose would be constant-folded at session start through protobuf copies
-    // (measured on a T5-XXL block, 0.8 GB: session creation 3.6 s with the Transpose).
     const rows = x.shape.slice(0, -1);
     const flat = x.rank === 2 ? x : this.reshape(x, [product(rows), inFeatures]);
-    const inputs = bias ? [flat, weight, this.paramRows(`${name}.bias`, [outFeatures], start, end)] : [flat, weight];
-    const out = this.op('Gemm', inputs, [product(rows), end - start], x.dtype, { transB: { kind: 'int', value: 1 } });
+    const biasValue = bias ? this.paramRows(`${name}.bias`, [outFeatures], start, end) : undefined;
+    let out: Value;
+    if (this.precision === 'int8') {
+      // One contrib op quantizes the activations and runs the uint8 × int8 product with the scales and bias.
+      const { weight, scale } = this.quantizedRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
+      out = this.produced(new Value(this.fresh('dynamicquantizematmul'), [product(rows), end - start], x.dtype));
+      const inputs = [flat.name, weight.name, scale.name, ...(biasValue ? ['', biasValue.name] : [])]; // '': no weight zero point
+      this.node('DynamicQuantizeMatMul', inputs, [out.name], {}, 'com.microsoft');
+    } else {
+      // Gemm reads the [out, in] weight transposed as it is: MLAS prepacks it straight from the
+      // file, where a Transpose would be constant-folded at session start through protobuf copies
+      // (measured on a T5-XXL block, 0.8 GB: session creation 3.6 s with the Transpose).
+      const weight = this.paramRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
+      out = this.op('Gemm', biasValue ? [flat, weight, biasValue] : [flat, weight], [product(rows), end - start], x.dtype, { transB: { kind: 'int', value: 1 } });
+    }
     const macs = product(rows) * inFeatures * (end - start);
     this.macs.linear += macs;
     this.heavyOps.push({ op: 'linear', input: [...x.shape], outFeatures: end - start, macs });
@@ -485,7 +522,6 @@ export class GraphBuilder {
   conv2d(x: Value, name: string, outChannels: number, kernel: number, options: { stride?: number; padding?: number } = {}): Value {
     const { stride = 1, padding = 0 } = options;
     const [n, c, h, w] = x.shape;
-    const weight = this.param(`${name}.weight`, [outChannels, c, kernel, kernel]);
     const bias = this.param(`${name}.bias`, [outChannels]);
     const oh = Math.floor((h + 2 * padding - kernel) / stride) + 1;
     const ow = Math.floor((w + 2 * padding - kernel) / stride) + 1;
@@ -493,11 +529,49 @@ export class GraphBuilder {
     const macs = product(shape) * c * kernel * kernel;
     this.macs.conv += macs;
     this.heavyOps.push({ op: 'conv', input: [...x.shape], outChannels, kernel, stride, padding, macs });
+    if (this.precision === 'int8') return this.conv2dInt8(x, name, outChannels, kernel, stride, padding, bias);
+    const weight = this.param(`${name}.weight`, [outChannels, c, kernel, kernel]);
     return this.op('Conv', [x, weight, bias], shape, x.dtype, {
       kernel_shape: { kind: 'ints', value: [kernel, kernel] },
       strides: { kind: 'ints', value: [stride, stride] },
       pads: { kind: 'ints', value: [padding, padding, padding, padding] },
     });
+  }
+
+  /**
+   * An 8-bit convolution as an im2col product. ORT's ConvInteger runs no faster than the fp32 Conv
+   * here, but MatMulInteger does (MLAS's uint8 × int8 GEMM): the input is quantized first, laid out
+   * NHWC and padded with its own zero point, its kernel-position shifts are concatenated along
+   * channels (in uint8: a quarter of the bytes fp32 copies would move), and the int32 product is
+   * scaled back to float.
+   */
+  private conv2dInt8(x: Value, name: string, outChannels: number, kernel: number, stride: number, padding: number, bias: Value): Value {
+    const [n, c, h, w] = x.shape;
+    const { weight, scale } = this.quantizedRows(`${name}.weight`, [outChannels, c, kernel, kernel], 0, outChannels);
+    const [xq, xScale, xZero] = [new Value(this.fresh('xq'), x.shape, 'uint8'), new Value(this.fresh('x_scale'), [], 'float32'), new Value(this.fresh('x_zero'), [], 'uint8')];
+    this.node('DynamicQuantizeLinear', [x.name], [xq.name, xScale.name, xZero.name]);
+    let nhwc = this.transpose(xq, [0, 2, 3, 1]);
+    if (padding > 0) {
+      const pads = this.shapeConst([0, padding, padding, 0, 0, padding, padding, 0]);
+      nhwc = this.op('Pad', [nhwc, pads, xZero], [n, h + 2 * padding, w + 2 * padding, c], 'uint8');
+    }
+    const oh = Math.floor((nhwc.shape[1] - kernel) / stride) + 1;
+    const ow = Math.floor((nhwc.shape[2] - kernel) / stride) + 1;
+    const shifts: Value[] = [];
+    for (let dy = 0; dy < kernel; dy++) {
+      for (let dx = 0; dx < kernel; dx++) {
+        if (kernel === 1 && stride === 1) {
+          shifts.push(nhwc);
+          continue;
+        }
+        const ends = [dy + (oh - 1) * stride + 1, dx + (ow - 1) * stride + 1];
+        shifts.push(this.op('Slice', [nhwc, this.shapeConst([dy, dx]), this.shapeConst(ends), this.shapeConst([1, 2]), this.shapeConst([stride, stride])], [n, oh, ow, c], 'uint8'));
+      }
+    }
+    const columns = shifts.length === 1 ? shifts[0] : this.concat(shifts, 3);
+    const accumulated = this.op('MatMulInteger', [columns, weight, xZero], [n, oh, ow, outChannels], 'int32');
+    const scaled = this.mul(this.cast(accumulated, 'float32'), this.mul(xScale, scale));
+    return this.transpose(this.add(scaled, bias), [0, 3, 1, 2]);
   }
 
   /** Zero padding of the last two axes: [top, bottom, left, right]. */
@@ -675,6 +749,11 @@ export class GraphBuilder {
     return { name: v.name, elemType: ONNX_TYPE[v.dtype], shape };
   }
 
+  /** Parameters this graph holds as int8, to be made when its session is built. */
+  quantizedParams(): QuantizedParam[] {
+    return [...this.quantized.values()];
+  }
+
   /** Safetensors files this graph's parameters live in. */
   weightFiles(): string[] {
     const files = new Set<string>();
@@ -690,12 +769,14 @@ export class GraphBuilder {
   }
   get parameterCount(): number {
     let n = 0;
-    for (const { ref } of this.initializers.values()) n += product(ref.shape);
+    for (const { ref } of [...this.initializers.values(), ...this.quantized.values()]) n += product(ref.shape);
     return n;
   }
 
   /** Elements per parameter (or row range of one), by name: parameters shared by segments are counted once by name. */
   parameterSizes(): Record<string, number> {
-    return Object.fromEntries([...this.initializers].map(([key, { ref }]) => [key, product(ref.shape)]));
+    const stored = [...this.initializers].map(([key, { ref }]) => [key, product(ref.shape)]);
+    const quantized = [...this.quantized.values()].map((q) => [q.weightName, product(q.ref.shape)]);
+    return Object.fromEntries([...stored, ...quantized]);
   }
 }

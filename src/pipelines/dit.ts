@@ -15,7 +15,7 @@ import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
 import { OfficialDiT } from '../models/official-dit.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
+import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
@@ -68,7 +68,7 @@ export class DiTPipeline {
     options: RuntimeOptions,
   ) {
     this.transformerExec = new OrtExecutor(transformer.params, options);
-    this.vaeExec = new OrtExecutor(vae.params, options);
+    this.vaeExec = new OrtExecutor(vae.params, withFullPrecision(options));
     const index = `${folder.dir}/model_index.json`;
     this.labels = folder.options.id2label === undefined ? new Map() : labelTable(folder.options.id2label, index);
   }

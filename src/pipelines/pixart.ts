@@ -19,7 +19,7 @@ import { closingOnFailure, loadT5Encoder, loadTransformer, loadVae, type LoadedC
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, retainSessionsFor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
+import { OrtExecutor, withFullPrecision, retainSessionsFor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
@@ -134,8 +134,8 @@ export class PixArtPipeline {
     this.transformerExec = new OrtExecutor(transformer.params, options);
     // T5-XXL is 19 GB as float32: run it one block's session at a time rather than hold it all.
     this.textRetained = retainSessionsFor(textEncoder.weights.float32Bytes());
-    this.textExec = new OrtExecutor(textEncoder.params, options, { retainSessions: this.textRetained });
-    this.vaeExec = new OrtExecutor(vae.params, options);
+    this.textExec = new OrtExecutor(textEncoder.params, withFullPrecision(options), { retainSessions: this.textRetained });
+    this.vaeExec = new OrtExecutor(vae.params, withFullPrecision(options));
   }
 
   /** α's default is 120 tokens, Σ's 300 (their pipelines' max_sequence_length). */

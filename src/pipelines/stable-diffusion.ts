@@ -13,7 +13,7 @@ import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
+import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
@@ -98,9 +98,9 @@ export class StableDiffusionPipeline {
     readonly xl?: XlParts,
   ) {
     this.unetExec = new OrtExecutor(unet.params, options);
-    this.vaeExec = new OrtExecutor(vae.params, options);
-    this.textExec = new OrtExecutor(textEncoder.params, options);
-    if (xl) this.textExec2 = new OrtExecutor(xl.textEncoder2.params, options);
+    this.vaeExec = new OrtExecutor(vae.params, withFullPrecision(options));
+    this.textExec = new OrtExecutor(textEncoder.params, withFullPrecision(options));
+    if (xl) this.textExec2 = new OrtExecutor(xl.textEncoder2.params, withFullPrecision(options));
   }
 
   /** Pixel size the U-Net was trained at (sample_size × VAE factor). */

@@ -5,8 +5,10 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
-import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource } from '../graph/builder.ts';
+import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource, type WeightRef } from '../graph/builder.ts';
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
+import { parsePrecision, quantizedInitializers, type Precision } from '../graph/quantize.ts';
+import { bfloat16ToFloat32, float16ToFloat32 } from '../weights/safetensors.ts';
 import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
@@ -19,6 +21,16 @@ export interface RuntimeOptions {
   threads?: number;
   /** Keeps ORT's optimised models between processes (Node: openSessionCache in src/runtime/session-cache.ts). */
   sessionCache?: SessionCache;
+  /** Arithmetic of linear layers and convolutions (src/graph/quantize.ts); default fp32. */
+  precision?: Precision;
+}
+
+/**
+ * The options for components a reduced precision does not cover: it is the denoiser's (run every
+ * step), while text encoders and the VAE run once per image and stay fp32.
+ */
+export function withFullPrecision(options: RuntimeOptions): RuntimeOptions {
+  return { ...options, precision: 'fp32' };
 }
 
 /** Optimised models on disk, by a key of everything they depend on (src/runtime/session-cache.ts). */
@@ -106,6 +118,9 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     if (t !== undefined && (!Number.isSafeInteger(t) || t < 1 || t > MAX_THREADS)) {
       throw new InputError('threads', 'wrong value', `an integer from 1 to ${MAX_THREADS}`, describe(t));
     }
+    if (options.precision !== undefined && parsePrecision(options.precision) !== 'fp32' && options.device === 'webgpu') {
+      throw new InputError('precision', `${options.precision} runs on the CPU only (its integer kernels are CPU kernels)`, 'fp32 with device webgpu', options.precision);
+    }
   }
 
   /** Sessions held now. */
@@ -160,7 +175,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
 
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
     // One session per segment for every batch size: CFG and single-batch calls share it.
-    const g = new GraphBuilder(name, this.params, attentionKindFor(this.options.device ?? 'cpu'), true);
+    const g = new GraphBuilder(name, this.params, attentionKindFor(this.options.device ?? 'cpu'), true, this.options.precision);
     const outputs = buildSegment(g, build, inputs, options);
     return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs), macs: { ...g.macs }, batch: batchOf(inputs, options) };
   }
@@ -187,10 +202,12 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
   let bytes: Uint8Array;
   let folder: string | undefined;
   let weightBytes = 0;
+  const quantized = await quantizedInitializers(g.quantizedParams(), readFloats);
+  const withQuantized = (model: ModelProto): ModelProto => ({ ...model, graph: { ...model.graph, initializers: [...model.graph.initializers, ...quantized] } });
   if (g.weightFiles().some(isMounted)) {
     // Weights from a mounted source (HTTP, picked files) travel inside the model: ORT cannot
     // open them, and only this segment's tensors are fetched.
-    bytes = encodeModel(await inlineWeights(g.toModel((file) => file)));
+    bytes = encodeModel(withQuantized(await inlineWeights(g.toModel((file) => file))));
   } else {
     // ORT refuses external data whose resolved path leaves the folder it is given, so symlinked
     // weights (the Hugging Face cache: snapshots/<rev>/unet/x.safetensors → ../../blobs/<sha>)
@@ -199,8 +216,8 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     const folders = new Set([...realPaths.values()].map((f) => dirName(f)));
     if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
     folder = folders.values().next().value;
-    const model = g.toModel((file) => baseName(realPaths.get(file) ?? file));
-    weightBytes = model.graph.initializers.reduce((sum, t) => sum + (t.external?.length ?? 0), 0);
+    const model = withQuantized(g.toModel((file) => baseName(realPaths.get(file) ?? file)));
+    weightBytes = model.graph.initializers.reduce((sum, t) => sum + (t.external?.length ?? t.raw?.length ?? 0), 0);
     bytes = encodeModel(model);
   }
   const device = options.device ?? 'cpu';
@@ -317,6 +334,15 @@ async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightBytes
 const MERGE_GAP = 1 << 16;
 
 /** The model with every external initializer's bytes fetched into it, neighbours read together. */
+/** A stored parameter's values as float32 (quantization reads them). */
+async function readFloats(ref: WeightRef): Promise<Float32Array> {
+  if (!ref.location) throw new Error(`parameter ${ref.name} has no stored data (shape-only source)`);
+  const bytes = (await fetchBytes(ref.location.file, ref.location.offset, ref.location.byteLength)).slice();
+  if (ref.dtype === 'F32') return new Float32Array(bytes.buffer);
+  const half = new Uint16Array(bytes.buffer);
+  return ref.dtype === 'F16' ? float16ToFloat32(half) : bfloat16ToFloat32(half);
+}
+
 async function inlineWeights(model: ModelProto): Promise<ModelProto> {
   const byFile = new Map<string, typeof model.graph.initializers>();
   for (const t of model.graph.initializers) {

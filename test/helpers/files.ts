@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { TestContext } from 'node:test';
 import { InputError } from '../../src/errors.ts';
+import type { ParamSource } from '../../src/graph/builder.ts';
 
 /** A fresh temporary folder, removed when the test ends. */
 export function tempDir(t: TestContext): string {
@@ -57,4 +58,25 @@ export async function rejectsInputError(fn: () => Promise<unknown>, ...fragments
   }
   if (caught.message.includes('\n')) throw new Error(`message is not one line: ${caught.message}`);
   return caught.message;
+}
+
+/** Parameters with given values, written to one file the way safetensors lays tensors out. */
+export function fileParams(dir: string, values: Record<string, Float32Array>): ParamSource {
+  const file = path.join(dir, 'params.bin');
+  const offsets = new Map<string, number>();
+  let offset = 0;
+  const chunks: Buffer[] = [];
+  for (const [name, v] of Object.entries(values)) {
+    offsets.set(name, offset);
+    chunks.push(Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+    offset += v.byteLength;
+  }
+  fs.writeFileSync(file, Buffer.concat(chunks));
+  return {
+    param: (name, shape) => {
+      const start = offsets.get(name);
+      if (start === undefined) throw new Error(`no test value for ${name}`);
+      return { name, shape, dtype: 'F32', location: { file, offset: start, byteLength: values[name].byteLength } };
+    },
+  };
 }
