@@ -9,7 +9,7 @@ import {
 import {
   openComponentWeights, openShardedWeights, readComponentConfig, readPipelineFolder, WeightSet,
 } from '../src/weights/diffusers-folder.ts';
-import { float32ToFloat16 } from '../src/weights/safetensors.ts';
+import { float32ToFloat16 } from '../src/graph/half.ts';
 import { writeSafetensors, type TensorToWrite } from '../src/weights/safetensors-write.ts';
 import { tempDir, throwsInputError, writeJson } from './helpers/files.ts';
 

@@ -8,11 +8,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../src/graph/builder.ts';
-import { parsePrecision, quantizeRows } from '../src/graph/quantize.ts';
+import { quantizeRows, type Precision } from '../src/graph/quantize.ts';
 import { psnr } from '../src/metrics/image.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
-import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
-import { OrtExecutor, createSession } from '../src/runtime/ort-executor.ts';
+import { REFERENCE_MODEL, REFERENCE_MODELS } from '../src/pipelines/reference-model.ts';
+import { loadDiTPipeline } from '../src/pipelines/dit.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { OrtExecutor, createSession, parsePrecision } from '../src/runtime/ort-executor.ts';
 import { Rng } from '../src/util/rng.ts';
 import { fileParams, tempDir, throwsInputError } from './helpers/files.ts';
 import { assertClose, relativeError } from './helpers/compare.ts';
@@ -116,20 +118,37 @@ test('int8 linear (and a row range of one, as GEGLU reads its halves) is the 8-b
   assert.ok(snr(int8, fp32) > 30, `SNR against fp32 ${snr(int8, fp32).toFixed(1)} dB`);
 });
 
-test('the reference model at int8: the same image as fp32 within 40 dB PSNR, same seed; text encoder and VAE stay fp32', async () => {
-  const request = { prompt: 'a red circle on the left', steps: 20, seed: 1 };
+/** The first image of a generation at each precision, a fresh pipeline for each. */
+async function imagesAt(open: (precision: Precision) => Promise<{ generate(): Promise<Float32Array>; release(): Promise<void> }>) {
   const images: Float32Array[] = [];
   for (const precision of ['fp32', 'int8'] as const) {
-    const pipeline = await loadPipeline(REFERENCE_MODEL!, { threads: 1, precision });
+    const pipeline = await open(precision);
     try {
-      images.push((await pipeline.generate(request)).images[0].data);
+      images.push(await pipeline.generate());
     } finally {
       await pipeline.release();
     }
   }
-  const [fp32, int8] = images;
+  return { fp32: images[0], int8: images[1] };
+}
+
+test('the reference model at int8: the same image as fp32 within 40 dB PSNR, same seed; text encoder and VAE stay fp32', async () => {
+  const { fp32, int8 } = await imagesAt(async (precision) => {
+    const pipeline = await loadPipeline(REFERENCE_MODEL!, { threads: 1, precision });
+    const request = { prompt: 'a red circle on the left', steps: 20, seed: 1 };
+    return { generate: async () => (await pipeline.generate(request)).images[0].data, release: () => pipeline.release() };
+  });
   const db = psnr(int8, fp32);
   // Measured 45.2 dB (2026-12-01); the two must differ (int8 really ran).
   assert.ok(db >= 40 && db < 80, `PSNR ${db.toFixed(2)} dB`);
   assert.ok(relativeError(int8, fp32) > 0);
+});
+
+test('the reference DiT at int8 (patch embedding, adaLN and every block as 8-bit products): within 35 dB of fp32', async () => {
+  const { fp32, int8 } = await imagesAt(async (precision) => {
+    const pipeline = loadDiTPipeline(readPipelineFolder(REFERENCE_MODELS['reference-dit']), { threads: 1, precision });
+    return { generate: async () => (await pipeline.generate({ classLabels: [3], steps: 20, seed: 2 })).images[0].data, release: () => pipeline.release() };
+  });
+  const db = psnr(int8, fp32);
+  assert.ok(db >= 35 && db < 80, `PSNR ${db.toFixed(2)} dB`);
 });

@@ -17,7 +17,7 @@ import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-conditio
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import { shaped } from '../runtime/executor.ts';
 import { Rng } from '../util/rng.ts';
-import { float32ToFloat16 } from '../weights/safetensors.ts';
+import { float32ToFloat16 } from '../graph/half.ts';
 import { writeSafetensors, writeShardedSafetensors, type TensorToWrite } from '../weights/safetensors-write.ts';
 import { own } from '../util/own.ts';
 

@@ -39,6 +39,7 @@ export interface BenchUNetOptions {
   pytorch?: string;
 }
 
+const GEMM_SIZE = 2048;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 function randomTensor(rng: Rng, dims: number[]): ort.Tensor {
@@ -212,8 +213,11 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
         distinct.set(key, entry);
       }
     }
-    const maxBytes = Math.max(...[...distinct.values()].map((d) => paramBytes(d.op)));
+    // The machine's ceiling at this precision: one 2048³ product (a linear layer) timed alone.
+    const ceiling: HeavyOp = { op: 'linear', input: [GEMM_SIZE, GEMM_SIZE], outFeatures: GEMM_SIZE, macs: GEMM_SIZE ** 3 };
+    const maxBytes = Math.max(paramBytes(ceiling), ...[...distinct.values()].map((d) => paramBytes(d.op)));
     const opParams = randomParams(path.resolve(o.cache, 'random-params.bin'), maxBytes);
+    const gemmGmacPerSecond = ceiling.macs / 1e9 / await timeOp(ceiling, opParams, runtime, 3, rng);
     for (const d of distinct.values()) d.seconds = await timeOp(d.op, opParams, runtime, 2, rng);
     const kernelSeconds = [...distinct.values()].reduce((t, d) => t + d.seconds * d.count, 0);
 
@@ -225,6 +229,7 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
       gmacPerSecondFull: fullMacs(macs) / 1e9 / best,
       kernelSeconds, kernelGmacPerSecond: fullMacs(macs) / 1e9 / kernelSeconds,
       efficiency: kernelSeconds / best,
+      gemmGmacPerSecond,
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
       withCrossKV: { seconds: secondsWithKV, bestSeconds: Math.min(...secondsWithKV), onceSeconds: crossKVSeconds },
       profile: profileByKind(dry.calls, segmentSeconds, opsBySegment, distinct),
@@ -240,6 +245,7 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
     console.log(`  rate: ${result.gmacPerSecondFull.toFixed(1)} GMAC/s full count`);
     console.log(`  same ops alone (${distinct.size} distinct conv/linear/attention shapes): ${kernelSeconds.toFixed(3)} s = ` +
       `${result.kernelGmacPerSecond.toFixed(1)} GMAC/s → the whole ${subject.label} runs at ${(100 * result.efficiency).toFixed(1)}% of the kernels' own rate`);
+    console.log(`  a ${GEMM_SIZE}³ product alone at ${precision}: ${gemmGmacPerSecond.toFixed(1)} GMAC/s (this machine's ceiling for its linear layers)`);
     if (o.profile) {
       console.log(`  ${'segment kind'.padEnd(14)} ${'seconds'.padStart(8)} ${'ops alone'.padStart(9)} ${'GMACs'.padStart(8)} ${'GMAC/s'.padStart(7)}`);
       for (const p of result.profile) {

@@ -24,8 +24,8 @@ import { PRESET_NAMES } from '../models/presets.ts';
 import { OFFICIAL_DIT_ARCHS, convertOfficialDiT } from '../models/official-dit-checkpoint.ts';
 import { REFERENCE_NAMES } from '../pipelines/reference-model.ts';
 import { LIMITS } from '../pipelines/common.ts';
-import { MAX_THREADS } from '../runtime/ort-executor.ts';
-import { parsePrecision, type Precision } from '../graph/quantize.ts';
+import { MAX_THREADS, parsePrecision } from '../runtime/ort-executor.ts';
+import type { Precision } from '../graph/quantize.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
 /** An integer in [1, max] (max: the library's own bound where it has one, so a flag never promises more). */
@@ -377,7 +377,7 @@ function forwardBench(program: Command, name: string, description: string, prese
     .option('--runs <n>', 'timed runs per size (after one warm-up)', positiveInt('--runs'), 3)
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--profile', 'print time per segment kind', false)
-    .option('--precision <modes>', 'fp32 and/or int8, comma-separated: each timed in turn in this process (peak RSS is the process\'s so far)', precisionList, ['fp32'] as Precision[])
+    .option('--precision <mode>', 'fp32 and/or int8, comma-separated: each timed in turn in this process (peak RSS is the process\'s so far)', precisionList, ['fp32'] as Precision[])
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch in this run (a ../shared/reference environment)')
     .action(async (opts: BenchUNetOptions) => {

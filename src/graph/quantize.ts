@@ -5,29 +5,13 @@
  * uint8 scale per tensor (DynamicQuantizeLinear), so no calibration set is needed. uint8 × int8 is
  * the product MLAS runs on VNNI (measured on this CPU on SD 1.5 shapes: 3×3 convs 1.7–2.6×, large
  * linears 2–2.8× the fp32 kernels; per-layer SNR 46–52 dB).
- *
- * bfloat16 and float16 are not modes: onnxruntime 1.30's CPU provider has no bfloat16 MatMul, Gemm
- * or Conv kernel, and its float16 ones run no faster than fp32 on x86 (measured: 2×320×64² 3×3 conv
- * 42.9 vs 41.6 ms, 8192×320×2560 MatMul 66.8 vs 66.3 ms).
+
  */
-import { InputError, describe } from '../errors.ts';
 import { OnnxDataType, type TensorProto } from './onnx-proto.ts';
 import type { WeightRef } from './builder.ts';
 
 export type Precision = 'fp32' | 'int8';
 export const PRECISIONS: readonly Precision[] = ['fp32', 'int8'];
-
-/** Why a precision a user might expect is not offered, by name. */
-const NOT_OFFERED: Record<string, string> = {
-  bf16: 'onnxruntime 1.30 has no bfloat16 matrix kernels on CPU',
-  fp16: 'onnxruntime 1.30\'s float16 CPU kernels run no faster than fp32 on x86',
-};
-
-export function parsePrecision(value: unknown, where = 'precision'): Precision {
-  if (PRECISIONS.includes(value as Precision)) return value as Precision;
-  const reason = typeof value === 'string' && Object.hasOwn(NOT_OFFERED, value) ? ` (${NOT_OFFERED[value]})` : '';
-  throw new InputError(where, `unknown precision${reason}`, PRECISIONS.join(' or '), describe(value));
-}
 
 /**
  * A parameter stored as int8 for a matrix product: `weight` [kernel·inner, rows] and `scale` [rows],

@@ -15,7 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
 import type { PickleValue, TensorRef } from '../weights/pickle.ts';
-import { float32ToFloat16 } from '../weights/safetensors.ts';
+import { float32ToFloat16 } from '../graph/half.ts';
 import { writeSafetensors } from '../weights/safetensors-write.ts';
 import { labelTable } from '../weights/diffusers-folder.ts';
 import { TorchCheckpoint } from '../weights/torch-checkpoint.ts';

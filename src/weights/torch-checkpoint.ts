@@ -5,7 +5,7 @@
  * checkpoint itself when it is a state dict.
  */
 import { InputError } from '../errors.ts';
-import { float16ToFloat32, bfloat16ToFloat32 } from './safetensors.ts';
+import { float16ToFloat32, bfloat16ToFloat32 } from '../graph/half.ts';
 import { readPickle, torchStorage, type PickleRecord, type PickleValue, type StorageRef, type TensorRef, type TorchDtype } from './pickle.ts';
 import { ZipFile, type ZipEntry } from './zip.ts';
 
