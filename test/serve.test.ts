@@ -85,6 +85,32 @@ test('a job runs from POST to a PNG equal to the library\'s image, with its para
   }
 });
 
+test('a service started with precision int8 runs its jobs at int8: the served image equals the library\'s int8 image', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'serve-int8-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const int8 = await startService({ host: '127.0.0.1', port: 0, results: dir, workers: 1, threads: 1, rate: 10_000, precision: 'int8' });
+  try {
+    const at = `http://127.0.0.1:${int8.port}`;
+    const { id } = await (await post({ model: 'reference', prompt: 'a red circle on the left', steps: 4, seed: 3 }, {}, at)).json() as JobView;
+    const done = await finished(id, at);
+    assert.equal(done.state, 'done', done.error);
+    const served = readImage(path.join(dir, `${id}-0.png`));
+    for (const precision of ['int8', 'fp32'] as const) {
+      const pipeline = await loadPipeline(REFERENCE_MODEL, { precision });
+      try {
+        const expected = (await pipeline.generate({ prompt: 'a red circle on the left', steps: 4, seed: 3 })).images[0];
+        const worst = served.data.reduce((m, v, i) => Math.max(m, Math.abs(v - Math.round(Math.min(1, Math.max(0, expected.data[i])) * 255) / 255)), 0);
+        if (precision === 'int8') assert.ok(worst < 1e-6, `served image = library int8 image rounded to 8 bits (max diff ${worst})`);
+        else assert.ok(worst > 0, 'and not the fp32 image');
+      } finally {
+        await pipeline.release();
+      }
+    }
+  } finally {
+    await int8.close(false);
+  }
+});
+
 test('events stream queued, started, every step and done; a running job is cancelled at its next step', async () => {
   const { id } = await (await post({ model: 'reference', prompt: 'a red circle', steps: 6, seed: 1, accel: 'deepcache:cache_interval=3' })).json() as JobView;
   const text = await (await fetch(`${base}/v1/jobs/${id}/events`)).text();

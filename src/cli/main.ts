@@ -332,6 +332,7 @@ export function buildProgram(): Command {
     .option('--results <dir>', 'where finished images are written', 'diffuse-results')
     .option('--workers <n>', 'worker threads here, one job at a time each, each with its own copy of the models it has run (default: 1; 0 with --redis)', count('--workers', 64))
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates (requests cannot set it)', positiveInt('--threads', MAX_THREADS), 1)
+    .option('--precision <mode>', `${PRECISION_HELP} (for every job of this process's workers; requests cannot set it)`, precisionFlag, 'fp32')
     .option('--token <token>', 'bearer token required on /v1 and /metrics (default: $DIFFUSE_TOKEN); at least 16 characters')
     .option('--rate <n>', 'jobs per minute one client may submit', positiveInt('--rate', 1_000_000), 120)
     .option('--redis <url>', 'queue jobs in Redis (redis://host:port) for `diffuse worker` processes on any machine, instead of in this process')
@@ -352,6 +353,7 @@ export function buildProgram(): Command {
     .option('--results <dir>', 'where finished images are written: the folder the server reads (shared between machines)', 'diffuse-results')
     .option('--workers <n>', 'worker threads, one job at a time each', positiveInt('--workers', 64), 1)
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates', positiveInt('--threads', MAX_THREADS), 1)
+    .option('--precision <mode>', `${PRECISION_HELP} (for every job this worker runs)`, precisionFlag, 'fp32')
     .option('--stall-seconds <n>', 'seconds without a lock renewal before another worker takes a job over (a worker that died)', positiveInt('--stall-seconds', 3600), DEFAULT_STALL_SECONDS)
     .action(async (opts) => {
       const { work } = await import('../serve/redis-worker.ts');

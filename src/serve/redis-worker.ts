@@ -13,6 +13,7 @@ import { modelNames, resolveModel, RequestError, type ImageJob } from './job.ts'
 import { CANCELLED, QUEUE_NAME, checkRedisUrl, connectRedis, duplicateConnection, extraKeys, onceEach, type JobProgress } from './redis-queue.ts';
 import { runUntilSignalled } from './shutdown.ts';
 import { checkThreadBudget } from './threads.ts';
+import type { Precision } from '../graph/quantize.ts';
 import type { JobOutcome, MacEstimate } from './worker.ts';
 
 export interface RedisWorkerOptions {
@@ -23,6 +24,7 @@ export interface RedisWorkerOptions {
   results: string;
   workers: number;
   threads: number;
+  precision?: Precision;
   /** A job whose worker has not renewed its lock for this long goes to another worker. */
   stallSeconds: number;
   log(line: string): void;
@@ -56,7 +58,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
   const threads: GenerationThread[] = [];
   const connections = [client];
   for (let i = 0; i < o.workers; i++) {
-    const thread = new GenerationThread({ resultsDir, threads: o.threads });
+    const thread = new GenerationThread({ resultsDir, threads: o.threads, precision: o.precision });
     threads.push(thread);
     // BullMQ leaves a connection it was given open when it closes: closed below.
     const connection = duplicateConnection(client);

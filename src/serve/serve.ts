@@ -18,6 +18,7 @@ import { checkRedisUrl, RedisQueue } from './redis-queue.ts';
 import { startRedisWorkers, type RedisWorkers } from './redis-worker.ts';
 import { runUntilSignalled } from './shutdown.ts';
 import { checkThreadBudget } from './threads.ts';
+import type { Precision } from '../graph/quantize.ts';
 
 export interface ServeOptions {
   host: string;
@@ -27,6 +28,8 @@ export interface ServeOptions {
   /** Generation threads in this process (default: 1 embedded, 0 with --redis). */
   workers?: number;
   threads: number;
+  /** The denoisers' arithmetic in this process's workers (requests cannot set it). */
+  precision?: Precision;
   /** Redis URL: jobs go to a BullMQ queue that `diffuse worker` processes take. */
   redis?: string;
   /** The queue's key prefix in Redis (default "diffuse"). */
@@ -75,12 +78,12 @@ export async function startService(o: ServeOptions): Promise<Service> {
   let queue: JobQueue;
   let local: RedisWorkers | undefined;
   if (o.redis === undefined) {
-    queue = new EmbeddedQueue(workers, { resultsDir, threads: o.threads });
+    queue = new EmbeddedQueue(workers, { resultsDir, threads: o.threads, precision: o.precision });
   } else {
     queue = await RedisQueue.open(o.redis, queueName, log);
     if (workers) {
       local = await startRedisWorkers({
-        redis: o.redis, queue: queueName, modelDir: o.modelDir, results: resultsDir, workers, threads: o.threads,
+        redis: o.redis, queue: queueName, modelDir: o.modelDir, results: resultsDir, workers, threads: o.threads, precision: o.precision,
         stallSeconds: o.stallSeconds ?? DEFAULT_STALL_SECONDS,
         log: () => {},
       }).catch(async (err) => {

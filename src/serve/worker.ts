@@ -19,11 +19,14 @@ import { commandSessionCache } from '../runtime/session-cache.ts';
 import { writeFileAtomically } from '../util/files.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import type { ImageJob } from './job.ts';
+import type { Precision } from '../graph/quantize.ts';
 
 export interface WorkerOptions {
   resultsDir: string;
   /** Intra-op threads of each ORT session this worker creates. */
   threads: number;
+  /** The denoisers' arithmetic (every model this worker runs). */
+  precision?: Precision;
 }
 
 /** Messages from the queue to a worker. */
@@ -91,23 +94,23 @@ const runners = new Map<string, Promise<Runner>>();
 const sessionCache = commandSessionCache();
 
 /** The model's pipeline, loaded once per worker and kept. */
-function runnerFor(folderPath: string, threads: number): Promise<Runner> {
+function runnerFor(folderPath: string, threads: number, precision: Precision = 'fp32'): Promise<Runner> {
   let runner = runners.get(folderPath);
   if (!runner) {
     runner = (async (): Promise<Runner> => {
       const folder = readPipelineFolder(folderPath);
       if (folder.className === 'DiTPipeline') {
-        const dit = loadDiTPipeline(folder, { threads, sessionCache });
+        const dit = loadDiTPipeline(folder, { threads, precision, sessionCache });
         return (job, onStep, signal) => dit.generate({
           classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
           accel: job.accel.map(parseAccelSpec), onStep, signal,
         });
       }
       if (folder.className.startsWith('PixArt')) {
-        const pixart = loadPixArtPipeline(folder, { threads, sessionCache });
+        const pixart = loadPixArtPipeline(folder, { threads, precision, sessionCache });
         return (job, onStep, signal) => pixart.generate({ ...promptRequest(job), onStep, signal });
       }
-      const sd = await loadPipeline(folder.dir, { threads, sessionCache });
+      const sd = await loadPipeline(folder.dir, { threads, precision, sessionCache });
       return (job, onStep, signal) => sd.generate({ ...promptRequest(job), onStep, signal });
     })();
     runners.set(folderPath, runner);
@@ -125,7 +128,7 @@ function promptRequest(job: ImageJob) {
 
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
-  const run = await runnerFor(job.folder, options.threads);
+  const run = await runnerFor(job.folder, options.threads, options.precision);
   const g = await run(job, onStep, signal);
   const images = g.images.map((image, i) => {
     const name = `${id}-${i}.png`;
