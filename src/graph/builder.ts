@@ -224,8 +224,8 @@ export class GraphBuilder {
   }
 
   /** A small constant embedded in the model file. */
-  constant(data: Float32Array | BigInt64Array | Int32Array | Uint8Array, shape: number[], hint = 'const'): Value {
-    const dtype: DataType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : data instanceof Int32Array ? 'int32' : 'uint8';
+  constant(data: Float32Array | BigInt64Array | Int32Array, shape: number[], hint = 'const'): Value {
+    const dtype: DataType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : 'int32';
     if (data.length !== product(shape)) throw new Error(`constant ${hint}: ${data.length} values for shape [${shape}]`);
     const name = this.fresh(hint);
     this.constants.push({
