@@ -11,7 +11,9 @@ import * as path from 'node:path';
 import type { AccelSpec } from '../src/accel/index.ts';
 import { tune } from '../src/cli/tune.ts';
 import { climbToSpeedup, describePlan, frontier, unetLadders, type Measured } from '../src/tune/speedup.ts';
+import type { Precision } from '../src/graph/quantize.ts';
 import { tempDir } from './helpers/files.ts';
+import { pngText } from './helpers/png.ts';
 
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
 
@@ -27,7 +29,7 @@ test('the climb takes the step that loses the least PSNR per speed gained, stops
     return spec ? ladder.settings.findIndex((s) => JSON.stringify(s) === JSON.stringify(spec.params)) + 1 : 0;
   };
   let calls = 0;
-  const measure = async (plan: AccelSpec[]): Promise<Measured> => {
+  const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
     calls++;
     let speedup = 1;
     let loss = 0;
@@ -35,7 +37,7 @@ test('the climb takes the step that loses the least PSNR per speed gained, stops
       speedup *= gain ** rungOf(plan, method);
       loss += cost * rungOf(plan, method);
     }
-    return { plan, speedup, macSpeedup: speedup, psnr: 60 - loss };
+    return { plan, precision, speedup, macSpeedup: speedup, psnr: 60 - loss };
   };
   const rounds: string[] = [];
   const { measured, path: climb } = await climbToSpeedup(ladders, 3, measure, (_round, pick) => rounds.push(describePlan(pick.plan)));
@@ -47,6 +49,19 @@ test('the climb takes the step that loses the least PSNR per speed gained, stops
   const front = frontier(measured);
   for (const a of front) assert.ok(!measured.some((b) => b.speedup > a.speedup && b.psnr > a.psnr), `${describePlan(a.plan)} is beaten`);
   assert.ok(front.every((m, i) => i === 0 || m.speedup >= front[i - 1].speedup));
+});
+
+test('int8 is one more rung: taken when it loses the least PSNR per speed gained, and named with the plan', async () => {
+  const ladders = unetLadders(20, true);
+  assert.deepEqual(ladders.map((l) => l.method), ['deepcache', 'tgate', 'tome', 'int8']);
+  // Synthetic: int8 1.9× for 0.5 dB (as measured on SD 1.5 at 512²: 1.93×, ~46 dB), DeepCache 1.5× a rung for 3 dB.
+  const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
+    const dc = plan.find((s) => s.method === 'deepcache') ? ladders[0].settings.findIndex((x) => x.cache_interval === plan[0].params!.cache_interval) + 1 : 0;
+    const [speedup, loss] = [1.5 ** dc * (precision === 'int8' ? 1.9 : 1), 3 * dc + (precision === 'int8' ? 0.5 : 0) + 2 * plan.filter((s) => s.method !== 'deepcache').length];
+    return { plan, precision, speedup, macSpeedup: 1.5 ** dc, psnr: 60 - loss };
+  };
+  const { path: climb } = await climbToSpeedup(ladders, 2.5, measure);
+  assert.deepEqual(climb.map((m) => describePlan(m.plan, m.precision)), ['none', 'int8', 'deepcache:cache_interval=2 at int8']);
 });
 
 test('tune --speedup on the reference model writes a plan that generate --accel @plan.json runs as the same methods by hand', async (t) => {
@@ -66,7 +81,9 @@ test('tune --speedup on the reference model writes a plan that generate --accel 
     ...accel.flatMap((a) => ['--accel', a]), '--out', path.join(dir, file)], { encoding: 'utf8' });
   const fromPlan = generate([`@${out}`], 'plan.png');
   assert.equal(fromPlan.status, 0, fromPlan.stderr);
-  const byHand = generate(plan.accel, 'hand.png');
+  assert.ok(['fp32', 'int8'].includes(plan.precision), plan.precision);
+  const byHand = spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a red circle', '--steps', '10', '--seed', '4', '--precision', plan.precision,
+    ...plan.accel.flatMap((a: string) => ['--accel', a]), '--out', path.join(dir, 'hand.png')], { encoding: 'utf8' });
   assert.equal(byHand.status, 0, byHand.stderr);
   assert.deepEqual(fs.readFileSync(path.join(dir, 'plan.png')), fs.readFileSync(path.join(dir, 'hand.png')));
 
@@ -87,6 +104,7 @@ test('a bad plan file is one line naming it, what was expected and what was foun
     ['{"accel": "tgate"}', /--accel @\S+: accel: missing or not a list; expected a list of methods as --accel takes them, found "tgate"/],
     ['{"accel": ["nosuch"]}', /--accel @\S+: accel: unknown method; expected .*tgate.*, found "nosuch"/],
     ['{"accel": [{"method": "deepcache", "params": {"cache_interval": 0}}]}', /--accel @\S+: accel deepcache:cache_interval: wrong value; expected an integer ≥ 1/],
+    ['{"accel": [], "precision": "bf16"}', /--accel @\S+: precision: unknown precision \(onnxruntime 1.30 has no bfloat16 matrix kernels on CPU\); expected fp32 or int8, found "bf16"/],
   ];
   for (const [i, [text, message]] of cases.entries()) {
     const file = path.join(dir, `plan-${i}.json`);
@@ -97,4 +115,26 @@ test('a bad plan file is one line naming it, what was expected and what was foun
     assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
     assert.equal(fs.existsSync(path.join(dir, 'x.png')), false);
   }
+});
+
+test('a plan\'s precision applies unless --precision is given; two plans naming different ones are refused', (t) => {
+  const dir = tempDir(t);
+  const write = (name: string, plan: unknown) => {
+    fs.writeFileSync(path.join(dir, name), JSON.stringify(plan));
+    return `@${path.join(dir, name)}`;
+  };
+  const int8 = write('int8.json', { accel: ['deepcache:cache_interval=2'], precision: 'int8' });
+  const fp32 = write('fp32.json', { accel: [], precision: 'fp32' });
+  const generate = (out: string, ...args: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a red circle', '--steps', '6', '--seed', '1',
+    ...args, '--out', path.join(dir, out)], { encoding: 'utf8' });
+  const settingsOf = (file: string) => JSON.parse(pngText(new Uint8Array(fs.readFileSync(path.join(dir, file))))['diffusion.ts']);
+  for (const [out, args, precision] of [['a.png', ['--accel', int8], 'int8'], ['b.png', ['--accel', int8, '--precision', 'fp32'], 'fp32']] as const) {
+    const run = generate(out, ...args);
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(settingsOf(out).precision, precision, `${args.join(' ')}`);
+  }
+  const both = generate('c.png', '--accel', int8, '--accel', fp32);
+  assert.equal(both.status, 2);
+  assert.match(both.stderr, /--accel @\S+fp32\.json: precision: differs from @\S+int8\.json's; expected int8, found fp32/);
+  assert.equal(fs.existsSync(path.join(dir, 'c.png')), false);
 });

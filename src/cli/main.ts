@@ -16,7 +16,7 @@ import { benchTextEncoder } from '../bench/text-encoder.ts';
 import { generate } from './generate.ts';
 import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS } from '../serve/queue.ts';
 import { tune } from './tune.ts';
-import { readPlanFile } from './plan-file.ts';
+import { resolveAccelFlags } from './plan-file.ts';
 import { bench } from '../bench/accel.ts';
 import { parseSweepSetting } from '../bench/fidelity.ts';
 import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
@@ -102,8 +102,16 @@ function schedulerName(value: string): SchedulerName {
 }
 
 /** Repeatable `--accel NAME[:key=value,...]` or `--accel @plan.json`; errors are InputErrors naming the method and key. */
-function accelList(value: string, previous: AccelSpec[]): AccelSpec[] {
-  return [...previous, ...(value.startsWith('@') ? readPlanFile(value.slice(1)) : [parseAccelSpec(value)])];
+/** Repeatable `--accel SPEC` or `@plan.json`: checked here, resolved (plan files read) by resolveAccelFlags in the action. */
+function accelList(value: string, previous: string[]): string[] {
+  if (!value.startsWith('@')) parseAccelSpec(value);
+  return [...previous, value];
+}
+
+/** `--accel` resolved: its methods, and a plan's precision unless --precision was given (default fp32). */
+function accelAndPrecision(opts: { accel: string[]; precision?: Precision }): { accel: AccelSpec[]; precision: Precision } {
+  const plan = resolveAccelFlags(opts.accel);
+  return { accel: plan.accel, precision: opts.precision ?? plan.precision ?? 'fp32' };
 }
 
 /** Repeatable `--sweep SPEC[+SPEC...]`. */
@@ -224,11 +232,11 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--memory-limit <GiB>', 'refuse a run estimated to need more memory at its peak (default: this machine\'s memory)', number('--memory-limit', 0))
     .option('--variant <name>', 'weight file variant, e.g. fp16 for *.fp16.safetensors')
-    .option('--precision <mode>', PRECISION_HELP, precisionFlag, 'fp32')
-    .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
+    .option('--precision <mode>', `${PRECISION_HELP} (default: a plan file's, else fp32)`, precisionFlag)
+    .option('--accel <spec>', ACCEL_HELP, accelList, [] as string[])
     .option('--quiet', 'no progress bar', false)
     .action(async (opts) => {
-      await generate(opts);
+      await generate({ ...opts, ...accelAndPrecision(opts) });
     });
 
   program
@@ -236,7 +244,7 @@ export function buildProgram(): Command {
     .description('an accelerated setting vs. the baseline: whole-run MACs (--dry-run, no weights needed), or real runs with time, speed-up, PSNR/SSIM')
     .option('--model <dir>', `diffusers pipeline folder, ${REFERENCE_NAMES}`)
     .option('--preset <name>', `built-in config (${PRESET_NAMES.join(', ')}): MACs with --dry-run, else real runs on seeded random weights (SDXL: --dry-run only)`)
-    .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelSpec[])
+    .option('--accel <spec>', ACCEL_HELP, accelList, [] as string[])
     .option('--steps <n>', 'denoising steps (default 25: the TGATE paper\'s tables)', positiveInt('--steps', LIMITS.steps), 25)
     .option('--size <WxH>', 'image size in pixels, N or WxH (default: the model\'s native size)', parseSize)
     .option('--batch <n>', 'images per run', positiveInt('--batch', LIMITS.imagesPerPrompt), 1)
@@ -250,7 +258,7 @@ export function buildProgram(): Command {
     .option('--cache <dir>', 'presets without --dry-run: where their seeded random-weight folders are kept (PixArt: 12 GB with T5-XXL)', '.cache/bench')
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
-    .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32 or int8 (the baseline stays fp32)', precisionFlag, 'fp32')
+    .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32 or int8 (default: a plan file\'s, else fp32; the baseline stays fp32)', precisionFlag)
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
@@ -260,7 +268,7 @@ export function buildProgram(): Command {
     .option('--steps-baseline <n>', 'with --fidelity, repeatable: also the plain sampler at N steps (e.g. 13 of 20, the attention-reuse paper\'s equal-latency baseline)', (v: string, prev: number[]) => [...prev, positiveInt('--steps-baseline')(v)], [] as number[])
     .option('--sweep <spec>', 'with --fidelity, repeatable: one setting, methods joined by "+" (default: TGATE gates at 20/40/60% of the steps, DeepCache intervals 2/3/5, ToMe ratios 0.3/0.5/0.6, attn-reuse on the last 20/40/50%)', sweepList, [] as AccelSpec[][])
     .action(async (opts) => {
-      await bench(opts);
+      await bench({ ...opts, ...accelAndPrecision(opts) });
     });
 
   program
@@ -279,7 +287,8 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.json>', 'where the schedule goes (rewritten after every round; default schedule.json, with --speedup plan.json)')
     .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
-    .option('--speedup <x>', 'instead: search DeepCache, TGATE and ToMe settings for the best PSNR at this measured speed-up (SD folders); writes a plan for --accel @FILE', number('--speedup'))
+    .option('--speedup <x>', 'instead: search DeepCache, TGATE and ToMe settings and int8 for the best PSNR at this measured speed-up (SD folders); writes a plan for --accel @FILE', number('--speedup'))
+    .option('--no-int8', 'with --speedup: leave --precision int8 out of the search (fp32 plans only)')
     .action(async (opts) => {
       await tune(opts);
     });

@@ -15,7 +15,8 @@ import type { AccelSpec } from '../accel/index.ts';
 import { macCounter } from '../bench/mac-counter.ts';
 import { psnr } from '../metrics/image.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
-import { loadPipeline, type GeneratedImage } from '../pipelines/stable-diffusion.ts';
+import { loadPipeline, type GeneratedImage, type StableDiffusionPipeline } from '../pipelines/stable-diffusion.ts';
+import type { Precision } from '../graph/quantize.ts';
 import { calibrateTeaCache } from '../tune/teacache-calibration.ts';
 import { classPrompts } from '../bench/fidelity.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
@@ -47,6 +48,8 @@ export interface TuneFlags {
   maxRounds: number;
   /** Search the U-Net methods for this measured speed-up instead of tuning one method. */
   speedup?: number;
+  /** With `speedup`: whether int8 is a rung of the search (default true). */
+  int8?: boolean;
 }
 
 const TUNABLE = ['attn-reuse', 'teacache'];
@@ -130,8 +133,9 @@ async function calibrateTeaCacheCommand(f: TuneFlags & { guidance: number; out: 
 
 /**
  * `tune --speedup X` on a Stable Diffusion folder: the plan of DeepCache, TGATE and ToMe settings
- * with the best PSNR at a measured speed-up of at least X (src/tune/speedup.ts), checked on as
- * many held-out prompts as it was tuned on, and written as a plan file for `--accel @FILE`.
+ * and precision with the best PSNR at a measured speed-up of at least X (src/tune/speedup.ts),
+ * checked on as many held-out prompts as it was tuned on, and written as a plan file for
+ * `--accel @FILE`. int8 plans run on a second pipeline; the plain runs are fp32.
  */
 async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; out: string }, folder: PipelineFolder): Promise<void> {
   if (!folder.className.startsWith('StableDiffusion')) {
@@ -144,12 +148,18 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; o
   }
   const [tuning, heldOut] = [all.slice(0, count), all.slice(count, 2 * count)];
   const counter = macCounter({ model: folder.dir, scheduler: f.scheduler, batch: 1, guidance: f.guidance });
-  const ladders = unetLadders(counter.calls(f.steps));
+  const ladders = unetLadders(counter.calls(f.steps), f.int8 !== false);
   const plainMacs = fullMacs((await counter.count(f.steps, [])).total);
-  const pipeline = await loadPipeline(folder.dir, { threads: f.threads, sessionCache: commandSessionCache() });
+  const pipelines = new Map<Precision, Promise<StableDiffusionPipeline>>();
+  const pipelineAt = (precision: Precision) => {
+    let p = pipelines.get(precision);
+    if (!p) pipelines.set(precision, (p = loadPipeline(folder.dir, { threads: f.threads, precision, sessionCache: commandSessionCache() })));
+    return p;
+  };
   try {
     // Seconds of denoising (what the methods change) and the images, over a set of prompts.
-    const run = async (prompts: string[], accel: AccelSpec[]) => {
+    const run = async (prompts: string[], accel: AccelSpec[], precision: Precision = 'fp32') => {
+      const pipeline = await pipelineAt(precision);
       let seconds = 0;
       const images: GeneratedImage[] = [];
       for (const [i, prompt] of prompts.entries()) {
@@ -161,38 +171,40 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; o
     };
     const meanPsnr = (a: GeneratedImage[], b: GeneratedImage[]) => a.reduce((sum, image, i) => sum + Math.min(PSNR_CAP, psnr(image.data, b[i].data)), 0) / a.length;
     // A plan's first run creates its sessions (merged-token variants): one untimed run first.
-    const warm = (accel: AccelSpec[]) => pipeline.generate({ prompt: tuning[0], seed: f.seed, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, accel });
-    await warm([]);
+    const warm = async (accel: AccelSpec[], precision: Precision) =>
+      (await pipelineAt(precision)).generate({ prompt: tuning[0], seed: f.seed, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, accel });
+    await warm([], 'fp32');
     const baseline = await run(tuning, []);
-    const measure = async (plan: AccelSpec[]): Promise<Measured> => {
-      if (plan.length === 0) return { plan, speedup: 1, macSpeedup: 1, psnr: PSNR_CAP };
-      await warm(plan);
-      const r = await run(tuning, plan);
-      return { plan, speedup: baseline.seconds / r.seconds, macSpeedup: plainMacs / fullMacs((await counter.count(f.steps, plan)).total), psnr: meanPsnr(r.images, baseline.images) };
+    const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
+      if (plan.length === 0 && precision === 'fp32') return { plan, precision, speedup: 1, macSpeedup: 1, psnr: PSNR_CAP };
+      await warm(plan, precision);
+      const r = await run(tuning, plan, precision);
+      return { plan, precision, speedup: baseline.seconds / r.seconds, macSpeedup: plainMacs / fullMacs((await counter.count(f.steps, plan)).total),
+        psnr: meanPsnr(r.images, baseline.images) };
     };
     console.log(`tune --speedup ${f.speedup} on ${modelName(folder.dir, f.model)}: ${f.steps} steps, ${count} prompts (and ${count} held out), ` +
       `plain denoising ${baseline.seconds.toFixed(2)} s; each round takes the step up that loses the least PSNR per speed gained`);
     const { measured, path: climb } = await climbToSpeedup(ladders, f.speedup, measure, (round, pick, tried) => {
-      console.log(`  round ${round}: ${describePlan(pick.plan)}  ×${pick.speedup.toFixed(2)} measured (×${pick.macSpeedup.toFixed(2)} MACs), PSNR ${pick.psnr.toFixed(2)} dB  (${tried} tried)`);
+      console.log(`  round ${round}: ${describePlan(pick.plan, pick.precision)}  ×${pick.speedup.toFixed(2)} measured (×${pick.macSpeedup.toFixed(2)} MACs), PSNR ${pick.psnr.toFixed(2)} dB  (${tried} tried)`);
     });
     const front = frontier(measured);
     console.log('frontier (measured speed-up, MAC speed-up, PSNR against the plain images):');
-    for (const m of front) console.log(`  ×${m.speedup.toFixed(2).padEnd(5)} ×${m.macSpeedup.toFixed(2).padEnd(5)} ${m.psnr.toFixed(2).padStart(6)} dB  ${describePlan(m.plan)}`);
+    for (const m of front) console.log(`  ×${m.speedup.toFixed(2).padEnd(5)} ×${m.macSpeedup.toFixed(2).padEnd(5)} ${m.psnr.toFixed(2).padStart(6)} dB  ${describePlan(m.plan, m.precision)}`);
     const reaching = measured.filter((m) => m.speedup >= f.speedup);
     const winner = reaching.length ? reaching.reduce((a, b) => (b.psnr > a.psnr ? b : a)) : climb[climb.length - 1];
     if (!reaching.length) console.log(`no plan reached ×${f.speedup}; the fastest found is written`);
     // The same plan on prompts the search never saw: a PSNR far below the tuning one says it was fitted to them.
     const heldBaseline = await run(heldOut, []);
-    const heldPlan = await run(heldOut, winner.plan);
+    const heldPlan = await run(heldOut, winner.plan, winner.precision);
     const heldPsnr = meanPsnr(heldPlan.images, heldBaseline.images);
-    writePlanFile(f.out, winner.plan, {
+    writePlanFile(f.out, { accel: winner.plan, precision: winner.precision }, {
       model: modelName(folder.dir, f.model), steps: f.steps, scheduler: f.scheduler ?? null, guidance: f.guidance, target: f.speedup,
       speedup: winner.speedup, macSpeedup: winner.macSpeedup, psnr: winner.psnr, heldOutPsnr: heldPsnr, heldOutSpeedup: heldBaseline.seconds / heldPlan.seconds,
-      prompts: tuning, heldOut, frontier: front.map((m) => ({ accel: describePlan(m.plan), speedup: m.speedup, macSpeedup: m.macSpeedup, psnr: m.psnr })),
+      prompts: tuning, heldOut, frontier: front.map((m) => ({ accel: describePlan(m.plan, m.precision), speedup: m.speedup, macSpeedup: m.macSpeedup, psnr: m.psnr })),
     });
-    console.log(`wrote ${f.out}: ${describePlan(winner.plan)}: ×${winner.speedup.toFixed(2)} measured, PSNR ${winner.psnr.toFixed(2)} dB on the tuning prompts, ` +
+    console.log(`wrote ${f.out}: ${describePlan(winner.plan, winner.precision)}: ×${winner.speedup.toFixed(2)} measured, PSNR ${winner.psnr.toFixed(2)} dB on the tuning prompts, ` +
       `${heldPsnr.toFixed(2)} dB (×${(heldBaseline.seconds / heldPlan.seconds).toFixed(2)}) on ${count} held-out ones; run it with --accel @${f.out}`);
   } finally {
-    await pipeline.release();
+    await Promise.allSettled([...pipelines.values()].map(async (p) => (await p).release()));
   }
 }

@@ -7,9 +7,14 @@
  * climbs speed instead of PSNR: from everything off, each round measures every one-rung step up
  * and takes the one that loses the least PSNR per unit of speed gained (log speed-up), until the
  * measured speed-up reaches the target. Every plan measured is kept: the frontier of speed-up
- * against PSNR, from which the best plan at or above the target wins.
+ * against PSNR, from which the best plan at or above the target wins. int8 (`--precision`) is one
+ * more rung: not a method of the plan but the arithmetic the plan runs at.
  */
 import { shortAccelSpec, type AccelSpec } from '../accel/index.ts';
+import type { Precision } from '../graph/quantize.ts';
+
+/** The ladder of the precision rung: its one setting is int8. */
+const INT8 = 'int8';
 
 /** A rung per method: 0 is off. */
 export type Rungs = Record<string, number>;
@@ -20,26 +25,35 @@ export interface Ladder {
   settings: Record<string, number>[];
 }
 
-/** The ladders for a run of `calls` model calls. */
-export function unetLadders(calls: number): Ladder[] {
+/** The ladders for a run of `calls` model calls; with `int8`, the precision rung too. */
+export function unetLadders(calls: number, int8 = false): Ladder[] {
   const gates = [...new Set([0.8, 0.6, 0.4, 0.25].map((share) => Math.max(1, Math.round(share * calls))))].filter((g) => g < calls);
   return [
     { method: 'deepcache', settings: [2, 3, 4, 5].filter((n) => n < calls).map((cache_interval) => ({ cache_interval })) },
     { method: 'tgate', settings: gates.map((gate_step) => ({ gate_step })) },
     { method: 'tome', settings: [0.3, 0.5, 0.7].map((ratio) => ({ ratio })) },
+    ...(int8 ? [{ method: INT8, settings: [{}] }] : []),
   ];
 }
 
+/** The methods the rungs turn on (the precision rung is not one). */
 export function planOf(ladders: Ladder[], rungs: Rungs): AccelSpec[] {
-  return ladders.filter((l) => (rungs[l.method] ?? 0) > 0).map((l) => ({ method: l.method, params: l.settings[rungs[l.method] - 1] }));
+  return ladders.filter((l) => l.method !== INT8 && (rungs[l.method] ?? 0) > 0).map((l) => ({ method: l.method, params: l.settings[rungs[l.method] - 1] }));
 }
 
-export function describePlan(plan: AccelSpec[]): string {
-  return plan.length === 0 ? 'none' : plan.map(shortAccelSpec).join(' + ');
+export function precisionOf(rungs: Rungs): Precision {
+  return (rungs[INT8] ?? 0) > 0 ? 'int8' : 'fp32';
+}
+
+export function describePlan(plan: AccelSpec[], precision: Precision = 'fp32'): string {
+  const methods = plan.length === 0 ? 'none' : plan.map(shortAccelSpec).join(' + ');
+  if (precision === 'fp32') return methods;
+  return plan.length === 0 ? precision : `${methods} at ${precision}`;
 }
 
 export interface Measured {
   plan: AccelSpec[];
+  precision: Precision;
   /** Plain run's denoising seconds over this plan's, measured. */
   speedup: number;
   /** Plain run's MACs over this plan's. */
@@ -51,14 +65,14 @@ export interface Measured {
  * Climbs from nothing to the target speed-up. `measure` runs a plan on the tuning prompts; it is
  * called once per distinct plan. Returns every plan measured and the rounds' picks.
  */
-export async function climbToSpeedup(ladders: Ladder[], target: number, measure: (plan: AccelSpec[]) => Promise<Measured>,
+export async function climbToSpeedup(ladders: Ladder[], target: number, measure: (plan: AccelSpec[], precision: Precision) => Promise<Measured>,
   onRound?: (round: number, pick: Measured, tried: number) => void): Promise<{ measured: Measured[]; path: Measured[] }> {
   const measured = new Map<string, Measured>();
   const run = async (rungs: Rungs) => {
-    const plan = planOf(ladders, rungs);
-    const key = describePlan(plan);
+    const [plan, precision] = [planOf(ladders, rungs), precisionOf(rungs)];
+    const key = describePlan(plan, precision);
     let m = measured.get(key);
-    if (!m) measured.set(key, (m = await measure(plan)));
+    if (!m) measured.set(key, (m = await measure(plan, precision)));
     return m;
   };
   let rungs: Rungs = Object.fromEntries(ladders.map((l) => [l.method, 0]));
