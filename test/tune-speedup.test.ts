@@ -10,12 +10,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AccelSpec } from '../src/accel/index.ts';
 import { tune } from '../src/cli/tune.ts';
-import { climbToSpeedup, describePlan, frontier, unetLadders, type Measured } from '../src/tune/speedup.ts';
+import { climbToSpeedup, composableSets, describePlan, frontier, methodLadders, type Ladder, type Measured } from '../src/tune/speedup.ts';
 import type { Precision } from '../src/graph/quantize.ts';
 import { tempDir } from './helpers/files.ts';
 import { pngText } from './helpers/png.ts';
 
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
+
+/** The ladders a U-Net takes, in the search's order. */
+const unetLadders = (calls: number, int8 = false) => methodLadders(calls, int8).filter((l) => ['deepcache', 'tgate', 'tome', 'int8'].includes(l.method));
 
 test('the climb takes the step that loses the least PSNR per speed gained, stops at the target, and keeps every plan it measured', async () => {
   const ladders = unetLadders(20);
@@ -93,8 +96,43 @@ test('tune --speedup on the reference model writes a plan that generate --accel 
     /--count: 40 prompts to tune on and 40 others to check the plan on; expected at least 80 prompts, found \d+/);
   await assert.rejects(tune({ method: 'attn-reuse', steps: 10, reuse: 1, epsilon: 0, guidance: 7.5, seed: 0, maxRounds: 100, speedup: 1 }),
     /--speedup: wrong value; expected a number above 1/);
-  await assert.rejects(tune({ model: 'reference-dit', method: 'attn-reuse', steps: 10, reuse: 1, epsilon: 0, seed: 0, maxRounds: 100, speedup: 2 }),
-    /--model: tune --speedup searches the U-Net methods \(DeepCache, TGATE, ToMe\); expected a Stable Diffusion folder, found DiTPipeline/);
+});
+
+test('methods that cannot compose are searched in separate climbs: the largest sets that compose', () => {
+  const ladder = (method: string): Ladder => ({ method, settings: [{}] });
+  const names = (sets: Ladder[][]) => sets.map((set) => set.map((l) => l.method).join('+'));
+  const conflicting = (pairs: string[]) => (a: Ladder, b: Ladder) => !pairs.includes(`${a.method}+${b.method}`) && !pairs.includes(`${b.method}+${a.method}`);
+  const [a, b, c, d] = ['a', 'b', 'c', 'd'].map(ladder);
+  assert.deepEqual(names(composableSets([a, b, c, d], conflicting([]))), ['a+b+c+d']);
+  // b, c and d exclude each other (the transformer block caches), a composes with all.
+  assert.deepEqual(names(composableSets([a, b, c, d], conflicting(['b+c', 'b+d', 'c+d']))), ['a+b', 'a+c', 'a+d']);
+  assert.deepEqual(names(composableSets([a, b, c, d], conflicting(['a+b', 'c+d']))), ['a+c', 'a+d', 'b+c', 'b+d']);
+  assert.deepEqual(names(composableSets([a, b, c], conflicting(['a+c']))), ['a+b', 'b+c']);
+  assert.deepEqual(names(composableSets([], conflicting([]))), ['']);
+});
+
+test('tune --speedup on the reference DiT searches its block caches one at a time and writes a plan generate runs as the same methods by hand', async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'plan.json');
+  await tune({ model: 'reference-dit', method: 'attn-reuse', steps: 10, reuse: 1, count: 1, epsilon: 0, seed: 0, out, maxRounds: 100, speedup: 1.5 });
+  const plan = JSON.parse(fs.readFileSync(out, 'utf8'));
+  assert.equal(plan.model, 'reference-dit');
+  assert.equal(plan.prompts.length, 1);
+  assert.equal(plan.heldOut.length, 1);
+  assert.notEqual(plan.prompts[0], plan.heldOut[0], 'tuned and checked on different classes');
+  const caches = ['fora', 'fbcache', 'teacache'];
+  for (const m of plan.frontier) {
+    assert.ok(!/deepcache|skip-cache/.test(m.accel), `a method the plain DiT does not take: ${m.accel}`);
+    assert.ok(caches.filter((c) => m.accel.includes(`${c}:`)).length <= 1, `two block caches at once: ${m.accel}`);
+  }
+  assert.ok(plan.psnr > 10 && plan.psnr <= 100, `PSNR ${plan.psnr}`);
+  const run = (file: string, args: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--model', 'reference-dit', '--class', plan.heldOut[0], '--steps', '10',
+    '--seed', '2', ...args, '--out', path.join(dir, file)], { encoding: 'utf8' });
+  const fromPlan = run('plan.png', ['--accel', `@${out}`]);
+  assert.equal(fromPlan.status, 0, fromPlan.stderr);
+  const byHand = run('hand.png', ['--precision', plan.precision, ...plan.accel.flatMap((a: string) => ['--accel', a])]);
+  assert.equal(byHand.status, 0, byHand.stderr);
+  assert.deepEqual(fs.readFileSync(path.join(dir, 'plan.png')), fs.readFileSync(path.join(dir, 'hand.png')));
 });
 
 test('a bad plan file is one line naming it, what was expected and what was found', (t) => {

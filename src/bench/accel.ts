@@ -200,9 +200,9 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
     return;
   }
 
-  const pipeline = await openRunner(o.model!, o.threads);
+  const pipeline = await openRunner(o.model!, { threads: o.threads });
   // A reduced precision is another set of sessions: a second runner, the baseline's staying fp32.
-  const reduced = o.precision === 'fp32' ? undefined : await openRunner(o.model!, o.threads, o.precision).catch(async (err) => {
+  const reduced = o.precision === 'fp32' ? undefined : await openRunner(o.model!, { threads: o.threads, precision: o.precision }).catch(async (err) => {
     await pipeline.release();
     throw err;
   });

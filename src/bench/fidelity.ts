@@ -155,7 +155,7 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
     settings.push({ label: `${steps} steps`, kind: 'fewer steps', accel: [], steps, macs, macRatio: baseMacs / macs });
   }
 
-  const pipeline = await openRunner(o.model, o.threads);
+  const pipeline = await openRunner(o.model, { threads: o.threads });
   // A DiT takes no text: adherence is scored only where every prompt named the class generated.
   if (!o.prompts.every((p) => pipeline.usesPrompt(p))) captions = undefined;
   const rows: FidelityRow[] = settings.map((s) => ({ ...s, seconds: 0, speedup: 0, loopSeconds: 0, loopSpeedup: 0, psnr: 0, ssim: 0, perPrompt: [] }));

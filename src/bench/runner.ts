@@ -5,8 +5,8 @@
  */
 import type { AccelSpec } from '../accel/index.ts';
 import type { MacCount } from '../graph/builder.ts';
-import type { Precision } from '../graph/quantize.ts';
 import type { Accelerator } from '../runtime/plan.ts';
+import type { RuntimeOptions } from '../runtime/ort-executor.ts';
 import type { AccelReport, GeneratedImage, Latents } from '../pipelines/common.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
@@ -59,10 +59,11 @@ export interface BenchRunner {
   release(): Promise<void>;
 }
 
-export async function openRunner(model: string, threads?: number, precision: Precision = 'fp32'): Promise<BenchRunner> {
+/** Opens a folder's pipeline (CPU; `options.precision` the denoiser's arithmetic, default fp32). */
+export async function openRunner(model: string, options: Omit<RuntimeOptions, 'device'> = {}): Promise<BenchRunner> {
   const folder = readPipelineFolder(model);
   if (folder.className === 'DiTPipeline') {
-    const dit = loadDiTPipeline(folder, { threads, precision });
+    const dit = loadDiTPipeline(folder, options);
     const c = dit.transformer.model.config;
     const size = c.sampleSize * dit.vae.model.downsampleFactor;
     const classes = (r: BenchRequest) => {
@@ -77,7 +78,7 @@ export async function openRunner(model: string, threads?: number, precision: Pre
     };
   }
   if (folder.className.startsWith('PixArt')) {
-    const pixart = loadPixArtPipeline(folder, { threads, precision });
+    const pixart = loadPixArtPipeline(folder, options);
     return {
       kind: 'text-to-image', defaultSize: pixart.defaultSize, usesPrompt: () => true,
       run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
@@ -85,7 +86,7 @@ export async function openRunner(model: string, threads?: number, precision: Pre
       release: () => pixart.release(),
     };
   }
-  const sd = await loadPipeline(folder.dir, { threads, precision });
+  const sd = await loadPipeline(folder.dir, options);
   return {
     kind: 'text-to-image', defaultSize: sd.defaultSize, usesPrompt: () => true,
     run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,

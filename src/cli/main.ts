@@ -287,7 +287,7 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.json>', 'where the schedule goes (rewritten after every round; default schedule.json, with --speedup plan.json)')
     .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
-    .option('--speedup <x>', 'instead: search DeepCache, TGATE and ToMe settings and int8 for the best PSNR at this measured speed-up (SD folders); writes a plan for --accel @FILE', number('--speedup'))
+    .option('--speedup <x>', 'instead: search the settings of the methods the model takes (DeepCache, Skip-Cache, FORA, First-Block-Cache, TeaCache, TGATE, ToMe) and int8 for the best PSNR at this measured speed-up; writes a plan for --accel @FILE', number('--speedup'))
     .option('--no-int8', 'with --speedup: leave --precision int8 out of the search (fp32 plans only)')
     .action(async (opts) => {
       await tune(opts);

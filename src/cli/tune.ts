@@ -4,7 +4,7 @@
  * attention-map reuse, starting from HURRY(N, r), writing the schedule as JSON for
  * `--accel attn-reuse:schedule=FILE`. For TeaCache it calibrates instead: the rescaling
  * polynomial fitted on the user's model and prompts (src/tune/teacache-calibration.ts). With
- * `--speedup X` it searches the composable U-Net methods together for a measured speed-up
+ * `--speedup X` it searches the methods the model takes together for a measured speed-up
  * (src/tune/speedup.ts) and writes a plan file for `--accel @FILE`.
  */
 import { commandSessionCache } from '../runtime/session-cache.ts';
@@ -15,7 +15,8 @@ import type { AccelSpec } from '../accel/index.ts';
 import { macCounter } from '../bench/mac-counter.ts';
 import { psnr } from '../metrics/image.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
-import { loadPipeline, type GeneratedImage, type StableDiffusionPipeline } from '../pipelines/stable-diffusion.ts';
+import { loadPipeline } from '../pipelines/stable-diffusion.ts';
+import type { GeneratedImage } from '../pipelines/common.ts';
 import type { Precision } from '../graph/quantize.ts';
 import { calibrateTeaCache } from '../tune/teacache-calibration.ts';
 import { classPrompts } from '../bench/fidelity.ts';
@@ -25,7 +26,8 @@ import { modelName } from './generate.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { greedySearch, phast, type Round } from '../tune/greedy.ts';
-import { climbToSpeedup, describePlan, frontier, unetLadders, type Measured } from '../tune/speedup.ts';
+import { climbToSpeedup, composableSets, describePlan, firstRung, frontier, methodLadders, type Ladder, type Measured } from '../tune/speedup.ts';
+import { openRunner, type BenchRequest, type BenchRunner } from '../bench/runner.ts';
 import { fullMacs } from '../graph/builder.ts';
 import { writePlanFile } from './plan-file.ts';
 import { writeFileAtomically } from '../util/files.ts';
@@ -46,7 +48,7 @@ export interface TuneFlags {
   /** Default: schedule.json (PHAST), calibration (TeaCache) or plan.json (--speedup). */
   out?: string;
   maxRounds: number;
-  /** Search the U-Net methods for this measured speed-up instead of tuning one method. */
+  /** Search the methods the model takes for this measured speed-up instead of tuning one method. */
   speedup?: number;
   /** With `speedup`: whether int8 is a rung of the search (default true). */
   int8?: boolean;
@@ -55,6 +57,9 @@ export interface TuneFlags {
 const TUNABLE = ['attn-reuse', 'teacache'];
 /** PSNR of identical images is infinite; capped so means stay finite. */
 const PSNR_CAP = 100;
+/** tune --speedup times a plan's images again (up to MAX_REPEATS runs, the fastest kept) while they take less than this. */
+const SHORT_RUN_SECONDS = 2;
+const MAX_REPEATS = 3;
 
 export async function tune(flags: TuneFlags): Promise<void> {
   const f = { ...flags, out: flags.out ?? (flags.speedup !== undefined ? 'plan.json' : 'schedule.json') };
@@ -131,78 +136,139 @@ async function calibrateTeaCacheCommand(f: TuneFlags & { guidance: number; out: 
   console.log(`wrote ${f.out}; use e.g. --accel teacache:rel_l1_thresh=${table[3].rel_l1_thresh},coefficients=${coefficients.map((c) => c.toPrecision(6)).join(':')}`);
 }
 
+/** One image of the search: its prompt, and for a DiT whose prompt names no class, the class generated. */
+interface Sample {
+  prompt: string;
+  classLabels?: number[];
+}
+
 /**
- * `tune --speedup X` on a Stable Diffusion folder: the plan of DeepCache, TGATE and ToMe settings
- * and precision with the best PSNR at a measured speed-up of at least X (src/tune/speedup.ts),
- * checked on as many held-out prompts as it was tuned on, and written as a plan file for
- * `--accel @FILE`. int8 plans run on a second pipeline; the plain runs are fp32.
+ * The prompts to tune on and as many others to check the plan on: the prompt file's first N and
+ * next N; for a DiT, 2N of its classes spread over them (named where its folder has labels),
+ * alternating between the two sets.
+ */
+function searchSamples(f: TuneFlags, folder: PipelineFolder, runner: BenchRunner, count: number): { tuning: Sample[]; heldOut: Sample[] } {
+  const named = runner.kind === 'class-to-image' && f.prompts === undefined ? classPrompts(folder.dir, 2 * count) : undefined;
+  const all = named ?? readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, 2 * count);
+  if (all.length < 2 * count) {
+    const unit = named ? 'classes' : 'prompts';
+    throw new InputError(f.prompts === undefined ? '--count' : '--prompts', `${count} ${unit} to tune on and ${count} others to check the plan on`,
+      `at least ${2 * count} ${unit}`, `${all.length}`);
+  }
+  const samples = all.map((prompt, i): Sample => runner.classes !== undefined && !runner.usesPrompt(prompt)
+    ? { prompt: `class ${Math.floor((i * runner.classes) / all.length)}`, classLabels: [Math.floor((i * runner.classes) / all.length)] } : { prompt });
+  if (runner.kind !== 'class-to-image') return { tuning: samples.slice(0, count), heldOut: samples.slice(count) };
+  return { tuning: samples.filter((_, i) => i % 2 === 0), heldOut: samples.filter((_, i) => i % 2 === 1) };
+}
+
+/**
+ * `tune --speedup X`: the plan of method settings (those the folder's model takes, src/tune/speedup.ts)
+ * and precision with the best PSNR at a measured speed-up of at least X, checked on as many
+ * held-out prompts (or classes) as it was tuned on, and written as a plan file for `--accel @FILE`.
+ * int8 plans run on a second pipeline; the plain runs are fp32.
  */
 async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; out: string }, folder: PipelineFolder): Promise<void> {
-  if (!folder.className.startsWith('StableDiffusion')) {
-    throw new InputError('--model', 'tune --speedup searches the U-Net methods (DeepCache, TGATE, ToMe)', 'a Stable Diffusion folder', `${folder.className} at ${folder.dir}`);
-  }
   const count = f.count ?? 4;
-  const all = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS);
-  if (all.length < 2 * count) {
-    throw new InputError(f.prompts === undefined ? '--count' : '--prompts', `${count} prompts to tune on and ${count} others to check the plan on`, `at least ${2 * count} prompts`, `${all.length}`);
-  }
-  const [tuning, heldOut] = [all.slice(0, count), all.slice(count, 2 * count)];
   const counter = macCounter({ model: folder.dir, scheduler: f.scheduler, batch: 1, guidance: f.guidance });
-  const ladders = unetLadders(counter.calls(f.steps), f.int8 !== false);
-  const plainMacs = fullMacs((await counter.count(f.steps, [])).total);
-  const pipelines = new Map<Precision, Promise<StableDiffusionPipeline>>();
-  const pipelineAt = (precision: Precision) => {
+  // The methods this model takes (each one's first setting counted on shapes: a refusal leaves it out), and which of them compose.
+  const takes = async (plan: AccelSpec[]) => {
+    try {
+      await counter.count(f.steps, plan);
+      return undefined;
+    } catch (err) {
+      if (err instanceof InputError) return err.message;
+      throw err;
+    }
+  };
+  const ladders: Ladder[] = [];
+  const leftOut: string[] = [];
+  for (const ladder of methodLadders(counter.calls(f.steps), f.int8 !== false)) {
+    const refusal = firstRung(ladder) && (await takes([firstRung(ladder)!]));
+    if (refusal) leftOut.push(ladder.method);
+    else ladders.push(ladder);
+  }
+  const pairs = new Map<string, boolean>();
+  for (const [i, a] of ladders.entries()) {
+    for (const b of ladders.slice(i + 1)) {
+      const [x, y] = [firstRung(a), firstRung(b)];
+      pairs.set(`${a.method}+${b.method}`, !x || !y || (await takes([x, y])) === undefined);
+    }
+  }
+  const sets = composableSets(ladders, (a, b) => pairs.get(`${a.method}+${b.method}`) ?? pairs.get(`${b.method}+${a.method}`) ?? true);
+  const pipelines = new Map<Precision, Promise<BenchRunner>>();
+  const runnerAt = (precision: Precision) => {
     let p = pipelines.get(precision);
-    if (!p) pipelines.set(precision, (p = loadPipeline(folder.dir, { threads: f.threads, precision, sessionCache: commandSessionCache() })));
+    if (!p) pipelines.set(precision, (p = openRunner(folder.dir, { threads: f.threads, precision, sessionCache: commandSessionCache() })));
     return p;
   };
   try {
-    // Seconds of denoising (what the methods change) and the images, over a set of prompts.
-    const run = async (prompts: string[], accel: AccelSpec[], precision: Precision = 'fp32') => {
-      const pipeline = await pipelineAt(precision);
-      let seconds = 0;
-      const images: GeneratedImage[] = [];
-      for (const [i, prompt] of prompts.entries()) {
-        const r = await pipeline.generate({ prompt, seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, accel });
-        seconds += r.timings.denoising;
-        images.push(r.images[0]);
+    const { tuning, heldOut } = searchSamples(f, folder, await runnerAt('fp32'), count);
+    const request = (sample: Sample, i: number, accel: AccelSpec[]): BenchRequest => ({
+      prompt: sample.prompt, classLabels: sample.classLabels, seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler,
+      width: counter.width, height: counter.height, batch: 1, accel,
+    });
+    // Seconds of denoising (what the methods change), the MACs it ran (adaptive methods decide as they go) and the images, over a set of samples.
+    const run = async (samples: Sample[], accel: AccelSpec[], precision: Precision = 'fp32') => {
+      const runner = await runnerAt(precision);
+      let [seconds, macs] = [Infinity, 0];
+      let images: GeneratedImage[] = [];
+      // Short runs are mostly timing noise: repeated (same images) and the fastest kept.
+      for (let repeat = 0; repeat < MAX_REPEATS && (repeat === 0 || seconds < SHORT_RUN_SECONDS); repeat++) {
+        [macs, images] = [0, []];
+        let total = 0;
+        for (const [i, sample] of samples.entries()) {
+          const r = await runner.run(request(sample, i, accel));
+          total += r.timings.denoising;
+          macs += fullMacs(r.denoiserMacs);
+          images.push(r.images[0]);
+        }
+        seconds = Math.min(seconds, total);
       }
-      return { seconds, images };
+      return { seconds, macs, images };
     };
     const meanPsnr = (a: GeneratedImage[], b: GeneratedImage[]) => a.reduce((sum, image, i) => sum + Math.min(PSNR_CAP, psnr(image.data, b[i].data)), 0) / a.length;
     // A plan's first run creates its sessions (merged-token variants): one untimed run first.
-    const warm = async (accel: AccelSpec[], precision: Precision) =>
-      (await pipelineAt(precision)).generate({ prompt: tuning[0], seed: f.seed, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, accel });
+    const warm = async (accel: AccelSpec[], precision: Precision) => (await runnerAt(precision)).run(request(tuning[0], 0, accel));
     await warm([], 'fp32');
     const baseline = await run(tuning, []);
     const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
       if (plan.length === 0 && precision === 'fp32') return { plan, precision, speedup: 1, macSpeedup: 1, psnr: PSNR_CAP };
       await warm(plan, precision);
       const r = await run(tuning, plan, precision);
-      return { plan, precision, speedup: baseline.seconds / r.seconds, macSpeedup: plainMacs / fullMacs((await counter.count(f.steps, plan)).total),
-        psnr: meanPsnr(r.images, baseline.images) };
+      return { plan, precision, speedup: baseline.seconds / r.seconds, macSpeedup: baseline.macs / r.macs, psnr: meanPsnr(r.images, baseline.images) };
     };
-    console.log(`tune --speedup ${f.speedup} on ${modelName(folder.dir, f.model)}: ${f.steps} steps, ${count} prompts (and ${count} held out), ` +
+    const what = (await runnerAt('fp32')).kind !== 'class-to-image' ? 'prompts' : count === 1 ? 'class' : 'classes';
+    console.log(`tune --speedup ${f.speedup} on ${modelName(folder.dir, f.model)}: ${f.steps} steps, ${count} ${what} (and ${count} held out), ` +
       `plain denoising ${baseline.seconds.toFixed(2)} s; each round takes the step up that loses the least PSNR per speed gained`);
-    const { measured, path: climb } = await climbToSpeedup(ladders, f.speedup, measure, (round, pick, tried) => {
-      console.log(`  round ${round}: ${describePlan(pick.plan, pick.precision)}  ×${pick.speedup.toFixed(2)} measured (×${pick.macSpeedup.toFixed(2)} MACs), PSNR ${pick.psnr.toFixed(2)} dB  (${tried} tried)`);
-    });
-    const front = frontier(measured);
+    if (leftOut.length) console.log(`  this model takes no ${leftOut.join(', ')}`);
+    const measured = new Map<string, Measured>();
+    const climbs: Measured[][] = [];
+    for (const set of sets) {
+      if (sets.length > 1) console.log(`  climb over ${set.map((l) => l.method).join(', ')}:`);
+      const { path: climb } = await climbToSpeedup(set, f.speedup, measure, (round, pick, tried) => {
+        console.log(`  round ${round}: ${describePlan(pick.plan, pick.precision)}  ×${pick.speedup.toFixed(2)} measured (×${pick.macSpeedup.toFixed(2)} MACs), PSNR ${pick.psnr.toFixed(2)} dB  (${tried} tried)`);
+      }, measured);
+      climbs.push(climb);
+    }
+    const all = [...measured.values()];
+    const front = frontier(all);
     console.log('frontier (measured speed-up, MAC speed-up, PSNR against the plain images):');
     for (const m of front) console.log(`  ×${m.speedup.toFixed(2).padEnd(5)} ×${m.macSpeedup.toFixed(2).padEnd(5)} ${m.psnr.toFixed(2).padStart(6)} dB  ${describePlan(m.plan, m.precision)}`);
-    const reaching = measured.filter((m) => m.speedup >= f.speedup);
-    const winner = reaching.length ? reaching.reduce((a, b) => (b.psnr > a.psnr ? b : a)) : climb[climb.length - 1];
+    const reaching = all.filter((m) => m.speedup >= f.speedup);
+    const fastest = climbs.map((c) => c[c.length - 1]).reduce((a, b) => (b.speedup > a.speedup ? b : a));
+    const winner = reaching.length ? reaching.reduce((a, b) => (b.psnr > a.psnr ? b : a)) : fastest;
     if (!reaching.length) console.log(`no plan reached ×${f.speedup}; the fastest found is written`);
-    // The same plan on prompts the search never saw: a PSNR far below the tuning one says it was fitted to them.
+    // The same plan on samples the search never saw: a PSNR far below the tuning one says it was fitted to them.
     const heldBaseline = await run(heldOut, []);
     const heldPlan = await run(heldOut, winner.plan, winner.precision);
     const heldPsnr = meanPsnr(heldPlan.images, heldBaseline.images);
     writePlanFile(f.out, { accel: winner.plan, precision: winner.precision }, {
       model: modelName(folder.dir, f.model), steps: f.steps, scheduler: f.scheduler ?? null, guidance: f.guidance, target: f.speedup,
       speedup: winner.speedup, macSpeedup: winner.macSpeedup, psnr: winner.psnr, heldOutPsnr: heldPsnr, heldOutSpeedup: heldBaseline.seconds / heldPlan.seconds,
-      prompts: tuning, heldOut, frontier: front.map((m) => ({ accel: describePlan(m.plan, m.precision), speedup: m.speedup, macSpeedup: m.macSpeedup, psnr: m.psnr })),
+      prompts: tuning.map((s) => s.prompt), heldOut: heldOut.map((s) => s.prompt),
+      frontier: front.map((m) => ({ accel: describePlan(m.plan, m.precision), speedup: m.speedup, macSpeedup: m.macSpeedup, psnr: m.psnr })),
     });
-    console.log(`wrote ${f.out}: ${describePlan(winner.plan, winner.precision)}: ×${winner.speedup.toFixed(2)} measured, PSNR ${winner.psnr.toFixed(2)} dB on the tuning prompts, ` +
+    console.log(`wrote ${f.out}: ${describePlan(winner.plan, winner.precision)}: ×${winner.speedup.toFixed(2)} measured, PSNR ${winner.psnr.toFixed(2)} dB on the tuning ${what}, ` +
       `${heldPsnr.toFixed(2)} dB (×${(heldBaseline.seconds / heldPlan.seconds).toFixed(2)}) on ${count} held-out ones; run it with --accel @${f.out}`);
   } finally {
     await Promise.allSettled([...pipelines.values()].map(async (p) => (await p).release()));

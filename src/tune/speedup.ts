@@ -1,14 +1,18 @@
 /**
- * `diffuse tune --speedup X`: the composable U-Net methods' knobs searched for the plan that keeps
- * the images closest (PSNR) to the unaccelerated ones at a measured speed-up of at least X.
+ * `diffuse tune --speedup X`: the composable methods' knobs searched for the plan that keeps the
+ * images closest (PSNR) to the unaccelerated ones at a measured speed-up of at least X.
  *
- * Each method has a ladder of settings from off to aggressive (DeepCache's cache interval, TGATE's
- * gate step, ToMe's merge ratio). The search is greedy, as PHAST's is (src/tune/greedy.ts), but
- * climbs speed instead of PSNR: from everything off, each round measures every one-rung step up
- * and takes the one that loses the least PSNR per unit of speed gained (log speed-up), until the
- * measured speed-up reaches the target. Every plan measured is kept: the frontier of speed-up
- * against PSNR, from which the best plan at or above the target wins. int8 (`--precision`) is one
- * more rung: not a method of the plan but the arithmetic the plan runs at.
+ * Each method has a ladder of settings from off to aggressive (DeepCache's or FORA's cache
+ * interval, TGATE's gate step, ToMe's merge ratio, First-Block-Cache's and TeaCache's
+ * thresholds, the number of calls reusing attention maps); the tune command keeps the ladders the model takes. The search is greedy, as
+ * PHAST's is (src/tune/greedy.ts), but climbs speed instead of PSNR: from everything off, each
+ * round measures every one-rung step up and takes the one that loses the least PSNR per unit of
+ * speed gained (log speed-up), until the measured speed-up reaches the target. Methods that cannot
+ * be composed (the block caches of a transformer each claim its blocks) are never on together: the
+ * climb runs once per largest set of ladders that compose, sharing what it measured. Every plan
+ * measured is kept: the frontier of speed-up against PSNR, from which the best plan at or above the
+ * target wins. int8 (`--precision`) is one more rung: not a method of the plan but the arithmetic
+ * the plan runs at.
  */
 import { shortAccelSpec, type AccelSpec } from '../accel/index.ts';
 import type { Precision } from '../graph/quantize.ts';
@@ -25,18 +29,50 @@ export interface Ladder {
   settings: Record<string, number>[];
 }
 
-/** The ladders for a run of `calls` model calls; with `int8`, the precision rung too. */
-export function unetLadders(calls: number, int8 = false): Ladder[] {
+/**
+ * Every method's ladder for a run of `calls` model calls (a model takes some of them); with `int8`,
+ * the precision rung too.
+ */
+export function methodLadders(calls: number, int8 = false): Ladder[] {
   const gates = [...new Set([0.8, 0.6, 0.4, 0.25].map((share) => Math.max(1, Math.round(share * calls))))].filter((g) => g < calls);
+  const intervals = [2, 3, 4, 5].filter((n) => n < calls);
   return [
-    { method: 'deepcache', settings: [2, 3, 4, 5].filter((n) => n < calls).map((cache_interval) => ({ cache_interval })) },
+    { method: 'deepcache', settings: intervals.map((cache_interval) => ({ cache_interval })) },
+    { method: 'skip-cache', settings: intervals.map((cache_interval) => ({ cache_interval })) },
+    { method: 'fora', settings: intervals.map((cache_interval) => ({ cache_interval })) },
+    { method: 'fbcache', settings: [0.05, 0.1, 0.2, 0.3].map((residual_diff_threshold) => ({ residual_diff_threshold })) },
+    { method: 'teacache', settings: [0.2, 0.4, 0.6, 0.8].map((rel_l1_thresh) => ({ rel_l1_thresh })) },
     { method: 'tgate', settings: gates.map((gate_step) => ({ gate_step })) },
     { method: 'tome', settings: [0.3, 0.5, 0.7].map((ratio) => ({ ratio })) },
+    { method: 'attn-reuse', settings: [...new Set([0.2, 0.4, 0.5].map((share) => Math.max(1, Math.round(share * calls))))].map((reuse) => ({ reuse })) },
     ...(int8 ? [{ method: INT8, settings: [{}] }] : []),
-  ];
+  ].filter((l) => l.settings.length > 0);
 }
 
-/** The methods the rungs turn on (the precision rung is not one). */
+/** The first setting of a ladder as a one-method plan, to ask whether a model takes it (int8 is no method: none). */
+export function firstRung(ladder: Ladder): AccelSpec | undefined {
+  return ladder.method === INT8 ? undefined : { method: ladder.method, params: ladder.settings[0] };
+}
+
+/**
+ * The largest sets of ladders whose methods compose (`compose(a, b)`: whether two methods may be
+ * on together), in the ladders' order.
+ */
+export function composableSets(ladders: Ladder[], compose: (a: Ladder, b: Ladder) => boolean): Ladder[][] {
+  const contains = (big: Ladder[], small: Ladder[]) => small.every((l) => big.includes(l));
+  let sets: Ladder[][] = [[]];
+  // Each set grows by the ladder where all of it composes with it; otherwise it stays, and the part that composes starts one with it.
+  for (const ladder of ladders) {
+    const next = sets.flatMap((set) => {
+      const fits = set.filter((other) => compose(other, ladder));
+      return fits.length === set.length ? [[...set, ladder]] : [set, [...fits, ladder]];
+    });
+    sets = next.filter((s, i) => !next.some((t, j) => contains(t, s) && (t.length > s.length || j < i)));
+  }
+  const order = (set: Ladder[]) => set.map((l) => String(ladders.indexOf(l)).padStart(4, '0')).join();
+  return sets.sort((a, b) => order(a).localeCompare(order(b)));
+}
+
 export function planOf(ladders: Ladder[], rungs: Rungs): AccelSpec[] {
   return ladders.filter((l) => l.method !== INT8 && (rungs[l.method] ?? 0) > 0).map((l) => ({ method: l.method, params: l.settings[rungs[l.method] - 1] }));
 }
@@ -61,13 +97,15 @@ export interface Measured {
   psnr: number;
 }
 
+export type Measure = (plan: AccelSpec[], precision: Precision) => Promise<Measured>;
+
 /**
  * Climbs from nothing to the target speed-up. `measure` runs a plan on the tuning prompts; it is
- * called once per distinct plan. Returns every plan measured and the rounds' picks.
+ * called once per distinct plan (`measured`, by describePlan, may hold plans of earlier climbs).
+ * Returns every plan measured and the rounds' picks.
  */
-export async function climbToSpeedup(ladders: Ladder[], target: number, measure: (plan: AccelSpec[], precision: Precision) => Promise<Measured>,
-  onRound?: (round: number, pick: Measured, tried: number) => void): Promise<{ measured: Measured[]; path: Measured[] }> {
-  const measured = new Map<string, Measured>();
+export async function climbToSpeedup(ladders: Ladder[], target: number, measure: Measure,
+  onRound?: (round: number, pick: Measured, tried: number) => void, measured = new Map<string, Measured>()): Promise<{ measured: Measured[]; path: Measured[] }> {
   const run = async (rungs: Rungs) => {
     const [plan, precision] = [planOf(ladders, rungs), precisionOf(rungs)];
     const key = describePlan(plan, precision);

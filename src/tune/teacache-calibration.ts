@@ -79,7 +79,7 @@ export interface Calibration {
 /** TeaCache's polynomial fitted on uncached runs of the model (degree 4, as the TeaCache authors fit theirs). */
 export async function calibrateTeaCache(r: CalibrationRequest): Promise<Calibration> {
   const runs: { x: number; y: number }[][] = [];
-  const pipeline = await openRunner(r.model, r.threads);
+  const pipeline = await openRunner(r.model, { threads: r.threads });
   try {
     for (let i = 0; i < r.prompts.length; i++) {
       const { plan, samples } = teaCacheRecorder();
