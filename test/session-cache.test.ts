@@ -14,6 +14,7 @@ import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import type { SessionCache } from '../src/runtime/ort-executor.ts';
 import { openSessionCache } from '../src/runtime/session-cache.ts';
 import { tempDir } from './helpers/files.ts';
+import type { Precision } from '../src/graph/quantize.ts';
 
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
 
@@ -37,8 +38,8 @@ function counted(dir: string) {
   return { cache: wrapped, counts, committed };
 }
 
-async function draw(model: string, sessionCache?: SessionCache): Promise<Float32Array> {
-  const pipeline = await loadPipeline(model, { sessionCache });
+async function draw(model: string, sessionCache?: SessionCache, precision: Precision = 'fp32'): Promise<Float32Array> {
+  const pipeline = await loadPipeline(model, { sessionCache, precision });
   try {
     return (await pipeline.generate({ prompt: 'a red circle at the top left', steps: 2, seed: 3 })).images[0].data;
   } finally {
@@ -61,6 +62,37 @@ test('a second pipeline builds every session from the cache and draws the same i
   const second = counted(dir);
   assert.deepEqual(await draw(REFERENCE_MODEL, second.cache), plain);
   assert.deepEqual(second.counts, { hits: first.counts.misses, misses: 0, commits: 0 });
+});
+
+test('int8 sessions are cached by their float weights: a hit makes no int8 weights, and changed weights miss', async (t) => {
+  const work = tempDir(t);
+  const model = path.join(work, 'model');
+  fs.cpSync(REFERENCE_MODEL, model, { recursive: true, dereference: true });
+  const dir = path.join(work, 'cache');
+  const plain = await draw(model, undefined, 'int8');
+  // What each key hashes, per precision: the int8 key covers the graph and how its int8 weights are made, not the weights themselves.
+  const keyed = async (precision: Precision) => {
+    const { cache, counts } = counted(dir);
+    let bytes = 0;
+    const image = await draw(model, { ...cache, key: (m, files, options) => ((bytes += m.length), cache.key(m, files, options)) }, precision);
+    return { image, counts, bytes };
+  };
+  const fp32 = await keyed('fp32');
+  const first = await keyed('int8');
+  assert.deepEqual(first.image, plain);
+  assert.ok(first.counts.misses > 10, JSON.stringify(first.counts));
+  const unetBytes = fs.readdirSync(path.join(model, 'unet')).filter((f) => f.endsWith('.safetensors')).reduce((n, f) => n + fs.statSync(path.join(model, 'unet', f)).size, 0);
+  assert.ok(first.bytes < fp32.bytes + unetBytes / 8, `int8 keys hash ${first.bytes} bytes, fp32 ${fp32.bytes}; the U-Net's int8 weights would be ~${unetBytes / 4}`);
+  const second = await keyed('int8');
+  assert.deepEqual(second.image, plain);
+  assert.deepEqual(second.counts, { hits: first.counts.hits + first.counts.misses, misses: 0, commits: 0 });
+
+  const unetWeights = fs.readdirSync(path.join(model, 'unet')).find((f) => f.endsWith('.safetensors'))!;
+  const later = new Date(Date.now() + 60_000);
+  fs.utimesSync(path.join(model, 'unet', unetWeights), later, later);
+  const changed = await keyed('int8');
+  assert.deepEqual(changed.image, plain);
+  assert.ok(changed.counts.misses > 0, JSON.stringify(changed.counts));
 });
 
 test('pre-packed weights are kept only where another process ran them: ORT\'s crashing entries are written without, and every entry then loads', async (t) => {

@@ -237,7 +237,7 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; o
       const r = await run(tuning, plan, precision);
       return { plan, precision, speedup: baseline.seconds / r.seconds, macSpeedup: baseline.macs / r.macs, psnr: meanPsnr(r.images, baseline.images) };
     };
-    const what = (await runnerAt('fp32')).kind !== 'class-to-image' ? 'prompts' : count === 1 ? 'class' : 'classes';
+    const what = (await runnerAt('fp32')).kind === 'class-to-image' ? (count === 1 ? 'class' : 'classes') : count === 1 ? 'prompt' : 'prompts';
     console.log(`tune --speedup ${f.speedup} on ${modelName(folder.dir, f.model)}: ${f.steps} steps, ${count} ${what} (and ${count} held out), ` +
       `plain denoising ${baseline.seconds.toFixed(2)} s; each round takes the step up that loses the least PSNR per speed gained`);
     if (leftOut.length) console.log(`  this model takes no ${leftOut.join(', ')}`);
@@ -269,7 +269,7 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; o
       frontier: front.map((m) => ({ accel: describePlan(m.plan, m.precision), speedup: m.speedup, macSpeedup: m.macSpeedup, psnr: m.psnr })),
     });
     console.log(`wrote ${f.out}: ${describePlan(winner.plan, winner.precision)}: ×${winner.speedup.toFixed(2)} measured, PSNR ${winner.psnr.toFixed(2)} dB on the tuning ${what}, ` +
-      `${heldPsnr.toFixed(2)} dB (×${(heldBaseline.seconds / heldPlan.seconds).toFixed(2)}) on ${count} held-out ones; run it with --accel @${f.out}`);
+      `${heldPsnr.toFixed(2)} dB (×${(heldBaseline.seconds / heldPlan.seconds).toFixed(2)}) on ${count} held-out ${count === 1 ? 'one' : 'ones'}; run it with --accel @${f.out}`);
   } finally {
     await Promise.allSettled([...pipelines.values()].map(async (p) => (await p).release()));
   }

@@ -46,6 +46,17 @@ export function quantizeRows(w: Float32Array, rows: number, inner: number, kerne
   return { weight, scale };
 }
 
+/**
+ * What decides the int8 initializers of `params` without making them: each parameter's stored
+ * tensor (file, offset, dtype, shape; the file's identity is keyed by the caller) and layout, and
+ * the scheme. Bump the scheme's version when quantizeRows or the layout changes: cached sessions
+ * are keyed by this.
+ */
+export function quantizationKey(params: readonly QuantizedParam[]): Uint8Array {
+  const scheme = 'symmetric per-row int8, [kernel·inner, rows], v1';
+  return new TextEncoder().encode(JSON.stringify({ scheme, params: params.map((p) => [p.ref, p.rows, p.inner, p.kernel, p.weightName, p.scaleName]) }));
+}
+
 /** The two initializers of each quantized parameter; `read` gives a parameter's values as float32. */
 export async function quantizedInitializers(params: readonly QuantizedParam[], read: (ref: WeightRef) => Promise<Float32Array>): Promise<TensorProto[]> {
   const out: TensorProto[] = [];

@@ -7,7 +7,7 @@ import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
 import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource, type WeightRef } from '../graph/builder.ts';
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
-import { PRECISIONS, quantizedInitializers, type Precision } from '../graph/quantize.ts';
+import { PRECISIONS, quantizationKey, quantizedInitializers, type Precision } from '../graph/quantize.ts';
 import { bfloat16ToFloat32, float16ToFloat32 } from '../graph/half.ts';
 import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
@@ -215,15 +215,20 @@ export class OrtExecutor implements Executor<ort.Tensor> {
  * run as fast; the whole encoding 50 s → 28 s from F16 weights.
  */
 export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
-  let bytes: Uint8Array;
+  const params = g.quantizedParams();
+  // int8 weights are made from the float ones in JS (seconds on SD 1.5): only when a session is built from the model, not on a cache hit.
+  const withQuantized = async (model: ModelProto): Promise<ModelProto> => params.length === 0 ? model
+    : { ...model, graph: { ...model.graph, initializers: [...model.graph.initializers, ...(await quantizedInitializers(params, readFloats))] } };
+  let modelBytes: () => Promise<Uint8Array>;
+  /** What a cache key hashes for the model: its encoding without the int8 weights, which the float weights' files and the scheme decide. */
+  let keyBytes: () => Promise<Uint8Array>;
   let folder: string | undefined;
   let weightBytes = 0;
-  const quantized = await quantizedInitializers(g.quantizedParams(), readFloats);
-  const withQuantized = (model: ModelProto): ModelProto => ({ ...model, graph: { ...model.graph, initializers: [...model.graph.initializers, ...quantized] } });
   if (g.weightFiles().some(isMounted)) {
     // Weights from a mounted source (HTTP, picked files) travel inside the model: ORT cannot
     // open them, and only this segment's tensors are fetched.
-    bytes = encodeModel(withQuantized(await inlineWeights(g.toModel((file) => file))));
+    const bytes = encodeModel(await withQuantized(await inlineWeights(g.toModel((file) => file))));
+    modelBytes = keyBytes = async () => bytes;
   } else {
     // ORT refuses external data whose resolved path leaves the folder it is given, so symlinked
     // weights (the Hugging Face cache: snapshots/<rev>/unet/x.safetensors → ../../blobs/<sha>)
@@ -232,9 +237,17 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     const folders = new Set([...realPaths.values()].map((f) => dirName(f)));
     if (folders.size > 1) throw new Error(`segment ${g.name}: weights span several folders (${[...folders].join(', ')})`);
     folder = folders.values().next().value;
-    const model = withQuantized(g.toModel((file) => baseName(realPaths.get(file) ?? file)));
-    weightBytes = model.graph.initializers.reduce((sum, t) => sum + (t.external?.length ?? t.raw?.length ?? 0), 0);
-    bytes = encodeModel(model);
+    const model = g.toModel((file) => baseName(realPaths.get(file) ?? file));
+    weightBytes = model.graph.initializers.reduce((sum, t) => sum + (t.external?.length ?? t.raw?.length ?? 0), 0) +
+      params.reduce((sum, p) => sum + p.rows * (p.inner * p.kernel + 4), 0);
+    modelBytes = async () => encodeModel(await withQuantized(model));
+    keyBytes = params.every((p) => p.ref.location) ? async () => {
+      const [plain, scheme] = [encodeModel(model), quantizationKey(params)];
+      const key = new Uint8Array(plain.length + scheme.length);
+      key.set(plain);
+      key.set(scheme, plain.length);
+      return key;
+    } : modelBytes;
   }
   const device = options.device ?? 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
@@ -264,8 +277,12 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     // CPU sessions of local weights that are kept are cached optimised (WebGPU's and one-run sessions
     // are not optimised the same way, and mounted weights have no file to key by).
     const cache = options.sessionCache;
-    if (cache && retained && device === 'cpu' && folder !== undefined) return await cachedSession(cache, bytes, weightBytes, g.weightFiles().map(realPath), sessionOptions);
-    return await ort.InferenceSession.create(bytes, sessionOptions);
+    if (cache && retained && device === 'cpu' && folder !== undefined) {
+      // The int8 weights' float sources are keyed too: the cache entry holds what was made from them.
+      const sources = new Set([...g.weightFiles(), ...params.flatMap((p) => (p.ref.location ? [p.ref.location.file] : []))]);
+      return await cachedSession(cache, { modelBytes, keyBytes }, weightBytes, [...sources].map(realPath), sessionOptions);
+    }
+    return await ort.InferenceSession.create(await modelBytes(), sessionOptions);
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     if (device === 'webgpu' && /adapter|WebGPU|webgpu/.test(message)) {
@@ -286,17 +303,19 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
  * on (two of the reference model's segments: SIGSEGV at run), so such an entry is first loaded and
  * run in another process, and written again without them if that fails.
  */
-async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightBytes: number, weightFiles: string[], sessionOptions: ort.InferenceSession.SessionOptions) {
+async function cachedSession(cache: SessionCache, model: { modelBytes: () => Promise<Uint8Array>; keyBytes: () => Promise<Uint8Array> }, weightBytes: number,
+  weightFiles: string[], sessionOptions: ort.InferenceSession.SessionOptions) {
   const { model_external_initializers_file_folder_path: _folder, ...session } = sessionOptions.extra!.session as Record<string, unknown>;
   const loading = { ...sessionOptions, graphOptimizationLevel: 'disabled' as const, extra: { session } };
   let key: string;
   let hit: string | undefined;
+  const keyBytes = await model.keyBytes();
   try {
-    key = cache.key(bytes, weightFiles, JSON.stringify({ ...sessionOptions, extra: { session } }));
+    key = cache.key(keyBytes, weightFiles, JSON.stringify({ ...sessionOptions, extra: { session } }));
     hit = cache.find(key);
   } catch {
     // A cache that cannot be read (a permission, a vanished weight file) only costs the time it would save.
-    return await ort.InferenceSession.create(bytes, sessionOptions);
+    return await ort.InferenceSession.create(await model.modelBytes(), sessionOptions);
   }
   if (hit) {
     try {
@@ -306,10 +325,11 @@ async function cachedSession(cache: SessionCache, bytes: Uint8Array, weightBytes
       try {
         cache.forget(key);
       } catch {
-        return await ort.InferenceSession.create(bytes, sessionOptions);
+        return await ort.InferenceSession.create(await model.modelBytes(), sessionOptions);
       }
     }
   }
+  const bytes = await model.modelBytes();
   const writing = (modelPath: string, prepacked: boolean): ort.InferenceSession.SessionOptions => ({
     ...sessionOptions,
     optimizedModelFilePath: modelPath,
