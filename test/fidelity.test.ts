@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import { parseAccelSpec } from '../src/accel/index.ts';
-import { fidelitySweep, formatFidelity, parseSweepSetting } from '../src/bench/fidelity.ts';
+import { fidelitySweep, formatFidelity } from '../src/bench/fidelity.ts';
+import { parseSweepSetting } from '../src/accel/index.ts';
 
 const tinySd1 = path.resolve(import.meta.dirname, 'fixtures/tiny-sd1');
 

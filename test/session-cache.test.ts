@@ -169,3 +169,18 @@ test('the CLI caches by default (DIFFUSE_CACHE_DIR) and not with DIFFUSE_CACHE_D
   assert.equal(fs.existsSync(path.join(work, 'off')), false);
   assert.deepEqual(fs.readFileSync(path.join(work, 'a.png')), fs.readFileSync(path.join(work, 'c.png')));
 });
+
+test('a writer that died leaves a temporary folder the next writing process clears after a day; reading processes leave it', (t) => {
+  const dir = tempDir(t);
+  const [old, fresh] = [path.join(dir, '.dead.1.aaaa'), path.join(dir, '.busy.2.bbbb')];
+  for (const folder of [old, fresh]) fs.mkdirSync(folder);
+  const twoDaysAgo = new Date(Date.now() - 2 * 24 * 3600 * 1000);
+  fs.utimesSync(old, twoDaysAgo, twoDaysAgo);
+  const cache = openSessionCache(dir);
+  assert.equal(cache.find('nothing'), undefined);
+  assert.ok(fs.existsSync(old), 'a lookup does not sweep');
+  const entry = cache.begin('k');
+  assert.equal(fs.existsSync(old), false);
+  assert.ok(fs.existsSync(fresh), 'a folder being written now is kept');
+  entry.discard();
+});

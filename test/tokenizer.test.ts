@@ -3,9 +3,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ClipTokenizer } from '../src/tokenizers/clip-bpe.ts';
+import { ClipTokenizer, readClipTokenizerFolder } from '../src/tokenizers/clip-bpe.ts';
 import { InputError } from '../src/errors.ts';
 import { tempDir, throwsInputError, writeJson } from './helpers/files.ts';
+import { referenceClipTokenizer } from './helpers/clip-reference.ts';
+import { prng } from './helpers/prng.ts';
+import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 
@@ -193,5 +196,93 @@ test('fuzz: mutated tokenizer.json files load or fail with an InputError, nothin
     } catch (err) {
       assert.ok(err instanceof InputError, `mutation ${i} at ${at}: ${String(err)}`);
     }
+  }
+});
+
+/** Random text from pieces CLIP tokenization treats differently: cases, scripts, digits, punctuation, whitespace kinds, contractions, special tokens. */
+function fuzzText(random: () => number, extra: string[] = []): string {
+  const pieces = ['a', 'Hello', 'ASTRONAUT', 'riding', 'horse', 'é', 'É', 'e\u0301', 'ΣΑΣ', 'straße', 'ﬁ', '東京', '🙂', '👩‍🚀', '0', '42', '३',
+    '.', ',', '!', '!!', '?', "'s", "'T", "'ll", "'", '"', '-', '_', '(', ')', '<', '>', '|', '<|', '|>', '#', '@', '\u0000', '\u00ad',
+    ' ', '  ', '\t', '\n', '\r\n', '\u00a0', '\u3000', '\u2028', '\u0085', '\ufeff', '\u200b', '<|startoftext|>', '<|endoftext|>', 'endoftext', ...extra];
+  let text = '';
+  for (let n = Math.floor(random() * 12); n > 0; n--) text += pieces[Math.floor(random() * pieces.length)];
+  return text;
+}
+
+test('fuzz: the CLIP BPE equals @huggingface/tokenizers fed transformers\' tokenizer.json, on SD 1.x, SD 2.x, tokenizer.json-only and the reference model', () => {
+  const folders = [path.join(FIXTURES, 'tiny-sd1', 'tokenizer'), path.join(FIXTURES, 'tiny-sd2', 'tokenizer'), path.join(FIXTURES, 'tokenizer-json-sd2'),
+    path.join(REFERENCE_MODEL, 'tokenizer')];
+  for (const dir of folders) {
+    const [ours, reference] = [ClipTokenizer.fromFolder(dir), referenceClipTokenizer(dir)];
+    const random = prng(7);
+    for (let i = 0; i < 1500; i++) {
+      const text = fuzzText(random);
+      assert.deepEqual(ours.encodeUntruncated(text), reference(text), `${dir}: ${JSON.stringify(text)}`);
+    }
+  }
+});
+
+test('fuzz: added tokens with lstrip, rstrip and normalized flags split the text as @huggingface/tokenizers does', (t) => {
+  const dir = tempDir(t);
+  writeTinyFolder(dir, ['h e', 'l l', 'll o</w>', 'he llo</w>'], {
+    model_max_length: 77,
+    added_tokens_decoder: {
+      17: { content: '<|startoftext|>', special: true, normalized: false },
+      18: { content: '<|endoftext|>', special: true, normalized: false },
+      40: { content: '<Mark>', lstrip: true, rstrip: true, normalized: true, special: false },
+      41: { content: 'LL', normalized: false, special: false, rstrip: true },
+      42: { content: 'o!', normalized: true, special: true, lstrip: true },
+      43: { content: 'hel', normalized: false, special: false },
+    },
+  });
+  const [ours, reference] = [ClipTokenizer.fromFolder(dir), referenceClipTokenizer(dir)];
+  const random = prng(11);
+  for (let i = 0; i < 3000; i++) {
+    const text = fuzzText(random, ['<Mark>', '<mark>', 'LL', 'll', 'o!', 'O!', 'hel', 'HEL', 'hello', ' <Mark> ', 'l', 'o']);
+    assert.deepEqual(ours.encodeUntruncated(text), reference(text), JSON.stringify(text));
+  }
+});
+
+test('fuzz: vocab.json read straight into a Map gives what JSON.parse gives, or one InputError naming it', (t) => {
+  const dir = tempDir(t);
+  writeTinyFolder(dir, ['h e']);
+  const file = path.join(dir, 'vocab.json');
+  const vocab = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, number>;
+  const entries = Object.entries(vocab).map(([k, v]) => `${JSON.stringify(k)}:${v}`);
+  const texts = [
+    `{${entries.join(',')}}`,
+    ` \n{ ${entries.join(' ,\n\t')} }\r\n`,
+    `{${entries.join(',')},"\\u0068\\n\\"x":3,"a":9,"__proto__":4}`,
+    `{${entries.join(',')},"big":9007199254740991,"e":1e2}`,
+  ];
+  const random = prng(3);
+  const pieces = ['', '"', '{', '}', ',', ':', '-1', '01', '1.5', '1e3', '\\', '\\u12', 'null', ' ', '\n', '\u0001', '9999999999999999999'];
+  for (let i = 0; i < 400; i++) {
+    const base = texts[i % texts.length];
+    const at = Math.floor(random() * base.length);
+    texts.push(base.slice(0, at) + pieces[Math.floor(random() * pieces.length)] + base.slice(at + Math.floor(random() * 3)));
+  }
+  for (const text of texts) {
+    fs.writeFileSync(file, text);
+    let expected: Map<string, number> | undefined;
+    try {
+      const parsed = JSON.parse(text) as unknown;
+      const ok = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) &&
+        Object.values(parsed).every((v) => typeof v === 'number' && Number.isInteger(v) && v >= 0);
+      expected = ok ? new Map(Object.entries(parsed as Record<string, number>)) : undefined;
+    } catch {
+      expected = undefined;
+    }
+    let got: Map<string, number> | undefined;
+    try {
+      got = readClipTokenizerFolder(dir).vocab;
+    } catch (err) {
+      assert.ok(err instanceof InputError && err.message.startsWith(expected ? dir : file), `${JSON.stringify(text)}: ${String(err)}`);
+      // A well-formed vocabulary can still lack a merge's or a special token's entry: only those may fail here.
+      if (expected) assert.match(err.message, /is not in vocab\.json/, JSON.stringify(text));
+      continue;
+    }
+    assert.ok(expected, `accepted ${JSON.stringify(text)}`);
+    assert.deepEqual([...got].sort(), [...expected].sort(), JSON.stringify(text));
   }
 });

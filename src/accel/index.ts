@@ -37,6 +37,13 @@ export function parseAccelSpec(text: string): AccelSpec {
   return specOf(method, (rest ? rest.split(',') : []).map((pair) => pair.split('=', 2) as [string, string | undefined]));
 }
 
+/** A `--sweep` value: methods joined by "+", e.g. `tgate:gate_step=10+deepcache:cache_interval=3`. */
+export function parseSweepSetting(text: string): AccelSpec[] {
+  const specs = text.split('+').map(parseAccelSpec);
+  createAccelerator(specs); // refuse impossible combinations before any work
+  return specs;
+}
+
 /** The method's defaults with the given knob values (as text), each checked against its knob. */
 function specOf(method: string, values: [string, string | undefined][]): AccelSpec {
   const definition = methodNamed(method);

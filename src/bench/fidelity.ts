@@ -6,7 +6,7 @@
  * the equal-cost comparison the attention-reuse paper makes.
  */
 import { InputError } from '../errors.ts';
-import { createAccelerator, parseAccelSpec, shortAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { parseAccelSpec, shortAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { calflopsMacs } from '../graph/builder.ts';
 import { adherence } from '../metrics/adherence.ts';
 import { psnr, ssim } from '../metrics/image.ts';
@@ -121,13 +121,6 @@ export function defaultSweep(steps: number, model?: ModelDeclaration): AccelSpec
   for (const share of [0.2, 0.4, 0.5]) sweep.push([parseAccelSpec(`attn-reuse:reuse=${Math.max(1, Math.round(steps * share))}`)]);
   for (const interval of [2, 3, 5]) sweep.push([parseAccelSpec(`fora:cache_interval=${interval}`)]);
   return sweep;
-}
-
-/** A `--sweep` value: methods joined by "+", e.g. `tgate:gate_step=10+deepcache:cache_interval=3`. */
-export function parseSweepSetting(text: string): AccelSpec[] {
-  const specs = text.split('+').map(parseAccelSpec);
-  createAccelerator(specs); // refuse impossible combinations before any work
-  return specs;
 }
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;

@@ -13,8 +13,6 @@ import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import { formatParameters } from '../image/parameters.ts';
 import type { GeneratedImage, Latents, StepInfo } from '../pipelines/common.ts';
-import { loadDiTPipeline } from '../pipelines/dit.ts';
-import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { readPromptFile } from '../scenes/captions.ts';
@@ -205,12 +203,15 @@ async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, d
   const runtime = { device, threads: f.threads, variant: f.variant, precision: f.precision, sessionCache: commandSessionCache() };
   const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;
   const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, latents, accel: f.accel, onStep, signal, memoryLimit };
+  // Each family's pipeline is imported when used: a Stable Diffusion run need not load T5 and the transformers (a faster start).
   if (family === 'dit') {
+    const { loadDiTPipeline } = await import('../pipelines/dit.ts');
     const pipeline = loadDiTPipeline(folder, runtime);
     return { run: (seed) => pipeline.generate({ ...common, seed, classLabels: classLabels(f.class!) }), release: () => pipeline.release() };
   }
   const text = { ...common, prompt: prompts, negativePrompt: f.negativePrompt, width: f.width, height: f.height, imagesPerPrompt: f.batch, image, strength: f.strength };
   if (family === 'pixart') {
+    const { loadPixArtPipeline } = await import('../pipelines/pixart.ts');
     const pipeline = loadPixArtPipeline(folder, runtime);
     return {
       run: (seed) => pipeline.generate({ ...text, seed, maxSequenceLength: f.maxSequenceLength, resolutionBinning: f.resolutionBinning }),

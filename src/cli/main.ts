@@ -9,17 +9,11 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { InputError, Interrupted } from '../errors.ts';
 import { withFlagNames } from './flag-names.ts';
 import { checkOutputFile, isSystemError, systemErrorLine, writeOutput } from '../util/files.ts';
-import { inspect } from './inspect.ts';
-import { benchTransformer, benchUNet, type BenchUNetOptions } from '../bench/unet-forward.ts';
-import { benchGenerate } from '../bench/generate.ts';
-import { benchTextEncoder } from '../bench/text-encoder.ts';
+import type { BenchUNetOptions } from '../bench/unet-forward.ts';
 import { generate } from './generate.ts';
 import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS } from '../serve/queue.ts';
-import { tune } from './tune.ts';
 import { resolveAccelFlags } from './plan-file.ts';
-import { bench } from '../bench/accel.ts';
-import { parseSweepSetting } from '../bench/fidelity.ts';
-import { METHODS, parseAccelSpec, type AccelSpec } from '../accel/index.ts';
+import { METHODS, parseAccelSpec, parseSweepSetting, type AccelSpec } from '../accel/index.ts';
 import { PRESET_NAMES } from '../models/presets.ts';
 import { OFFICIAL_DIT_ARCHS, convertOfficialDiT } from '../models/official-dit-checkpoint.ts';
 import { REFERENCE_NAMES } from '../pipelines/reference-model.ts';
@@ -196,6 +190,7 @@ export function buildProgram(): Command {
     .option('--json [file]', 'write JSON to the file instead of text (to stdout without one, or with -)')
     .action(async (dir: string | undefined, opts: { preset?: string; size?: [number, number]; batch: number; json?: string | true }) => {
       const [width, height] = opts.size ?? [];
+      const { inspect } = await import('./inspect.ts');
       const text = await inspect(dir, { preset: opts.preset, width, height, batch: opts.batch, json: opts.json !== undefined });
       writeOutput(typeof opts.json === 'string' ? opts.json : '-', text);
     });
@@ -268,6 +263,7 @@ export function buildProgram(): Command {
     .option('--steps-baseline <n>', 'with --fidelity, repeatable: also the plain sampler at N steps (e.g. 13 of 20, the attention-reuse paper\'s equal-latency baseline)', (v: string, prev: number[]) => [...prev, positiveInt('--steps-baseline')(v)], [] as number[])
     .option('--sweep <spec>', 'with --fidelity, repeatable: one setting, methods joined by "+" (default: TGATE gates at 20/40/60% of the steps, DeepCache intervals 2/3/5, ToMe ratios 0.3/0.5/0.6, attn-reuse on the last 20/40/50%)', sweepList, [] as AccelSpec[][])
     .action(async (opts) => {
+      const { bench } = await import('../bench/accel.ts');
       await bench({ ...opts, ...accelAndPrecision(opts) });
     });
 
@@ -287,17 +283,18 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--out <file.json>', 'where the schedule goes (rewritten after every round; default schedule.json, with --speedup plan.json)')
     .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
-    .option('--speedup <x>', 'instead: search the settings of the methods the model takes (DeepCache, Skip-Cache, FORA, First-Block-Cache, TeaCache, TGATE, ToMe) and int8 for the best PSNR at this measured speed-up; writes a plan for --accel @FILE', number('--speedup'))
+    .option('--speedup <x>', 'instead: search the settings of the methods the model takes (DeepCache, Skip-Cache, FORA, First-Block-Cache, TeaCache, TGATE, ToMe, attention-map reuse) and int8 for the best PSNR at this measured speed-up; writes a plan for --accel @FILE', number('--speedup'))
     .option('--no-int8', 'with --speedup: leave --precision int8 out of the search (fp32 plans only)')
     .action(async (opts) => {
+      const { tune } = await import('./tune.ts');
       await tune(opts);
     });
 
   forwardBench(program, 'bench-unet', 'time one U-Net forward of a preset architecture with seeded random weights, against ORT\'s own conv/MatMul rate',
-    ['sd15', 'sd21'], [[256, 256], [512, 512]], benchUNet);
+    ['sd15', 'sd21'], [[256, 256], [512, 512]], async (o) => (await import('../bench/unet-forward.ts')).benchUNet(o));
   forwardBench(program, 'bench-transformer',
     'time one PixArt transformer forward of a preset (seeded random weights, 120 or 300 T5 tokens), against ORT\'s own MatMul rate',
-    ['pixart-alpha-1024', 'pixart-alpha-512', 'pixart-sigma-1024'], [[512, 512], [1024, 1024]], benchTransformer);
+    ['pixart-alpha-1024', 'pixart-alpha-512', 'pixart-sigma-1024'], [[512, 512], [1024, 1024]], async (o) => (await import('../bench/unet-forward.ts')).benchTransformer(o));
 
   program
     .command('bench-text-encoder')
@@ -312,6 +309,7 @@ export function buildProgram(): Command {
     .option('--cache <dir>', 'where the random-weight folder is kept', '.cache/bench')
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .action(async (opts) => {
+      const { benchTextEncoder } = await import('../bench/text-encoder.ts');
       await benchTextEncoder(opts);
     });
 
@@ -329,6 +327,7 @@ export function buildProgram(): Command {
     .option('--pytorch <env.sh>', 'also time diffusers on PyTorch on the same folder, in this run')
     .option('--session-cache <dir>', 'keep ORT\'s optimised models here: run twice, and the second process\'s first run is a cold start from the cache')
     .action(async (opts) => {
+      const { benchGenerate } = await import('../bench/generate.ts');
       await benchGenerate(opts);
     });
 
