@@ -16,7 +16,7 @@ const ALLOWED: Record<string, string[]> = {
   util: ['errors'],
   errors: [],
   io: ['errors'],
-  runtime: ['graph', 'errors', 'io'],
+  runtime: ['graph', 'errors', 'util', 'io'],
   weights: ['graph', 'errors', 'util', 'io'],
   models: ['graph', 'runtime', 'weights', 'errors', 'util', 'io'],
   accel: ['graph', 'runtime', 'errors', 'util', 'io'],

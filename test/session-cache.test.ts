@@ -150,6 +150,8 @@ test('changed weights miss; a half-written entry is never read; a damaged entry 
   const blocked = path.join(work, 'a-file');
   fs.writeFileSync(blocked, '');
   assert.deepEqual(await draw(model, openSessionCache(path.join(blocked, 'cache'))), plain);
+  // Nor can one under /proc (where Node's recursive mkdir would never return).
+  assert.deepEqual(await draw(model, openSessionCache('/proc/diffusion-ts-cache/sessions')), plain);
 });
 
 test('the CLI caches by default (DIFFUSE_CACHE_DIR) and not with DIFFUSE_CACHE_DIR=off', (t) => {

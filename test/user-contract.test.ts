@@ -55,6 +55,9 @@ test('outputs are checked before any work: a missing folder, a folder as the fil
   refused(diffuse('bench', '--preset', 'sd15', '--dry-run', '--json', path.join(dir, 'no', 'x.json')), ['--json', 'folder does not exist']);
   refused(diffuse('generate', '--model', TINY, '--prompt', 'x', '--save-latents', '/proc/l.safetensors', '--out', path.join(dir, 'a.png')),
     ['--save-latents', 'cannot write']);
+  // A session cache it cannot write would leave every run uncached: refused, not silently ignored.
+  refused(diffuse('bench-generate', '--session-cache', '/dev/null/cache', '--size', '64', '--steps', '1'), ['--session-cache', 'cannot be created', 'ENOTDIR']);
+  refused(diffuse('bench-generate', '--session-cache', '/proc/sessions', '--size', '64', '--steps', '1'), ['--session-cache', 'cannot be created']);
   assert.deepEqual(fs.readdirSync(dir), ['taken.png'], 'no probe or partial files left');
 });
 

@@ -20,6 +20,7 @@ import { Rng } from '../util/rng.ts';
 import { float32ToFloat16 } from '../graph/half.ts';
 import { writeSafetensors, writeShardedSafetensors, type TensorToWrite } from '../weights/safetensors-write.ts';
 import { own } from '../util/own.ts';
+import { makeFolder } from '../util/files.ts';
 
 /** Records every parameter a forward pass asks for. */
 function recordingParams(): { source: ParamSource; shapes: Map<string, number[]> } {
@@ -91,7 +92,7 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
   const preset = own(PRESETS, presetName);
   if (!preset) throw new Error(`unknown preset ${presetName}`);
   // The cache folder must take files before minutes of weight generation, not after.
-  fs.mkdirSync(dir, { recursive: true });
+  makeFolder(dir);
   const index: Record<string, [string, string]> = {};
   for (const component of components) {
     if (component === 'tokenizer') {
@@ -101,7 +102,7 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
     }
     if (component === 'scheduler') {
       index.scheduler = ['diffusers', SD15_SCHEDULER._class_name];
-      fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+      makeFolder(path.join(dir, 'scheduler'));
       fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(SD15_SCHEDULER, null, 2));
       continue;
     }
@@ -129,7 +130,7 @@ export async function ensureRandomPipelineFolder(dir: string, presetName: string
     const rng = new Rng(seed);
     const tensors: Record<string, TensorToWrite> = {};
     for (const [name, shape] of shapes) tensors[name] = randomTensor(name, shape, rng);
-    fs.mkdirSync(componentDir, { recursive: true });
+    makeFolder(componentDir);
     const configJson = { _class_name: className, ...config };
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify(configJson, null, 2));
     writeSafetensors(weightsFile, tensors);
@@ -148,7 +149,7 @@ async function writeRandomVae(componentDir: string, config: Record<string, unkno
   const rng = new Rng(seed);
   const tensors: Record<string, TensorToWrite> = {};
   for (const [name, shape] of shapes) tensors[name] = randomTensor(name, shape, rng);
-  fs.mkdirSync(componentDir, { recursive: true });
+  makeFolder(componentDir);
   fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: 'AutoencoderKL', ...config }, null, 2));
   writeSafetensors(path.join(componentDir, 'diffusion_pytorch_model.safetensors'), tensors);
 }
@@ -163,7 +164,7 @@ export async function ensureRandomDiTFolder(dir: string, presetName: string, see
   await ensureRandomTransformerFolder(dir, presetName, seed);
   const vaeDir = path.join(dir, 'vae');
   if (!fs.existsSync(path.join(vaeDir, 'diffusion_pytorch_model.safetensors'))) await writeRandomVae(vaeDir, preset.vae, presetName, seed + 1);
-  fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+  makeFolder(path.join(dir, 'scheduler'));
   fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(preset.scheduler, null, 2));
   addToModelIndex(dir, 'DiTPipeline', {
     transformer: [preset.transformerClass.startsWith('DiT') ? 'diffusion.ts' : 'diffusers', preset.transformerClass],
@@ -180,7 +181,7 @@ export async function ensureRandomTransformerFolder(dir: string, presetName: str
   const preset = own(TRANSFORMER_PRESETS, presetName);
   if (!preset) throw new Error(`unknown transformer preset ${presetName}`);
   // The cache folder must take files before minutes of weight generation, not after.
-  fs.mkdirSync(dir, { recursive: true });
+  makeFolder(dir);
   const componentDir = path.join(dir, 'transformer');
   const weightsFile = path.join(componentDir, 'diffusion_pytorch_model.safetensors');
   if (!fs.existsSync(weightsFile)) {
@@ -192,7 +193,7 @@ export async function ensureRandomTransformerFolder(dir: string, presetName: str
     const rng = new Rng(seed);
     const tensors: Record<string, TensorToWrite> = {};
     for (const [name, shape] of shapes) tensors[name] = randomTensor(name, shape, rng);
-    fs.mkdirSync(componentDir, { recursive: true });
+    makeFolder(componentDir);
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: preset.transformerClass, ...preset.transformer }, null, 2));
     writeSafetensors(weightsFile, tensors);
   }
@@ -210,7 +211,7 @@ export async function ensureRandomTextEncoderFolder(dir: string, presetName: str
   const config = preset?.textEncoder;
   if (!preset || !config) throw new Error(`preset ${presetName} has no T5 text encoder`);
   // The cache folder must take files before minutes of weight generation, not after.
-  fs.mkdirSync(dir, { recursive: true });
+  makeFolder(dir);
   const componentDir = path.join(dir, 'text_encoder');
   const index = path.join(componentDir, 'model.safetensors.index.json');
   if (!fs.existsSync(index)) {
@@ -223,7 +224,7 @@ export async function ensureRandomTextEncoderFolder(dir: string, presetName: str
       const values = () => randomValues(name, shape, new Rng(seed * 100_003 + i));
       tensors[name] = { dtype, shape, data: dtype === 'F32' ? values : () => float32ToFloat16(values()) };
     });
-    fs.mkdirSync(componentDir, { recursive: true });
+    makeFolder(componentDir);
     fs.writeFileSync(path.join(componentDir, 'config.json'), JSON.stringify({ _class_name: 'T5EncoderModel', architectures: ['T5EncoderModel'], ...config }, null, 2));
     writeShardedSafetensors(componentDir, 'model', tensors, 5e9);
   }
@@ -244,7 +245,7 @@ export async function ensureRandomPixArtFolder(dir: string, presetName: string, 
   const vaeDir = path.join(dir, 'vae');
   if (!fs.existsSync(path.join(vaeDir, 'diffusion_pytorch_model.safetensors'))) await writeRandomVae(vaeDir, preset.vae, presetName, seed + 1);
   fs.cpSync(T5_TOKENIZER, path.join(dir, 'tokenizer'), { recursive: true });
-  fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
+  makeFolder(path.join(dir, 'scheduler'));
   fs.writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify(preset.scheduler, null, 2));
   addToModelIndex(dir, preset.pipeline, {
     tokenizer: ['transformers', 'T5Tokenizer'], vae: ['diffusers', 'AutoencoderKL'], scheduler: ['diffusers', String(preset.scheduler._class_name)],

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
 import { runReferenceScript } from './reference-script.ts';
-import { writeOutput } from '../util/files.ts';
+import { makeFolder, writeOutput } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadTransformer, loadUNet } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
@@ -50,7 +50,7 @@ function randomTensor(rng: Rng, dims: number[]): ort.Tensor {
 function randomParams(file: string, maxBytes: number): ParamSource {
   if (!fs.existsSync(file) || fs.statSync(file).size < maxBytes) {
     const values = new Rng(7).fillNormal(new Float32Array(maxBytes / 4)).map((v) => v * 0.02);
-    fs.mkdirSync(path.dirname(file), { recursive: true });
+    makeFolder(path.dirname(file));
     fs.writeFileSync(file, values);
   }
   return { param: (name, shape) => ({ name, shape, dtype: 'F32', location: { file, offset: 0, byteLength: shape.reduce((a, b) => a * b, 4) } }) };

@@ -21,6 +21,7 @@ import { labelTable } from '../weights/diffusers-folder.ts';
 import { TorchCheckpoint } from '../weights/torch-checkpoint.ts';
 import { checkOfficialDiTConfig, type OfficialDiTConfig } from './official-dit.ts';
 import { DIT_SCHEDULER } from './presets.ts';
+import { makeFolder } from '../util/files.ts';
 
 /** The official DiT_models table (Skip-DiT adds "DiT-skip", DiT-XL/2 with long skips). */
 export const OFFICIAL_DIT_ARCHS: Record<string, { depth: number; hidden: number; patch: number; heads: number; skips: boolean }> = Object.fromEntries([
@@ -107,7 +108,7 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
       const bad = ids.find((id) => id >= config.numClasses);
       if (bad !== undefined) throw new InputError(`--labels ${o.labels}`, `class ${bad} is beyond the checkpoint's ${config.numClasses} classes`, `ids 0…${config.numClasses - 1}`, `${bad}`);
     }
-    fs.mkdirSync(path.join(partial, 'transformer'), { recursive: true });
+    makeFolder(path.join(partial, 'transformer'));
     fs.mkdirSync(path.join(partial, 'scheduler'));
     const json = (p: string, v: unknown) => fs.writeFileSync(path.join(partial, p), `${JSON.stringify(v, null, 2)}\n`);
     json('model_index.json', {
@@ -164,7 +165,7 @@ export function convertedFolder(file: string, o: ConvertOptions): string {
   const root = path.join(os.tmpdir(), 'diffusion-ts-converted');
   const dir = path.join(root, createHash('sha256').update(key).digest('hex').slice(0, 24));
   if (!fs.existsSync(path.join(dir, 'model_index.json'))) {
-    fs.mkdirSync(root, { recursive: true });
+    makeFolder(root);
     convertOfficialDiT(file, dir, o);
   }
   return dir;

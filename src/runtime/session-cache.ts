@@ -17,6 +17,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { SessionCache, SessionCacheEntry } from './ort-executor.ts';
+import { makeFolder } from '../util/files.ts';
 
 const MODEL_FILE = 'model.onnx';
 
@@ -92,7 +93,7 @@ export function openSessionCache(dir: string, o: { prepackFromBytes?: number } =
       if (!swept) sweep();
       const final = path.join(dir, key);
       const temporary = path.join(dir, `.${key}.${process.pid}.${randomBytes(4).toString('hex')}`);
-      fs.mkdirSync(temporary, { recursive: true });
+      makeFolder(temporary);
       return {
         modelPath: path.join(temporary, MODEL_FILE),
         commit() {

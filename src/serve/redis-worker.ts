@@ -15,6 +15,7 @@ import { runUntilSignalled } from './shutdown.ts';
 import { checkThreadBudget } from './threads.ts';
 import type { Precision } from '../graph/quantize.ts';
 import type { JobOutcome, MacEstimate } from './worker.ts';
+import { makeFolder } from '../util/files.ts';
 
 export interface RedisWorkerOptions {
   redis: string;
@@ -45,7 +46,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
   // Made once Redis answers: a refused start leaves nothing behind.
   const resultsDir = path.resolve(o.results);
   try {
-    fs.mkdirSync(resultsDir, { recursive: true });
+    makeFolder(resultsDir);
   } catch (err) {
     client.disconnect();
     throw err;

@@ -19,6 +19,7 @@ import { startRedisWorkers, type RedisWorkers } from './redis-worker.ts';
 import { runUntilSignalled } from './shutdown.ts';
 import { checkThreadBudget } from './threads.ts';
 import type { Precision } from '../graph/quantize.ts';
+import { makeFolder } from '../util/files.ts';
 
 export interface ServeOptions {
   host: string;
@@ -103,7 +104,7 @@ export async function startService(o: ServeOptions): Promise<Service> {
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', (err: NodeJS.ErrnoException) => reject(new InputError('--port', `cannot listen on ${o.host}:${o.port} (${err.code ?? err.message})`, 'a free port')));
-  }).then(() => fs.mkdirSync(resultsDir, { recursive: true })).catch(async (err) => {
+  }).then(() => makeFolder(resultsDir)).catch(async (err) => {
     server.close();
     await closeQueue(false);
     if (made) fs.rmSync(resultsDir, { recursive: true, force: true });

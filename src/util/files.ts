@@ -61,6 +61,31 @@ const REASONS: Record<string, string> = {
 };
 
 /** An error from the operating system (fs, child processes): it has a string `code` such as EACCES. */
+/**
+ * `mkdir -p` that fails rather than hangs: Node 20's recursive mkdirSync never returns for a path
+ * under /proc (it retries ENOENT forever), so folders are made one level at a time.
+ */
+export function makeFolder(dir: string): void {
+  const target = path.resolve(dir);
+  const parent = path.dirname(target);
+  if (parent !== target && !fs.existsSync(parent)) makeFolder(parent);
+  try {
+    fs.mkdirSync(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(target).isDirectory()) throw err;
+  }
+}
+
+/** Creates `dir` if needed and checks that new files can be written in it, before long work. */
+export function checkOutputFolder(dir: string, flag: string): void {
+  try {
+    makeFolder(dir);
+  } catch (err) {
+    throw new InputError(flag, 'cannot be created', 'a folder this user can create and write', `${path.resolve(dir)} (${systemErrorReason(err)})`);
+  }
+  checkOutputFile(path.join(dir, '.write-check'), flag);
+}
+
 export function isSystemError(err: unknown): err is NodeJS.ErrnoException {
   return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && /^E[A-Z]+$/.test((err as NodeJS.ErrnoException).code!);
 }
