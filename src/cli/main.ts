@@ -12,7 +12,7 @@ import { checkOutputFile, isSystemError, systemErrorLine, writeOutput } from '..
 import type { BenchUNetOptions } from '../bench/unet-forward.ts';
 import { generate } from './generate.ts';
 import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS } from '../serve/queue.ts';
-import { resolveAccelFlags } from './plan-file.ts';
+import { resolveAccelFlags, type AccelFlag } from './plan-file.ts';
 import { METHODS, parseAccelSpec, parseSweepSetting, type AccelSpec } from '../accel/index.ts';
 import { PRESET_NAMES } from '../models/presets.ts';
 import { OFFICIAL_DIT_ARCHS, convertOfficialDiT } from '../models/official-dit-checkpoint.ts';
@@ -95,15 +95,16 @@ function schedulerName(value: string): SchedulerName {
   return value;
 }
 
-/** Repeatable `--accel NAME[:key=value,...]` or `--accel @plan.json`; errors are InputErrors naming the method and key. */
-/** Repeatable `--accel SPEC` or `@plan.json`: checked here, resolved (plan files read) by resolveAccelFlags in the action. */
-function accelList(value: string, previous: string[]): string[] {
-  if (!value.startsWith('@')) parseAccelSpec(value);
-  return [...previous, value];
+/**
+ * Repeatable `--accel NAME[:key=value,...]` (parsed here; errors are InputErrors naming the method
+ * and key) or `--accel @plan.json` (read by resolveAccelFlags in the action).
+ */
+function accelList(value: string, previous: AccelFlag[]): AccelFlag[] {
+  return [...previous, value.startsWith('@') ? value : parseAccelSpec(value)];
 }
 
 /** `--accel` resolved: its methods, and a plan's precision unless --precision was given (default fp32). */
-function accelAndPrecision(opts: { accel: string[]; precision?: Precision }): { accel: AccelSpec[]; precision: Precision } {
+function accelAndPrecision(opts: { accel: AccelFlag[]; precision?: Precision }): { accel: AccelSpec[]; precision: Precision } {
   const plan = resolveAccelFlags(opts.accel);
   return { accel: plan.accel, precision: opts.precision ?? plan.precision ?? 'fp32' };
 }
@@ -228,7 +229,7 @@ export function buildProgram(): Command {
     .option('--memory-limit <GiB>', 'refuse a run estimated to need more memory at its peak (default: this machine\'s memory)', number('--memory-limit', 0))
     .option('--variant <name>', 'weight file variant, e.g. fp16 for *.fp16.safetensors')
     .option('--precision <mode>', `${PRECISION_HELP} (default: a plan file's, else fp32)`, precisionFlag)
-    .option('--accel <spec>', ACCEL_HELP, accelList, [] as string[])
+    .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelFlag[])
     .option('--quiet', 'no progress bar', false)
     .action(async (opts) => {
       await generate({ ...opts, ...accelAndPrecision(opts) });
@@ -239,7 +240,7 @@ export function buildProgram(): Command {
     .description('an accelerated setting vs. the baseline: whole-run MACs (--dry-run, no weights needed), or real runs with time, speed-up, PSNR/SSIM')
     .option('--model <dir>', `diffusers pipeline folder, ${REFERENCE_NAMES}`)
     .option('--preset <name>', `built-in config (${PRESET_NAMES.join(', ')}): MACs with --dry-run, else real runs on seeded random weights (SDXL: --dry-run only)`)
-    .option('--accel <spec>', ACCEL_HELP, accelList, [] as string[])
+    .option('--accel <spec>', ACCEL_HELP, accelList, [] as AccelFlag[])
     .option('--steps <n>', 'denoising steps (default 25: the TGATE paper\'s tables)', positiveInt('--steps', LIMITS.steps), 25)
     .option('--size <WxH>', 'image size in pixels, N or WxH (default: the model\'s native size)', parseSize)
     .option('--batch <n>', 'images per run', positiveInt('--batch', LIMITS.imagesPerPrompt), 1)

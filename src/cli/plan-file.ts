@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs';
 import { InputError, describe } from '../errors.ts';
-import { parseAccelSpec, shortAccelSpec, toAccelSpecs, type AccelSpec } from '../accel/index.ts';
+import { shortAccelSpec, toAccelSpecs, type AccelSpec } from '../accel/index.ts';
 import { writeFileAtomically } from '../util/files.ts';
 import { parsePrecision } from '../runtime/ort-executor.ts';
 import type { Precision } from '../graph/quantize.ts';
@@ -18,13 +18,16 @@ export interface Plan {
   precision?: Precision;
 }
 
+/** An `--accel` value as the flag parser keeps it: a parsed method spec, or `@plan.json` (read when the command runs). */
+export type AccelFlag = AccelSpec | string;
+
 /** `--accel` values in order: method specs and `@plan.json` files, the plans' precision if any names one. */
-export function resolveAccelFlags(values: string[]): Plan {
+export function resolveAccelFlags(values: AccelFlag[]): Plan {
   const resolved: Plan = { accel: [] };
   let from = '';
   for (const value of values) {
-    if (!value.startsWith('@')) {
-      resolved.accel.push(parseAccelSpec(value));
+    if (typeof value !== 'string') {
+      resolved.accel.push(value);
       continue;
     }
     const plan = readPlanFile(value.slice(1));
