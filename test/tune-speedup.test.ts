@@ -98,6 +98,18 @@ test('tune --speedup on the reference model writes a plan that generate --accel 
     /--speedup: wrong value; expected a number above 1/);
 });
 
+test('Skip-Cache\'s ladder cuts nearer the ends before it caches longer, only as deep as the model\'s long skips reach', () => {
+  const skipCache = (maxBranch?: number) => methodLadders(25, false, maxBranch === undefined ? undefined
+    : { kind: 'Skip-DiT', transformerBlocks: [], longSkips: { maxBranch, describe: '' } }).find((l) => l.method === 'skip-cache')!.settings;
+  assert.deepEqual(skipCache(5), [
+    { cache_interval: 2, skip_at_branch: 4 }, { cache_interval: 2, skip_at_branch: 2 }, { cache_interval: 2, skip_at_branch: 1 },
+    { cache_interval: 3, skip_at_branch: 1 }, { cache_interval: 4, skip_at_branch: 1 }, { cache_interval: 5, skip_at_branch: 1 },
+  ]);
+  assert.deepEqual(skipCache(2).map((s) => s.skip_at_branch), [2, 1, 1, 1, 1]);
+  assert.deepEqual(skipCache(1).map((s) => `${s.cache_interval}/${s.skip_at_branch}`), ['2/1', '3/1', '4/1', '5/1']);
+  assert.equal(methodLadders(2).find((l) => l.method === 'skip-cache'), undefined, 'no call left to reuse a cache');
+});
+
 test('methods that cannot compose are searched in separate climbs: the largest sets that compose', () => {
   const ladder = (method: string): Ladder => ({ method, settings: [{}] });
   const names = (sets: Ladder[][]) => sets.map((set) => set.map((l) => l.method).join('+'));

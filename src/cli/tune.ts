@@ -182,7 +182,7 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; o
   };
   const ladders: Ladder[] = [];
   const leftOut: string[] = [];
-  for (const ladder of methodLadders(counter.calls(f.steps), f.int8 !== false)) {
+  for (const ladder of methodLadders(counter.calls(f.steps), f.int8 !== false, counter.declaration)) {
     const refusal = firstRung(ladder) && (await takes([firstRung(ladder)!]));
     if (refusal) leftOut.push(ladder.method);
     else ladders.push(ladder);

@@ -16,6 +16,7 @@
  */
 import { shortAccelSpec, type AccelSpec } from '../accel/index.ts';
 import type { Precision } from '../graph/quantize.ts';
+import type { ModelDeclaration } from '../runtime/protocol.ts';
 
 /** The ladder of the precision rung: its one setting is int8. */
 const INT8 = 'int8';
@@ -31,14 +32,18 @@ export interface Ladder {
 
 /**
  * Every method's ladder for a run of `calls` model calls (a model takes some of them); with `int8`,
- * the precision rung too.
+ * the precision rung too. Skip-Cache's ladder cuts nearer the ends before it caches longer: its
+ * official setting (4 blocks at each end) first, down to one block, as far as `model`'s long skips reach.
  */
-export function methodLadders(calls: number, int8 = false): Ladder[] {
+export function methodLadders(calls: number, int8 = false, model?: ModelDeclaration): Ladder[] {
   const gates = [...new Set([0.8, 0.6, 0.4, 0.25].map((share) => Math.max(1, Math.round(share * calls))))].filter((g) => g < calls);
   const intervals = [2, 3, 4, 5].filter((n) => n < calls);
+  const deepest = Math.max(1, model?.longSkips?.maxBranch ?? 1);
+  const cuts = [...new Set([4, 2, 1].map((blocks) => Math.min(blocks, deepest)))];
+  const skipCache = [...cuts.map((skip_at_branch) => ({ cache_interval: 2, skip_at_branch })), ...intervals.slice(1).map((cache_interval) => ({ cache_interval, skip_at_branch: 1 }))];
   return [
     { method: 'deepcache', settings: intervals.map((cache_interval) => ({ cache_interval })) },
-    { method: 'skip-cache', settings: intervals.map((cache_interval) => ({ cache_interval })) },
+    { method: 'skip-cache', settings: intervals.length ? skipCache : [] },
     { method: 'fora', settings: intervals.map((cache_interval) => ({ cache_interval })) },
     { method: 'fbcache', settings: [0.05, 0.1, 0.2, 0.3].map((residual_diff_threshold) => ({ residual_diff_threshold })) },
     { method: 'teacache', settings: [0.2, 0.4, 0.6, 0.8].map((rel_l1_thresh) => ({ rel_l1_thresh })) },
