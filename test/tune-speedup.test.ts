@@ -190,3 +190,20 @@ test('a plan\'s precision applies unless --precision is given; two plans naming 
   assert.match(both.stderr, /--accel @\S+fp32\.json: precision: differs from @\S+int8\.json's; expected int8, found fp32/);
   assert.equal(fs.existsSync(path.join(dir, 'c.png')), false);
 });
+
+test('tune --mac-speedup: a MAC budget instead of a measured speed-up, fp32 plans only; one target at a time', async (t) => {
+  const dir = tempDir(t);
+  const out = path.join(dir, 'plan.json');
+  await tune({ model: 'reference-dit', method: 'attn-reuse', steps: 10, reuse: 1, count: 1, epsilon: 0, seed: 0, out, maxRounds: 100, macSpeedup: 1.8 });
+  const plan = JSON.parse(fs.readFileSync(out, 'utf8'));
+  assert.equal(plan.targetKind, 'MACs');
+  assert.equal(plan.precision, 'fp32');
+  assert.ok(plan.macSpeedup >= 1.8 || plan.frontier.every((m: { macSpeedup: number }) => m.macSpeedup < 1.8), `MAC speed-up ${plan.macSpeedup}`);
+  assert.ok(plan.frontier.every((m: { accel: string }) => !m.accel.includes('int8')), 'no int8 plan: it changes no MACs');
+  // The frontier is by MACs: sorted by them, and none beaten on both MACs and PSNR.
+  const front = plan.frontier as { macSpeedup: number; psnr: number }[];
+  assert.ok(front.every((m, i) => i === 0 || m.macSpeedup >= front[i - 1].macSpeedup));
+  await assert.rejects(tune({ method: 'attn-reuse', steps: 10, reuse: 1, epsilon: 0, seed: 0, maxRounds: 100, macSpeedup: 0.5 }), /--mac-speedup: wrong value; expected a number above 1/);
+  await assert.rejects(tune({ method: 'attn-reuse', steps: 10, reuse: 1, epsilon: 0, seed: 0, maxRounds: 100, macSpeedup: 2, speedup: 2 }),
+    /--mac-speedup: is another target; expected --speedup or --mac-speedup, not both/);
+});

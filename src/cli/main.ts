@@ -285,6 +285,7 @@ export function buildProgram(): Command {
     .option('--out <file.json>', 'where the schedule goes (rewritten after every round; default schedule.json, with --speedup plan.json)')
     .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
     .option('--speedup <x>', 'instead: search the settings of the methods the model takes (DeepCache, Skip-Cache, FORA, First-Block-Cache, TeaCache, TGATE, ToMe, attention-map reuse) and int8 for the best PSNR at this measured speed-up; writes a plan for --accel @FILE', number('--speedup'))
+    .option('--mac-speedup <x>', 'instead of --speedup, a MAC budget: the best PSNR at this MAC speed-up (the plain run\'s MACs over the plan\'s; no timing noise; fp32 plans)', number('--mac-speedup'))
     .option('--no-int8', 'with --speedup: leave --precision int8 out of the search (fp32 plans only)')
     .action(async (opts) => {
       const { tune } = await import('./tune.ts');

@@ -26,7 +26,7 @@ import { modelName } from './generate.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { greedySearch, phast, type Round } from '../tune/greedy.ts';
-import { climbToSpeedup, composableSets, describePlan, firstRung, frontier, methodLadders, type Ladder, type Measured } from '../tune/speedup.ts';
+import { climbToSpeedup, composableSets, describePlan, firstRung, frontier, macGain, measuredGain, methodLadders, type Gain, type Ladder, type Measured } from '../tune/speedup.ts';
 import { openRunner, type BenchRequest, type BenchRunner } from '../bench/runner.ts';
 import { fullMacs } from '../graph/builder.ts';
 import { writePlanFile } from './plan-file.ts';
@@ -50,6 +50,8 @@ export interface TuneFlags {
   maxRounds: number;
   /** Search the methods the model takes for this measured speed-up instead of tuning one method. */
   speedup?: number;
+  /** Instead of `speedup`: a MAC budget, the plain run's MACs over the plan's (int8, which changes no MACs, is left out). */
+  macSpeedup?: number;
   /** With `speedup`: whether int8 is a rung of the search (default true). */
   int8?: boolean;
 }
@@ -62,16 +64,22 @@ const SHORT_RUN_SECONDS = 2;
 const MAX_REPEATS = 3;
 
 export async function tune(flags: TuneFlags): Promise<void> {
-  const f = { ...flags, out: flags.out ?? (flags.speedup !== undefined ? 'plan.json' : 'schedule.json') };
+  const searching = flags.speedup !== undefined || flags.macSpeedup !== undefined;
+  const f = { ...flags, out: flags.out ?? (searching ? 'plan.json' : 'schedule.json') };
   if (!TUNABLE.includes(f.method)) throw new InputError('--method', 'no search for this method yet', TUNABLE.join(', '), f.method);
   if (path.extname(f.out).toLowerCase() !== '.json') throw new InputError('--out', 'must be a JSON file', 'a name ending in .json', f.out);
   if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
   if (f.speedup !== undefined && !(f.speedup > 1)) throw new InputError('--speedup', 'wrong value', 'a number above 1 (2 = twice as fast)', String(f.speedup));
+  if (f.macSpeedup !== undefined && !(f.macSpeedup > 1)) throw new InputError('--mac-speedup', 'wrong value', 'a number above 1 (2 = half the MACs)', String(f.macSpeedup));
+  if (f.speedup !== undefined && f.macSpeedup !== undefined) throw new InputError('--mac-speedup', 'is another target', '--speedup or --mac-speedup, not both', `--speedup ${f.speedup}`);
   const model = modelFolder(f.model);
   // Without --guidance, the pipeline's own default, as `generate` uses.
   const folder = readPipelineFolder(model);
   const guidance = f.guidance ?? pipelineDefaults(folder.className).guidanceScale;
-  if (f.speedup !== undefined) return tuneSpeedup({ ...f, guidance, speedup: f.speedup }, folder);
+  if (f.speedup !== undefined || f.macSpeedup !== undefined) {
+    const target = f.macSpeedup === undefined ? { value: f.speedup!, gain: measuredGain, flag: '--speedup', unit: '' } : { value: f.macSpeedup, gain: macGain, flag: '--mac-speedup', unit: ' MACs' };
+    return tuneSpeedup({ ...f, guidance, int8: f.macSpeedup === undefined && f.int8 !== false }, folder, target);
+  }
   if (f.method === 'teacache') return calibrateTeaCacheCommand({ ...f, guidance }, folder);
   const prompts = readPromptFile(f.prompts ?? HELD_OUT_PROMPTS).slice(0, f.count);
   const calls = macCounter({ model, scheduler: f.scheduler, batch: 1, guidance }).calls(f.steps);
@@ -167,7 +175,8 @@ function searchSamples(f: TuneFlags, folder: PipelineFolder, runner: BenchRunner
  * held-out prompts (or classes) as it was tuned on, and written as a plan file for `--accel @FILE`.
  * int8 plans run on a second pipeline; the plain runs are fp32.
  */
-async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; out: string }, folder: PipelineFolder): Promise<void> {
+async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, folder: PipelineFolder,
+  target: { value: number; gain: Gain; flag: string; unit: string }): Promise<void> {
   const count = f.count ?? 4;
   const counter = macCounter({ model: folder.dir, scheduler: f.scheduler, batch: 1, guidance: f.guidance });
   // The methods this model takes (each one's first setting counted on shapes: a refusal leaves it out), and which of them compose.
@@ -238,32 +247,32 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; speedup: number; o
       return { plan, precision, speedup: baseline.seconds / r.seconds, macSpeedup: baseline.macs / r.macs, psnr: meanPsnr(r.images, baseline.images) };
     };
     const what = (await runnerAt('fp32')).kind === 'class-to-image' ? (count === 1 ? 'class' : 'classes') : count === 1 ? 'prompt' : 'prompts';
-    console.log(`tune --speedup ${f.speedup} on ${modelName(folder.dir, f.model)}: ${f.steps} steps, ${count} ${what} (and ${count} held out), ` +
+    console.log(`tune ${target.flag} ${target.value} on ${modelName(folder.dir, f.model)}: ${f.steps} steps, ${count} ${what} (and ${count} held out), ` +
       `plain denoising ${baseline.seconds.toFixed(2)} s; each round takes the step up that loses the least PSNR per speed gained`);
     if (leftOut.length) console.log(`  this model takes no ${leftOut.join(', ')}`);
     const measured = new Map<string, Measured>();
     const climbs: Measured[][] = [];
     for (const set of sets) {
       if (sets.length > 1) console.log(`  climb over ${set.map((l) => l.method).join(', ')}:`);
-      const { path: climb } = await climbToSpeedup(set, f.speedup, measure, (round, pick, tried) => {
+      const { path: climb } = await climbToSpeedup(set, target.value, measure, (round, pick, tried) => {
         console.log(`  round ${round}: ${describePlan(pick.plan, pick.precision)}  ×${pick.speedup.toFixed(2)} measured (×${pick.macSpeedup.toFixed(2)} MACs), PSNR ${pick.psnr.toFixed(2)} dB  (${tried} tried)`);
-      }, measured);
+      }, measured, target.gain);
       climbs.push(climb);
     }
     const all = [...measured.values()];
-    const front = frontier(all);
+    const front = frontier(all, target.gain);
     console.log('frontier (measured speed-up, MAC speed-up, PSNR against the plain images):');
     for (const m of front) console.log(`  ×${m.speedup.toFixed(2).padEnd(5)} ×${m.macSpeedup.toFixed(2).padEnd(5)} ${m.psnr.toFixed(2).padStart(6)} dB  ${describePlan(m.plan, m.precision)}`);
-    const reaching = all.filter((m) => m.speedup >= f.speedup);
-    const fastest = climbs.map((c) => c[c.length - 1]).reduce((a, b) => (b.speedup > a.speedup ? b : a));
+    const reaching = all.filter((m) => target.gain(m) >= target.value);
+    const fastest = climbs.map((c) => c[c.length - 1]).reduce((a, b) => (target.gain(b) > target.gain(a) ? b : a));
     const winner = reaching.length ? reaching.reduce((a, b) => (b.psnr > a.psnr ? b : a)) : fastest;
-    if (!reaching.length) console.log(`no plan reached ×${f.speedup}; the fastest found is written`);
+    if (!reaching.length) console.log(`no plan reached ×${target.value}${target.unit}; the fastest found is written`);
     // The same plan on samples the search never saw: a PSNR far below the tuning one says it was fitted to them.
     const heldBaseline = await run(heldOut, []);
     const heldPlan = await run(heldOut, winner.plan, winner.precision);
     const heldPsnr = meanPsnr(heldPlan.images, heldBaseline.images);
     writePlanFile(f.out, { accel: winner.plan, precision: winner.precision }, {
-      model: modelName(folder.dir, f.model), steps: f.steps, scheduler: f.scheduler ?? null, guidance: f.guidance, target: f.speedup,
+      model: modelName(folder.dir, f.model), steps: f.steps, scheduler: f.scheduler ?? null, guidance: f.guidance, target: target.value, targetKind: target.gain === macGain ? 'MACs' : 'measured',
       speedup: winner.speedup, macSpeedup: winner.macSpeedup, psnr: winner.psnr, heldOutPsnr: heldPsnr, heldOutSpeedup: heldBaseline.seconds / heldPlan.seconds,
       prompts: tuning.map((s) => s.prompt), heldOut: heldOut.map((s) => s.prompt),
       frontier: front.map((m) => ({ accel: describePlan(m.plan, m.precision), speedup: m.speedup, macSpeedup: m.macSpeedup, psnr: m.psnr })),

@@ -1,6 +1,7 @@
 /**
  * `diffuse tune --speedup X`: the composable methods' knobs searched for the plan that keeps the
- * images closest (PSNR) to the unaccelerated ones at a measured speed-up of at least X.
+ * images closest (PSNR) to the unaccelerated ones at a measured speed-up of at least X (or, with
+ * `--mac-speedup X`, a MAC budget: the plain run's MACs over the plan's at least X).
  *
  * Each method has a ladder of settings from off to aggressive (DeepCache's or FORA's cache
  * interval, TGATE's gate step, ToMe's merge ratio, First-Block-Cache's and TeaCache's
@@ -104,13 +105,19 @@ export interface Measured {
 
 export type Measure = (plan: AccelSpec[], precision: Precision) => Promise<Measured>;
 
+/** What the climb raises to the target: the measured speed-up, or the MAC speed-up (a MAC budget: no timing noise). */
+export type Gain = (m: Measured) => number;
+export const measuredGain: Gain = (m) => m.speedup;
+export const macGain: Gain = (m) => m.macSpeedup;
+
 /**
  * Climbs from nothing to the target speed-up. `measure` runs a plan on the tuning prompts; it is
  * called once per distinct plan (`measured`, by describePlan, may hold plans of earlier climbs).
  * Returns every plan measured and the rounds' picks.
  */
 export async function climbToSpeedup(ladders: Ladder[], target: number, measure: Measure,
-  onRound?: (round: number, pick: Measured, tried: number) => void, measured = new Map<string, Measured>()): Promise<{ measured: Measured[]; path: Measured[] }> {
+  onRound?: (round: number, pick: Measured, tried: number) => void, measured = new Map<string, Measured>(), gainOf: Gain = measuredGain,
+): Promise<{ measured: Measured[]; path: Measured[] }> {
   const run = async (rungs: Rungs) => {
     const [plan, precision] = [planOf(ladders, rungs), precisionOf(rungs)];
     const key = describePlan(plan, precision);
@@ -121,16 +128,16 @@ export async function climbToSpeedup(ladders: Ladder[], target: number, measure:
   let rungs: Rungs = Object.fromEntries(ladders.map((l) => [l.method, 0]));
   let current = await run(rungs);
   const path = [current];
-  for (let round = 1; current.speedup < target; round++) {
+  for (let round = 1; gainOf(current) < target; round++) {
     const steps = ladders.filter((l) => rungs[l.method] < l.settings.length).map((l) => ({ ...rungs, [l.method]: rungs[l.method] + 1 }));
     if (steps.length === 0) break;
     let pick: { rungs: Rungs; m: Measured; cost: number } | undefined;
     for (const next of steps) {
       const m = await run(next);
-      const gain = Math.log(m.speedup) - Math.log(current.speedup);
+      const gain = Math.log(gainOf(m)) - Math.log(gainOf(current));
       // PSNR lost per unit of log speed-up; a step that is not faster costs without bound.
       const cost = gain > 0 ? (current.psnr - m.psnr) / gain : Infinity;
-      if (!pick || cost < pick.cost || (cost === pick.cost && m.speedup > pick.m.speedup)) pick = { rungs: next, m, cost };
+      if (!pick || cost < pick.cost || (cost === pick.cost && gainOf(m) > gainOf(pick.m))) pick = { rungs: next, m, cost };
     }
     [rungs, current] = [pick!.rungs, pick!.m];
     path.push(current);
@@ -139,8 +146,8 @@ export async function climbToSpeedup(ladders: Ladder[], target: number, measure:
   return { measured: [...measured.values()], path };
 }
 
-/** The plans no other plan beats in both speed-up and PSNR, fastest last. */
-export function frontier(measured: Measured[]): Measured[] {
-  return measured.filter((a) => !measured.some((b) => b !== a && b.speedup >= a.speedup && b.psnr >= a.psnr && (b.speedup > a.speedup || b.psnr > a.psnr)))
-    .sort((a, b) => a.speedup - b.speedup);
+/** The plans no other plan beats in both speed-up (`gainOf`) and PSNR, fastest last. */
+export function frontier(measured: Measured[], gainOf: Gain = measuredGain): Measured[] {
+  const beats = (b: Measured, a: Measured) => gainOf(b) >= gainOf(a) && b.psnr >= a.psnr && (gainOf(b) > gainOf(a) || b.psnr > a.psnr);
+  return measured.filter((a) => !measured.some((b) => b !== a && beats(b, a))).sort((a, b) => gainOf(a) - gainOf(b));
 }
