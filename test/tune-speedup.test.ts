@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AccelSpec } from '../src/accel/index.ts';
-import { tune } from '../src/cli/tune.ts';
+import { tune, type TuneFlags } from '../src/cli/tune.ts';
 import { climbToSpeedup, composableSets, describePlan, frontier, methodLadders, type Ladder, type Measured } from '../src/tune/speedup.ts';
 import type { Precision } from '../src/graph/quantize.ts';
 import { tempDir } from './helpers/files.ts';
@@ -19,6 +19,13 @@ const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
 
 /** The ladders a U-Net takes, in the search's order. */
 const unetLadders = (calls: number, int8 = false) => methodLadders(calls, int8).filter((l) => ['deepcache', 'tgate', 'tome', 'int8'].includes(l.method));
+
+/** The search on the reference DiT, 10 steps, one class to tune on and one to check on: the plan file it wrote. */
+async function tuneReferenceDiT(dir: string, target: Pick<TuneFlags, 'speedup' | 'macSpeedup'>) {
+  const out = path.join(dir, 'plan.json');
+  await tune({ model: 'reference-dit', method: 'attn-reuse', steps: 10, reuse: 1, count: 1, epsilon: 0, seed: 0, out, maxRounds: 100, ...target });
+  return { out, plan: JSON.parse(fs.readFileSync(out, 'utf8')) };
+}
 
 test('the climb takes the step that loses the least PSNR per speed gained, stops at the target, and keeps every plan it measured', async () => {
   const ladders = unetLadders(20);
@@ -125,9 +132,7 @@ test('methods that cannot compose are searched in separate climbs: the largest s
 
 test('tune --speedup on the reference DiT searches its block caches one at a time and writes a plan generate runs as the same methods by hand', async (t) => {
   const dir = tempDir(t);
-  const out = path.join(dir, 'plan.json');
-  await tune({ model: 'reference-dit', method: 'attn-reuse', steps: 10, reuse: 1, count: 1, epsilon: 0, seed: 0, out, maxRounds: 100, speedup: 1.5 });
-  const plan = JSON.parse(fs.readFileSync(out, 'utf8'));
+  const { out, plan } = await tuneReferenceDiT(dir, { speedup: 1.5 });
   assert.equal(plan.model, 'reference-dit');
   assert.equal(plan.prompts.length, 1);
   assert.equal(plan.heldOut.length, 1);
@@ -192,10 +197,7 @@ test('a plan\'s precision applies unless --precision is given; two plans naming 
 });
 
 test('tune --mac-speedup: a MAC budget instead of a measured speed-up, fp32 plans only; one target at a time', async (t) => {
-  const dir = tempDir(t);
-  const out = path.join(dir, 'plan.json');
-  await tune({ model: 'reference-dit', method: 'attn-reuse', steps: 10, reuse: 1, count: 1, epsilon: 0, seed: 0, out, maxRounds: 100, macSpeedup: 1.8 });
-  const plan = JSON.parse(fs.readFileSync(out, 'utf8'));
+  const { plan } = await tuneReferenceDiT(tempDir(t), { macSpeedup: 1.8 });
   assert.equal(plan.targetKind, 'MACs');
   assert.equal(plan.precision, 'fp32');
   assert.ok(plan.macSpeedup >= 1.8 || plan.frontier.every((m: { macSpeedup: number }) => m.macSpeedup < 1.8), `MAC speed-up ${plan.macSpeedup}`);

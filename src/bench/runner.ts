@@ -48,13 +48,16 @@ export interface BenchResult {
 export interface BenchRunner {
   /** What it generates: "text-to-image" or "class-to-image". */
   kind: string;
-  /** DiT: how many classes it has. */
-  classes?: number;
   defaultSize: number;
   /** A DiT's size is fixed by its configuration. */
   fixedSize?: number;
   /** Whether a prompt conditions the image (a DiT uses it only where it names a class). */
   usesPrompt(prompt: string): boolean;
+  /**
+   * DiT, for a prompt that names no class: the class of sample `index` of `count`, spread over its
+   * classes (undefined where the prompt names one, or the model takes text).
+   */
+  spreadClass?(prompt: string, index: number, count: number): number[] | undefined;
   run(request: BenchRequest): Promise<BenchResult>;
   release(): Promise<void>;
 }
@@ -66,12 +69,14 @@ export async function openRunner(model: string, options: Omit<RuntimeOptions, 'd
     const dit = loadDiTPipeline(folder, options);
     const c = dit.transformer.model.config;
     const size = c.sampleSize * dit.vae.model.downsampleFactor;
+    const spread = (index: number, count: number) => Math.floor((index * c.numClasses) / count);
     const classes = (r: BenchRequest) => {
       const named = dit.labels.get(r.prompt);
-      return Array.from({ length: r.batch }, (_, i) => named ?? Math.floor((i * c.numClasses) / r.batch));
+      return Array.from({ length: r.batch }, (_, i) => named ?? spread(i, r.batch));
     };
     return {
-      kind: 'class-to-image', classes: c.numClasses, defaultSize: size, fixedSize: size, usesPrompt: (prompt) => dit.labels.has(prompt),
+      kind: 'class-to-image', defaultSize: size, fixedSize: size, usesPrompt: (prompt) => dit.labels.has(prompt),
+      spreadClass: (prompt, index, count) => (dit.labels.has(prompt) ? undefined : [spread(index, count)]),
       run: (r) => dit.generate({ classLabels: r.classLabels ?? classes(r), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
         accel: r.accel, plans: r.plans, output: r.output }),
       release: () => dit.release(),

@@ -59,7 +59,7 @@ export interface TuneFlags {
 const TUNABLE = ['attn-reuse', 'teacache'];
 /** PSNR of identical images is infinite; capped so means stay finite. */
 const PSNR_CAP = 100;
-/** tune --speedup times a plan's images again (up to MAX_REPEATS runs, the fastest kept) while they take less than this. */
+/** tune --speedup (a measured target) times a plan's images again (up to MAX_REPEATS runs, the fastest kept) while they take less than this. */
 const SHORT_RUN_SECONDS = 2;
 const MAX_REPEATS = 3;
 
@@ -163,8 +163,10 @@ function searchSamples(f: TuneFlags, folder: PipelineFolder, runner: BenchRunner
     throw new InputError(f.prompts === undefined ? '--count' : '--prompts', `${count} ${unit} to tune on and ${count} others to check the plan on`,
       `at least ${2 * count} ${unit}`, `${all.length}`);
   }
-  const samples = all.map((prompt, i): Sample => runner.classes !== undefined && !runner.usesPrompt(prompt)
-    ? { prompt: `class ${Math.floor((i * runner.classes) / all.length)}`, classLabels: [Math.floor((i * runner.classes) / all.length)] } : { prompt });
+  const samples = all.map((prompt, i): Sample => {
+    const classLabels = runner.spreadClass?.(prompt, i, all.length);
+    return classLabels ? { prompt: `class ${classLabels[0]}`, classLabels } : { prompt };
+  });
   if (runner.kind !== 'class-to-image') return { tuning: samples.slice(0, count), heldOut: samples.slice(count) };
   return { tuning: samples.filter((_, i) => i % 2 === 0), heldOut: samples.filter((_, i) => i % 2 === 1) };
 }
@@ -217,12 +219,14 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
       width: counter.width, height: counter.height, batch: 1, accel,
     });
     // Seconds of denoising (what the methods change), the MACs it ran (adaptive methods decide as they go) and the images, over a set of samples.
+    // Timings steer only a measured target: with a MAC budget each set runs once.
+    const repeats = target.gain === measuredGain ? MAX_REPEATS : 1;
     const run = async (samples: Sample[], accel: AccelSpec[], precision: Precision = 'fp32') => {
       const runner = await runnerAt(precision);
       let [seconds, macs] = [Infinity, 0];
       let images: GeneratedImage[] = [];
       // Short runs are mostly timing noise: repeated (same images) and the fastest kept.
-      for (let repeat = 0; repeat < MAX_REPEATS && (repeat === 0 || seconds < SHORT_RUN_SECONDS); repeat++) {
+      for (let repeat = 0; repeat < repeats && (repeat === 0 || seconds < SHORT_RUN_SECONDS); repeat++) {
         [macs, images] = [0, []];
         let total = 0;
         for (const [i, sample] of samples.entries()) {

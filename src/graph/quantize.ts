@@ -5,7 +5,6 @@
  * uint8 scale per tensor (DynamicQuantizeLinear), so no calibration set is needed. uint8 × int8 is
  * the product MLAS runs on VNNI (measured on this CPU on SD 1.5 shapes: 3×3 convs 1.7–2.6×, large
  * linears 2–2.8× the fp32 kernels; per-layer SNR 46–52 dB).
-
  */
 import { OnnxDataType, type TensorProto } from './onnx-proto.ts';
 import type { WeightRef } from './builder.ts';
@@ -44,6 +43,11 @@ export function quantizeRows(w: Float32Array, rows: number, inner: number, kerne
     }
   }
   return { weight, scale };
+}
+
+/** Bytes of a parameter's two initializers: its int8 weight and one float32 scale per row. */
+export function quantizedBytes(p: QuantizedParam): number {
+  return p.rows * (p.inner * p.kernel + 4);
 }
 
 /**

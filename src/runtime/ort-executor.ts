@@ -7,7 +7,7 @@ import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
 import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource, type WeightRef } from '../graph/builder.ts';
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
-import { PRECISIONS, quantizationKey, quantizedInitializers, type Precision } from '../graph/quantize.ts';
+import { PRECISIONS, quantizationKey, quantizedBytes, quantizedInitializers, type Precision } from '../graph/quantize.ts';
 import { bfloat16ToFloat32, float16ToFloat32 } from '../graph/half.ts';
 import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
@@ -239,7 +239,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     folder = folders.values().next().value;
     const model = g.toModel((file) => baseName(realPaths.get(file) ?? file));
     weightBytes = model.graph.initializers.reduce((sum, t) => sum + (t.external?.length ?? t.raw?.length ?? 0), 0) +
-      params.reduce((sum, p) => sum + p.rows * (p.inner * p.kernel + 4), 0);
+      params.reduce((sum, p) => sum + quantizedBytes(p), 0);
     modelBytes = async () => encodeModel(await withQuantized(model));
     keyBytes = params.every((p) => p.ref.location) ? async () => {
       const [plain, scheme] = [encodeModel(model), quantizationKey(params)];

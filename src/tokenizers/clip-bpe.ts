@@ -170,17 +170,24 @@ export class ClipTokenizer {
           tokens.push(part);
           continue;
         }
-        for (const piece of part.match(CLIP_PIECES) ?? []) {
-          for (const word of piece.match(GPT2_PIECES) ?? []) {
-            for (const token of this.bpe(Array.from(UTF8.encode(word), (b) => BYTE_CHARS[b]).join(''))) {
-              tokens.push(this.files.vocab.has(token) || this.files.added.has(token) ? token : this.files.unk);
-            }
-          }
-        }
+        tokens.push(...this.modelTokens(part));
       }
     }
     tokens.push(this.files.eos);
     return tokens.map((t) => this.idOf(t) ?? this.unkId!);
+  }
+
+  /** Normalized text outside added tokens: CLIP's and GPT-2's splits, byte-level characters, BPE; a token the vocabulary lacks is the unknown token. */
+  private modelTokens(part: string): string[] {
+    const tokens: string[] = [];
+    for (const piece of part.match(CLIP_PIECES) ?? []) {
+      for (const word of piece.match(GPT2_PIECES) ?? []) {
+        for (const token of this.bpe(Array.from(UTF8.encode(word), (b) => BYTE_CHARS[b]).join(''))) {
+          tokens.push(this.files.vocab.has(token) || this.files.added.has(token) ? token : this.files.unk);
+        }
+      }
+    }
+    return tokens;
   }
 
   /** An added token's id over the vocabulary's. */

@@ -84,8 +84,7 @@ export async function calibrateTeaCache(r: CalibrationRequest): Promise<Calibrat
     for (let i = 0; i < r.prompts.length; i++) {
       const { plan, samples } = teaCacheRecorder();
       // A DiT: the class the prompt names, else one class per run spread over its classes.
-      const spread = pipeline.classes !== undefined && !pipeline.usesPrompt(r.prompts[i]);
-      const classLabels = spread ? [Math.floor((i * pipeline.classes!) / r.prompts.length)] : undefined;
+      const classLabels = pipeline.spreadClass?.(r.prompts[i], i, r.prompts.length);
       await pipeline.run({ prompt: r.prompts[i], seed: r.seed + i, steps: r.steps, guidanceScale: r.guidance, scheduler: r.scheduler, plans: [plan],
         width: pipeline.defaultSize, height: pipeline.defaultSize, batch: 1, classLabels, output: 'latent' });
       runs.push(samples);
