@@ -1,8 +1,8 @@
 """How much each part of a caption steers a reference pipeline: colour, shape and place.
 
-For one-object scenes (every position stated) noised at t = 500, 700, 900, the share by which the
-true caption lowers the epsilon error against the same caption with one attribute changed
-(another colour, shape or grid cell): (err(changed) - err(true)) / err(changed). 0 means the
+For one-object scenes (every position stated) noised at t = 500, 700, 900, 990, 999, the share by
+which the true caption lowers the prediction error (epsilon or v, as the pipeline's scheduler
+says) against the same caption with one attribute changed (another colour, shape or grid cell): (err(changed) - err(true)) / err(changed). 0 means the
 model ignores that attribute. Optionally fine-tunes the U-Net and text encoder on one-object
 scenes first, probing every --every steps (the experiment in docs/REFERENCE_MODEL.md).
 
@@ -23,7 +23,7 @@ import scenes  # noqa: E402
 import train  # noqa: E402
 from diffusers import DDPMScheduler, StableDiffusionPipeline  # noqa: E402
 
-PROBE_TIMESTEPS = (500, 700, 900)
+PROBE_TIMESTEPS = (500, 700, 900, 990, 999)
 
 
 def one_object_scene(rng):
@@ -59,6 +59,7 @@ def main():
     vae, text_encoder, unet, tokenizer = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
     alphas = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
     scaling = vae.config.scaling_factor
+    prediction = pipe.scheduler.config.prediction_type
 
     rng = np.random.default_rng(123)
     probe = [one_object_scene(rng) for _ in range(args.count)]
@@ -78,7 +79,8 @@ def main():
             noise = torch.randn(latents.shape, generator=gen)
             noisy = alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * noise
             steps = torch.full((len(latents),), t)
-            err = lambda ctx: float(((unet(noisy, steps, ctx).sample - noise) ** 2).mean())  # noqa: E731
+            target = train.training_target(prediction, alphas[t], latents, noise)
+            err = lambda ctx: float(((unet(noisy, steps, ctx).sample - target) ** 2).mean())  # noqa: E731
             true = err(context)
             out[t] = {a: round((err(c) - true) / err(c), 3) for a, c in others.items()}
         text_encoder.train()
@@ -109,7 +111,8 @@ def main():
         a = alphas[t].view(-1, 1, 1, 1)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text_encoder(ids).last_hidden_state).sample
-        loss = (train.x0_weight(a, 20) * (pred.float() - noise) ** 2).mean()
+        target = train.training_target(prediction, a, x0, noise)
+        loss = (train.loss_weight(prediction, a, 20) * (pred.float() - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
