@@ -2,8 +2,8 @@
 
 For one-object scenes (every position stated) noised at t = 500, 700, 900, 990, 999, the share by
 which the true caption lowers the prediction error (epsilon or v, as the pipeline's scheduler
-says) against the same caption with one attribute changed (another colour, shape or grid cell): (err(changed) - err(true)) / err(changed). 0 means the
-model ignores that attribute. Optionally fine-tunes the U-Net and text encoder on one-object
+says) against the same caption with one attribute changed (another colour, shape or grid cell):
+(err(changed) - err(true)) / err(changed). 0 means the model ignores that attribute. Optionally fine-tunes the U-Net and text encoder on one-object
 scenes first, probing every --every steps (the experiment in docs/REFERENCE_MODEL.md).
 
     source <refenv>/env.sh
@@ -82,7 +82,7 @@ def main():
             target = train.training_target(prediction, alphas[t], latents, noise)
             err = lambda ctx: float(((unet(noisy, steps, ctx).sample - target) ** 2).mean())  # noqa: E731
             true = err(context)
-            out[t] = {a: round((err(c) - true) / err(c), 3) for a, c in others.items()}
+            out[t] = {a: round(1 - true / err(c), 3) for a, c in others.items()}
         text_encoder.train()
         unet.train()
         return out
@@ -111,8 +111,7 @@ def main():
         a = alphas[t].view(-1, 1, 1, 1)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text_encoder(ids).last_hidden_state).sample
-        target = train.training_target(prediction, a, x0, noise)
-        loss = (train.loss_weight(prediction, a, 20) * (pred.float() - target) ** 2).mean()
+        loss = train.prediction_loss(pred, prediction, a, x0, noise, 20)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

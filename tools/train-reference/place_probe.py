@@ -68,7 +68,7 @@ def main():
         err = lambda ids: float(((unet(noise + ramps, timesteps(len(ids)), text_encoder(ids).last_hidden_state).sample + probe_latents) ** 2).mean())  # noqa: E731
         true = err(probe_ids)
         unet.train()
-        return {a: round((err(ids) - true) / err(ids), 4) for a, ids in changed.items()}, round(true, 4)
+        return {a: round(1 - true / err(ids), 4) for a, ids in changed.items()}, round(true, 4)
 
     rng = np.random.default_rng(1)
     start = time.time()
@@ -80,8 +80,9 @@ def main():
             break
         _, latents, ids = scenes_batch(args.batch, rng)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            context = text_encoder(ids).last_hidden_state
-            pred = unet(torch.randn(latents.shape) + ramps, timesteps(len(ids)), context if args.joint else context.detach()).sample
+            with torch.set_grad_enabled(args.joint):
+                context = text_encoder(ids).last_hidden_state
+            pred = unet(torch.randn(latents.shape) + ramps, timesteps(len(ids)), context).sample
         loss = ((pred.float() + latents) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

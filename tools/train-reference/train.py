@@ -168,9 +168,11 @@ def training_timesteps(count, batch, high_noise_share, gen):
     return t
 
 
-def loss_weight(prediction, alpha_bar, cap):
-    # The v MSE is already the x0 MSE / (1 - a): it weighs the high-noise steps as much as the rest.
-    return 1.0 if prediction == 'v_prediction' else x0_weight(alpha_bar, cap)
+def prediction_loss(pred, prediction, alpha_bar, latents, noise, cap):
+    """The weighted MSE of a U-Net output against its training target. The v MSE is already the x0 MSE / (1 - a),
+    weighing the high-noise steps as much as the rest; the epsilon MSE is weighted by x0_weight."""
+    weight = 1.0 if prediction == 'v_prediction' else x0_weight(alpha_bar, cap)
+    return (weight * (pred.float() - training_target(prediction, alpha_bar, latents, noise)) ** 2).mean()
 
 
 GAIN_TIMESTEPS = (300, 500, 700, 900, 990)
@@ -238,8 +240,7 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
             context = text_encoder(batch_ids).last_hidden_state
             pred = unet(noisy, t, context).sample
-        target = training_target(args.prediction, a, latents, noise)
-        loss = (loss_weight(args.prediction, a, args.snr_cap) * (pred.float() - target) ** 2).mean()
+        loss = prediction_loss(pred, args.prediction, a, latents, noise, args.snr_cap)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -342,6 +343,8 @@ def main():
     ap.add_argument('--threads', type=int, default=os.cpu_count())
     ap.add_argument('--no-bf16', dest='bf16', action='store_false', help='fp32 instead of bf16 autocast')
     args = ap.parse_args()
+    if not 0 <= args.high_noise_share <= 1:
+        ap.error(f'--high-noise-share: expected a share from 0 to 1, found {args.high_noise_share}')
     if args.zero_terminal_snr and args.prediction != 'v_prediction':
         ap.error('--zero-terminal-snr needs --prediction v_prediction (epsilon says nothing about the image at zero SNR)')
     torch.set_num_threads(args.threads)
