@@ -61,9 +61,12 @@ test('an unknown command exits non-zero without a stack trace', () => {
   assert.doesNotMatch(r.stderr, /^\s+at /m);
 });
 
-test('--precision: bf16 is refused with the reason, int8 on webgpu is refused, and bench --fidelity stays fp32', () => {
-  assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'bf16'), '--precision', 'no bfloat16 matrix kernels on CPU', 'expected fp32 or int8', 'bf16');
-  assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'int8', '--device', 'webgpu'), '--precision: int8 runs on the CPU only');
+test('--precision: bf16 is refused with the reason, int8 on webgpu and fp16 on the CPU are refused, and bench --fidelity stays fp32', () => {
+  assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'bf16'), '--precision', 'no bfloat16 matrix kernels on CPU', 'expected fp32, int8 or fp16', 'bf16');
+  assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'int8', '--device', 'webgpu'), '--precision: int8 runs with device cpu only', 'integer kernels');
+  assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'fp16'), '--precision: fp16 runs with device webgpu only', 'no faster than fp32',
+    'expected fp32 or int8 with device cpu');
+  assertUserError(diffuse('serve', '--precision', 'fp16'), '--precision: fp16 runs with device webgpu only, and the service runs on the CPU');
   assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'int8', '--fidelity'), '--precision', 'fidelity sweep runs in fp32');
   assertUserError(diffuse('bench-unet', '--precision', 'fp32,int4'), '--precision', 'found "int4"');
 });

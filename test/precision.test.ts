@@ -8,6 +8,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../src/graph/builder.ts';
+import { float16ToFloat32 } from '../src/graph/half.ts';
+import { OnnxDataType } from '../src/graph/onnx-proto.ts';
+import { timestepEmbedding } from '../src/models/layers.ts';
 import { quantizeRows, type Precision } from '../src/graph/quantize.ts';
 import { psnr } from '../src/metrics/image.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
@@ -27,12 +30,48 @@ test('quantizeRows: one scale per output row (max |w| / 127), laid out [kernel p
   assert.deepEqual([...weight], [32, 0, 16, 0, -95, 0, 127, 0]);
 });
 
-test('parsePrecision names the option and says why bf16 and fp16 are not modes', () => {
+test('parsePrecision names the option and says why bf16 is not a mode; int8 runs on the CPU, fp16 on WebGPU', () => {
   assert.equal(parsePrecision('int8'), 'int8');
-  throwsInputError(() => parsePrecision('bf16', '--precision'), '--precision', 'no bfloat16 matrix kernels on CPU', 'fp32 or int8', 'bf16');
-  throwsInputError(() => parsePrecision('fp16'), 'precision', 'no faster than fp32');
-  throwsInputError(() => parsePrecision('int4'), 'precision: unknown precision; expected fp32 or int8, found "int4"');
-  throwsInputError(() => new OrtExecutor({ param: () => { throw new Error('unused'); } }, { device: 'webgpu', precision: 'int8' }), 'precision', 'CPU only');
+  throwsInputError(() => parsePrecision('bf16', '--precision'), '--precision', 'no bfloat16 matrix kernels on CPU', 'fp32, int8 or fp16', 'bf16');
+  throwsInputError(() => parsePrecision('int4'), 'precision: unknown precision; expected fp32, int8 or fp16, found "int4"');
+  const unused = { param: () => { throw new Error('unused'); } };
+  throwsInputError(() => new OrtExecutor(unused, { device: 'webgpu', precision: 'int8' }), 'precision', 'int8 runs with device cpu only');
+  throwsInputError(() => new OrtExecutor(unused, { precision: 'fp16' }), 'precision', 'fp16 runs with device webgpu only', 'no faster than fp32');
+});
+
+test('fp16 graphs compute in float16 between float32 inputs and outputs; the timestep embedding stays float32', (t) => {
+  const params = fileParams(tempDir(t), { 'fc.weight': new Float32Array(8 * 4), 'fc.bias': new Float32Array(8) });
+  const g = new GraphBuilder('half', params, 'mha', true, 'fp16');
+  const x = g.input('x', [1, 3, 4]);
+  const embedding = timestepEmbedding(g, g.input('timestep', [1]), 4, true, 1);
+  const masked = g.add(g.linear(x, 'fc', 8), g.scalar(-3.4028234663852886e38));
+  g.output(g.add(masked, g.reshape(g.linear(embedding, 'fc', 8), [1, 1, 8])), 'y');
+  const { graph } = g.toModel((f) => f);
+  assert.deepEqual([...graph.inputs, ...graph.outputs].map((v) => v.elemType), [OnnxDataType.FLOAT, OnnxDataType.FLOAT, OnnxDataType.FLOAT]);
+  const producer = new Map(graph.nodes.flatMap((n) => n.outputs.map((o) => [o, n])));
+  const castTo = (name: string) => {
+    const n = producer.get(name);
+    return n?.opType === 'Cast' ? (n.attributes.to as { value: number }).value : undefined;
+  };
+  // Both Gemms take float16 casts of their input and of the file's float32 weights (which ORT folds).
+  const gemms = graph.nodes.filter((n) => n.opType === 'Gemm');
+  assert.equal(gemms.length, 2);
+  const throughReshape = (name: string): string => (producer.get(name)?.opType === 'Reshape' ? producer.get(name)!.inputs[0] : name);
+  for (const gemm of gemms) assert.deepEqual(gemm.inputs.map((i) => castTo(throughReshape(i))), [OnnxDataType.FLOAT16, OnnxDataType.FLOAT16, OnnxDataType.FLOAT16]);
+  // One cast per value and precision: the shared weights are cast once.
+  assert.equal(new Set(gemms.flatMap((n) => n.inputs.slice(1))).size, 2);
+  // The sinusoid's angles are float32 (timestep 999 needs its resolution), its frequencies a float32 constant.
+  const constants = new Map(graph.initializers.filter((i) => i.raw).map((i) => [i.name, i]));
+  const sin = graph.nodes.find((n) => n.opType === 'Sin')!;
+  const angles = producer.get(sin.inputs[0])!;
+  assert.equal(angles.opType, 'Mul');
+  assert.ok(angles.inputs.some((name) => constants.get(name)?.dataType === OnnxDataType.FLOAT));
+  // A float constant outside it is float16, clamped to the largest finite half so a mask stays finite.
+  const halves = [...constants.values()].filter((c) => c.dataType === OnnxDataType.FLOAT16);
+  assert.deepEqual(halves.map((c) => [...float16ToFloat32(new Uint16Array(c.raw!.slice().buffer))]), [[-65504]]);
+  // The output is cast back to float32.
+  assert.equal(producer.get('y')!.opType, 'Cast');
+  assert.equal(castTo('y'), OnnxDataType.FLOAT);
 });
 
 /** ONNX DynamicQuantizeLinear: uint8, scale over [min(0, x), max(0, x)], zero point rounded half to even. */

@@ -161,7 +161,7 @@ test('a bad plan file is one line naming it, what was expected and what was foun
     ['{"accel": "tgate"}', /--accel @\S+: accel: missing or not a list; expected a list of methods as --accel takes them, found "tgate"/],
     ['{"accel": ["nosuch"]}', /--accel @\S+: accel: unknown method; expected .*tgate.*, found "nosuch"/],
     ['{"accel": [{"method": "deepcache", "params": {"cache_interval": 0}}]}', /--accel @\S+: accel deepcache:cache_interval: wrong value; expected an integer ≥ 1/],
-    ['{"accel": [], "precision": "bf16"}', /--accel @\S+: precision: unknown precision \(onnxruntime 1.30 has no bfloat16 matrix kernels on CPU\); expected fp32 or int8, found "bf16"/],
+    ['{"accel": [], "precision": "bf16"}', /--accel @\S+: precision: unknown precision \(onnxruntime 1.30 has no bfloat16 matrix kernels on CPU\); expected fp32, int8 or fp16, found "bf16"/],
   ];
   for (const [i, [text, message]] of cases.entries()) {
     const file = path.join(dir, `plan-${i}.json`);

@@ -2,8 +2,9 @@
  * `--device webgpu` in Node: onnxruntime-node's Dawn finds an adapter here only through a Vulkan
  * driver, Chromium's SwiftShader (VK_ICD_FILENAMES; .ci/run installs chromium and libvulkan1). The
  * reference model on WebGPU draws the CPU image within tolerance, segment outputs staying on the
- * device between segments; without an adapter, one line saying what to install. Skipped, saying
- * why, where the driver is absent outside CI.
+ * device between segments; without an adapter, one line saying what to install. --precision fp16
+ * needs shader-f16, which SwiftShader lacks and Mesa 25's lavapipe has (tools/lavapipe.sh unpacks
+ * it into .cache/lavapipe; .ci/run runs it). Skipped, saying why, where a driver is absent outside CI.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -21,10 +22,15 @@ const skip = (fs.existsSync(ICD) && LOADER.some((f) => fs.existsSync(f))) || pro
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
 /** Measured 52 dB (4 steps, CFG 7.5; 59 dB without CFG): float rounding through SwiftShader's own kernels. */
 const MIN_PSNR = 45;
+const LAVAPIPE = path.join(import.meta.dirname, '..', '.cache', 'lavapipe');
+const ON_LAVAPIPE = { VK_ICD_FILENAMES: path.join(LAVAPIPE, 'icd.json'), LD_LIBRARY_PATH: path.join(LAVAPIPE, 'lib') };
+const lavapipeSkip = fs.existsSync(ON_LAVAPIPE.VK_ICD_FILENAMES) || process.env.CI ? false : 'no lavapipe here (bash tools/lavapipe.sh)';
+/** Measured 50.0 dB (4 steps, CFG 7.5) against the CPU's fp32 image. */
+const MIN_HALF_PSNR = 40;
 
-function generate(cwd: string, out: string, device: string, env: Record<string, string> = {}) {
+function generate(cwd: string, out: string, device: string, env: Record<string, string> = {}, flags: string[] = []) {
   return spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a blue square on the right', '--seed', '5', '--steps', '4',
-    '--device', device, '--out', out], { cwd, encoding: 'utf8', timeout: 300_000, env: { ...process.env, XDG_RUNTIME_DIR: cwd, ...env } });
+    '--device', device, '--out', out, ...flags], { cwd, encoding: 'utf8', timeout: 300_000, env: { ...process.env, XDG_RUNTIME_DIR: cwd, ...env } });
 }
 
 test('generate --device webgpu on SwiftShader draws the CPU image', { skip }, (t) => {
@@ -48,5 +54,42 @@ test('without a WebGPU adapter, --device webgpu is one line saying what to insta
   assert.match(lines[0], /--device webgpu.*could not start WebGPU.*libvulkan1.*VK_ICD_FILENAMES/);
   // Dawn prints its own Vulkan warnings (with C++ source lines) before ours; no JS stack, no abort.
   assert.doesNotMatch(run.stderr, /terminate called|\.ts:\d+|node:internal/);
+  assert.ok(!fs.existsSync(path.join(cwd, 'none.png')));
+});
+
+test('--precision fp16 on lavapipe computes in float16 and draws the CPU image within tolerance', { skip: lavapipeSkip }, (t) => {
+  const cwd = tempDir(t);
+  const half = generate(cwd, 'half.png', 'webgpu', ON_LAVAPIPE, ['--precision', 'fp16']);
+  assert.equal(half.status, 0, half.stderr);
+  const full = generate(cwd, 'full.png', 'webgpu', ON_LAVAPIPE);
+  assert.equal(full.status, 0, full.stderr);
+  const cpu = generate(cwd, 'cpu.png', 'cpu');
+  assert.equal(cpu.status, 0, cpu.stderr);
+  const [halfImage, fullImage, cpuImage] = ['half.png', 'full.png', 'cpu.png'].map((f) => readImage(path.join(cwd, f)).data);
+  const value = psnr(halfImage, cpuImage);
+  assert.ok(value >= MIN_HALF_PSNR, `WebGPU fp16 vs CPU fp32: ${value.toFixed(1)} dB`);
+  // Same adapter, same kernels but for the arithmetic: the float16 image is its own.
+  assert.ok(psnr(halfImage, fullImage) < 80, 'fp16 drew the fp32 image: float16 was not used');
+  // Segment inputs and outputs stay float32: the same transfers as fp32.
+  assert.match(half.stderr, /webgpu: per denoising step 1\.0 copies to the CPU \(8\.0 KiB\), 2\.\d to the GPU/);
+  // A method composes with it: attention-map reuse, whose stored maps are float16 segment outputs and inputs (measured 54 dB).
+  const reuse = ['--accel', 'attn-reuse'];
+  const halfReuse = generate(cwd, 'half-reuse.png', 'webgpu', ON_LAVAPIPE, ['--precision', 'fp16', ...reuse]);
+  assert.equal(halfReuse.status, 0, halfReuse.stderr);
+  assert.match(halfReuse.stderr, /attn-reuse: .* attention maps reused/);
+  const cpuReuse = generate(cwd, 'cpu-reuse.png', 'cpu', {}, reuse);
+  assert.equal(cpuReuse.status, 0, cpuReuse.stderr);
+  const reused = psnr(readImage(path.join(cwd, 'half-reuse.png')).data, readImage(path.join(cwd, 'cpu-reuse.png')).data);
+  assert.ok(reused >= MIN_HALF_PSNR, `attn-reuse, WebGPU fp16 vs CPU fp32: ${reused.toFixed(1)} dB`);
+});
+
+test('--precision fp16 on an adapter without shader-f16 (SwiftShader) is one line before the first step, exit 2', { skip }, (t) => {
+  const cwd = tempDir(t);
+  const run = generate(cwd, 'none.png', 'webgpu', { VK_ICD_FILENAMES: ICD }, ['--precision', 'fp16']);
+  assert.equal(run.status, 2, run.stderr);
+  const lines = run.stderr.split('\n').filter((l) => l.startsWith('diffuse:'));
+  assert.equal(lines.length, 1, run.stderr);
+  assert.match(lines[0], /--precision: fp16 needs a WebGPU adapter with shader-f16.*expected fp32 on this adapter.*lavapipe/);
+  assert.doesNotMatch(run.stderr, /terminate called|\.ts:\d+|node:internal|step 1\//);
   assert.ok(!fs.existsSync(path.join(cwd, 'none.png')));
 });

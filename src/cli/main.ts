@@ -84,9 +84,17 @@ function oneOf<T extends string>(flag: string, values: readonly T[]) {
   };
 }
 
-const PRECISION_HELP = 'the denoiser\'s arithmetic: fp32, or int8 (8-bit linear layers and convolutions, activations quantized at run time; CPU only). ' +
-  'Text encoders and the VAE stay fp32';
+const INT8_HELP = 'int8 (8-bit linear layers and convolutions, activations quantized at run time; CPU only)';
+const PRECISION_HELP = `the denoiser's arithmetic: fp32; ${INT8_HELP}; or fp16 (half precision as torch's autocast: --device webgpu, ` +
+  'on an adapter with shader-f16). Text encoders and the VAE stay fp32';
+const SERVICE_PRECISION_HELP = `the denoiser's arithmetic (the service runs on the CPU): fp32 or ${INT8_HELP}`;
 const precisionFlag = (value: string): Precision => parsePrecision(value, '--precision');
+/** serve and worker run on the CPU: fp16 is refused when the flag is read, not by every job. */
+const servicePrecisionFlag = (value: string): Precision => {
+  const precision = precisionFlag(value);
+  if (precision === 'fp16') throw new InputError('--precision', 'fp16 runs with device webgpu only, and the service runs on the CPU', 'fp32 or int8', value);
+  return precision;
+};
 const precisionList = (value: string): Precision[] => [...new Set(value.split(',').map(precisionFlag))];
 
 /** `--scheduler NAME`, for generate and bench alike. */
@@ -254,7 +262,7 @@ export function buildProgram(): Command {
     .option('--cache <dir>', 'presets without --dry-run: where their seeded random-weight folders are kept (PixArt: 12 GB with T5-XXL)', '.cache/bench')
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
-    .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32 or int8 (default: a plan file\'s, else fp32; the baseline stays fp32)', precisionFlag)
+    .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32, int8 or fp16 (default: a plan file\'s, else fp32; the baseline stays fp32)', precisionFlag)
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON (- for stdout)')
     .option('--fidelity', 'a sweep of settings over a prompt file: speed-up, PSNR/SSIM against the baseline, adherence, fewer-steps baselines', false)
@@ -342,7 +350,7 @@ export function buildProgram(): Command {
     .option('--results <dir>', 'where finished images are written', 'diffuse-results')
     .option('--workers <n>', 'worker threads here, one job at a time each, each with its own copy of the models it has run (default: 1; 0 with --redis)', count('--workers', 64))
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates (requests cannot set it)', positiveInt('--threads', MAX_THREADS), 1)
-    .option('--precision <mode>', `${PRECISION_HELP} (for every job of this process's workers; requests cannot set it)`, precisionFlag, 'fp32')
+    .option('--precision <mode>', `${SERVICE_PRECISION_HELP} (for every job of this process's workers; requests cannot set it)`, servicePrecisionFlag, 'fp32')
     .option('--token <token>', 'bearer token required on /v1 and /metrics (default: $DIFFUSE_TOKEN); at least 16 characters')
     .option('--rate <n>', 'jobs per minute one client may submit', positiveInt('--rate', 1_000_000), 120)
     .option('--redis <url>', 'queue jobs in Redis (redis://host:port) for `diffuse worker` processes on any machine, instead of in this process')
@@ -363,7 +371,7 @@ export function buildProgram(): Command {
     .option('--results <dir>', 'where finished images are written: the folder the server reads (shared between machines)', 'diffuse-results')
     .option('--workers <n>', 'worker threads, one job at a time each', positiveInt('--workers', 64), 1)
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates', positiveInt('--threads', MAX_THREADS), 1)
-    .option('--precision <mode>', `${PRECISION_HELP} (for every job this worker runs)`, precisionFlag, 'fp32')
+    .option('--precision <mode>', `${SERVICE_PRECISION_HELP} (for every job this worker runs)`, servicePrecisionFlag, 'fp32')
     .option('--stall-seconds <n>', 'seconds without a lock renewal before another worker takes a job over (a worker that died)', positiveInt('--stall-seconds', 3600), DEFAULT_STALL_SECONDS)
     .action(async (opts) => {
       const { work } = await import('../serve/redis-worker.ts');

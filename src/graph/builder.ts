@@ -6,6 +6,7 @@
  * into the safetensors file) or shapes alone (MAC counting from a config, no weights).
  */
 import { OnnxDataType, type AttributeValue, type ModelProto, type NodeProto, type TensorProto, type ValueInfoProto } from './onnx-proto.ts';
+import { float32ToFloat16 } from './half.ts';
 import type { Precision, QuantizedParam } from './quantize.ts';
 
 export type DataType = 'float32' | 'float16' | 'int64' | 'int32' | 'int8' | 'uint8' | 'bool';
@@ -82,6 +83,9 @@ export class Value {
   }
 }
 
+/** The largest finite float16. */
+const HALF_MAX = 65504;
+
 const product = (dims: readonly number[]): number => dims.reduce((a, b) => a * b, 1);
 
 function broadcast(a: readonly number[], b: readonly number[], op: string): number[] {
@@ -116,9 +120,17 @@ export class GraphBuilder {
   largestActivationBytes = 0;
   /** The largest attention score matrix [B, H, Sq, Sk] in fp32 an attention op may hold. */
   attentionScoreBytes = 0;
-  /** The computation precision; fp16 parameters are cast to it inside the graph. */
-  readonly dtype: DataType = 'float32';
   usesContribOps = false;
+  /**
+   * `precision` fp16 computes in half precision the way torch's autocast does: a Value keeps the
+   * type a float32 graph would give it, and these float32 Values are held as float16. Graph inputs
+   * and outputs stay float32 (a cast at each end), parameters are cast where used (ORT folds it at
+   * session start), and float32() regions keep what needs the range or the resolution of float32.
+   * Parameters stored as float16 or bfloat16 are such Values too, in whichever precision.
+   */
+  private readonly halfValues = new Map<string, 'float16' | 'bfloat16'>();
+  private readonly casts = new Map<string, Value>();
+  private float32Depth = 0;
 
   /**
    * With `dynamicBatch`, axis 0 of every graph input and output is the symbolic dimension
@@ -133,6 +145,44 @@ export class GraphBuilder {
     readonly dynamicBatch = false,
     readonly precision: Precision = 'fp32',
   ) {}
+
+  /** Whether ops built now compute in float16. */
+  private get computesHalf(): boolean {
+    return this.precision === 'fp16' && this.float32Depth === 0;
+  }
+
+  /** Builds `body` in float32 whatever the precision (e.g. sinusoidal embeddings of timesteps up to 1000). */
+  float32<T>(body: () => T): T {
+    this.float32Depth++;
+    try {
+      return body();
+    } finally {
+      this.float32Depth--;
+    }
+  }
+
+  /** The name under which `v` has the type ops built now compute in: `v` itself or a cast of it (one per value and type). */
+  private operand(v: Value): string {
+    if (v.dtype !== 'float32') return v.name;
+    const held = this.halfValues.get(v.name) ?? 'float32';
+    const wanted = this.computesHalf ? 'float16' : 'float32';
+    if (held === wanted) return v.name;
+    const key = `${v.name}->${wanted}`;
+    let cast = this.casts.get(key);
+    if (!cast) {
+      cast = new Value(this.fresh('cast'), v.shape, wanted);
+      this.node('Cast', [v.name], [cast.name], { to: { kind: 'int', value: ONNX_TYPE[wanted] } });
+      this.casts.set(key, cast);
+    }
+    return cast.name;
+  }
+
+  /** A Value an op built now produces: a float32 one is held as float16 where ops compute in it. */
+  private result(hint: string, shape: readonly number[], dtype: DataType): Value {
+    const out = new Value(this.fresh(hint), shape, dtype);
+    if (dtype === 'float32' && this.computesHalf) this.halfValues.set(out.name, 'float16');
+    return this.produced(out);
+  }
 
   // ---- structure -------------------------------------------------------------------------
 
@@ -165,11 +215,19 @@ export class GraphBuilder {
     return v;
   }
 
+  /** The first `count` dims of `x` at run time (whatever its precision: no cast). */
+  private shapeOf(x: Value, count: number): Value {
+    const out = new Value(this.fresh('shape'), [count], 'int64');
+    this.node('Shape', [x.name], [out.name], { end: { kind: 'int', value: count } });
+    return out;
+  }
+
   /** Marks `v` as a graph output under `name` (an Identity keeps names stable). */
   output(v: Value, name: string): void {
     if (this.usedNames.has(name)) throw new Error(`graph ${this.name}: duplicate output ${name}`);
     this.usedNames.add(name);
-    this.node('Identity', [v.name], [name]);
+    if (this.halfValues.has(v.name)) this.node('Cast', [v.name], [name], { to: { kind: 'int', value: ONNX_TYPE.float32 } });
+    else this.node('Identity', [v.name], [name]);
     this.outputs.push(new Value(name, v.shape, v.dtype));
   }
 
@@ -186,9 +244,10 @@ export class GraphBuilder {
     const { key, ref } = this.paramSlice(localName, shape, start, end);
     const existing = this.initializers.get(key);
     if (existing) return existing.value;
-    const stored = new Value(key, ref.shape, ref.dtype === 'F32' ? 'float32' : 'float16');
+    // Cast where used into the precision ops compute in: ORT folds the cast at session start.
+    const value = new Value(key, ref.shape, 'float32');
+    if (ref.dtype !== 'F32') this.halfValues.set(key, ref.dtype === 'F16' ? 'float16' : 'bfloat16');
     this.usedNames.add(key);
-    const value = ref.dtype === 'F32' ? stored : this.cast(stored, this.dtype); // folded by ORT at session start
     this.initializers.set(key, { ref, value });
     return value;
   }
@@ -223,17 +282,23 @@ export class GraphBuilder {
     return { weight: new Value(weightName, [kernel * shape[1], rows], 'int8'), scale: new Value(scaleName, [rows], 'float32') };
   }
 
-  /** A small constant embedded in the model file. */
+  /**
+   * A small constant embedded in the model file; a float one in the precision ops built now compute
+   * in (in float16 clamped to its largest finite value, so a -3.4e38 mask stays finite).
+   */
   constant(data: Float32Array | BigInt64Array | Int32Array, shape: number[], hint = 'const'): Value {
     const dtype: DataType = data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : 'int32';
     if (data.length !== product(shape)) throw new Error(`constant ${hint}: ${data.length} values for shape [${shape}]`);
     const name = this.fresh(hint);
+    const half = data instanceof Float32Array && this.computesHalf;
+    const stored = half ? float32ToFloat16(data.map((x) => Math.min(Math.max(x, -HALF_MAX), HALF_MAX))) : data;
     this.constants.push({
       name,
       dims: shape,
-      dataType: ONNX_TYPE[dtype],
-      raw: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+      dataType: half ? OnnxDataType.FLOAT16 : ONNX_TYPE[dtype],
+      raw: new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength),
     });
+    if (half) this.halfValues.set(name, 'float16');
     return new Value(name, shape, dtype);
   }
 
@@ -258,10 +323,12 @@ export class GraphBuilder {
 
   /** `out`, counted towards the largest tensor the graph produces. */
   private produced(out: Value): Value {
-    this.largestActivationBytes = Math.max(this.largestActivationBytes, out.size * DATA_TYPE_BYTES[out.dtype]);
+    const bytes = DATA_TYPE_BYTES[this.halfValues.has(out.name) ? 'float16' : out.dtype];
+    this.largestActivationBytes = Math.max(this.largestActivationBytes, out.size * bytes);
     return out;
   }
 
+  /** One node with one output; float inputs enter in the precision ops built now compute in. */
   private op(
     opType: string,
     inputs: Value[],
@@ -270,9 +337,10 @@ export class GraphBuilder {
     attributes: Record<string, AttributeValue> = {},
     domain?: string,
   ): Value {
-    const out = new Value(this.fresh(opType.toLowerCase()), shape, dtype);
-    this.node(opType, inputs.map((v) => v.name), [out.name], attributes, domain);
-    return this.produced(out);
+    const names = inputs.map((v) => this.operand(v));
+    const out = this.result(opType.toLowerCase(), shape, dtype);
+    this.node(opType, names, [out.name], attributes, domain);
+    return out;
   }
 
   // ---- elementwise -----------------------------------------------------------------------
@@ -354,7 +422,11 @@ export class GraphBuilder {
     return this.op('Clip', [x, this.scalar(min), this.scalar(max)], x.shape, x.dtype);
   }
   cast(x: Value, to: DataType): Value {
-    return this.op('Cast', [x], x.shape, to, { to: { kind: 'int', value: ONNX_TYPE[to] } });
+    if (x.dtype === to) return x;
+    const out = this.result('cast', x.shape, to);
+    const held = this.halfValues.has(out.name) ? 'float16' : to;
+    this.node('Cast', [x.name], [out.name], { to: { kind: 'int', value: ONNX_TYPE[held] } });
+    return out;
   }
 
   // ---- shape -----------------------------------------------------------------------------
@@ -380,12 +452,13 @@ export class GraphBuilder {
   /** Splits `x` along `axis` into pieces of the given sizes. */
   split(x: Value, axis: number, sizes: number[]): Value[] {
     const a = axis < 0 ? x.rank + axis : axis;
+    const input = this.operand(x);
     const outs = sizes.map((s) => {
       const shape = [...x.shape];
       shape[a] = s;
-      return new Value(this.fresh('split'), shape, x.dtype);
+      return this.result('split', shape, x.dtype);
     });
-    this.node('Split', [x.name, this.shapeConst(sizes).name], outs.map((o) => o.name), { axis: { kind: 'int', value: a } });
+    this.node('Split', [input, this.shapeConst(sizes).name], outs.map((o) => o.name), { axis: { kind: 'int', value: a } });
     return outs;
   }
   /** x[..., start:end, ...] along one axis. */
@@ -422,7 +495,7 @@ export class GraphBuilder {
    * batch, so segments stay batch-polymorphic).
    */
   expandToBatch(x: Value, like: Value, rest: number[]): Value {
-    const batch = this.op('Shape', [like], [1], 'int64', { end: { kind: 'int', value: 1 } });
+    const batch = this.shapeOf(like, 1);
     return this.op('Expand', [x, this.concat([batch, this.shapeConst(rest)], 0)], [like.shape[0], ...rest], x.dtype);
   }
   /** x [..., 1] repeated along its last axis to [..., n] (a broadcasting Expand: the batch stays as it is). */
@@ -433,9 +506,10 @@ export class GraphBuilder {
   /** The k largest values along the last axis, sorted descending; ties keep the lower index first. */
   topK(x: Value, k: number): { values: Value; indices: Value } {
     const shape = [...x.shape.slice(0, -1), k];
-    const values = new Value(this.fresh('topk_values'), shape, x.dtype);
-    const indices = new Value(this.fresh('topk_indices'), shape, 'int64');
-    this.node('TopK', [x.name, this.shapeConst([k]).name], [values.name, indices.name], {
+    const input = this.operand(x);
+    const values = this.result('topk_values', shape, x.dtype);
+    const indices = this.result('topk_indices', shape, 'int64');
+    this.node('TopK', [input, this.shapeConst([k]).name], [values.name, indices.name], {
       axis: { kind: 'int', value: -1 }, largest: { kind: 'int', value: 1 }, sorted: { kind: 'int', value: 1 },
     });
     return { values, indices };
@@ -584,15 +658,17 @@ export class GraphBuilder {
   /** torch's F.interpolate(mode="nearest") to a target size (src = floor(dst · in/out)). */
   resizeNearest(x: Value, height: number, width: number): Value {
     const [n, c] = x.shape;
-    const empty = this.constant(new Float32Array(0), [0], 'roi');
     // Target sizes: the input's own batch and channels, then the new height and width.
-    const batchChannels = this.op('Shape', [x], [2], 'int64', { end: { kind: 'int', value: 2 } });
+    const batchChannels = this.shapeOf(x, 2);
     const sizes = this.concat([batchChannels, this.shapeConst([height, width])], 0);
-    return this.op('Resize', [x, empty, empty, sizes], [n, c, height, width], x.dtype, {
+    const input = this.operand(x);
+    const out = this.result('resize', [n, c, height, width], x.dtype);
+    this.node('Resize', [input, '', '', sizes.name], [out.name], { // no roi, no scales
       mode: { kind: 'string', value: 'nearest' },
       coordinate_transformation_mode: { kind: 'string', value: 'asymmetric' },
       nearest_mode: { kind: 'string', value: 'floor' },
     });
+    return out;
   }
 
   // ---- normalisation ---------------------------------------------------------------------
@@ -666,11 +742,12 @@ export class GraphBuilder {
       const macs = 2 * b * heads * sq * sk * headDim;
       this.macs.attention += macs;
       this.heavyOps.push({ op: 'attention', q: [...q.shape], k: [...k.shape], heads, macs });
-      const out = this.produced(new Value(this.fresh('mha'), [b, sq, dim], q.dtype));
-      this.attentionScoreBytes = Math.max(this.attentionScoreBytes, b * heads * sq * sk * 4);
       // An additive bias goes in as MultiHeadAttention's attention_bias [B or 1, H or 1, Sq, Sk].
       const bias = options.bias && this.attentionBias(options.bias, sq, sk);
-      this.node('MultiHeadAttention', [q.name, k.name, v.name, ...(bias ? ['', '', bias.name] : [])], [out.name], {
+      const inputs = [q, k, v, ...(bias ? [bias] : [])].map((x) => this.operand(x));
+      const out = this.result('mha', [b, sq, dim], q.dtype);
+      this.attentionScoreBytes = Math.max(this.attentionScoreBytes, b * heads * sq * sk * 4);
+      this.node('MultiHeadAttention', bias ? [...inputs.slice(0, 3), '', '', inputs[3]] : inputs, [out.name], {
         num_heads: { kind: 'int', value: heads },
         scale: { kind: 'float', value: scale },
       }, 'com.microsoft');

@@ -9,8 +9,9 @@
 import { OnnxDataType, type TensorProto } from './onnx-proto.ts';
 import type { WeightRef } from './builder.ts';
 
-export type Precision = 'fp32' | 'int8';
-export const PRECISIONS: readonly Precision[] = ['fp32', 'int8'];
+/** The denoiser's arithmetic: int8 is this file's (CPU); fp16 is src/graph/builder.ts's autocast (WebGPU). */
+export type Precision = 'fp32' | 'int8' | 'fp16';
+export const PRECISIONS: readonly Precision[] = ['fp32', 'int8', 'fp16'];
 
 /**
  * A parameter stored as int8 for a matrix product: `weight` [kernel·inner, rows] and `scale` [rows],

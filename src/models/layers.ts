@@ -98,10 +98,11 @@ export function timestepEmbedding(g: GraphBuilder, timesteps: Value, dim: number
   // frequency moves timestep 999's angle by 1e-4.
   const freqs = new Float32Array(half);
   for (let i = 0; i < half; i++) freqs[i] = Math.exp(Math.fround(Math.fround(lnMax * i) / divisor));
-  const args = g.mul(g.reshape(timesteps, [timesteps.shape[0], 1]), g.constant(freqs, [1, half], 'freqs'));
-  const sin = g.sin(args);
-  const cos = g.cos(args);
-  return g.concat(flipSinToCos ? [cos, sin] : [sin, cos], -1);
+  // Float32 at any precision, as diffusers does: float16 angles of timestep 999 are off by up to 0.25.
+  return g.float32(() => {
+    const args = g.mul(g.reshape(timesteps, [timesteps.shape[0], 1]), g.constant(freqs, [1, half], 'freqs'));
+    return g.concat(flipSinToCos ? [g.cos(args), g.sin(args)] : [g.sin(args), g.cos(args)], -1);
+  });
 }
 
 /**

@@ -33,6 +33,33 @@ export function withFullPrecision(options: RuntimeOptions): RuntimeOptions {
   return { ...options, precision: 'fp32' };
 }
 
+let halfPrecisionChecked: Promise<void> | undefined;
+
+/**
+ * fp16 needs a WebGPU adapter with shader-f16 (Chromium's SwiftShader has none), and ORT says so
+ * only when a float16 kernel first runs: one tiny float16 run tells, before any real work.
+ */
+function checkHalfPrecision(options: RuntimeOptions): Promise<void> {
+  halfPrecisionChecked ??= (async () => {
+    const g = new GraphBuilder('float16 probe', { param: (name) => { throw new Error(`no parameter ${name} in the probe`); } }, 'mha', false, 'fp16');
+    const x = g.input('x', [4]);
+    g.output(g.add(x, x), 'y');
+    const session = await createSession(g, { ...options, sessionCache: undefined }, false);
+    try {
+      const { y } = await session.run({ x: new ort.Tensor('float32', new Float32Array(4), [4]) });
+      y.dispose();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      if (!/requires f16/.test(message)) throw err;
+      throw new InputError('precision', 'fp16 needs a WebGPU adapter with shader-f16, and this one has none (Chromium\'s SwiftShader has none)',
+        'fp32 on this adapter, or a Vulkan driver with float16 shaders: a GPU\'s, or Mesa ≥ 25 lavapipe', 'fp16');
+    } finally {
+      await session.release();
+    }
+  })();
+  return halfPrecisionChecked;
+}
+
 /** Optimised models on disk, by a key of everything they depend on (src/runtime/session-cache.ts). */
 export interface SessionCache {
   key(model: Uint8Array, weightFiles: string[], options: string): string;
@@ -55,19 +82,23 @@ export interface SessionCacheEntry {
 }
 
 /**
- * Why a precision a user might expect is not offered: onnxruntime 1.30's CPU provider has no
- * bfloat16 MatMul, Gemm or Conv kernel, and its float16 ones run no faster than fp32 on x86
- * (measured: a 2×320×64² 3×3 conv 42.9 vs 41.6 ms, an 8192×320×2560 MatMul 66.8 vs 66.3 ms).
+ * Why a precision a user might expect is not offered, or not on a device: onnxruntime 1.30's CPU
+ * provider has no bfloat16 MatMul, Gemm or Conv kernel, and its float16 ones run no faster than
+ * fp32 on x86 (measured: a 2×320×64² 3×3 conv 42.9 vs 41.6 ms, an 8192×320×2560 MatMul 66.8 vs
+ * 66.3 ms); int8's products are CPU kernels.
  */
 const NOT_OFFERED: Record<string, string> = {
   bf16: 'onnxruntime 1.30 has no bfloat16 matrix kernels on CPU',
-  fp16: 'onnxruntime 1.30\'s float16 CPU kernels run no faster than fp32 on x86',
+};
+const DEVICE_OF: Partial<Record<Precision, { device: Device; why: string }>> = {
+  int8: { device: 'cpu', why: 'its integer kernels are CPU kernels' },
+  fp16: { device: 'webgpu', why: 'onnxruntime 1.30\'s float16 CPU kernels run no faster than fp32 on x86' },
 };
 
 export function parsePrecision(value: unknown, where = 'precision'): Precision {
   if (PRECISIONS.includes(value as Precision)) return value as Precision;
   const reason = typeof value === 'string' && Object.hasOwn(NOT_OFFERED, value) ? ` (${NOT_OFFERED[value]})` : '';
-  throw new InputError(where, `unknown precision${reason}`, PRECISIONS.join(' or '), describe(value));
+  throw new InputError(where, `unknown precision${reason}`, `${PRECISIONS.slice(0, -1).join(', ')} or ${PRECISIONS.at(-1)}`, describe(value));
 }
 
 /**
@@ -134,8 +165,10 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     if (t !== undefined && (!Number.isSafeInteger(t) || t < 1 || t > MAX_THREADS)) {
       throw new InputError('threads', 'wrong value', `an integer from 1 to ${MAX_THREADS}`, describe(t));
     }
-    if (options.precision !== undefined && parsePrecision(options.precision) !== 'fp32' && options.device === 'webgpu') {
-      throw new InputError('precision', `${options.precision} runs on the CPU only (its integer kernels are CPU kernels)`, 'fp32 with device webgpu', options.precision);
+    const needs = options.precision === undefined ? undefined : DEVICE_OF[parsePrecision(options.precision)];
+    if (needs && needs.device !== (options.device ?? 'cpu')) {
+      throw new InputError('precision', `${options.precision} runs with device ${needs.device} only (${needs.why})`,
+        `fp32${needs.device === 'cpu' ? '' : ' or int8'} with device ${options.device ?? 'cpu'}`, options.precision!);
     }
   }
 
@@ -190,6 +223,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   }
 
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
+    if (this.options.precision === 'fp16') await checkHalfPrecision(this.options);
     // One session per segment for every batch size: CFG and single-batch calls share it.
     const g = new GraphBuilder(name, this.params, attentionKindFor(this.options.device ?? 'cpu'), true, this.options.precision);
     const outputs = buildSegment(g, build, inputs, options);
