@@ -577,7 +577,7 @@ export class GraphBuilder {
       // One contrib op quantizes the activations and runs the uint8 × int8 product with the scales and bias.
       const { weight, scale } = this.quantizedRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
       out = this.produced(new Value(this.fresh('dynamicquantizematmul'), [product(rows), end - start], x.dtype));
-      const inputs = [flat.name, weight.name, scale.name, ...(biasValue ? ['', biasValue.name] : [])]; // '': no weight zero point
+      const inputs = [this.operand(flat), weight.name, scale.name, ...(biasValue ? ['', this.operand(biasValue)] : [])]; // '': no weight zero point
       this.node('DynamicQuantizeMatMul', inputs, [out.name], {}, 'com.microsoft');
     } else {
       // Gemm reads the [out, in] weight transposed as it is: MLAS prepacks it straight from the
@@ -623,7 +623,7 @@ export class GraphBuilder {
     const [n, c, h, w] = x.shape;
     const { weight, scale } = this.quantizedRows(`${name}.weight`, [outChannels, c, kernel, kernel], 0, outChannels);
     const [xq, xScale, xZero] = [new Value(this.fresh('xq'), x.shape, 'uint8'), new Value(this.fresh('x_scale'), [], 'float32'), new Value(this.fresh('x_zero'), [], 'uint8')];
-    this.node('DynamicQuantizeLinear', [x.name], [xq.name, xScale.name, xZero.name]);
+    this.node('DynamicQuantizeLinear', [this.operand(x)], [xq.name, xScale.name, xZero.name]);
     let nhwc = this.transpose(xq, [0, 2, 3, 1]);
     if (padding > 0) {
       const pads = this.shapeConst([0, padding, padding, 0, 0, padding, padding, 0]);
