@@ -158,13 +158,16 @@ def training_target(prediction, alpha_bar, latents, noise):
     return noise
 
 
-def training_timesteps(count, batch, high_noise_share, gen):
-    """Uniform timesteps, with `high_noise_share` of them from the noisiest tenth of the schedule: only there is
-    the image hidden, so only there does the caption have to say where the objects go."""
+def training_timesteps(count, batch, high_noise_share, pure_noise_share, gen):
+    """Uniform timesteps, with `high_noise_share` of them from the noisiest tenth of the schedule and then
+    `pure_noise_share` at its last step: only there is the image hidden, so only there does the caption have to say
+    where the objects go."""
     t = torch.randint(0, count, (batch,), generator=gen)
     if high_noise_share > 0:  # no extra draws otherwise: the default run stays the one that made the shipped model
         high = torch.rand(batch, generator=gen) < high_noise_share
         t[high] = torch.randint(count * 9 // 10, count, (int(high.sum()),), generator=gen)
+    if pure_noise_share > 0:
+        t[torch.rand(batch, generator=gen) < pure_noise_share] = count - 1
     return t
 
 
@@ -234,7 +237,7 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
         batch_ids[torch.rand(len(pick), generator=gen) < args.uncond] = empty
         latents = (latent_mean[pick] + latent_std[pick] * torch.randn(latent_mean[pick].shape, generator=gen)) * scaling
         noise = torch.randn(latents.shape, generator=gen)
-        t = training_timesteps(noise_schedule['num_train_timesteps'], len(pick), args.high_noise_share, gen)
+        t = training_timesteps(noise_schedule['num_train_timesteps'], len(pick), args.high_noise_share, args.pure_noise_share, gen)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
@@ -260,11 +263,8 @@ def train_unet(captions, latent_mean, latent_std, scaling, tokenizer, args, hist
     return ema_text, ema_unet
 
 
-LOSS_PANELS = [('vae', 'VAE reconstruction (L1 + MSE)'), ('unet', 'U-Net + text encoder: weighted epsilon MSE')]
-
-
-def loss_plot(history, path, panels=LOSS_PANELS):
-    """One panel per stage that ran (by default VAE reconstruction, U-Net epsilon MSE), log-scale loss against step, drawn with PIL."""
+def loss_plot(history, path, panels):
+    """One panel per (stage, title) that ran, log-scale loss against step, drawn with PIL."""
     panels = [(stage, title) for stage, title in panels if any(h['stage'] == stage for h in history)]
     width, height, pad = 450 * len(panels), 360, 50
     img = Image.new('RGB', (width, height), 'white')
@@ -336,6 +336,7 @@ def main():
     ap.add_argument('--beta-schedule', choices=sorted(NOISE_SCHEDULES), default='scaled_linear', help='training noise schedule')
     ap.add_argument('--prediction', choices=('epsilon', 'v_prediction'), default='epsilon', help='what the U-Net predicts')
     ap.add_argument('--high-noise-share', type=float, default=0, help='share of training timesteps drawn from the noisiest tenth')
+    ap.add_argument('--pure-noise-share', type=float, default=0, help='share of training timesteps set to the last (noisiest) step')
     ap.add_argument('--zero-terminal-snr', action='store_true', help='rescale the schedule so that its last step is pure noise (needs v_prediction)')
     ap.add_argument('--snr-cap', type=float, default=20, help='largest weight of the epsilon MSE at high noise (1: unweighted; epsilon only)')
     ap.add_argument('--gain-every', type=int, default=1000, help='steps between caption-gain probes on held-out scenes')
@@ -343,8 +344,9 @@ def main():
     ap.add_argument('--threads', type=int, default=os.cpu_count())
     ap.add_argument('--no-bf16', dest='bf16', action='store_false', help='fp32 instead of bf16 autocast')
     args = ap.parse_args()
-    if not 0 <= args.high_noise_share <= 1:
-        ap.error(f'--high-noise-share: expected a share from 0 to 1, found {args.high_noise_share}')
+    for flag, share in (('--high-noise-share', args.high_noise_share), ('--pure-noise-share', args.pure_noise_share)):
+        if not 0 <= share <= 1:
+            ap.error(f'{flag}: expected a share from 0 to 1, found {share}')
     if args.zero_terminal_snr and args.prediction != 'v_prediction':
         ap.error('--zero-terminal-snr needs --prediction v_prediction (epsilon says nothing about the image at zero SNR)')
     torch.set_num_threads(args.threads)
@@ -386,7 +388,8 @@ def main():
     with open(f'{args.log}-log.json', 'w') as f:
         json.dump({'command': ' '.join(sys.argv), 'settings': vars(args), 'minutes': total / 60, 'scaling_factor': scaling,
                    'torch': torch.__version__, 'weights_bytes': sum(sizes.values()), 'history': history}, f)
-    loss_plot(history, f'{args.log}-loss.png')
+    unet_loss = 'weighted epsilon MSE' if args.prediction == 'epsilon' else 'v MSE'
+    loss_plot(history, f'{args.log}-loss.png', [('vae', 'VAE reconstruction (L1 + MSE)'), ('unet', f'U-Net + text encoder: {unet_loss}')])
     sample_grid(args.out, scenes.held_out_captions(args.seed + 7, 12), f'{args.log}-samples.png')
     log('wrote the log, the loss plot and the sample grid')
 
