@@ -51,7 +51,7 @@ function checkHalfPrecision(options: RuntimeOptions): Promise<void> {
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       if (!/requires f16/.test(message)) throw err;
-      throw new InputError('precision', 'fp16 needs a WebGPU adapter with shader-f16, and this one has none (Chromium\'s SwiftShader has none)',
+      throw new InputError('precision', 'fp16 needs a WebGPU adapter with shader-f16, and this one has none (Chromium\'s SwiftShader, for one, has none)',
         'fp32 on this adapter, or a Vulkan driver with float16 shaders: a GPU\'s, or Mesa ≥ 25 lavapipe', 'fp16');
     } finally {
       await session.release();
