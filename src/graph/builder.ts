@@ -171,10 +171,14 @@ export class GraphBuilder {
     let cast = this.casts.get(key);
     if (!cast) {
       cast = new Value(this.fresh('cast'), v.shape, wanted);
-      this.node('Cast', [v.name], [cast.name], { to: { kind: 'int', value: ONNX_TYPE[wanted] } });
+      this.castNode(v.name, cast.name, wanted);
       this.casts.set(key, cast);
     }
     return cast.name;
+  }
+
+  private castNode(input: string, output: string, to: DataType): void {
+    this.node('Cast', [input], [output], { to: { kind: 'int', value: ONNX_TYPE[to] } });
   }
 
   /** A Value an op built now produces: a float32 one is held as float16 where ops compute in it. */
@@ -226,7 +230,7 @@ export class GraphBuilder {
   output(v: Value, name: string): void {
     if (this.usedNames.has(name)) throw new Error(`graph ${this.name}: duplicate output ${name}`);
     this.usedNames.add(name);
-    if (this.halfValues.has(v.name)) this.node('Cast', [v.name], [name], { to: { kind: 'int', value: ONNX_TYPE.float32 } });
+    if (this.halfValues.has(v.name)) this.castNode(v.name, name, 'float32');
     else this.node('Identity', [v.name], [name]);
     this.outputs.push(new Value(name, v.shape, v.dtype));
   }
@@ -424,8 +428,7 @@ export class GraphBuilder {
   cast(x: Value, to: DataType): Value {
     if (x.dtype === to) return x;
     const out = this.result('cast', x.shape, to);
-    const held = this.halfValues.has(out.name) ? 'float16' : to;
-    this.node('Cast', [x.name], [out.name], { to: { kind: 'int', value: ONNX_TYPE[held] } });
+    this.castNode(x.name, out.name, this.halfValues.has(out.name) ? 'float16' : to);
     return out;
   }
 
@@ -576,7 +579,7 @@ export class GraphBuilder {
     if (this.precision === 'int8') {
       // One contrib op quantizes the activations and runs the uint8 × int8 product with the scales and bias.
       const { weight, scale } = this.quantizedRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
-      out = this.produced(new Value(this.fresh('dynamicquantizematmul'), [product(rows), end - start], x.dtype));
+      out = this.result('dynamicquantizematmul', [product(rows), end - start], x.dtype);
       const inputs = [this.operand(flat), weight.name, scale.name, ...(biasValue ? ['', this.operand(biasValue)] : [])]; // '': no weight zero point
       this.node('DynamicQuantizeMatMul', inputs, [out.name], {}, 'com.microsoft');
     } else {
@@ -744,10 +747,11 @@ export class GraphBuilder {
       this.heavyOps.push({ op: 'attention', q: [...q.shape], k: [...k.shape], heads, macs });
       // An additive bias goes in as MultiHeadAttention's attention_bias [B or 1, H or 1, Sq, Sk].
       const bias = options.bias && this.attentionBias(options.bias, sq, sk);
-      const inputs = [q, k, v, ...(bias ? [bias] : [])].map((x) => this.operand(x));
+      const inputs = [q, k, v].map((x) => this.operand(x));
+      if (bias) inputs.push('', '', this.operand(bias)); // attention_bias is input 5: no projection bias, no key padding mask
       const out = this.result('mha', [b, sq, dim], q.dtype);
       this.attentionScoreBytes = Math.max(this.attentionScoreBytes, b * heads * sq * sk * 4);
-      this.node('MultiHeadAttention', bias ? [...inputs.slice(0, 3), '', '', inputs[3]] : inputs, [out.name], {
+      this.node('MultiHeadAttention', inputs, [out.name], {
         num_heads: { kind: 'int', value: heads },
         scale: { kind: 'float', value: scale },
       }, 'com.microsoft');
