@@ -61,7 +61,7 @@ test('an unknown command exits non-zero without a stack trace', () => {
   assert.doesNotMatch(r.stderr, /^\s+at /m);
 });
 
-test('--precision: bf16 is refused with the reason, int8 on webgpu and fp16 on the CPU are refused, and bench --fidelity stays fp32', () => {
+test('--precision: bf16 is refused with the reason, int8 on webgpu and fp16 on the CPU are refused (generate and bench), and bench --fidelity stays fp32', () => {
   assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'bf16'), '--precision', 'no bfloat16 matrix kernels on CPU', 'expected fp32, int8 or fp16', 'bf16');
   assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'int8', '--device', 'webgpu'), '--precision: int8 runs with device cpu only', 'integer kernels');
   assertUserError(diffuse('generate', '--prompt', 'x', '--precision', 'fp16'), '--precision: fp16 runs with device webgpu only', 'no faster than fp32',
@@ -69,4 +69,8 @@ test('--precision: bf16 is refused with the reason, int8 on webgpu and fp16 on t
   assertUserError(diffuse('serve', '--precision', 'fp16'), '--precision: fp16 runs with device webgpu only, and the service runs on the CPU');
   assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'int8', '--fidelity'), '--precision', 'fidelity sweep runs in fp32');
   assertUserError(diffuse('bench-unet', '--precision', 'fp32,int4'), '--precision', 'found "int4"');
+  // bench runs both settings on --device: the same pairing rules, before any run.
+  assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'int8', '--device', 'webgpu', '--steps', '2'), '--precision: int8 runs with device cpu only');
+  assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'fp16', '--steps', '2'), '--precision: fp16 runs with device webgpu only');
+  assertUserError(diffuse('bench', '--model', 'reference', '--accel', 'tgate', '--device', 'tpu'), '--device', 'expected cpu, webgpu', 'found tpu');
 });

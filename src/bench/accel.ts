@@ -23,6 +23,7 @@ import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import { classPrompts, fidelitySweep, formatFidelity, type FidelityOptions } from './fidelity.ts';
 import { macCounter } from './mac-counter.ts';
 import type { Precision } from '../graph/quantize.ts';
+import { checkPrecisionDevice, type Device } from '../runtime/ort-executor.ts';
 
 export interface BenchOptions {
   model?: string;
@@ -43,6 +44,8 @@ export interface BenchOptions {
   cache: string;
   macs: 'calflops' | 'full';
   threads?: number;
+  /** Where both settings run. */
+  device: Device;
   /** The accelerated setting's denoiser precision (the baseline is always fp32). */
   precision: Precision;
   out: string;
@@ -176,6 +179,7 @@ export async function bench(o: BenchOptions): Promise<void> {
     }
     if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
     createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
+    checkPrecisionDevice(o.precision, o.device);
   }
   if (o.model !== undefined) o = { ...o, model: modelFolder(o.model) };
   else if (!o.dryRun) {
@@ -200,9 +204,9 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
     return;
   }
 
-  const pipeline = await openRunner(o.model!, { threads: o.threads });
+  const pipeline = await openRunner(o.model!, { threads: o.threads, device: o.device });
   // A reduced precision is another set of sessions: a second runner, the baseline's staying fp32.
-  const reduced = o.precision === 'fp32' ? undefined : await openRunner(o.model!, { threads: o.threads, precision: o.precision }).catch(async (err) => {
+  const reduced = o.precision === 'fp32' ? undefined : await openRunner(o.model!, { threads: o.threads, device: o.device, precision: o.precision }).catch(async (err) => {
     await pipeline.release();
     throw err;
   });
@@ -261,7 +265,7 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
 
 async function benchFidelity(o: Resolved, model: string, prompts: string[]): Promise<void> {
   const options: FidelityOptions = {
-    model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads,
+    model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads, device: o.device,
     sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, stepBaselines: o.stepsBaseline, progress: (m) => process.stderr.write(`${m}\n`),
   };
   const result = await fidelitySweep(options);

@@ -17,6 +17,7 @@ import { labelTable, readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { parseCaption, type SceneCaption } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { macCounter } from './mac-counter.ts';
+import type { Device } from '../runtime/ort-executor.ts';
 
 export interface FidelityOptions {
   model: string;
@@ -27,6 +28,7 @@ export interface FidelityOptions {
   scheduler?: SchedulerName;
   size?: [number, number];
   threads?: number;
+  device?: Device;
   /** Method settings; default: defaultSweep(steps). */
   sweep?: AccelSpec[][];
   /** Add the equal-MAC fewer-steps baselines (default true). */
@@ -148,7 +150,7 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
     settings.push({ label: `${steps} steps`, kind: 'fewer steps', accel: [], steps, macs, macRatio: baseMacs / macs });
   }
 
-  const pipeline = await openRunner(o.model, { threads: o.threads });
+  const pipeline = await openRunner(o.model, { threads: o.threads, device: o.device });
   // A DiT takes no text: adherence is scored only where every prompt named the class generated.
   if (!o.prompts.every((p) => pipeline.usesPrompt(p))) captions = undefined;
   const rows: FidelityRow[] = settings.map((s) => ({ ...s, seconds: 0, speedup: 0, loopSeconds: 0, loopSpeedup: 0, psnr: 0, ssim: 0, perPrompt: [] }));

@@ -63,7 +63,7 @@ export interface BenchRunner {
 }
 
 /** Opens a folder's pipeline (CPU; `options.precision` the denoiser's arithmetic, default fp32). */
-export async function openRunner(model: string, options: Omit<RuntimeOptions, 'device'> = {}): Promise<BenchRunner> {
+export async function openRunner(model: string, options: RuntimeOptions = {}): Promise<BenchRunner> {
   const folder = readPipelineFolder(model);
   if (folder.className === 'DiTPipeline') {
     const dit = loadDiTPipeline(folder, options);

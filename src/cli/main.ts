@@ -261,6 +261,7 @@ export function buildProgram(): Command {
     .option('--dry-run', 'count MACs from the configs only; no weights are read, nothing runs', false)
     .option('--cache <dir>', 'presets without --dry-run: where their seeded random-weight folders are kept (PixArt: 12 GB with T5-XXL)', '.cache/bench')
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
+    .option('--device <name>', 'cpu or webgpu: where both settings run', oneOf('--device', ['cpu', 'webgpu'] as const), 'cpu')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32, int8 or fp16 (default: a plan file\'s, else fp32; the baseline stays fp32)', precisionFlag)
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')

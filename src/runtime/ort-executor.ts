@@ -95,6 +95,15 @@ const DEVICE_OF: Partial<Record<Precision, { device: Device; why: string }>> = {
   fp16: { device: 'webgpu', why: 'onnxruntime 1.30\'s float16 CPU kernels run no faster than fp32 on x86' },
 };
 
+/** Refuses a precision the device does not run (before any work: commands call it while checking flags). */
+export function checkPrecisionDevice(precision: Precision | undefined, device: Device = 'cpu'): void {
+  const needs = precision === undefined ? undefined : DEVICE_OF[parsePrecision(precision)];
+  if (needs && needs.device !== device) {
+    throw new InputError('precision', `${precision} runs with device ${needs.device} only (${needs.why})`,
+      `fp32${needs.device === 'cpu' ? '' : ' or int8'} with device ${device}`, precision!);
+  }
+}
+
 export function parsePrecision(value: unknown, where = 'precision'): Precision {
   if (PRECISIONS.includes(value as Precision)) return value as Precision;
   const reason = typeof value === 'string' && Object.hasOwn(NOT_OFFERED, value) ? ` (${NOT_OFFERED[value]})` : '';
@@ -165,11 +174,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     if (t !== undefined && (!Number.isSafeInteger(t) || t < 1 || t > MAX_THREADS)) {
       throw new InputError('threads', 'wrong value', `an integer from 1 to ${MAX_THREADS}`, describe(t));
     }
-    const needs = options.precision === undefined ? undefined : DEVICE_OF[parsePrecision(options.precision)];
-    if (needs && needs.device !== (options.device ?? 'cpu')) {
-      throw new InputError('precision', `${options.precision} runs with device ${needs.device} only (${needs.why})`,
-        `fp32${needs.device === 'cpu' ? '' : ' or int8'} with device ${options.device ?? 'cpu'}`, options.precision!);
-    }
+    checkPrecisionDevice(options.precision, options.device);
   }
 
   /** Sessions held now. */
