@@ -14,7 +14,7 @@ import * as ort from 'onnxruntime-node';
 import { adherence } from '../src/metrics/adherence.ts';
 import { convertOfficialDiT } from '../src/models/official-dit-checkpoint.ts';
 import { loadDiTPipeline, type DiTPipeline } from '../src/pipelines/dit.ts';
-import { REFERENCE_MODEL, REFERENCE_MODELS } from '../src/pipelines/reference-model.ts';
+import { REFERENCE_MODELS } from '../src/pipelines/reference-model.ts';
 import { parseCaption } from '../src/scenes/captions.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
@@ -67,7 +67,7 @@ test('reference Skip-DiT equals the official DiT_skip forward; its folder is `di
   }
   // The heads come from the checkpoint's args.num_heads, the class names from the labels file; half precision stays half.
   const dir = path.join(tempDir(t), 'converted');
-  convertOfficialDiT(path.join(ROOT, 'assets', 'reference-skip-dit.pt'), dir, { vae: path.join(REFERENCE_MODEL, 'vae'), labels: path.join(ROOT, 'assets', 'reference-dit-labels.json') });
+  convertOfficialDiT(path.join(ROOT, 'assets', 'reference-skip-dit.pt'), dir, { vae: path.join(DIT, 'vae'), labels: path.join(ROOT, 'assets', 'reference-dit-labels.json') });
   for (const file of ['model_index.json', 'transformer/diffusion_pytorch_model.safetensors', 'scheduler/scheduler_config.json', 'vae/diffusion_pytorch_model.safetensors']) {
     assert.ok(fs.readFileSync(path.join(dir, file)).equals(fs.readFileSync(path.join(SKIP_DIT, file))), file);
   }

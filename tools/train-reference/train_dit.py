@@ -6,8 +6,8 @@
 Class-conditional, as the DiT and Skip-DiT papers' ImageNet models are. A class is one object of
 the reference scenes (scenes.py): colour x shape x grid cell, medium size, on a random background
 (white, gray or black): 6 x 3 x 9 = 162 classes, named "red circle at the top left", "red circle top
-left" and the scene grammar's caption "a red circle at the top left". The images are encoded by the reference model's VAE
-(assets/reference-model/vae, 64x64 RGB -> 16x16x4, scaled by its scaling factor), as DiT encodes
+left" and the scene grammar's caption "a red circle at the top left". The images are encoded by the first
+reference VAE (kept in assets/reference-dit/vae, 64x64 RGB -> 16x16x4, scaled by its scaling factor), as DiT encodes
 ImageNet with SD's VAE.
 
 Both models are the official code: Skip-DiT's class-to-image/models.py (DiT and DiT_skip, read from the
@@ -54,7 +54,9 @@ from train import encode_pool, loss_plot, log, lr_at, x0_weight  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-VAE_DIR = os.path.join(ROOT, 'assets', 'reference-model', 'vae')
+# The first reference VAE (2026-11-22), which the DiT pair was trained on; the U-Net reference has
+# had its own since 2026-12-02, and the DiT folders keep this one.
+VAE_DIR = os.path.join(ROOT, 'assets', 'reference-dit', 'vae')
 # DiT's scheduler as diffusers' DiT conversion writes it (src/models/presets.ts DIT_SCHEDULER).
 # The class table has ImageNet's 1000 rows (only the first 162 are drawn in training) so that the null
 # class is row 1000, the one diffusers' DiTPipeline hard-codes for classifier-free guidance.
