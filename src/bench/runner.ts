@@ -62,7 +62,7 @@ export interface BenchRunner {
   release(): Promise<void>;
 }
 
-/** Opens a folder's pipeline (CPU; `options.precision` the denoiser's arithmetic, default fp32). */
+/** Opens a folder's pipeline (on `options.device`, default the CPU; `options.precision` the denoiser's arithmetic, default fp32). */
 export async function openRunner(model: string, options: RuntimeOptions = {}): Promise<BenchRunner> {
   const folder = readPipelineFolder(model);
   if (folder.className === 'DiTPipeline') {
