@@ -38,7 +38,7 @@ rm -rf .gpu/stage/app/node_modules/onnxruntime-node/bin/*/linux/arm64
 cp -r "$REFENV/src/diffusers/src/diffusers" .gpu/stage/py/
 cp -r "$(find "$REFENV/venv" -type d -name importlib_metadata -path '*site-packages*' | head -1)" .gpu/stage/py/
 find .gpu/stage -name __pycache__ -prune -exec rm -rf {} +
-(cd .gpu && apt-get download -q libvulkan1 >/dev/null 2>&1 || apt-get download libvulkan1)
+(cd .gpu && apt-get download -qq libvulkan1)
 tar -C .gpu/stage -cf - app py | xz -T2 -6 > .gpu/bundle.tar.xz
 rm -rf .gpu/stage
 

@@ -102,6 +102,8 @@ def lr_at(step, peak, warmup, total):
 def object_weight(x, weight):
     """Per-pixel loss weight: 1 on the background, 1 + weight on and next to the objects. The objects
     cover a few percent of a scene, so an unweighted loss is content to blur them into blobs."""
+    if weight == 0:
+        return 1
     background = x.flatten(2).median(dim=2).values[:, :, None, None]
     near_object = F.max_pool2d(((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float(), 3, 1, 1)
     return 1 + weight * near_object
@@ -330,6 +332,9 @@ def sample_grid(folder, captions, path, steps=25):
     img.save(path)
 
 
+VAE_PANEL = ('vae', 'VAE reconstruction (L1 + MSE)')
+
+
 def write_log(args, began, scaling, history, panels):
     """<log>-log.json (settings, timings, losses) and <log>-loss.png."""
     sizes = {f: os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out) for f in fs if f.endswith('.safetensors')}
@@ -399,7 +404,7 @@ def main():
     log(f'latent scaling factor {scaling:.5f}')
     if args.vae_only:
         vae.to(torch.float16).save_pretrained(os.path.join(args.out, 'vae'), safe_serialization=True)
-        write_log(args, began, scaling, history, [('vae', 'VAE reconstruction (L1 + MSE)')])
+        write_log(args, began, scaling, history, [VAE_PANEL])
         log(f'saved {args.out}/vae (for --vae-from)')
         return
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
@@ -419,7 +424,7 @@ def main():
     shutil.copytree(TOKENIZER, tokenizer_dir)
     log(f'saved {args.out} after {(time.time() - began) / 60:.1f} min')
     unet_loss = 'weighted epsilon MSE' if args.prediction == 'epsilon' else 'v MSE'
-    write_log(args, began, scaling, history, [('vae', 'VAE reconstruction (L1 + MSE)'), ('unet', f'U-Net + text encoder: {unet_loss}')])
+    write_log(args, began, scaling, history, [VAE_PANEL, ('unet', f'U-Net + text encoder: {unet_loss}')])
     sample_grid(args.out, scenes.held_out_captions(args.seed + 7, 12), f'{args.log}-samples.png')
     log('wrote the log, the loss plot and the sample grid')
 

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import scenes  # noqa: E402
+import train  # noqa: E402
 from diffusers import AutoencoderKL  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +38,7 @@ while len(captions) < args.count:
     scene['objects'][0]['position_stated'] = True
     captions.append(scenes.caption(scene))
     images.append(scenes.render(scene, rng))
-x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+x = train.to_tensor(np.stack(images))
 with torch.no_grad():
     roundtrip = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
 for name, t in (('original', x), ('roundtrip', roundtrip)):
