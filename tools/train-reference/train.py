@@ -442,6 +442,9 @@ def main():
     text_encoder, unet = train_unet(captions, mean, std, masks, scaling, tokenizer, args, history, probe)
 
     scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(**noise_schedule_of(args)).config)
+    # As SD's folders do: DDIM, DDPM and PNDM built from this config would otherwise clip x0 to [-1, 1]
+    # (their default), which these latents (std 1, tails past 3) do not fit: a speckled image.
+    scheduler.register_to_config(clip_sample=False)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
