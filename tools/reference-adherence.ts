@@ -2,7 +2,7 @@
  * Adherence of the embedded reference model on held-out captions at several guidance scales,
  * beside chance (the same images scored against another prompt's caption); then simple one-object
  * prompts ("a red circle on the left") over several seeds at the default guidance: how many images
- * show the named colour as the named shape in the named place.
+ * show the named colour as the named shape in the named place, in all and per shape.
  *
  *   node --import tsx tools/reference-adherence.ts [--count 24] [--steps 25] [--guidance 1,2,3,5,7.5] [--model DIR] [--seeds 3]
  */
@@ -38,15 +38,19 @@ const simple = Array.from({ length: 12 }, (_, i) => `${/^[aeiou]/.test(colours[i
 const seeds = Number(values.seeds);
 let right = 0;
 const misses = new Map<string, number>();
+const rightByShape = new Map<string, number>(g.shapes.map((s) => [s, 0]));
 for (const prompt of simple) {
   for (let seed = 0; seed < seeds; seed++) {
     const image = (await pipeline.generate({ prompt, seed, steps: Number(values.steps) })).images[0];
     const [want] = parseCaption(prompt).objects;
     const [got] = adherence(image.data, image.width, image.height, prompt).objects;
     const wrong = !got.found ? ['colour'] : [got.shape !== want.shape && 'shape', (got.cell![0] !== want.cell![0] || got.cell![1] !== want.cell![1]) && 'place'].filter((w): w is string => !!w);
-    if (wrong.length === 0) right++;
+    if (wrong.length === 0) {
+      right++;
+      rightByShape.set(want.shape, rightByShape.get(want.shape)! + 1);
+    }
     for (const w of wrong) misses.set(w, (misses.get(w) ?? 0) + 1);
   }
 }
-console.log(`\none-object prompts (${simple.length} prompts x ${seeds} seeds, default guidance): ${right} of ${simple.length * seeds} images right in colour, shape and place; wrong: ${[...misses].map(([w, n]) => `${w} ${n}`).join(', ') || 'none'}`);
+console.log(`\none-object prompts (${simple.length} prompts x ${seeds} seeds, default guidance): ${right} of ${simple.length * seeds} images right in colour, shape and place; wrong: ${[...misses].map(([w, n]) => `${w} ${n}`).join(', ') || 'none'}; right per shape: ${[...rightByShape].map(([s, n]) => `${s}s ${n} of ${(simple.length / g.shapes.length) * seeds}`).join(', ')}`);
 await pipeline.release();

@@ -239,12 +239,108 @@ def caption_gain(text_encoder, unet, probe, empty, alphas, prediction):
     return gains
 
 
-def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokenizer, args, history, probe):
+def predicted_x0(pred, prediction, alpha_bar, noisy):
+    """The clean latents a U-Net output implies at noise level alpha_bar."""
+    if prediction == 'v_prediction':
+        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * pred
+    return (noisy - (1 - alpha_bar).sqrt() * pred) / alpha_bar.sqrt()
+
+
+DECODED_OBJECT_WEIGHT = 9  # the extra weight on objects the shipped VAE was trained with
+
+
+def decoded_pixel_loss(vae, x0, scaling, images, object_weight_factor):
+    """Object-weighted L1 + MSE between the VAE's decoding of predicted latents and the rendered scenes. The latent
+    MSE gives a square's corners (a few latent pixels) almost no weight, though the decoder draws a circle from them."""
+    decoded = vae.decode(x0 / scaling).sample.float()
+    error = (decoded - images).abs() + (decoded - images) ** 2
+    return (error * object_weight(images, object_weight_factor)).mean()
+
+
+@torch.no_grad()
+def grown_unet(unet, layers_per_block):
+    """The U-Net with more layers per block, computing the same function: each new down layer (a resnet and its
+    transformer) adds nothing yet (zeroed last conv and output projection), and each new up layer passes its input
+    through, its shortcut ignoring the extra skip connection the new down layer feeds it."""
+    old = list(unet.config.layers_per_block) if isinstance(unet.config.layers_per_block, (list, tuple)) \
+        else [unet.config.layers_per_block] * len(unet.down_blocks)
+    if len(layers_per_block) != len(old) or any(n < o for n, o in zip(layers_per_block, old)):
+        raise SystemExit(f'--grow-layers-per-block: expected {len(old)} counts, each at least {old}, found {layers_per_block}')
+    grown = UNet2DConditionModel(**{**unet.config, 'layers_per_block': layers_per_block})
+    grown_blocks = {i for i, (n, o) in enumerate(zip(layers_per_block, old)) if n > o}
+    kept = {k: v for k, v in unet.state_dict().items()
+            if not any(k.startswith(f'down_blocks.{i}.') or k.startswith(f'up_blocks.{len(old) - 1 - i}.') for i in grown_blocks)}
+    grown.load_state_dict(kept, strict=False)
+
+    def copy(dst, src):
+        dst.load_state_dict(src.state_dict())
+
+    def silence(resnet, transformer):  # output = input: the residual branches start at zero
+        resnet.conv2.weight.zero_()
+        resnet.conv2.bias.zero_()
+        transformer.proj_out.weight.zero_()
+        transformer.proj_out.bias.zero_()
+
+    for i in grown_blocks:
+        extra = layers_per_block[i] - old[i]
+        down_old, down_new = unet.down_blocks[i], grown.down_blocks[i]
+        if down_old.downsamplers is not None:
+            copy(down_new.downsamplers, down_old.downsamplers)
+        for k in range(old[i]):
+            copy(down_new.resnets[k], down_old.resnets[k])
+            copy(down_new.attentions[k], down_old.attentions[k])
+        for k in range(old[i], layers_per_block[i]):
+            silence(down_new.resnets[k], down_new.attentions[k])
+        # The up block takes the skips in reverse: the new (identical) copies of the block's last output come first.
+        up_old, up_new = unet.up_blocks[len(old) - 1 - i], grown.up_blocks[len(old) - 1 - i]
+        if up_old.upsamplers is not None:
+            copy(up_new.upsamplers, up_old.upsamplers)
+        order = [0] + [None] * extra + list(range(1, old[i] + 1))
+        for k, source in enumerate(order):
+            if source is not None:
+                copy(up_new.resnets[k], up_old.resnets[source])
+                copy(up_new.attentions[k], up_old.attentions[source])
+                continue
+            resnet = up_new.resnets[k]
+            silence(resnet, up_new.attentions[k])
+            width = resnet.conv_shortcut.weight.shape[0]
+            resnet.conv_shortcut.weight.zero_()
+            resnet.conv_shortcut.weight[:, :width, 0, 0] = torch.eye(width)
+            resnet.conv_shortcut.bias.zero_()
+    return grown
+
+
+CONTRASTED_SHAPES = ('square', 'circle')  # the pair whose difference is a few corner pixels
+CONTRAST_MARGIN = 0.2
+
+
+def swap_words(text, pair):
+    a, b = pair
+    return ' '.join(b if w == a else a if w == b else w for w in text.split(' '))
+
+
+def shape_contrast_loss(unet, text_encoder, swapped_ids, contrasted, noisy, t, pred, target, object_masks):
+    """How far, on the objects, the prediction under the caption with square and circle swapped fails to be worse
+    than under the true caption by CONTRAST_MARGIN (a hinge, per sample, mean over the batch). A square and a circle
+    of one size differ in a few corner pixels, too little of the denoising loss for the caption's shape word to be
+    learned; this makes the word matter there. `contrasted` marks the samples whose caption names either."""
+    if not contrasted.any():
+        return pred.sum() * 0
+    mask = object_masks[contrasted].float()
+    context = text_encoder(swapped_ids[contrasted]).last_hidden_state
+    wrong = unet(noisy[contrasted], t[contrasted], context).sample.float()
+    err = lambda p: (((p - target[contrasted]) ** 2) * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1)  # noqa: E731
+    return F.relu((1 + CONTRAST_MARGIN) * err(pred[contrasted].float()) - err(wrong)).sum() / len(contrasted)
+
+
+def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokenizer, args, history, probe, vae, images):
     torch.manual_seed(args.seed + 3)
     if args.init_from:
         # Fine-tuning: start from a saved pipeline's weights (e.g. onto another noise schedule).
         text_encoder = CLIPTextModel.from_pretrained(args.init_from, subfolder='text_encoder', torch_dtype=torch.float32)
         unet = UNet2DConditionModel.from_pretrained(args.init_from, subfolder='unet', torch_dtype=torch.float32)
+        if args.grow_layers_per_block:
+            unet = grown_unet(unet, args.grow_layers_per_block)
     else:
         text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
         unet = UNet2DConditionModel(**UNET_CONFIG)
@@ -257,6 +353,10 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     ids = tokenize(tokenizer, captions)
+    if args.shape_contrast > 0:
+        swapped = [swap_words(c, CONTRASTED_SHAPES) for c in captions]
+        swapped_ids = tokenize(tokenizer, swapped)
+        swaps = torch.tensor([a != b for a, b in zip(captions, swapped)])
     empty = tokenize(tokenizer, [''])[0]
     probe = (tokenize(tokenizer, probe[0]), probe[1])
     rng = np.random.default_rng(args.seed + 4)
@@ -279,6 +379,22 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
             pred = unet(noisy, t, context).sample
         pixel_weight = 1 if object_masks is None else 1 + args.unet_object_weight * object_masks[pick].float()
         loss = prediction_loss(pred, args.prediction, a, latents, noise, args.snr_cap, pixel_weight)
+        if args.shape_contrast > 0:
+            contrasted = swaps[pick] & (t < args.shape_contrast_below)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
+                contrast = shape_contrast_loss(unet, text_encoder, swapped_ids[pick], contrasted, noisy, t, pred,
+                                               training_target(args.prediction, a, latents, noise), object_masks[pick])
+            loss = loss + args.shape_contrast * contrast
+            if step % 10 == 0:
+                history.append({'stage': 'contrast', 'step': step, 'loss': contrast.item()})
+        low = t < args.decoded_pixel_below
+        if args.decoded_pixel_weight > 0 and low.any():
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
+                x0 = predicted_x0(pred[low], args.prediction, a[low], noisy[low])
+                pixels = decoded_pixel_loss(vae, x0, scaling, to_tensor(images[pick[low].numpy()]), DECODED_OBJECT_WEIGHT)
+            loss = loss + args.decoded_pixel_weight * pixels * float(low.float().mean())
+            if step % 10 == 0:
+                history.append({'stage': 'decoded', 'step': step, 'loss': pixels.item()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -289,8 +405,10 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
         if step % 10 == 0:
             history.append({'stage': 'unet', 'step': step, 'loss': loss.item(), 'seconds': time.time() - start})
         if step % 100 == 0 or step == args.unet_steps - 1:
-            recent = [h['loss'] for h in history[-10:] if h['stage'] == 'unet']
-            log(f'unet step {step}/{args.unet_steps}: loss {np.mean(recent):.4f}, {time.time() - start:.0f} s')
+            recent = [h['loss'] for h in history[-30:] if h['stage'] == 'unet'][-10:]
+            extra = ''.join(f', {stage} {np.mean(values):.4f}' for stage in ('decoded', 'contrast')
+                            if (values := [h['loss'] for h in history[-30:] if h['stage'] == stage][-10:]))
+            log(f'unet step {step}/{args.unet_steps}: loss {np.mean(recent):.4f}{extra}, {time.time() - start:.0f} s')
         if (step + 1) % args.gain_every == 0:
             gains = caption_gain(text_encoder, unet, probe, empty, alphas, args.prediction)
             history.append({'stage': 'gain', 'step': step + 1, 'gain': gains})
@@ -378,11 +496,19 @@ def main():
     ap.add_argument('--vae-kl', type=float, default=1e-4)
     ap.add_argument('--vae-object-weight', type=float, default=0, help='extra reconstruction weight on and next to objects (0: unweighted)')
     ap.add_argument('--init-from', help='pipeline folder whose U-Net and text encoder to start from instead of random weights')
+    ap.add_argument('--grow-layers-per-block', type=lambda v: [int(n) for n in v.split(',')],
+                    help='with --init-from: layers per U-Net block to grow to (e.g. 2,1,1), the new ones starting as identities')
     ap.add_argument('--unet-steps', type=int, default=7000)
     ap.add_argument('--unet-batch', type=int, default=64)
     ap.add_argument('--unet-lr', type=float, default=1e-3)
     ap.add_argument('--unet-object-weight', type=float, default=0,
                     help='extra weight of the U-Net loss on latent pixels on and next to objects (0: unweighted)')
+    ap.add_argument('--decoded-pixel-weight', type=float, default=0,
+                    help='weight of a pixel loss on the VAE decoding of the U-Net\'s clean-latent estimate (0: none)')
+    ap.add_argument('--decoded-pixel-below', type=int, default=400, help='timesteps below which that pixel loss applies')
+    ap.add_argument('--shape-contrast', type=float, default=0,
+                    help='weight of a hinge making the prediction worse under a caption with square and circle swapped (0: none)')
+    ap.add_argument('--shape-contrast-below', type=int, default=1000, help='timesteps below which that hinge applies')
     ap.add_argument('--uncond', type=float, default=0.1, help='share of empty captions')
     ap.add_argument('--beta-schedule', choices=sorted(NOISE_SCHEDULES), default='scaled_linear', help='training noise schedule')
     ap.add_argument('--prediction', choices=('epsilon', 'v_prediction'), default='epsilon', help='what the U-Net predicts')
@@ -404,9 +530,12 @@ def main():
             ap.error(f'{flag}: expected a share from 0 to 1, found {share}')
     if not 0 <= args.noise_share_end <= 1 / max(args.high_noise_share, args.pure_noise_share, 1e-9):
         ap.error(f'--noise-share-end: expected a factor that keeps both shares within 0..1, found {args.noise_share_end}')
-    for flag, weight in (('--vae-object-weight', args.vae_object_weight), ('--unet-object-weight', args.unet_object_weight)):
+    for flag, weight in (('--vae-object-weight', args.vae_object_weight), ('--unet-object-weight', args.unet_object_weight),
+                         ('--decoded-pixel-weight', args.decoded_pixel_weight), ('--shape-contrast', args.shape_contrast)):
         if weight < 0:
             ap.error(f'{flag}: expected a weight of 0 or more, found {weight}')
+    if args.grow_layers_per_block and not args.init_from:
+        ap.error('--grow-layers-per-block grows the U-Net of --init-from: give both')
     if args.vae_only and args.vae_from:
         ap.error('--vae-only trains a VAE; --vae-from reuses one: give one of them')
     if args.zero_terminal_snr and args.prediction != 'v_prediction':
@@ -438,8 +567,9 @@ def main():
     probe_captions, probe_images = scenes.held_out_batch(args.seed + 8, 256)
     probe = (probe_captions, encode_pool(vae, probe_images)[0] * scaling)
     log('training the U-Net and the text encoder')
-    masks = latent_object_masks(images, mean.shape[-2:]) if args.unet_object_weight > 0 else None
-    text_encoder, unet = train_unet(captions, mean, std, masks, scaling, tokenizer, args, history, probe)
+    masks = latent_object_masks(images, mean.shape[-2:]) if args.unet_object_weight > 0 or args.shape_contrast > 0 else None
+    vae.requires_grad_(False)
+    text_encoder, unet = train_unet(captions, mean, std, masks, scaling, tokenizer, args, history, probe, vae, images)
 
     scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(**noise_schedule_of(args)).config)
     # As SD's folders do: DDIM, DDPM and PNDM built from this config would otherwise clip x0 to [-1, 1]
