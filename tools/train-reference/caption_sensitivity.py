@@ -77,7 +77,7 @@ def main():
         out = {}
         for t in PROBE_TIMESTEPS:
             noise = torch.randn(latents.shape, generator=gen)
-            noisy = alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * noise
+            noisy = train.noised(latents, noise, alphas[t])
             steps = torch.full((len(latents),), t)
             target = train.training_target(prediction, alphas[t], latents, noise)
             err = lambda ctx: float(((unet(noisy, steps, ctx).sample - target) ** 2).mean())  # noqa: E731
@@ -110,7 +110,7 @@ def main():
         t = torch.randint(0, 1000, (len(ids),), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text_encoder(ids).last_hidden_state).sample
+            pred = unet(train.noised(x0, noise, a), t, text_encoder(ids).last_hidden_state).sample
         loss = train.prediction_loss(pred, prediction, a, x0, noise, 20)
         opt.zero_grad()
         loss.backward()

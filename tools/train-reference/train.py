@@ -178,6 +178,11 @@ def x0_weight(alpha_bar, cap):
     return ((1 - alpha_bar) / alpha_bar).clamp(1, cap)
 
 
+def noised(latents, noise, alpha_bar):
+    """The forward process: clean latents at noise level alpha_bar (a share alpha_bar of signal power)."""
+    return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+
+
 def training_target(prediction, alpha_bar, latents, noise):
     """What the U-Net predicts: the noise, or v = sqrt(a) noise - sqrt(1 - a) x0 (SD 2's v-prediction, which
     at high noise is the image itself rather than a copy of the input)."""
@@ -228,7 +233,7 @@ def caption_gain(text_encoder, unet, probe, empty, alphas, prediction):
         for t in GAIN_TIMESTEPS:
             noise = torch.randn(latents.shape, generator=gen)
             a = alphas[t]
-            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+            noisy = noised(latents, noise, a)
             tt = torch.full((len(latents),), t)
             target = training_target(prediction, a, latents, noise)
             err = lambda ctx: float(((unet(noisy, tt, ctx).sample.float() - target) ** 2).mean())  # noqa: E731
@@ -325,7 +330,7 @@ def shape_contrast_loss(unet, text_encoder, swapped_ids, contrasted, noisy, t, p
     of one size differ in a few corner pixels, too little of the denoising loss for the caption's shape word to be
     learned; this makes the word matter there. `contrasted` marks the samples whose caption names either."""
     if not contrasted.any():
-        return pred.sum() * 0
+        return pred.new_zeros(())
     mask = object_masks[contrasted].float()
     context = text_encoder(swapped_ids[contrasted]).last_hidden_state
     wrong = unet(noisy[contrasted], t[contrasted], context).sample.float()
@@ -373,7 +378,7 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
         fall = 1 + (args.noise_share_end - 1) * step / max(1, args.unet_steps - 1)
         t = training_timesteps(noise_schedule['num_train_timesteps'], len(pick), args.high_noise_share * fall, args.pure_noise_share * fall, gen, args.low_noise_share)
         a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        noisy = noised(latents, noise, a)
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
             context = text_encoder(batch_ids).last_hidden_state
             pred = unet(noisy, t, context).sample
@@ -387,8 +392,7 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
             loss = loss + args.shape_contrast * contrast
             if step % 10 == 0:
                 history.append({'stage': 'contrast', 'step': step, 'loss': contrast.item()})
-        low = t < args.decoded_pixel_below
-        if args.decoded_pixel_weight > 0 and low.any():
+        if args.decoded_pixel_weight > 0 and (low := t < args.decoded_pixel_below).any():
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
                 x0 = predicted_x0(pred[low], args.prediction, a[low], noisy[low])
                 pixels = decoded_pixel_loss(vae, x0, scaling, to_tensor(images[pick[low].numpy()]), DECODED_OBJECT_WEIGHT)

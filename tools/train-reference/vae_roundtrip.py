@@ -40,6 +40,10 @@ ap.add_argument('--say', choices=scenes.SHAPES, help='with --denoise-from: name 
 args = ap.parse_args()
 if args.say and args.denoise_from is None:
     ap.error('--say names the shape in the U-Net\'s caption: it needs --denoise-from')
+if args.denoise_from is not None:
+    schedule = DDPMScheduler.from_pretrained(args.model, subfolder='scheduler')
+    if not 0 < args.denoise_from < schedule.config.num_train_timesteps:
+        ap.error(f'--denoise-from: expected a timestep from 1 to {schedule.config.num_train_timesteps - 1}, found {args.denoise_from}')
 
 vae = AutoencoderKL.from_pretrained(args.model, subfolder='vae', torch_dtype=torch.float32).eval()
 rng = np.random.default_rng(args.seed)
@@ -63,11 +67,9 @@ def denoised(latents, start):
     unet = UNet2DConditionModel.from_pretrained(args.model, subfolder='unet', torch_dtype=torch.float32).eval()
     text_encoder = CLIPTextModel.from_pretrained(args.model, subfolder='text_encoder', torch_dtype=torch.float32).eval()
     tokenizer = CLIPTokenizer.from_pretrained(args.model, subfolder='tokenizer')
-    schedule = DDPMScheduler.from_pretrained(args.model, subfolder='scheduler')
     alphas, prediction = schedule.alphas_cumprod, schedule.config.prediction_type
     context = text_encoder(train.tokenize(tokenizer, told)).last_hidden_state
-    a = alphas[start]
-    noisy = a.sqrt() * latents + (1 - a).sqrt() * torch.randn(latents.shape, generator=torch.Generator().manual_seed(args.seed))
+    noisy = train.noised(latents, torch.randn(latents.shape, generator=torch.Generator().manual_seed(args.seed)), alphas[start])
     timesteps = list(range(start, 0, -40)) + [0]
     for t, after in zip(timesteps, timesteps[1:] + [None]):
         a = alphas[t]
@@ -75,7 +77,7 @@ def denoised(latents, start):
         if after is None:
             return x0
         eps = (noisy - a.sqrt() * x0) / (1 - a).sqrt()
-        noisy = alphas[after].sqrt() * x0 + (1 - alphas[after]).sqrt() * eps
+        noisy = train.noised(x0, eps, alphas[after])
 
 
 with torch.no_grad():
