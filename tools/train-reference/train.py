@@ -428,20 +428,22 @@ def loss_plot(history, path, panels):
     draw = ImageDraw.Draw(img)
     for panel, (stage, title) in enumerate(panels):
         points = [(h['step'], h['loss']) for h in history if h['stage'] == stage]
-        # a running mean over 10 logged points smooths the batch noise
+        # a running mean over 10 logged points smooths the batch noise (fewer in a short run)
         ys = np.log10([p[1] for p in points])
-        smooth = np.convolve(ys, np.ones(10) / 10, mode='valid')
+        window = min(10, len(points))
+        smooth = np.convolve(ys, np.ones(window) / window, mode='valid')
         xs = [p[0] for p in points][len(points) - len(smooth):]
         x0, x1 = panel * 450 + pad, (panel + 1) * 450 - 15
         y0, y1 = 30, height - pad
-        lo, hi = math.floor(min(ys) * 2) / 2, math.ceil(max(ys) * 2) / 2
+        lo = math.floor(min(ys) * 2) / 2
+        hi = max(math.ceil(max(ys) * 2) / 2, lo + 0.5)
         draw.rectangle([x0, y0, x1, y1], outline='black')
         draw.text((x0, 10), title, fill='black')
         for e in np.arange(lo, hi + 1e-9, 0.5):
             y = y1 - (e - lo) / (hi - lo) * (y1 - y0)
             draw.line([x0 - 4, y, x0, y], fill='black')
             draw.text((x0 - 45, y - 6), f'{10 ** e:.3g}', fill='black')
-        last = points[-1][0]
+        last = max(points[-1][0], 1)
         for s in np.linspace(0, last, 5):
             x = x0 + s / last * (x1 - x0)
             draw.line([x, y1, x, y1 + 4], fill='black')
