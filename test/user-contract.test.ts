@@ -355,6 +355,19 @@ test('one validated config for every reader: inspect and bench --dry-run refuse 
   }
 });
 
+test('a folder of a pipeline class no pipeline here runs is refused by every command with one line naming _class_name and the classes run', (t) => {
+  const dir = tempDir(t);
+  fs.cpSync(TINY, dir, { recursive: true });
+  const index = path.join(dir, 'model_index.json');
+  fs.writeFileSync(index, JSON.stringify({ ...readJsonObject(index), _class_name: 'StableDiffusionInpaintPipeline' }));
+  const fragments = [`${index}: _class_name`, 'unsupported pipeline', 'StableDiffusionPipeline', 'PixArtSigmaPipeline', 'DiTPipeline', 'found StableDiffusionInpaintPipeline'];
+  refused(diffuse('generate', '--model', dir, '--prompt', 'x', '--steps', '1', '--out', path.join(dir, 'a.png')), fragments);
+  // bench --dry-run counts only runs a pipeline here could make: it no longer counts this folder as a U-Net.
+  refused(diffuse('bench', '--model', dir, '--dry-run'), fragments);
+  refused(diffuse('bench', '--model', dir, '--accel', 'tgate', '--steps', '2'), fragments);
+  assert.ok(!fs.existsSync(path.join(dir, 'a.png')));
+});
+
 test('bad values for the new inputs: --memory-limit, memoryLimit, --prompts, --json, --seed', async (t) => {
   const dir = tempDir(t);
   refused(diffuse('generate', '--prompt', 'x', '--memory-limit', '-1'), ['--memory-limit']);

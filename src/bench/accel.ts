@@ -16,7 +16,7 @@ import { psnr, ssim } from '../metrics/image.ts';
 import { openRunner, type BenchRequest, type BenchResult } from './runner.ts';
 import { checkRandomPreset, ensureRandomPresetFolder } from './random-folder.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
-import { pipelineDefaults } from '../pipelines/common.ts';
+import { pipelineDefaults } from '../pipelines/families.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';

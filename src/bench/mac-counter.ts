@@ -7,6 +7,7 @@ import { PRESETS, PRESET_NAMES, TRANSFORMER_PRESETS } from '../models/presets.ts
 import { UNet2DConditionModel, parseUNetConfig } from '../models/unet2d-condition.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import { getComponent, readComponentConfig, readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { folderFamily } from '../pipelines/families.ts';
 import { wholeRunMacs, type Denoiser, type RunMacs } from './run-macs.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import { own } from '../util/own.ts';
@@ -72,6 +73,7 @@ export function macCounter(o: MacCounterOptions): MacCounter {
     }
   } else {
     const folder = readPipelineFolder(o.model!);
+    folderFamily(folder); // counts only what a run could do: a class no pipeline here runs is refused
     if (folder.components.unet) {
       const { config, where } = readComponentConfig(folder, 'unet');
       useUNet(config, where);

@@ -8,6 +8,7 @@ import type { MacCount } from '../graph/builder.ts';
 import type { Accelerator } from '../runtime/plan.ts';
 import type { RuntimeOptions } from '../runtime/ort-executor.ts';
 import type { AccelReport, GeneratedImage, Latents } from '../pipelines/common.ts';
+import { folderFamily } from '../pipelines/families.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
@@ -65,7 +66,8 @@ export interface BenchRunner {
 /** Opens a folder's pipeline (on `options.device`, default the CPU; `options.precision` the denoiser's arithmetic, default fp32). */
 export async function openRunner(model: string, options: RuntimeOptions = {}): Promise<BenchRunner> {
   const folder = readPipelineFolder(model);
-  if (folder.className === 'DiTPipeline') {
+  const family = folderFamily(folder);
+  if (family === 'dit') {
     const dit = loadDiTPipeline(folder, options);
     const c = dit.transformer.model.config;
     const size = c.sampleSize * dit.vae.model.downsampleFactor;
@@ -82,7 +84,7 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
       release: () => dit.release(),
     };
   }
-  if (folder.className.startsWith('PixArt')) {
+  if (family === 'pixart') {
     const pixart = loadPixArtPipeline(folder, options);
     return {
       kind: 'text-to-image', defaultSize: pixart.defaultSize, usesPrompt: () => true,

@@ -13,6 +13,7 @@ import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import { formatParameters } from '../image/parameters.ts';
 import type { GeneratedImage, Latents, StepInfo } from '../pipelines/common.ts';
+import { folderFamily, type PipelineFamily } from '../pipelines/families.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { readPromptFile } from '../scenes/captions.ts';
@@ -26,7 +27,6 @@ import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile } from '../weights/safetensors.ts';
 import type { Precision } from '../graph/quantize.ts';
 import { writeSafetensors } from '../weights/safetensors-write.ts';
-import { own } from '../util/own.ts';
 
 export interface GenerateFlags {
   model?: string;
@@ -71,15 +71,8 @@ export interface GenerateFlags {
   vae?: string;
 }
 
-type Family = 'stable-diffusion' | 'pixart' | 'dit';
-
-const FAMILIES: Record<string, Family> = {
-  StableDiffusionPipeline: 'stable-diffusion', StableDiffusionXLPipeline: 'stable-diffusion', LatentConsistencyModelPipeline: 'stable-diffusion',
-  PixArtAlphaPipeline: 'pixart', PixArtSigmaPipeline: 'pixart', DiTPipeline: 'dit',
-};
-
 /** The flags only some families take. */
-const ONLY: [keyof GenerateFlags, string, Family[]][] = [
+const ONLY: [keyof GenerateFlags, string, PipelineFamily[]][] = [
   ['prompt', '--prompt', ['stable-diffusion', 'pixart']],
   ['prompts', '--prompts', ['stable-diffusion', 'pixart']],
   ['negativePrompt', '--negative-prompt', ['stable-diffusion', 'pixart']],
@@ -114,11 +107,8 @@ interface Generated {
 }
 
 /** The folder's pipeline family, after checking that every given flag applies to it. */
-function familyOf(folder: PipelineFolder, f: GenerateFlags): Family {
-  const family = own(FAMILIES, folder.className);
-  if (!family) {
-    throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'unsupported pipeline', Object.keys(FAMILIES).join(', '), folder.className);
-  }
+function familyOf(folder: PipelineFolder, f: GenerateFlags): PipelineFamily {
+  const family = folderFamily(folder);
   for (const [key, flag, families] of ONLY) {
     if (f[key] !== undefined && !families.includes(family)) {
       throw new InputError(flag, `does not apply to a ${folder.className}`, family === 'dit' ? '--class for DiT (class-conditional)' : 'no such flag', String(f[key]));
@@ -176,7 +166,7 @@ function checkFlags(f: GenerateFlags): Device {
 }
 
 /** Every file the run will write, checked before any work starts. */
-function checkOutputs(f: GenerateFlags, family: Family, subjects: string[]): string[] {
+function checkOutputs(f: GenerateFlags, family: PipelineFamily, subjects: string[]): string[] {
   const perRun = family === 'dit' ? subjects.length : subjects.length * (f.batch ?? 1);
   const names = outputNames(f.out, perRun * (f.seed?.length ?? 1));
   for (const name of names) checkOutputFile(name, '--out');
@@ -198,7 +188,7 @@ function modelDir(f: GenerateFlags): string {
 }
 
 /** Starts the generation the folder's family does, with the flags that apply to it. */
-async function start(folder: PipelineFolder, family: Family, f: GenerateFlags, device: Device, latents: Latents | undefined, image: GeneratedImage | undefined,
+async function start(folder: PipelineFolder, family: PipelineFamily, f: GenerateFlags, device: Device, latents: Latents | undefined, image: GeneratedImage | undefined,
   onStep: (s: StepInfo) => void, signal: AbortSignal, prompts: string[]): Promise<{ run: (seed?: number) => Promise<Generated>; release: () => Promise<void> }> {
   const runtime = { device, threads: f.threads, variant: f.variant, precision: f.precision, sessionCache: commandSessionCache() };
   const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;

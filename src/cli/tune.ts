@@ -21,7 +21,7 @@ import type { Precision } from '../graph/quantize.ts';
 import { calibrateTeaCache } from '../tune/teacache-calibration.ts';
 import { classPrompts } from '../bench/fidelity.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
-import { pipelineDefaults } from '../pipelines/common.ts';
+import { pipelineDefaults, pipelineFamily } from '../pipelines/families.ts';
 import { modelName } from './generate.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
@@ -126,8 +126,9 @@ export async function tune(flags: TuneFlags): Promise<void> {
 
 /** TeaCache's polynomial fitted on uncached runs of a PixArt or DiT folder (prompts, or class names / spread class ids for DiT). */
 async function calibrateTeaCacheCommand(f: TuneFlags & { guidance: number; out: string }, folder: PipelineFolder): Promise<void> {
-  const isDiT = folder.className === 'DiTPipeline';
-  if (!isDiT && !folder.className.startsWith('PixArt')) {
+  const family = pipelineFamily(folder.className);
+  const isDiT = family === 'dit';
+  if (!isDiT && family !== 'pixart') {
     throw new InputError('--model', 'TeaCache calibrates a transformer pipeline', 'a PixArt or DiT folder', `${folder.className} at ${folder.dir}`);
   }
   const prompts = f.prompts !== undefined ? readPromptFile(f.prompts).slice(0, f.count) : classPrompts(folder.dir, f.count) ?? readPromptFile(HELD_OUT_PROMPTS).slice(0, f.count);

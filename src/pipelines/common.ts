@@ -14,17 +14,6 @@ import type { ModelDeclaration } from '../runtime/protocol.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { Rng } from '../util/rng.ts';
 
-/**
- * diffusers' defaults per pipeline class (its `__call__` signatures): the steps and guidance scale a
- * run uses when the request leaves them out. `generate`, `bench` and `tune` all go by this table.
- */
-export function pipelineDefaults(className: string): { steps: number; guidanceScale: number } {
-  if (className === 'DiTPipeline') return { steps: 50, guidanceScale: 4 };
-  if (className.startsWith('PixArt')) return { steps: 20, guidanceScale: 4.5 };
-  if (className === 'LatentConsistencyModelPipeline') return { steps: 4, guidanceScale: 8.5 };
-  return { steps: 50, guidanceScale: 7.5 };
-}
-
 export interface Latents {
   data: Float32Array;
   dims: number[];

@@ -20,8 +20,9 @@ import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
-  pipelineDefaults, type GeneratedImage, type Latents,
+  type GeneratedImage, type Latents,
 } from './common.ts';
+import { pipelineDefaults } from './families.ts';
 import { scheduleStart } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 

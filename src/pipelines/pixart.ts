@@ -25,8 +25,9 @@ import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
   Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf, type AccelReport,
-  pipelineDefaults, type GeneratedImage, type Latents, type PromptRequest,
+  type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
+import { pipelineClasses, pipelineDefaults } from './families.ts';
 import type { MacCount } from '../graph/builder.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
@@ -319,7 +320,7 @@ function firstChannels(data: Float32Array, batch: number, plane: number): Float3
   return out;
 }
 
-const PIPELINES = ['PixArtAlphaPipeline', 'PixArtSigmaPipeline'];
+const PIPELINES = pipelineClasses('pixart');
 
 /** Opens a PixArt-α or PixArt-Σ folder (the caller has read its model_index.json). */
 export function loadPixArtPipeline(folder: PipelineFolder, options: RuntimeOptions & { variant?: string } = {}): PixArtPipeline {

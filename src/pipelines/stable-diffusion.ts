@@ -18,8 +18,9 @@ import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
   Acceleration, BatchNoise, checkAborted, macsSince, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
-  pipelineDefaults, type GeneratedImage, type Latents, type PromptRequest,
+  type GeneratedImage, type Latents, type PromptRequest,
 } from './common.ts';
+import { pipelineClasses, pipelineDefaults } from './families.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 import { modelFolder } from './reference-model.ts';
@@ -299,7 +300,7 @@ export class StableDiffusionPipeline {
   }
 }
 
-const PIPELINES = ['StableDiffusionPipeline', 'StableDiffusionXLPipeline', 'LatentConsistencyModelPipeline'];
+const PIPELINES = pipelineClasses('stable-diffusion');
 
 
 /**

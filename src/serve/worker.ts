@@ -11,7 +11,8 @@ import { fullMacs, type MacCount } from '../graph/builder.ts';
 import { formatParameters } from '../image/parameters.ts';
 import { encodePng } from '../image/png.ts';
 import { macCounter } from '../bench/mac-counter.ts';
-import { pipelineDefaults, type GeneratedImage, type StepInfo } from '../pipelines/common.ts';
+import type { GeneratedImage, StepInfo } from '../pipelines/common.ts';
+import { folderFamily, pipelineDefaults, pipelineFamily } from '../pipelines/families.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
@@ -57,12 +58,13 @@ export interface MacEstimate {
 export async function estimateMacs(job: ImageJob): Promise<MacEstimate> {
   const folder = readPipelineFolder(job.folder);
   const defaults = pipelineDefaults(folder.className);
+  const dit = pipelineFamily(folder.className) === 'dit';
   const options = {
     model: job.folder, scheduler: job.scheduler, guidance: job.guidanceScale ?? defaults.guidanceScale,
-    batch: folder.className === 'DiTPipeline' ? job.classLabels?.length ?? 1 : job.batch,
+    batch: dit ? job.classLabels?.length ?? 1 : job.batch,
   };
   let counter = macCounter(options);
-  if (folder.className !== 'DiTPipeline' && (job.width !== undefined || job.height !== undefined)) {
+  if (!dit && (job.width !== undefined || job.height !== undefined)) {
     counter = macCounter({ ...options, size: [job.width ?? counter.width, job.height ?? counter.height] });
   }
   const steps = job.steps ?? defaults.steps;
@@ -99,14 +101,15 @@ function runnerFor(folderPath: string, threads: number, precision: Precision = '
   if (!runner) {
     runner = (async (): Promise<Runner> => {
       const folder = readPipelineFolder(folderPath);
-      if (folder.className === 'DiTPipeline') {
+      const family = folderFamily(folder);
+      if (family === 'dit') {
         const dit = loadDiTPipeline(folder, { threads, precision, sessionCache });
         return (job, onStep, signal) => dit.generate({
           classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
           accel: job.accel.map(parseAccelSpec), onStep, signal,
         });
       }
-      if (folder.className.startsWith('PixArt')) {
+      if (family === 'pixart') {
         const pixart = loadPixArtPipeline(folder, { threads, precision, sessionCache });
         return (job, onStep, signal) => pixart.generate({ ...promptRequest(job), onStep, signal });
       }
