@@ -16,6 +16,7 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import { Rng } from '../src/util/rng.ts';
 import { startService, type Service } from '../src/serve/serve.ts';
+import { describeModels, listModels } from '../src/serve/job.ts';
 
 const TOKEN = 'a-test-token-of-32-characters-xx';
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
@@ -35,6 +36,11 @@ before(async () => {
   models = path.join(dir, 'models');
   fs.mkdirSync(models);
   fs.symlinkSync(REFERENCE_MODEL, path.join(models, 'my-model'));
+  // Folders an operator may drop in that no pipeline here runs: listed as not served, refused by name.
+  for (const [name, index] of [['inpaint', '{"_class_name": "StableDiffusionInpaintPipeline"}'], ['broken', '{"_class_name": ']]) {
+    fs.mkdirSync(path.join(models, name));
+    fs.writeFileSync(path.join(models, name, 'model_index.json'), index);
+  }
   service = await startService({ host: '127.0.0.1', port: 0, results, modelDir: models, workers: 1, threads: 1, rate: 10_000 });
   base = `http://127.0.0.1:${service.port}`;
 });
@@ -204,6 +210,21 @@ test('200+ malformed or hostile requests are each one 4xx naming the field, and 
   assert.match(metrics, /^diffusion_jobs_done_total \d+$/m);
   const openapi = await (await fetch(`${base}/openapi.json`)).json() as { paths: Record<string, unknown> };
   assert.ok(openapi.paths['/v1/images'] && openapi.paths['/v1/jobs/{id}/events']);
+});
+
+test('a model folder no pipeline here runs is refused at once by name with why, and listed as not served', async () => {
+  for (const [model, why] of [['inpaint', 'StableDiffusionInpaintPipeline: no pipeline here runs it'], ['broken', 'model_index.json unreadable']]) {
+    const response = await post({ model, prompt: 'x', steps: 2 });
+    const text = await response.text();
+    assert.equal(response.status, 422, text);
+    const { error } = JSON.parse(text) as { error: { field: string; message: string } };
+    assert.equal(error.field, 'model');
+    assert.ok(error.message.includes(`not a model this service runs (${why}`) && error.message.includes('StableDiffusionPipeline, '), error.message);
+  }
+  assert.deepEqual(listModels(models), ['my-model']);
+  assert.match(describeModels(models), /^models: reference, .*my-model; not served: broken \(model_index\.json unreadable: .*\), inpaint \(StableDiffusionInpaintPipeline: no pipeline here runs it\)$/);
+  const openapi = await (await fetch(`${base}/openapi.json`)).json() as { info: { description: string } };
+  assert.doesNotMatch(openapi.info.description, /inpaint|broken/);
 });
 
 test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loopback a token is required', async () => {

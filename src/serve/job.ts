@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseAccelSpec } from '../accel/index.ts';
 import { InputError, describe } from '../errors.ts';
+import { pipelineClasses, pipelineFamily } from '../pipelines/families.ts';
 import { REFERENCE_MODELS } from '../pipelines/reference-model.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
@@ -102,6 +103,8 @@ export function resolveModel(name: string, modelDir: string | undefined): string
   }
   const known = modelDir ? listModels(modelDir) : [];
   if (!modelDir || !known.includes(name)) {
+    const why = modelDir && fs.existsSync(path.join(modelDir, name, 'model_index.json')) ? unservable(path.join(modelDir, name)) : undefined;
+    if (why) throw new RequestError(422, 'model', `not a model this service runs (${why})`, pipelineClasses().join(', '), JSON.stringify(name));
     throw new RequestError(422, 'model', 'unknown model', [...Object.keys(REFERENCE_MODELS), ...known].join(', '), JSON.stringify(name));
   }
   return path.join(modelDir, name);
@@ -112,10 +115,33 @@ export function modelNames(modelDir: string | undefined): string[] {
   return [...Object.keys(REFERENCE_MODELS), ...(modelDir ? listModels(modelDir) : [])];
 }
 
-/** The model directory's diffusers folders (those with a model_index.json). */
+/** The model directory's diffusers folders a pipeline here runs (a model_index.json naming a class it runs). */
 export function listModels(modelDir: string): string[] {
   // Links count: an operator may link models in from elsewhere.
-  return fs.readdirSync(modelDir).filter((name) => fs.existsSync(path.join(modelDir, name, 'model_index.json'))).sort();
+  return fs.readdirSync(modelDir).filter((name) => fs.existsSync(path.join(modelDir, name, 'model_index.json')) && !unservable(path.join(modelDir, name))).sort();
+}
+
+/** "models: …" for the operator's start line, then the model directory's folders no pipeline here runs, each with why. */
+export function describeModels(modelDir: string | undefined): string {
+  const skipped = (modelDir ? fs.readdirSync(modelDir).sort() : []).flatMap((name) => {
+    const dir = path.join(modelDir!, name);
+    const why = fs.existsSync(path.join(dir, 'model_index.json')) ? unservable(dir) : undefined;
+    return why ? [`${name} (${why})`] : [];
+  });
+  return `models: ${modelNames(modelDir).join(', ')}${skipped.length ? `; not served: ${skipped.join(', ')}` : ''}`;
+}
+
+/** Why a folder with a model_index.json cannot be served; undefined when a pipeline here runs its class. */
+function unservable(dir: string): string | undefined {
+  let index: unknown;
+  try {
+    index = JSON.parse(fs.readFileSync(path.join(dir, 'model_index.json'), 'utf8'));
+  } catch (e) {
+    return `model_index.json unreadable: ${(e as Error).message.split('\n')[0]}`;
+  }
+  const className = typeof index === 'object' && index !== null ? (index as Record<string, unknown>)._class_name : undefined;
+  if (typeof className !== 'string') return 'model_index.json has no _class_name';
+  return pipelineFamily(className) ? undefined : `${className}: no pipeline here runs it`;
 }
 
 /** Checks a parsed JSON body; throws RequestError (400 wrong type, 422 wrong value). */

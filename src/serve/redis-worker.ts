@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import { InputError } from '../errors.ts';
 import { GenerationThread, JobFailure } from './generation-thread.ts';
-import { modelNames, resolveModel, RequestError, type ImageJob } from './job.ts';
+import { describeModels, resolveModel, RequestError, type ImageJob } from './job.ts';
 import { CANCELLED, QUEUE_NAME, checkRedisUrl, connectRedis, duplicateConnection, extraKeys, onceEach, type JobProgress } from './redis-queue.ts';
 import { runUntilSignalled } from './shutdown.ts';
 import { checkThreadBudget } from './threads.ts';
@@ -146,7 +146,6 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
 export async function work(o: Omit<RedisWorkerOptions, 'log'>): Promise<void> {
   const log = (line: string) => process.stderr.write(`diffuse worker: ${line}\n`);
   const workers = await startRedisWorkers({ ...o, log });
-  const models = modelNames(o.modelDir);
-  log(`taking jobs from queue "${o.queue}" at ${checkRedisUrl(o.redis)} (${o.workers} worker${o.workers === 1 ? '' : 's'}; models: ${models.join(', ')}; images in ${path.resolve(o.results)})`);
+  log(`taking jobs from queue "${o.queue}" at ${checkRedisUrl(o.redis)} (${o.workers} worker${o.workers === 1 ? '' : 's'}; ${describeModels(o.modelDir)}; images in ${path.resolve(o.results)})`);
   await runUntilSignalled('diffuse worker', workers.close);
 }

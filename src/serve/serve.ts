@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import { serve as listen } from '@hono/node-server';
 import { InputError } from '../errors.ts';
 import { createApp } from './app.ts';
-import { modelNames } from './job.ts';
+import { describeModels } from './job.ts';
 import { EmbeddedQueue } from './embedded-queue.ts';
 import { DEFAULT_QUEUE, DEFAULT_STALL_SECONDS, type JobQueue } from './queue.ts';
 import { checkRedisUrl, RedisQueue } from './redis-queue.ts';
@@ -124,10 +124,9 @@ export async function startService(o: ServeOptions): Promise<Service> {
 /** `diffuse serve`: starts the service and serves until a signal; resolves once it has stopped. */
 export async function serve(o: ServeOptions): Promise<void> {
   const service = await startService(o);
-  const models = modelNames(o.modelDir);
   const workers = workersOf(o);
   const queue = o.redis === undefined ? 'embedded queue' : `queue "${o.queue ?? DEFAULT_QUEUE}" at ${checkRedisUrl(o.redis)}`;
   process.stderr.write(`diffuse serve: http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${service.port}/ ` +
-    `(${queue}; ${workers} worker${workers === 1 ? '' : 's'} here; models: ${models.join(', ')}; images in ${path.resolve(o.results)}; API at /openapi.json)\n`);
+    `(${queue}; ${workers} worker${workers === 1 ? '' : 's'} here; ${describeModels(o.modelDir)}; images in ${path.resolve(o.results)}; API at /openapi.json)\n`);
   await runUntilSignalled('diffuse serve', service.close);
 }
