@@ -213,7 +213,7 @@ test('200+ malformed or hostile requests are each one 4xx naming the field, and 
 });
 
 test('a model folder no pipeline here runs is refused at once by name with why, and listed as not served', async () => {
-  for (const [model, why] of [['inpaint', 'StableDiffusionInpaintPipeline: no pipeline here runs it'], ['broken', 'model_index.json unreadable']]) {
+  for (const [model, why] of [['inpaint', 'StableDiffusionInpaintPipeline: no pipeline here runs it'], ['broken', 'model_index.json is not valid JSON']]) {
     const response = await post({ model, prompt: 'x', steps: 2 });
     const text = await response.text();
     assert.equal(response.status, 422, text);
@@ -222,7 +222,7 @@ test('a model folder no pipeline here runs is refused at once by name with why, 
     assert.ok(error.message.includes(`not a model this service runs (${why}`) && error.message.includes('StableDiffusionPipeline, '), error.message);
   }
   assert.deepEqual(listModels(models), ['my-model']);
-  assert.match(describeModels(models), /^models: reference, .*my-model; not served: broken \(model_index\.json unreadable: .*\), inpaint \(StableDiffusionInpaintPipeline: no pipeline here runs it\)$/);
+  assert.match(describeModels(models), /^models: reference, .*my-model; not served: broken \(model_index\.json is not valid JSON\), inpaint \(StableDiffusionInpaintPipeline: no pipeline here runs it\)$/);
   const openapi = await (await fetch(`${base}/openapi.json`)).json() as { info: { description: string } };
   assert.doesNotMatch(openapi.info.description, /inpaint|broken/);
 });

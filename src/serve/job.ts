@@ -137,7 +137,8 @@ function unservable(dir: string): string | undefined {
   try {
     index = JSON.parse(fs.readFileSync(path.join(dir, 'model_index.json'), 'utf8'));
   } catch (e) {
-    return `model_index.json unreadable: ${(e as Error).message.split('\n')[0]}`;
+    // The reason travels to HTTP clients: a code, never the server's paths.
+    return e instanceof SyntaxError ? 'model_index.json is not valid JSON' : `model_index.json cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`;
   }
   const className = typeof index === 'object' && index !== null ? (index as Record<string, unknown>)._class_name : undefined;
   if (typeof className !== 'string') return 'model_index.json has no _class_name';
