@@ -385,7 +385,7 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
         pixel_weight = 1 if object_masks is None else 1 + args.unet_object_weight * object_masks[pick].float()
         loss = prediction_loss(pred, args.prediction, a, latents, noise, args.snr_cap, pixel_weight)
         if args.shape_contrast > 0:
-            contrasted = swaps[pick] & (t < args.shape_contrast_below)
+            contrasted = swaps[pick] & (t < args.shape_contrast_below) & (t >= args.shape_contrast_from)
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
                 contrast = shape_contrast_loss(unet, text_encoder, swapped_ids[pick], contrasted, noisy, t, pred,
                                                training_target(args.prediction, a, latents, noise), object_masks[pick])
@@ -515,6 +515,7 @@ def main():
     ap.add_argument('--shape-contrast', type=float, default=0,
                     help='weight of a hinge making the prediction worse under a caption with square and circle swapped (0: none)')
     ap.add_argument('--shape-contrast-below', type=int, default=1000, help='timesteps below which that hinge applies')
+    ap.add_argument('--shape-contrast-from', type=int, default=0, help='timesteps from which that hinge applies')
     ap.add_argument('--uncond', type=float, default=0.1, help='share of empty captions')
     ap.add_argument('--beta-schedule', choices=sorted(NOISE_SCHEDULES), default='scaled_linear', help='training noise schedule')
     ap.add_argument('--prediction', choices=('epsilon', 'v_prediction'), default='epsilon', help='what the U-Net predicts')
@@ -540,6 +541,8 @@ def main():
                          ('--decoded-pixel-weight', args.decoded_pixel_weight), ('--shape-contrast', args.shape_contrast)):
         if weight < 0:
             ap.error(f'{flag}: expected a weight of 0 or more, found {weight}')
+    if not 0 <= args.shape_contrast_from < args.shape_contrast_below <= 1000:
+        ap.error(f'--shape-contrast-from/--shape-contrast-below: expected 0 <= from < below <= 1000, found {args.shape_contrast_from} and {args.shape_contrast_below}')
     if args.grow_layers_per_block and not args.init_from:
         ap.error('--grow-layers-per-block grows the U-Net of --init-from: give both')
     if args.vae_only and args.vae_from:
