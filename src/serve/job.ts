@@ -101,9 +101,10 @@ export function resolveModel(name: string, modelDir: string | undefined): string
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name) || name.includes('..')) {
     throw new RequestError(422, 'model', 'not a model name', 'a folder name (letters, digits, ".", "_", "-")', JSON.stringify(name.slice(0, 100)));
   }
-  const known = modelDir ? listModels(modelDir) : [];
+  const folders = modelDir ? modelFolders(modelDir) : [];
+  const known = served(folders);
   if (!modelDir || !known.includes(name)) {
-    const why = modelDir && fs.existsSync(path.join(modelDir, name, 'model_index.json')) ? unservable(path.join(modelDir, name)) : undefined;
+    const why = folders.find(([folder]) => folder === name)?.[1];
     if (why) throw new RequestError(422, 'model', `not a model this service runs (${why})`, pipelineClasses().join(', '), JSON.stringify(name));
     throw new RequestError(422, 'model', 'unknown model', [...Object.keys(REFERENCE_MODELS), ...known].join(', '), JSON.stringify(name));
   }
@@ -117,18 +118,24 @@ export function modelNames(modelDir: string | undefined): string[] {
 
 /** The model directory's diffusers folders a pipeline here runs (a model_index.json naming a class it runs). */
 export function listModels(modelDir: string): string[] {
-  // Links count: an operator may link models in from elsewhere.
-  return fs.readdirSync(modelDir).filter((name) => fs.existsSync(path.join(modelDir, name, 'model_index.json')) && !unservable(path.join(modelDir, name))).sort();
+  return served(modelFolders(modelDir));
 }
 
 /** "models: …" for the operator's start line, then the model directory's folders no pipeline here runs, each with why. */
 export function describeModels(modelDir: string | undefined): string {
-  const skipped = (modelDir ? fs.readdirSync(modelDir).sort() : []).flatMap((name) => {
-    const dir = path.join(modelDir!, name);
-    const why = fs.existsSync(path.join(dir, 'model_index.json')) ? unservable(dir) : undefined;
-    return why ? [`${name} (${why})`] : [];
-  });
+  const skipped = (modelDir ? modelFolders(modelDir) : []).flatMap(([name, why]) => (why ? [`${name} (${why})`] : []));
   return `models: ${modelNames(modelDir).join(', ')}${skipped.length ? `; not served: ${skipped.join(', ')}` : ''}`;
+}
+
+/** The model directory's diffusers folders (those with a model_index.json), sorted, each with why it cannot be served (undefined: it can). */
+function modelFolders(modelDir: string): [string, string | undefined][] {
+  // Links count: an operator may link models in from elsewhere.
+  return fs.readdirSync(modelDir).sort().filter((name) => fs.existsSync(path.join(modelDir, name, 'model_index.json')))
+    .map((name) => [name, unservable(path.join(modelDir, name))]);
+}
+
+function served(folders: [string, string | undefined][]): string[] {
+  return folders.filter(([, why]) => !why).map(([name]) => name);
 }
 
 /** Why a folder with a model_index.json cannot be served; undefined when a pipeline here runs its class. */
