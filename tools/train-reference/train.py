@@ -541,6 +541,12 @@ def main():
                          ('--decoded-pixel-weight', args.decoded_pixel_weight), ('--shape-contrast', args.shape_contrast)):
         if weight < 0:
             ap.error(f'{flag}: expected a weight of 0 or more, found {weight}')
+    # A band given without its loss would do nothing: refused, not ignored.
+    for flags, changed, flag, weight in (
+            ('--decoded-pixel-below', args.decoded_pixel_below != 400, '--decoded-pixel-weight', args.decoded_pixel_weight),
+            ('--shape-contrast-from/--shape-contrast-below', (args.shape_contrast_from, args.shape_contrast_below) != (0, 1000), '--shape-contrast', args.shape_contrast)):
+        if changed and weight == 0:
+            ap.error(f'{flags}: bounds a loss that is off; give {flag} too')
     if not 0 <= args.shape_contrast_from < args.shape_contrast_below <= 1000:
         ap.error(f'--shape-contrast-from/--shape-contrast-below: expected 0 <= from < below <= 1000, found {args.shape_contrast_from} and {args.shape_contrast_below}')
     if args.grow_layers_per_block and not args.init_from:
