@@ -38,8 +38,9 @@ def is_held_out(caption):
     return fnv1a(caption) % GRAMMAR['heldOutBuckets'] == 0
 
 
-def sample_scene(rng):
-    count = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+def sample_scene(rng, count=None):
+    """A random scene; `count` fixes the number of objects (else 1-3)."""
+    count = count or int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
     colours = rng.choice(len(COLOURS), size=count, replace=False)  # distinct: one colour mask per object
     cells = rng.choice(9, size=count, replace=False)
     objects = []
@@ -90,16 +91,22 @@ def shape_mask(shape, cx, cy, half, y0, x0, h, w):
 
 def render(scene, rng):
     """uint8 [SIZE, SIZE, 3]."""
-    n = SIZE * SUPERSAMPLE
     jitter = GRAMMAR['backgroundJitter']
     background = np.clip(np.array(GRAMMAR['backgrounds'][scene['background']]) + rng.integers(-jitter, jitter + 1, 3), 0, 255)
-    image = np.empty((n, n, 3), dtype=np.float32)
-    image[:] = background
     centres = GRAMMAR['cellCentres']
     pj = GRAMMAR['positionJitter']
-    for o in scene['objects']:
-        cx = (centres[o['cell'][0]] + rng.uniform(-pj, pj)) * SUPERSAMPLE
-        cy = (centres[o['cell'][1]] + rng.uniform(-pj, pj)) * SUPERSAMPLE
+    placed = [(o, centres[o['cell'][0]] + rng.uniform(-pj, pj), centres[o['cell'][1]] + rng.uniform(-pj, pj))
+              for o in scene['objects']]
+    return draw(background, placed)
+
+
+def draw(background, placed):
+    """uint8 [SIZE, SIZE, 3]: objects [(object, centre x, centre y in pixels)] on a background RGB."""
+    n = SIZE * SUPERSAMPLE
+    image = np.empty((n, n, 3), dtype=np.float32)
+    image[:] = background
+    for o, x, y in placed:
+        cx, cy = x * SUPERSAMPLE, y * SUPERSAMPLE
         half = GRAMMAR['sizes'][o['size']] * SUPERSAMPLE
         y0, x0 = max(0, int(cy - half) - 1), max(0, int(cx - half) - 1)
         y1, x1 = min(n, int(cy + half) + 2), min(n, int(cx + half) + 2)

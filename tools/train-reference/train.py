@@ -338,7 +338,103 @@ def shape_contrast_loss(unet, text_encoder, swapped_ids, contrasted, noisy, t, p
     return F.relu((1 + CONTRAST_MARGIN) * err(pred[contrasted].float()) - err(wrong)).sum() / len(contrasted)
 
 
-def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokenizer, args, history, probe, vae, images):
+PALETTE = {**scenes.GRAMMAR['colours'], **scenes.GRAMMAR['backgrounds']}
+FAR_FROM_PALETTE = 90  # as the adherence checker: farther than this from every palette colour, no label
+
+
+def object_centre(image, colour):
+    """(x, y) centre in pixels of the pixels nearest to `colour` among the palette, or None if fewer than a
+    small object's quarter."""
+    names = list(PALETTE)
+    d = np.linalg.norm(image[:, :, None, :].astype(np.float32) - np.array(list(PALETTE.values()), np.float32), axis=3)
+    mask = (d.argmin(axis=2) == names.index(colour)) & (d.min(axis=2) < FAR_FROM_PALETTE)
+    if mask.sum() < (2 * scenes.GRAMMAR['sizes']['small']) ** 2 / 4:
+        return None
+    ys, xs = np.nonzero(mask)
+    return xs.mean() + 0.5, ys.mean() + 0.5
+
+
+def redrawn(scene, image):
+    """The scene as the renderer draws its caption, its one object where `image` shows it (the centre kept within
+    the renderer's jitter of that cell's centre) on `image`'s background; None if the object is missing or, when
+    the caption states its place, in another cell."""
+    o = scene['objects'][0]
+    found = object_centre(image, o['colour'])
+    if found is None:
+        return None
+    centres, jitter = np.array(scenes.GRAMMAR['cellCentres']), scenes.GRAMMAR['positionJitter']
+    cell = tuple(int(np.abs(centres - v).argmin()) for v in found)
+    if o['position_stated'] and cell != tuple(o['cell']):
+        return None
+    x, y = (np.clip(v, centres[c] - jitter, centres[c] + jitter) for v, c in zip(found, cell))
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
+    name = scene['background'] if scene['background_stated'] else min(
+        scenes.BACKGROUNDS, key=lambda b: np.abs(np.median(border, axis=0) - scenes.GRAMMAR['backgrounds'][b]).sum())
+    bj = scenes.GRAMMAR['backgroundJitter']
+    base = np.array(scenes.GRAMMAR['backgrounds'][name])
+    background = np.clip(np.median(border, axis=0), base - bj, base + bj)
+    return scenes.draw(background, [(o, x, y)])
+
+
+@torch.no_grad()
+def self_corrected_pairs(folder, vae, scaling, tokenizer, count, guidance, seed, batch=64, steps=25):
+    """Pairs for --self-correct: the starting model's own 25-step samples of one-object captions, each redrawn as
+    the renderer draws its caption with the object where the sample put it. Returns (caption ids, starting noise,
+    latents of the redrawn scenes); samples missing the object or placing it in another cell than named are
+    dropped. Plain training pairs a scene with noise drawn apart from it, so at high noise the model learns the
+    mean of every scene the noisy latent allows: a blurred object whose corners no later step restores. Trained on
+    noise paired with what the model itself drew from it, each sample's path is one scene's (as rectified flow's
+    reflow), and the redrawing puts the caption's exact shape at its end."""
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    size = pipe.unet.config.sample_size
+    ids, noises, images, drawn = [], [], [], 0
+    while drawn < count:
+        batch_scenes = []
+        while len(batch_scenes) < min(batch, count - drawn):
+            scene = scenes.sample_scene(rng, count=1)
+            if not scenes.is_held_out(scenes.caption(scene)):
+                batch_scenes.append(scene)
+        captions = [scenes.caption(s) for s in batch_scenes]
+        noise = torch.randn((len(captions), pipe.unet.config.in_channels, size, size), generator=gen)
+        samples = pipe(captions, latents=noise.clone(), guidance_scale=guidance, num_inference_steps=steps,
+                       output_type='np').images
+        drawn += len(captions)
+        for scene, text, start, sample in zip(batch_scenes, captions, noise, samples):
+            target = redrawn(scene, np.round(sample * 255).astype(np.uint8))
+            if target is not None:
+                ids.append(text)
+                noises.append(start)
+                images.append(target)
+        log(f'self-correction: {len(images)} of {drawn} samples kept')
+    latents = encode_pool(vae, np.stack(images))[0] * scaling
+    return tokenize(tokenizer, ids), torch.stack(noises), latents, np.stack(images)
+
+
+def self_corrected_loss(unet, text_encoder, pairs, empty, alphas, args, gen):
+    """The guided prediction (CFG at --self-correct-guidance, the unconditional part held fixed) against the
+    straight path from a pair's noise to its redrawn scene, divided by the guidance squared: the conditional
+    prediction's MSE to the one that would make the guided sampler follow that path."""
+    ids, noise, latents = pairs
+    pick = torch.randint(len(ids), (args.self_correct_batch,), generator=gen)
+    t = training_timesteps(len(alphas), len(pick), args.high_noise_share, args.pure_noise_share, gen)
+    a = alphas[t].view(-1, 1, 1, 1)
+    noisy = noised(latents[pick], noise[pick], a)
+    target = training_target(args.prediction, a, latents[pick], noise[pick])
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.no_grad():
+            blank = text_encoder(empty[None]).last_hidden_state.expand(len(pick), -1, -1)
+            plain = unet(noisy, t, blank).sample.float()
+        cond = unet(noisy, t, text_encoder(ids[pick]).last_hidden_state).sample.float()
+    w = args.self_correct_guidance
+    return ((plain + w * (cond - plain) - target) ** 2).mean() / w ** 2
+
+
+def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokenizer, args, history, probe, vae, images,
+               pairs=None):
     torch.manual_seed(args.seed + 3)
     if args.init_from:
         # Fine-tuning: start from a saved pipeline's weights (e.g. onto another noise schedule).
@@ -399,6 +495,11 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
             loss = loss + args.decoded_pixel_weight * pixels * float(low.float().mean())
             if step % 10 == 0:
                 history.append({'stage': 'decoded', 'step': step, 'loss': pixels.item()})
+        if pairs is not None:
+            corrected = self_corrected_loss(unet, text_encoder, pairs, empty, alphas, args, gen)
+            loss = loss + corrected
+            if step % 10 == 0:
+                history.append({'stage': 'corrected', 'step': step, 'loss': corrected.item()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -410,7 +511,7 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
             history.append({'stage': 'unet', 'step': step, 'loss': loss.item(), 'seconds': time.time() - start})
         if step % 100 == 0 or step == args.unet_steps - 1:
             recent = [h['loss'] for h in history[-30:] if h['stage'] == 'unet'][-10:]
-            extra = ''.join(f', {stage} {np.mean(values):.4f}' for stage in ('decoded', 'contrast')
+            extra = ''.join(f', {stage} {np.mean(values):.4f}' for stage in ('decoded', 'contrast', 'corrected')
                             if (values := [h['loss'] for h in history[-30:] if h['stage'] == stage][-10:]))
             log(f'unet step {step}/{args.unet_steps}: loss {np.mean(recent):.4f}{extra}, {time.time() - start:.0f} s')
         if (step + 1) % args.gain_every == 0:
@@ -516,6 +617,10 @@ def main():
                     help='weight of a hinge making the prediction worse under a caption with square and circle swapped (0: none)')
     ap.add_argument('--shape-contrast-below', type=int, default=1000, help='timesteps below which that hinge applies')
     ap.add_argument('--shape-contrast-from', type=int, default=0, help='timesteps from which that hinge applies')
+    ap.add_argument('--self-correct', type=int, default=0,
+                    help="one-object samples of the --init-from model to redraw and train on as noise-scene pairs (0: off)")
+    ap.add_argument('--self-correct-batch', type=int, default=24, help='those pairs per step, on top of --unet-batch')
+    ap.add_argument('--self-correct-guidance', type=float, default=7.5, help='the CFG scale those samples are drawn and trained at')
     ap.add_argument('--uncond', type=float, default=0.1, help='share of empty captions')
     ap.add_argument('--beta-schedule', choices=sorted(NOISE_SCHEDULES), default='scaled_linear', help='training noise schedule')
     ap.add_argument('--prediction', choices=('epsilon', 'v_prediction'), default='epsilon', help='what the U-Net predicts')
@@ -549,6 +654,10 @@ def main():
             ap.error(f'{flags}: bounds a loss that is off; give {flag} too')
     if not 0 <= args.shape_contrast_from < args.shape_contrast_below <= 1000:
         ap.error(f'--shape-contrast-from/--shape-contrast-below: expected 0 <= from < below <= 1000, found {args.shape_contrast_from} and {args.shape_contrast_below}')
+    if args.self_correct and not args.init_from:
+        ap.error('--self-correct trains on the samples of the --init-from model: give both')
+    if args.self_correct < 0 or args.self_correct_batch < 1 or args.self_correct_guidance < 1:
+        ap.error(f'--self-correct/--self-correct-batch/--self-correct-guidance: expected 0 or more, 1 or more and 1 or more, found {args.self_correct}, {args.self_correct_batch} and {args.self_correct_guidance}')
     if args.grow_layers_per_block and not args.init_from:
         ap.error('--grow-layers-per-block grows the U-Net of --init-from: give both')
     if args.vae_only and args.vae_from:
@@ -584,7 +693,14 @@ def main():
     log('training the U-Net and the text encoder')
     masks = latent_object_masks(images, mean.shape[-2:]) if args.unet_object_weight > 0 or args.shape_contrast > 0 else None
     vae.requires_grad_(False)
-    text_encoder, unet = train_unet(captions, mean, std, masks, scaling, tokenizer, args, history, probe, vae, images)
+    pairs = None
+    if args.self_correct:
+        log(f'drawing {args.self_correct} one-object samples from {args.init_from} to redraw')
+        *pairs, redrawn_images = self_corrected_pairs(args.init_from, vae, scaling, tokenizer, args.self_correct,
+                                                      args.self_correct_guidance, args.seed + 9)
+        Image.fromarray(np.concatenate(list(redrawn_images[:16]), axis=1)).save(f'{args.log}-redrawn.png')
+    text_encoder, unet = train_unet(captions, mean, std, masks, scaling, tokenizer, args, history, probe, vae, images,
+                                    pairs)
 
     scheduler = DPMSolverMultistepScheduler.from_config(DDPMScheduler(**noise_schedule_of(args)).config)
     # As SD's folders do: DDIM, DDPM and PNDM built from this config would otherwise clip x0 to [-1, 1]
