@@ -7,7 +7,7 @@
  *   node --import tsx tools/reference-adherence.ts [--count 24] [--steps 25] [--guidance 1,2,3,5,7.5] [--model DIR] [--seeds 3]
  */
 import { parseArgs } from 'node:util';
-import { adherence } from '../src/metrics/adherence.ts';
+import { adherence, sameCell } from '../src/metrics/adherence.ts';
 import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { HELD_OUT_PROMPTS, parseCaption, readPromptFile, sceneGrammar } from '../src/scenes/captions.ts';
@@ -39,18 +39,23 @@ const seeds = Number(values.seeds);
 let right = 0;
 const misses = new Map<string, number>();
 const rightByShape = new Map<string, number>(g.shapes.map((s) => [s, 0]));
+// The issue's bar: a prompt passes when it comes out right in most of its seeds.
+let promptsRightInMostSeeds = 0;
 for (const prompt of simple) {
+  let rightSeeds = 0;
   for (let seed = 0; seed < seeds; seed++) {
     const image = (await pipeline.generate({ prompt, seed, steps: Number(values.steps) })).images[0];
     const [want] = parseCaption(prompt).objects;
     const [got] = adherence(image.data, image.width, image.height, prompt).objects;
-    const wrong = !got.found ? ['colour'] : [got.shape !== want.shape && 'shape', (got.cell![0] !== want.cell![0] || got.cell![1] !== want.cell![1]) && 'place'].filter((w): w is string => !!w);
+    const wrong = !got.found ? ['colour'] : [got.shape !== want.shape && 'shape', !sameCell(got.cell, want.cell) && 'place'].filter((w): w is string => !!w);
     if (wrong.length === 0) {
       right++;
+      rightSeeds++;
       rightByShape.set(want.shape, rightByShape.get(want.shape)! + 1);
     }
     for (const w of wrong) misses.set(w, (misses.get(w) ?? 0) + 1);
   }
+  if (rightSeeds > seeds / 2) promptsRightInMostSeeds++;
 }
-console.log(`\none-object prompts (${simple.length} prompts x ${seeds} seeds, default guidance): ${right} of ${simple.length * seeds} images right in colour, shape and place; wrong: ${[...misses].map(([w, n]) => `${w} ${n}`).join(', ') || 'none'}; right per shape: ${[...rightByShape].map(([s, n]) => `${s}s ${n} of ${(simple.length / g.shapes.length) * seeds}`).join(', ')}`);
+console.log(`\none-object prompts (${simple.length} prompts x ${seeds} seeds, default guidance): ${right} of ${simple.length * seeds} images right in colour, shape and place; wrong: ${[...misses].map(([w, n]) => `${w} ${n}`).join(', ') || 'none'}; right per shape: ${[...rightByShape].map(([s, n]) => `${s}s ${n} of ${(simple.length / g.shapes.length) * seeds}`).join(', ')}; prompts right in most seeds: ${promptsRightInMostSeeds} of ${simple.length}`);
 await pipeline.release();

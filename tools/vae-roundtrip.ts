@@ -6,7 +6,7 @@
  *   node --import tsx tools/vae-roundtrip.ts PREFIX
  */
 import * as fs from 'node:fs';
-import { adherence } from '../src/metrics/adherence.ts';
+import { adherence, sameCell } from '../src/metrics/adherence.ts';
 import { parseCaption, sceneGrammar } from '../src/scenes/captions.ts';
 
 const prefix = process.argv[2];
@@ -34,7 +34,7 @@ for (const kind of ['original', 'roundtrip']) {
     right.found++;
     if (got.shape === want.shape) (right.shape++, tally[0]++);
     if (got.size === want.size) right.size++;
-    if (got.cell![0] === want.cell![0] && got.cell![1] === want.cell![1]) right.place++;
+    if (sameCell(got.cell, want.cell)) right.place++;
   });
   const kinds = [...perKind].sort(([a], [b]) => a.localeCompare(b)).map(([k, [ok, n]]) => `${k} ${ok}/${n}`).join(', ');
   console.log(`${kind} | ${right.found} | ${right.shape} | ${right.size} | ${right.place} | ${kinds}`);

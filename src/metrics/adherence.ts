@@ -34,6 +34,11 @@ const SHAPE_FILL: Record<string, number> = { triangle: 0.5, circle: Math.PI / 4,
 
 interface Region { area: number; x0: number; y0: number; x1: number; y1: number; cx: number; cy: number; pixels: number[] }
 
+/** Whether two grid cells ([column, row]) are the same; a missing one matches nothing. */
+export function sameCell(a: [number, number] | undefined, b: [number, number] | undefined): boolean {
+  return !!a && !!b && a[0] === b[0] && a[1] === b[1];
+}
+
 function nearest<T>(value: number, options: [T, number][]): T {
   return options.reduce((best, o) => (Math.abs(o[1] - value) < Math.abs(best[1] - value) ? o : best))[0];
 }
@@ -110,7 +115,7 @@ export function adherence(image: Float32Array, width: number, height: number, ca
     const size = nearest(Math.max(bw / sx, bh / sy) / 2, Object.entries(g.sizes));
     const cell: [number, number] = [Math.min(2, Math.floor((3 * r.cx) / width)), Math.min(2, Math.floor((3 * r.cy) / height))];
     const checks = [1, Number(shape === o.shape), Number(size === o.size)];
-    if (o.cell) checks.push(Number(cell[0] === o.cell[0] && cell[1] === o.cell[1]));
+    if (o.cell) checks.push(Number(sameCell(cell, o.cell)));
     const score = checks.reduce((a, b) => a + b, 0) / checks.length;
     items.push(score);
     return { colour: o.colour, found: true, shape, size, cell, score };
