@@ -91,6 +91,7 @@ test('diffuse tune writes a schedule that --accel attn-reuse:schedule=FILE runs'
     guidance: 7.5, seed: 0, scheduler: 'ddim', out, maxRounds: 1 });
   const report = JSON.parse(fs.readFileSync(out, 'utf8'));
   assert.equal(report.finished, true);
+  assert.equal(report.model, 'tiny-sd1', 'the folder\'s name, not this machine\'s path');
   assert.ok(report.rounds.length <= 2, '--max-rounds 1: HURRY and one round');
   assert.equal(report.schedule.length, 5);
   assert.equal(report.schedule[0], 1);

@@ -42,6 +42,7 @@ test('bench on a folder: table with speed-up, MAC ratio, PSNR/SSIM, and a labell
   assert.equal(run.status, 0, run.stderr);
   assert.match(run.stdout, /PSNR dB/);
   const result = JSON.parse(fs.readFileSync(json, 'utf8'));
+  assert.equal(result.model, path.basename(TINY), 'the folder\'s name, not this machine\'s path');
   const [base, fast] = result.rows;
   assert.equal(base.setting, 'baseline');
   assert.ok(fast.macs < base.macs, 'TGATE saves MACs');
@@ -84,7 +85,9 @@ test('bench --fidelity on a PixArt folder: span caches in the sweep, their savin
     '--prompts', prompts, '--sweep', 'teacache:rel_l1_thresh=10', '--sweep', 'fbcache:residual_diff_threshold=10', '--no-fewer-steps', '--json', json);
   assert.equal(run.status, 0, run.stderr);
   assert.match(run.stdout, /ran ×/);
-  const rows = JSON.parse(fs.readFileSync(json, 'utf8')).rows as { label: string; macRatio: number; spentRatio: number }[];
+  const report = JSON.parse(fs.readFileSync(json, 'utf8'));
+  assert.equal(report.model, 'tiny-pixart-alpha', 'the folder\'s name, not this machine\'s path');
+  const rows = report.rows as { label: string; macRatio: number; spentRatio: number }[];
   for (const row of rows.slice(1)) {
     assert.equal(row.macRatio, 1, `${row.label}: counted from configs, nothing saved`);
     assert.ok(row.spentRatio > 1.2, `${row.label}: the runs skipped blocks (×${row.spentRatio})`);

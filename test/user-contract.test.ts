@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createAccelerator, parseAccelSpec, toAccelSpecs } from '../src/accel/index.ts';
 import { describe } from '../src/errors.ts';
-import { modelName } from '../src/cli/generate.ts';
+import { modelName } from '../src/pipelines/model-name.ts';
 import { withFlagNames } from '../src/cli/flag-names.ts';
 import { buildProgram } from '../src/cli/main.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';

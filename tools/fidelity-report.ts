@@ -147,7 +147,7 @@ async function unetPart(): Promise<void> {
     END,
   ].join('\n');
   replaceSection(START, END, generated);
-  fs.writeFileSync(path.join(DOCS, 'fidelity.json'), JSON.stringify({ ...options, progress: undefined, rows: result.rows, chanceAdherence: result.chanceAdherence }, null, 1));
+  fs.writeFileSync(path.join(DOCS, 'fidelity.json'), JSON.stringify({ ...options, model: 'reference', progress: undefined, rows: result.rows, chanceAdherence: result.chanceAdherence }, null, 1));
   console.log('wrote the U-Net part of docs/FIDELITY.md and its images');
 }
 

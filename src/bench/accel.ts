@@ -18,6 +18,7 @@ import { checkRandomPreset, ensureRandomPresetFolder } from './random-folder.ts'
 import type { SchedulerName } from '../schedulers/index.ts';
 import { pipelineDefaults } from '../pipelines/families.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
+import { modelName } from '../pipelines/model-name.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import { classPrompts, fidelitySweep, formatFidelity, type FidelityOptions } from './fidelity.ts';
@@ -154,8 +155,8 @@ function comparison(a: Measured, b: Measured, labels: [string[], string[]]): { d
   return { data: out, width, height };
 }
 
-/** The options once --guidance has its default. */
-type Resolved = BenchOptions & { guidance: number };
+/** The options once --guidance has its default; `name` is how reports name the model. */
+type Resolved = BenchOptions & { guidance: number; name: string };
 
 export async function bench(o: BenchOptions): Promise<void> {
   if ((o.model === undefined) === (o.preset === undefined)) {
@@ -181,6 +182,7 @@ export async function bench(o: BenchOptions): Promise<void> {
     createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
     checkPrecisionDevice(o.precision, o.device);
   }
+  const name = o.model !== undefined ? modelName(modelFolder(o.model), o.model) : o.preset!;
   if (o.model !== undefined) o = { ...o, model: modelFolder(o.model) };
   else if (!o.dryRun) {
     checkRandomPreset(o.preset!);
@@ -190,7 +192,7 @@ export async function bench(o: BenchOptions): Promise<void> {
   }
   // Without --guidance, the pipeline's own default, as `generate` uses; a preset's dry run only counts
   // MACs, for which every default (all > 1) runs the CFG batch alike.
-  return benchResolved({ ...o, guidance: o.guidance ?? (o.model !== undefined ? pipelineDefaults(readPipelineFolder(o.model).className).guidanceScale : 7.5) }, given);
+  return benchResolved({ ...o, name, guidance: o.guidance ?? (o.model !== undefined ? pipelineDefaults(readPipelineFolder(o.model).className).guidanceScale : 7.5) }, given);
 }
 
 async function benchResolved(o: Resolved, given: string[] | undefined): Promise<void> {
@@ -251,10 +253,11 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
       ['BASELINE', `${base.best.toFixed(2)} S`],
       [[...o.accel.map((a) => a.method), ...(o.precision === 'fp32' ? [] : [o.precision])].join('+'), `${fast.best.toFixed(2)} S ${speedup.toFixed(2)}X`, `PSNR ${p.toFixed(1)} DB`],
     ]);
-    writeFileAtomically(o.out, encodePng(image.data, image.width, image.height, { 'diffusion.ts': JSON.stringify({ rows, ...o, accel: o.accel.map(formatAccelSpec) }) }));
+    const { name, ...settings } = o;
+    writeFileAtomically(o.out, encodePng(image.data, image.width, image.height, { 'diffusion.ts': JSON.stringify({ rows, ...settings, model: name, accel: o.accel.map(formatAccelSpec) }) }));
     console.log(`  comparison image: ${o.out}`);
     if (o.json) {
-      writeOutput(o.json, JSON.stringify({ model: path.resolve(o.model!), width, height, steps: o.steps, runs: o.runs, rows,
+      writeOutput(o.json, JSON.stringify({ model: o.name, width, height, steps: o.steps, runs: o.runs, rows,
         seconds: { baseline: base.seconds, accelerated: fast.seconds }, accel: o.accel.map(formatAccelSpec), precision: o.precision }, null, 2));
     }
   } finally {
@@ -272,7 +275,7 @@ async function benchFidelity(o: Resolved, model: string, prompts: string[]): Pro
   console.log(formatFidelity(result, options));
   if (o.json) {
     const rows = result.rows.map((r) => ({ ...r, accel: r.accel.map(formatAccelSpec) }));
-    writeOutput(o.json, JSON.stringify({ model: path.resolve(model), width: result.width, height: result.height, steps: o.steps,
+    writeOutput(o.json, JSON.stringify({ model: o.name, width: result.width, height: result.height, steps: o.steps,
       scheduler: o.scheduler ?? null, guidance: o.guidance, seed: o.seed, threads: o.threads ?? null, prompts, chanceAdherence: result.chanceAdherence, rows }, null, 2));
   }
 }

@@ -16,6 +16,7 @@ import type { GeneratedImage, Latents, StepInfo } from '../pipelines/common.ts';
 import { folderFamily, type PipelineFamily } from '../pipelines/families.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
+import { isCheckpointFile, modelName } from '../pipelines/model-name.ts';
 import { readPromptFile } from '../scenes/captions.ts';
 import { readImage } from '../image/read.ts';
 import { convertedFolder } from '../models/official-dit-checkpoint.ts';
@@ -176,7 +177,6 @@ function checkOutputs(f: GenerateFlags, family: PipelineFamily, subjects: string
 }
 
 /** A PyTorch checkpoint given as --model (DiT / Skip-DiT `.pt`), not a folder. */
-const isCheckpointFile = (model: string) => /\.pth?$/i.test(model);
 
 /** The folder --model names: the embedded model, a diffusers folder, or a DiT / Skip-DiT .pt converted once (with --arch/--num-heads/--vae). */
 function modelDir(f: GenerateFlags): string {
@@ -297,18 +297,6 @@ export async function generate(f: GenerateFlags): Promise<void> {
     process.off('SIGTERM', onSignal);
     await job?.release();
   }
-}
-
-/**
- * The model's name for the PNG, never the user's folder layout: the folder's name, "org/name" for
- * a Hugging Face cache snapshot (models--org--name/snapshots/<rev>), a checkpoint's file name,
- * "reference" for the embedded one.
- */
-export function modelName(dir: string, given: string | undefined): string {
-  if (given === undefined || given === 'reference') return 'reference';
-  if (isCheckpointFile(given)) return path.basename(given);
-  const hub = /models--([^/\\]+)[/\\]snapshots[/\\][^/\\]+[/\\]?$/.exec(path.resolve(dir));
-  return hub ? hub[1].replace(/--/g, '/') : path.basename(path.resolve(dir));
 }
 
 /** The cursor shown and line wrapping on again, whatever the progress bar left. */
