@@ -176,8 +176,6 @@ function checkOutputs(f: GenerateFlags, family: PipelineFamily, subjects: string
   return names;
 }
 
-/** A PyTorch checkpoint given as --model (DiT / Skip-DiT `.pt`), not a folder. */
-
 /** The folder --model names: the embedded model, a diffusers folder, or a DiT / Skip-DiT .pt converted once (with --arch/--num-heads/--vae). */
 function modelDir(f: GenerateFlags): string {
   const checkpoint = f.model !== undefined && isCheckpointFile(f.model);

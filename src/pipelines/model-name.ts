@@ -1,7 +1,7 @@
 /** How a model given by path is named in what the tools write (PNG metadata, JSON reports). */
 import * as path from 'node:path';
 
-/** An official checkpoint file (Skip-DiT's .pt) rather than a diffusers folder. */
+/** A PyTorch checkpoint given as --model (DiT / Skip-DiT `.pt`), not a folder. */
 export const isCheckpointFile = (model: string) => /\.pth?$/i.test(model);
 
 /**
