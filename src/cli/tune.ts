@@ -99,12 +99,13 @@ export async function tune(flags: TuneFlags): Promise<void> {
       for (let i = 0; i < prompts.length; i++) total += Math.min(PSNR_CAP, psnr((await pipeline.generate(request(i, [spec]))).images[0].data, baseline[i].data));
       return total / prompts.length;
     };
-    console.log(`PHAST on ${modelName(model, f.model)}: ${calls} model calls, ${f.reuse} reusing, ${prompts.length} prompts, ε = ${f.epsilon} dB; objective: mean PSNR against the unaccelerated images`);
+    const name = modelName(model, f.model);
+    console.log(`PHAST on ${name}: ${calls} model calls, ${f.reuse} reusing, ${prompts.length} prompts, ε = ${f.epsilon} dB; objective: mean PSNR against the unaccelerated images`);
     // The file is rewritten after every round, so a long search stopped early still leaves its best schedule.
     const save = (rounds: readonly Round<number[]>[], finished: boolean) => {
       const last = rounds[rounds.length - 1];
       const report = {
-        method: f.method, model: modelName(model, f.model), steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance,
+        method: f.method, model: name, steps: f.steps, calls, reuse: f.reuse, scheduler: f.scheduler ?? null, guidance,
         seed: f.seed, prompts, epsilon: f.epsilon, finished, evaluations, psnr: last.objective, hurryPsnr: rounds[0].objective,
         schedule: last.state, rounds: rounds.map((r) => ({ ...r, state: r.state.join('') })),
       };
