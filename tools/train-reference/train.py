@@ -380,7 +380,7 @@ def redrawn(scene, image):
 
 @torch.no_grad()
 def self_corrected_pairs(folder, vae, scaling, tokenizer, count, guidance, seed, batch=64, steps=25):
-    """Pairs for --self-correct: the starting model's own 25-step samples of one-object captions, each redrawn as
+    """Pairs for --self-correct: the starting model's own samples of one-object captions, each redrawn as
     the renderer draws its caption with the object where the sample put it. Returns (caption ids, starting noise,
     latents of the redrawn scenes); samples missing the object or placing it in another cell than named are
     dropped. Plain training pairs a scene with noise drawn apart from it, so at high noise the model learns the
@@ -623,6 +623,8 @@ def main():
                     help="one-object samples of the --init-from model to redraw and train on as noise-scene pairs (0: off)")
     ap.add_argument('--self-correct-batch', type=int, default=24, help='those pairs per step, on top of --unet-batch')
     ap.add_argument('--self-correct-guidance', type=float, default=7.5, help='the CFG scale those samples are drawn and trained at')
+    ap.add_argument('--self-correct-steps', type=int, default=25,
+                    help='sampler steps those samples are drawn with (only the place and background are kept from them)')
     ap.add_argument('--uncond', type=float, default=0.1, help='share of empty captions')
     ap.add_argument('--beta-schedule', choices=sorted(NOISE_SCHEDULES), default='scaled_linear', help='training noise schedule')
     ap.add_argument('--prediction', choices=('epsilon', 'v_prediction'), default='epsilon', help='what the U-Net predicts')
@@ -656,12 +658,12 @@ def main():
             ap.error(f'{flags}: bounds a loss that is off; give {flag} too')
     if not 0 <= args.shape_contrast_from < args.shape_contrast_below <= 1000:
         ap.error(f'--shape-contrast-from/--shape-contrast-below: expected 0 <= from < below <= 1000, found {args.shape_contrast_from} and {args.shape_contrast_below}')
-    if not args.self_correct and (args.self_correct_batch, args.self_correct_guidance) != (24, 7.5):
-        ap.error('--self-correct-batch/--self-correct-guidance: set how --self-correct trains, which is off; give --self-correct too')
+    if not args.self_correct and (args.self_correct_batch, args.self_correct_guidance, args.self_correct_steps) != (24, 7.5, 25):
+        ap.error('--self-correct-batch/--self-correct-guidance/--self-correct-steps: set how --self-correct trains, which is off; give --self-correct too')
     if args.self_correct and not args.init_from:
         ap.error('--self-correct trains on the samples of the --init-from model: give both')
-    if args.self_correct < 0 or args.self_correct_batch < 1 or args.self_correct_guidance < 1:
-        ap.error(f'--self-correct/--self-correct-batch/--self-correct-guidance: expected 0 or more, 1 or more and 1 or more, found {args.self_correct}, {args.self_correct_batch} and {args.self_correct_guidance}')
+    if args.self_correct < 0 or args.self_correct_batch < 1 or args.self_correct_guidance < 1 or args.self_correct_steps < 1:
+        ap.error(f'--self-correct/--self-correct-batch/--self-correct-guidance/--self-correct-steps: expected 0 or more, 1 or more, 1 or more and 1 or more, found {args.self_correct}, {args.self_correct_batch}, {args.self_correct_guidance} and {args.self_correct_steps}')
     if args.grow_layers_per_block and not args.init_from:
         ap.error('--grow-layers-per-block grows the U-Net of --init-from: give both')
     if args.vae_only and args.vae_from:
@@ -701,7 +703,7 @@ def main():
     if args.self_correct:
         log(f'drawing {args.self_correct} one-object samples from {args.init_from} to redraw')
         *pairs, redrawn_images = self_corrected_pairs(args.init_from, vae, scaling, tokenizer, args.self_correct,
-                                                      args.self_correct_guidance, args.seed + 9)
+                                                      args.self_correct_guidance, args.seed + 9, steps=args.self_correct_steps)
         Image.fromarray(np.concatenate(list(redrawn_images[:16]), axis=1)).save(f'{args.log}-redrawn.png')
     text_encoder, unet = train_unet(captions, mean, std, masks, scaling, tokenizer, args, history, probe, vae, images,
                                     pairs)
