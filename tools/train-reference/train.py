@@ -326,18 +326,17 @@ def swap_words(text, pair):
     return ' '.join(b if w == a else a if w == b else w for w in text.split(' '))
 
 
-def shape_contrast_loss(unet, text_encoder, swapped_ids, contrasted, noisy, t, pred, target, object_masks):
-    """How far, on the objects, the prediction under the caption with square and circle swapped fails to be worse
-    than under the true caption by CONTRAST_MARGIN (a hinge, per sample, mean over the batch). A square and a circle
-    of one size differ in a few corner pixels, too little of the denoising loss for the caption's shape word to be
-    learned; this makes the word matter there. `contrasted` marks the samples whose caption names either."""
-    if not contrasted.any():
+def shape_contrast_loss(pred, wrong, target, object_masks, batch):
+    """How far, on the objects, the prediction under the caption with square and circle swapped (`wrong`) fails to
+    be worse than under the true caption (`pred`) by CONTRAST_MARGIN (a hinge, per sample, mean over the `batch`).
+    A square and a circle of one size differ in a few corner pixels, too little of the denoising loss for the
+    caption's shape word to be learned; this makes the word matter there. The rows are the batch's samples whose
+    caption names either."""
+    if len(pred) == 0:
         return pred.new_zeros(())
-    mask = object_masks[contrasted].float()
-    context = text_encoder(swapped_ids[contrasted]).last_hidden_state
-    wrong = unet(noisy[contrasted], t[contrasted], context).sample.float()
-    err = lambda p: (((p - target[contrasted]) ** 2) * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1)  # noqa: E731
-    return F.relu((1 + CONTRAST_MARGIN) * err(pred[contrasted].float()) - err(wrong)).sum() / len(contrasted)
+    mask = object_masks.float()
+    err = lambda p: (((p - target) ** 2) * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1)  # noqa: E731
+    return F.relu((1 + CONTRAST_MARGIN) * err(pred) - err(wrong)).sum() / batch
 
 
 PALETTE = {**scenes.GRAMMAR['colours'], **scenes.GRAMMAR['backgrounds']}
@@ -416,23 +415,26 @@ def self_corrected_pairs(folder, vae, scaling, tokenizer, count, guidance, seed,
     return tokenize(tokenizer, ids), torch.stack(noises), latents, np.stack(images)
 
 
-def self_corrected_loss(unet, text_encoder, pairs, empty, alphas, args, gen):
-    """The guided prediction (CFG at --self-correct-guidance, the unconditional part held fixed) against the
-    straight path from a pair's noise to its redrawn scene, divided by the guidance squared: the conditional
-    prediction's MSE to the one that would make the guided sampler follow that path."""
+def self_corrected_inputs(unet, text_encoder, pairs, empty, alphas, args, gen):
+    """A step's draw of --self-correct pairs: (caption ids, noisy latents, timesteps, target, the unconditional
+    prediction, held fixed)."""
     ids, noise, latents = pairs
     pick = torch.randint(len(ids), (args.self_correct_batch,), generator=gen)
     t = training_timesteps(len(alphas), len(pick), args.high_noise_share, args.pure_noise_share, gen)
     a = alphas[t].view(-1, 1, 1, 1)
     noisy = noised(latents[pick], noise[pick], a)
     target = training_target(args.prediction, a, latents[pick], noise[pick])
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
-        with torch.no_grad():
-            blank = text_encoder(empty[None]).last_hidden_state.expand(len(pick), -1, -1)
-            plain = unet(noisy, t, blank).sample.float()
-        cond = unet(noisy, t, text_encoder(ids[pick]).last_hidden_state).sample.float()
-    w = args.self_correct_guidance
-    return ((plain + w * (cond - plain) - target) ** 2).mean() / w ** 2
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16), torch.no_grad():
+        blank = text_encoder(empty[None]).last_hidden_state.expand(len(pick), -1, -1)
+        plain = unet(noisy, t, blank).sample.float()
+    return ids[pick], noisy, t, target, plain
+
+
+def self_corrected_loss(cond, plain, target, guidance):
+    """The guided prediction (CFG at --self-correct-guidance) against the straight path from a pair's noise to its
+    redrawn scene, divided by the guidance squared: the conditional prediction's MSE to the one that would make the
+    guided sampler follow that path."""
+    return ((plain + guidance * (cond - plain) - target) ** 2).mean() / guidance ** 2
 
 
 def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokenizer, args, history, probe, vae, images,
@@ -477,16 +479,27 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
         t = training_timesteps(noise_schedule['num_train_timesteps'], len(pick), args.high_noise_share * fall, args.pure_noise_share * fall, gen, args.low_noise_share)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = noised(latents, noise, a)
+        # The hinge's swapped captions and the self-correction pairs ride in the batch's one U-Net call:
+        # a call of this tiny model costs mostly its fixed overhead, so four calls a step were twice as slow.
+        rows = [(batch_ids, noisy, t)]
+        if args.shape_contrast > 0:
+            contrasted = swaps[pick] & (t < args.shape_contrast_below) & (t >= args.shape_contrast_from)
+            rows.append((swapped_ids[pick][contrasted], noisy[contrasted], t[contrasted]))
+        if pairs is not None:
+            pair_ids, pair_noisy, pair_t, pair_target, plain = self_corrected_inputs(unet, text_encoder, pairs, empty,
+                                                                                     alphas, args, gen)
+            rows.append((pair_ids, pair_noisy, pair_t))
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
-            context = text_encoder(batch_ids).last_hidden_state
-            pred = unet(noisy, t, context).sample
+            context = text_encoder(torch.cat([r[0] for r in rows])).last_hidden_state
+            out = unet(torch.cat([r[1] for r in rows]), torch.cat([r[2] for r in rows]), context).sample
+        pred, *extra = out.split([len(r[0]) for r in rows])
         pixel_weight = 1 if object_masks is None else 1 + args.unet_object_weight * object_masks[pick].float()
         loss = prediction_loss(pred, args.prediction, a, latents, noise, args.snr_cap, pixel_weight)
         if args.shape_contrast > 0:
-            contrasted = swaps[pick] & (t < args.shape_contrast_below) & (t >= args.shape_contrast_from)
-            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
-                contrast = shape_contrast_loss(unet, text_encoder, swapped_ids[pick], contrasted, noisy, t, pred,
-                                               training_target(args.prediction, a, latents, noise), object_masks[pick])
+            wrong = extra.pop(0)
+            contrast = shape_contrast_loss(pred[contrasted].float(), wrong.float(),
+                                           training_target(args.prediction, a, latents, noise)[contrasted],
+                                           object_masks[pick][contrasted], len(pick))
             loss = loss + args.shape_contrast * contrast
             if step % 10 == 0:
                 history.append({'stage': 'contrast', 'step': step, 'loss': contrast.item()})
@@ -498,7 +511,7 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
             if step % 10 == 0:
                 history.append({'stage': 'decoded', 'step': step, 'loss': pixels.item()})
         if pairs is not None:
-            corrected = self_corrected_loss(unet, text_encoder, pairs, empty, alphas, args, gen)
+            corrected = self_corrected_loss(extra.pop(0).float(), plain, pair_target, args.self_correct_guidance)
             loss = loss + corrected
             if step % 10 == 0:
                 history.append({'stage': 'corrected', 'step': step, 'loss': corrected.item()})
