@@ -378,7 +378,7 @@ def redrawn(scene, image):
 
 
 @torch.no_grad()
-def self_corrected_pairs(folder, vae, scaling, tokenizer, count, guidance, seed, batch=64, steps=25):
+def self_corrected_pairs(folder, vae, scaling, tokenizer, count, guidance, seed, steps, batch=64):
     """Pairs for --self-correct: the starting model's own samples of one-object captions, each redrawn as
     the renderer draws its caption with the object where the sample put it. Returns (caption ids, starting noise,
     latents of the redrawn scenes); samples missing the object or placing it in another cell than named are
@@ -671,7 +671,8 @@ def main():
             ap.error(f'{flags}: bounds a loss that is off; give {flag} too')
     if not 0 <= args.shape_contrast_from < args.shape_contrast_below <= 1000:
         ap.error(f'--shape-contrast-from/--shape-contrast-below: expected 0 <= from < below <= 1000, found {args.shape_contrast_from} and {args.shape_contrast_below}')
-    if not args.self_correct and (args.self_correct_batch, args.self_correct_guidance, args.self_correct_steps) != (24, 7.5, 25):
+    tuning = ('self_correct_batch', 'self_correct_guidance', 'self_correct_steps')
+    if not args.self_correct and any(getattr(args, k) != ap.get_default(k) for k in tuning):
         ap.error('--self-correct-batch/--self-correct-guidance/--self-correct-steps: set how --self-correct trains, which is off; give --self-correct too')
     if args.self_correct and not args.init_from:
         ap.error('--self-correct trains on the samples of the --init-from model: give both')
@@ -716,7 +717,7 @@ def main():
     if args.self_correct:
         log(f'drawing {args.self_correct} one-object samples from {args.init_from} to redraw')
         *pairs, redrawn_images = self_corrected_pairs(args.init_from, vae, scaling, tokenizer, args.self_correct,
-                                                      args.self_correct_guidance, args.seed + 9, steps=args.self_correct_steps)
+                                                      args.self_correct_guidance, args.seed + 9, args.self_correct_steps)
         Image.fromarray(np.concatenate(list(redrawn_images[:16]), axis=1)).save(f'{args.log}-redrawn.png')
     text_encoder, unet = train_unet(captions, mean, std, masks, scaling, tokenizer, args, history, probe, vae, images,
                                     pairs)
