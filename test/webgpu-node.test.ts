@@ -20,13 +20,16 @@ const LOADER = ['/usr/lib/x86_64-linux-gnu/libvulkan.so.1', '/usr/lib/aarch64-li
 const skip = (fs.existsSync(ICD) && LOADER.some((f) => fs.existsSync(f))) || process.env.CI ? false
   : `no Vulkan driver here (apt-get install chromium libvulkan1)`;
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
-/** Measured 52 dB (4 steps, CFG 7.5; 59 dB without CFG): float rounding through SwiftShader's own kernels. */
-const MIN_PSNR = 45;
+/** Measured 72.8 dB (4 steps, CFG 7.5; 77.6 dB without CFG): float rounding through SwiftShader's own kernels. */
+const MIN_PSNR = 60;
 const LAVAPIPE = path.join(import.meta.dirname, '..', '.cache', 'lavapipe');
 const ON_LAVAPIPE = { VK_ICD_FILENAMES: path.join(LAVAPIPE, 'icd.json'), LD_LIBRARY_PATH: path.join(LAVAPIPE, 'lib') };
 const lavapipeSkip = fs.existsSync(ON_LAVAPIPE.VK_ICD_FILENAMES) || process.env.CI ? false : 'no lavapipe here (bash tools/lavapipe.sh)';
-/** Measured 50.0 dB (4 steps, CFG 7.5) against the CPU's fp32 image. */
-const MIN_HALF_PSNR = 40;
+/**
+ * Measured 39.1 dB (4 steps, CFG 7.5) against the CPU's fp32 image on the weights shipped 2026-12-03
+ * (51.0 on the previous ones): float16 rounding, which this request carries far. onnxruntime-web's wrong MultiHeadAttention gave 23-28 dB.
+ */
+const MIN_HALF_PSNR = 35;
 
 function generate(cwd: string, out: string, device: string, env: Record<string, string> = {}, flags: string[] = []) {
   return spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a blue square on the right', '--seed', '5', '--steps', '4',
