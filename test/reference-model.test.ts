@@ -77,8 +77,8 @@ test('reference model: held-out captions are drawn far above chance adherence', 
 test('reference model: every deterministic scheduler draws the image of the folder\'s own (DPM-Solver++)', async (t) => {
   // Same ODE, other solvers: close images. A config key a scheduler defaults differently (DDIM's
   // clip_sample, true when absent) shows up here as a speckled image (measured 2.3 dB before the
-  // folder said clip_sample: false; 35.2-56.6 dB after, Karras' spacing the farthest on the
-  // self-corrected weights).
+  // folder said clip_sample: false; 43.8-56.4 dB after on the shipped weights, PNDM the
+  // farthest).
   const pipeline = await loadPipeline(REFERENCE_MODEL);
   try {
     const request = { prompt: 'a red circle at the top left', seed: 0, steps: 25 };

@@ -41,6 +41,7 @@ const misses = new Map<string, number>();
 const rightByShape = new Map<string, number>(g.shapes.map((s) => [s, 0]));
 // The issue's bar: a prompt passes when it comes out right in most of its seeds.
 let promptsRightInMostSeeds = 0;
+const shortPrompts: string[] = [];
 for (const prompt of simple) {
   let rightSeeds = 0;
   for (let seed = 0; seed < seeds; seed++) {
@@ -56,6 +57,7 @@ for (const prompt of simple) {
     for (const w of wrong) misses.set(w, (misses.get(w) ?? 0) + 1);
   }
   if (rightSeeds > seeds / 2) promptsRightInMostSeeds++;
+  else shortPrompts.push(`"${prompt}" ${rightSeeds} of ${seeds}`);
 }
-console.log(`\none-object prompts (${simple.length} prompts x ${seeds} seeds, default guidance): ${right} of ${simple.length * seeds} images right in colour, shape and place; wrong: ${[...misses].map(([w, n]) => `${w} ${n}`).join(', ') || 'none'}; right per shape: ${[...rightByShape].map(([s, n]) => `${s}s ${n} of ${(simple.length / g.shapes.length) * seeds}`).join(', ')}; prompts right in most seeds: ${promptsRightInMostSeeds} of ${simple.length}`);
+console.log(`\none-object prompts (${simple.length} prompts x ${seeds} seeds, default guidance): ${right} of ${simple.length * seeds} images right in colour, shape and place; wrong: ${[...misses].map(([w, n]) => `${w} ${n}`).join(', ') || 'none'}; right per shape: ${[...rightByShape].map(([s, n]) => `${s}s ${n} of ${(simple.length / g.shapes.length) * seeds}`).join(', ')}; prompts right in most seeds: ${promptsRightInMostSeeds} of ${simple.length}${shortPrompts.length ? ` (not: ${shortPrompts.join(', ')})` : ''}`);
 await pipeline.release();
