@@ -154,6 +154,8 @@ function batchOf(inputs: Record<string, ort.Tensor>, options?: RunOptions): numb
  * the query has 32 tokens or more (op by op against wasm on Chromium's SwiftShader: relative
  * error 0.4 to 1), and Node's WebGPU one is right but loose: the reference model's 4-step image
  * came out 35.6 dB from the CPU's with it, against equal to float rounding with MatMul + Softmax.
+ * The price: the [B, H, Sq, Sk] scores are a tensor (1 GiB per attention for SD 1.5 at 512² with
+ * CFG), which the fused op need not hold; on a real GPU that is unmeasured (none was lent).
  */
 function attentionKindFor(device: Device): AttentionKind {
   return device === 'webgpu' ? 'plain' : 'mha';
