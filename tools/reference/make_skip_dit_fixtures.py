@@ -91,6 +91,9 @@ def timm_layers():
 
 def import_official(tmp):
     """Skip-DiT's models.py and diffusion/ from the mirror, importable from `tmp`."""
+    if subprocess.run(["git", "-C", MIRROR, "cat-file", "-e", f"{COMMIT}^{{commit}}"], capture_output=True).returncode:
+        sys.exit(f"Skip-DiT's code at commit {COMMIT} was not found in {MIRROR}: bring github:OpenSparseLLMs/Skip-DiT in "
+                 "with the search tool's fetch, or point SKIP_DIT_MIRROR at a clone that has that commit")
     files = subprocess.run(["git", "-C", MIRROR, "ls-tree", "-r", "--name-only", COMMIT, "class-to-image/"],
                            check=True, capture_output=True, text=True).stdout.split()
     for f in files:

@@ -49,7 +49,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, 'tools', 'reference'))
 import scenes  # noqa: E402
 from make_skip_dit_fixtures import import_official  # noqa: E402
-from train import encode_pool, loss_plot, log, lr_at, x0_weight  # noqa: E402
+from train import COUNT, RATE, bounded, encode_pool, loss_plot, log, lr_at, resolve_bf16, x0_weight  # noqa: E402
 
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -234,23 +234,26 @@ def main():
     ap.add_argument('--log', required=True, help='prefix of the log JSON and PNGs')
     ap.add_argument('--dit-out', default=os.path.join(ROOT, 'assets', 'reference-dit'))
     ap.add_argument('--skip-dit-out', default=os.path.join(ROOT, 'assets', 'reference-skip-dit.pt'))
-    ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--per-class', type=int, default=100, help='rendered scenes per class')
-    ap.add_argument('--depth', type=int, default=12)
-    ap.add_argument('--hidden', type=int, default=128)
-    ap.add_argument('--heads', type=int, default=4)
-    ap.add_argument('--steps', type=int, default=5000)
-    ap.add_argument('--batch', type=int, default=32)
-    ap.add_argument('--lr', type=float, default=1e-3)
-    ap.add_argument('--class-init-std', type=float, default=1.0, help='std of the class table at init (official: 0.02)')
-    ap.add_argument('--snr-cap', type=float, default=20, help='largest weight of the epsilon MSE at high noise (1: unweighted)')
-    ap.add_argument('--ema', type=float, default=0.999)
+    ap.add_argument('--seed', type=bounded(int, 0), default=0)
+    ap.add_argument('--per-class', type=COUNT, default=100, help='rendered scenes per class')
+    ap.add_argument('--depth', type=COUNT, default=12)
+    ap.add_argument('--hidden', type=COUNT, default=128)
+    ap.add_argument('--heads', type=COUNT, default=4)
+    ap.add_argument('--steps', type=COUNT, default=5000)
+    ap.add_argument('--batch', type=COUNT, default=32)
+    ap.add_argument('--lr', type=RATE, default=1e-3)
+    ap.add_argument('--class-init-std', type=RATE, default=1.0, help='std of the class table at init (official: 0.02)')
+    ap.add_argument('--snr-cap', type=bounded(float, 1), default=20, help='largest weight of the epsilon MSE at high noise (1: unweighted)')
+    ap.add_argument('--ema', type=bounded(float, 0, 1, high_open=True), default=0.999)
     ap.add_argument('--only', choices=['dit', 'skip-dit'], help='train and save one of them (the log keeps the other\'s curve)')
-    ap.add_argument('--threads', type=int, default=os.cpu_count())
+    ap.add_argument('--threads', type=COUNT, default=os.cpu_count())
     # bf16 autocast made a training step 11x slower here (14.2 s vs 1.3 s at batch 64, torch 2.13 CPU)
     ap.add_argument('--bf16', action='store_true', help='bf16 autocast (slower on this CPU at these sizes)')
     args = ap.parse_args()
+    if args.hidden % args.heads:
+        ap.error(f'--hidden/--heads: expected a width that the heads divide, found {args.hidden} and {args.heads}')
     torch.set_num_threads(args.threads)
+    args.bf16 = resolve_bf16(args.bf16)
     began = time.time()
     names = [c[3] for c in classes()]
     log(f'rendering {args.per_class} scenes for each of {len(names)} classes')
