@@ -540,7 +540,7 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
         if args.shape_contrast > 0:
             wrong = extra.pop(0)
             contrast = shape_contrast_loss(pred[contrasted].float(), wrong.float(),
-                                           training_target(args.prediction, a, latents, noise)[contrasted],
+                                           training_target(args.prediction, a[contrasted], latents[contrasted], noise[contrasted]),
                                            object_masks[pick][contrasted], len(pick))
             loss = loss + args.shape_contrast * contrast
             if step % 10 == 0:
