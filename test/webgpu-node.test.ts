@@ -13,18 +13,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readImage } from '../src/image/read.ts';
 import { psnr } from '../src/metrics/image.ts';
+import { installed, LAVAPIPE, SWIFTSHADER } from '../tools/vulkan-drivers.ts';
 import { tempDir } from './helpers/files.ts';
 
-const ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
-const LOADER = ['/usr/lib/x86_64-linux-gnu/libvulkan.so.1', '/usr/lib/aarch64-linux-gnu/libvulkan.so.1'];
-const skip = (fs.existsSync(ICD) && LOADER.some((f) => fs.existsSync(f))) || process.env.CI ? false
-  : `no Vulkan driver here (apt-get install chromium libvulkan1)`;
+const skip = installed(SWIFTSHADER) || process.env.CI ? false : `no Vulkan driver here (apt-get install chromium libvulkan1)`;
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
 /** Measured 72.8 dB (4 steps, CFG 7.5; 77.6 dB without CFG): float rounding through SwiftShader's own kernels. */
 const MIN_PSNR = 60;
-const LAVAPIPE = path.join(import.meta.dirname, '..', '.cache', 'lavapipe');
-const ON_LAVAPIPE = { VK_ICD_FILENAMES: path.join(LAVAPIPE, 'icd.json'), LD_LIBRARY_PATH: path.join(LAVAPIPE, 'lib') };
-const lavapipeSkip = fs.existsSync(ON_LAVAPIPE.VK_ICD_FILENAMES) || process.env.CI ? false : 'no lavapipe here (bash tools/lavapipe.sh)';
+const lavapipeSkip = installed(LAVAPIPE) || process.env.CI ? false : 'no lavapipe here (bash tools/lavapipe.sh)';
 /**
  * Measured 39.1 dB (4 steps, CFG 7.5) against the CPU's fp32 image on the weights shipped 2026-12-03
  * (51.0 on the previous ones): float16 rounding, which this request carries far. onnxruntime-web's wrong MultiHeadAttention gave 23-28 dB.
@@ -38,7 +34,7 @@ function generate(cwd: string, out: string, device: string, env: Record<string, 
 
 test('generate --device webgpu on SwiftShader draws the CPU image', { skip }, (t) => {
   const cwd = tempDir(t);
-  const gpu = generate(cwd, 'gpu.png', 'webgpu', { VK_ICD_FILENAMES: ICD });
+  const gpu = generate(cwd, 'gpu.png', 'webgpu', SWIFTSHADER);
   assert.equal(gpu.status, 0, gpu.stderr);
   const cpu = generate(cwd, 'cpu.png', 'cpu');
   assert.equal(cpu.status, 0, cpu.stderr);
@@ -62,9 +58,9 @@ test('without a WebGPU adapter, --device webgpu is one line saying what to insta
 
 test('--precision fp16 on lavapipe computes in float16 and draws the CPU image within tolerance', { skip: lavapipeSkip }, (t) => {
   const cwd = tempDir(t);
-  const half = generate(cwd, 'half.png', 'webgpu', ON_LAVAPIPE, ['--precision', 'fp16']);
+  const half = generate(cwd, 'half.png', 'webgpu', LAVAPIPE, ['--precision', 'fp16']);
   assert.equal(half.status, 0, half.stderr);
-  const full = generate(cwd, 'full.png', 'webgpu', ON_LAVAPIPE);
+  const full = generate(cwd, 'full.png', 'webgpu', LAVAPIPE);
   assert.equal(full.status, 0, full.stderr);
   const cpu = generate(cwd, 'cpu.png', 'cpu');
   assert.equal(cpu.status, 0, cpu.stderr);
@@ -77,7 +73,7 @@ test('--precision fp16 on lavapipe computes in float16 and draws the CPU image w
   assert.match(half.stderr, /webgpu: per denoising step 1\.0 copies to the CPU \(8\.0 KiB\), 2\.\d to the GPU/);
   // A method composes with it: attention-map reuse, whose stored maps are float16 segment outputs and inputs (measured 54 dB).
   const reuse = ['--accel', 'attn-reuse'];
-  const halfReuse = generate(cwd, 'half-reuse.png', 'webgpu', ON_LAVAPIPE, ['--precision', 'fp16', ...reuse]);
+  const halfReuse = generate(cwd, 'half-reuse.png', 'webgpu', LAVAPIPE, ['--precision', 'fp16', ...reuse]);
   assert.equal(halfReuse.status, 0, halfReuse.stderr);
   assert.match(halfReuse.stderr, /attn-reuse: .* attention maps reused/);
   const cpuReuse = generate(cwd, 'cpu-reuse.png', 'cpu', {}, reuse);
@@ -88,7 +84,7 @@ test('--precision fp16 on lavapipe computes in float16 and draws the CPU image w
 
 test('--precision fp16 on an adapter without shader-f16 (SwiftShader) is one line before the first step, exit 2', { skip }, (t) => {
   const cwd = tempDir(t);
-  const run = generate(cwd, 'none.png', 'webgpu', { VK_ICD_FILENAMES: ICD }, ['--precision', 'fp16']);
+  const run = generate(cwd, 'none.png', 'webgpu', SWIFTSHADER, ['--precision', 'fp16']);
   assert.equal(run.status, 2, run.stderr);
   const lines = run.stderr.split('\n').filter((l) => l.startsWith('diffuse:'));
   assert.equal(lines.length, 1, run.stderr);

@@ -13,14 +13,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { readImage } from '../src/image/read.ts';
 import { psnr } from '../src/metrics/image.ts';
+import { installed, LAVAPIPE, SWIFTSHADER } from './vulkan-drivers.ts';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const CLI = path.join(ROOT, 'bin', 'diffuse.js');
-const SWIFTSHADER = { VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' };
-const LAVAPIPE = { VK_ICD_FILENAMES: path.join(ROOT, '.cache', 'lavapipe', 'icd.json'), LD_LIBRARY_PATH: path.join(ROOT, '.cache', 'lavapipe', 'lib') };
-for (const [name, driver] of [['SwiftShader (apt-get install chromium)', SWIFTSHADER], ['lavapipe (bash tools/lavapipe.sh)', LAVAPIPE]] as const) {
-  if (!fs.existsSync(driver.VK_ICD_FILENAMES)) {
-    console.error(`webgpu-fidelity: ${driver.VK_ICD_FILENAMES} not found: needs ${name}`);
+for (const [name, driver] of [['SwiftShader (apt-get install chromium libvulkan1)', SWIFTSHADER], ['lavapipe (bash tools/lavapipe.sh)', LAVAPIPE]] as const) {
+  if (!installed(driver)) {
+    console.error(`webgpu-fidelity: ${driver.VK_ICD_FILENAMES} or the Vulkan loader not found: needs ${name}`);
     process.exit(2);
   }
 }
