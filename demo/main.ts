@@ -6,7 +6,7 @@
  */
 import {
   InputError, METHODS, SCHEDULER_NAMES, fullMacs, loadDiTPipeline, loadPipeline, loadPixArtPipeline, mountHttpFolder, mountPickedFiles,
-  openComponentWeights, parseAccelSpec, pipelineDefaults, psnr, readPipelineFolder, type AccelSpec, type GeneratedImage, type MacCount,
+  openComponentWeights, parseAccelSpec, pipelineDefaults, psnr, readPipelineFolder, type AccelSpec, type GenerationResult,
   type SchedulerName, type Transfers, describeTransfers,
 } from '../src/browser.ts';
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -25,7 +25,7 @@ interface PageRequest {
   prompt: string; negativePrompt?: string; classLabels: (number | string)[]; seed: number; steps: number; guidanceScale: number;
   width: number; height: number; resolutionBinning: boolean; scheduler?: SchedulerName; accel?: AccelSpec[]; onStep: (info: { step: number; steps: number }) => void;
 }
-interface PageResult { images: GeneratedImage[]; timings: Record<string, number | undefined>; denoiserMacs: MacCount; denoisingTransfers: Transfers; steps: number; warnings: string[] }
+type PageResult = Pick<GenerationResult, 'images' | 'timings' | 'denoiserMacs' | 'denoisingTransfers' | 'steps' | 'warnings'>;
 interface PagePipeline { family: 'stable-diffusion' | 'pixart' | 'dit'; generate(request: PageRequest): Promise<PageResult> }
 
 /** The picked folder's root, when the model menu says "picked". */

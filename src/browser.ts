@@ -11,7 +11,7 @@ export { loadPipeline, StableDiffusionPipeline, type GenerateRequest, type Gener
 export { loadPixArtPipeline, PixArtPipeline } from './pipelines/pixart.ts';
 export { loadDiTPipeline, DiTPipeline } from './pipelines/dit.ts';
 export { describeTransfers, type Transfers } from './runtime/ort-executor.ts';
-export type { GeneratedImage } from './pipelines/common.ts';
+export type { GeneratedImage, GenerationResult } from './pipelines/common.ts';
 export { pipelineDefaults } from './pipelines/families.ts';
 export { SCHEDULER_NAMES, type SchedulerName } from './schedulers/index.ts';
 export { parseAccelSpec, formatAccelSpec, METHODS, type AccelSpec } from './accel/index.ts';

@@ -19,6 +19,7 @@ export { T5Tokenizer } from './tokenizers/t5-unigram.ts';
 export { PRESETS, TRANSFORMER_PRESETS, type Preset, type TransformerPreset } from './models/presets.ts';
 export { createScheduler, SCHEDULER_NAMES, type Scheduler, type SchedulerName } from './schedulers/index.ts';
 export { loadPipeline, StableDiffusionPipeline, type GenerateRequest, type GenerateResult, type PipelineOptions } from './pipelines/stable-diffusion.ts';
+export type { AccelReport, GeneratedImage, GenerationResult } from './pipelines/common.ts';
 export { loadPixArtPipeline, PixArtPipeline, type PixArtRequest, type PixArtResult } from './pipelines/pixart.ts';
 export { loadDiTPipeline, DiTPipeline, type DiTRequest, type DiTResult } from './pipelines/dit.ts';
 export { REFERENCE_MODEL, modelFolder } from './pipelines/reference-model.ts';

@@ -4,10 +4,9 @@
  * the folder's id2label; for a prompt that names none, class ids spread over its classes, one per image).
  */
 import type { AccelSpec } from '../accel/index.ts';
-import type { MacCount } from '../graph/builder.ts';
 import type { Accelerator } from '../runtime/plan.ts';
 import type { RuntimeOptions } from '../runtime/ort-executor.ts';
-import type { AccelReport, GeneratedImage, Latents } from '../pipelines/common.ts';
+import type { GenerationResult } from '../pipelines/common.ts';
 import { folderFamily } from '../pipelines/families.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
@@ -35,16 +34,8 @@ export interface BenchRequest {
 }
 
 /** What every family's result has that the benchmarks read. */
-export interface BenchResult {
-  latents: Latents;
-  images: GeneratedImage[];
-  scheduler: string;
-  accel?: AccelReport;
-  /** MACs the denoiser ran (adaptive methods decide at run time: this is what they spent). */
-  denoiserMacs: MacCount;
-  timings: { denoising: number };
-  warnings: string[];
-}
+/** What a bench run reads of a generation; denoiserMacs is what adaptive methods, deciding at run time, really spent. */
+export type BenchResult = Pick<GenerationResult, 'latents' | 'images' | 'scheduler' | 'accel' | 'denoiserMacs' | 'timings' | 'warnings'>;
 
 export interface BenchRunner {
   /** What it generates: "text-to-image" or "class-to-image". */

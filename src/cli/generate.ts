@@ -12,7 +12,7 @@ import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import { formatParameters } from '../image/parameters.ts';
-import type { GeneratedImage, Latents, StepInfo } from '../pipelines/common.ts';
+import type { GeneratedImage, GenerationResult, Latents, StepInfo } from '../pipelines/common.ts';
 import { folderFamily, type PipelineFamily } from '../pipelines/families.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
@@ -22,7 +22,7 @@ import { readImage } from '../image/read.ts';
 import { convertedFolder } from '../models/official-dit-checkpoint.ts';
 import { DEFAULT_STRENGTH } from '../pipelines/img2img.ts';
 import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
-import { describeTransfers, type Device, type Transfers } from '../runtime/ort-executor.ts';
+import { describeTransfers, type Device } from '../runtime/ort-executor.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile } from '../weights/safetensors.ts';
@@ -89,23 +89,8 @@ const ONLY: [keyof GenerateFlags, string, PipelineFamily[]][] = [
   ['resolutionBinning', '--resolution-binning / --no-resolution-binning', ['pixart']],
 ];
 
-/** What every family's generation gives back. */
-interface Generated {
-  latents: Latents;
-  images: GeneratedImage[];
-  seed: number;
-  seeds: number[];
-  /** The steps and guidance the run used (the pipeline's defaults filled in). */
-  steps: number;
-  guidanceScale: number;
-  scheduler: string;
-  accel?: { name: string; cfgCalls: number; summary: string[] };
-  /** DiT: the latent channels guidance applies to (3 for the authors' checkpoints). */
-  guidedChannels?: number;
-  timings: { textEncoding?: number; imageEncoding?: number; denoising: number; decoding: number };
-  denoisingTransfers: Transfers;
-  warnings: string[];
-}
+/** What every family's generation gives back; DiT's also says which latent channels guidance applies to. */
+type Generated = GenerationResult & { guidedChannels?: number };
 
 /** The folder's pipeline family, after checking that every given flag applies to it. */
 function familyOf(folder: PipelineFolder, f: GenerateFlags): PipelineFamily {

@@ -8,7 +8,7 @@ import { InputError, describe } from '../errors.ts';
 import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { ortOps, tensorData } from '../runtime/ort-executor.ts';
+import { ortOps, tensorData, type Transfers } from '../runtime/ort-executor.ts';
 import { PlannedExecutor, combine, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
@@ -211,6 +211,28 @@ export interface AccelReport {
   stats: Record<string, number>;
   /** The same in words. */
   summary: string[];
+}
+
+/** What every family's generate gives back; each family adds its own fields. */
+export interface GenerationResult {
+  /** Final latents, before VAE scaling and decoding. */
+  latents: Latents;
+  images: GeneratedImage[];
+  seed: number;
+  /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
+  seeds: number[];
+  /** The steps and guidance scale this run used, defaults filled in. */
+  steps: number;
+  guidanceScale: number;
+  scheduler: string;
+  accel?: AccelReport;
+  /** MACs the denoiser (U-Net or transformer) ran in this generation: what the accelerations really spent. */
+  denoiserMacs: MacCount;
+  /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
+  denoisingTransfers: Transfers;
+  /** Seconds; text encoding where the family has a text encoder, imageEncoding for img2img only. */
+  timings: { textEncoding?: number; imageEncoding?: number; denoising: number; decoding: number };
+  warnings: string[];
 }
 
 /**

@@ -9,18 +9,17 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
-import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
 import { OfficialDiT } from '../models/official-dit.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
+import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type AccelReport, type BaseRequest,
-  type GeneratedImage, type Latents,
+  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
 import { scheduleStart } from './img2img.ts';
@@ -31,30 +30,14 @@ export interface DiTRequest extends BaseRequest {
   classLabels: (number | string)[];
 }
 
-export interface DiTResult {
-  latents: Latents;
-  images: GeneratedImage[];
+export interface DiTResult extends GenerationResult {
   /** The class ids generated, in order. */
   classIds: number[];
-  seed: number;
-  /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
-  seeds: number[];
-  /** The steps and guidance scale this run used, defaults filled in. */
-  steps: number;
-  guidanceScale: number;
-  scheduler: string;
-  accel?: AccelReport;
   /**
    * Latent channels guidance applies to: all of them for diffusers folders (DiTPipeline), the first
    * 3 for the authors' checkpoints, as their forward_with_cfg does.
    */
   guidedChannels: number;
-  /** MACs the transformer ran in this generation. */
-  denoiserMacs: MacCount;
-  /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
-  denoisingTransfers: Transfers;
-  timings: { denoising: number; decoding: number };
-  warnings: string[];
 }
 
 export class DiTPipeline {

@@ -19,16 +19,15 @@ import { closingOnFailure, loadT5Encoder, loadTransformer, loadVae, type LoadedC
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, withFullPrecision, retainSessionsFor, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
+import { OrtExecutor, withFullPrecision, retainSessionsFor, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf, type AccelReport,
-  type GeneratedImage, type Latents, type PromptRequest,
+  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
-import type { MacCount } from '../graph/builder.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
@@ -40,26 +39,11 @@ export interface PixArtRequest extends PromptRequest {
   resolutionBinning?: boolean;
 }
 
-export interface PixArtResult {
-  latents: Latents;
-  images: GeneratedImage[];
-  seed: number;
-  /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
-  seeds: number[];
-  /** The steps and guidance scale this run used, defaults filled in. */
-  steps: number;
-  guidanceScale: number;
-  scheduler: string;
+/** The transformer's MACs include the caption projection and cross-attention keys/values. */
+export interface PixArtResult extends GenerationResult {
   /** The size the transformer ran at (the binned size with resolution binning). */
   generated: { width: number; height: number };
-  accel?: AccelReport;
-  /** MACs the transformer ran in this generation (caption projection and cross-attention keys/values included). */
-  denoiserMacs: MacCount;
-  /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
-  denoisingTransfers: Transfers;
-  /** Seconds; imageEncoding for img2img only. */
   timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
-  warnings: string[];
 }
 
 /** Python's str.strip(): str.isspace() characters, which JavaScript's trim() draws differently (U+001C–U+001F, U+0085 in; U+FEFF out). */

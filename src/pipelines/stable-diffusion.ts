@@ -7,25 +7,24 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
-import type { MacCount } from '../graph/builder.ts';
 import { closingOnFailure, loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince, type Transfers } from '../runtime/ort-executor.ts';
+import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, macsSince, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf, type AccelReport,
-  type GeneratedImage, type Latents, type PromptRequest,
+  Acceleration, BatchNoise, checkAborted, macsSince, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
+  type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
 import { refuseOverMemory } from './memory.ts';
 import { modelFolder } from './reference-model.ts';
 
-export type { AccelReport, GeneratedImage, Latents, StepInfo } from './common.ts';
+export type { AccelReport, GeneratedImage, GenerationResult, Latents, StepInfo } from './common.ts';
 import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 
 export interface PipelineOptions extends RuntimeOptions {
@@ -42,29 +41,9 @@ export interface GenerateRequest extends PromptRequest {
   cropTopLeft?: [number, number];
 }
 
-export interface GenerateResult {
-  /** Final latents, before VAE scaling and decoding. */
-  latents: Latents;
-  images: GeneratedImage[];
-  seed: number;
-  /** Each image's own seed (seed + its index): a run of that seed alone gives that image. */
-  seeds: number[];
-  /** The steps and guidance scale this run used, defaults filled in. */
-  steps: number;
-  guidanceScale: number;
-  scheduler: string;
-  /**
-   * What the accelerators did: model calls run with the CFG batch, counters by name (segment calls
-   * served from caches, shallow passes, and each method's own), and the same in words.
-   */
-  accel?: AccelReport;
-  /** MACs the U-Net ran in this generation (every segment, cross-attention keys/values included): what the accelerations really spent. */
-  denoiserMacs: MacCount;
-  /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
-  denoisingTransfers: Transfers;
-  /** Seconds; imageEncoding for img2img only. */
+/** The U-Net's MACs count every segment, cross-attention keys/values included. */
+export interface GenerateResult extends GenerationResult {
   timings: { textEncoding: number; imageEncoding?: number; denoising: number; decoding: number };
-  warnings: string[];
 }
 
 /** SDXL's second text encoder and what goes with it. */

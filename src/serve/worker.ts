@@ -7,11 +7,11 @@ import * as path from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { parseAccelSpec } from '../accel/index.ts';
 import { InputError } from '../errors.ts';
-import { fullMacs, type MacCount } from '../graph/builder.ts';
+import { fullMacs } from '../graph/builder.ts';
 import { formatParameters } from '../image/parameters.ts';
 import { encodePng } from '../image/png.ts';
 import { macCounter } from '../bench/mac-counter.ts';
-import type { GeneratedImage, StepInfo } from '../pipelines/common.ts';
+import type { GenerationResult, StepInfo } from '../pipelines/common.ts';
 import { folderFamily, pipelineDefaults, pipelineFamily } from '../pipelines/families.ts';
 import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
@@ -79,16 +79,7 @@ export type FromWorker =
   | { type: 'done'; id: string; outcome: JobOutcome }
   | { type: 'failed'; id: string; error: string; cancelled: boolean; input: boolean };
 
-interface Generation {
-  images: GeneratedImage[];
-  seeds: number[];
-  steps: number;
-  guidanceScale: number;
-  scheduler: string;
-  denoiserMacs: MacCount;
-  timings: Record<string, number | undefined>;
-  accel?: { name: string; cfgCalls: number; summary: string[] };
-}
+type Generation = Pick<GenerationResult, 'images' | 'seeds' | 'steps' | 'guidanceScale' | 'scheduler' | 'denoiserMacs' | 'timings' | 'accel'>;
 
 type Runner = (job: ImageJob, onStep: (s: StepInfo) => void, signal: AbortSignal) => Promise<Generation>;
 
