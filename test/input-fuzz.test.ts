@@ -10,7 +10,11 @@ import assert from 'node:assert/strict';
 import { METHODS, parseAccelSpec } from '../src/accel/index.ts';
 import { InputError } from '../src/errors.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from '../src/models/autoencoder-kl.ts';
+import { ClipTextModel, parseClipTextConfig } from '../src/models/clip-text.ts';
+import { DiTTransformer2DModel, parseDiTConfig } from '../src/models/dit-transformer-2d.ts';
+import { OfficialDiT, parseOfficialDiTConfig } from '../src/models/official-dit.ts';
 import { PixArtTransformer2DModel, parsePixArtConfig } from '../src/models/pixart-transformer-2d.ts';
+import { T5EncoderModel, parseT5EncoderConfig } from '../src/models/t5-encoder.ts';
 import { PRESETS, TRANSFORMER_PRESETS } from '../src/models/presets.ts';
 import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-condition.ts';
 import { DryExecutor } from '../src/runtime/dry-executor.ts';
@@ -77,21 +81,36 @@ test(`--accel specs: ${CASES} generated specs are parsed or refused by name`, as
   }
 });
 
-test(`model configs: ${CASES} mutated U-Net, VAE and PixArt configs are refused by name or run on shapes`, async () => {
+test(`model configs: ${CASES} mutated U-Net, VAE, PixArt, DiT, Skip-DiT, CLIP and T5 configs are refused by name or run on shapes`, async () => {
   const sd15 = PRESETS.sd15;
   const pixart = TRANSFORMER_PRESETS['pixart-alpha-512'];
+  const bases = {
+    unet: sd15.unet, vae: sd15.vae, pixart: pixart.transformer, clip: sd15.textEncoder, t5: pixart.textEncoder!,
+    'dit-legacy': TRANSFORMER_PRESETS['dit-xl-2-256'].transformer,
+    dit: { ...TRANSFORMER_PRESETS['dit-xl-2-256'].transformer, _class_name: 'DiTTransformer2DModel' },
+    'skip-dit': TRANSFORMER_PRESETS['skip-dit-xl-2-256'].transformer,
+  };
+  const kinds = Object.keys(bases) as (keyof typeof bases)[];
   for (let i = 0; i < CASES; i++) {
-    const kind = pick(['unet', 'vae', 'pixart'] as const);
-    const { config, changes } = mutate(kind === 'unet' ? sd15.unet : kind === 'vae' ? sd15.vae : pixart.transformer);
+    const kind = pick(kinds);
+    const { config, changes } = mutate(bases[kind]);
     await expectTypedOrSuccess(`${kind}: ${changes}`, async () => {
       const exec = new DryExecutor();
+      const where = `${kind}/config.json`;
       if (kind === 'unet') {
-        await new UNet2DConditionModel(parseUNetConfig(config, 'unet/config.json')).forwardShapes(exec, { batch: 1, latentHeight: 8, latentWidth: 8 });
+        await new UNet2DConditionModel(parseUNetConfig(config, where)).forwardShapes(exec, { batch: 1, latentHeight: 8, latentWidth: 8 });
       } else if (kind === 'vae') {
-        const vae = new AutoencoderKL(parseAutoencoderKLConfig(config, 'vae/config.json'));
+        const vae = new AutoencoderKL(parseAutoencoderKLConfig(config, where));
         await vae.decode(exec, shaped([1, vae.config.latentChannels, 4, 4]));
+      } else if (kind === 'pixart') {
+        await new PixArtTransformer2DModel(parsePixArtConfig(config, where)).forwardShapes(exec, { batch: 1, latentHeight: 8, latentWidth: 8, tokens: 8 });
+      } else if (kind === 'clip') {
+        await new ClipTextModel(parseClipTextConfig(config, where)).forward(exec, shaped([1, 77], 'int64'));
+      } else if (kind === 't5') {
+        await new T5EncoderModel(parseT5EncoderConfig(config, where)).forward(exec, shaped([1, 8], 'int64'), shaped([1, 8], 'int64'));
       } else {
-        await new PixArtTransformer2DModel(parsePixArtConfig(config, 'transformer/config.json')).forwardShapes(exec, { batch: 1, latentHeight: 8, latentWidth: 8, tokens: 8 });
+        const model = kind === 'skip-dit' ? new OfficialDiT(parseOfficialDiTConfig(config, where)) : new DiTTransformer2DModel(parseDiTConfig(config, where, kind === 'dit-legacy'));
+        await model.forwardShapes(exec, { batch: 1, latentHeight: model.config.sampleSize, latentWidth: model.config.sampleSize });
       }
     });
   }

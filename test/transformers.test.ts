@@ -10,6 +10,7 @@ import * as ort from 'onnxruntime-node';
 import { DiTTransformer2DModel } from '../src/models/dit-transformer-2d.ts';
 import { loadT5Encoder, loadTransformer } from '../src/models/components.ts';
 import { PixArtTransformer2DModel } from '../src/models/pixart-transformer-2d.ts';
+import { parseT5EncoderConfig, relativePositionBucket } from '../src/models/t5-encoder.ts';
 import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { OrtExecutor, retainSessionsFor } from '../src/runtime/ort-executor.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
@@ -79,6 +80,22 @@ for (const fixture of ['tiny-pixart-alpha', 'tiny-pixart-sigma']) {
     assert.equal(transient.openSessions, 0);
   });
 }
+
+test('T5 relative-position buckets equal transformers for other bucket counts and distances, odd counts included', () => {
+  const golden = JSON.parse(fs.readFileSync(path.join(GOLDENS, 't5', 'relative-buckets.json'), 'utf8')) as
+    { range: number; cases: { num_buckets: number; max_distance: number; buckets: number[] }[] };
+  for (const c of golden.cases) {
+    const ours = c.buckets.map((_, i) => relativePositionBucket(i - golden.range, c.num_buckets, c.max_distance));
+    assert.deepEqual(ours, c.buckets, `${c.num_buckets} buckets, max distance ${c.max_distance}`);
+  }
+});
+
+test('bad input: T5 configs whose buckets have no exact distances, or a max distance inside them, are refused by field', () => {
+  const where = 'text_encoder/config.json';
+  throwsInputError(() => parseT5EncoderConfig({ relative_attention_num_buckets: 3 }, where), `${where}: relative_attention_num_buckets`, 'expected 4 or more', 'found 3');
+  throwsInputError(() => parseT5EncoderConfig({ relative_attention_num_buckets: 32, relative_attention_max_distance: 8 }, where),
+    `${where}: relative_attention_max_distance`, 'above the 8 exact distances of 32 buckets', 'found 8');
+});
 
 test('session policy: a component is kept in memory up to a quarter of the machine\'s', () => {
   const GIB = 2 ** 30;

@@ -39,6 +39,14 @@ export function parseT5EncoderConfig(cfg: Config, where: string): T5EncoderConfi
     throw new InputError(`${where}: feed_forward_proj`, 'unsupported activation', '"[gated-]relu", "[gated-]gelu", "[gated-]gelu_new" or "[gated-]silu"', proj);
   }
   if (cfgBool(cfg, 'is_decoder', where, false)) throw new InputError(`${where}: is_decoder`, 'unsupported option', 'false (an encoder)', 'true');
+  const relativeBuckets = cfgPositiveInt(cfg, 'relative_attention_num_buckets', where, 32);
+  // Each sign's half of the buckets starts with exact distances: at least one, so at least 4 buckets.
+  if (relativeBuckets < 4) throw new InputError(`${where}: relative_attention_num_buckets`, 'too few', '4 or more', String(relativeBuckets));
+  const relativeMaxDistance = cfgPositiveInt(cfg, 'relative_attention_max_distance', where, 128);
+  const maxExact = Math.floor(relativeBuckets / 4);
+  if (relativeMaxDistance <= maxExact) {
+    throw new InputError(`${where}: relative_attention_max_distance`, 'too small', `above the ${maxExact} exact distances of ${relativeBuckets} buckets`, String(relativeMaxDistance));
+  }
   return {
     vocabSize: cfgPositiveInt(cfg, 'vocab_size', where, 32128),
     dModel: cfgPositiveInt(cfg, 'd_model', where, 512),
@@ -46,8 +54,8 @@ export function parseT5EncoderConfig(cfg: Config, where: string): T5EncoderConfi
     dFf: cfgPositiveInt(cfg, 'd_ff', where, 2048),
     numLayers: cfgPositiveInt(cfg, 'num_layers', where, 6),
     numHeads: cfgPositiveInt(cfg, 'num_heads', where, 8),
-    relativeBuckets: cfgPositiveInt(cfg, 'relative_attention_num_buckets', where, 32),
-    relativeMaxDistance: cfgPositiveInt(cfg, 'relative_attention_max_distance', where, 128),
+    relativeBuckets,
+    relativeMaxDistance,
     activation,
     gated,
     layerNormEps: cfgNumber(cfg, 'layer_norm_epsilon', where, 1e-6),
@@ -59,7 +67,7 @@ export function parseT5EncoderConfig(cfg: Config, where: string): T5EncoderConfi
  * sign, exact below half of them, logarithmic up to max_distance (float32 log as torch computes it).
  */
 export function relativePositionBucket(relative: number, buckets: number, maxDistance: number): number {
-  const half = buckets / 2;
+  const half = Math.floor(buckets / 2); // an odd count leaves its last bucket unused, as in transformers
   const base = relative > 0 ? half : 0;
   const distance = Math.abs(relative);
   const maxExact = Math.floor(half / 2);
