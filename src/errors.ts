@@ -9,7 +9,8 @@ export class InputError extends Error {
     let message = `${where}: ${problem}`;
     if (expected !== undefined) message += `; expected ${expected}`;
     if (found !== undefined) message += `, found ${found}`;
-    super(message);
+    // One line, whatever it quotes: parsers' own messages (V8's JSON errors) can carry the text's line breaks.
+    super(message.replace(/\s*[\r\n]+\s*/g, ' '));
     this.name = 'InputError';
     this.where = where;
   }

@@ -1,5 +1,6 @@
 /**
- * Seeded fuzzing of what users type and what files hold: `--accel` specs, model configs (parsed,
+ * Seeded fuzzing of what users type and what files hold: `--accel` specs and `--sweep` settings,
+ * service request bodies, config.json texts, scene captions, model configs (parsed,
  * then run on shapes as `bench --dry-run` and the memory estimate do), scheduler configs and init
  * images (PNG and JPEG bytes). Each
  * case must succeed or end in one InputError, quickly. FUZZ_CASES scales it (`npm run fuzz` runs
@@ -7,7 +8,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { METHODS, parseAccelSpec } from '../src/accel/index.ts';
+import { METHODS, parseAccelSpec, parseSweepSetting } from '../src/accel/index.ts';
 import { InputError } from '../src/errors.ts';
 import { AutoencoderKL, parseAutoencoderKLConfig } from '../src/models/autoencoder-kl.ts';
 import { ClipTextModel, parseClipTextConfig } from '../src/models/clip-text.ts';
@@ -20,7 +21,9 @@ import { UNet2DConditionModel, parseUNetConfig } from '../src/models/unet2d-cond
 import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import { shaped } from '../src/runtime/executor.ts';
 import { createScheduler, SCHEDULER_NAMES } from '../src/schedulers/index.ts';
-import type { Config } from '../src/weights/config.ts';
+import { readJsonObject, type Config } from '../src/weights/config.ts';
+import { HELD_OUT_PROMPTS, parseCaption, readPromptFile } from '../src/scenes/captions.ts';
+import { checkJobRequest, RequestError } from '../src/serve/job.ts';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { encode as encodePng } from 'fast-png';
@@ -43,13 +46,13 @@ const WEIRD_NUMBERS = [-1, 0, 0.5, 1, 2, 3, 7, 64, 1000, 65536, 2 ** 31, 2 ** 53
 const WEIRD_VALUES: unknown[] = [...WEIRD_NUMBERS, '3', '', 'toString', null, true, false, [], {}, [1, 2], [0], [-1, 4], { a: 1 }];
 const NUMBER_TEXT = ['0', '1', '-1', '2.5', '1e20', '1e300', '99999999999999999999', 'NaN', 'Infinity', '0x10', '', ' 3', '3 ', 'auto', 'true', '1e-320'];
 
-/** Runs `fn` and accepts success or an InputError; anything else, or a slow case, fails with the case. */
-async function expectTypedOrSuccess(label: string, fn: () => unknown): Promise<void> {
+/** Runs `fn` and accepts success or the typed error (an InputError); anything else, or a slow case, fails with the case. */
+async function expectTypedOrSuccess(label: string, fn: () => unknown, typed: (err: unknown) => err is Error = (err) => err instanceof InputError): Promise<void> {
   const started = performance.now();
   try {
     await fn();
   } catch (err) {
-    if (!(err instanceof InputError)) throw new Error(`${label}: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
+    if (!typed(err)) throw new Error(`${label}: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
     assert.ok(!err.message.includes('\n'), `${label}: one line: ${err.message}`);
   }
   const seconds = (performance.now() - started) / 1000;
@@ -78,6 +81,70 @@ test(`--accel specs: ${CASES} generated specs are parsed or refused by name`, as
     const pairs = Array.from({ length: int(4) }, () => `${rand() < 0.85 ? pick(knobs) : pick(PROTOTYPE_NAMES)}=${pick(NUMBER_TEXT)}`);
     const spec = pairs.length ? `${method}:${pairs.join(',')}` : method;
     await expectTypedOrSuccess(spec, () => parseAccelSpec(spec));
+  }
+});
+
+test(`--sweep settings: ${CASES} generated specs joined by "+" are parsed or refused by name`, async () => {
+  const methods = Object.keys(METHODS);
+  for (let i = 0; i < CASES; i++) {
+    const specs = Array.from({ length: 1 + int(3) }, () => {
+      const method = rand() < 0.9 ? pick(methods) : pick(PROTOTYPE_NAMES);
+      const knobs = Object.hasOwn(METHODS, method) ? Object.keys(METHODS[method].knobs) : ['x'];
+      const pairs = Array.from({ length: int(3) }, () => `${pick(knobs)}=${pick(NUMBER_TEXT)}`);
+      return pairs.length ? `${method}:${pairs.join(',')}` : method;
+    });
+    const setting = specs.join(pick(['+', ' + ', '++', '+ ']));
+    await expectTypedOrSuccess(setting, () => parseSweepSetting(setting));
+  }
+});
+
+test(`service job bodies: ${CASES} mutated request bodies are queued or refused with one RequestError`, async () => {
+  const base: Config = {
+    model: 'reference', prompt: 'a red circle on the left', negative_prompt: 'blue', steps: 4, width: 64, height: 64, seed: 1, batch: 2,
+    guidance: 7.5, scheduler: 'ddim', accel: 'tgate:gate_step=2 + deepcache', class: [1, 'red circle top left'],
+  };
+  const isRequestError = (err: unknown): err is Error => err instanceof RequestError;
+  for (let i = 0; i < CASES; i++) {
+    const { config, changes } = mutate(base);
+    await expectTypedOrSuccess(changes, () => checkJobRequest(config, undefined, () => 7), isRequestError);
+  }
+  for (const body of WEIRD_VALUES) await expectTypedOrSuccess(JSON.stringify(body) ?? String(body), () => checkJobRequest(body, undefined, () => 7), isRequestError);
+});
+
+test(`config files: ${CASES} mutated config.json texts are read or give one InputError`, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fuzz-config-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const texts = ['unet', 'vae', 'scheduler'].map((c) => fs.readFileSync(path.join(import.meta.dirname, 'fixtures', 'tiny-sd1', c,
+    c === 'scheduler' ? 'scheduler_config.json' : 'config.json'), 'utf8'));
+  const pieces = ['NaN', '-Infinity', 'Infinity', '"', '\\', '\\u', '{', '}', '[', ']', ',', ':', '\u0000', '1e999', '-', 'nul', '"NaN"', '\ud800', ' '];
+  const file = path.join(dir, 'config.json');
+  for (let i = 0; i < CASES; i++) {
+    let text = pick(texts);
+    const changes: string[] = [];
+    for (let n = 1 + int(3); n > 0; n--) {
+      const at = int(text.length);
+      const cut = rand() < 0.3 ? int(8) : 0;
+      const piece = rand() < 0.7 ? pick(pieces) : '';
+      text = text.slice(0, at) + piece + text.slice(at + cut);
+      changes.push(`@${at} -${cut} +${JSON.stringify(piece)}`);
+    }
+    fs.writeFileSync(file, text);
+    await expectTypedOrSuccess(changes.join(' '), () => readJsonObject(file));
+  }
+});
+
+test(`scene captions: ${CASES} mutated captions are read or give one InputError`, async () => {
+  const captions = readPromptFile(HELD_OUT_PROMPTS);
+  const words = ['a', 'an', 'and', 'on', 'the', 'left', 'red', 'circle', 'small', 'large', 'background', 'at', 'top', ',', '.', '', ...PROTOTYPE_NAMES];
+  for (let i = 0; i < CASES; i++) {
+    const tokens = pick(captions).split(' ');
+    for (let n = 1 + int(3); n > 0; n--) {
+      const at = int(tokens.length + 1);
+      if (rand() < 0.5) tokens.splice(at, 1);
+      else tokens.splice(at, 0, pick(words));
+    }
+    const caption = tokens.join(' ');
+    await expectTypedOrSuccess(caption, () => parseCaption(caption, 'prompts.txt:1'));
   }
 });
 

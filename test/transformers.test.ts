@@ -92,7 +92,7 @@ test('T5 relative-position buckets equal transformers for other bucket counts an
 
 test('bad input: T5 configs whose buckets have no exact distances, or a max distance inside them, are refused by field', () => {
   const where = 'text_encoder/config.json';
-  throwsInputError(() => parseT5EncoderConfig({ relative_attention_num_buckets: 3 }, where), `${where}: relative_attention_num_buckets`, 'expected 4 or more', 'found 3');
+  throwsInputError(() => parseT5EncoderConfig({ relative_attention_num_buckets: 3 }, where), `${where}: relative_attention_num_buckets`, 'from 4 to 4096', 'found 3');
   throwsInputError(() => parseT5EncoderConfig({ relative_attention_num_buckets: 32, relative_attention_max_distance: 8 }, where),
     `${where}: relative_attention_max_distance`, 'above the 8 exact distances of 32 buckets', 'found 8');
 });

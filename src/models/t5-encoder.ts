@@ -39,9 +39,8 @@ export function parseT5EncoderConfig(cfg: Config, where: string): T5EncoderConfi
     throw new InputError(`${where}: feed_forward_proj`, 'unsupported activation', '"[gated-]relu", "[gated-]gelu", "[gated-]gelu_new" or "[gated-]silu"', proj);
   }
   if (cfgBool(cfg, 'is_decoder', where, false)) throw new InputError(`${where}: is_decoder`, 'unsupported option', 'false (an encoder)', 'true');
+  // From 4 buckets (config.ts's range), each sign's half starts with at least one exact distance.
   const relativeBuckets = cfgPositiveInt(cfg, 'relative_attention_num_buckets', where, 32);
-  // Each sign's half of the buckets starts with exact distances: at least one, so at least 4 buckets.
-  if (relativeBuckets < 4) throw new InputError(`${where}: relative_attention_num_buckets`, 'too few', '4 or more', String(relativeBuckets));
   const relativeMaxDistance = cfgPositiveInt(cfg, 'relative_attention_max_distance', where, 128);
   const maxExact = Math.floor(relativeBuckets / 4);
   if (relativeMaxDistance <= maxExact) {

@@ -103,10 +103,10 @@ function readOptional<T>(cfg: Config, key: string, where: string, expected: stri
  * or padding fails inside ONNX Runtime. Fields not listed: integers within ±2²⁰.
  */
 const FIELD_RANGES: Record<string, [number, number]> = {
-  layers_per_block: [1, 64], num_layers: [1, 1024], num_hidden_layers: [1, 1024], num_attention_heads: [1, 4096], num_heads: [1, 4096],
+  layers_per_block: [1, 64], num_layers: [1, 1024], depth: [1, 1024], num_hidden_layers: [1, 1024], num_attention_heads: [1, 4096], num_heads: [1, 4096],
   transformer_layers_per_block: [1, 64], norm_num_groups: [1, 4096], patch_size: [1, 64], sample_size: [1, 16_384],
   num_train_timesteps: [1, 100_000], steps_offset: [0, 1000], downsample_padding: [0, 16], solver_order: [1, 3],
-  original_inference_steps: [1, 1000], relative_attention_num_buckets: [1, 4096], relative_attention_max_distance: [1, 1 << 20],
+  original_inference_steps: [1, 1000], relative_attention_num_buckets: [4, 4096], relative_attention_max_distance: [1, 1 << 20],
   beta_start: [0, 1], beta_end: [0, 1], clip_sample_range: [0, 1e6], scaling_factor: [1e-6, 1e6], timestep_scaling: [0, 1e6],
 };
 const INT_RANGE: [number, number] = [-(2 ** 20), 2 ** 20];

@@ -252,6 +252,8 @@ def main():
     args = ap.parse_args()
     if args.hidden % args.heads:
         ap.error(f'--hidden/--heads: expected a width that the heads divide, found {args.hidden} and {args.heads}')
+    if args.only != 'dit' and args.depth % 2:
+        ap.error(f'--depth: expected an even depth (Skip-DiT pairs block j with block depth-1-j), found {args.depth}')
     torch.set_num_threads(args.threads)
     args.bf16 = resolve_bf16(args.bf16)
     began = time.time()
