@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
-import { DiTTransformer2DModel } from '../src/models/dit-transformer-2d.ts';
+import { DiTTransformer2DModel, parseDiTConfig } from '../src/models/dit-transformer-2d.ts';
+import { parseOfficialDiTConfig } from '../src/models/official-dit.ts';
 import { loadT5Encoder, loadTransformer } from '../src/models/components.ts';
 import { PixArtTransformer2DModel } from '../src/models/pixart-transformer-2d.ts';
 import { parseT5EncoderConfig, relativePositionBucket } from '../src/models/t5-encoder.ts';
@@ -95,6 +96,15 @@ test('bad input: T5 configs whose buckets have no exact distances, or a max dist
   throwsInputError(() => parseT5EncoderConfig({ relative_attention_num_buckets: 3 }, where), `${where}: relative_attention_num_buckets`, 'from 4 to 4096', 'found 3');
   throwsInputError(() => parseT5EncoderConfig({ relative_attention_num_buckets: 32, relative_attention_max_distance: 8 }, where),
     `${where}: relative_attention_max_distance`, 'above the 8 exact distances of 32 buckets', 'found 8');
+});
+
+test('bad input: DiT configs without a sin-cos position table (inner width not a multiple of 4, a grid too large to hold one) are refused by field', () => {
+  const where = 'transformer/config.json';
+  throwsInputError(() => parseDiTConfig({ num_attention_heads: 7, attention_head_dim: 3 }, where, false),
+    `${where}: num_attention_heads × attention_head_dim`, 'no 2-D sin-cos position table of this width', 'a multiple of 4', 'found 21');
+  throwsInputError(() => parseDiTConfig({ sample_size: 1000, patch_size: 1 }, where, false),
+    `${where}: sample_size`, 'a 1000×1000 grid of patches', 'found 1000 with patch_size 1');
+  throwsInputError(() => parseOfficialDiTConfig({ _class_name: 'DiT', hidden_size: 18, num_heads: 3 }, 'model.pt'), 'model.pt: hidden_size', 'a multiple of 4', 'found 18');
 });
 
 test('session policy: a component is kept in memory up to a quarter of the machine\'s', () => {

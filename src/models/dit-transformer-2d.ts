@@ -14,7 +14,7 @@ import { shaped, type Executor, type ShapedTensor, type TensorLike } from '../ru
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import { cfgBool, cfgNumber, cfgOneOf, cfgOptionalInt, cfgOptionalNumber, cfgPositiveInt, type Config } from '../weights/config.ts';
 import { basicTransformerBlock } from './basic-transformer-block.ts';
-import { patchEmbed, timestepEmbedding, unpatchify } from './layers.ts';
+import { checkPositionGrid, checkPositionTableWidth, patchEmbed, timestepEmbedding, unpatchify } from './layers.ts';
 
 export interface DiTConfig {
   heads: number;
@@ -48,9 +48,14 @@ export function parseDiTConfig(cfg: Config, where: string, legacy: boolean): DiT
     throw new InputError(`${where}: sample_size`, `not divisible by patch_size ${patchSize}`, `a multiple of ${patchSize}`, `${sampleSize}`);
   }
   const inChannels = cfgPositiveInt(cfg, 'in_channels', where, 4);
+  const heads = cfgPositiveInt(cfg, 'num_attention_heads', where, 16);
+  const headDim = cfgPositiveInt(cfg, 'attention_head_dim', where, 72);
+  checkPositionTableWidth(heads * headDim, where, 'num_attention_heads × attention_head_dim');
+  const grid = sampleSize / patchSize;
+  checkPositionGrid(grid, grid, heads * headDim, `${where}: sample_size`, `${sampleSize} with patch_size ${patchSize}`);
   return {
-    heads: cfgPositiveInt(cfg, 'num_attention_heads', where, 16),
-    headDim: cfgPositiveInt(cfg, 'attention_head_dim', where, 72),
+    heads,
+    headDim,
     inChannels,
     outChannels: cfgOptionalInt(cfg, 'out_channels', where) ?? inChannels,
     layers: cfgPositiveInt(cfg, 'num_layers', where, 28),

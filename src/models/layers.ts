@@ -2,6 +2,7 @@
  * Building blocks shared by the models, written against the graph builder. Each function works
  * in the caller's parameter scope, with diffusers' submodule names (norm1, conv1, to_q, ...).
  */
+import { InputError } from '../errors.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import { plainHooks, type SegmentHooks } from '../runtime/protocol.ts';
 
@@ -111,6 +112,25 @@ export function timestepEmbedding(g: GraphBuilder, timesteps: Value, dim: number
  * frequencies 1/10000^(k/(D/4)). Grid coordinates are float32 as diffusers makes them
  * (index / (size / base_size) / interpolation_scale); the rest in float64, rounded at the end.
  */
+/** Refuses, naming the config fields, an inner width that sincosPositionTable cannot split into four. */
+export function checkPositionTableWidth(width: number, where: string, fields: string): void {
+  if (width % 4) throw new InputError(`${where}: ${fields}`, 'no 2-D sin-cos position table of this width', 'a multiple of 4', String(width));
+}
+
+/**
+ * Values of the largest sin-cos position table built (1 GiB as float32): a grid that needs more
+ * needs attention scores far past any machine's memory, and a table this size cannot even be held.
+ */
+const MAX_POSITION_TABLE = 2 ** 28;
+
+/** Refuses, naming `what`, an h×w patch grid whose position table of `dim` channels would pass that, before anything builds it. */
+export function checkPositionGrid(h: number, w: number, dim: number, what: string, found: string): void {
+  if (h * w * dim > MAX_POSITION_TABLE) {
+    throw new InputError(what, `too large: a ${h}×${w} grid of patches, whose position table alone holds ${h * w * dim} values`,
+      `at most ${MAX_POSITION_TABLE} (h·w·${dim})`, found);
+  }
+}
+
 export function sincosPositionTable(dim: number, h: number, w: number, baseSize: number, interpolationScale: number): Float32Array {
   if (dim % 4) throw new Error(`2-D sin-cos position table: width ${dim} is not a multiple of 4`);
   const quarter = dim / 4;

@@ -19,7 +19,7 @@ import { shaped, type Executor, type ShapedTensor, type TensorLike } from '../ru
 import { LongSkips, type ModelDeclaration, type SegmentRole } from '../runtime/protocol.ts';
 import { cfgBool, cfgNumber, cfgOneOf, cfgPositiveInt, type Config } from '../weights/config.ts';
 import { sublayer } from './basic-transformer-block.ts';
-import { timestepEmbedding, toTokens, unpatchify } from './layers.ts';
+import { checkPositionTableWidth, timestepEmbedding, toTokens, unpatchify } from './layers.ts';
 
 export const OFFICIAL_DIT_CLASSES = ['DiT', 'DiT_skip'] as const;
 
@@ -61,7 +61,7 @@ export function checkOfficialDiTConfig(c: OfficialDiTConfig, where: string): voi
   const bad = (key: string, expected: string, found: unknown) => new InputError(`${where}: ${key}`, 'wrong value', expected, String(found));
   if (c.sampleSize % c.patchSize) throw bad('input_size', `a multiple of patch_size ${c.patchSize}`, c.sampleSize);
   if (c.hiddenSize % c.numHeads) throw bad('num_heads', `a divisor of hidden_size ${c.hiddenSize}`, c.numHeads);
-  if ((c.hiddenSize / 2) % 2) throw bad('hidden_size', 'a multiple of 4 (the sin-cos position table)', c.hiddenSize);
+  checkPositionTableWidth(c.hiddenSize, where, 'hidden_size');
   if (!(c.mlpRatio > 0 && Number.isInteger(c.hiddenSize * c.mlpRatio))) throw bad('mlp_ratio', 'a positive ratio giving a whole MLP width', c.mlpRatio);
   if (c.longSkips && c.depth % 2) throw bad('depth', 'even (DiT_skip pairs block j with block depth−1−j)', c.depth);
 }

@@ -13,7 +13,7 @@ import { shaped, type Executor, type ShapedTensor, type TensorLike } from '../ru
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import { cfgBool, cfgNumber, cfgOneOf, cfgOptionalBool, cfgOptionalInt, cfgOptionalNumber, cfgPositiveInt, type Config } from '../weights/config.ts';
 import { basicTransformerBlock } from './basic-transformer-block.ts';
-import { keysAndValues, patchEmbed, timestepEmbedding, unpatchify } from './layers.ts';
+import { checkPositionTableWidth, keysAndValues, patchEmbed, timestepEmbedding, unpatchify } from './layers.ts';
 
 export interface PixArtConfig {
   heads: number;
@@ -54,6 +54,7 @@ export function parsePixArtConfig(cfg: Config, where: string): PixArtConfig {
   }
   const heads = cfgPositiveInt(cfg, 'num_attention_heads', where, 16);
   const headDim = cfgPositiveInt(cfg, 'attention_head_dim', where, 72);
+  checkPositionTableWidth(heads * headDim, where, 'num_attention_heads × attention_head_dim');
   const inChannels = cfgPositiveInt(cfg, 'in_channels', where, 4);
   // Transformer2DModel decides the micro-conditions from the sample size; PixArtTransformer2DModel may say.
   const useAdditionalConditions = cfgOptionalBool(cfg, 'use_additional_conditions', where) ?? sampleSize === 128;

@@ -29,6 +29,7 @@ import {
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
 import { imageDefaultSize, img2imgOf, scheduleStart, startingLatents } from './img2img.ts';
+import { checkPositionGrid } from '../models/layers.ts';
 import { refuseOverMemory } from './memory.ts';
 import { RESOLUTION_BINS } from './pixart-resolution-bins.ts';
 
@@ -172,6 +173,7 @@ export class PixArtPipeline {
     if (genWidth % unit || genHeight % unit) {
       throw new InputError('width/height', `must be multiples of ${unit} (VAE factor ${factor} × patch size ${c.patchSize})`, undefined, `${genWidth}x${genHeight}`);
     }
+    checkPositionGrid(genHeight / unit, genWidth / unit, model.innerDim, 'width/height', `${genWidth}x${genHeight}${binning ? ' (binned)' : ''}`);
     const negatives = request.negativePrompt === undefined ? prompts.map(() => '') : list(request.negativePrompt, 'negativePrompt');
     if (negatives.length !== 1 && negatives.length !== prompts.length) {
       throw new InputError('negativePrompt', 'one negative prompt, or one per prompt', `1 or ${prompts.length}`, `${negatives.length}`);
