@@ -195,6 +195,14 @@ export class PixArtPipeline {
     const { start: first, run, why } = scheduleStart(scheduler, img2img);
     const acceleration = Acceleration.check(request.accel, model.declaration, run, why, request.plans);
 
+    // Before the text encoder runs (minutes for T5-XXL on a CPU): T5's width is its d_model, which the loader matched to caption_channels.
+    const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, {
+      batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: this.textEncoder.model.config.dModel,
+    });
+    // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
+    await refuseOverMemory({ resident: [this.transformer, this.vae, this.textRetained ? this.textEncoder : undefined], denoise, vae: this.vae.model, latentDims,
+      limit: request.memoryLimit, what: 'width/height' });
+
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
     const repeat = (items: string[]) => items.flatMap((p) => new Array<string>(perPrompt).fill(p));
@@ -220,11 +228,6 @@ export class PixArtPipeline {
       aspectRatio: new ort.Tensor('float32', new Float32Array(rows).fill(genHeight / genWidth), [rows, 1]),
     } : undefined);
 
-    const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec,
-      { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], tokens: maxLength, textChannels: positive.width });
-    // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
-    await refuseOverMemory({ resident: [this.transformer, this.vae, this.textRetained ? this.textEncoder : undefined], denoise, vae: this.vae.model, latentDims,
-      limit: request.memoryLimit, what: 'width/height' });
     warnings.push(...await acceleration.begin(this.transformerExec, denoise));
     // Caption projection and cross-attention keys/values depend on the prompt only: once per text (lossless).
     const kvs = new Map<object, Map<string, { k: ort.Tensor; v: ort.Tensor; bias: ort.Tensor }>>();
