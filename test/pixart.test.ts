@@ -110,3 +110,13 @@ test('methods on the protocol reach PixArt and DiT without model code: TGATE, FO
     await dit.release();
   }
 });
+
+test('the memory check counts the images handed back at the asked size (resolution binning generates smaller), and neither decoding nor images for latent output', async (t) => {
+  const pipeline = loadPixArtPipeline(readPipelineFolder(path.join(FIXTURES, 'tiny-pixart-alpha')));
+  t.after(() => pipeline.release());
+  // 4 images of 8192² as float32 RGB: 3.0 GiB, though the transformer runs at a 1024² bin.
+  const request = { prompt: 'x', width: 8192, height: 8192, imagesPerPrompt: 4, guidanceScale: 1, steps: 2, memoryLimit: 2 ** 30 };
+  await assert.rejects(pipeline.generate(request), (err: Error) => err.name === 'InputError' && /images 3\.0 GiB.*found 8192x8192, 4 images/.test(err.message));
+  // Latent output neither decodes nor hands back images: it fits.
+  await pipeline.generate({ ...request, output: 'latent' });
+});

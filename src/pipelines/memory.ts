@@ -15,12 +15,14 @@ import type { WeightSet } from '../weights/diffusers-folder.ts';
 export interface MemoryEstimate {
   bytes: number;
   weightBytes: number;
+  /** The float32 RGB images handed back, all held at the end of the run. */
+  imageBytes: number;
   /** The segment call with the largest working set. */
   largest: { name: string; bytes: number; attentionScoreBytes: number };
 }
 
 /** The estimate for weights of `weightBytes` and the model calls `forwards` make (each on shapes alone). */
-async function estimateMemory(weightBytes: number, forwards: ((exec: Executor<ShapedTensor>) => Promise<unknown>)[]): Promise<MemoryEstimate> {
+async function estimateMemory(weightBytes: number, imageBytes: number, forwards: ((exec: Executor<ShapedTensor>) => Promise<unknown>)[]): Promise<MemoryEstimate> {
   let largest = { name: '', bytes: 0, attentionScoreBytes: 0 };
   for (const forward of forwards) {
     const dry = new DryExecutor();
@@ -29,7 +31,7 @@ async function estimateMemory(weightBytes: number, forwards: ((exec: Executor<Sh
       if (call.workingBytes > largest.bytes) largest = { name: call.name, bytes: call.workingBytes, attentionScoreBytes: call.attentionScoreBytes };
     }
   }
-  return { bytes: weightBytes + largest.bytes, weightBytes, largest };
+  return { bytes: weightBytes + largest.bytes + imageBytes, weightBytes, imageBytes, largest };
 }
 
 export function gib(bytes: number): string {
@@ -47,15 +49,17 @@ function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: 
   const max = limit ?? totalMemory();
   if (estimate.bytes <= max) return;
   const scores = estimate.largest.attentionScoreBytes > estimate.largest.bytes / 2 ? ` of which attention scores ${gib(estimate.largest.attentionScoreBytes)}` : '';
+  const images = estimate.imageBytes >= 2 ** 29 ? `, images ${gib(estimate.imageBytes)}` : '';
   throw new InputError(what, `needs about ${gib(estimate.bytes)} at its peak (weights ${gib(estimate.weightBytes)}, ` +
-    `${estimate.largest.name} ${gib(estimate.largest.bytes)}${scores}), over the limit of ${gib(max)}${limit === undefined ? ' (this machine\'s memory)' : ''}`,
+    `${estimate.largest.name} ${gib(estimate.largest.bytes)}${scores}${images}), over the limit of ${gib(max)}${limit === undefined ? ' (this machine\'s memory)' : ''}`,
   'a smaller size or batch, or a higher memory limit', found);
 }
 
 /**
  * What every pipeline checks before its denoising loop: the weights its sessions keep (`resident`),
- * the denoiser's model call and the VAE decoding one image of `latentDims` [B, C, h, w], against
- * `limit`. `what` names the request fields that set the size.
+ * the denoiser's model call, and unless the output is latents the VAE decoding one image of
+ * `latentDims` [B, C, h, w] and the B images handed back (at `imageSize` [width, height] where they
+ * are resized to it), against `limit`. `what` names the request fields that set the size.
  */
 export async function refuseOverMemory(o: {
   resident: ({ weights: WeightSet } | undefined)[];
@@ -64,10 +68,15 @@ export async function refuseOverMemory(o: {
   latentDims: number[];
   limit: number | undefined;
   what: string;
+  output?: 'image' | 'latent';
+  imageSize?: [number, number];
 }): Promise<void> {
   const weightBytes = o.resident.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
   const decode = (exec: Executor<ShapedTensor>) => o.vae.decode(exec, { dims: [1, ...o.latentDims.slice(1)], type: 'float32' });
   const [batch, , h, w] = o.latentDims;
   const factor = o.vae.downsampleFactor;
-  checkMemory(await estimateMemory(weightBytes, [o.denoise, decode]), o.limit, o.what, `${w * factor}x${h * factor}, ${batch} image${batch > 1 ? 's' : ''}`);
+  const [width, height] = o.imageSize ?? [w * factor, h * factor];
+  const imageBytes = o.output === 'latent' ? 0 : batch * 3 * width * height * 4;
+  const forwards = o.output === 'latent' ? [o.denoise] : [o.denoise, decode];
+  checkMemory(await estimateMemory(weightBytes, imageBytes, forwards), o.limit, o.what, `${width}x${height}, ${batch} image${batch > 1 ? 's' : ''}`);
 }

@@ -209,7 +209,7 @@ export class StableDiffusionPipeline {
     const shapes = { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: conditioning.pooled && conditioning.pooled.length / rows };
     const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
     await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
-      limit: request.memoryLimit, what: 'width/height' });
+      limit: request.memoryLimit, what: 'width/height', output: request.output });
     warnings.push(...await acceleration.begin(this.unetExec, denoise));
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
