@@ -106,12 +106,6 @@ export function timestepEmbedding(g: GraphBuilder, timesteps: Value, dim: number
   });
 }
 
-/**
- * diffusers get_2d_sincos_pos_embed for an h×w grid of patches: per token (row-major), the first
- * half of the channels encodes its column and the second half its row, each as [sin | cos] over
- * frequencies 1/10000^(k/(D/4)). Grid coordinates are float32 as diffusers makes them
- * (index / (size / base_size) / interpolation_scale); the rest in float64, rounded at the end.
- */
 /** Refuses, naming the config fields, an inner width that sincosPositionTable cannot split into four. */
 export function checkPositionTableWidth(width: number, where: string, fields: string): void {
   if (width % 4) throw new InputError(`${where}: ${fields}`, 'no 2-D sin-cos position table of this width', 'a multiple of 4', String(width));
@@ -131,6 +125,12 @@ export function checkPositionGrid(h: number, w: number, dim: number, what: strin
   }
 }
 
+/**
+ * diffusers get_2d_sincos_pos_embed for an h×w grid of patches: per token (row-major), the first
+ * half of the channels encodes its column and the second half its row, each as [sin | cos] over
+ * frequencies 1/10000^(k/(D/4)). Grid coordinates are float32 as diffusers makes them
+ * (index / (size / base_size) / interpolation_scale); the rest in float64, rounded at the end.
+ */
 export function sincosPositionTable(dim: number, h: number, w: number, baseSize: number, interpolationScale: number): Float32Array {
   if (dim % 4) throw new Error(`2-D sin-cos position table: width ${dim} is not a multiple of 4`);
   const quarter = dim / 4;
