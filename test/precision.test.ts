@@ -17,7 +17,7 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { REFERENCE_MODEL, REFERENCE_MODELS } from '../src/pipelines/reference-model.ts';
 import { loadDiTPipeline } from '../src/pipelines/dit.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
-import { OrtExecutor, createSession, parsePrecision } from '../src/runtime/ort-executor.ts';
+import { OrtExecutor, createSession, parsePrecision, unsignedInt8Weights } from '../src/runtime/ort-executor.ts';
 import { Rng } from '../src/util/rng.ts';
 import { fileParams, tempDir, throwsInputError } from './helpers/files.ts';
 import { assertClose, relativeError } from './helpers/compare.ts';
@@ -109,16 +109,20 @@ function snr(actual: Float32Array, expected: Float32Array): number {
   return 10 * Math.log10(signal / noise);
 }
 
+/**
+ * fp32; int8 with the weights this CPU gets (signed with VNNI, else unsigned: src/graph/quantize.ts);
+ * and int8 with unsigned weights, exact on every CPU.
+ */
 async function runBoth(build: (g: GraphBuilder) => void, params: ReturnType<typeof fileParams>, feeds: Record<string, ort.Tensor>) {
   const out: Float32Array[] = [];
-  for (const precision of ['fp32', 'int8'] as const) {
-    const g = new GraphBuilder(precision, params, 'mha', true, precision);
+  for (const [precision, unsigned] of [['fp32', false], ['int8', unsignedInt8Weights()], ['int8', true]] as const) {
+    const g = new GraphBuilder(precision, params, 'mha', true, precision, unsigned);
     build(g);
     const session = await createSession(g, { threads: 1 });
     out.push((await session.run(feeds)).y.data as Float32Array);
     await session.release();
   }
-  return { fp32: out[0], int8: out[1] };
+  return { fp32: out[0], int8: out[1], int8Unsigned: out[2] };
 }
 
 for (const [kernel, stride, padding] of [[3, 1, 1], [3, 2, 1], [1, 1, 0], [2, 2, 0]]) {
@@ -129,9 +133,11 @@ for (const [kernel, stride, padding] of [[3, 1, 1], [3, 2, 1], [1, 1, 0], [2, 2,
     const weight = rng.fillNormal(new Float32Array(o * c * kernel * kernel));
     const bias = rng.fillNormal(new Float32Array(o));
     const params = fileParams(tempDir(t), { 'conv.weight': weight, 'conv.bias': bias });
-    const { fp32, int8 } = await runBoth((g) => g.output(g.conv2d(g.input('x', [n, c, h, w]), 'conv', o, kernel, { stride, padding }), 'y'),
+    const { fp32, int8, int8Unsigned } = await runBoth((g) => g.output(g.conv2d(g.input('x', [n, c, h, w]), 'conv', o, kernel, { stride, padding }), 'y'),
       params, { x: new ort.Tensor('float32', x, [n, c, h, w]) });
-    assertClose(int8, int8Conv(x, [n, c, h, w], weight, bias, o, kernel, stride, padding), 1e-5, 'int8 conv vs its arithmetic');
+    const arithmetic = int8Conv(x, [n, c, h, w], weight, bias, o, kernel, stride, padding);
+    assertClose(int8, arithmetic, 1e-5, 'int8 conv vs its arithmetic');
+    assertClose(int8Unsigned, arithmetic, 1e-5, 'int8 conv, unsigned weights, vs its arithmetic');
     assert.ok(snr(int8, fp32) > 30, `SNR against fp32 ${snr(int8, fp32).toFixed(1)} dB`);
   });
 }
@@ -144,7 +150,7 @@ test('int8 linear (and a row range of one, as GEGLU reads its halves) is the 8-b
   const bias = rng.fillNormal(new Float32Array(outF));
   const params = fileParams(tempDir(t), { 'fc.weight': weight, 'fc.bias': bias });
   const [start, end] = [3, 9];
-  const { fp32, int8 } = await runBoth((g) => g.output(g.linearRows(g.input('x', [1, rows, inF]), 'fc', outF, start, end), 'y'),
+  const { fp32, int8, int8Unsigned } = await runBoth((g) => g.output(g.linearRows(g.input('x', [1, rows, inF]), 'fc', outF, start, end), 'y'),
     params, { x: new ort.Tensor('float32', x, [1, rows, inF]) });
   // A linear is a 1×1 convolution over tokens: the same written-out arithmetic, on rows [start, end).
   const tokens = new Float32Array(inF * rows);
@@ -154,6 +160,7 @@ test('int8 linear (and a row range of one, as GEGLU reads its halves) is the 8-b
   const expected = new Float32Array(rows * (end - start));
   for (let r = 0; r < rows; r++) for (let o = 0; o < end - start; o++) expected[r * (end - start) + o] = expectedChannels[o * rows + r];
   assertClose(int8, expected, 1e-5, 'int8 linear vs its arithmetic');
+  assertClose(int8Unsigned, expected, 1e-5, 'int8 linear, unsigned weights, vs its arithmetic');
   assert.ok(snr(int8, fp32) > 30, `SNR against fp32 ${snr(int8, fp32).toFixed(1)} dB`);
 });
 

@@ -17,7 +17,7 @@ import { PRESETS, TRANSFORMER_PRESETS } from '../models/presets.ts';
 import type { CrossAttentionKV } from '../models/unet2d-condition.ts';
 import { DryExecutor } from '../runtime/dry-executor.ts';
 import type { SegmentReport } from '../runtime/executor.ts';
-import { OrtExecutor, createSession, type RuntimeOptions } from '../runtime/ort-executor.ts';
+import { OrtExecutor, createSession, unsignedInt8Weights, type RuntimeOptions } from '../runtime/ort-executor.ts';
 import type { Precision } from '../graph/quantize.ts';
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
@@ -64,7 +64,7 @@ function paramBytes(op: HeavyOp): number {
 
 /** Seconds ORT takes for `op` alone (best of `runs` after a warm-up). */
 async function timeOp(op: HeavyOp, params: ParamSource, runtime: RuntimeOptions, runs: number, rng: Rng): Promise<number> {
-  const g = new GraphBuilder('op', params, 'mha', false, runtime.precision);
+  const g = new GraphBuilder('op', params, 'mha', false, runtime.precision, unsignedInt8Weights());
   const feeds: Record<string, ort.Tensor> = {};
   const input = (name: string, dims: number[]) => {
     feeds[name] = randomTensor(rng, dims);

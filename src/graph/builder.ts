@@ -136,7 +136,8 @@ export class GraphBuilder {
    * With `dynamicBatch`, axis 0 of every graph input and output is the symbolic dimension
    * "batch", so one session serves any batch size (CFG and no-CFG calls share weights and
    * compiled kernels). Shapes inside the graph never hard-code the batch: see reshape().
-   * `precision` int8 builds linear layers and convolutions as 8-bit products (src/graph/quantize.ts).
+   * `precision` int8 builds linear layers and convolutions as 8-bit products (src/graph/quantize.ts),
+   * their weights as uint8 with a zero point where `unsignedInt8Weights` (CPUs whose uint8 × int8 saturates).
    */
   constructor(
     readonly name: string,
@@ -144,6 +145,7 @@ export class GraphBuilder {
     readonly attentionKind: AttentionKind = 'mha',
     readonly dynamicBatch = false,
     readonly precision: Precision = 'fp32',
+    readonly unsignedInt8Weights = false,
   ) {}
 
   /** Whether ops built now compute in float16. */
@@ -273,17 +275,23 @@ export class GraphBuilder {
    * Rows [start, end) of a parameter [rows, inner, ...kernel] as an int8 matrix [kernel·inner, rows]
    * and its per-row scales, made from the stored floats when the session is built.
    */
-  private quantizedRows(localName: string, shape: number[], start: number, end: number): { weight: Value; scale: Value } {
+  /** The 8-bit weight, its per-row scale and, for unsigned weights, its per-row zero point. */
+  private quantizedRows(localName: string, shape: number[], start: number, end: number): { weight: Value; scale: Value; zeroPoint?: Value } {
     const { key, ref } = this.paramSlice(localName, shape, start, end);
     const weightName = `${key}#int8`;
     const scaleName = `${key}#scale`;
+    const zeroPointName = this.unsignedInt8Weights ? `${key}#zero` : undefined;
     const rows = end - start;
     const kernel = product(shape.slice(2));
     if (!this.quantized.has(weightName)) {
       this.usedNames.add(weightName).add(scaleName);
-      this.quantized.set(weightName, { ref, rows, inner: shape[1], kernel, weightName, scaleName });
+      if (zeroPointName) this.usedNames.add(zeroPointName);
+      this.quantized.set(weightName, { ref, rows, inner: shape[1], kernel, weightName, scaleName, zeroPointName });
     }
-    return { weight: new Value(weightName, [kernel * shape[1], rows], 'int8'), scale: new Value(scaleName, [rows], 'float32') };
+    return {
+      weight: new Value(weightName, [kernel * shape[1], rows], zeroPointName ? 'uint8' : 'int8'), scale: new Value(scaleName, [rows], 'float32'),
+      zeroPoint: zeroPointName ? new Value(zeroPointName, [rows], 'uint8') : undefined,
+    };
   }
 
   /**
@@ -578,9 +586,10 @@ export class GraphBuilder {
     let out: Value;
     if (this.precision === 'int8') {
       // One contrib op quantizes the activations and runs the uint8 × int8 product with the scales and bias.
-      const { weight, scale } = this.quantizedRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
+      const { weight, scale, zeroPoint } = this.quantizedRows(`${name}.weight`, [outFeatures, inFeatures], start, end);
       out = this.result('dynamicquantizematmul', [product(rows), end - start], x.dtype);
-      const inputs = [this.operand(flat), weight.name, scale.name, ...(biasValue ? ['', this.operand(biasValue)] : [])]; // '': no weight zero point
+      // '' where a signed weight has no zero point.
+      const inputs = [this.operand(flat), weight.name, scale.name, ...(biasValue ? [zeroPoint?.name ?? '', this.operand(biasValue)] : zeroPoint ? [zeroPoint.name] : [])];
       this.node('DynamicQuantizeMatMul', inputs, [out.name], {}, 'com.microsoft');
     } else {
       // Gemm reads the [out, in] weight transposed as it is: MLAS prepacks it straight from the
@@ -624,7 +633,7 @@ export class GraphBuilder {
    */
   private conv2dInt8(x: Value, name: string, outChannels: number, kernel: number, stride: number, padding: number, bias: Value): Value {
     const [n, c, h, w] = x.shape;
-    const { weight, scale } = this.quantizedRows(`${name}.weight`, [outChannels, c, kernel, kernel], 0, outChannels);
+    const { weight, scale, zeroPoint } = this.quantizedRows(`${name}.weight`, [outChannels, c, kernel, kernel], 0, outChannels);
     const [xq, xScale, xZero] = [new Value(this.fresh('xq'), x.shape, 'uint8'), new Value(this.fresh('x_scale'), [], 'float32'), new Value(this.fresh('x_zero'), [], 'uint8')];
     this.node('DynamicQuantizeLinear', [this.operand(x)], [xq.name, xScale.name, xZero.name]);
     let nhwc = this.transpose(xq, [0, 2, 3, 1]);
@@ -646,7 +655,7 @@ export class GraphBuilder {
       }
     }
     const columns = shifts.length === 1 ? shifts[0] : this.concat(shifts, 3);
-    const accumulated = this.op('MatMulInteger', [columns, weight, xZero], [n, oh, ow, outChannels], 'int32');
+    const accumulated = this.op('MatMulInteger', zeroPoint ? [columns, weight, xZero, zeroPoint] : [columns, weight, xZero], [n, oh, ow, outChannels], 'int32');
     const scaled = this.mul(this.cast(accumulated, 'float32'), this.mul(xScale, scale));
     return this.transpose(this.add(scaled, bias), [0, 3, 1, 2]);
   }

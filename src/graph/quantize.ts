@@ -4,7 +4,10 @@
  * session is built; activations are quantized by ONNX Runtime at run time with one asymmetric
  * uint8 scale per tensor (DynamicQuantizeLinear), so no calibration set is needed. uint8 × int8 is
  * the product MLAS runs on VNNI (measured on this CPU on SD 1.5 shapes: 3×3 convs 1.7–2.6×, large
- * linears 2–2.8× the fp32 kernels; per-layer SNR 46–52 dB).
+ * linears 2–2.8× the fp32 kernels; per-layer SNR 46–52 dB). x86 CPUs without VNNI run it with
+ * VPMADDUBSW, whose int16 sums of two products saturate (2·255·127 > 32767): on a 2-core AVX2 EPYC
+ * the reference model's int8 image came out 28 dB from fp32 instead of 40+. There the same weights
+ * go as uint8 with zero point 128 (`unsigned`), which MLAS multiplies exactly, widened to int16.
  */
 import { OnnxDataType, type TensorProto } from './onnx-proto.ts';
 import type { WeightRef } from './builder.ts';
@@ -26,6 +29,8 @@ export interface QuantizedParam {
   kernel: number;
   weightName: string;
   scaleName: string;
+  /** Stored as uint8 = int8 + 128 with this per-row zero point tensor (uint8, 128), for CPUs whose uint8 × int8 saturates. */
+  zeroPointName?: string;
 }
 
 /** Symmetric per-row int8 (the range ±127; an all-zero row gets scale 1). */
@@ -46,9 +51,9 @@ export function quantizeRows(w: Float32Array, rows: number, inner: number, kerne
   return { weight, scale };
 }
 
-/** Bytes of a parameter's two initializers: its int8 weight and one float32 scale per row. */
+/** Bytes of a parameter's initializers: its 8-bit weight, one float32 scale per row and, unsigned, one zero point per row. */
 export function quantizedBytes(p: QuantizedParam): number {
-  return p.rows * (p.inner * p.kernel + 4);
+  return p.rows * (p.inner * p.kernel + 4 + (p.zeroPointName ? 1 : 0));
 }
 
 /**
@@ -58,8 +63,8 @@ export function quantizedBytes(p: QuantizedParam): number {
  * are keyed by this.
  */
 export function quantizationKey(params: readonly QuantizedParam[]): Uint8Array {
-  const scheme = 'symmetric per-row int8, [kernel·inner, rows], v1';
-  return new TextEncoder().encode(JSON.stringify({ scheme, params: params.map((p) => [p.ref, p.rows, p.inner, p.kernel, p.weightName, p.scaleName]) }));
+  const scheme = 'symmetric per-row int8 (uint8 + 128 where a zero point is named), [kernel·inner, rows], v2';
+  return new TextEncoder().encode(JSON.stringify({ scheme, params: params.map((p) => [p.ref, p.rows, p.inner, p.kernel, p.weightName, p.scaleName, p.zeroPointName]) }));
 }
 
 /** The two initializers of each quantized parameter; `read` gives a parameter's values as float32. */
@@ -67,10 +72,16 @@ export async function quantizedInitializers(params: readonly QuantizedParam[], r
   const out: TensorProto[] = [];
   for (const p of params) {
     const { weight, scale } = quantizeRows(await read(p.ref), p.rows, p.inner, p.kernel);
-    out.push(
-      { name: p.weightName, dims: [p.kernel * p.inner, p.rows], dataType: OnnxDataType.INT8, raw: new Uint8Array(weight.buffer) },
-      { name: p.scaleName, dims: [p.rows], dataType: OnnxDataType.FLOAT, raw: new Uint8Array(scale.buffer) },
-    );
+    const dims = [p.kernel * p.inner, p.rows];
+    out.push({ name: p.scaleName, dims: [p.rows], dataType: OnnxDataType.FLOAT, raw: new Uint8Array(scale.buffer) });
+    if (p.zeroPointName) {
+      out.push(
+        { name: p.weightName, dims, dataType: OnnxDataType.UINT8, raw: Uint8Array.from(weight, (v) => v + 128) },
+        { name: p.zeroPointName, dims: [p.rows], dataType: OnnxDataType.UINT8, raw: new Uint8Array(p.rows).fill(128) },
+      );
+    } else {
+      out.push({ name: p.weightName, dims, dataType: OnnxDataType.INT8, raw: new Uint8Array(weight.buffer) });
+    }
   }
   return out;
 }

@@ -9,7 +9,7 @@ import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type Atten
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
 import { PRECISIONS, quantizationKey, quantizedBytes, quantizedInitializers, type Precision } from '../graph/quantize.ts';
 import { bfloat16ToFloat32, float16ToFloat32 } from '../graph/half.ts';
-import { baseName, dirName, fetchBytes, isMounted, realPath, totalMemory } from '../io/files.ts';
+import { baseName, dirName, fetchBytes, isMounted, readTextFile, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
 
@@ -233,7 +233,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
     if (this.options.precision === 'fp16') await checkHalfPrecision(this.options);
     // One session per segment for every batch size: CFG and single-batch calls share it.
-    const g = new GraphBuilder(name, this.params, attentionKindFor(this.options.device ?? 'cpu'), true, this.options.precision);
+    const g = new GraphBuilder(name, this.params, attentionKindFor(this.options.device ?? 'cpu'), true, this.options.precision, unsignedInt8Weights());
     const outputs = buildSegment(g, build, inputs, options);
     return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs), macs: { ...g.macs }, batch: batchOf(inputs, options) };
   }
@@ -256,6 +256,27 @@ export class OrtExecutor implements Executor<ort.Tensor> {
  * (bench-text-encoder, 24 blocks of 0.8 GB): a block's session creation 1.5 s → 0.01 s with its
  * run as fast; the whole encoding 50 s → 28 s from F16 weights.
  */
+let unsignedInt8: boolean | undefined;
+
+/**
+ * Whether int8 weights go as uint8 with a zero point: on x86 CPUs without VNNI, whose uint8 × int8
+ * products saturate in MLAS (src/graph/quantize.ts). Read from /proc/cpuinfo's flags; an x86 CPU
+ * whose flags cannot be read counts as one without. Elsewhere (ARM, wasm) signed weights are exact.
+ */
+export function unsignedInt8Weights(): boolean {
+  if (unsignedInt8 === undefined) {
+    const arch = (globalThis as { process?: { arch?: string } }).process?.arch;
+    let flags = '';
+    try {
+      if (arch === 'x64') flags = readTextFile('/proc/cpuinfo');
+    } catch {
+      // Not Linux: no flags to read.
+    }
+    unsignedInt8 = arch === 'x64' && !/\b(avx512_vnni|avx_vnni)\b/.test(flags);
+  }
+  return unsignedInt8;
+}
+
 export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
   const params = g.quantizedParams();
   // int8 weights are made from the float ones in JS (seconds on SD 1.5): only when a session is built from the model, not on a cache hit.
