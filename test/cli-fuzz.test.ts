@@ -89,5 +89,7 @@ test(`diffuse command lines: ${CASES} mutated commands per kind exit 0, or 2 wit
     t.diagnostic(`${base[0]} ${base[1]} ${base[2]}: ${((performance.now() - started) / 1000).toFixed(1)} s`);
   }
   for (const file of fs.readdirSync(dir)) assert.ok(!file.includes('.tmp'), `a half-written file left: ${file}`);
+  // The help commander prints on its own keeps its lines.
+  assert.ok((await run([])).printed.split('\n').length > 10, 'diffuse without a command prints its help, line by line');
   t.diagnostic(`ran ${outcomes.ran}, refused ${outcomes.refused}`);
 });

@@ -163,9 +163,11 @@ export function buildProgram(): Command {
     .description('Run diffusers-format diffusion models on ONNX Runtime, with training-free accelerations.')
     .version(PACKAGE_VERSION, '-V, --version')
     .exitOverride()
-    // commander's own messages (unknown or malformed flags) start like ours and, like ours, are one line
-    // (its "Did you mean …?" comes on a line of its own).
-    .configureOutput({ writeErr: (s) => process.stderr.write(`${s.trimEnd().replace(/^error: /, 'diffuse: ').replace(/\s*\n\s*/g, ' ')}\n`) })
+    // commander's own error messages (unknown or malformed flags) start like ours and, like ours, are
+    // one line (its "Did you mean …?" comes on a line of its own); the help it prints is left as it is.
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `${s.trimEnd().replace(/^error: /, 'diffuse: ').replace(/\s*\n\s*/g, ' ')}\n` : s),
+    })
     // Every file a command will write is checked before it starts work (convert checks its folder itself).
     .hook('preAction', (_program, command) => {
       const opts = command.opts();
