@@ -57,6 +57,10 @@ function mutate(argv: string[]): string[] {
 
 test(`diffuse command lines: ${CASES} mutated commands per kind exit 0, or 2 with one diffuse: line`, async (t) => {
   const dir = tempDir(t);
+  // Mutated values become relative output paths ("--json ddim"): they land in the temp folder, not the checkout.
+  const cwd = process.cwd();
+  process.chdir(dir);
+  t.after(() => process.chdir(cwd));
   const out = (name: string) => path.join(dir, name);
   const bases = [
     ['generate', '--model', path.join(FIXTURES, 'tiny-sd1'), '--prompt', 'a red circle', '--steps', '2', '--size', '32', '--seed', '3', '--scheduler', 'ddim',
@@ -65,6 +69,7 @@ test(`diffuse command lines: ${CASES} mutated commands per kind exit 0, or 2 wit
     ['bench', '--preset', 'sd15', '--dry-run', '--size', '256', '--steps', '10', '--accel', 'deepcache:cache_interval=3', '--json', out('bench.json')],
     ['inspect', '--preset', 'pixart-alpha-512', '--json', out('inspect.json')],
   ];
+  const before = new Set(fs.readdirSync(cwd));
   const outcomes = { ran: 0, refused: 0 };
   for (const base of bases) {
     const started = performance.now();
@@ -89,6 +94,7 @@ test(`diffuse command lines: ${CASES} mutated commands per kind exit 0, or 2 wit
     t.diagnostic(`${base[0]} ${base[1]} ${base[2]}: ${((performance.now() - started) / 1000).toFixed(1)} s`);
   }
   for (const file of fs.readdirSync(dir)) assert.ok(!file.includes('.tmp'), `a half-written file left: ${file}`);
+  assert.deepEqual(fs.readdirSync(cwd).filter((f) => !before.has(f)), [], 'nothing written into the checkout');
   // The help commander prints on its own keeps its lines.
   assert.ok((await run([])).printed.split('\n').length > 10, 'diffuse without a command prints its help, line by line');
   t.diagnostic(`ran ${outcomes.ran}, refused ${outcomes.refused}`);
