@@ -1,3 +1,8 @@
+/** `text` with its line breaks (and the spaces around them) folded into single spaces. */
+export function oneLine(text: string): string {
+  return text.replace(/\s*[\r\n]+\s*/g, ' ');
+}
+
 /**
  * One error type for every problem caused by the user's input (files, configs, flags).
  * The CLI prints `message` alone — no stack trace — and exits non-zero.
@@ -10,7 +15,7 @@ export class InputError extends Error {
     if (expected !== undefined) message += `; expected ${expected}`;
     if (found !== undefined) message += `, found ${found}`;
     // One line, whatever it quotes: parsers' own messages (V8's JSON errors) can carry the text's line breaks.
-    super(message.replace(/\s*[\r\n]+\s*/g, ' '));
+    super(oneLine(message));
     this.name = 'InputError';
     this.where = where;
   }

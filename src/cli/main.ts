@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { InputError, Interrupted } from '../errors.ts';
+import { InputError, Interrupted, oneLine } from '../errors.ts';
 import { withFlagNames } from './flag-names.ts';
 import { checkOutputFile, isSystemError, systemErrorLine, writeOutput } from '../util/files.ts';
 import type { BenchUNetOptions } from '../bench/unet-forward.ts';
@@ -166,7 +166,7 @@ export function buildProgram(): Command {
     // commander's own error messages (unknown or malformed flags) start like ours and, like ours, are
     // one line (its "Did you mean …?" comes on a line of its own); the help it prints is left as it is.
     .configureOutput({
-      writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `${s.trimEnd().replace(/^error: /, 'diffuse: ').replace(/\s*\n\s*/g, ' ')}\n` : s),
+      writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `${oneLine(s.trimEnd().replace(/^error: /, 'diffuse: '))}\n` : s),
     })
     // Every file a command will write is checked before it starts work (convert checks its folder itself).
     .hook('preAction', (_program, command) => {

@@ -272,10 +272,10 @@ export class GraphBuilder {
   }
 
   /**
-   * Rows [start, end) of a parameter [rows, inner, ...kernel] as an int8 matrix [kernel·inner, rows]
-   * and its per-row scales, made from the stored floats when the session is built.
+   * Rows [start, end) of a parameter [rows, inner, ...kernel] as an 8-bit matrix [kernel·inner, rows],
+   * its per-row scales and, for unsigned weights, its per-row zero point, made from the stored floats
+   * when the session is built.
    */
-  /** The 8-bit weight, its per-row scale and, for unsigned weights, its per-row zero point. */
   private quantizedRows(localName: string, shape: number[], start: number, end: number): { weight: Value; scale: Value; zeroPoint?: Value } {
     const { key, ref } = this.paramSlice(localName, shape, start, end);
     const weightName = `${key}#int8`;

@@ -50,9 +50,10 @@ export function parseDiTConfig(cfg: Config, where: string, legacy: boolean): DiT
   const inChannels = cfgPositiveInt(cfg, 'in_channels', where, 4);
   const heads = cfgPositiveInt(cfg, 'num_attention_heads', where, 16);
   const headDim = cfgPositiveInt(cfg, 'attention_head_dim', where, 72);
-  checkPositionTableWidth(heads * headDim, where, 'num_attention_heads × attention_head_dim');
+  const width = heads * headDim;
+  checkPositionTableWidth(width, where, 'num_attention_heads × attention_head_dim');
   const grid = sampleSize / patchSize;
-  checkPositionGrid(grid, grid, heads * headDim, `${where}: sample_size`, `${sampleSize} with patch_size ${patchSize}`);
+  checkPositionGrid(grid, grid, width, `${where}: sample_size`, `${sampleSize} with patch_size ${patchSize}`);
   return {
     heads,
     headDim,

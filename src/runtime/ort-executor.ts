@@ -249,13 +249,6 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   }
 }
 
-/**
- * An ORT session for a built graph whose weights all live in one folder. A session run only once
- * (`retained` false) is not optimized: MLAS's packed weight copies and constant folding (a cast of
- * F16 weights, through protobuf copies) cost more than they save on one run. Measured on T5-XXL
- * (bench-text-encoder, 24 blocks of 0.8 GB): a block's session creation 1.5 s → 0.01 s with its
- * run as fast; the whole encoding 50 s → 28 s from F16 weights.
- */
 let unsignedInt8: boolean | undefined;
 
 /**
@@ -277,6 +270,13 @@ export function unsignedInt8Weights(): boolean {
   return unsignedInt8;
 }
 
+/**
+ * An ORT session for a built graph whose weights all live in one folder. A session run only once
+ * (`retained` false) is not optimized: MLAS's packed weight copies and constant folding (a cast of
+ * F16 weights, through protobuf copies) cost more than they save on one run. Measured on T5-XXL
+ * (bench-text-encoder, 24 blocks of 0.8 GB): a block's session creation 1.5 s → 0.01 s with its
+ * run as fast; the whole encoding 50 s → 28 s from F16 weights.
+ */
 export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
   const params = g.quantizedParams();
   // int8 weights are made from the float ones in JS (seconds on SD 1.5): only when a session is built from the model, not on a cache hit.

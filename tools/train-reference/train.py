@@ -101,6 +101,8 @@ def bounded(kind, low, high=None, low_open=False, high_open=False):
 
 
 COUNT = bounded(int, 1)
+RATE = bounded(float, 0, low_open=True)
+SHARE = bounded(float, 0, 1)
 
 
 def layer_counts(text):
@@ -108,8 +110,6 @@ def layer_counts(text):
     if not all(c.strip().isdigit() and int(c) >= 1 for c in counts):
         raise argparse.ArgumentTypeError(f'expected whole numbers of 1 or more separated by commas (e.g. 2,1,1), found {text!r}')
     return [int(c) for c in counts]
-RATE = bounded(float, 0, low_open=True)
-SHARE = bounded(float, 0, 1)
 
 
 def resolve_bf16(requested):
