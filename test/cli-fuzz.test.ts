@@ -10,14 +10,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildProgram, main } from '../src/cli/main.ts';
-import { prng } from './helpers/prng.ts';
+import { fuzzDraws } from './helpers/prng.ts';
 import { tempDir } from './helpers/files.ts';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 40);
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
-const rand = prng(0xc11);
-const int = (n: number) => Math.floor(rand() * n);
-const pick = <T>(items: readonly T[]): T => items[int(items.length)];
+const { rand, int, pick } = fuzzDraws(0xc11);
 
 const ODD_TEXT = ['', '-1', '0', '1e300', 'NaN', 'Infinity', '2.5', '0x10', 'toString', '__proto__', ' 3', '64x', 'x64', '99999999999999999999',
   '-', '--', '/nonexistent/file', 'a,b', 'tgate:gate_step=NaN', 'ddim', 'fp16', 'webgpu', '1-3', '7..9'];

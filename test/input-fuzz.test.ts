@@ -33,13 +33,11 @@ import { readPickle, torchStorage } from '../src/weights/pickle.ts';
 import { TorchCheckpoint } from '../src/weights/torch-checkpoint.ts';
 import { ZipFile } from '../src/weights/zip.ts';
 import * as os from 'node:os';
-import { prng } from './helpers/prng.ts';
+import { fuzzDraws } from './helpers/prng.ts';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 150);
 
-const rand = prng(0xf022ed);
-const int = (n: number) => Math.floor(rand() * n);
-const pick = <T>(items: readonly T[]): T => items[int(items.length)];
+const { rand, int, pick, mutateFields } = fuzzDraws(0xf022ed);
 
 const PROTOTYPE_NAMES = ['toString', 'constructor', '__proto__', 'valueOf', 'hasOwnProperty', 'prototype'];
 const WEIRD_NUMBERS = [-1, 0, 0.5, 1, 2, 3, 7, 64, 1000, 65536, 2 ** 31, 2 ** 53 + 2, 1e20, 1e300, -1e300, NaN, Infinity, -Infinity, -0.0001];
@@ -61,16 +59,8 @@ async function expectTypedOrSuccess(label: string, fn: () => unknown, typed: (er
 
 /** `base` with 1–3 fields replaced (or added) by weird values. */
 function mutate(base: Config): { config: Config; changes: string } {
-  const config: Config = { ...base };
-  const keys = Object.keys(base);
-  const changes: string[] = [];
-  for (let n = 1 + int(3); n > 0; n--) {
-    const key = rand() < 0.9 ? pick(keys) : pick(PROTOTYPE_NAMES);
-    const value = pick(WEIRD_VALUES);
-    config[key] = value;
-    changes.push(`${key}=${JSON.stringify(value) ?? String(value)}`);
-  }
-  return { config, changes: changes.join(', ') };
+  const { mutated, changes } = mutateFields(base, WEIRD_VALUES, PROTOTYPE_NAMES);
+  return { config: mutated as Config, changes };
 }
 
 test(`--accel specs: ${CASES} generated specs are parsed or refused by name`, async () => {

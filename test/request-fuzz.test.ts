@@ -13,13 +13,11 @@ import { loadDiTPipeline } from '../src/pipelines/dit.ts';
 import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
-import { prng } from './helpers/prng.ts';
+import { fuzzDraws } from './helpers/prng.ts';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 60);
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
-const rand = prng(0x5eed);
-const int = (n: number) => Math.floor(rand() * n);
-const pick = <T>(items: readonly T[]): T => items[int(items.length)];
+const { mutateFields } = fuzzDraws(0x5eed);
 
 const ODD_VALUES: unknown[] = [
   -1, 0, 0.5, 1, 3, 7, 1000, 65536, 2 ** 31, 1e300, NaN, Infinity, -Infinity, '3', '', 'toString', null, true, [], {}, [1, 2], ['x'],
@@ -42,15 +40,8 @@ const DIT_REQUEST: Request = {
 };
 
 function mutate(base: Request): { request: Request; changes: string } {
-  const request: Request = { ...base };
-  const changes: string[] = [];
-  for (let n = 1 + int(3); n > 0; n--) {
-    const key = rand() < 0.9 ? pick(Object.keys(base)) : pick(ODD_KEYS);
-    const value = pick(ODD_VALUES);
-    request[key] = value;
-    changes.push(`${key}=${Array.isArray(value) || typeof value !== 'object' ? JSON.stringify(value) ?? String(value) : JSON.stringify(Object.keys(value ?? {}))}`);
-  }
-  return { request, changes: changes.join(', ') };
+  const { mutated, changes } = mutateFields(base, ODD_VALUES, ODD_KEYS);
+  return { request: mutated, changes };
 }
 
 /** The base request must generate; then each mutated one generates, or is refused (or stopped) as the header says. */

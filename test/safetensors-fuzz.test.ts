@@ -2,11 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { InputError } from '../src/errors.ts';
 import { dtypeBits, parseSafetensorsHeader, type SafetensorsHeader } from '../src/weights/safetensors.ts';
-import { prng } from './helpers/prng.ts';
+import { fuzzDraws } from './helpers/prng.ts';
 
-const rand = prng(0x5afe7e45);
-const int = (n: number) => Math.floor(rand() * n);
-const pick = <T>(items: readonly T[]): T => items[int(items.length)];
+const { rand, int, pick } = fuzzDraws(0x5afe7e45);
 
 const BASE_HEADER: Record<string, unknown> = {
   __metadata__: { format: 'pt' },
