@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseAccelSpec } from '../src/accel/index.ts';
 import { loadDiTPipeline } from '../src/pipelines/dit.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { binResolution, loadPixArtPipeline, pythonStrip } from '../src/pipelines/pixart.ts';
 import type { SchedulerName } from '../src/schedulers/index.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
@@ -108,6 +109,26 @@ test('methods on the protocol reach PixArt and DiT without model code: TGATE, FO
     assert.ok(r.accel!.stats.reusedSegments > 0 && r.latents.data.every(Number.isFinite), JSON.stringify(r.accel));
   } finally {
     await dit.release();
+  }
+});
+
+test('the memory check refuses before any text encoder runs (SD, SDXL\'s two, PixArt\'s T5)', async (t) => {
+  const request = { prompt: 'x', width: 4096, height: 4096, guidanceScale: 2, steps: 2, memoryLimit: 2 ** 26 };
+  for (const name of ['tiny-sd1', 'tiny-sdxl', 'tiny-pixart-alpha']) {
+    const dir = path.join(FIXTURES, name);
+    const pipeline = name.includes('pixart') ? loadPixArtPipeline(readPipelineFolder(dir)) : await loadPipeline(dir);
+    t.after(() => pipeline.release());
+    const encoders = 'xl' in pipeline && pipeline.xl ? [pipeline.textEncoder, pipeline.xl.textEncoder2] : [pipeline.textEncoder];
+    let encoded = 0;
+    for (const encoder of encoders) {
+      const forward = encoder.model.forward.bind(encoder.model) as (...args: unknown[]) => Promise<unknown>;
+      (encoder.model as { forward: unknown }).forward = (...args: unknown[]) => { encoded++; return forward(...args); };
+    }
+    await assert.rejects(pipeline.generate(request), (err: Error) => err.name === 'InputError' && /over the limit of 0\.1 GiB/.test(err.message), name);
+    assert.equal(encoded, 0, `${name}: a text encoder ran before the refusal`);
+    // Within the limit the same request shapes check and run (SDXL's pooled width comes from text_encoder_2's config).
+    await pipeline.generate({ ...request, width: 64, height: 64, memoryLimit: undefined, output: 'latent' });
+    assert.ok(encoded >= encoders.length, name);
   }
 });
 

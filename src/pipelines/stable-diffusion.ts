@@ -173,6 +173,16 @@ export class StableDiffusionPipeline {
     // Schedules count the calls that run; PNDM makes one call more than steps.
     const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, run, why, request.plans);
 
+    // Before any model runs: SDXL's pooled text embeddings are as wide as text_encoder_2's projection.
+    const textEncoder2 = this.xl?.textEncoder2.model;
+    const shapes = {
+      batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3],
+      textEmbedsDim: textEncoder2?.hasProjection ? textEncoder2.config.projectionDim : undefined,
+    };
+    const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
+    await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
+      limit: request.memoryLimit, what: 'width/height', output: request.output });
+
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let clock = performance.now();
     const repeat = (list: string[]) => list.flatMap((p) => new Array<string>(perPrompt).fill(p));
@@ -205,11 +215,6 @@ export class StableDiffusionPipeline {
     // With CFG the U-Net sees [uncond; cond]; an accelerator may drop to the conditional half alone.
     const cfgInputs = cfg ? unetInputs(conditioning, 2 * batch) : undefined;
     const singleInputs = unetInputs(positive, batch);
-    const rows = cfg ? 2 * batch : batch;
-    const shapes = { batch: rows, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: conditioning.pooled && conditioning.pooled.length / rows };
-    const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
-    await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
-      limit: request.memoryLimit, what: 'width/height', output: request.output });
     warnings.push(...await acceleration.begin(this.unetExec, denoise));
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
