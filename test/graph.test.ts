@@ -107,7 +107,7 @@ test('MultiHeadAttention and the plain MatMul/Softmax path agree', async () => {
   const feeds = Object.fromEntries(Object.entries(dims).map(([k, d]) => [k, new ort.Tensor('float32', rng.fillNormal(new Float32Array(d.reduce((a, b) => a * b))), d)]));
   const results = [];
   for (const kind of ['mha', 'plain'] as const) {
-    const g = new GraphBuilder(kind, shapeOnlyParams, kind);
+    const g = new GraphBuilder(kind, shapeOnlyParams, { attentionKind: kind });
     g.output(g.attention(g.input('q', dims.q), g.input('k', dims.k), g.input('v', dims.v), 2), 'y');
     results.push(await run(g, feeds));
   }

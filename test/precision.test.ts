@@ -41,7 +41,7 @@ test('parsePrecision names the option and says why bf16 is not a mode; int8 runs
 
 test('fp16 graphs compute in float16 between float32 inputs and outputs; the timestep embedding stays float32', (t) => {
   const params = fileParams(tempDir(t), { 'fc.weight': new Float32Array(8 * 4), 'fc.bias': new Float32Array(8) });
-  const g = new GraphBuilder('half', params, 'mha', true, 'fp16');
+  const g = new GraphBuilder('half', params, { dynamicBatch: true, precision: 'fp16' });
   const x = g.input('x', [1, 3, 4]);
   const embedding = timestepEmbedding(g, g.input('timestep', [1]), 4, true, 1);
   const masked = g.add(g.linear(x, 'fc', 8), g.scalar(-3.4028234663852886e38));
@@ -116,7 +116,7 @@ function snr(actual: Float32Array, expected: Float32Array): number {
 async function runBoth(build: (g: GraphBuilder) => void, params: ReturnType<typeof fileParams>, feeds: Record<string, ort.Tensor>) {
   const out: Float32Array[] = [];
   for (const [precision, unsigned] of [['fp32', false], ['int8', unsignedInt8Weights()], ['int8', true]] as const) {
-    const g = new GraphBuilder(precision, params, 'mha', true, precision, unsigned);
+    const g = new GraphBuilder(precision, params, { dynamicBatch: true, precision, unsignedInt8Weights: unsigned });
     build(g);
     const session = await createSession(g, { threads: 1 });
     out.push((await session.run(feeds)).y.data as Float32Array);

@@ -64,7 +64,7 @@ function paramBytes(op: HeavyOp): number {
 
 /** Seconds ORT takes for `op` alone (best of `runs` after a warm-up). */
 async function timeOp(op: HeavyOp, params: ParamSource, runtime: RuntimeOptions, runs: number, rng: Rng): Promise<number> {
-  const g = new GraphBuilder('op', params, 'mha', false, runtime.precision, unsignedInt8Weights());
+  const g = new GraphBuilder('op', params, { precision: runtime.precision, unsignedInt8Weights: unsignedInt8Weights() });
   const feeds: Record<string, ort.Tensor> = {};
   const input = (name: string, dims: number[]) => {
     feeds[name] = randomTensor(rng, dims);

@@ -102,6 +102,14 @@ function broadcast(a: readonly number[], b: readonly number[], op: string): numb
 
 export type AttentionKind = 'mha' | 'plain';
 
+/** How a graph is built (see GraphBuilder's constructor); the defaults build a float32 graph of fixed batch with MHA attention. */
+export interface GraphOptions {
+  attentionKind?: AttentionKind;
+  dynamicBatch?: boolean;
+  precision?: Precision;
+  unsignedInt8Weights?: boolean;
+}
+
 export class GraphBuilder {
   readonly nodes: NodeProto[] = [];
   readonly macs: MacCount = zeroMacs();
@@ -142,11 +150,17 @@ export class GraphBuilder {
   constructor(
     readonly name: string,
     private readonly params: ParamSource,
-    readonly attentionKind: AttentionKind = 'mha',
-    readonly dynamicBatch = false,
-    readonly precision: Precision = 'fp32',
-    readonly unsignedInt8Weights = false,
-  ) {}
+    options: GraphOptions = {},
+  ) {
+    this.attentionKind = options.attentionKind ?? 'mha';
+    this.dynamicBatch = options.dynamicBatch ?? false;
+    this.precision = options.precision ?? 'fp32';
+    this.unsignedInt8Weights = options.unsignedInt8Weights ?? false;
+  }
+  readonly attentionKind: AttentionKind;
+  readonly dynamicBatch: boolean;
+  readonly precision: Precision;
+  readonly unsignedInt8Weights: boolean;
 
   /** Whether ops built now compute in float16. */
   private get computesHalf(): boolean {

@@ -41,7 +41,7 @@ let halfPrecisionChecked: Promise<void> | undefined;
  */
 function checkHalfPrecision(options: RuntimeOptions): Promise<void> {
   halfPrecisionChecked ??= (async () => {
-    const g = new GraphBuilder('float16 probe', { param: (name) => { throw new Error(`no parameter ${name} in the probe`); } }, 'mha', false, 'fp16');
+    const g = new GraphBuilder('float16 probe', { param: (name) => { throw new Error(`no parameter ${name} in the probe`); } }, { precision: 'fp16' });
     const x = g.input('x', [4]);
     g.output(g.add(x, x), 'y');
     const session = await createSession(g, { ...options, sessionCache: undefined }, false);
@@ -233,7 +233,9 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
     if (this.options.precision === 'fp16') await checkHalfPrecision(this.options);
     // One session per segment for every batch size: CFG and single-batch calls share it.
-    const g = new GraphBuilder(name, this.params, attentionKindFor(this.options.device ?? 'cpu'), true, this.options.precision, unsignedInt8Weights());
+    const g = new GraphBuilder(name, this.params, {
+      attentionKind: attentionKindFor(this.options.device ?? 'cpu'), dynamicBatch: true, precision: this.options.precision, unsignedInt8Weights: unsignedInt8Weights(),
+    });
     const outputs = buildSegment(g, build, inputs, options);
     return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs), macs: { ...g.macs }, batch: batchOf(inputs, options) };
   }
