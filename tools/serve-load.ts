@@ -11,22 +11,19 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import { startService, type Service } from '../src/serve/serve.ts';
+import { toolFlags } from './flags.ts';
 
-const { values: args } = parseArgs({
-  options: {
-    redis: { type: 'string' },
-    workers: { type: 'string', default: '2' },
-    jobs: { type: 'string', default: '60' },
-    rate: { type: 'string', default: '3' },
-    steps: { type: 'string', default: '4' },
-    idle: { type: 'string', default: '10' },
-  },
+const args = toolFlags('serve-load', {
+  redis: { kind: 'text' },
+  workers: { kind: 'integer', min: 1, max: 64, default: 2 },
+  jobs: { kind: 'integer', min: 1, max: 100_000, default: 60 },
+  rate: { kind: 'number', min: 0.001, max: 1000, default: 3 },
+  steps: { kind: 'integer', min: 1, max: 1000, default: 4 },
+  idle: { kind: 'integer', min: 1, max: 100_000, default: 10 },
 });
-const workers = Number(args.workers);
-const steps = Number(args.steps);
+const { workers, steps } = args;
 
 interface Timed { e2e: number; generation: number }
 
@@ -59,10 +56,10 @@ async function measure(name: string, service: Service) {
   await Promise.all(Array.from({ length: workers }, (_, i) => runJob(base, 1000 + i)));
 
   const idle: Timed[] = [];
-  for (let i = 0; i < Number(args.idle); i++) idle.push(await runJob(base, 2000 + i));
+  for (let i = 0; i < args.idle; i++) idle.push(await runJob(base, 2000 + i));
 
-  const jobs = Number(args.jobs);
-  const interval = 1000 / Number(args.rate);
+  const jobs = args.jobs;
+  const interval = 1000 / args.rate;
   const start = performance.now();
   const loaded = await Promise.all(Array.from({ length: jobs }, (_, i) => new Promise<Timed>((resolve, reject) => {
     setTimeout(() => runJob(base, 3000 + i).then(resolve, reject), i * interval);

@@ -11,9 +11,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
+import { toolFlags } from './flags.ts';
 
-const { values: args } = parseArgs({ options: { runs: { type: 'string', default: '10' }, steps: { type: 'string', default: '25' } } });
+const args = toolFlags('start-time', { runs: { kind: 'integer', min: 1, max: 1000, default: 10 }, steps: { kind: 'integer', min: 1, max: 1000, default: 25 } });
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
 const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'diffuse-start-')), 'image.png');
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -21,9 +21,9 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const starts: number[] = [];
 const walls: number[] = [];
 // One untimed run fills the session cache.
-for (let run = -1; run < Number(args.runs); run++) {
+for (let run = -1; run < args.runs; run++) {
   const begun = performance.now();
-  const r = spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a red circle on the left', '--steps', args.steps, '--out', out], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'a red circle on the left', '--steps', String(args.steps), '--out', out], { encoding: 'utf8' });
   const wall = (performance.now() - begun) / 1000;
   const reported = /text ([\d.]+) s, denoising ([\d.]+) s, decoding ([\d.]+) s/.exec(r.stdout + r.stderr);
   if (r.status !== 0 || !reported) throw new Error(`generate failed (${r.status}): ${r.stderr}`);
