@@ -44,6 +44,21 @@ test('generate --device webgpu on SwiftShader draws the CPU image', { skip }, (t
   assert.match(gpu.stderr, /webgpu: per denoising step 1\.0 copies to the CPU \(8\.0 KiB\), 2\.\d to the GPU/);
 });
 
+test('a DiT on WebGPU uploads the latents, timestep and class once per step, not once per block', { skip }, (t) => {
+  const cwd = tempDir(t);
+  const dit = (out: string, device: string, env: Record<string, string> = {}) => spawnSync(process.execPath, [CLI, 'generate',
+    '--model', 'reference-dit', '--class', 'red circle top left', '--seed', '3', '--steps', '2', '--device', device, '--out', out],
+  { cwd, encoding: 'utf8', timeout: 300_000, env: { ...process.env, XDG_RUNTIME_DIR: cwd, ...env } });
+  const gpu = dit('gpu.png', 'webgpu', SWIFTSHADER);
+  assert.equal(gpu.status, 0, gpu.stderr);
+  // Every diffusers DiT block embeds the timestep and class with its own weights (27 uploads a step on the reference DiT before).
+  assert.match(gpu.stderr, /webgpu: per denoising step 1\.0 copies to the CPU \([\d.]+ KiB\), 3\.0 to the GPU/);
+  const cpu = dit('cpu.png', 'cpu');
+  assert.equal(cpu.status, 0, cpu.stderr);
+  const value = psnr(readImage(path.join(cwd, 'gpu.png')).data, readImage(path.join(cwd, 'cpu.png')).data);
+  assert.ok(value >= MIN_PSNR, `DiT, WebGPU vs CPU: ${value.toFixed(1)} dB`);
+});
+
 test('without a WebGPU adapter, --device webgpu is one line saying what to install, exit 2', { skip }, (t) => {
   const cwd = tempDir(t);
   const run = generate(cwd, 'none.png', 'webgpu', { VK_ICD_FILENAMES: path.join(cwd, 'no-such-driver.json') });

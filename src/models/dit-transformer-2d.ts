@@ -100,9 +100,15 @@ export class DiTTransformer2DModel {
     }
     const [h, w] = [height / c.patchSize, width / c.patchSize];
     const dim = this.innerDim;
-    let tokens = (await exec.run('pos_embed', (g, i) => ({
+    // Every block embeds the timestep and class with its own weights; the first segment hands both
+    // on as outputs, so on a GPU they are uploaded once per call rather than once per block.
+    const embedded = await exec.run('pos_embed', (g, i) => ({
       tokens: g.scope('pos_embed', () => patchEmbed(g, i.sample, { patchSize: c.patchSize, dim, baseSize: c.sampleSize / c.patchSize, interpolationScale: c.interpolationScale })),
-    }), { sample })).tokens;
+      timestep: i.timestep,
+      class_labels: i.class_labels,
+    }), { sample, timestep, class_labels: classLabels });
+    let tokens = embedded.tokens;
+    [timestep, classLabels] = [embedded.timestep, embedded.class_labels];
     for (let b = 0; b < c.layers; b++) {
       const block = `transformer_blocks.${b}`;
       const m = await exec.run(`${block}.norm1`, (g, i) => g.scope(`${block}.norm1`, () => {
