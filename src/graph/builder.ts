@@ -140,6 +140,11 @@ export class GraphBuilder {
   private readonly casts = new Map<string, Value>();
   private float32Depth = 0;
 
+  readonly attentionKind: AttentionKind;
+  readonly dynamicBatch: boolean;
+  readonly precision: Precision;
+  readonly unsignedInt8Weights: boolean;
+
   /**
    * With `dynamicBatch`, axis 0 of every graph input and output is the symbolic dimension
    * "batch", so one session serves any batch size (CFG and no-CFG calls share weights and
@@ -157,10 +162,6 @@ export class GraphBuilder {
     this.precision = options.precision ?? 'fp32';
     this.unsignedInt8Weights = options.unsignedInt8Weights ?? false;
   }
-  readonly attentionKind: AttentionKind;
-  readonly dynamicBatch: boolean;
-  readonly precision: Precision;
-  readonly unsignedInt8Weights: boolean;
 
   /** Whether ops built now compute in float16. */
   private get computesHalf(): boolean {
