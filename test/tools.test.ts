@@ -25,6 +25,7 @@ const CASES: [string, string[], string[]][] = [
   ['reference-adherence', ['--guidance', '5,,7.5'], ['--guidance', 'comma-separated list', 'found ""']],
   ['reference-adherence', ['--seeds', '0'], ['--seeds', 'from 1 to 1000', '"0"']],
   ['reference-adherence', ['extra'], ['extra']],
+  ['reference-adherence', ['--model', 'no/such/folder'], ['no/such/folder']],
   ['serve-load', ['--rate', '0'], ['--rate', 'from 0.001', '"0"']],
   ['serve-load', ['--workers'], ['--workers']],
   ['start-time', ['--runs', '1e9'], ['--runs', 'to 1000']],

@@ -4,7 +4,7 @@
  * never a stack trace or a run on NaN.
  */
 import { parseArgs } from 'node:util';
-import { oneLine } from '../src/errors.ts';
+import { InputError, oneLine } from '../src/errors.ts';
 
 type FlagSpec =
   | { kind: 'integer' | 'number'; min: number; max: number; default: number }
@@ -52,4 +52,14 @@ export function toolFlags<S extends Record<string, FlagSpec>>(tool: string, spec
     else values[flag] = checkedNumber(tool, flag, text, spec);
   }
   return values as FlagValues<S>;
+}
+
+/** `work`'s value; an InputError it throws (a --model folder that is not one, say) is refused as a flag is. */
+export async function orRefuse<T>(tool: string, work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (err) {
+    if (err instanceof InputError) refuse(tool, err.message);
+    throw err;
+  }
 }

@@ -11,7 +11,7 @@ import { adherence, sameCell } from '../src/metrics/adherence.ts';
 import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { HELD_OUT_PROMPTS, parseCaption, readPromptFile, sceneGrammar } from '../src/scenes/captions.ts';
-import { toolFlags } from './flags.ts';
+import { orRefuse, toolFlags } from './flags.ts';
 
 const heldOut = readPromptFile(HELD_OUT_PROMPTS);
 const values = toolFlags('reference-adherence', {
@@ -22,7 +22,7 @@ const values = toolFlags('reference-adherence', {
   seeds: { kind: 'integer', min: 1, max: 1000, default: 3 },
 });
 const prompts = heldOut.slice(0, values.count);
-const pipeline = await loadPipeline(values.model);
+const pipeline = await orRefuse('reference-adherence', loadPipeline(values.model));
 console.log(`${values.model}, first ${prompts.length} held-out captions, ${values.steps} steps, seed = prompt index`);
 console.log('| CFG | adherence | same images scored against another caption (chance) | s/image |\n|---|---|---|---|');
 for (const guidance of values.guidance) {
