@@ -14,6 +14,9 @@ import { modelName } from '../src/pipelines/model-name.ts';
 import { withFlagNames } from '../src/cli/flag-names.ts';
 import { buildProgram } from '../src/cli/main.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
+import { loadDiTPipeline } from '../src/pipelines/dit.ts';
+import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
+import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readJsonObject } from '../src/weights/config.ts';
 import { parseUNetConfig } from '../src/models/unet2d-condition.ts';
@@ -385,4 +388,38 @@ test('bad values for the new inputs: --memory-limit, memoryLimit, --prompts, --j
     await pipeline.release();
   }
   assert.deepEqual(fs.readdirSync(dir).sort(), ['empty.txt']);
+});
+
+test('library requests: an option the pipeline does not read is refused by name; latents, output, onStep, signal, micro-conditioning and device are checked', async (t) => {
+  const sd = await loadPipeline(TINY);
+  t.after(() => sd.release());
+  const dit = loadDiTPipeline(readPipelineFolder(path.join(ROOT, 'test', 'fixtures', 'tiny-dit')));
+  t.after(() => dit.release());
+  const pixart = loadPixArtPipeline(readPipelineFolder(path.join(ROOT, 'test', 'fixtures', 'tiny-pixart-alpha')));
+  t.after(() => pixart.release());
+  const base = { prompt: 'x', steps: 2, width: 32, height: 32, output: 'latent' as const };
+  type Loose = Parameters<typeof sd.generate>[0] & Record<string, unknown>;
+  const ask = (request: Record<string, unknown>) => sd.generate(request as Loose);
+  // Another family's option, a typo, SDXL's micro-conditioning on an SD 1.x folder: each would do nothing.
+  await rejectsInputError(() => ask({ ...base, maxSequenceLength: 8 }), 'maxSequenceLength', 'not an option of StableDiffusionPipeline requests', 'guidanceRescale');
+  await rejectsInputError(() => ask({ ...base, guidance: 3 }), 'guidance:', 'guidanceScale');
+  await rejectsInputError(() => ask({ ...base, originalSize: [256, 256] }), 'originalSize', 'not an option');
+  await rejectsInputError(() => dit.generate({ classLabels: [1], steps: 2, output: 'latent', width: 512, prompt: 'x' } as Parameters<typeof dit.generate>[0]), 'width', 'DiTPipeline');
+  await rejectsInputError(() => pixart.generate({ ...base, guidanceRescale: 0.7 } as Parameters<typeof pixart.generate>[0]), 'guidanceRescale', 'PixArtAlphaPipeline');
+  await rejectsInputError(() => pixart.generate({ ...base, resolutionBinning: 'false' } as unknown as Parameters<typeof pixart.generate>[0]), 'resolutionBinning', 'true or false');
+  // Latents: shape, then exactly that many finite float32 values.
+  await rejectsInputError(() => ask({ ...base, latents: { dims: [1, 4, 4, 4], data: new Float32Array(3) } }), 'latents.data', 'a Float32Array of 64 values', 'found 3 values');
+  await rejectsInputError(() => ask({ ...base, latents: 'x' }), 'latents', 'dims');
+  await rejectsInputError(() => ask({ ...base, latents: { dims: [1, 4, 4, 4], data: new Float32Array(64).fill(NaN) } }), 'latents.data', 'not finite', 'NaN at index 0');
+  await rejectsInputError(() => ask({ ...base, output: 'latents' }), 'output', '"image" or "latent"');
+  await rejectsInputError(() => ask({ ...base, onStep: 'x' }), 'onStep', 'a function');
+  await rejectsInputError(() => ask({ ...base, signal: new AbortController() }), 'signal', 'AbortSignal');
+  // Guidance rescale acts on the guided prediction: without CFG it is said to do nothing, as a negative prompt is.
+  const { warnings } = await ask({ ...base, guidanceScale: 1, guidanceRescale: 0.5 });
+  assert.ok(warnings.some((w) => w.startsWith('guidanceRescale has no effect: guidanceScale 1 ≤ 1')), warnings.join('; '));
+  const xl = await loadPipeline(path.join(ROOT, 'test', 'fixtures', 'tiny-sdxl'));
+  t.after(() => xl.release());
+  await rejectsInputError(() => xl.generate({ ...base, originalSize: [1024] as unknown as [number, number] }), 'originalSize', 'a pair of finite numbers', '[1024]');
+  await xl.generate({ ...base, originalSize: [64, 64], cropTopLeft: [0, 0] });
+  await rejectsInputError(() => loadPipeline(TINY, { device: 'cuda' as 'cpu' }), 'device', 'unknown device', 'cpu or webgpu', '"cuda"');
 });

@@ -190,11 +190,50 @@ export function seedOf(seed: unknown): number {
   return intOption(seed, Math.floor(Math.random() * 2 ** 32), 'seed', 0, 2 ** 32 - 1);
 }
 
-/** Given starting latents must have exactly the shape the request implies. */
+/** Given starting latents must have exactly the shape the request implies, and that many finite values. */
 export function checkLatents(latents: Latents | undefined, dims: number[]): void {
-  const d = latents?.dims;
-  if (d && (d.length !== dims.length || d.some((x, i) => x !== dims[i]))) {
+  if (latents === undefined) return;
+  const d: unknown = latents?.dims;
+  if (typeof latents !== 'object' || latents === null || !Array.isArray(d)) {
+    throw new InputError('latents', 'wrong value', `{ data: Float32Array, dims: [${dims.join(', ')}] }`, describe(latents));
+  }
+  if (d.length !== dims.length || d.some((x, i) => x !== dims[i])) {
     throw new InputError('latents', 'shape does not fit the request', `[${dims.join(', ')}]`, `[${d.join(', ')}]`);
+  }
+  const size = dims.reduce((a, b) => a * b, 1);
+  const data: unknown = latents.data;
+  if (!(data instanceof Float32Array) || data.length !== size) {
+    throw new InputError('latents.data', 'wrong value', `a Float32Array of ${size} values ([${dims.join(', ')}])`,
+      data instanceof Float32Array ? `${data.length} values` : describe(data));
+  }
+  const bad = data.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) throw new InputError('latents.data', 'not finite', 'finite numbers', `${data[bad]} at index ${bad}`);
+}
+
+/** What every request may set (BaseRequest). */
+export const BASE_OPTIONS = ['steps', 'guidanceScale', 'scheduler', 'seed', 'latents', 'accel', 'plans', 'memoryLimit', 'output', 'onStep', 'signal'] as const;
+/** What a text-to-image request may set besides (PromptRequest). */
+export const PROMPT_OPTIONS = [...BASE_OPTIONS, 'prompt', 'negativePrompt', 'width', 'height', 'imagesPerPrompt', 'image', 'strength'] as const;
+
+/**
+ * Refuses a request that is not an object, an option this pipeline does not read (a typo, or
+ * another family's option, would otherwise do nothing), and shared options of the wrong kind.
+ * Options set to undefined count as not given.
+ */
+export function checkRequestOptions(request: unknown, options: readonly string[], pipeline: string): void {
+  if (typeof request !== 'object' || request === null || Array.isArray(request)) {
+    throw new InputError('request', 'not an object', 'an object of generation options', describe(request));
+  }
+  for (const [key, value] of Object.entries(request)) {
+    if (value !== undefined && !options.includes(key)) {
+      throw new InputError(key, `not an option of ${pipeline} requests, so it would do nothing`, `one of ${options.join(', ')}`, describe(value));
+    }
+  }
+  const { output, onStep, signal } = request as BaseRequest;
+  if (output !== undefined && output !== 'image' && output !== 'latent') throw new InputError('output', 'wrong value', '"image" or "latent"', describe(output));
+  if (onStep !== undefined && typeof onStep !== 'function') throw new InputError('onStep', 'not a function', 'a function called after each step', describe(onStep));
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InputError('signal', 'not an AbortSignal', 'an AbortSignal (an AbortController\'s .signal)', describe(signal));
   }
 }
 

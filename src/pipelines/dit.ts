@@ -18,7 +18,7 @@ import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfe
 import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
   type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
@@ -77,6 +77,7 @@ export class DiTPipeline {
   }
 
   async generate(request: DiTRequest): Promise<DiTResult> {
+    checkRequestOptions(request, [...BASE_OPTIONS, 'classLabels'], this.folder.className);
     const model = this.transformer.model;
     const c = model.config;
     const ids = this.classIds(request.classLabels);

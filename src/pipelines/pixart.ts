@@ -13,7 +13,7 @@
  * generated size: diffusers has no PixArt img2img pipeline.
  */
 import * as ort from 'onnxruntime-node';
-import { InputError } from '../errors.ts';
+import { InputError, describe } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { closingOnFailure, loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
@@ -24,7 +24,7 @@ import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -153,6 +153,7 @@ export class PixArtPipeline {
   }
 
   async generate(request: PixArtRequest): Promise<PixArtResult> {
+    checkRequestOptions(request, [...PROMPT_OPTIONS, 'maxSequenceLength', 'resolutionBinning'], this.folder.className);
     const warnings: string[] = [];
     const model = this.transformer.model;
     const c = model.config;
@@ -169,6 +170,7 @@ export class PixArtPipeline {
     const width = intOption(request.width, fromImage?.width ?? this.defaultSize, 'width', 1, LIMITS.size);
     const height = intOption(request.height, fromImage?.height ?? this.defaultSize, 'height', 1, LIMITS.size);
     const binning = request.resolutionBinning ?? true;
+    if (typeof binning !== 'boolean') throw new InputError('resolutionBinning', 'wrong value', 'true or false', describe(binning));
     const [genHeight, genWidth] = binning ? binResolution(height, width, c.sampleSize) : [height, width];
     if (genWidth % unit || genHeight % unit) {
       throw new InputError('width/height', `must be multiples of ${unit} (VAE factor ${factor} × patch size ${c.patchSize})`, undefined, `${genWidth}x${genHeight}`);

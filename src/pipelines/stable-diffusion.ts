@@ -6,7 +6,7 @@
  * the same image here on every platform, but not the image torch would give for that seed.
  */
 import * as ort from 'onnxruntime-node';
-import { InputError } from '../errors.ts';
+import { InputError, describe } from '../errors.ts';
 import { closingOnFailure, loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
@@ -16,7 +16,7 @@ import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfe
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, macsSince, checkLatents, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkRequestOptions, macsSince, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -123,6 +123,7 @@ export class StableDiffusionPipeline {
   }
 
   async generate(request: GenerateRequest): Promise<GenerateResult> {
+    checkRequestOptions(request, [...PROMPT_OPTIONS, 'guidanceRescale', ...(this.xl ? XL_OPTIONS : [])], this.folder.className);
     const warnings: string[] = [];
     const prompts = list(request.prompt, 'prompt');
     const defaults = pipelineDefaults(this.folder.className);
@@ -144,19 +145,18 @@ export class StableDiffusionPipeline {
     // A guidance-distilled (LCM) U-Net takes the guidance scale as an embedding instead of CFG.
     const distilled = this.unet.model.config.timeCondProjDim;
     const cfg = guidance > 1 && distilled === null;
-    // As in diffusers, the negative prompt is then unused; unlike diffusers, we say so.
-    if (!cfg && request.negativePrompt !== undefined) {
-      warnings.push(`negativePrompt has no effect: ${distilled === null ? `guidanceScale ${guidance} ≤ 1 turns classifier-free guidance off`
-        : 'this U-Net is guidance-distilled (time_cond_proj_dim): guidanceScale goes in as an embedding, without classifier-free guidance'}`);
+    // As in diffusers, the negative prompt and the guidance rescale are then unused; unlike diffusers, we say so.
+    const noCfg = distilled === null ? `guidanceScale ${guidance} ≤ 1 turns classifier-free guidance off`
+      : 'this U-Net is guidance-distilled (time_cond_proj_dim): guidanceScale goes in as an embedding, without classifier-free guidance';
+    for (const option of ['negativePrompt', 'guidanceRescale'] as const) {
+      if (!cfg && request[option] !== undefined) warnings.push(`${option} has no effect: ${noCfg}`);
     }
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, this.unet.model.config.inChannels, height / factor, width / factor];
     checkLatents(request.latents, latentDims);
     // SDXL micro-conditioning (the same for the negative half, as diffusers does by default).
-    const timeIds = [...(request.originalSize ?? [height, width]), ...(request.cropTopLeft ?? [0, 0]), ...(request.targetSize ?? [height, width])];
-    if (timeIds.length !== 6 || timeIds.some((v) => !Number.isFinite(v))) {
-      throw new InputError('originalSize/cropTopLeft/targetSize', 'wrong value', 'pairs of finite numbers', JSON.stringify(timeIds));
-    }
+    const timeIds = [...pair(request.originalSize, 'originalSize', [height, width]), ...pair(request.cropTopLeft, 'cropTopLeft', [0, 0]),
+      ...pair(request.targetSize, 'targetSize', [height, width])];
     const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
     const scheduler = createScheduler({
       name: request.scheduler,
@@ -285,7 +285,17 @@ export class StableDiffusionPipeline {
 }
 
 const PIPELINES = pipelineClasses('stable-diffusion');
+/** SDXL's micro-conditioning options, read only where the folder is an SDXL one. */
+const XL_OPTIONS = ['originalSize', 'targetSize', 'cropTopLeft'];
 
+/** An SDXL micro-conditioning option: two finite numbers, or `fallback` when absent. */
+function pair(value: unknown, option: string, fallback: [number, number]): number[] {
+  if (value === undefined) return fallback;
+  if (!Array.isArray(value) || value.length !== 2 || !value.every((v) => typeof v === 'number' && Number.isFinite(v))) {
+    throw new InputError(option, 'wrong value', 'a pair of finite numbers, e.g. [1024, 1024]', describe(value));
+  }
+  return value;
+}
 
 /**
  * diffusers' get_guidance_scale_embedding in float32: sin and cos of (1000·w) times `dim`/2

@@ -13,7 +13,8 @@ import { baseName, dirName, fetchBytes, isMounted, readTextFile, realPath, total
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
 
-export type Device = 'cpu' | 'webgpu';
+export const DEVICES = ['cpu', 'webgpu'] as const;
+export type Device = (typeof DEVICES)[number];
 
 export interface RuntimeOptions {
   device?: Device;
@@ -176,6 +177,9 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     const t = options.threads;
     if (t !== undefined && (!Number.isSafeInteger(t) || t < 1 || t > MAX_THREADS)) {
       throw new InputError('threads', 'wrong value', `an integer from 1 to ${MAX_THREADS}`, describe(t));
+    }
+    if (options.device !== undefined && !DEVICES.includes(options.device)) {
+      throw new InputError('device', 'unknown device', DEVICES.join(' or '), describe(options.device));
     }
     checkPrecisionDevice(options.precision, options.device);
   }
@@ -414,14 +418,15 @@ async function cachedSession(cache: SessionCache, model: { modelBytes: () => Pro
   try {
     const prepacked = cache.prepacks(weightBytes);
     const created = await ort.InferenceSession.create(bytes, writing(entry.modelPath, prepacked));
-    if (prepacked && !cache.verify(entry.modelPath, loading)) {
-      entry.discard();
-      entry = cache.begin(key);
-      await (await ort.InferenceSession.create(bytes, writing(entry.modelPath, false))).release();
-    }
     try {
+      if (prepacked && !cache.verify(entry.modelPath, loading)) {
+        entry.discard();
+        entry = cache.begin(key);
+        await (await ort.InferenceSession.create(bytes, writing(entry.modelPath, false))).release();
+      }
       entry.commit();
     } catch {
+      // The entry could not be written again (a full disk, say): the session works, the cache only costs time.
       entry.discard();
     }
     return created;
