@@ -89,14 +89,18 @@ test(`--sweep settings: ${CASES} generated specs joined by "+" are parsed or ref
 });
 
 test(`service job bodies: ${CASES} mutated request bodies are queued or refused with one RequestError`, async () => {
-  const base: Config = {
+  const text: Config = {
     model: 'reference', prompt: 'a red circle on the left', negative_prompt: 'blue', steps: 4, width: 64, height: 64, seed: 1, batch: 2,
-    guidance: 7.5, scheduler: 'ddim', accel: 'tgate:gate_step=2 + deepcache', class: [1, 'red circle top left'],
+    guidance: 7.5, scheduler: 'ddim', accel: 'tgate:gate_step=2 + deepcache',
   };
+  const classes: Config = { model: 'reference-dit', class: [1, 'red circle top left'], steps: 4, seed: 1, guidance: 4, scheduler: 'ddim', accel: 'fora' };
   const isRequestError = (err: unknown): err is Error => err instanceof RequestError;
-  for (let i = 0; i < CASES; i++) {
-    const { config, changes } = mutate(base);
-    await expectTypedOrSuccess(changes, () => checkJobRequest(config, undefined, () => 7), isRequestError);
+  for (const base of [text, classes]) {
+    checkJobRequest(base, undefined, () => 7);
+    for (let i = 0; i < CASES; i++) {
+      const { config, changes } = mutate(base);
+      await expectTypedOrSuccess(changes, () => checkJobRequest(config, undefined, () => 7), isRequestError);
+    }
   }
   for (const body of WEIRD_VALUES) await expectTypedOrSuccess(JSON.stringify(body) ?? String(body), () => checkJobRequest(body, undefined, () => 7), isRequestError);
 });

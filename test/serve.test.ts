@@ -27,7 +27,7 @@ let models: string;
 
 interface JobView {
   id: string; state: string; progress: { step: number; steps: number }; images?: string[]; error?: string; seed: number; queue_position: number;
-  macs?: number; estimate?: { macs: number; baseline_macs: number; speedup: number };
+  macs?: number; estimate?: { macs: number; baseline_macs: number; speedup: number }; warnings?: string[];
 }
 
 before(async () => {
@@ -210,6 +210,28 @@ test('200+ malformed or hostile requests are each one 4xx naming the field, and 
   assert.match(metrics, /^diffusion_jobs_done_total \d+$/m);
   const openapi = await (await fetch(`${base}/openapi.json`)).json() as { paths: Record<string, unknown> };
   assert.ok(openapi.paths['/v1/images'] && openapi.paths['/v1/jobs/{id}/events']);
+});
+
+test('a field the model does not read is refused by name, as is a missing prompt or class; the pipeline\'s warnings reach the job', async () => {
+  for (const [body, field, words] of [
+    [{ model: 'reference-dit', class: 1, prompt: 'a cat' }, 'prompt', 'not read by reference-dit (a DiTPipeline)'],
+    [{ model: 'reference-dit', class: 1, width: 512 }, 'width', 'not read by reference-dit'],
+    [{ model: 'reference', prompt: 'x', class: [1, 2] }, 'class', 'not read by reference (a StableDiffusionPipeline)'],
+    [{ model: 'my-model' }, 'prompt', 'missing'],
+    [{ model: 'reference-dit', seed: 1 }, 'class', 'missing'],
+  ] as const) {
+    const response = await post(body);
+    const text = await response.text();
+    assert.equal(response.status, 422, text);
+    const { error } = JSON.parse(text) as { error: { field: string; message: string } };
+    assert.equal(error.field, field, text);
+    assert.ok(error.message.includes(words), error.message);
+  }
+  // Guidance 1 turns CFG off, so the negative prompt does nothing: the job says so, as `generate` does.
+  const job = await (await post({ model: 'reference', prompt: 'x', negative_prompt: 'y', guidance: 1, steps: 2, seed: 1 })).json() as JobView;
+  const done = await finished(job.id);
+  assert.equal(done.state, 'done', done.error);
+  assert.ok(done.warnings?.some((w) => w.startsWith('negativePrompt has no effect')), JSON.stringify(done.warnings));
 });
 
 test('a model folder no pipeline here runs is refused at once by name with why, and listed as not served', async () => {

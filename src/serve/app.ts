@@ -54,6 +54,7 @@ function view(record: JobRecord, position: number) {
     ...(record.outcome ? {
       steps: record.outcome.steps, guidance: record.outcome.guidanceScale, scheduler: record.outcome.scheduler,
       macs: record.outcome.macs, accel: record.outcome.accel, images: record.outcome.images.map(imageUrl),
+      ...(record.outcome.warnings?.length ? { warnings: record.outcome.warnings } : {}),
     } : {}),
     ...(record.error ? { error: record.error } : {}),
   };
@@ -208,7 +209,7 @@ function metrics(s: QueueStats): string {
 
 function openApi(o: ServiceOptions): Record<string, unknown> {
   const error = { type: 'object', properties: { error: { type: 'object', properties: { field: { type: 'string' }, message: { type: 'string' }, expected: { type: 'string' }, found: { type: 'string' } } } } };
-  const job = { type: 'object', properties: { id: { type: 'string' }, state: { enum: ['queued', 'running', 'done', 'failed', 'cancelled'] }, progress: { type: 'object' }, queue_position: { type: 'integer' }, estimate: { type: 'object', properties: { macs: { type: 'number' }, baseline_macs: { type: 'number' }, speedup: { type: 'number' } } }, macs: { type: 'number' }, images: { type: 'array', items: { type: 'string' } }, error: { type: 'string' } } };
+  const job = { type: 'object', properties: { id: { type: 'string' }, state: { enum: ['queued', 'running', 'done', 'failed', 'cancelled'] }, progress: { type: 'object' }, queue_position: { type: 'integer' }, estimate: { type: 'object', properties: { macs: { type: 'number' }, baseline_macs: { type: 'number' }, speedup: { type: 'number' } } }, macs: { type: 'number' }, images: { type: 'array', items: { type: 'string' } }, warnings: { type: 'array', items: { type: 'string' } }, error: { type: 'string' } } };
   const json = (schema: unknown) => ({ content: { 'application/json': { schema } } });
   const id = [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }];
   return {

@@ -48,14 +48,14 @@ type FieldSpec = { type: 'string' | 'integer' | 'number'; min?: number; max?: nu
 
 const FIELDS: Record<string, FieldSpec | { oneOf: true; description: string }> = {
   model: { type: 'string', maxLength: 200, description: `a folder name in the server's model directory, or ${Object.keys(REFERENCE_MODELS).join(', ')}` },
-  prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models' },
+  prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models: required ("" draws without one)' },
   negative_prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models' },
-  class: { oneOf: true, description: 'DiT: class ids or names (id2label), one image each' },
+  class: { oneOf: true, description: 'DiT: class ids or names (id2label), one image each; required there, refused elsewhere' },
   steps: { type: 'integer', min: 1, max: SERVICE_LIMITS.steps, description: 'default: the pipeline\'s own' },
-  width: { type: 'integer', min: 8, max: SERVICE_LIMITS.size, description: 'a multiple of 8; default: the model\'s size' },
-  height: { type: 'integer', min: 8, max: SERVICE_LIMITS.size, description: 'a multiple of 8; default: the model\'s size' },
+  width: { type: 'integer', min: 8, max: SERVICE_LIMITS.size, description: 'text-to-image models: a multiple of 8; default: the model\'s size' },
+  height: { type: 'integer', min: 8, max: SERVICE_LIMITS.size, description: 'text-to-image models: a multiple of 8; default: the model\'s size' },
   seed: { type: 'integer', min: 0, max: 2 ** 32 - 1, description: 'default: random (the job says which)' },
-  batch: { type: 'integer', min: 1, max: SERVICE_LIMITS.batch, description: 'images per prompt' },
+  batch: { type: 'integer', min: 1, max: SERVICE_LIMITS.batch, description: 'text-to-image models: images per prompt' },
   guidance: { type: 'number', min: 0, max: SERVICE_LIMITS.guidance, description: 'CFG scale; default: the pipeline\'s own' },
   scheduler: { type: 'string', enum: SCHEDULER_NAMES, description: 'default: the model\'s own' },
   accel: { type: 'string', maxLength: SERVICE_LIMITS.accelChars, description: 'methods as --accel takes them, joined by " + " (e.g. "tgate:gate_step=10 + deepcache")' },
@@ -152,6 +152,27 @@ function unservable(dir: string): string | undefined {
   return pipelineFamily(className) ? undefined : `${className}: no pipeline here runs it`;
 }
 
+/** The fields only text-to-image models read; a class-to-image model (DiT) reads `class` instead. */
+const TEXT_FIELDS = ['prompt', 'negative_prompt', 'width', 'height', 'batch'];
+
+/**
+ * A field the model's pipeline does not read would do nothing: refused, as is a missing prompt
+ * (text-to-image) or class (DiT). `folder` passed resolveModel, so its model_index.json names a class run here.
+ */
+function checkFamilyFields(b: Record<string, unknown>, model: string, folder: string): void {
+  const className = (JSON.parse(fs.readFileSync(path.join(folder, 'model_index.json'), 'utf8')) as { _class_name: string })._class_name;
+  const classes = pipelineFamily(className) === 'dit';
+  // null stands for absent, as everywhere in a request.
+  const given = (key: string) => b[key] !== undefined && b[key] !== null;
+  for (const key of classes ? TEXT_FIELDS : ['class']) {
+    if (given(key)) {
+      throw new RequestError(422, key, `not read by ${model} (a ${className}), so it would do nothing`, classes ? 'class, and fields other than text-to-image ones' : 'a prompt, not classes');
+    }
+  }
+  if (classes && !given('class')) throw new RequestError(422, 'class', 'missing', `class ids or names for ${model} (a ${className})`);
+  if (!classes && !given('prompt')) throw new RequestError(422, 'prompt', 'missing', `a prompt for ${model} (a ${className}); "" draws without one`);
+}
+
 /** Checks a parsed JSON body; throws RequestError (400 wrong type, 422 wrong value). */
 export function checkJobRequest(body: unknown, modelDir: string | undefined, randomSeed: () => number): ImageJob {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new RequestError(400, 'body', 'not a JSON object', 'an object with at least "model"', describe(body));
@@ -162,6 +183,7 @@ export function checkJobRequest(body: unknown, modelDir: string | undefined, ran
   const model = field(b, 'model') as string | undefined;
   if (model === undefined) throw new RequestError(422, 'model', 'missing', 'a model name');
   const folder = resolveModel(model, modelDir);
+  checkFamilyFields(b, model, folder);
   const width = field(b, 'width') as number | undefined;
   const height = field(b, 'height') as number | undefined;
   for (const [name, v] of [['width', width], ['height', height]] as const) {

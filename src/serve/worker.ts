@@ -43,6 +43,8 @@ export interface JobOutcome {
   macs: number;
   timings: Record<string, number>;
   accel?: string[];
+  /** What the pipeline said of the request (a truncated prompt, a setting with no effect), as `generate` prints it. */
+  warnings: string[];
 }
 
 /** The chosen methods' whole-run MACs against the plain run's, counted from the configs before the job runs. */
@@ -79,7 +81,7 @@ export type FromWorker =
   | { type: 'done'; id: string; outcome: JobOutcome }
   | { type: 'failed'; id: string; error: string; cancelled: boolean; input: boolean };
 
-type Generation = Pick<GenerationResult, 'images' | 'seeds' | 'steps' | 'guidanceScale' | 'scheduler' | 'denoiserMacs' | 'timings' | 'accel'>;
+type Generation = Pick<GenerationResult, 'images' | 'seeds' | 'steps' | 'guidanceScale' | 'scheduler' | 'denoiserMacs' | 'timings' | 'accel' | 'warnings'>;
 
 type Runner = (job: ImageJob, onStep: (s: StepInfo) => void, signal: AbortSignal) => Promise<Generation>;
 
@@ -139,7 +141,7 @@ export async function runJob(id: string, job: ImageJob, options: WorkerOptions, 
   const timings = Object.fromEntries(Object.entries(g.timings).filter((e): e is [string, number] => e[1] !== undefined));
   return {
     images, seed: job.seed, steps: g.steps, guidanceScale: g.guidanceScale, scheduler: g.scheduler, macs: fullMacs(g.denoiserMacs), timings,
-    accel: g.accel && [g.accel.name, ...g.accel.summary],
+    accel: g.accel && [g.accel.name, ...g.accel.summary], warnings: g.warnings,
   };
 }
 
