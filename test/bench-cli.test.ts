@@ -112,6 +112,13 @@ test('bench: bad input gives one line naming the flag and exit 2', () => {
     [['--model', TINY, '--fidelity', '--sweep', 'tome+tome'], '--accel: tome given twice'],
     [['--model', TINY, '--fidelity', '--prompts', '/nonexistent/p.txt'], '/nonexistent/p.txt: cannot read the prompt file'],
     [['--preset', 'sdxl', '--dry-run', '--accel', 'tome'], '--accel tome:max_downsample: no transformer block'],
+    // A flag the chosen mode does not read would do nothing.
+    [['--model', TINY, '--accel', 'tome', '--prompts', 'p.txt'], '--prompts: not read by bench without --fidelity'],
+    [['--model', TINY, '--accel', 'tome', '--no-fewer-steps'], '--no-fewer-steps: not read by bench without --fidelity'],
+    [['--model', TINY, '--fidelity', '--runs', '3'], '--runs: not read by bench --fidelity'],
+    [['--model', TINY, '--fidelity', '--out', 'x.png'], '--out: not read by bench --fidelity'],
+    [['--preset', 'sd15', '--dry-run', '--accel', 'tome', '--seed', '3'], '--seed: not read by bench --dry-run'],
+    [['--preset', 'sd15', '--dry-run', '--accel', 'tome', '--device', 'webgpu'], '--device: not read by bench --dry-run'],
   ];
   expectOneLineErrors('bench', cases);
 });
@@ -119,6 +126,11 @@ test('bench: bad input gives one line naming the flag and exit 2', () => {
 test('tune: bad input gives one line naming the flag and exit 2, before any image', () => {
   const cases: [string[], string][] = [
     [['--method', 'tgate'], '--method: no search for this method yet'],
+    [['--method', 'teacache', '--speedup', '2'], '--method: not read by tune --speedup/--mac-speedup'],
+    [['--reuse', '5', '--mac-speedup', '2'], '--reuse: not read by tune --speedup/--mac-speedup'],
+    [['--no-int8', '--mac-speedup', '2'], '--no-int8: not read by tune --mac-speedup'],
+    [['--no-int8'], '--no-int8: not read by tune without --speedup'],
+    [['--method', 'teacache', '--max-rounds', '3'], '--max-rounds: not read by tune --method teacache'],
     [['--model', TINY, '--out', 'schedule.txt'], '--out: must be a JSON file'],
     [['--model', TINY, '--steps', '6', '--reuse', '6', '--scheduler', 'ddim'], '--reuse: must leave computing calls in a run of 6 model calls'],
     [['--model', TINY, '--out', '/nonexistent/s.json'], '--out: folder does not exist'],

@@ -275,7 +275,17 @@ export function buildProgram(): Command {
     .option('--no-fewer-steps', 'with --fidelity: no equal-MAC fewer-steps baselines')
     .option('--steps-baseline <n>', 'with --fidelity, repeatable: also the plain sampler at N steps (e.g. 13 of 20, the attention-reuse paper\'s equal-latency baseline)', (v: string, prev: number[]) => [...prev, positiveInt('--steps-baseline')(v)], [] as number[])
     .option('--sweep <spec>', 'with --fidelity, repeatable: one setting, methods joined by "+" (default: TGATE gates at 20/40/60% of the steps, DeepCache intervals 2/3/5, ToMe ratios 0.3/0.5/0.6, attn-reuse on the last 20/40/50%)', sweepList, [] as AccelSpec[][])
-    .action(async (opts) => {
+    .action(async (opts, command: Command) => {
+      if (opts.fidelity) {
+        refuseUnread(command, [['prompt', '--prompt'], ['batch', '--batch'], ['runs', '--runs'], ['warmup', '--warmup'], ['out', '--out'], ['macs', '--macs']],
+          'bench --fidelity (its prompts come from --prompts, its results go to --json)', 'bench without --fidelity');
+      } else {
+        refuseUnread(command, [['prompts', '--prompts'], ['count', '--count'], ['fewerSteps', '--no-fewer-steps']], 'bench without --fidelity', '--fidelity');
+      }
+      if (opts.dryRun) {
+        refuseUnread(command, [['runs', '--runs'], ['warmup', '--warmup'], ['out', '--out'], ['device', '--device'], ['threads', '--threads'], ['seed', '--seed'],
+          ['prompt', '--prompt'], ['cache', '--cache']], 'bench --dry-run (MACs from the configs, nothing runs)', 'bench without --dry-run');
+      }
       const { bench } = await import('../bench/accel.ts');
       await bench({ ...opts, ...accelAndPrecision(opts) });
     });
@@ -299,7 +309,17 @@ export function buildProgram(): Command {
     .option('--speedup <x>', 'instead: search the settings of the methods the model takes (DeepCache, Skip-Cache, FORA, First-Block-Cache, TeaCache, TGATE, ToMe, attention-map reuse) and int8 for the best PSNR at this measured speed-up; writes a plan for --accel @FILE', number('--speedup'))
     .option('--mac-speedup <x>', 'instead of --speedup, a MAC budget: the best PSNR at this MAC speed-up (the plain run\'s MACs over the plan\'s; no timing noise; fp32 plans)', number('--mac-speedup'))
     .option('--no-int8', 'with --speedup: leave --precision int8 out of the search (fp32 plans only)')
-    .action(async (opts) => {
+    .action(async (opts, command: Command) => {
+      if (opts.speedup !== undefined || opts.macSpeedup !== undefined) {
+        refuseUnread(command, [['method', '--method'], ['reuse', '--reuse'], ['epsilon', '--epsilon'], ['maxRounds', '--max-rounds']],
+          'tune --speedup/--mac-speedup (it searches every method the model takes)', 'tune without --speedup/--mac-speedup');
+        if (opts.macSpeedup !== undefined) refuseUnread(command, [['int8', '--no-int8']], 'tune --mac-speedup (fp32 plans only)', '--speedup');
+      } else {
+        refuseUnread(command, [['int8', '--no-int8']], 'tune without --speedup', '--speedup');
+        if (opts.method === 'teacache') {
+          refuseUnread(command, [['reuse', '--reuse'], ['epsilon', '--epsilon'], ['maxRounds', '--max-rounds']], 'tune --method teacache (a calibration, not a search)', '--method attn-reuse');
+        }
+      }
       const { tune } = await import('./tune.ts');
       await tune(opts);
     });
@@ -409,6 +429,18 @@ function forwardBench(program: Command, name: string, description: string, prese
     });
 }
 
+/**
+ * Refuses the flags among `flags` ([option key, flag]) given on the command line, not left at their
+ * defaults, that `mode` would not read: each would do nothing. `instead` says what reads it.
+ */
+function refuseUnread(command: Command, flags: [string, string][], mode: string, instead: string): void {
+  for (const [key, flag] of flags) {
+    if (command.getOptionValueSource(key) === 'cli') {
+      const value: unknown = command.getOptionValue(key);
+      throw new InputError(flag, `not read by ${mode}, so it would do nothing`, instead, typeof value === 'boolean' ? undefined : String(value));
+    }
+  }
+}
 
 function refuseRepeatedFlags(program: Command, argv: string[]): void {
   const command = program.commands.find((c) => c.name() === argv[0]);
