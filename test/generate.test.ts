@@ -60,6 +60,17 @@ test('the same seed gives the same latents; given latents replace the noise', as
     const c = await pipeline.generate({ ...request, latents: { data: start, dims: [1, 4, 8, 8] } });
     const d = await pipeline.generate({ ...request, seed: 1, latents: { data: start, dims: [1, 4, 8, 8] } });
     assert.deepEqual(c.latents.data, d.latents.data);
+    // ... and the run says so when no step draws noise; a scheduler that does (DDPM) uses the seed.
+    assert.ok(d.warnings.some((w) => w.startsWith('seed has no effect: the starting latents are given and ddim draws no noise')), d.warnings.join('; '));
+    const noisy = await pipeline.generate({ ...request, scheduler: 'ddpm', seed: 1, latents: { data: start, dims: [1, 4, 8, 8] } });
+    assert.ok(!noisy.warnings.some((w) => w.startsWith('seed has no effect')), noisy.warnings.join('; '));
+    // On the command line, several seeds would write the same image several times: refused before any is written.
+    const out = path.join(dir, 'same.png');
+    const run = diffuse('generate', '--model', TINY, '--prompt', 'a red circle', '--steps', '2', '--width', '64', '--height', '64', '--scheduler', 'ddim',
+      '--latents', path.join(dir, 'in.safetensors'), '--seed', '1-3', '--out', out);
+    assert.equal(run.status, 2, run.stderr);
+    assert.match(run.stderr, /--seed: 3 seeds with --latents would draw one image 3 times/);
+    assert.deepEqual(fs.readdirSync(dir), ['in.safetensors']);
     const steps: number[] = [];
     const abort = new AbortController();
     await assert.rejects(pipeline.generate({ ...request, onStep: (s) => { steps.push(s.step); if (s.step === 2) abort.abort(); }, signal: abort.signal }), /abort/i);

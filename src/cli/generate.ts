@@ -12,7 +12,7 @@ import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import { formatParameters } from '../image/parameters.ts';
-import type { GeneratedImage, GenerationResult, Latents, StepInfo } from '../pipelines/common.ts';
+import { SEED_UNUSED, type GeneratedImage, type GenerationResult, type Latents, type StepInfo } from '../pipelines/common.ts';
 import { folderFamily, type PipelineFamily } from '../pipelines/families.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
@@ -235,6 +235,10 @@ export async function generate(f: GenerateFlags): Promise<void> {
     for (const seed of f.seed ?? [undefined]) {
       const result: Generated = await job.run(seed);
       bar?.stop();
+      if ((f.seed?.length ?? 1) > 1 && result.warnings.some((w) => w.startsWith(SEED_UNUSED))) {
+        throw new InputError('--seed', `${f.seed!.length} seeds with --latents would draw one image ${f.seed!.length} times: this scheduler draws no noise`,
+          'one --seed, or a scheduler that draws noise (euler-a, ddpm, lcm)', f.seed!.join(','));
+      }
       for (const w of result.warnings) process.stderr.write(`warning: ${withFlagNames(w)}\n`);
       // writeSafetensors writes through a temporary file itself.
       if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });

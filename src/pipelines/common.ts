@@ -12,6 +12,7 @@ import { ortOps, tensorData, type Transfers } from '../runtime/ort-executor.ts';
 import { PlannedExecutor, combine, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
+import type { Scheduler } from '../schedulers/types.ts';
 import { Rng } from '../util/rng.ts';
 
 export interface Latents {
@@ -235,6 +236,16 @@ export function checkRequestOptions(request: unknown, options: readonly string[]
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new InputError('signal', 'not an AbortSignal', 'an AbortSignal (an AbortController\'s .signal)', describe(signal));
   }
+}
+
+/** The seed draws the starting noise and each step's: with starting latents given and no step that draws noise, it does nothing. */
+export const SEED_UNUSED = 'seed has no effect';
+
+/** Says so when the request's seed does nothing (see SEED_UNUSED) for the calls from `start` on. */
+export function seedWarnings(request: BaseRequest, scheduler: Scheduler, start = 0): string[] {
+  if (request.latents === undefined || request.seed === undefined) return [];
+  for (let i = start; i < scheduler.timesteps.length; i++) if (scheduler.needsNoise(i)) return [];
+  return [`${SEED_UNUSED}: the starting latents are given and ${scheduler.name} draws no noise at any step`];
 }
 
 export function checkAborted(signal: AbortSignal | undefined): void {

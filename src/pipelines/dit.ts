@@ -18,7 +18,7 @@ import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfe
 import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
   type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
@@ -96,7 +96,7 @@ export class DiTPipeline {
     const acceleration = Acceleration.check(request.accel, model.declaration, scheduleStart(scheduler, undefined).run, undefined, request.plans);
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output });
-    const warnings = await acceleration.begin(this.transformerExec, denoise);
+    const warnings = [...seedWarnings(request, scheduler), ...await acceleration.begin(this.transformerExec, denoise)];
 
     const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);

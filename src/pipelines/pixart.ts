@@ -24,7 +24,7 @@ import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -196,6 +196,7 @@ export class PixArtPipeline {
     }
     const { start: first, run, why } = scheduleStart(scheduler, img2img);
     const acceleration = Acceleration.check(request.accel, model.declaration, run, why, request.plans);
+    warnings.push(...seedWarnings(request, scheduler, first));
 
     // Before the text encoder runs (minutes for T5-XXL on a CPU): T5's width is its d_model, which the loader matched to caption_channels.
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, {

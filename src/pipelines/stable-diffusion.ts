@@ -16,7 +16,7 @@ import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfe
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkRequestOptions, macsSince, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkRequestOptions, macsSince, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -172,6 +172,7 @@ export class StableDiffusionPipeline {
     // Refuse what cannot work before any work.
     // Schedules count the calls that run; PNDM makes one call more than steps.
     const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, run, why, request.plans);
+    warnings.push(...seedWarnings(request, scheduler, start));
 
     // Before any model runs: SDXL's pooled text embeddings are as wide as text_encoder_2's projection.
     const textEncoder2 = this.xl?.textEncoder2.model;
