@@ -166,7 +166,7 @@ function checkFamilyFields(b: Record<string, unknown>, model: string, folder: st
   const given = (key: string) => b[key] !== undefined && b[key] !== null;
   for (const key of classes ? TEXT_FIELDS : ['class']) {
     if (given(key)) {
-      throw new RequestError(422, key, `not read by ${model} (a ${className}), so it would do nothing`, classes ? 'class, and fields other than text-to-image ones' : 'a prompt, not classes');
+      throw new RequestError(422, key, `not read by ${model} (a ${className}), so it would do nothing`, classes ? 'class (a DiT draws classes, at its own size)' : 'prompt (classes are for DiT models)');
     }
   }
   if (classes && !given('class')) throw new RequestError(422, 'class', 'missing', `class ids or names for ${model} (a ${className})`);
