@@ -73,4 +73,8 @@ test('--precision: bf16 is refused with the reason, int8 on webgpu and fp16 on t
   assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'int8', '--device', 'webgpu', '--steps', '2'), '--precision: int8 runs with device cpu only');
   assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'fp16', '--steps', '2'), '--precision: fp16 runs with device webgpu only');
   assertUserError(diffuse('bench', '--model', 'reference', '--accel', 'tgate', '--device', 'tpu'), '--device', 'expected cpu, webgpu', 'found tpu');
+  assertUserError(diffuse('generate', '--prompt', 'x', '--device', 'cuda'), '--device', 'expected cpu, webgpu', 'found cuda');
+  // A dry run counts MACs from the configs, on no device: any precision counts (--device would do nothing there).
+  const dry = diffuse('bench', '--preset', 'sd15', '--dry-run', '--precision', 'fp16', '--accel', 'tome');
+  assert.equal(dry.status, 0, dry.stderr);
 });

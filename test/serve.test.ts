@@ -227,11 +227,11 @@ test('a field the model does not read is refused by name, as is a missing prompt
     assert.equal(error.field, field, text);
     assert.ok(error.message.includes(words), error.message);
   }
-  // Guidance 1 turns CFG off, so the negative prompt does nothing: the job says so, as `generate` does.
+  // Guidance 1 turns CFG off, so the negative prompt does nothing: the job says so, as `generate` does, in the body's field names.
   const job = await (await post({ model: 'reference', prompt: 'x', negative_prompt: 'y', guidance: 1, steps: 2, seed: 1 })).json() as JobView;
   const done = await finished(job.id);
   assert.equal(done.state, 'done', done.error);
-  assert.ok(done.warnings?.some((w) => w.startsWith('negativePrompt has no effect')), JSON.stringify(done.warnings));
+  assert.ok(done.warnings?.some((w) => w.startsWith('negative_prompt has no effect')), JSON.stringify(done.warnings));
 });
 
 test('a model folder no pipeline here runs is refused at once by name with why, and listed as not served', async () => {

@@ -180,7 +180,8 @@ export async function bench(o: BenchOptions): Promise<void> {
     }
     if (!o.dryRun && path.extname(o.out).toLowerCase() !== '.png') throw new InputError('--out', 'must be a PNG file', 'a name ending in .png', o.out);
     createAccelerator(o.accel, o.steps); // refuse bad combinations before any work
-    checkPrecisionDevice(o.precision, o.device);
+    // A dry run counts MACs from the configs, on no device.
+    if (!o.dryRun) checkPrecisionDevice(o.precision, o.device);
   }
   const name = o.model !== undefined ? modelName(modelFolder(o.model), o.model) : o.preset!;
   if (o.model !== undefined) o = { ...o, model: modelFolder(o.model) };

@@ -1,5 +1,5 @@
 /** Library option names in CLI words: the library names its request options, the CLI its flags. */
-import { own } from '../util/own.ts';
+import { withOptionNames } from '../util/option-names.ts';
 
 const FLAG_OF: Record<string, string> = {
   prompt: '--prompt', negativePrompt: '--negative-prompt', steps: '--steps', guidanceScale: '--guidance', guidanceRescale: '--guidance-rescale',
@@ -10,8 +10,5 @@ const FLAG_OF: Record<string, string> = {
 
 /** "width/height: must be…" → "--width/--height: must be…"; "accel tgate:gate_step: …" → "--accel tgate:gate_step: …". */
 export function withFlagNames(message: string): string {
-  const m = /^[A-Za-z]+(?:\/[A-Za-z]+)*(?=[: ])/.exec(message);
-  const flags = m ? m[0].split('/').map((name) => own(FLAG_OF, name)) : [];
-  if (!m || flags.some((f) => f === undefined)) return message;
-  return flags.join('/') + message.slice(m[0].length);
+  return withOptionNames(message, FLAG_OF);
 }

@@ -12,8 +12,8 @@ import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import { formatParameters } from '../image/parameters.ts';
-import { SEED_UNUSED, type GeneratedImage, type GenerationResult, type Latents, type StepInfo } from '../pipelines/common.ts';
-import { folderFamily, type PipelineFamily } from '../pipelines/families.ts';
+import { seedWarnings, type GeneratedImage, type GenerationResult, type Latents, type StepInfo } from '../pipelines/common.ts';
+import { folderFamily, pipelineDefaults, type PipelineFamily } from '../pipelines/families.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
 import { isCheckpointFile, modelName } from '../pipelines/model-name.ts';
@@ -21,9 +21,10 @@ import { readPromptFile } from '../scenes/captions.ts';
 import { readImage } from '../image/read.ts';
 import { convertedFolder } from '../models/official-dit-checkpoint.ts';
 import { DEFAULT_STRENGTH } from '../pipelines/img2img.ts';
-import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import { describeTransfers, type Device } from '../runtime/ort-executor.ts';
-import type { SchedulerName } from '../schedulers/index.ts';
+import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
+import type { Scheduler } from '../schedulers/types.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile } from '../weights/safetensors.ts';
 import type { Precision } from '../graph/quantize.ts';
@@ -52,7 +53,7 @@ export interface GenerateFlags {
   latents?: string;
   saveLatents?: string;
   out: string;
-  device: string;
+  device: Device;
   threads?: number;
   /** GiB. */
   memoryLimit?: number;
@@ -108,6 +109,14 @@ function familyOf(folder: PipelineFolder, f: GenerateFlags): PipelineFamily {
   return family;
 }
 
+/** The schedule a run of these flags on `folder` takes, as its pipeline builds it. */
+function schedulerOf(folder: PipelineFolder, f: GenerateFlags): Scheduler {
+  const { config, where } = readComponentConfig(folder, 'scheduler');
+  return createScheduler({
+    name: f.scheduler, className: getComponent(folder, 'scheduler').className, config, configFile: where, steps: f.steps ?? pipelineDefaults(folder.className).steps,
+  });
+}
+
 /** `--class 207,golden retriever`: ids stay numbers, anything else is a name. */
 function classLabels(text: string): (number | string)[] {
   const labels = text.split(',').map((l) => l.trim()).filter((l) => l !== '');
@@ -146,7 +155,6 @@ function checkFlags(f: GenerateFlags): Device {
   }
   if (f.strength !== undefined && f.initImage === undefined) throw new InputError('--strength', 'is for img2img', '--init-image with it', String(f.strength));
   if (f.latents !== undefined && f.initImage !== undefined) throw new InputError('--latents', 'given with --init-image (the image gives the starting latents)', 'one of them', f.latents);
-  if (f.device !== 'cpu' && f.device !== 'webgpu') throw new InputError('--device', 'unknown device', 'cpu or webgpu', f.device);
   if (path.extname(f.out).toLowerCase() !== '.png') throw new InputError('--out', 'output must be a PNG file', 'a name ending in .png', f.out);
   return f.device;
 }
@@ -230,15 +238,15 @@ export async function generate(f: GenerateFlags): Promise<void> {
       }
       bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
     };
+    if (latents && f.seed && f.seed.length > 1 && seedWarnings({ latents, seed: f.seed[0] }, schedulerOf(folder, f)).length > 0) {
+      throw new InputError('--seed', `${f.seed.length} seeds with --latents would draw one image ${f.seed.length} times: this schedule draws no noise`,
+        'one --seed, or a scheduler that draws noise (euler-a, ddpm, lcm)', f.seed.join(','));
+    }
     job = await start(folder, family, f, device, latents, image, onStep, abort.signal, family === 'dit' ? [] : subjects);
     let written = 0;
     for (const seed of f.seed ?? [undefined]) {
       const result: Generated = await job.run(seed);
       bar?.stop();
-      if ((f.seed?.length ?? 1) > 1 && result.warnings.some((w) => w.startsWith(SEED_UNUSED))) {
-        throw new InputError('--seed', `${f.seed!.length} seeds with --latents would draw one image ${f.seed!.length} times: this scheduler draws no noise`,
-          'one --seed, or a scheduler that draws noise (euler-a, ddpm, lcm)', f.seed!.join(','));
-      }
       for (const w of result.warnings) process.stderr.write(`warning: ${withFlagNames(w)}\n`);
       // writeSafetensors writes through a temporary file itself.
       if (f.saveLatents) writeSafetensors(f.saveLatents, { latents: { dtype: 'F32', shape: result.latents.dims, data: result.latents.data } });

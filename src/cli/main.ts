@@ -18,7 +18,7 @@ import { PRESET_NAMES } from '../models/presets.ts';
 import { OFFICIAL_DIT_ARCHS, convertOfficialDiT } from '../models/official-dit-checkpoint.ts';
 import { REFERENCE_NAMES } from '../pipelines/reference-model.ts';
 import { LIMITS } from '../pipelines/common.ts';
-import { MAX_THREADS, parsePrecision } from '../runtime/ort-executor.ts';
+import { DEVICES, MAX_THREADS, parsePrecision } from '../runtime/ort-executor.ts';
 import type { Precision } from '../graph/quantize.ts';
 import { SCHEDULER_NAMES, isSchedulerName, type SchedulerName } from '../schedulers/index.ts';
 
@@ -235,7 +235,7 @@ export function buildProgram(): Command {
     .option('--latents <file.safetensors>', 'starting latents: one F32 tensor "latents" [B, C, h, w] (diffusers\' latents=)')
     .option('--save-latents <file.safetensors>', 'also write the final latents (before VAE scaling and decoding)')
     .option('--out <file.png>', 'output PNG; several images get -0, -1, ... suffixes', 'out.png')
-    .option('--device <name>', 'cpu or webgpu', 'cpu')
+    .option('--device <name>', 'cpu or webgpu', oneOf('--device', DEVICES), 'cpu')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--memory-limit <GiB>', 'refuse a run estimated to need more memory at its peak (default: this machine\'s memory)', number('--memory-limit', 0))
     .option('--variant <name>', 'weight file variant, e.g. fp16 for *.fp16.safetensors')
@@ -264,7 +264,7 @@ export function buildProgram(): Command {
     .option('--dry-run', 'count MACs from the configs only; no weights are read, nothing runs', false)
     .option('--cache <dir>', 'presets without --dry-run: where their seeded random-weight folders are kept (PixArt: 12 GB with T5-XXL)', '.cache/bench')
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
-    .option('--device <name>', 'cpu or webgpu: where both settings run', oneOf('--device', ['cpu', 'webgpu'] as const), 'cpu')
+    .option('--device <name>', 'cpu or webgpu: where both settings run', oneOf('--device', DEVICES), 'cpu')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
     .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32, int8 or fp16 (default: a plan file\'s, else fp32; the baseline stays fp32)', precisionFlag)
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')

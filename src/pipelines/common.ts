@@ -211,10 +211,22 @@ export function checkLatents(latents: Latents | undefined, dims: number[]): void
   if (bad >= 0) throw new InputError('latents.data', 'not finite', 'finite numbers', `${data[bad]} at index ${bad}`);
 }
 
+/**
+ * The names of a request interface's own options (those `Base` does not have), from an object the
+ * compiler checks against `Request`: an option added to the interface and not here fails the build.
+ */
+export function optionNames<Request, Base = object>(names: Record<Exclude<keyof Request, keyof Base>, true>): string[] {
+  return Object.keys(names);
+}
+
 /** What every request may set (BaseRequest). */
-export const BASE_OPTIONS = ['steps', 'guidanceScale', 'scheduler', 'seed', 'latents', 'accel', 'plans', 'memoryLimit', 'output', 'onStep', 'signal'] as const;
-/** What a text-to-image request may set besides (PromptRequest). */
-export const PROMPT_OPTIONS = [...BASE_OPTIONS, 'prompt', 'negativePrompt', 'width', 'height', 'imagesPerPrompt', 'image', 'strength'] as const;
+export const BASE_OPTIONS = optionNames<BaseRequest>({
+  steps: true, guidanceScale: true, scheduler: true, seed: true, latents: true, accel: true, plans: true, memoryLimit: true, output: true, onStep: true, signal: true,
+});
+/** What a text-to-image request may set (PromptRequest). */
+export const PROMPT_OPTIONS = [...BASE_OPTIONS, ...optionNames<PromptRequest, BaseRequest>({
+  prompt: true, negativePrompt: true, width: true, height: true, imagesPerPrompt: true, image: true, strength: true,
+})];
 
 /**
  * Refuses a request that is not an object, an option this pipeline does not read (a typo, or
@@ -238,14 +250,14 @@ export function checkRequestOptions(request: unknown, options: readonly string[]
   }
 }
 
-/** The seed draws the starting noise and each step's: with starting latents given and no step that draws noise, it does nothing. */
-export const SEED_UNUSED = 'seed has no effect';
-
-/** Says so when the request's seed does nothing (see SEED_UNUSED) for the calls from `start` on. */
+/**
+ * The seed draws the starting noise and each step's: says so when it does nothing, starting latents
+ * given and no step from `start` on drawing noise.
+ */
 export function seedWarnings(request: BaseRequest, scheduler: Scheduler, start = 0): string[] {
   if (request.latents === undefined || request.seed === undefined) return [];
   for (let i = start; i < scheduler.timesteps.length; i++) if (scheduler.needsNoise(i)) return [];
-  return [`${SEED_UNUSED}: the starting latents are given and ${scheduler.name} draws no noise at any step`];
+  return [`seed has no effect: the starting latents are given and ${scheduler.name} draws no noise at any step`];
 }
 
 export function checkAborted(signal: AbortSignal | undefined): void {

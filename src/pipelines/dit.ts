@@ -18,7 +18,7 @@ import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfe
 import { createScheduler } from '../schedulers/index.ts';
 import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
   type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
@@ -77,7 +77,7 @@ export class DiTPipeline {
   }
 
   async generate(request: DiTRequest): Promise<DiTResult> {
-    checkRequestOptions(request, [...BASE_OPTIONS, 'classLabels'], this.folder.className);
+    checkRequestOptions(request, [...BASE_OPTIONS, ...optionNames<DiTRequest, BaseRequest>({ classLabels: true })], this.folder.className);
     const model = this.transformer.model;
     const c = model.config;
     const ids = this.classIds(request.classLabels);

@@ -24,7 +24,7 @@ import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -153,7 +153,7 @@ export class PixArtPipeline {
   }
 
   async generate(request: PixArtRequest): Promise<PixArtResult> {
-    checkRequestOptions(request, [...PROMPT_OPTIONS, 'maxSequenceLength', 'resolutionBinning'], this.folder.className);
+    checkRequestOptions(request, [...PROMPT_OPTIONS, ...optionNames<PixArtRequest, PromptRequest>({ maxSequenceLength: true, resolutionBinning: true })], this.folder.className);
     const warnings: string[] = [];
     const model = this.transformer.model;
     const c = model.config;

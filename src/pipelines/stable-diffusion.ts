@@ -16,7 +16,7 @@ import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfe
 import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkRequestOptions, macsSince, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkRequestOptions, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -123,7 +123,7 @@ export class StableDiffusionPipeline {
   }
 
   async generate(request: GenerateRequest): Promise<GenerateResult> {
-    checkRequestOptions(request, [...PROMPT_OPTIONS, 'guidanceRescale', ...(this.xl ? XL_OPTIONS : [])], this.folder.className);
+    checkRequestOptions(request, [...PROMPT_OPTIONS, ...(this.xl ? [...SD_OPTIONS, ...XL_OPTIONS] : SD_OPTIONS)], this.folder.className);
     const warnings: string[] = [];
     const prompts = list(request.prompt, 'prompt');
     const defaults = pipelineDefaults(this.folder.className);
@@ -287,7 +287,9 @@ export class StableDiffusionPipeline {
 
 const PIPELINES = pipelineClasses('stable-diffusion');
 /** SDXL's micro-conditioning options, read only where the folder is an SDXL one. */
-const XL_OPTIONS = ['originalSize', 'targetSize', 'cropTopLeft'];
+const XL_OPTIONS = ['originalSize', 'targetSize', 'cropTopLeft'] as const satisfies readonly (keyof GenerateRequest)[];
+/** The options of every Stable Diffusion request beyond a text-to-image one's. */
+const SD_OPTIONS = optionNames<Omit<GenerateRequest, (typeof XL_OPTIONS)[number]>, PromptRequest>({ guidanceRescale: true });
 
 /** An SDXL micro-conditioning option: two finite numbers, or `fallback` when absent. */
 function pair(value: unknown, option: string, fallback: [number, number]): number[] {

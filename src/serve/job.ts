@@ -138,18 +138,23 @@ function served(folders: [string, string | undefined][]): string[] {
   return folders.filter(([, why]) => !why).map(([name]) => name);
 }
 
-/** Why a folder with a model_index.json cannot be served; undefined when a pipeline here runs its class. */
-function unservable(dir: string): string | undefined {
+/** A folder's model_index.json `_class_name`, or why it cannot be served (a pipeline here must run the class). */
+function servedClass(dir: string): { className: string; why?: undefined } | { why: string } {
   let index: unknown;
   try {
     index = JSON.parse(fs.readFileSync(path.join(dir, 'model_index.json'), 'utf8'));
   } catch (e) {
     // The reason travels to HTTP clients: a code, never the server's paths.
-    return e instanceof SyntaxError ? 'model_index.json is not valid JSON' : `model_index.json cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`;
+    return { why: e instanceof SyntaxError ? 'model_index.json is not valid JSON' : `model_index.json cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})` };
   }
   const className = typeof index === 'object' && index !== null ? (index as Record<string, unknown>)._class_name : undefined;
-  if (typeof className !== 'string') return 'model_index.json has no _class_name';
-  return pipelineFamily(className) ? undefined : `${className}: no pipeline here runs it`;
+  if (typeof className !== 'string') return { why: 'model_index.json has no _class_name' };
+  return pipelineFamily(className) ? { className } : { why: `${className}: no pipeline here runs it` };
+}
+
+/** Why a folder with a model_index.json cannot be served; undefined when a pipeline here runs its class. */
+function unservable(dir: string): string | undefined {
+  return servedClass(dir).why;
 }
 
 /** The fields only text-to-image models read; a class-to-image model (DiT) reads `class` instead. */
@@ -157,20 +162,24 @@ const TEXT_FIELDS = ['prompt', 'negative_prompt', 'width', 'height', 'batch'];
 
 /**
  * A field the model's pipeline does not read would do nothing: refused, as is a missing prompt
- * (text-to-image) or class (DiT). `folder` passed resolveModel, so its model_index.json names a class run here.
+ * (text-to-image) or class (DiT).
  */
 function checkFamilyFields(b: Record<string, unknown>, model: string, folder: string): void {
-  const className = (JSON.parse(fs.readFileSync(path.join(folder, 'model_index.json'), 'utf8')) as { _class_name: string })._class_name;
-  const classes = pipelineFamily(className) === 'dit';
+  const served = servedClass(folder);
+  // resolveModel checked the folder; it can change on disk since.
+  if (served.why !== undefined) throw new RequestError(422, 'model', `not a model this service runs (${served.why})`, pipelineClasses().join(', '), JSON.stringify(model));
+  const { className } = served;
+  const classConditional = pipelineFamily(className) === 'dit';
   // null stands for absent, as everywhere in a request.
   const given = (key: string) => b[key] !== undefined && b[key] !== null;
-  for (const key of classes ? TEXT_FIELDS : ['class']) {
+  for (const key of classConditional ? TEXT_FIELDS : ['class']) {
     if (given(key)) {
-      throw new RequestError(422, key, `not read by ${model} (a ${className}), so it would do nothing`, classes ? 'class (a DiT draws classes, at its own size)' : 'prompt (classes are for DiT models)');
+      throw new RequestError(422, key, `not read by ${model} (a ${className}), so it would do nothing`,
+        classConditional ? 'class (a DiT draws classes, at its own size)' : 'prompt (classes are for DiT models)');
     }
   }
-  if (classes && !given('class')) throw new RequestError(422, 'class', 'missing', `class ids or names for ${model} (a ${className})`);
-  if (!classes && !given('prompt')) throw new RequestError(422, 'prompt', 'missing', `a prompt for ${model} (a ${className}); "" draws without one`);
+  if (classConditional && !given('class')) throw new RequestError(422, 'class', 'missing', `class ids or names for ${model} (a ${className})`);
+  if (!classConditional && !given('prompt')) throw new RequestError(422, 'prompt', 'missing', `a prompt for ${model} (a ${className}); "" draws without one`);
 }
 
 /** Checks a parsed JSON body; throws RequestError (400 wrong type, 422 wrong value). */

@@ -18,6 +18,7 @@ import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { commandSessionCache } from '../runtime/session-cache.ts';
 import { writeFileAtomically } from '../util/files.ts';
+import { withOptionNames } from '../util/option-names.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import type { ImageJob } from './job.ts';
 import type { Precision } from '../graph/quantize.ts';
@@ -43,7 +44,7 @@ export interface JobOutcome {
   macs: number;
   timings: Record<string, number>;
   accel?: string[];
-  /** What the pipeline said of the request (a truncated prompt, a setting with no effect), as `generate` prints it. */
+  /** What the pipeline said of the request (a truncated prompt, a setting with no effect), named by the request's fields. */
   warnings: string[];
 }
 
@@ -97,6 +98,7 @@ function runnerFor(folderPath: string, threads: number, precision: Precision = '
       const family = folderFamily(folder);
       if (family === 'dit') {
         const dit = loadDiTPipeline(folder, { threads, precision, sessionCache });
+        // `?? []` and `?? ''` below: jobs queued in Redis by a server before requests had to carry them.
         return (job, onStep, signal) => dit.generate({
           classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
           accel: job.accel.map(parseAccelSpec), onStep, signal,
@@ -122,6 +124,12 @@ function promptRequest(job: ImageJob) {
   };
 }
 
+/** The library's option names as a request's body fields (src/serve/job.ts). */
+const FIELD_OF: Record<string, string> = {
+  prompt: 'prompt', negativePrompt: 'negative_prompt', steps: 'steps', guidanceScale: 'guidance', scheduler: 'scheduler', seed: 'seed',
+  width: 'width', height: 'height', imagesPerPrompt: 'batch', accel: 'accel', classLabels: 'class',
+};
+
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
   const run = await runnerFor(job.folder, options.threads, options.precision);
@@ -141,7 +149,7 @@ export async function runJob(id: string, job: ImageJob, options: WorkerOptions, 
   const timings = Object.fromEntries(Object.entries(g.timings).filter((e): e is [string, number] => e[1] !== undefined));
   return {
     images, seed: job.seed, steps: g.steps, guidanceScale: g.guidanceScale, scheduler: g.scheduler, macs: fullMacs(g.denoiserMacs), timings,
-    accel: g.accel && [g.accel.name, ...g.accel.summary], warnings: g.warnings,
+    accel: g.accel && [g.accel.name, ...g.accel.summary], warnings: g.warnings.map((w) => withOptionNames(w, FIELD_OF)),
   };
 }
 

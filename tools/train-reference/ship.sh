@@ -17,7 +17,8 @@ if [ $# -ne 4 ]; then
   exit 2
 fi
 model=$1 base_log=$2 round_log=$3 out=$4
-for f in "$model/model_index.json" "$model/unet/config.json" "$base_log-log.json" "$round_log-log.json" "$round_log-samples.png"; do
+for f in "$model/model_index.json" "$model/unet/config.json" "$base_log-log.json" "$base_log-loss.png" \
+  "$round_log-log.json" "$round_log-loss.png" "$round_log-samples.png" "$round_log-redrawn.png"; do
   [ -f "$f" ] || { echo "ship.sh: $f: not found (MODEL is train.py's --out, the logs its --log prefixes)" >&2; exit 2; }
 done
 [ ! -e "$out" ] || { echo "ship.sh: $out: already there; give a new folder for the outputs" >&2; exit 2; }
