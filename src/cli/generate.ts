@@ -12,7 +12,7 @@ import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import { formatParameters } from '../image/parameters.ts';
-import { seedWarnings, type GeneratedImage, type GenerationResult, type Latents, type StepInfo } from '../pipelines/common.ts';
+import { folderScheduler, seedWarnings, type GeneratedImage, type GenerationResult, type Latents, type StepInfo } from '../pipelines/common.ts';
 import { folderFamily, pipelineDefaults, type PipelineFamily } from '../pipelines/families.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
@@ -21,10 +21,9 @@ import { readPromptFile } from '../scenes/captions.ts';
 import { readImage } from '../image/read.ts';
 import { convertedFolder } from '../models/official-dit-checkpoint.ts';
 import { DEFAULT_STRENGTH } from '../pipelines/img2img.ts';
-import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import { describeTransfers, type Device } from '../runtime/ort-executor.ts';
-import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
-import type { Scheduler } from '../schedulers/types.ts';
+import type { SchedulerName } from '../schedulers/index.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile } from '../weights/safetensors.ts';
 import type { Precision } from '../graph/quantize.ts';
@@ -107,14 +106,6 @@ function familyOf(folder: PipelineFolder, f: GenerateFlags): PipelineFamily {
       family === 'dit' ? 'class ids or names, e.g. 207,360' : 'some text');
   }
   return family;
-}
-
-/** The schedule a run of these flags on `folder` takes, as its pipeline builds it. */
-function schedulerOf(folder: PipelineFolder, f: GenerateFlags): Scheduler {
-  const { config, where } = readComponentConfig(folder, 'scheduler');
-  return createScheduler({
-    name: f.scheduler, className: getComponent(folder, 'scheduler').className, config, configFile: where, steps: f.steps ?? pipelineDefaults(folder.className).steps,
-  });
 }
 
 /** `--class 207,golden retriever`: ids stay numbers, anything else is a name. */
@@ -238,7 +229,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
       }
       bar.update(s.step, { rate: (s.step / ((performance.now() - started) / 1000)).toFixed(2) });
     };
-    if (latents && f.seed && f.seed.length > 1 && seedWarnings({ latents, seed: f.seed[0] }, schedulerOf(folder, f)).length > 0) {
+    if (latents && f.seed && f.seed.length > 1 && seedWarnings({ latents, seed: f.seed[0] }, folderScheduler(folder, f.scheduler, f.steps ?? pipelineDefaults(folder.className).steps)).length > 0) {
       throw new InputError('--seed', `${f.seed.length} seeds with --latents would draw one image ${f.seed.length} times: this schedule draws no noise`,
         'one --seed, or a scheduler that draws noise (euler-a, ddpm, lcm)', f.seed.join(','));
     }

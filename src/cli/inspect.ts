@@ -153,7 +153,7 @@ export async function inspect(dir: string | undefined, o: InspectOptions): Promi
     const [h, w] = [height / factor, width / factor];
     // SDXL: pooled text embeddings as wide as text_encoder_2's projection, and the time ids.
     const te2 = parts.textEncoder2?.model;
-    const textEmbedsDim = te2?.hasProjection ? te2.config.projectionDim : undefined;
+    const textEmbedsDim = te2?.textEmbedsWidth;
     reports.push(await report('unet', 'UNet2DConditionModel', configs.unet.file, configs.unet.config, parts.unet.params, parts.unet.weights,
       `sample [${batch}, ${unet.config.inChannels}, ${h}, ${w}]`,
       (exec) => unet.forwardShapes(exec, { batch, latentHeight: h, latentWidth: w, textEmbedsDim })));

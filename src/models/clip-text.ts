@@ -61,6 +61,11 @@ export class ClipTextModel {
 
   constructor(readonly config: ClipTextConfig) {}
 
+  /** The width of `textEmbeds` (the projection's), undefined without a projection. */
+  get textEmbedsWidth(): number | undefined {
+    return this.hasProjection ? this.config.projectionDim : undefined;
+  }
+
   /** input_ids: int64 [B, L] with L ≤ max_position_embeddings. */
   async forward<T extends TensorLike>(exec: Executor<T>, inputIds: T): Promise<ClipTextOutputs<T>> {
     const out = await exec.run('text_model', (g, i) => this.build(g, i.input_ids), { input_ids: inputIds });

@@ -11,9 +11,10 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { ortOps, tensorData, type Transfers } from '../runtime/ort-executor.ts';
 import { PlannedExecutor, combine, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
-import type { SchedulerName } from '../schedulers/index.ts';
+import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import type { Scheduler } from '../schedulers/types.ts';
 import { Rng } from '../util/rng.ts';
+import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
 
 export interface Latents {
   data: Float32Array;
@@ -191,11 +192,17 @@ export function seedOf(seed: unknown): number {
   return intOption(seed, Math.floor(Math.random() * 2 ** 32), 'seed', 0, 2 ** 32 - 1);
 }
 
+/** The folder's scheduler (its scheduler/ config, or the one `name` asks for) set to `steps`. */
+export function folderScheduler(folder: PipelineFolder, name: SchedulerName | undefined, steps: number): Scheduler {
+  const { config, where } = readComponentConfig(folder, 'scheduler');
+  return createScheduler({ name, className: getComponent(folder, 'scheduler').className, config, configFile: where, steps });
+}
+
 /** Given starting latents must have exactly the shape the request implies, and that many finite values. */
 export function checkLatents(latents: Latents | undefined, dims: number[]): void {
   if (latents === undefined) return;
-  const d: unknown = latents?.dims;
-  if (typeof latents !== 'object' || latents === null || !Array.isArray(d)) {
+  const d: unknown = typeof latents === 'object' && latents !== null ? latents.dims : undefined;
+  if (!Array.isArray(d)) {
     throw new InputError('latents', 'wrong value', `{ data: Float32Array, dims: [${dims.join(', ')}] }`, describe(latents));
   }
   if (d.length !== dims.length || d.some((x, i) => x !== dims[i])) {

@@ -15,10 +15,9 @@ import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
 import { OfficialDiT } from '../models/official-dit.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
-import { createScheduler } from '../schedulers/index.ts';
-import { getComponent, labelTable, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { labelTable, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
   type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
@@ -89,10 +88,7 @@ export class DiTPipeline {
     const batch = ids.length;
     const latentDims = [batch, c.inChannels, c.sampleSize, c.sampleSize];
     checkLatents(request.latents, latentDims);
-    const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
-    const scheduler = createScheduler({
-      name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
-    });
+    const scheduler = folderScheduler(this.folder, request.scheduler, steps);
     const acceleration = Acceleration.check(request.accel, model.declaration, scheduleStart(scheduler, undefined).run, undefined, request.plans);
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output });

@@ -20,11 +20,10 @@ import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, withFullPrecision, retainSessionsFor, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
-import { createScheduler } from '../schedulers/index.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
-import { getComponent, readComponentConfig, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { getComponent, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -187,10 +186,7 @@ export class PixArtPipeline {
     const batch = prompts.length * perPrompt;
     const latentDims = [batch, c.inChannels, genHeight / factor, genWidth / factor];
     checkLatents(request.latents, latentDims);
-    const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
-    const scheduler = createScheduler({
-      name: request.scheduler, className: getComponent(this.folder, 'scheduler').className, config: schedulerConfig, configFile: schedulerFile, steps,
-    });
+    const scheduler = folderScheduler(this.folder, request.scheduler, steps);
     if (scheduler.timesteps.length === 1) {
       throw new InputError('steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }

@@ -13,10 +13,9 @@ import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
-import { createScheduler } from '../schedulers/index.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkRequestOptions, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
+  Acceleration, BatchNoise, checkAborted, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -25,7 +24,7 @@ import { refuseOverMemory } from './memory.ts';
 import { modelFolder } from './reference-model.ts';
 
 export type { AccelReport, GeneratedImage, GenerationResult, Latents, StepInfo } from './common.ts';
-import { getComponent, readComponentConfig, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
+import { getComponent, readPipelineFolder, type PipelineFolder } from '../weights/diffusers-folder.ts';
 
 export interface PipelineOptions extends RuntimeOptions {
   /** Weight variant, e.g. "fp16" for `*.fp16.safetensors`. */
@@ -157,14 +156,7 @@ export class StableDiffusionPipeline {
     // SDXL micro-conditioning (the same for the negative half, as diffusers does by default).
     const timeIds = [...pair(request.originalSize, 'originalSize', [height, width]), ...pair(request.cropTopLeft, 'cropTopLeft', [0, 0]),
       ...pair(request.targetSize, 'targetSize', [height, width])];
-    const { config: schedulerConfig, where: schedulerFile } = readComponentConfig(this.folder, 'scheduler');
-    const scheduler = createScheduler({
-      name: request.scheduler,
-      className: getComponent(this.folder, 'scheduler').className,
-      config: schedulerConfig,
-      configFile: schedulerFile,
-      steps,
-    });
+    const scheduler = folderScheduler(this.folder, request.scheduler, steps);
 
     // img2img runs the end of the schedule only, from position `start`.
     const { start, run, why } = scheduleStart(scheduler, img2img);
@@ -175,11 +167,7 @@ export class StableDiffusionPipeline {
     warnings.push(...seedWarnings(request, scheduler, start));
 
     // Before any model runs: SDXL's pooled text embeddings are as wide as text_encoder_2's projection.
-    const textEncoder2 = this.xl?.textEncoder2.model;
-    const shapes = {
-      batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3],
-      textEmbedsDim: textEncoder2?.hasProjection ? textEncoder2.config.projectionDim : undefined,
-    };
+    const shapes = { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: this.xl?.textEncoder2.model.textEmbedsWidth };
     const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
     await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
       limit: request.memoryLimit, what: 'width/height', output: request.output });
