@@ -159,8 +159,9 @@ function hostileRequests(count: number): { body: string; headers?: Record<string
     batch: [0, 5, 1.5, '1', true],
     guidance: [-1, 51, 1e308, 'NaN', [], true, -1e308],
     scheduler: ['nope', 7, '', [], 'euler; rm -rf /'],
-    // '@file' is a plan file on the command line only: a request cannot name a file on the server.
-    accel: [7, 'x'.repeat(600), 'tgate:gate_step=0', 'nosuchmethod', 'deepcache:cache_interval=-1', 'tgate:nope=1', { $gt: 1 }, '@/etc/passwd', '@plan.json'],
+    // '@file' (a plan) and a schedule file are the command line's: a request cannot name a file on the server.
+    accel: [7, 'x'.repeat(600), 'tgate:gate_step=0', 'nosuchmethod', 'deepcache:cache_interval=-1', 'tgate:nope=1', { $gt: 1 }, '@/etc/passwd', '@plan.json',
+      'attn-reuse:schedule=/etc/passwd', 'attn-reuse:schedule=package.json', 'tgate + tgate', 'deepcache + skip-cache'],
     class: [[], [-1], [1.5], 'x'.repeat(300), [1, 2, 3, 4, 5], {}, true, [null]],
   };
   const out: { body: string; headers?: Record<string, string>; field: RegExp }[] = [
@@ -195,6 +196,8 @@ test('200+ malformed or hostile requests are each one 4xx naming the field, and 
     assert.ok(response.status >= 400 && response.status < 500, `${r.body.slice(0, 80)} → ${response.status} ${text.slice(0, 200)}`);
     const body = JSON.parse(text) as { error: { field: string; message: string } };
     assert.match(body.error.field, r.field, `${r.body.slice(0, 80)} → ${text.slice(0, 200)}`);
+    assert.doesNotMatch(body.error.message, /^([\w-]+): \1\b/, `the field named once: ${body.error.message}`);
+    assert.doesNotMatch(text, /root:|"name": "diffusion/, 'no server file read');
     assert.doesNotMatch(text, /\n\s+at |\.ts:\d+|node:internal/, 'no stack trace');
   }
   for (const p of ['/v1/images/../../etc/passwd', '/v1/images/%2e%2e%2fpackage.json', '/v1/images/x.png', '/v1/jobs/nope', '/nowhere']) {
@@ -231,7 +234,7 @@ test('a field the model does not read is refused by name, as is a missing prompt
   const job = await (await post({ model: 'reference', prompt: 'x', negative_prompt: 'y', guidance: 1, steps: 2, seed: 1 })).json() as JobView;
   const done = await finished(job.id);
   assert.equal(done.state, 'done', done.error);
-  assert.ok(done.warnings?.some((w) => w.startsWith('negative_prompt has no effect')), JSON.stringify(done.warnings));
+  assert.ok(done.warnings?.some((w) => w.startsWith('negative_prompt has no effect: guidance 1 ≤ 1')), JSON.stringify(done.warnings));
 });
 
 test('a model folder no pipeline here runs is refused at once by name with why, and listed as not served', async () => {

@@ -8,10 +8,12 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createAccelerator, parseAccelSpec, toAccelSpecs } from '../src/accel/index.ts';
+import { createAccelerator, parseAccelSpec, requestAccelSpecs, toAccelSpecs } from '../src/accel/index.ts';
 import { describe } from '../src/errors.ts';
 import { modelName } from '../src/pipelines/model-name.ts';
 import { withFlagNames } from '../src/cli/flag-names.ts';
+import { withOptionNames } from '../src/util/option-names.ts';
+import { FIELD_OF_OPTION } from '../src/serve/job.ts';
 import { buildProgram } from '../src/cli/main.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { loadDiTPipeline } from '../src/pipelines/dit.ts';
@@ -149,6 +151,16 @@ test('the library names its own options in errors (the CLI maps them to its flag
   assert.equal(withFlagNames('width/height: must be multiples of 8'), '--width/--height: must be multiples of 8');
   assert.equal(withFlagNames('accel tgate:gate_step: wrong value'), '--accel tgate:gate_step: wrong value');
   assert.equal(withFlagNames('/some/file.json: steps_offset: wrong value'), '/some/file.json: steps_offset: wrong value');
+  // Option names inside the text too, but not in quoted text (the user's own words) nor in names that are not options.
+  assert.equal(withFlagNames('negativePrompt has no effect: guidanceScale 1 ≤ 1 turns it off'), '--negative-prompt has no effect: --guidance 1 ≤ 1 turns it off');
+  assert.equal(withFlagNames('prompt truncated (maxSequenceLength): dropped from "a guidanceScale…"'), '--prompt truncated (--max-sequence-length): dropped from "a guidanceScale…"');
+  assert.equal(withFlagNames('timeCondProjDim: set; guidanceScale used'), 'timeCondProjDim: set; --guidance used');
+  assert.equal(withOptionNames('negativePrompt has no effect: guidanceScale 1 ≤ 1', FIELD_OF_OPTION), 'negative_prompt has no effect: guidance 1 ≤ 1');
+  assert.equal(withOptionNames('imagesPerPrompt/classLabels: x', FIELD_OF_OPTION), 'batch/class: x');
+  // A service request gives a schedule inline; a file name is the command line's.
+  assert.deepEqual(requestAccelSpecs(['attn-reuse:schedule=1101']).map((s) => s.params.schedule), ['1101']);
+  throwsInputError(() => requestAccelSpecs(['attn-reuse:schedule=plan.json']), 'accel attn-reuse:schedule', 'names a file', 'found "plan.json"');
+  throwsInputError(() => requestAccelSpecs(['fora', 'fora']), 'accel', 'fora given twice');
   assert.equal(describe([1, NaN, { a: -Infinity }]), '[1,NaN,{"a":-Infinity}]');
 });
 

@@ -37,8 +37,10 @@ export function hurry(calls: number, reuse: number): number[] {
  * The schedule knob: a string of 0/1 digits ("11110100") is the schedule itself; anything else is a
  * file holding a JSON array of 0/1, or an object with such a `schedule` (what `diffuse tune` writes).
  */
+const SCHEDULE_DIGITS = /^[01]+$/;
+
 function readSchedule(file: string): number[] {
-  if (/^[01]+$/.test(file)) return [...file].map(Number);
+  if (SCHEDULE_DIGITS.test(file)) return [...file].map(Number);
   let value: unknown;
   try {
     value = JSON.parse(readTextFile(file));
@@ -178,7 +180,10 @@ export const ATTN_REUSE: MethodDefinition<AttnReuseParams> = {
       type: 'int', min: 0, max: 10_000, doc: 'HURRY: reuse the maps on the last r model calls',
       auto: { doc: 'half of the model calls (10 of 20, the paper\'s HURRY)', of: (calls) => Math.floor(calls / 2) },
     },
-    schedule: { type: 'string', doc: '0/1 per model call, as digits (11110100…) or a JSON file `diffuse tune` wrote; overrides reuse' },
+    schedule: {
+      type: 'string', doc: '0/1 per model call, as digits (11110100…) or a JSON file `diffuse tune` wrote; overrides reuse',
+      file: { names: (value) => !SCHEDULE_DIGITS.test(value), inline: 'the schedule as 0/1 digits, one per model call (11110100…)' },
+    },
     self_attn: { type: 'bool', doc: 'reuse self-attention maps' },
     cross_attn: { type: 'bool', doc: 'reuse cross-attention maps' },
     fp16: { type: 'bool', doc: 'store maps in float16' },

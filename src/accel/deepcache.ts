@@ -80,7 +80,7 @@ export function deepcache(p: DeepCacheParams): Accelerator {
     claims: { cut: 'cut the U-Net at a branch' },
     check(model) {
       const skips = model.longSkips;
-      const where = '--accel deepcache:cache_branch_id';
+      const where = 'accel deepcache:cache_branch_id';
       if (!skips) throw new InputError(where, `this ${model.kind} has no long skip connections to cut`, 'a U-Net');
       if (p.cache_branch_id > skips.maxBranch) {
         throw new InputError(where, `beyond this ${model.kind}'s depth (${skips.describe})`, `0 to ${skips.maxBranch}`, `${p.cache_branch_id}`);

@@ -129,6 +129,24 @@ export function createAccelerator(input: readonly (AccelSpec | AccelInput)[] | u
   return combine(specs.map((s) => methodNamed(s.method)!.create(s.params)));
 }
 
+/**
+ * The methods of a request to the service, as `--accel` values: parsed, refused where a value names
+ * a file on the server (a request may not read its files), and checked as one combination.
+ */
+export function requestAccelSpecs(texts: readonly string[]): AccelSpec[] {
+  const specs = texts.map(parseAccelSpec);
+  for (const { method, params } of specs) {
+    for (const [key, value] of Object.entries(params)) {
+      const knob = own(methodNamed(method)!.knobs, key);
+      if (knob?.type === 'string' && typeof value === 'string' && value !== '' && knob.file?.names(value)) {
+        throw new InputError(`accel ${method}:${key}`, 'names a file, which only the command line may read', knob.file.inline, JSON.stringify(value.slice(0, 100)));
+      }
+    }
+  }
+  createAccelerator(specs);
+  return specs;
+}
+
 /** `name:key=value,...` with every knob, for reports. */
 export function formatAccelSpec(spec: AccelSpec): string {
   return `${spec.method}:${Object.entries(spec.params).filter(([, v]) => v !== '').map(([k, v]) => `${k}=${v}`).join(',')}`;

@@ -8,7 +8,12 @@ import type { Accelerator } from '../runtime/plan.ts';
 /** A knob of a method; numbers always have a range, so no value can make a plan hang or allocate without bound. */
 export type Knob =
   | { type: 'bool'; doc: string }
-  | { type: 'string'; doc: string }
+  | {
+      type: 'string';
+      doc: string;
+      /** Values that name a file on this machine, which a request to the service may not (files are the command line's), and the inline form it may give. */
+      file?: { names(value: string): boolean; inline: string };
+    }
   | {
       /** 'int': a safe integer; 'number': any finite decimal number. */
       type: 'int' | 'number';

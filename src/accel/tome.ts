@@ -140,7 +140,7 @@ export function tome(p: TomeParams): Accelerator {
  * Refuses ToMe where it would change nothing: no transformer block at a downsampling ≤
  * max_downsample (SDXL's first level has none, so the default max_downsample 1 does nothing there).
  */
-function checkTomeApplies(p: TomeParams, model: ModelDeclaration, where = '--accel tome:max_downsample'): void {
+function checkTomeApplies(p: TomeParams, model: ModelDeclaration, where = 'accel tome:max_downsample'): void {
   const downsamples = model.transformerBlocks.map((b) => b.downsample);
   if (!downsamples.some((d) => d <= p.max_downsample)) {
     const least = Math.min(...downsamples);

@@ -141,7 +141,7 @@ export class PixArtPipeline {
       const text = pythonStrip(prompt.toLowerCase());
       const encoded = this.tokenizer.encode(text, maxLength);
       const full = this.tokenizer.encodeUntruncated(text).length;
-      const warning = `prompt truncated to ${maxLength} tokens (--max-sequence-length): ${full - maxLength} tokens dropped from "${prompt.slice(0, 40)}…"`;
+      const warning = `prompt truncated to ${maxLength} tokens (maxSequenceLength): ${full - maxLength} tokens dropped from "${prompt.slice(0, 40)}…"`;
       if (full > maxLength && !warnings.includes(warning)) warnings.push(warning);
       ids.set(encoded.ids.map(BigInt), i * maxLength);
       mask.set(encoded.mask.map(BigInt), i * maxLength);

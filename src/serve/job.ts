@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseAccelSpec } from '../accel/index.ts';
+import { requestAccelSpecs } from '../accel/index.ts';
 import { InputError, describe } from '../errors.ts';
 import { pipelineClasses, pipelineFamily } from '../pipelines/families.ts';
 import { REFERENCE_MODELS } from '../pipelines/reference-model.ts';
@@ -44,22 +44,27 @@ export class RequestError extends Error {
   }
 }
 
-type FieldSpec = { type: 'string' | 'integer' | 'number'; min?: number; max?: number; maxLength?: number; description: string; enum?: readonly string[] };
+/** A body field: its JSON type and bounds, and the library request option it sets (`option`), if named otherwise. */
+type FieldSpec = { type: 'string' | 'integer' | 'number'; min?: number; max?: number; maxLength?: number; description: string; enum?: readonly string[]; option?: string };
 
-const FIELDS: Record<string, FieldSpec | { oneOf: true; description: string }> = {
+const FIELDS: Record<string, FieldSpec | { oneOf: true; description: string; option: string }> = {
   model: { type: 'string', maxLength: 200, description: `a folder name in the server's model directory, or ${Object.keys(REFERENCE_MODELS).join(', ')}` },
   prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models: required ("" draws without one)' },
-  negative_prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models' },
-  class: { oneOf: true, description: 'DiT: class ids or names (id2label), one image each; required there, refused elsewhere' },
+  negative_prompt: { type: 'string', maxLength: SERVICE_LIMITS.promptChars, description: 'text-to-image models', option: 'negativePrompt' },
+  class: { oneOf: true, description: 'DiT: class ids or names (id2label), one image each; required there, refused elsewhere', option: 'classLabels' },
   steps: { type: 'integer', min: 1, max: SERVICE_LIMITS.steps, description: 'default: the pipeline\'s own' },
   width: { type: 'integer', min: 8, max: SERVICE_LIMITS.size, description: 'text-to-image models: a multiple of 8; default: the model\'s size' },
   height: { type: 'integer', min: 8, max: SERVICE_LIMITS.size, description: 'text-to-image models: a multiple of 8; default: the model\'s size' },
   seed: { type: 'integer', min: 0, max: 2 ** 32 - 1, description: 'default: random (the job says which)' },
-  batch: { type: 'integer', min: 1, max: SERVICE_LIMITS.batch, description: 'text-to-image models: images per prompt' },
-  guidance: { type: 'number', min: 0, max: SERVICE_LIMITS.guidance, description: 'CFG scale; default: the pipeline\'s own' },
+  batch: { type: 'integer', min: 1, max: SERVICE_LIMITS.batch, description: 'text-to-image models: images per prompt', option: 'imagesPerPrompt' },
+  guidance: { type: 'number', min: 0, max: SERVICE_LIMITS.guidance, description: 'CFG scale; default: the pipeline\'s own', option: 'guidanceScale' },
   scheduler: { type: 'string', enum: SCHEDULER_NAMES, description: 'default: the model\'s own' },
-  accel: { type: 'string', maxLength: SERVICE_LIMITS.accelChars, description: 'methods as --accel takes them, joined by " + " (e.g. "tgate:gate_step=10 + deepcache")' },
+  accel: { type: 'string', maxLength: SERVICE_LIMITS.accelChars, description: 'methods as --accel takes them, joined by " + " (e.g. "tgate:gate_step=10 + deepcache"); no files: an attn-reuse schedule as its 0/1 digits' },
 };
+
+/** The body field of each library request option a request sets (`negativePrompt` → `negative_prompt`), for the pipeline's messages. */
+export const FIELD_OF_OPTION: Readonly<Record<string, string>> = Object.fromEntries(
+  Object.entries(FIELDS).filter(([name]) => name !== 'model').map(([name, f]) => [f.option ?? name, name]));
 
 /** The request body's JSON schema, for the OpenAPI document. */
 export function requestSchema(): Record<string, unknown> {
@@ -201,14 +206,13 @@ export function checkJobRequest(body: unknown, modelDir: string | undefined, ran
   const scheduler = field(b, 'scheduler') as string | undefined;
   const accelText = field(b, 'accel') as string | undefined;
   const accel = accelText === undefined || accelText.trim() === '' ? [] : accelText.split('+').map((s) => s.trim());
-  // Parsed here only to refuse a bad one before it is queued; the worker parses it again.
-  for (const spec of accel) {
-    try {
-      parseAccelSpec(spec);
-    } catch (err) {
-      if (err instanceof InputError) throw new RequestError(422, 'accel', err.message.replace(/^--accel:? ?/, ''));
-      throw err;
-    }
+  // Checked here to refuse a bad method, knob or combination before it is queued; the worker checks it again.
+  try {
+    requestAccelSpecs(accel);
+  } catch (err) {
+    // The library's message names `accel` (and the method's knob) first: the field, then the rest.
+    if (err instanceof InputError) throw new RequestError(422, 'accel', err.message.replace(/^accel:? ?/, ''));
+    throw err;
   }
   return {
     model, folder,

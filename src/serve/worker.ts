@@ -5,7 +5,7 @@
  */
 import * as path from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
-import { parseAccelSpec } from '../accel/index.ts';
+import { requestAccelSpecs } from '../accel/index.ts';
 import { InputError } from '../errors.ts';
 import { fullMacs } from '../graph/builder.ts';
 import { formatParameters } from '../image/parameters.ts';
@@ -20,7 +20,7 @@ import { commandSessionCache } from '../runtime/session-cache.ts';
 import { writeFileAtomically } from '../util/files.ts';
 import { withOptionNames } from '../util/option-names.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
-import type { ImageJob } from './job.ts';
+import { FIELD_OF_OPTION, type ImageJob } from './job.ts';
 import type { Precision } from '../graph/quantize.ts';
 
 export interface WorkerOptions {
@@ -71,7 +71,7 @@ export async function estimateMacs(job: ImageJob): Promise<MacEstimate> {
     counter = macCounter({ ...options, size: [job.width ?? counter.width, job.height ?? counter.height] });
   }
   const steps = job.steps ?? defaults.steps;
-  const [plain, chosen] = await Promise.all([counter.count(steps, []), counter.count(steps, job.accel.map(parseAccelSpec))]);
+  const [plain, chosen] = await Promise.all([counter.count(steps, []), counter.count(steps, requestAccelSpecs(job.accel))]);
   return { macs: fullMacs(chosen.total), baselineMacs: fullMacs(plain.total) };
 }
 
@@ -101,7 +101,7 @@ function runnerFor(folderPath: string, threads: number, precision: Precision = '
         // `?? []` and `?? ''` below: jobs queued in Redis by a server before requests had to carry them.
         return (job, onStep, signal) => dit.generate({
           classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
-          accel: job.accel.map(parseAccelSpec), onStep, signal,
+          accel: requestAccelSpecs(job.accel), onStep, signal,
         });
       }
       if (family === 'pixart') {
@@ -120,15 +120,11 @@ function runnerFor(folderPath: string, threads: number, precision: Precision = '
 function promptRequest(job: ImageJob) {
   return {
     prompt: job.prompt ?? '', negativePrompt: job.negativePrompt, steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed,
-    width: job.width, height: job.height, imagesPerPrompt: job.batch, scheduler: job.scheduler, accel: job.accel.map(parseAccelSpec),
+    width: job.width, height: job.height, imagesPerPrompt: job.batch, scheduler: job.scheduler, accel: requestAccelSpecs(job.accel),
   };
 }
 
 /** The library's option names as a request's body fields (src/serve/job.ts). */
-const FIELD_OF: Record<string, string> = {
-  prompt: 'prompt', negativePrompt: 'negative_prompt', steps: 'steps', guidanceScale: 'guidance', scheduler: 'scheduler', seed: 'seed',
-  width: 'width', height: 'height', imagesPerPrompt: 'batch', accel: 'accel', classLabels: 'class',
-};
 
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
@@ -149,7 +145,7 @@ export async function runJob(id: string, job: ImageJob, options: WorkerOptions, 
   const timings = Object.fromEntries(Object.entries(g.timings).filter((e): e is [string, number] => e[1] !== undefined));
   return {
     images, seed: job.seed, steps: g.steps, guidanceScale: g.guidanceScale, scheduler: g.scheduler, macs: fullMacs(g.denoiserMacs), timings,
-    accel: g.accel && [g.accel.name, ...g.accel.summary], warnings: g.warnings.map((w) => withOptionNames(w, FIELD_OF)),
+    accel: g.accel && [g.accel.name, ...g.accel.summary], warnings: g.warnings.map((w) => withOptionNames(w, FIELD_OF_OPTION)),
   };
 }
 
@@ -170,7 +166,9 @@ if (parentPort && workerData?.diffusionWorker) {
     runJob(m.id, m.job, options, (s) => send({ type: 'step', id: m.id, step: s.step, steps: s.steps }), abort.signal)
       .then((outcome) => send({ type: 'done', id: m.id, outcome }))
       .catch((err: unknown) => send({
-        type: 'failed', id: m.id, error: err instanceof Error ? err.message : String(err), cancelled: abort.signal.aborted, input: err instanceof InputError,
+        type: 'failed', id: m.id, cancelled: abort.signal.aborted, input: err instanceof InputError,
+        // What the model refuses is the client's to mend: said in the body's field names.
+        error: err instanceof InputError ? withOptionNames(err.message, FIELD_OF_OPTION) : err instanceof Error ? err.message : String(err),
       }))
       .finally(() => running.delete(m.id));
   });
