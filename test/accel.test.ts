@@ -49,6 +49,9 @@ test('--accel syntax: defaults, knobs, and one clear error per mistake', () => {
   throwsInputError(() => parseAccelSpec('tgate:gate_step=0'), 'accel tgate:gate_step', 'an integer ≥ 1', 'found 0');
   throwsInputError(() => parseAccelSpec('tgate:gate_step=2.5'), 'accel tgate:gate_step', 'found 2.5');
   throwsInputError(() => parseAccelSpec('tgate:cache_self_attn=yes'), 'cache_self_attn', 'true or false');
+  // A second "=" or a knob given twice would otherwise drop a value without a word.
+  throwsInputError(() => parseAccelSpec('tgate:gate_step=10=999'), 'accel tgate:gate_step', 'found 10=999');
+  throwsInputError(() => parseAccelSpec('tgate:gate_step=5,sp_interval=2,gate_step=10'), 'accel tgate:gate_step', 'given twice');
   throwsInputError(() => parseAccelSpec('tgate:warm_up'), 'tgate:warm_up', 'no value');
   throwsInputError(() => createAccelerator([parseAccelSpec('tgate'), parseAccelSpec('tgate')]), 'tgate given twice');
 });

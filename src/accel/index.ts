@@ -34,7 +34,9 @@ export function methodNamed(name: string): MethodDefinition | undefined {
 /** Parses one `--accel` value, e.g. `tgate:gate_step=10,sp_interval=5`. */
 export function parseAccelSpec(text: string): AccelSpec {
   const [method, rest] = text.split(/:(.*)/s, 2);
-  return specOf(method, (rest ? rest.split(',') : []).map((pair) => pair.split('=', 2) as [string, string | undefined]));
+  // Split at the first "=" only: "gate_step=10=999" is the value "10=999" (refused), not 10.
+  return specOf(method, (rest ? rest.split(',') : []).map((pair): [string, string | undefined] =>
+    (pair.includes('=') ? [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)] : [pair, undefined])));
 }
 
 /** A `--sweep` value: methods joined by "+", e.g. `tgate:gate_step=10+deepcache:cache_interval=3`. */
@@ -49,7 +51,10 @@ function specOf(method: string, values: [string, string | undefined][]): AccelSp
   const definition = methodNamed(method);
   if (!definition) throw new InputError('accel', 'unknown method', Object.keys(METHODS).join(', '), JSON.stringify(method));
   const params: KnobValues = { ...definition.defaults };
+  const given = new Set<string>();
   for (const [key, value] of values) {
+    if (given.has(key)) throw new InputError(`accel ${method}:${key}`, 'given twice', 'each knob once');
+    given.add(key);
     params[key] = parseKnob(`accel ${method}:${key}`, own(definition.knobs, key), key, value, Object.keys(definition.knobs));
   }
   return { method, params };
