@@ -13,7 +13,7 @@ import type { SchedulerName } from '../src/schedulers/index.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { SafetensorsFile } from '../src/weights/safetensors.ts';
 import { assertClose } from './helpers/compare.ts';
-import { throwsInputError } from './helpers/files.ts';
+import { rejectsInputError, tempDir, throwsInputError } from './helpers/files.ts';
 
 const FIXTURES = path.join(import.meta.dirname, 'fixtures');
 const GOLDENS = path.join(FIXTURES, 'goldens', 'dit');
@@ -92,6 +92,22 @@ test('tiny-dit: class names resolve as DiTPipeline does; unknown names and ids o
     throwsInputError(() => pipeline.classIds([1000]), 'classLabels', 'class id out of range', '[0, 1000)', 'found 1000');
     throwsInputError(() => pipeline.classIds([-1]), 'classLabels', 'found -1');
     throwsInputError(() => pipeline.classIds([]), 'classLabels', 'no class given');
+  } finally {
+    await pipeline.release();
+  }
+});
+
+test('a scheduler that steps with the predicted variance (DDPM learned_range) is refused by name: the pipelines drop that variance, as diffusers\'s do', async (t) => {
+  const dir = tempDir(t);
+  fs.cpSync(path.join(FIXTURES, 'tiny-dit'), dir, { recursive: true });
+  const file = path.join(dir, 'scheduler', 'scheduler_config.json');
+  fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), variance_type: 'learned_range' }));
+  const pipeline = loadDiTPipeline(readPipelineFolder(dir));
+  try {
+    await rejectsInputError(() => pipeline.generate({ classLabels: [1], steps: 2, scheduler: 'ddpm', output: 'latent' }),
+      'scheduler_config.json: variance_type', 'predicted variance', 'found learned_range');
+    // The folder's own DDIM has no such variance: it runs.
+    assert.equal((await pipeline.generate({ classLabels: [1], steps: 2, output: 'latent' })).latents.dims[0], 1);
   } finally {
     await pipeline.release();
   }

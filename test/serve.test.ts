@@ -17,6 +17,7 @@ import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import { Rng } from '../src/util/rng.ts';
 import { startService, type Service } from '../src/serve/serve.ts';
 import { describeModels, listModels } from '../src/serve/job.ts';
+import { INTERNAL_FAILURE, jobFailure } from '../src/serve/generation-thread.ts';
 
 const TOKEN = 'a-test-token-of-32-characters-xx';
 const CLI = path.join(import.meta.dirname, '..', 'bin', 'diffuse.js');
@@ -304,4 +305,21 @@ test('closing the service lets the running job finish', async () => {
   while ((await own.queue.get(id))!.state === 'queued') await new Promise((r) => setTimeout(r, 10));
   await own.close(true);
   assert.equal((await own.queue.get(id))!.state, 'done');
+});
+
+test('a failed job tells the client what its request caused, in the model\'s name; an internal error only as such, its message in the server\'s log', () => {
+  const job = { folder: '/srv/models/secret-name', model: 'my-model' };
+  const refused = jobFailure('/srv/models/secret-name/scheduler/scheduler_config.json: variance_type: learned_range', false, true, job, 'j1');
+  assert.equal(refused.message, 'my-model/scheduler/scheduler_config.json: variance_type: learned_range');
+  const logged: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((line: string) => logged.push(line) > 0) as typeof process.stderr.write;
+  try {
+    const internal = jobFailure('ENOSPC: no space left on device, open \'/root/.cache/diffusion.ts/sessions/x\'', false, false, job, 'j2');
+    assert.equal(internal.message, INTERNAL_FAILURE);
+    assert.ok(!internal.input && !internal.cancelled);
+  } finally {
+    process.stderr.write = write;
+  }
+  assert.deepEqual(logged, ['diffuse: job j2 failed: ENOSPC: no space left on device, open \'/root/.cache/diffusion.ts/sessions/x\'\n']);
 });

@@ -195,7 +195,13 @@ export function seedOf(seed: unknown): number {
 /** The folder's scheduler (its scheduler/ config, or the one `name` asks for) set to `steps`. */
 export function folderScheduler(folder: PipelineFolder, name: SchedulerName | undefined, steps: number): Scheduler {
   const { config, where } = readComponentConfig(folder, 'scheduler');
-  return createScheduler({ name, className: getComponent(folder, 'scheduler').className, config, configFile: where, steps });
+  const scheduler = createScheduler({ name, className: getComponent(folder, 'scheduler').className, config, configFile: where, steps });
+  // Every pipeline here (as diffusers' do) drops a predicted variance before the step, so such a step could not run.
+  if (scheduler.usesVariance) {
+    throw new InputError(`${where}: variance_type`, `learned_range makes ${scheduler.name} step with the model's predicted variance, which the pipelines drop`,
+      'fixed_small or fixed_large (or another --scheduler)', 'learned_range');
+  }
+  return scheduler;
 }
 
 /** Given starting latents must have exactly the shape the request implies, and that many finite values. */

@@ -23,6 +23,19 @@ export class JobFailure extends Error {
   }
 }
 
+/**
+ * What a client is told of a failed run: what its own request caused (the model refused it) or a
+ * cancel as it is, with the model's folder named as the request named it; anything else only as an
+ * internal error, its message (which may name the server's files) written to the server's log.
+ */
+export function jobFailure(error: string, cancelled: boolean, input: boolean, job: Pick<ImageJob, 'folder' | 'model'>, id: string): JobFailure {
+  if (input || cancelled) return new JobFailure(error.replaceAll(job.folder, job.model), cancelled, input);
+  process.stderr.write(`diffuse: job ${id} failed: ${error}\n`);
+  return new JobFailure(INTERNAL_FAILURE, false, false);
+}
+
+export const INTERNAL_FAILURE = 'an internal error stopped the job (the server\'s log says which)';
+
 export class GenerationThread {
   private thread?: Worker;
   private current?: { id: string; job: ImageJob; hooks: RunHooks; resolve(o: JobOutcome): void; reject(e: JobFailure): void };
@@ -45,7 +58,8 @@ export class GenerationThread {
     thread.on('exit', () => {
       if (this.thread !== thread) return;
       this.thread = undefined;
-      this.settle()?.reject(new JobFailure(`the worker stopped: ${reason}`, false, false));
+      const current = this.settle();
+      current?.reject(jobFailure(`the worker stopped: ${reason}`, false, false, current.job, current.id));
     });
   }
 
@@ -80,7 +94,6 @@ export class GenerationThread {
     if (m.type === 'estimate') current.hooks.onEstimate?.(m.estimate);
     else if (m.type === 'step') current.hooks.onStep?.(m.step, m.steps);
     else if (m.type === 'done') this.settle()!.resolve(m.outcome);
-    // A model's own paths stay on the server: messages name the model as the request did.
-    else this.settle()!.reject(new JobFailure(m.error.replaceAll(current.job.folder, current.job.model), m.cancelled, m.input));
+    else this.settle()!.reject(jobFailure(m.error, m.cancelled, m.input, current.job, current.id));
   }
 }
