@@ -9,6 +9,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createAccelerator, parseAccelSpec, requestAccelSpecs, toAccelSpecs } from '../src/accel/index.ts';
+import { plannedMemory } from '../src/runtime/plan.ts';
+import type { Executor, ShapedTensor } from '../src/runtime/executor.ts';
 import { describe } from '../src/errors.ts';
 import { modelName } from '../src/pipelines/model-name.ts';
 import { withFlagNames } from '../src/cli/flag-names.ts';
@@ -228,6 +230,24 @@ test('a run that cannot fit in memory is refused with its estimate before it sta
   run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--width', '64', '--height', '64', '--memory-limit', '0.001', '--out', path.join(dir, 'x.png'));
   refused(run, ['--width/--height', 'over the limit of 0.0 GiB']);
   assert.deepEqual(fs.readdirSync(dir), []);
+
+  // What methods keep between model calls counts too: attention maps for reuse, cached segment outputs.
+  const pipeline = await loadPipeline('reference');
+  try {
+    const request = { prompt: 'a red circle', steps: 2, output: 'latent' as const, width: 384, height: 384, memoryLimit: 3 * 2 ** 30 };
+    await pipeline.generate(request);
+    await rejectsInputError(() => pipeline.generate({ ...request, accel: ['attn-reuse:fp16=false'] }), 'width/height',
+      'kept by the accelerations between model calls 4.', 'accelerations that keep less (accel)');
+    const u = pipeline.unet.model;
+    const denoise = (exec: Executor<ShapedTensor>) => u.forwardShapes(exec, { batch: 2, latentHeight: 48, latentWidth: 48 });
+    const kept = (accel: string) => plannedMemory(createAccelerator([accel], 10)!, denoise, { steps: 10, calls: 10 });
+    assert.equal(await kept('attn-reuse:fp16=false'), 2 * await kept('attn-reuse'), 'maps in float32 take twice the bytes');
+    assert.equal(await kept('attn-reuse:reuse=0'), 0, 'no call reuses: nothing is kept');
+    assert.ok(await kept('attn-reuse:max_map_memory=100') <= 100 * 2 ** 20);
+    assert.ok(await kept('tgate') > 0 && await kept('fora') > await kept('tgate'), 'TGATE caches attention outputs; FORA every sub-layer\'s');
+  } finally {
+    await pipeline.release();
+  }
 });
 
 test('failed loads leave no file open; release() after a failed segment releases the rest', async (t) => {

@@ -14,7 +14,7 @@ import { readTextFile } from '../io/files.ts';
 import type { GraphBuilder, Value } from '../graph/builder.ts';
 import type { TensorLike } from '../runtime/executor.ts';
 import type { SegmentRole } from '../runtime/protocol.ts';
-import type { Accelerator, PlanContext, RunHooks, SegmentVariant } from '../runtime/plan.ts';
+import type { Accelerator, PlanContext, Rehearsal, RunHooks, SegmentVariant } from '../runtime/plan.ts';
 import type { MethodDefinition } from './method.ts';
 
 export type AttnReuseParams = {
@@ -105,6 +105,17 @@ export function attnReuse(p: AttnReuseParams): Accelerator {
   const reuses = (role: SegmentRole) => (role.layer === 'self-attention' && p.self_attn) || (role.layer === 'cross-attention' && p.cross_attn);
   /** Layers the memory budget lets reuse; undefined: all. */
   let kept: Set<string> | undefined;
+  /** The maps of one call at the CFG batch (the largest), from shapes alone. */
+  const mapSizes = async (rehearse: Rehearsal) => {
+    const sizes: { segment: string; bytes: number }[] = [];
+    await rehearse({
+      name: 'attn-reuse map sizes',
+      begin: <T extends TensorLike>(): RunHooks<T> => ({
+        variant: async (s) => (reuses(s.role) ? storing<T>(type, (map) => sizes.push({ segment: s.name, bytes: bytesOf(map) })) : undefined),
+      }),
+    });
+    return sizes;
+  };
   return {
     name: 'attn-reuse',
     claims: { 'attention-map': 'reuse attention maps' },
@@ -112,14 +123,7 @@ export function attnReuse(p: AttnReuseParams): Accelerator {
     check: (_model, run) => void scheduleFor(run.calls),
     async prepare(rehearse) {
       if (!p.max_map_memory) return [];
-      // The maps of one call at the CFG batch (the largest), from shapes alone.
-      const sizes: { segment: string; bytes: number }[] = [];
-      await rehearse({
-        name: 'attn-reuse map sizes',
-        begin: <T extends TensorLike>(): RunHooks<T> => ({
-          variant: async (s) => (reuses(s.role) ? storing<T>(type, (map) => sizes.push({ segment: s.name, bytes: bytesOf(map) })) : undefined),
-        }),
-      });
+      const sizes = await mapSizes(rehearse);
       const { kept: fitting, dropped } = fitMapBudget(sizes, p.max_map_memory * 2 ** 20);
       if (fitting.size === 0) {
         throw new InputError('accel attn-reuse:max_map_memory', 'no layer\'s attention maps fit in the budget',
@@ -128,6 +132,13 @@ export function attnReuse(p: AttnReuseParams): Accelerator {
       kept = fitting;
       return dropped.length === 0 ? [] : [`attn-reuse: max_map_memory leaves ${dropped.length} of ${sizes.length} layers computing every call ` +
         `(${dropped.map((d) => `${d.segment} ${(d.bytes / 2 ** 20).toFixed(1)} MiB`).join(', ')})`];
+    },
+    // Every reused layer's map, or those the budget keeps: one call's worth at the CFG batch; none if no call reuses.
+    async keeps(rehearse, run) {
+      if (!scheduleFor(run.calls).includes(0)) return 0;
+      const sizes = await mapSizes(rehearse);
+      const budgeted = p.max_map_memory ? fitMapBudget(sizes, p.max_map_memory * 2 ** 20).kept : undefined;
+      return sizes.filter((s) => !budgeted || budgeted.has(s.segment)).reduce((sum, s) => sum + s.bytes, 0);
     },
     begin<T extends TensorLike>(context: PlanContext<T>): RunHooks<T> {
       const schedule = scheduleFor(context.run.calls);

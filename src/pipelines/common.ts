@@ -9,7 +9,7 @@ import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { ortOps, tensorData, type Transfers } from '../runtime/ort-executor.ts';
-import { PlannedExecutor, combine, dryRehearsal, type Accelerator, type RunShape } from '../runtime/plan.ts';
+import { PlannedExecutor, combine, dryRehearsal, plannedMemory, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
 import type { Scheduler } from '../schedulers/types.ts';
@@ -319,7 +319,7 @@ export class Acceleration {
   private planned?: PlannedExecutor<ort.Tensor>;
   private cfgCalls = 0;
 
-  private constructor(private readonly plan: Accelerator | undefined, private readonly run: RunShape) {}
+  private constructor(private readonly plan: Accelerator | undefined, private readonly run: RunShape & { calls: number }) {}
 
   /** `why` says, for errors, why the run has the calls it has (e.g. img2img's strength). */
   static check(specs: readonly (AccelSpec | AccelInput)[] | undefined, model: ModelDeclaration, run: RunShape & { calls: number }, why?: string,
@@ -336,6 +336,11 @@ export class Acceleration {
       throw e;
     }
     return new Acceleration(plan, run);
+  }
+
+  /** Bytes the plan keeps between model calls at most (plannedMemory), for the memory check; `forward` is one model call on shapes. */
+  keptBytes(forward: (exec: Executor<ShapedTensor>) => Promise<unknown>): Promise<number> {
+    return this.plan ? plannedMemory(this.plan, forward, this.run) : Promise.resolve(0);
   }
 
   /** Lets methods rehearse one model call (`forward` on shapes) to size what they keep; returns their warnings. */

@@ -91,7 +91,8 @@ export class DiTPipeline {
     const scheduler = folderScheduler(this.folder, request.scheduler, steps);
     const acceleration = Acceleration.check(request.accel, model.declaration, scheduleStart(scheduler, undefined).run, undefined, request.plans);
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
-    await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output });
+    await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output,
+      keptBytes: await acceleration.keptBytes(denoise) });
     const warnings = [...seedWarnings(request, scheduler), ...await acceleration.begin(this.transformerExec, denoise)];
 
     const noise = new BatchNoise(seed, batch);

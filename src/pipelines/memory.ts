@@ -17,12 +17,14 @@ export interface MemoryEstimate {
   weightBytes: number;
   /** The float32 RGB images handed back, all held at the end of the run. */
   imageBytes: number;
+  /** What the accelerations keep between model calls (caches, attention maps). */
+  keptBytes: number;
   /** The segment call with the largest working set. */
   largest: { name: string; bytes: number; attentionScoreBytes: number };
 }
 
 /** The estimate for weights of `weightBytes` and the model calls `forwards` make (each on shapes alone). */
-async function estimateMemory(weightBytes: number, imageBytes: number, forwards: ((exec: Executor<ShapedTensor>) => Promise<unknown>)[]): Promise<MemoryEstimate> {
+async function estimateMemory(weightBytes: number, imageBytes: number, keptBytes: number, forwards: ((exec: Executor<ShapedTensor>) => Promise<unknown>)[]): Promise<MemoryEstimate> {
   let largest = { name: '', bytes: 0, attentionScoreBytes: 0 };
   for (const forward of forwards) {
     const dry = new DryExecutor();
@@ -31,7 +33,7 @@ async function estimateMemory(weightBytes: number, imageBytes: number, forwards:
       if (call.workingBytes > largest.bytes) largest = { name: call.name, bytes: call.workingBytes, attentionScoreBytes: call.attentionScoreBytes };
     }
   }
-  return { bytes: weightBytes + largest.bytes + imageBytes, weightBytes, imageBytes, largest };
+  return { bytes: weightBytes + largest.bytes + imageBytes + keptBytes, weightBytes, imageBytes, keptBytes, largest };
 }
 
 export function gib(bytes: number): string {
@@ -50,9 +52,10 @@ function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: 
   if (estimate.bytes <= max) return;
   const scores = estimate.largest.attentionScoreBytes > estimate.largest.bytes / 2 ? ` of which attention scores ${gib(estimate.largest.attentionScoreBytes)}` : '';
   const images = estimate.imageBytes >= 2 ** 29 ? `, images ${gib(estimate.imageBytes)}` : '';
+  const kept = estimate.keptBytes >= estimate.bytes / 10 ? `, kept by the accelerations between model calls ${gib(estimate.keptBytes)}` : '';
   throw new InputError(what, `needs about ${gib(estimate.bytes)} at its peak (weights ${gib(estimate.weightBytes)}, ` +
-    `${estimate.largest.name} ${gib(estimate.largest.bytes)}${scores}${images}), over the limit of ${gib(max)}${limit === undefined ? ' (this machine\'s memory)' : ''}`,
-  'a smaller size or batch, or a higher memory limit', found);
+    `${estimate.largest.name} ${gib(estimate.largest.bytes)}${scores}${images}${kept}), over the limit of ${gib(max)}${limit === undefined ? ' (this machine\'s memory)' : ''}`,
+  `a smaller size or batch${kept ? ', accelerations that keep less (accel)' : ''}, or a higher memory limit`, found);
 }
 
 /**
@@ -70,6 +73,8 @@ export async function refuseOverMemory(o: {
   what: string;
   output?: 'image' | 'latent';
   imageSize?: [number, number];
+  /** What the run's accelerations keep between model calls (Acceleration.keptBytes). */
+  keptBytes?: number;
 }): Promise<void> {
   const weightBytes = o.resident.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
   const decode = (exec: Executor<ShapedTensor>) => o.vae.decode(exec, { dims: [1, ...o.latentDims.slice(1)], type: 'float32' });
@@ -78,5 +83,5 @@ export async function refuseOverMemory(o: {
   const [width, height] = o.imageSize ?? [w * factor, h * factor];
   const imageBytes = o.output === 'latent' ? 0 : batch * 3 * width * height * 4;
   const forwards = o.output === 'latent' ? [o.denoise] : [o.denoise, decode];
-  checkMemory(await estimateMemory(weightBytes, imageBytes, forwards), o.limit, o.what, `${width}x${height}, ${batch} image${batch > 1 ? 's' : ''}`);
+  checkMemory(await estimateMemory(weightBytes, imageBytes, o.keptBytes ?? 0, forwards), o.limit, o.what, `${width}x${height}, ${batch} image${batch > 1 ? 's' : ''}`);
 }

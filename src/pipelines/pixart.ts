@@ -200,7 +200,7 @@ export class PixArtPipeline {
     });
     // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
     await refuseOverMemory({ resident: [this.transformer, this.vae, this.textRetained ? this.textEncoder : undefined], denoise, vae: this.vae.model, latentDims,
-      limit: request.memoryLimit, what: 'width/height', output: request.output, imageSize: [width, height] });
+      limit: request.memoryLimit, what: 'width/height', output: request.output, imageSize: [width, height], keptBytes: await acceleration.keptBytes(denoise) });
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();

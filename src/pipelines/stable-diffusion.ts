@@ -170,7 +170,7 @@ export class StableDiffusionPipeline {
     const shapes = { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: this.xl?.textEncoder2.model.textEmbedsWidth };
     const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
     await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
-      limit: request.memoryLimit, what: 'width/height', output: request.output });
+      limit: request.memoryLimit, what: 'width/height', output: request.output, keptBytes: await acceleration.keptBytes(denoise) });
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let clock = performance.now();

@@ -34,7 +34,7 @@
  * single-batch values never mix, and live in one PlannedExecutor, i.e. for one generation.
  */
 import { InputError } from '../errors.ts';
-import type { Value } from '../graph/builder.ts';
+import { DATA_TYPE_BYTES, type Value } from '../graph/builder.ts';
 import { DryExecutor } from './dry-executor.ts';
 import type { Executor, ResidualSpec, RunOptions, SegmentBuild, ShapedTensor, TensorLike } from './executor.ts';
 import type { BranchPass, LongSkipDeclaration, ModelDeclaration, SegmentHooks, SegmentRole } from './protocol.ts';
@@ -169,6 +169,11 @@ export interface Accelerator {
   check?(model: ModelDeclaration, run: RunInfo): void;
   /** Before the run: may rehearse a model call to size what it will keep; returns warnings. */
   prepare?(rehearse: Rehearsal): Promise<string[]>;
+  /**
+   * Bytes the method keeps between model calls at most, beyond the residual values its `decide`
+   * caches (plannedMemory counts those for every method); for the memory check before any work.
+   */
+  keeps?(rehearse: Rehearsal, run: RunInfo): Promise<number>;
   /** The method's hooks for one generation. */
   begin?<T extends TensorLike>(context: PlanContext<T>): RunHooks<T>;
   /** A composed plan's methods, in order (each one's hooks are begun and asked in turn). */
@@ -213,8 +218,47 @@ export function combine(accelerators: Accelerator[]): Accelerator {
       for (const a of accelerators) warnings.push(...((await a.prepare?.(rehearse)) ?? []));
       return warnings;
     },
+    async keeps(rehearse, run) {
+      let bytes = 0;
+      for (const a of accelerators) bytes += (await a.keeps?.(rehearse, run)) ?? 0;
+      return bytes;
+    },
     parts: accelerators,
   };
+}
+
+/**
+ * What a plan keeps between the model calls of a run at most, from one model call at the CFG batch
+ * on shapes alone: each residual value its decisions cache at some call (the CFG mean at half the
+ * size), and what its methods keep themselves (Accelerator.keeps). Cut features and the residuals
+ * of span caches (one tensor each) are left out.
+ */
+export async function plannedMemory(plan: Accelerator, forward: (exec: Executor<ShapedTensor>) => Promise<unknown>,
+  run: RunShape & { calls: number }): Promise<number> {
+  const dry = new DryExecutor();
+  const residuals: { segment: SegmentRef; bytes: number }[] = [];
+  await forward({
+    async run(name, build, inputs, options = {}) {
+      const spec = options.residual;
+      if (!spec || !options.role) return dry.run(name, build, inputs, options);
+      const { [spec.value]: value, ...out } = await dry.run(name, build, inputs, { ...options, outputs: [...(options.outputs ?? [spec.result]), spec.value] });
+      residuals.push({ segment: { name, role: options.role }, bytes: value.dims.reduce((a, b) => a * b, DATA_TYPE_BYTES[value.type]) });
+      return out;
+    },
+  });
+  const info: RunInfo = { ...run, fullPassCalls: plan.fullPassCalls ?? [] };
+  let bytes = 0;
+  for (const { segment, bytes: full } of residuals) {
+    let most = 0;
+    for (let call = 0; call < run.calls && most < full; call++) {
+      for (const cfg of [true, false]) {
+        const d = plan.decide?.(segment, call, cfg, info) ?? 'compute';
+        most = Math.max(most, d === 'cache' ? full : d === 'cache-cfg-mean' ? full / 2 : 0);
+      }
+    }
+    bytes += most;
+  }
+  return bytes + ((await plan.keeps?.(dryRehearsal(forward, run), info)) ?? 0);
 }
 
 /** Cached values are keyed by segment and shape, so CFG-batch and single-batch values never mix. */
