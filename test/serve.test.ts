@@ -271,6 +271,17 @@ test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loop
   } finally {
     await guarded.close(false);
   }
+  // Without a token the limit counts per connection address: a client cannot be many by writing X-Forwarded-For.
+  const byAddress = await startService({ host: '127.0.0.1', port: 0, results, workers: 1, threads: 1, rate: 2 });
+  try {
+    const at = `http://127.0.0.1:${byAddress.port}`;
+    const request = { model: 'reference', prompt: 'x', steps: 1 };
+    assert.equal((await post(request, { 'x-forwarded-for': '10.0.0.1' }, at)).status, 202);
+    assert.equal((await post(request, { 'x-forwarded-for': '10.0.0.2' }, at)).status, 202);
+    assert.equal((await post(request, { 'x-forwarded-for': '10.0.0.3' }, at)).status, 429);
+  } finally {
+    await byAddress.close(false);
+  }
   const open = spawnSync(process.execPath, [CLI, 'serve', '--host', '0.0.0.0', '--port', '0'], { encoding: 'utf8', env: { ...process.env, DIFFUSE_TOKEN: '' }, timeout: 60_000 });
   assert.equal(open.status, 2, open.stderr);
   assert.match(open.stderr, /^diffuse: --token: required when listening beyond loopback/m);

@@ -376,7 +376,7 @@ export function buildProgram(): Command {
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates (requests cannot set it)', positiveInt('--threads', MAX_THREADS), 1)
     .option('--precision <mode>', `${SERVICE_PRECISION_HELP} (for every job of this process's workers; requests cannot set it)`, servicePrecisionFlag, 'fp32')
     .option('--token <token>', 'bearer token required on /v1 and /metrics (default: $DIFFUSE_TOKEN); at least 16 characters')
-    .option('--rate <n>', 'jobs per minute one client may submit', positiveInt('--rate', 1_000_000), 120)
+    .option('--rate <n>', 'jobs per minute one client address may submit (with --token: all token holders together)', positiveInt('--rate', 1_000_000), 120)
     .option('--redis <url>', 'queue jobs in Redis (redis://host:port) for `diffuse worker` processes on any machine, instead of in this process')
     .option('--queue <name>', 'with --redis: the queue\'s key prefix (one Redis can hold several services)', queueName, DEFAULT_QUEUE)
     .option('--stall-seconds <n>', 'with --redis and --workers: seconds without a lock renewal before a job goes to another worker', positiveInt('--stall-seconds', 3600), DEFAULT_STALL_SECONDS)

@@ -9,6 +9,7 @@ import { randomInt, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
+import { getConnInfo } from '@hono/node-server/conninfo';
 import { checkJobRequest, modelNames, requestSchema, RequestError } from './job.ts';
 import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type JobState, type QueueStats } from './queue.ts';
 
@@ -60,16 +61,30 @@ function view(record: JobRecord, position: number) {
   };
 }
 
-/** A fixed window per key: enough to stop one client from flooding the queue. */
+/** A fixed window per key: enough to stop one client from flooding the queue. Ended windows are dropped once a minute. */
 function rateLimiter(perMinute: number) {
   const windows = new Map<string, { start: number; count: number }>();
+  let swept = Date.now();
   return (key: string): number | undefined => {
     const now = Date.now();
+    if (now - swept >= 60_000) {
+      for (const [k, w] of windows) if (now - w.start >= 60_000) windows.delete(k);
+      swept = now;
+    }
     let w = windows.get(key);
     if (!w || now - w.start >= 60_000) windows.set(key, (w = { start: now, count: 0 }));
     if (++w.count <= perMinute) return undefined;
     return Math.ceil((w.start + 60_000 - now) / 1000);
   };
+}
+
+/** The connection's address: a header such as X-Forwarded-For is the client's to write, so one client could be many. */
+function clientAddress(c: Context): string {
+  try {
+    return getConnInfo(c).remote.address ?? 'unknown';
+  } catch {
+    return 'unknown'; // not served over a socket (app.request in-process)
+  }
 }
 
 function sameToken(given: string, expected: string): boolean {
@@ -103,7 +118,7 @@ export function createApp(o: ServiceOptions): Hono {
     maxSize: o.maxBodyBytes,
     onError: (c) => c.json({ error: { field: 'body', message: `body: too large; expected at most ${o.maxBodyBytes} bytes` } }, 413),
   }), async (c) => {
-    const client = o.token !== undefined ? 'token' : c.req.header('x-forwarded-for') ?? 'local';
+    const client = o.token !== undefined ? 'token' : clientAddress(c);
     const wait = limited(client);
     if (wait !== undefined) {
       c.header('Retry-After', `${wait}`);
