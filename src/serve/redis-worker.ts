@@ -59,7 +59,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
   const threads: GenerationThread[] = [];
   const connections = [client];
   for (let i = 0; i < o.workers; i++) {
-    const thread = new GenerationThread({ resultsDir, threads: o.threads, precision: o.precision });
+    const thread = new GenerationThread({ resultsDir, threads: o.threads, precision: o.precision, memoryShare: 1 / o.workers });
     threads.push(thread);
     // BullMQ leaves a connection it was given open when it closes: closed below.
     const connection = duplicateConnection(client);

@@ -79,7 +79,7 @@ export async function startService(o: ServeOptions): Promise<Service> {
   let queue: JobQueue;
   let local: RedisWorkers | undefined;
   if (o.redis === undefined) {
-    queue = new EmbeddedQueue(workers, { resultsDir, threads: o.threads, precision: o.precision });
+    queue = new EmbeddedQueue(workers, { resultsDir, threads: o.threads, precision: o.precision, memoryShare: 1 / workers });
   } else {
     queue = await RedisQueue.open(o.redis, queueName, log);
     if (workers) {

@@ -18,6 +18,7 @@ import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { commandSessionCache } from '../runtime/session-cache.ts';
 import { writeFileAtomically } from '../util/files.ts';
+import { totalMemory } from '../io/files.ts';
 import { withOptionNames } from '../util/option-names.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { FIELD_OF_OPTION, type ImageJob } from './job.ts';
@@ -29,6 +30,8 @@ export interface WorkerOptions {
   threads: number;
   /** The denoisers' arithmetic (every model this worker runs). */
   precision?: Precision;
+  /** The share of this machine's memory a job may plan for: 1 / the generation threads of this process. */
+  memoryShare: number;
 }
 
 /** Messages from the queue to a worker. */
@@ -84,37 +87,52 @@ export type FromWorker =
 
 type Generation = Pick<GenerationResult, 'images' | 'seeds' | 'steps' | 'guidanceScale' | 'scheduler' | 'denoiserMacs' | 'timings' | 'accel' | 'warnings'>;
 
-type Runner = (job: ImageJob, onStep: (s: StepInfo) => void, signal: AbortSignal) => Promise<Generation>;
+type Runner = {
+  generate(job: ImageJob, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<Generation>;
+  release(): Promise<void>;
+};
 
-const runners = new Map<string, Promise<Runner>>();
 const sessionCache = commandSessionCache();
+/** The pipeline this worker holds, for one model at one image size (its sessions are per shape). */
+let held: { key: string; runner: Promise<Runner> } | undefined;
 
-/** The model's pipeline, loaded once per worker and kept. */
-function runnerFor(folderPath: string, threads: number, precision: Precision = 'fp32'): Promise<Runner> {
-  let runner = runners.get(folderPath);
-  if (!runner) {
-    runner = (async (): Promise<Runner> => {
-      const folder = readPipelineFolder(folderPath);
-      const family = folderFamily(folder);
-      if (family === 'dit') {
-        const dit = loadDiTPipeline(folder, { threads, precision, sessionCache });
-        // `?? []` and `?? ''` below: jobs queued in Redis by a server before requests had to carry them.
-        return (job, onStep, signal) => dit.generate({
-          classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
-          accel: requestAccelSpecs(job.accel), onStep, signal,
-        });
-      }
-      if (family === 'pixart') {
-        const pixart = loadPixArtPipeline(folder, { threads, precision, sessionCache });
-        return (job, onStep, signal) => pixart.generate({ ...promptRequest(job), onStep, signal });
-      }
-      const sd = await loadPipeline(folder.dir, { threads, precision, sessionCache });
-      return (job, onStep, signal) => sd.generate({ ...promptRequest(job), onStep, signal });
-    })();
-    runners.set(folderPath, runner);
-    runner.catch(() => runners.delete(folderPath));
-  }
+/**
+ * The job's pipeline. A worker holds one, for the last model and size it ran: another model or
+ * size releases it first, so requests cannot pile up models or per-shape sessions in its memory.
+ */
+async function runnerFor(job: ImageJob, options: WorkerOptions): Promise<Runner> {
+  const key = `${job.folder}|${job.width ?? ''}x${job.height ?? ''}`;
+  if (held?.key === key) return held.runner;
+  const previous = held?.runner;
+  held = undefined;
+  await previous?.then((r) => r.release(), () => {});
+  const runner = loadRunner(job.folder, options);
+  held = { key, runner };
+  runner.catch(() => held?.runner === runner && (held = undefined));
   return runner;
+}
+
+async function loadRunner(folderPath: string, { threads, precision = 'fp32', memoryShare }: WorkerOptions): Promise<Runner> {
+  const folder = readPipelineFolder(folderPath);
+  const family = folderFamily(folder);
+  const memoryLimit = totalMemory() * memoryShare;
+  if (family === 'dit') {
+    const dit = loadDiTPipeline(folder, { threads, precision, sessionCache });
+    return {
+      // `?? []` and `?? ''` below: jobs queued in Redis by a server before requests had to carry them.
+      generate: (job, onStep, signal) => dit.generate({
+        classLabels: job.classLabels ?? [], steps: job.steps, guidanceScale: job.guidanceScale, seed: job.seed, scheduler: job.scheduler,
+        accel: requestAccelSpecs(job.accel), memoryLimit, onStep, signal,
+      }),
+      release: () => dit.release(),
+    };
+  }
+  const pipeline = family === 'pixart' ? loadPixArtPipeline(folder, { threads, precision, sessionCache })
+    : await loadPipeline(folder.dir, { threads, precision, sessionCache });
+  return {
+    generate: (job, onStep, signal) => pipeline.generate({ ...promptRequest(job), memoryLimit, onStep, signal }),
+    release: () => pipeline.release(),
+  };
 }
 
 function promptRequest(job: ImageJob) {
@@ -128,8 +146,7 @@ function promptRequest(job: ImageJob) {
 
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
-  const run = await runnerFor(job.folder, options.threads, options.precision);
-  const g = await run(job, onStep, signal);
+  const g = await (await runnerFor(job, options)).generate(job, onStep, signal);
   const images = g.images.map((image, i) => {
     const name = `${id}-${i}.png`;
     const json = { ...job, folder: undefined, seed: g.seeds[i], index: i };
