@@ -186,3 +186,24 @@ test('a writer that died leaves a temporary folder the next writing process clea
   assert.ok(fs.existsSync(fresh), 'a folder being written now is kept');
   entry.discard();
 });
+
+test('past its size limit the cache removes the entries used least recently, a hit counting as a use; a bad DIFFUSE_CACHE_MAX_GB is refused', (t) => {
+  const dir = tempDir(t);
+  const cache = openSessionCache(dir, { maxBytes: 11_000 });
+  const write = (key: string) => {
+    const entry = cache.begin(key);
+    fs.writeFileSync(entry.modelPath, Buffer.alloc(4000));
+    entry.commit();
+  };
+  write('a');
+  write('b');
+  const hourAgo = new Date(Date.now() - 3600 * 1000);
+  for (const key of ['a', 'b']) fs.utimesSync(path.join(dir, key), hourAgo, hourAgo);
+  assert.ok(cache.find('a'), 'a is used now: b is the least recently used');
+  write('c'); // 12,000 bytes: over the limit, trimmed to at most 3/4 of it
+  assert.deepEqual(entries(dir).sort(), ['a', 'c']);
+  const run = spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'x', '--steps', '1', '--out', path.join(dir, 'x.png')],
+    { encoding: 'utf8', env: { ...process.env, DIFFUSE_CACHE_DIR: path.join(dir, 'cli'), DIFFUSE_CACHE_MAX_GB: 'lots' } });
+  assert.equal(run.status, 2, run.stderr);
+  assert.match(run.stderr, /^diffuse: DIFFUSE_CACHE_MAX_GB: wrong value; expected a positive number of GiB, found "lots"$/m);
+});

@@ -7,8 +7,9 @@
  * optimised model holds kernels' layouts for this CPU). Large sessions' entries also hold MLAS's
  * pre-packed weights, once another process has loaded and run them (src/runtime/ort-executor.ts
  * says why). An entry is written into a temporary folder and renamed into place when complete, so
- * a crash mid-write leaves nothing that is ever read. The folder can be moved (DIFFUSE_CACHE_DIR)
- * or deleted at any time.
+ * a crash mid-write leaves nothing that is ever read. Past its size limit (DIFFUSE_CACHE_MAX_GB,
+ * default 16) the entries used least recently are removed. The folder can be moved
+ * (DIFFUSE_CACHE_DIR) or deleted at any time.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -18,6 +19,7 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { SessionCache, SessionCacheEntry } from './ort-executor.ts';
 import { makeFolder } from '../util/files.ts';
+import { InputError } from '../errors.ts';
 
 const MODEL_FILE = 'model.onnx';
 
@@ -28,7 +30,23 @@ const MODEL_FILE = 'model.onnx';
 export function commandSessionCache(): SessionCache | undefined {
   const dir = process.env.DIFFUSE_CACHE_DIR;
   if (dir === 'off') return undefined;
-  return openSessionCache(dir || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'diffusion.ts', 'sessions'));
+  const maxGb = process.env.DIFFUSE_CACHE_MAX_GB;
+  const max = maxGb === undefined || maxGb === '' ? DEFAULT_MAX_BYTES : Number(maxGb) * 2 ** 30;
+  if (!(Number.isFinite(max) && max > 0)) throw new InputError('DIFFUSE_CACHE_MAX_GB', 'wrong value', 'a positive number of GiB', JSON.stringify(maxGb));
+  return openSessionCache(dir || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'diffusion.ts', 'sessions'), { maxBytes: max });
+}
+
+/** Enough for SDXL's entries at fp32 (~14 GiB) beside a few small models'. */
+const DEFAULT_MAX_BYTES = 16 * 2 ** 30;
+
+/** Bytes of the files under `dir`. */
+function folderBytes(dir: string): number {
+  let bytes = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const file = path.join(dir, entry.name);
+    bytes += entry.isDirectory() ? folderBytes(file) : fs.statSync(file, { throwIfNoEntry: false })?.size ?? 0;
+  }
+  return bytes;
 }
 
 /** Temporary folders older than this were left by a process that died mid-write. */
@@ -57,8 +75,29 @@ for (const input of session.inputMetadata) {
 await session.run(feeds);
 `;
 
-export function openSessionCache(dir: string, o: { prepackFromBytes?: number } = {}): SessionCache {
+export function openSessionCache(dir: string, o: { prepackFromBytes?: number; maxBytes?: number } = {}): SessionCache {
   const prepackFrom = o.prepackFromBytes ?? PREPACK_FROM_BYTES;
+  const maxBytes = o.maxBytes ?? DEFAULT_MAX_BYTES;
+  /** The entries' bytes, counted at the first write of this process and kept up to date by its writes. */
+  let total: number | undefined;
+  // Least recently used first (a hit touches its entry), down to 3/4 of the limit so that not every write lists the folder.
+  const trim = (keep: string) => {
+    try {
+      const entries = fs.readdirSync(dir).filter((name) => !name.startsWith('.') && name !== keep).map((name) => {
+        const file = path.join(dir, name);
+        return { file, used: fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? 0, bytes: folderBytes(file) };
+      });
+      total = entries.reduce((sum, e) => sum + e.bytes, 0) + folderBytes(path.join(dir, keep));
+      if (total <= maxBytes) return;
+      for (const e of entries.sort((a, b) => a.used - b.used)) {
+        if (total <= 0.75 * maxBytes) break;
+        fs.rmSync(e.file, { recursive: true, force: true });
+        total -= e.bytes;
+      }
+    } catch {
+      // An unreadable entry or folder: left as it is; the cache still works.
+    }
+  };
   // Temporary folders of writers that died are cleared by the next process that writes (listing a
   // cache of thousands of entries at every start cost 27 ms of a 0.9 s reference-model start).
   let swept = false;
@@ -87,7 +126,14 @@ export function openSessionCache(dir: string, o: { prepackFromBytes?: number } =
     },
     find(key) {
       const file = path.join(dir, key, MODEL_FILE);
-      return fs.existsSync(file) ? file : undefined;
+      if (!fs.existsSync(file)) return undefined;
+      try {
+        const now = new Date();
+        fs.utimesSync(path.join(dir, key), now, now); // used now: the last to be trimmed
+      } catch {
+        // A read-only cache: still readable.
+      }
+      return file;
     },
     begin(key): SessionCacheEntry {
       if (!swept) sweep();
@@ -102,7 +148,11 @@ export function openSessionCache(dir: string, o: { prepackFromBytes?: number } =
           } catch {
             // Another process put the same entry in place first: theirs is as good.
             fs.rmSync(temporary, { recursive: true, force: true });
+            return;
           }
+          const added = folderBytes(final);
+          if (total === undefined || total + added > maxBytes) trim(key);
+          else total += added;
         },
         discard() {
           fs.rmSync(temporary, { recursive: true, force: true });

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import { InputError } from '../errors.ts';
+import { commandSessionCache } from '../runtime/session-cache.ts';
 import { GenerationThread, JobFailure } from './generation-thread.ts';
 import { describeModels, resolveModel, RequestError, type ImageJob } from './job.ts';
 import { CANCELLED, QUEUE_NAME, checkRedisUrl, connectRedis, duplicateConnection, extraKeys, onceEach, type JobProgress } from './redis-queue.ts';
@@ -41,6 +42,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
     throw new InputError('--model-dir', 'not a folder', 'a folder of diffusers model folders', o.modelDir);
   }
   checkThreadBudget(o.workers, o.threads, o.log);
+  commandSessionCache(); // the workers' cache: a bad DIFFUSE_CACHE_MAX_GB is refused here, not by every job
   const modelDir = o.modelDir && path.resolve(o.modelDir);
   const client = await connectRedis(o.redis);
   // Made once Redis answers: a refused start leaves nothing behind.

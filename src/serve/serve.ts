@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { isIP } from 'node:net';
 import { serve as listen } from '@hono/node-server';
 import { InputError } from '../errors.ts';
+import { commandSessionCache } from '../runtime/session-cache.ts';
 import { createApp } from './app.ts';
 import { describeModels } from './job.ts';
 import { EmbeddedQueue } from './embedded-queue.ts';
@@ -71,6 +72,7 @@ export async function startService(o: ServeOptions): Promise<Service> {
   const workers = workersOf(o);
   const queueName = o.queue ?? DEFAULT_QUEUE;
   checkThreadBudget(workers, o.threads, log);
+  commandSessionCache(); // the workers' cache: a bad DIFFUSE_CACHE_MAX_GB is refused here, not by every job
   if (o.modelDir !== undefined) {
     if (!fs.statSync(o.modelDir, { throwIfNoEntry: false })?.isDirectory()) throw new InputError('--model-dir', 'not a folder', 'a folder of diffusers model folders', o.modelDir);
   }
