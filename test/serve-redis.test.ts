@@ -183,6 +183,7 @@ test('cancelling: a queued job at once, a running one at its next step; idempote
   const first = await (await post({ model: 'reference', prompt: 'long', steps: 200, width: 128, height: 128, seed: 1 }, { 'Idempotency-Key': `k-${QUEUE}` })).json() as JobView;
   const again = await (await post({ model: 'reference', prompt: 'long', steps: 200, width: 128, height: 128, seed: 1 }, { 'Idempotency-Key': `k-${QUEUE}` })).json() as JobView;
   assert.equal(again.id, first.id);
+  assert.equal((await post({ model: 'reference', prompt: 'other', seed: 1 }, { 'Idempotency-Key': `k-${QUEUE}` })).status, 422);
   const second = await (await post({ model: 'reference', prompt: 'waiting', steps: 2, seed: 2 })).json() as JobView;
   await until('the first job to run', async () => (await job(first.id)).progress.step >= 1);
   assert.equal((await job(second.id)).queue_position, 1);

@@ -16,7 +16,9 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import { Rng } from '../src/util/rng.ts';
 import { startService, type Service } from '../src/serve/serve.ts';
-import { describeModels, listModels } from '../src/serve/job.ts';
+import { checkJobRequest, describeModels, listModels, RequestError } from '../src/serve/job.ts';
+import { EmbeddedQueue } from '../src/serve/embedded-queue.ts';
+import { MAX_WAITING } from '../src/serve/queue.ts';
 import { INTERNAL_FAILURE, jobFailure } from '../src/serve/generation-thread.ts';
 
 const TOKEN = 'a-test-token-of-32-characters-xx';
@@ -70,6 +72,9 @@ test('a job runs from POST to a PNG equal to the library\'s image, with its para
   assert.equal(response.headers.get('location'), `/v1/jobs/${queued.id}`);
   const again = await (await post(request, { 'Idempotency-Key': 'job-1' })).json() as JobView;
   assert.equal(again.id, queued.id, 'same key, same job');
+  const other = await post({ ...request, seed: 6 }, { 'Idempotency-Key': 'job-1' });
+  assert.equal(other.status, 422, 'the same key for another request is refused, not answered with the first job');
+  assert.equal((await other.json() as { error: { field: string } }).error.field, 'Idempotency-Key');
 
   const done = await finished(queued.id);
   assert.equal(done.state, 'done', done.error);
@@ -333,4 +338,16 @@ test('a failed job tells the client what its request caused, in the model\'s nam
     process.stderr.write = write;
   }
   assert.deepEqual(logged, ['diffuse: job j2 failed: ENOSPC: no space left on device, open \'/root/.cache/diffusion.ts/sessions/x\'\n']);
+});
+
+test('the embedded queue holds at most MAX_WAITING waiting jobs: one more is refused with 503, not kept', async () => {
+  const queue = new EmbeddedQueue(0, { resultsDir: results, threads: 1, memoryShare: 1 });
+  try {
+    const job = checkJobRequest({ model: 'reference', prompt: 'x', steps: 1 }, undefined, () => 1);
+    for (let i = 0; i < MAX_WAITING; i++) await queue.submit(job);
+    await assert.rejects(queue.submit(job), (e: unknown) => e instanceof RequestError && e.status === 503 && e.field === 'queue');
+    assert.equal((await queue.stats()).queued, MAX_WAITING);
+  } finally {
+    await queue.close(false);
+  }
 });

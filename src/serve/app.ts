@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomInt, timingSafeEqual } from 'node:crypto';
+import { createHash, randomInt, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
@@ -33,6 +33,7 @@ function imageUrl(file: string): string {
 }
 
 function refuse(c: Context, e: RequestError) {
+  if (e.status === 503) c.header('Retry-After', '30');
   return c.json(e.body(), e.status as 400);
 }
 
@@ -135,7 +136,8 @@ export function createApp(o: ServiceOptions): Hono {
     const key = c.req.header('idempotency-key');
     if (key !== undefined && (key.length === 0 || key.length > 200)) throw new RequestError(400, 'Idempotency-Key', 'wrong length', '1 to 200 characters', `${key.length}`);
     const job = checkJobRequest(body, o.modelDir, () => randomInt(0, 2 ** 32 - 1));
-    const { record } = await o.queue.submit(job, key);
+    const idempotency = key === undefined ? undefined : { key, body: createHash('sha256').update(JSON.stringify(body)).digest('hex') };
+    const { record } = await o.queue.submit(job, idempotency);
     c.header('Location', `/v1/jobs/${record.id}`);
     return c.json(view(record, await o.queue.position(record.id)), 202);
   });
@@ -235,7 +237,7 @@ function openApi(o: ServiceOptions): Record<string, unknown> {
       '/v1/images': { post: {
         summary: 'Queue an image job', parameters: [{ name: 'Idempotency-Key', in: 'header', schema: { type: 'string', maxLength: 200 } }],
         requestBody: { required: true, ...json(requestSchema()) },
-        responses: { 202: { description: 'queued', ...json(job) }, 400: { description: 'malformed', ...json(error) }, 413: { description: 'too large', ...json(error) }, 422: { description: 'wrong value', ...json(error) }, 429: { description: 'too many jobs', ...json(error) } },
+        responses: { 202: { description: 'queued', ...json(job) }, 400: { description: 'malformed', ...json(error) }, 413: { description: 'too large', ...json(error) }, 422: { description: 'wrong value, or an Idempotency-Key used for another body', ...json(error) }, 429: { description: 'too many jobs', ...json(error) }, 503: { description: 'queue full (Retry-After)', ...json(error) } },
       } },
       '/v1/jobs/{id}': {
         get: { summary: 'A job\'s state, progress, timings and images', parameters: id, responses: { 200: { description: 'the job', ...json(job) }, 404: { description: 'no such job', ...json(error) } } },

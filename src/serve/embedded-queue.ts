@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { GenerationThread } from './generation-thread.ts';
 import type { ImageJob } from './job.ts';
-import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type QueueStats } from './queue.ts';
+import { FINISHED, KEEP_FINISHED_SECONDS, MAX_WAITING, keyReused, queueFull, type Idempotency, type JobEvent, type JobQueue, type JobRecord, type QueueStats } from './queue.ts';
 import type { WorkerOptions } from './worker.ts';
 
 interface PoolWorker {
@@ -16,7 +16,8 @@ interface PoolWorker {
 
 export class EmbeddedQueue extends EventEmitter implements JobQueue {
   private readonly records = new Map<string, JobRecord>();
-  private readonly byKey = new Map<string, string>();
+  private readonly byKey = new Map<string, { id: string; body: string }>();
+  private forgotten = Date.now();
   private readonly waiting: string[] = [];
   private readonly workers: PoolWorker[] = [];
   private readonly counts = { done: 0, failed: 0, cancelled: 0, stepSeconds: 0, steps: 0 };
@@ -30,12 +31,17 @@ export class EmbeddedQueue extends EventEmitter implements JobQueue {
     for (let i = 0; i < workers; i++) this.workers.push({ thread: new GenerationThread(options) });
   }
 
-  async submit(job: ImageJob, idempotencyKey?: string): Promise<{ record: JobRecord; created: boolean }> {
-    const existing = idempotencyKey && this.byKey.get(idempotencyKey);
-    if (existing) return { record: this.records.get(existing)!, created: false };
+  async submit(job: ImageJob, idempotency?: Idempotency): Promise<{ record: JobRecord; created: boolean }> {
+    this.forgetOld();
+    const existing = idempotency && this.byKey.get(idempotency.key);
+    if (existing) {
+      if (existing.body !== idempotency.body) throw keyReused();
+      return { record: this.records.get(existing.id)!, created: false };
+    }
+    if (this.waiting.length >= MAX_WAITING) throw queueFull();
     const record: JobRecord = { id: randomUUID(), state: 'queued', job, createdAt: Date.now(), progress: { step: 0, steps: 0 }, attempts: 0 };
     this.records.set(record.id, record);
-    if (idempotencyKey) this.byKey.set(idempotencyKey, record.id);
+    if (idempotency) this.byKey.set(idempotency.key, { id: record.id, body: idempotency.body });
     this.waiting.push(record.id);
     this.emitEvent(record, 'queued');
     this.pump();
@@ -44,6 +50,16 @@ export class EmbeddedQueue extends EventEmitter implements JobQueue {
 
   async get(id: string): Promise<JobRecord | undefined> {
     return this.records.get(id);
+  }
+
+  /** Jobs finished longer ago than KEEP_FINISHED_SECONDS, and their keys, are forgotten (looked for once a minute), as Redis expires them. */
+  private forgetOld(): void {
+    const now = Date.now();
+    if (now - this.forgotten < 60_000) return;
+    this.forgotten = now;
+    const before = now - KEEP_FINISHED_SECONDS * 1000;
+    for (const [id, r] of this.records) if (r.finishedAt !== undefined && r.finishedAt < before) this.records.delete(id);
+    for (const [key, { id }] of this.byKey) if (!this.records.has(id)) this.byKey.delete(key);
   }
 
   async position(id: string): Promise<number> {

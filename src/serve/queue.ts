@@ -4,7 +4,7 @@
  * (src/serve/redis-queue.ts: BullMQ, workers on any machine). Every change of a job is a `job`
  * event, which the server streams to clients (Server-Sent Events).
  */
-import type { ImageJob } from './job.ts';
+import { RequestError, type ImageJob } from './job.ts';
 import type { JobOutcome, MacEstimate } from './worker.ts';
 
 export type JobState = 'queued' | 'running' | 'done' | 'failed' | 'cancelled';
@@ -44,9 +44,18 @@ export interface QueueStats {
 
 export type JobListener = (e: JobEvent) => void;
 
+/** A request's Idempotency-Key and a digest of its body: the same key with another body is refused, not answered with the first job. */
+export interface Idempotency {
+  key: string;
+  body: string;
+}
+
 export interface JobQueue {
-  /** Queues a job; with an idempotency key already seen, returns that job instead. */
-  submit(job: ImageJob, idempotencyKey?: string): Promise<{ record: JobRecord; created: boolean }>;
+  /**
+   * Queues a job; with an idempotency key already seen for the same body, returns that job instead.
+   * Throws RequestError: the key used for another body (422), or MAX_WAITING jobs waiting (503).
+   */
+  submit(job: ImageJob, idempotency?: Idempotency): Promise<{ record: JobRecord; created: boolean }>;
   get(id: string): Promise<JobRecord | undefined>;
   /** 1-based place among the waiting jobs; 0 once it runs. */
   position(id: string): Promise<number>;
@@ -60,6 +69,20 @@ export interface JobQueue {
 }
 
 export const FINISHED: ReadonlySet<JobState> = new Set(['done', 'failed', 'cancelled']);
+
+/** A finished job (and its idempotency key) is kept this long, then forgotten, in both queues. */
+export const KEEP_FINISHED_SECONDS = 86_400;
+
+/** Jobs that may wait at once: beyond, a request is refused (503) until some start, instead of memory growing without bound. */
+export const MAX_WAITING = 1000;
+
+export function queueFull(): RequestError {
+  return new RequestError(503, 'queue', `full (${MAX_WAITING} jobs waiting)`, 'a retry once some have started');
+}
+
+export function keyReused(): RequestError {
+  return new RequestError(422, 'Idempotency-Key', 'already used for a different request', 'a new key for a new request');
+}
 
 /** Redis mode: the default key prefix, and seconds without a lock renewal before a job goes to another worker. */
 export const DEFAULT_QUEUE = 'diffuse';

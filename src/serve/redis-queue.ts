@@ -15,19 +15,18 @@ import { Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import { InputError } from '../errors.ts';
 import type { ImageJob } from './job.ts';
-import { FINISHED, type JobEvent, type JobQueue, type JobRecord, type JobState, type QueueStats } from './queue.ts';
+import { FINISHED, KEEP_FINISHED_SECONDS, MAX_WAITING, keyReused, queueFull, type Idempotency, type JobEvent, type JobQueue, type JobRecord, type JobState, type QueueStats } from './queue.ts';
 import type { JobOutcome, MacEstimate } from './worker.ts';
 
 export const QUEUE_NAME = 'images';
 /** A cancelled job fails with this reason, and is shown as cancelled. */
 export const CANCELLED = 'cancelled';
-const DAY_SECONDS = 86_400;
 
 export const JOB_OPTIONS: JobsOptions = {
   attempts: 3,
   backoff: { type: 'exponential', delay: 2000 },
-  removeOnComplete: { age: DAY_SECONDS },
-  removeOnFail: { age: DAY_SECONDS },
+  removeOnComplete: { age: KEEP_FINISHED_SECONDS },
+  removeOnFail: { age: KEEP_FINISHED_SECONDS },
 };
 
 /** The keys this project keeps beside BullMQ's, for one queue prefix. */
@@ -180,16 +179,22 @@ export class RedisQueue extends EventEmitter implements JobQueue {
     void next.then(() => this.pending.get(id) === next && this.pending.delete(id));
   }
 
-  async submit(job: ImageJob, idempotencyKey?: string): Promise<{ record: JobRecord; created: boolean }> {
+  async submit(job: ImageJob, idempotency?: Idempotency): Promise<{ record: JobRecord; created: boolean }> {
     const id = randomUUID();
-    if (idempotencyKey !== undefined) {
-      const key = this.keys.idempotency(idempotencyKey);
-      if (await this.client.set(key, id, 'EX', DAY_SECONDS, 'NX') === null) {
-        const existing = await this.get((await this.client.get(key)) ?? '');
-        if (existing) return { record: existing, created: false };
-        await this.client.set(key, id, 'EX', DAY_SECONDS);
+    if (idempotency !== undefined) {
+      const key = this.keys.idempotency(idempotency.key);
+      // The job's id, then the body's digest (keys written before digests were kept hold the id alone).
+      if (await this.client.set(key, `${id} ${idempotency.body}`, 'EX', KEEP_FINISHED_SECONDS, 'NX') === null) {
+        const [existingId, body] = ((await this.client.get(key)) ?? '').split(' ');
+        const existing = await this.get(existingId);
+        if (existing) {
+          if (body !== undefined && body !== idempotency.body) throw keyReused();
+          return { record: existing, created: false };
+        }
+        await this.client.set(key, `${id} ${idempotency.body}`, 'EX', KEEP_FINISHED_SECONDS);
       }
     }
+    if (await this.queue.getWaitingCount() >= MAX_WAITING) throw queueFull();
     const added = await this.queue.add('image', job, { ...JOB_OPTIONS, jobId: id });
     const record = recordOf(added, 'waiting');
     this.emit('job', { id, type: 'queued', record } satisfies JobEvent);
@@ -218,12 +223,12 @@ export class RedisQueue extends EventEmitter implements JobQueue {
     const state = await job.getState();
     if (state === 'completed' || state === 'failed') return false;
     // A worker that takes the job from here on refuses it.
-    await this.client.set(this.keys.cancelMark(id), '1', 'EX', DAY_SECONDS);
+    await this.client.set(this.keys.cancelMark(id), '1', 'EX', KEEP_FINISHED_SECONDS);
     if (state !== 'active') {
       try {
         await job.remove();
         const record: JobRecord = { ...recordOf(job, 'failed'), state: 'cancelled', finishedAt: Date.now(), error: CANCELLED };
-        await this.client.multi().set(this.keys.cancelledRecord(id), JSON.stringify(record), 'EX', DAY_SECONDS).hincrby(this.keys.stats, 'cancelled', 1).exec();
+        await this.client.multi().set(this.keys.cancelledRecord(id), JSON.stringify(record), 'EX', KEEP_FINISHED_SECONDS).hincrby(this.keys.stats, 'cancelled', 1).exec();
         this.emit('job', { id, type: 'cancelled', record } satisfies JobEvent);
         return true;
       } catch {
