@@ -266,6 +266,7 @@ test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loop
     assert.equal((await post(request, {}, at)).status, 401);
     assert.equal((await post(request, { authorization: 'Bearer wrong' }, at)).status, 401);
     assert.equal((await fetch(`${at}/metrics`)).status, 401);
+    assert.equal((await fetch(`${at}/openapi.json`)).status, 401, 'it lists the model folders');
     assert.equal((await fetch(`${at}/healthz`)).status, 200);
     const auth = { authorization: `Bearer ${TOKEN}` };
     assert.equal((await post(request, auth, at)).status, 202);

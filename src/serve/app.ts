@@ -114,6 +114,8 @@ export function createApp(o: ServiceOptions): Hono {
   };
   app.use('/v1/*', requireToken);
   app.use('/metrics', requireToken);
+  // It lists the model directory's folders, which are as private as the jobs.
+  app.use('/openapi.json', requireToken);
 
   app.post('/v1/images', bodyLimit({
     maxSize: o.maxBodyBytes,
