@@ -18,6 +18,8 @@ import { Rng } from '../src/util/rng.ts';
 import { startService, type Service } from '../src/serve/serve.ts';
 import { checkJobRequest, describeModels, listModels, RequestError } from '../src/serve/job.ts';
 import { EmbeddedQueue } from '../src/serve/embedded-queue.ts';
+import { heldPipeline, runJob } from '../src/serve/worker.ts';
+import { tempDir } from './helpers/files.ts';
 import { MAX_WAITING } from '../src/serve/queue.ts';
 import { INTERNAL_FAILURE, jobFailure } from '../src/serve/generation-thread.ts';
 
@@ -351,4 +353,19 @@ test('the embedded queue holds at most MAX_WAITING waiting jobs: one more is ref
   } finally {
     await queue.close(false);
   }
+});
+
+test('a worker holds one pipeline: a job for another model or size releases the one it held', async (t) => {
+  const options = { resultsDir: tempDir(t), threads: 1, memoryShare: 1 };
+  const run = async (body: Record<string, unknown>) => {
+    const job = checkJobRequest({ steps: 1, ...body }, models, () => 1);
+    await runJob(`held-${job.model}-${job.width}`, job, options, () => {}, new AbortController().signal);
+    return job.folder;
+  };
+  const reference = await run({ model: 'reference', prompt: 'x' });
+  assert.equal(heldPipeline(), `${reference}|x`);
+  await run({ model: 'reference', prompt: 'x', width: 32, height: 32 });
+  assert.equal(heldPipeline(), `${reference}|32x32`);
+  const dit = await run({ model: 'reference-dit', class: 1 });
+  assert.equal(heldPipeline(), `${dit}|x`);
 });

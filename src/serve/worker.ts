@@ -112,6 +112,11 @@ async function runnerFor(job: ImageJob, options: WorkerOptions): Promise<Runner>
   return runner;
 }
 
+/** The model folder and image size of the pipeline this worker holds now, if any (for tests and diagnostics). */
+export function heldPipeline(): string | undefined {
+  return held?.key;
+}
+
 async function loadRunner(folderPath: string, { threads, precision = 'fp32', memoryShare }: WorkerOptions): Promise<Runner> {
   const folder = readPipelineFolder(folderPath);
   const family = folderFamily(folder);
