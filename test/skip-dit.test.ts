@@ -177,6 +177,13 @@ test('diffuse convert: one line on success, a refused folder left behind on fail
     assert.ok(run.stderr.includes(fragment), run.stderr);
   }
   assert.deepEqual(fs.readdirSync(dir), ['skip'], 'no partial folder left');
+  // "--out dir/" (a trailing slash) converts as "--out dir"; a partial folder left by a killed conversion is cleared.
+  const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+  fs.mkdirSync(path.join(dir, `slash.partial-${dead}`));
+  const slash = diffuse('convert', path.join(SKIP_DIT, 'tiny-skip-dit.pt'), '--out', 'slash/', '--num-heads', '2');
+  assert.equal(slash.status, 0, slash.stderr);
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['skip', 'slash']);
+  fs.rmSync(path.join(dir, 'slash'), { recursive: true });
   const gen = diffuse('generate', '--model', 'skip', '--class', '1', '--steps', '4', '--accel', 'skip-cache', '--out', 'x.png');
   assert.equal(gen.status, 0, gen.stderr);
   // The .pt itself as --model, with convert's flags; the PNG names the checkpoint and the guidance convention.

@@ -92,6 +92,21 @@ export function officialDiTConfigJson(c: OfficialDiTConfig, source: Record<strin
   };
 }
 
+/** Partial folders of earlier conversions to `target` whose process is gone (killed mid-write: a signal ends a synchronous write at once). */
+function removeAbandoned(target: string): void {
+  const prefix = `${path.basename(target)}.partial-`;
+  for (const name of fs.readdirSync(path.dirname(target))) {
+    const pid = Number(name.slice(prefix.length));
+    if (!name.startsWith(prefix) || !Number.isSafeInteger(pid) || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+    } catch (e) {
+      // ESRCH: no such process (EPERM: another user's, alive).
+      if ((e as NodeJS.ErrnoException).code === 'ESRCH') fs.rmSync(path.join(path.dirname(target), name), { recursive: true, force: true });
+    }
+  }
+}
+
 /** Converts `file` into the folder `out` (written beside it under a temporary name, then renamed). */
 export function convertOfficialDiT(file: string, out: string, o: ConvertOptions): { config: OfficialDiTConfig; source: string; tensors: number } {
   if (fs.existsSync(out)) throw new InputError('--out', 'already exists (convert writes a new folder)', 'a path that does not exist', out);
@@ -99,7 +114,10 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
   if (o.vae !== undefined && !fs.existsSync(path.join(o.vae, 'config.json'))) throw new InputError('--vae', 'not a diffusers VAE folder (no config.json)', 'an AutoencoderKL folder', o.vae);
   const id2label = o.labels === undefined ? undefined : readLabels(o.labels);
   const checkpoint = TorchCheckpoint.open(file);
-  const partial = `${out}.partial-${process.pid}`;
+  // Resolved: "newdir/" would put the partial folder inside the one it becomes.
+  const target = path.resolve(out);
+  removeAbandoned(target);
+  const partial = `${target}.partial-${process.pid}`;
   try {
     const { source, tensors } = checkpoint.stateDict();
     const config = inferOfficialDiT(tensors, checkpoint.args(), o, file);
@@ -128,7 +146,7 @@ export function convertOfficialDiT(file: string, out: string, o: ConvertOptions)
       fs.mkdirSync(path.join(partial, 'vae'));
       for (const f of fs.readdirSync(o.vae)) if (f === 'config.json' || f.endsWith('.safetensors')) fs.copyFileSync(path.join(o.vae, f), path.join(partial, 'vae', f));
     }
-    fs.renameSync(partial, out);
+    fs.renameSync(partial, target);
     return { config, source, tensors: tensors.size };
   } catch (e) {
     fs.rmSync(partial, { recursive: true, force: true });
