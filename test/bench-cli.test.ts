@@ -141,6 +141,16 @@ test('tune: bad input gives one line naming the flag and exit 2, before any imag
   expectOneLineErrors('tune', cases);
 });
 
+test('tune without --out checks its default file (schedule.json, plan.json) before the search', (t) => {
+  const cwd = tempDir(t);
+  for (const [args, name] of [[[], 'schedule.json'], [['--mac-speedup', '2'], 'plan.json']] as [string[], string][]) {
+    fs.mkdirSync(path.join(cwd, name));
+    const run = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'diffuse.js'), 'tune', '--model', TINY, '--steps', '4', ...args], { cwd, encoding: 'utf8', timeout: 60_000 });
+    assert.equal(run.status, 2, run.stderr);
+    assert.match(run.stderr, new RegExp(`^diffuse: --out: is a folder; expected a file name, found .*${name}\n$`));
+  }
+});
+
 test('tune --method teacache with too few model calls for the polynomial: one line naming --steps, no report', (t) => {
   const out = path.join(tempDir(t), 'teacache.json');
   expectOneLineErrors('tune', [[['--method', 'teacache', '--model', path.join(ROOT, 'test', 'fixtures', 'tiny-dit'), '--steps', '4', '--count', '1', '--out', out],

@@ -30,7 +30,7 @@ import { climbToSpeedup, composableSets, describePlan, firstRung, frontier, macG
 import { openRunner, type BenchRequest, type BenchRunner } from '../bench/runner.ts';
 import { fullMacs } from '../graph/builder.ts';
 import { writePlanFile } from './plan-file.ts';
-import { writeFileAtomically } from '../util/files.ts';
+import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 
 export interface TuneFlags {
   model?: string;
@@ -68,6 +68,8 @@ export async function tune(flags: TuneFlags): Promise<void> {
   const f = { ...flags, out: flags.out ?? (searching ? 'plan.json' : 'schedule.json') };
   if (!TUNABLE.includes(f.method)) throw new InputError('--method', 'no search for this method yet', TUNABLE.join(', '), f.method);
   if (path.extname(f.out).toLowerCase() !== '.json') throw new InputError('--out', 'must be a JSON file', 'a name ending in .json', f.out);
+  // The default name is set here, after the CLI checked the outputs it was given: checked now, before the search.
+  if (flags.out === undefined) checkOutputFile(f.out, '--out');
   if (!(f.epsilon >= 0)) throw new InputError('--epsilon', 'wrong value', 'a number ≥ 0 (dB)', String(f.epsilon));
   if (f.speedup !== undefined && !(f.speedup > 1)) throw new InputError('--speedup', 'wrong value', 'a number above 1 (2 = twice as fast)', String(f.speedup));
   if (f.macSpeedup !== undefined && !(f.macSpeedup > 1)) throw new InputError('--mac-speedup', 'wrong value', 'a number above 1 (2 = half the MACs)', String(f.macSpeedup));
