@@ -31,6 +31,11 @@ test('bench --dry-run reproduces the TGATE v1 row for SD 1.5 from the preset alo
   assert.equal(run.status, 0, run.stderr);
   assert.match(run.stdout, /baseline\s+16\.931 T/);
   assert.match(run.stdout, /tgate:gate_step=5,.*cache_self_attn=false\s+9\.873 T\s+×1\.71/);
+  // With the JSON on stdout (--json -) the table goes to stderr, so that stdout parses.
+  const piped = diffuse('bench', '--preset', 'sd15', '--dry-run', '--steps', '25', '--accel', 'tgate:gate_step=5,cache_self_attn=false', '--json', '-');
+  assert.equal(piped.status, 0, piped.stderr);
+  assert.ok(Array.isArray((JSON.parse(piped.stdout) as { settings: unknown[] }).settings));
+  assert.match(piped.stderr, /9\.873 T\s+×1\.71/);
 });
 
 test('bench on a folder: table with speed-up, MAC ratio, PSNR/SSIM, and a labelled comparison PNG', (t) => {

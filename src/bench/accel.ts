@@ -78,6 +78,11 @@ function settingName(o: BenchOptions): string {
 }
 
 /** Whole-run denoiser MACs of the baseline and of the accelerated setting, from configs only. */
+/** Where the table goes: stdout, or stderr when the JSON goes to stdout (--json -), so that stdout parses. */
+function textOf(o: { json?: string }): (line: string) => void {
+  return o.json === '-' ? (line) => process.stderr.write(`${line}\n`) : (line) => console.log(line);
+}
+
 async function dryRun(o: Resolved): Promise<{ calls: number; settings: MacSetting[] }> {
   const counter = macCounter(o);
   const { width, height } = counter;
@@ -89,11 +94,11 @@ async function dryRun(o: Resolved): Promise<{ calls: number; settings: MacSettin
     const r = await counter.count(o.steps, o.accel);
     settings.push({ setting: settingName(o), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.stats.reusedSegments });
   }
-  console.log(`Denoiser (U-Net or transformer) MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
+  textOf(o)(`Denoiser (U-Net or transformer) MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
     `batch ${o.batch}${counter.cfg ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
   const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
   for (const s of settings) {
-    console.log(`  ${s.setting.padEnd(60)} ${tera(count(s.macs)).padStart(12)}  ×${(count(base.total) / count(s.macs)).toFixed(2)} ` +
+    textOf(o)(`  ${s.setting.padEnd(60)} ${tera(count(s.macs)).padStart(12)}  ×${(count(base.total) / count(s.macs)).toFixed(2)} ` +
       `(full ${tera(fullMacs(s.macs))}, calflops ${tera(calflopsMacs(s.macs))}; CFG calls ${s.cfgCalls}, segment calls reused ${s.reusedSegments})`);
   }
   return { calls, settings };
@@ -237,26 +242,26 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
       { setting: macs.settings[1].setting, macs: fastMacs, spentMacs: fastSpent, seconds: fast.best, denoisingSeconds: fast.bestDenoising, speedup,
         denoisingSpeedup: base.bestDenoising / fast.bestDenoising, psnr: p, ssim: s, rss: fast.peakRssBytes },
     ];
-    console.log(`${o.model}: ${pipeline.kind} ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
+    textOf(o)(`${o.model}: ${pipeline.kind} ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
       `best of ${o.runs} timed run(s) after ${o.warmup} warm-up(s); PSNR/SSIM against the baseline image; ` +
       `"loop" = the denoising loop alone, which the denoiser MAC ratio predicts (text encoding and VAE decoding are fixed costs); ` +
       `"ran" = the ratio of the MACs the runs really spent (adaptive methods decide at run time)`);
-    console.log(`  ${'setting'.padEnd(60)} ${'MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ${'ran ×'.padStart(6)} ` +
+    textOf(o)(`  ${'setting'.padEnd(60)} ${'MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ${'ran ×'.padStart(6)} ` +
       `${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'peak RSS'.padStart(9)}`);
     for (const r of rows) {
-      console.log(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +
+      textOf(o)(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +
         `${r.speedup.toFixed(2).padStart(7)}× ${(r.denoisingSeconds / o.batch).toFixed(3).padStart(8)} ${r.denoisingSpeedup.toFixed(2).padStart(6)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(baseSpent / r.spentMacs).toFixed(2).padStart(5)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
         `${r.ssim.toFixed(4).padStart(6)} ${((r.rss / 2 ** 30).toFixed(2) + ' GiB').padStart(9)}`);
     }
-    if (fast.result.accel?.summary.length) console.log(`  ${fast.result.accel.name}: ${fast.result.accel.summary.join(', ')}`);
-    for (const w of fast.result.warnings) console.log(`  warning: ${w}`);
+    if (fast.result.accel?.summary.length) textOf(o)(`  ${fast.result.accel.name}: ${fast.result.accel.summary.join(', ')}`);
+    for (const w of fast.result.warnings) textOf(o)(`  warning: ${w}`);
     const image = comparison(base, fast, [
       ['BASELINE', `${base.best.toFixed(2)} S`],
       [[...o.accel.map((a) => a.method), ...(o.precision === 'fp32' ? [] : [o.precision])].join('+'), `${fast.best.toFixed(2)} S ${speedup.toFixed(2)}X`, `PSNR ${p.toFixed(1)} DB`],
     ]);
     const { name, ...settings } = o;
     writeFileAtomically(o.out, encodePng(image.data, image.width, image.height, { 'diffusion.ts': JSON.stringify({ rows, ...settings, model: name, accel: o.accel.map(formatAccelSpec) }) }));
-    console.log(`  comparison image: ${o.out}`);
+    textOf(o)(`  comparison image: ${o.out}`);
     if (o.json) {
       writeOutput(o.json, JSON.stringify({ model: o.name, width, height, steps: o.steps, runs: o.runs, rows,
         seconds: { baseline: base.seconds, accelerated: fast.seconds }, accel: o.accel.map(formatAccelSpec), precision: o.precision }, null, 2));
@@ -273,7 +278,7 @@ async function benchFidelity(o: Resolved, model: string, prompts: string[]): Pro
     sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, stepBaselines: o.stepsBaseline, progress: (m) => process.stderr.write(`${m}\n`),
   };
   const result = await fidelitySweep(options);
-  console.log(formatFidelity(result, options));
+  textOf(o)(formatFidelity(result, options));
   if (o.json) {
     const rows = result.rows.map((r) => ({ ...r, accel: r.accel.map(formatAccelSpec) }));
     writeOutput(o.json, JSON.stringify({ model: o.name, width: result.width, height: result.height, steps: o.steps,
