@@ -410,6 +410,8 @@ test('bad values for the new inputs: --memory-limit, memoryLimit, --prompts, --j
   refused(diffuse('generate', '--prompts', path.join(dir, 'missing.txt')), [path.join(dir, 'missing.txt'), 'cannot read the prompt file']);
   fs.writeFileSync(path.join(dir, 'empty.txt'), '\n# only a comment\n');
   refused(diffuse('generate', '--prompts', path.join(dir, 'empty.txt')), ['empty.txt', 'no prompts']);
+  fs.writeFileSync(path.join(dir, 'many.txt'), Array.from({ length: 65 }, (_, i) => `a red circle ${i}`).join('\n'));
+  refused(diffuse('generate', '--prompts', path.join(dir, 'many.txt')), ['--prompts: 65 prompts in', 'at most 64']);
   refused(diffuse('inspect', '--preset', 'sd15', '--json', path.join(dir, 'no', 'x.json')), ['--json', 'folder does not exist']);
   refused(diffuse('generate', '--prompt', 'x', '--seed', '1,,2'), ['--seed']);
   refused(diffuse('generate', '--prompt', 'x', '--seed', '0-5000'), ['--seed', 'at most 1000']);

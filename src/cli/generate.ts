@@ -12,7 +12,7 @@ import { formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { withFlagNames } from './flag-names.ts';
 import { encodePng } from '../image/png.ts';
 import { formatParameters } from '../image/parameters.ts';
-import { folderScheduler, seedWarnings, type GeneratedImage, type GenerationResult, type Latents, type StepInfo } from '../pipelines/common.ts';
+import { LIMITS, folderScheduler, seedWarnings, type GeneratedImage, type GenerationResult, type Latents, type StepInfo } from '../pipelines/common.ts';
 import { folderFamily, pipelineDefaults, type PipelineFamily } from '../pipelines/families.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import { modelFolder } from '../pipelines/reference-model.ts';
@@ -194,6 +194,13 @@ async function start(folder: PipelineFolder, family: PipelineFamily, f: Generate
   return { run: (seed) => pipeline.generate({ ...text, seed, guidanceRescale: f.guidanceRescale }), release: () => pipeline.release() };
 }
 
+/** A --prompts file's prompts: as many as one run takes (checked here: the library would name its own option, --prompt). */
+function promptsOf(file: string): string[] {
+  const prompts = readPromptFile(file);
+  if (prompts.length > LIMITS.prompts) throw new InputError('--prompts', `${prompts.length} prompts in ${file}`, `at most ${LIMITS.prompts} (one run)`, `${prompts.length}`);
+  return prompts;
+}
+
 export async function generate(f: GenerateFlags): Promise<void> {
   const device = checkFlags(f);
   // Ctrl-C stops after the current step (the finally below restores the terminal); a second one at once.
@@ -216,7 +223,7 @@ export async function generate(f: GenerateFlags): Promise<void> {
     const folder = readPipelineFolder(modelDir(f));
     const family = familyOf(folder, f);
     // What each image of a run shows: a prompt (repeated --batch times) or a DiT class.
-    const subjects = family === 'dit' ? classLabels(f.class!).map((l) => `class ${l}`) : f.prompts ? readPromptFile(f.prompts) : [f.prompt!];
+    const subjects = family === 'dit' ? classLabels(f.class!).map((l) => `class ${l}`) : f.prompts ? promptsOf(f.prompts) : [f.prompt!];
     const names = checkOutputs(f, family, subjects);
     const showProgress = !f.quiet && process.stderr.isTTY;
     bar = showProgress ? new SingleBar({ format: 'denoising {bar} {value}/{total} steps | {rate} it/s | ETA {eta_formatted}', hideCursor: true, stream: process.stderr }) : undefined;
