@@ -421,7 +421,7 @@ test('bad values for the new inputs: --memory-limit, memoryLimit, --prompts, --j
   } finally {
     await pipeline.release();
   }
-  assert.deepEqual(fs.readdirSync(dir).sort(), ['empty.txt']);
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['empty.txt', 'many.txt']);
 });
 
 test('library requests: an option the pipeline does not read is refused by name; latents, output, onStep, signal, micro-conditioning and device are checked', async (t) => {
