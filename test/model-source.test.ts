@@ -13,7 +13,8 @@ import { spawnSync } from 'node:child_process';
 import { demoRequestHandler } from '../demo/server.ts';
 import { parseAccelSpec } from '../src/accel/index.ts';
 import { InputError } from '../src/errors.ts';
-import { listFilesRecursively } from '../src/io/files.ts';
+import { listFilesRecursively, totalMemory } from '../src/io/files.ts';
+import * as os from 'node:os';
 import { LISTING_FILE, mountHttpFolder, mountPickedFiles } from '../src/io/prefetched-source.ts';
 import { REFERENCE_MODEL } from '../src/pipelines/reference-model.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
@@ -106,4 +107,22 @@ test('the demo server refuses a bad PORT with one line naming it, exit 1', () =>
     assert.equal(run.status, 1, run.stderr);
     assert.equal(run.stderr.trim(), `error: PORT: expected a port number from 0 to 65535, found ${JSON.stringify(port)}`);
   }
+});
+
+test('in a page, the memory a run may plan for is at most what WebAssembly addresses, and a page\'s own `process` global is not Node', () => {
+  const saved = process.getBuiltinModule;
+  const hadNavigator = Object.getOwnPropertyDescriptor(globalThis, 'navigator');
+  try {
+    // A page with a `process` polyfill: no getBuiltinModule.
+    Object.defineProperty(process, 'getBuiltinModule', { value: undefined, configurable: true, writable: true });
+    Object.defineProperty(globalThis, 'navigator', { value: { deviceMemory: 8 }, configurable: true });
+    assert.equal(totalMemory(), 4 * 2 ** 30, '8 GiB of device memory, 4 GiB of wasm32');
+    Object.defineProperty(globalThis, 'navigator', { value: { deviceMemory: 2 }, configurable: true });
+    assert.equal(totalMemory(), 2 * 2 ** 30);
+  } finally {
+    Object.defineProperty(process, 'getBuiltinModule', { value: saved, configurable: true, writable: true });
+    if (hadNavigator) Object.defineProperty(globalThis, 'navigator', hadNavigator);
+    else delete (globalThis as { navigator?: unknown }).navigator;
+  }
+  assert.equal(totalMemory(), os.totalmem());
 });
