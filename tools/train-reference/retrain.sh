@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the candidate reference model (docs/REFERENCE_MODEL.md: the base, then one round of
 # self-correction at lr 5e-4) into WORK and measures it, going on from wherever an earlier run
-# stopped: a stage whose folder is saved is skipped, one that was stopped goes on from its
+# stopped: a stage whose sample grid is written (its last output) is skipped, one that was stopped goes on from its
 # checkpoint (train.py). So the chain (~75 min on a bf16 Xeon, ~170 on an AVX2-only CPU) can be
 # spread over sittings: run it again after any stop (SIGTERM/Ctrl-C checkpoint at once).
 #
@@ -22,12 +22,12 @@ mkdir -p "$work"
 step() { echo "[$(date +%H:%M:%S)] $*"; }
 train() { python tools/train-reference/train.py --prediction v_prediction --zero-terminal-snr --threads "$(nproc)" "$@"; }
 
-if [ ! -f "$work/base/model_index.json" ]; then
+if [ ! -f "$work/base-samples.png" ]; then
   step "base (3,000 steps; from its checkpoint if one is there)"
   train --vae-from assets/reference-model --high-noise-share 0.5 --pure-noise-share 0.2 --noise-share-end 0.2 \
     --unet-steps 3000 --pool 20000 --out "$work/base" --log "$work/base"
 fi
-if [ ! -f "$work/round/model_index.json" ]; then
+if [ ! -f "$work/round-samples.png" ]; then
   step "self-correction round (771 steps; from its checkpoint if one is there)"
   train --vae-from "$work/base" --init-from "$work/base" --high-noise-share 0.1 --pure-noise-share 0.04 --unet-lr 5e-4 \
     --pool 10000 --self-correct 2048 --self-correct-steps 15 --shape-contrast 0.3 --unet-steps 771 --out "$work/round" --log "$work/round"

@@ -497,8 +497,9 @@ def resumed_state(args):
     differing = sorted(k for k in saved.keys() | now.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if differing:
         shown = ', '.join(f'--{k.replace("_", "-")} {saved.get(k)!r} there, {now.get(k)!r} here' for k in differing)
-        sys.exit(f'train.py: --checkpoint {args.checkpoint}: saved by a run with other settings ({shown}); '
-                 'give the same settings to go on, or remove it to start over')
+        print(f'train.py: --checkpoint {args.checkpoint}: saved by a run with other settings ({shown}); '
+              'give the same settings to go on, or remove it to start over', file=sys.stderr)
+        sys.exit(2)
     log(f'going on from {args.checkpoint} at U-Net step {state["step"]}/{args.unet_steps}')
     return state
 
@@ -516,11 +517,15 @@ class StopRequest:
     """SIGTERM/SIGINT end the run at the end of the current step, after a checkpoint, not mid-step."""
     def __init__(self):
         self.asked = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.ask)
+        self.previous = {sig: signal.signal(sig, self.ask) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def ask(self, signum, frame):
         self.asked = True
+
+    def restore(self):
+        """After the loop, signals stop the run again (saving the pipeline and the sample grid)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def save_checkpoint(path, args, step, models, opt, rng, gen, history, elapsed, clock, pairs):
@@ -576,80 +581,83 @@ def train_unet(captions, latent_mean, latent_std, object_masks, scaling, tokeniz
         first = resumed['step']
     start = time.time() - (resumed['elapsed'] if resumed else 0)
     stop = StopRequest()
-    for step in range(first, args.unet_steps):
-        for g in opt.param_groups:
-            g['lr'] = lr_at(step, args.unet_lr, 200, args.unet_steps)
-        pick = torch.from_numpy(rng.integers(len(captions), size=args.unet_batch))
-        batch_ids = ids[pick].clone()
-        batch_ids[torch.rand(len(pick), generator=gen) < args.uncond] = empty
-        latents = (latent_mean[pick] + latent_std[pick] * torch.randn(latent_mean[pick].shape, generator=gen)) * scaling
-        noise = torch.randn(latents.shape, generator=gen)
-        fall = 1 + (args.noise_share_end - 1) * step / max(1, args.unet_steps - 1)
-        t = training_timesteps(noise_schedule['num_train_timesteps'], len(pick), args.high_noise_share * fall, args.pure_noise_share * fall, gen, args.low_noise_share)
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = noised(latents, noise, a)
-        # The hinge's swapped captions and the self-correction pairs ride in the batch's one U-Net call,
-        # saving the fixed cost of three more calls a step (15% of a self-correction round's step).
-        rows = [(batch_ids, noisy, t)]
-        if args.shape_contrast > 0:
-            contrasted = swaps[pick] & (t < args.shape_contrast_below) & (t >= args.shape_contrast_from)
-            rows.append((swapped_ids[pick][contrasted], noisy[contrasted], t[contrasted]))
-        if pairs is not None:
-            pair_ids, pair_noisy, pair_t, pair_target, plain = self_corrected_inputs(unet, text_encoder, pairs, empty,
-                                                                                     alphas, args, gen)
-            rows.append((pair_ids, pair_noisy, pair_t))
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
-            context = text_encoder(torch.cat([r[0] for r in rows])).last_hidden_state
-            out = unet(torch.cat([r[1] for r in rows]), torch.cat([r[2] for r in rows]), context).sample
-        pred, *extra = out.split([len(r[0]) for r in rows])
-        pixel_weight = 1 if object_masks is None else 1 + args.unet_object_weight * object_masks[pick].float()
-        loss = prediction_loss(pred, args.prediction, a, latents, noise, args.snr_cap, pixel_weight)
-        if args.shape_contrast > 0:
-            wrong = extra.pop(0)
-            contrast = shape_contrast_loss(pred[contrasted].float(), wrong.float(),
-                                           training_target(args.prediction, a[contrasted], latents[contrasted], noise[contrasted]),
-                                           object_masks[pick][contrasted], len(pick))
-            loss = loss + args.shape_contrast * contrast
-            if step % 10 == 0:
-                history.append({'stage': 'contrast', 'step': step, 'loss': contrast.item()})
-        if args.decoded_pixel_weight > 0 and (low := t < args.decoded_pixel_below).any():
+    try:
+        for step in range(first, args.unet_steps):
+            for g in opt.param_groups:
+                g['lr'] = lr_at(step, args.unet_lr, 200, args.unet_steps)
+            pick = torch.from_numpy(rng.integers(len(captions), size=args.unet_batch))
+            batch_ids = ids[pick].clone()
+            batch_ids[torch.rand(len(pick), generator=gen) < args.uncond] = empty
+            latents = (latent_mean[pick] + latent_std[pick] * torch.randn(latent_mean[pick].shape, generator=gen)) * scaling
+            noise = torch.randn(latents.shape, generator=gen)
+            fall = 1 + (args.noise_share_end - 1) * step / max(1, args.unet_steps - 1)
+            t = training_timesteps(noise_schedule['num_train_timesteps'], len(pick), args.high_noise_share * fall, args.pure_noise_share * fall, gen, args.low_noise_share)
+            a = alphas[t].view(-1, 1, 1, 1)
+            noisy = noised(latents, noise, a)
+            # The hinge's swapped captions and the self-correction pairs ride in the batch's one U-Net call,
+            # saving the fixed cost of three more calls a step (15% of a self-correction round's step).
+            rows = [(batch_ids, noisy, t)]
+            if args.shape_contrast > 0:
+                contrasted = swaps[pick] & (t < args.shape_contrast_below) & (t >= args.shape_contrast_from)
+                rows.append((swapped_ids[pick][contrasted], noisy[contrasted], t[contrasted]))
+            if pairs is not None:
+                pair_ids, pair_noisy, pair_t, pair_target, plain = self_corrected_inputs(unet, text_encoder, pairs, empty,
+                                                                                         alphas, args, gen)
+                rows.append((pair_ids, pair_noisy, pair_t))
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
-                x0 = predicted_x0(pred[low], args.prediction, a[low], noisy[low])
-                pixels = decoded_pixel_loss(vae, x0, scaling, to_tensor(images[pick[low].numpy()]), DECODED_OBJECT_WEIGHT)
-            loss = loss + args.decoded_pixel_weight * pixels * float(low.float().mean())
+                context = text_encoder(torch.cat([r[0] for r in rows])).last_hidden_state
+                out = unet(torch.cat([r[1] for r in rows]), torch.cat([r[2] for r in rows]), context).sample
+            pred, *extra = out.split([len(r[0]) for r in rows])
+            pixel_weight = 1 if object_masks is None else 1 + args.unet_object_weight * object_masks[pick].float()
+            loss = prediction_loss(pred, args.prediction, a, latents, noise, args.snr_cap, pixel_weight)
+            if args.shape_contrast > 0:
+                wrong = extra.pop(0)
+                contrast = shape_contrast_loss(pred[contrasted].float(), wrong.float(),
+                                               training_target(args.prediction, a[contrasted], latents[contrasted], noise[contrasted]),
+                                               object_masks[pick][contrasted], len(pick))
+                loss = loss + args.shape_contrast * contrast
+                if step % 10 == 0:
+                    history.append({'stage': 'contrast', 'step': step, 'loss': contrast.item()})
+            if args.decoded_pixel_weight > 0 and (low := t < args.decoded_pixel_below).any():
+                with torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.bf16):
+                    x0 = predicted_x0(pred[low], args.prediction, a[low], noisy[low])
+                    pixels = decoded_pixel_loss(vae, x0, scaling, to_tensor(images[pick[low].numpy()]), DECODED_OBJECT_WEIGHT)
+                loss = loss + args.decoded_pixel_weight * pixels * float(low.float().mean())
+                if step % 10 == 0:
+                    history.append({'stage': 'decoded', 'step': step, 'loss': pixels.item()})
+            if pairs is not None:
+                corrected = self_corrected_loss(extra.pop(0).float(), plain, pair_target, args.self_correct_guidance)
+                loss = loss + corrected
+                if step % 10 == 0:
+                    history.append({'stage': 'corrected', 'step': step, 'loss': corrected.item()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(args.ema, (1 + step) / (10 + step))
+            ema_update(ema_unet, unet, decay)
+            ema_update(ema_text, text_encoder, decay)
             if step % 10 == 0:
-                history.append({'stage': 'decoded', 'step': step, 'loss': pixels.item()})
-        if pairs is not None:
-            corrected = self_corrected_loss(extra.pop(0).float(), plain, pair_target, args.self_correct_guidance)
-            loss = loss + corrected
-            if step % 10 == 0:
-                history.append({'stage': 'corrected', 'step': step, 'loss': corrected.item()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text_encoder, decay)
-        if step % 10 == 0:
-            history.append({'stage': 'unet', 'step': step, 'loss': loss.item(), 'seconds': time.time() - start})
-        if step % 100 == 0 or step == args.unet_steps - 1:
-            recent = [h['loss'] for h in history[-30:] if h['stage'] == 'unet'][-10:]
-            extra = ''.join(f', {stage} {np.mean(values):.4f}' for stage in ('decoded', 'contrast', 'corrected')
-                            if (values := [h['loss'] for h in history[-30:] if h['stage'] == stage][-10:]))
-            log(f'unet step {step}/{args.unet_steps}: loss {np.mean(recent):.4f}{extra}, {time.time() - start:.0f} s')
-        if (step + 1) % args.gain_every == 0:
-            gains = caption_gain(text_encoder, unet, probe, empty, alphas, args.prediction)
-            history.append({'stage': 'gain', 'step': step + 1, 'gain': gains})
-            log('caption gain (prediction MSE, empty - captioned) / empty: ' + ', '.join(f't={t}: {g:.4f}' for t, g in gains.items()))
-        done = step + 1
-        if done < args.unet_steps and (stop.asked or done % args.checkpoint_every == 0):
-            save_checkpoint(args.checkpoint, args, done, (unet, text_encoder, ema_unet, ema_text), opt, rng, gen, history,
-                            time.time() - start, clock, pairs)
-            if stop.asked:
-                log(f'stopped after U-Net step {done}/{args.unet_steps}: checkpoint {args.checkpoint}; '
-                    'run the same command again to go on')
-                sys.exit(3)
+                history.append({'stage': 'unet', 'step': step, 'loss': loss.item(), 'seconds': time.time() - start})
+            if step % 100 == 0 or step == args.unet_steps - 1:
+                recent = [h['loss'] for h in history[-30:] if h['stage'] == 'unet'][-10:]
+                extra = ''.join(f', {stage} {np.mean(values):.4f}' for stage in ('decoded', 'contrast', 'corrected')
+                                if (values := [h['loss'] for h in history[-30:] if h['stage'] == stage][-10:]))
+                log(f'unet step {step}/{args.unet_steps}: loss {np.mean(recent):.4f}{extra}, {time.time() - start:.0f} s')
+            if (step + 1) % args.gain_every == 0:
+                gains = caption_gain(text_encoder, unet, probe, empty, alphas, args.prediction)
+                history.append({'stage': 'gain', 'step': step + 1, 'gain': gains})
+                log('caption gain (prediction MSE, empty - captioned) / empty: ' + ', '.join(f't={t}: {g:.4f}' for t, g in gains.items()))
+            done = step + 1
+            if done < args.unet_steps and (stop.asked or done % args.checkpoint_every == 0):
+                save_checkpoint(args.checkpoint, args, done, (unet, text_encoder, ema_unet, ema_text), opt, rng, gen, history,
+                                time.time() - start, clock, pairs)
+                if stop.asked:
+                    log(f'stopped after U-Net step {done}/{args.unet_steps}: checkpoint {args.checkpoint}; '
+                        'run the same command again to go on')
+                    sys.exit(3)
+    finally:
+        stop.restore()
     return ema_text, ema_unet
 
 
@@ -851,12 +859,13 @@ def main():
     tokenizer_dir = os.path.join(args.out, 'tokenizer')
     shutil.rmtree(tokenizer_dir)
     shutil.copytree(TOKENIZER, tokenizer_dir)
-    if os.path.exists(args.checkpoint):
-        os.remove(args.checkpoint)
     log(f'saved {args.out} after {clock.minutes():.1f} min')
     unet_loss = 'weighted epsilon MSE' if args.prediction == 'epsilon' else 'v MSE'
     write_log(args, clock, scaling, history, [VAE_PANEL, ('unet', f'U-Net + text encoder: {unet_loss}')])
     sample_grid(args.out, scenes.held_out_captions(args.seed + 7, 12), f'{args.log}-samples.png')
+    # Last: until the sample grid is written a rerun goes on from the checkpoint (retrain.sh looks for the grid).
+    if os.path.exists(args.checkpoint):
+        os.remove(args.checkpoint)
     log('wrote the log, the loss plot and the sample grid')
 
 
