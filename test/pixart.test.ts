@@ -97,7 +97,7 @@ test('methods on the protocol reach PixArt and DiT without model code: TGATE, FO
     const tgate = await pixart.generate({ ...request, accel: [parseAccelSpec('tgate:gate_step=3,warm_up=1')] });
     assert.equal(tgate.accel!.cfgCalls, 3, 'CFG dropped after the gate');
     await assert.rejects(pixart.generate({ ...request, accel: [parseAccelSpec('deepcache')] }),
-      /--accel deepcache:cache_branch_id: this PixArt transformer has no long skip connections to cut/);
+      /^InputError: accel deepcache:cache_branch_id: this PixArt transformer has no long skip connections to cut/);
     await assert.rejects(pixart.generate({ ...request, accel: [parseAccelSpec('tome')] }),
       /no transformer block of this PixArt transformer runs at a downsampling ≤ 1/);
   } finally {
