@@ -77,13 +77,14 @@ function settingName(o: BenchOptions): string {
   return methods ? `${methods} (${o.precision})` : o.precision;
 }
 
-/** Whole-run denoiser MACs of the baseline and of the accelerated setting, from configs only. */
 /** Where the table goes: stdout, or stderr when the JSON goes to stdout (--json -), so that stdout parses. */
 function textOf(o: { json?: string }): (line: string) => void {
   return o.json === '-' ? (line) => process.stderr.write(`${line}\n`) : (line) => console.log(line);
 }
 
+/** Whole-run denoiser MACs of the baseline and of the accelerated setting, from configs only. */
 async function dryRun(o: Resolved): Promise<{ calls: number; settings: MacSetting[] }> {
+  const print = textOf(o);
   const counter = macCounter(o);
   const { width, height } = counter;
   const calls = counter.calls(o.steps);
@@ -94,11 +95,11 @@ async function dryRun(o: Resolved): Promise<{ calls: number; settings: MacSettin
     const r = await counter.count(o.steps, o.accel);
     settings.push({ setting: settingName(o), macs: r.total, cfgCalls: r.cfgCalls, reusedSegments: r.stats.reusedSegments });
   }
-  textOf(o)(`Denoiser (U-Net or transformer) MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
+  print(`Denoiser (U-Net or transformer) MACs for a whole run: ${o.preset ? `preset ${o.preset}` : o.model}, ${width}x${height}, ${calls} model calls, ` +
     `batch ${o.batch}${counter.cfg ? ' (CFG doubles it while active)' : ', no CFG'}; counted ${o.macs === 'calflops' ? 'like calflops (no attention core)' : 'in full'}`);
   const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
   for (const s of settings) {
-    textOf(o)(`  ${s.setting.padEnd(60)} ${tera(count(s.macs)).padStart(12)}  ×${(count(base.total) / count(s.macs)).toFixed(2)} ` +
+    print(`  ${s.setting.padEnd(60)} ${tera(count(s.macs)).padStart(12)}  ×${(count(base.total) / count(s.macs)).toFixed(2)} ` +
       `(full ${tera(fullMacs(s.macs))}, calflops ${tera(calflopsMacs(s.macs))}; CFG calls ${s.cfgCalls}, segment calls reused ${s.reusedSegments})`);
   }
   return { calls, settings };
@@ -202,6 +203,7 @@ export async function bench(o: BenchOptions): Promise<void> {
 }
 
 async function benchResolved(o: Resolved, given: string[] | undefined): Promise<void> {
+  const print = textOf(o);
   if (o.fidelity) {
     const prompts = given ?? classPrompts(o.model!, o.count) ?? readPromptFile(HELD_OUT_PROMPTS).slice(0, o.count);
     return benchFidelity(o, o.model!, prompts);
@@ -242,26 +244,26 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
       { setting: macs.settings[1].setting, macs: fastMacs, spentMacs: fastSpent, seconds: fast.best, denoisingSeconds: fast.bestDenoising, speedup,
         denoisingSpeedup: base.bestDenoising / fast.bestDenoising, psnr: p, ssim: s, rss: fast.peakRssBytes },
     ];
-    textOf(o)(`${o.model}: ${pipeline.kind} ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
+    print(`${o.model}: ${pipeline.kind} ${width}x${height}, ${o.steps} steps (${base.result.scheduler}), CFG ${o.guidance}, seed ${o.seed}, ` +
       `best of ${o.runs} timed run(s) after ${o.warmup} warm-up(s); PSNR/SSIM against the baseline image; ` +
       `"loop" = the denoising loop alone, which the denoiser MAC ratio predicts (text encoding and VAE decoding are fixed costs); ` +
       `"ran" = the ratio of the MACs the runs really spent (adaptive methods decide at run time)`);
-    textOf(o)(`  ${'setting'.padEnd(60)} ${'MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ${'ran ×'.padStart(6)} ` +
+    print(`  ${'setting'.padEnd(60)} ${'MACs'.padStart(12)} ${'s/image'.padStart(8)} ${'speed-up'.padStart(8)} ${'loop s'.padStart(8)} ${'loop ×'.padStart(7)} ${'MAC ratio'.padStart(9)} ${'ran ×'.padStart(6)} ` +
       `${'PSNR dB'.padStart(8)} ${'SSIM'.padStart(6)} ${'peak RSS'.padStart(9)}`);
     for (const r of rows) {
-      textOf(o)(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +
+      print(`  ${r.setting.padEnd(60)} ${tera(r.macs).padStart(12)} ${(r.seconds / o.batch).toFixed(3).padStart(8)} ` +
         `${r.speedup.toFixed(2).padStart(7)}× ${(r.denoisingSeconds / o.batch).toFixed(3).padStart(8)} ${r.denoisingSpeedup.toFixed(2).padStart(6)}× ${(baseMacs / r.macs).toFixed(2).padStart(8)}× ${(baseSpent / r.spentMacs).toFixed(2).padStart(5)}× ${(Number.isFinite(r.psnr) ? r.psnr.toFixed(2) : '∞').padStart(8)} ` +
         `${r.ssim.toFixed(4).padStart(6)} ${((r.rss / 2 ** 30).toFixed(2) + ' GiB').padStart(9)}`);
     }
-    if (fast.result.accel?.summary.length) textOf(o)(`  ${fast.result.accel.name}: ${fast.result.accel.summary.join(', ')}`);
-    for (const w of fast.result.warnings) textOf(o)(`  warning: ${w}`);
+    if (fast.result.accel?.summary.length) print(`  ${fast.result.accel.name}: ${fast.result.accel.summary.join(', ')}`);
+    for (const w of fast.result.warnings) print(`  warning: ${w}`);
     const image = comparison(base, fast, [
       ['BASELINE', `${base.best.toFixed(2)} S`],
       [[...o.accel.map((a) => a.method), ...(o.precision === 'fp32' ? [] : [o.precision])].join('+'), `${fast.best.toFixed(2)} S ${speedup.toFixed(2)}X`, `PSNR ${p.toFixed(1)} DB`],
     ]);
     const { name, ...settings } = o;
     writeFileAtomically(o.out, encodePng(image.data, image.width, image.height, { 'diffusion.ts': JSON.stringify({ rows, ...settings, model: name, accel: o.accel.map(formatAccelSpec) }) }));
-    textOf(o)(`  comparison image: ${o.out}`);
+    print(`  comparison image: ${o.out}`);
     if (o.json) {
       writeOutput(o.json, JSON.stringify({ model: o.name, width, height, steps: o.steps, runs: o.runs, rows,
         seconds: { baseline: base.seconds, accelerated: fast.seconds }, accel: o.accel.map(formatAccelSpec), precision: o.precision }, null, 2));

@@ -199,7 +199,7 @@ export function folderScheduler(folder: PipelineFolder, name: SchedulerName | un
   // Every pipeline here (as diffusers' do) drops a predicted variance before the step, so such a step could not run.
   if (scheduler.usesVariance) {
     throw new InputError(`${where}: variance_type`, `learned_range makes ${scheduler.name} step with the model's predicted variance, which the pipelines drop`,
-      'fixed_small or fixed_large (or another --scheduler)', 'learned_range');
+      'fixed_small or fixed_large (or another scheduler)', 'learned_range');
   }
   return scheduler;
 }

@@ -147,8 +147,6 @@ function promptRequest(job: ImageJob) {
   };
 }
 
-/** The library's option names as a request's body fields (src/serve/job.ts). */
-
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
   const g = await (await runnerFor(job, options)).generate(job, onStep, signal);
