@@ -120,7 +120,13 @@ export function attnReuse(p: AttnReuseParams): Accelerator {
     name: 'attn-reuse',
     claims: { 'attention-map': 'reuse attention maps' },
     conflicts: { 'token-merge': 'token merging pairs different tokens at every call, so a stored attention map no longer fits its tokens' },
-    check: (_model, run) => void scheduleFor(run.calls),
+    check(_model, run) {
+      scheduleFor(run.calls);
+      if (p.fp16 && run.halfFloats === false) {
+        throw new InputError('accel attn-reuse:fp16', 'maps are stored in float16, and this WebGPU adapter has no shader-f16 (Chromium\'s SwiftShader, for one, has none)',
+          'fp16=false (float32 maps, twice the memory)', 'true');
+      }
+    },
     async prepare(rehearse) {
       if (!p.max_map_memory) return [];
       const sizes = await mapSizes(rehearse);
@@ -158,6 +164,7 @@ export function attnReuse(p: AttnReuseParams): Accelerator {
             maps.set(slot, map);
           });
         },
+        held: () => maps.values(),
         stats: () => ({ reusedMaps: reused, peakMapBytes: peak }),
         summary: () => (reused ? `${reused} attention maps reused, stored maps at most ${(peak / 2 ** 20).toFixed(1)} MiB` : undefined),
       };

@@ -98,6 +98,7 @@ export function firstBlockCache(p: FirstBlockCacheParams): Accelerator {
           if (index === spanEnd && blockEnd) spanResidual = await difference(out[residual.result], headOut!);
           return out;
         },
+        held: () => [headResidual, spanResidual].filter((t): t is T => t !== undefined),
         stats: () => ({ cachedCalls }),
         summary: () => (cachedCalls ? `${cachedCalls} model calls ran blocks ${p.Fn_compute_blocks}–${spanEnd} from the cache` : undefined),
       };

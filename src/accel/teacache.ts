@@ -85,6 +85,7 @@ export function teaCache(p: TeaCacheParams): Accelerator {
           if (end) residualOfStack = await difference(out[residual.result], stackInput!);
           return out;
         },
+        held: () => [previousInput, residualOfStack].filter((t): t is T => t !== undefined),
         stats: () => ({ cachedCalls }),
         summary: () => (cachedCalls ? `${cachedCalls} model calls skipped every block (cached residual)` : undefined),
       };
@@ -141,6 +142,7 @@ export function teaCacheRecorder(): { plan: Accelerator; samples: { x: number; y
           }
           return out;
         },
+        held: () => [previousInput, previousOutput].filter((t): t is T => t !== undefined),
       };
     },
   };

@@ -40,6 +40,7 @@ export function featureChangeRecorder(): { plan: Accelerator; result: FeatureCha
           previous.set(key, { call: at.call, tokens });
           return out;
         },
+        held: () => [...previous.values()].map((p) => p.tokens),
       };
     },
   };

@@ -277,7 +277,9 @@ export async function generate(f: GenerateFlags): Promise<void> {
       const t = result.timings;
       process.stderr.write(`wrote ${runNames.join(', ')} (seed ${result.seed}, ${result.scheduler}; ` +
         `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}${t.imageEncoding === undefined ? '' : `init image ${t.imageEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
-      if (device === 'webgpu') process.stderr.write(`webgpu: ${describeTransfers(result.denoisingTransfers, result.steps)}\n`);
+      if (device === 'webgpu') {
+        process.stderr.write(`webgpu: ${describeTransfers(result.denoisingTransfers, result.steps)}; ${(result.keptOnDevice / 1024).toFixed(1)} KiB of outputs kept on the GPU between steps\n`);
+      }
       if (result.accel) {
         const a = result.accel;
         process.stderr.write(`${a.name}: ${[`${a.cfgCalls} model calls with CFG`, ...a.summary].join(', ')}\n`);

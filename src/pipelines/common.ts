@@ -8,7 +8,7 @@ import { InputError, describe } from '../errors.ts';
 import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { ortOps, tensorData, type Transfers } from '../runtime/ort-executor.ts';
+import { ortOps, tensorData, type OrtExecutor, type Transfers } from '../runtime/ort-executor.ts';
 import { PlannedExecutor, combine, dryRehearsal, plannedMemory, type Accelerator, type RunShape } from '../runtime/plan.ts';
 import type { ModelDeclaration } from '../runtime/protocol.ts';
 import { createScheduler, type SchedulerName } from '../schedulers/index.ts';
@@ -305,6 +305,11 @@ export interface GenerationResult {
   denoiserMacs: MacCount;
   /** GPU↔CPU copies during the denoising loop (WebGPU; zero on the CPU). */
   denoisingTransfers: Transfers;
+  /**
+   * The most bytes of model outputs left on the GPU between model calls (WebGPU; zero on the CPU):
+   * what the plan and the prompt's keys and values hold. Every other output is freed after each call.
+   */
+  keptOnDevice: number;
   /** Seconds; text encoding where the family has a text encoder, imageEncoding for img2img only. */
   timings: { textEncoding?: number; imageEncoding?: number; denoising: number; decoding: number };
   warnings: string[];
@@ -318,6 +323,8 @@ export interface GenerationResult {
 export class Acceleration {
   private planned?: PlannedExecutor<ort.Tensor>;
   private cfgCalls = 0;
+  /** See GenerationResult.keptOnDevice. */
+  keptOnDevice = 0;
 
   private constructor(private readonly plan: Accelerator | undefined, private readonly run: RunShape & { calls: number }) {}
 
@@ -362,16 +369,57 @@ export class Acceleration {
     return { cfg: cfgNow, exec: this.planned ?? exec };
   }
 
+  /**
+   * After a model call, once its output is read: frees what the call produced on `exec` but what
+   * the plan keeps and `kept` (tensors the pipeline reuses, e.g. a prompt's cross-attention keys).
+   */
+  endCall(exec: OrtExecutor, kept: Iterable<ort.Tensor> = []): void {
+    this.keptOnDevice = Math.max(this.keptOnDevice, exec.freeOutputs([...(this.planned?.held() ?? []), ...kept]));
+  }
+
   report(): AccelReport | undefined {
     return this.plan && this.planned && { name: this.plan.name, cfgCalls: this.cfgCalls, ...this.planned.report() };
   }
 }
 
 /**
+ * A pipeline's generations, one at a time, each leaving nothing on its executors: they share the
+ * executors (MAC counters, sessions, outputs not yet freed), so a second generate waits for the
+ * first, and release() for both.
+ */
+export class Generations {
+  private last: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly executors: readonly (OrtExecutor | undefined)[]) {}
+
+  run<R>(generate: () => Promise<R>): Promise<R> {
+    const done = this.last.then(async () => {
+      try {
+        return await generate();
+      } finally {
+        for (const exec of this.executors) exec?.freeOutputs();
+      }
+    });
+    this.last = done.catch(() => undefined);
+    return done;
+  }
+
+  /** Settles when every generation begun so far has ended. */
+  async idle(): Promise<void> {
+    await this.last;
+  }
+}
+
+/** Every tensor of a pipeline's precomputed cross-attention keys and values (by text, by layer). */
+export function keyValueTensors(byText: Map<unknown, Map<string, Record<string, ort.Tensor>>>): ort.Tensor[] {
+  return [...byText.values()].flatMap((layers) => [...layers.values()].flatMap((kv) => Object.values(kv)));
+}
+
+/**
  * VAE-decodes each image of a latent batch [B, C, h, w] (one at a time: the decoder's activations
  * dominate memory at full size) to planar RGB in [0, 1]; `fit` reshapes the decoded [−1, 1] image first.
  */
-export async function decodeImages(vae: AutoencoderKL, exec: Executor<ort.Tensor>, latents: Float32Array, dims: number[],
+export async function decodeImages(vae: AutoencoderKL, exec: OrtExecutor, latents: Float32Array, dims: number[],
   fit?: (decoded: Float32Array) => { data: Float32Array; width: number; height: number }): Promise<GeneratedImage[]> {
   const [batch, ...plane] = dims;
   const size = plane.reduce((a, b) => a * b, 1);
@@ -381,6 +429,7 @@ export async function decodeImages(vae: AutoencoderKL, exec: Executor<ort.Tensor
   for (let b = 0; b < batch; b++) {
     const z = latents.slice(b * size, (b + 1) * size).map((v) => v * scale);
     const decoded = await floats(await vae.decode(exec, new ort.Tensor('float32', z, [1, ...plane])));
+    exec.freeOutputs();
     const image = fit ? fit(decoded) : { data: decoded, width: plane[2] * factor, height: plane[1] * factor };
     images.push({ data: image.data.map((v) => Math.min(1, Math.max(0, v / 2 + 0.5))), width: image.width, height: image.height });
   }

@@ -17,7 +17,7 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { labelTable, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  Acceleration, Generations, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
   type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
@@ -42,6 +42,7 @@ export interface DiTResult extends GenerationResult {
 export class DiTPipeline {
   private readonly transformerExec: OrtExecutor;
   private readonly vaeExec: OrtExecutor;
+  private readonly generations: Generations;
   readonly labels: Map<string, number>;
 
   constructor(
@@ -52,6 +53,7 @@ export class DiTPipeline {
   ) {
     this.transformerExec = new OrtExecutor(transformer.params, options);
     this.vaeExec = new OrtExecutor(vae.params, withFullPrecision(options));
+    this.generations = new Generations([this.transformerExec, this.vaeExec]);
     const index = `${folder.dir}/model_index.json`;
     this.labels = folder.options.id2label === undefined ? new Map() : labelTable(folder.options.id2label, index);
   }
@@ -75,7 +77,12 @@ export class DiTPipeline {
     });
   }
 
-  async generate(request: DiTRequest): Promise<DiTResult> {
+  /** Runs after any generation already begun on this pipeline. */
+  generate(request: DiTRequest): Promise<DiTResult> {
+    return this.generations.run(() => this.generateNow(request));
+  }
+
+  private async generateNow(request: DiTRequest): Promise<DiTResult> {
     checkRequestOptions(request, [...BASE_OPTIONS, ...optionNames<DiTRequest, BaseRequest>({ classLabels: true })], this.folder.className);
     const model = this.transformer.model;
     const c = model.config;
@@ -89,7 +96,8 @@ export class DiTPipeline {
     const latentDims = [batch, c.inChannels, c.sampleSize, c.sampleSize];
     checkLatents(request.latents, latentDims);
     const scheduler = folderScheduler(this.folder, request.scheduler, steps);
-    const acceleration = Acceleration.check(request.accel, model.declaration, scheduleStart(scheduler, undefined).run, undefined, request.plans);
+    const acceleration = Acceleration.check(request.accel, model.declaration,
+      { ...scheduleStart(scheduler, undefined).run, halfFloats: await this.transformerExec.halfFloats() }, undefined, request.plans);
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output,
       keptBytes: await acceleration.keptBytes(denoise) });
@@ -116,6 +124,7 @@ export class DiTPipeline {
       const input = scheduler.scaleModelInput(now.cfg ? concat(latents, latents) : latents, i);
       const out = await floats(await model.forward(now.exec, new ort.Tensor('float32', input, [rows, ...latentDims.slice(1)]),
         new ort.Tensor('float32', new Float32Array(rows).fill(t), [rows]), labels(rows)));
+      acceleration.endCall(this.transformerExec);
       // The noise channels of each image (the learned variance follows them), guided against its null-class row.
       const perRow = out.length / rows;
       const eps = new Float32Array(size);
@@ -149,12 +158,14 @@ export class DiTPipeline {
       guidedChannels,
       denoiserMacs: macsSince(this.transformerExec, macsBefore),
       denoisingTransfers,
+      keptOnDevice: acceleration.keptOnDevice,
       timings: { denoising, decoding: seconds(decodeStart) },
       warnings,
     };
   }
 
   async release(): Promise<void> {
+    await this.generations.idle();
     try {
       await Promise.all([this.transformerExec.release(), this.vaeExec.release()]);
     } finally {

@@ -15,7 +15,7 @@ import * as ort from 'onnxruntime-node';
 import { InputError, describe } from '../errors.ts';
 import { resizeLanczos } from '../image/resize.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
-import type { Executor } from '../runtime/executor.ts';
+import type { OrtExecutor } from '../runtime/ort-executor.ts';
 import type { RunShape } from '../runtime/plan.ts';
 import type { Scheduler } from '../schedulers/index.ts';
 import { LIMITS, floats, type BatchNoise, type GeneratedImage, type Latents, type PromptRequest } from './common.ts';
@@ -98,7 +98,7 @@ export function scheduleStart(scheduler: Scheduler, img2img: Img2Img | undefined
  * the scheduler's initial sigma, as diffusers does; or img2img's noised init image (initLatents).
  */
 export async function startingLatents(o: { img2img?: Img2Img; given?: Latents; dims: number[]; scheduler: Scheduler; start: number; noise: BatchNoise;
-  vae: AutoencoderKL; vaeExec: Executor<ort.Tensor>; width: number; height: number }): Promise<Float32Array> {
+  vae: AutoencoderKL; vaeExec: OrtExecutor; width: number; height: number }): Promise<Float32Array> {
   if (o.img2img) return initLatents(o.vae, o.vaeExec, o.img2img.image, o.width, o.height, o.dims[0], o.scheduler, o.start, o.noise);
   const size = o.dims.reduce((a, b) => a * b, 1);
   const latents = o.given ? Float32Array.from(o.given.data) : o.noise.draw(size);
@@ -110,12 +110,13 @@ export async function startingLatents(o: { img2img?: Img2Img; given?: Latents; d
  * The starting latents of an img2img batch [batch, C, h, w]: the image at the output size, VAE-encoded
  * once, a posterior sample per image scaled by scaling_factor, noised to position `start` of the schedule.
  */
-async function initLatents(vae: AutoencoderKL, exec: Executor<ort.Tensor>, image: GeneratedImage, width: number, height: number,
+async function initLatents(vae: AutoencoderKL, exec: OrtExecutor, image: GeneratedImage, width: number, height: number,
   batch: number, scheduler: Scheduler, start: number, noise: BatchNoise): Promise<Float32Array> {
   const resized = resizeLanczos(image, width, height);
   const pixels = resized.data.map((v) => f32(f32(2 * v) - 1));
   const { mean, std } = await vae.encode(exec, new ort.Tensor('float32', pixels, [1, 3, height, width]));
   const [m, s] = [await floats(mean), await floats(std)];
+  exec.freeOutputs();
   const per = m.length;
   const sample = noise.draw(batch * per);
   const scale = f32(vae.config.scalingFactor);

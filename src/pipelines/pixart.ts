@@ -23,7 +23,7 @@ import { OrtExecutor, withFullPrecision, retainSessionsFor, type RuntimeOptions,
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  Acceleration, Generations, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, macsSince, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -107,6 +107,7 @@ export class PixArtPipeline {
   /** Whether the T5 sessions stay (false for a T5-XXL on this machine: each block's session is released after its run). */
   private readonly textRetained: boolean;
   private readonly vaeExec: OrtExecutor;
+  private readonly generations: Generations;
 
   constructor(
     readonly folder: PipelineFolder,
@@ -121,6 +122,7 @@ export class PixArtPipeline {
     this.textRetained = retainSessionsFor(textEncoder.weights.float32Bytes());
     this.textExec = new OrtExecutor(textEncoder.params, withFullPrecision(options), { retainSessions: this.textRetained });
     this.vaeExec = new OrtExecutor(vae.params, withFullPrecision(options));
+    this.generations = new Generations([this.transformerExec, this.textExec, this.vaeExec]);
   }
 
   /** α's default is 120 tokens, Σ's 300 (their pipelines' max_sequence_length). */
@@ -148,10 +150,17 @@ export class PixArtPipeline {
     });
     const dims = [prompts.length, maxLength];
     const out = await this.textEncoder.model.forward(this.textExec, new ort.Tensor('int64', ids, dims), new ort.Tensor('int64', mask, dims));
-    return { states: await floats(out), mask, width: out.dims[2] };
+    const states = await floats(out);
+    this.textExec.freeOutputs();
+    return { states, mask, width: out.dims[2] };
   }
 
-  async generate(request: PixArtRequest): Promise<PixArtResult> {
+  /** Runs after any generation already begun on this pipeline. */
+  generate(request: PixArtRequest): Promise<PixArtResult> {
+    return this.generations.run(() => this.generateNow(request));
+  }
+
+  private async generateNow(request: PixArtRequest): Promise<PixArtResult> {
     checkRequestOptions(request, [...PROMPT_OPTIONS, ...optionNames<PixArtRequest, PromptRequest>({ maxSequenceLength: true, resolutionBinning: true })], this.folder.className);
     const warnings: string[] = [];
     const model = this.transformer.model;
@@ -191,7 +200,7 @@ export class PixArtPipeline {
       throw new InputError('steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }
     const { start: first, run, why } = scheduleStart(scheduler, img2img);
-    const acceleration = Acceleration.check(request.accel, model.declaration, run, why, request.plans);
+    const acceleration = Acceleration.check(request.accel, model.declaration, { ...run, halfFloats: await this.transformerExec.halfFloats() }, why, request.plans);
     warnings.push(...seedWarnings(request, scheduler, first));
 
     // Before the text encoder runs (minutes for T5-XXL on a CPU): T5's width is its d_model, which the loader matched to caption_channels.
@@ -261,6 +270,7 @@ export class PixArtPipeline {
         new ort.Tensor('float32', input, [rows, ...latentDims.slice(1)]), new ort.Tensor('float32', new Float32Array(rows).fill(t), [rows]),
         { ...textNow, kv: await keysFor(textNow) }, sizes(rows));
       const prediction = await floats(out);
+      acceleration.endCall(this.transformerExec, keyValueTensors(kvs));
       // Guidance over every output channel, then the learned variance's half dropped.
       const guided = now.cfg ? guide(prediction, prediction.length / 2, guidance, 0, batch) : prediction;
       const eps = c.outChannels === 2 * c.inChannels ? firstChannels(guided, batch, plane) : guided;
@@ -287,12 +297,14 @@ export class PixArtPipeline {
       accel: acceleration.report(),
       denoiserMacs: macsSince(this.transformerExec, macsBefore),
       denoisingTransfers,
+      keptOnDevice: acceleration.keptOnDevice,
       timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };
   }
 
   async release(): Promise<void> {
+    await this.generations.idle();
     try {
       await Promise.all([this.transformerExec.release(), this.textExec.release(), this.vaeExec.release()]);
     } finally {

@@ -15,7 +15,7 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, BatchNoise, checkAborted, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, LIMITS, list, numberOption, seconds, seedOf,
+  Acceleration, Generations, BatchNoise, checkAborted, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -66,6 +66,7 @@ export class StableDiffusionPipeline {
   private readonly vaeExec: OrtExecutor;
   private readonly textExec: OrtExecutor;
   private readonly textExec2?: OrtExecutor;
+  private readonly generations: Generations;
 
   constructor(
     readonly folder: PipelineFolder,
@@ -80,6 +81,7 @@ export class StableDiffusionPipeline {
     this.vaeExec = new OrtExecutor(vae.params, withFullPrecision(options));
     this.textExec = new OrtExecutor(textEncoder.params, withFullPrecision(options));
     if (xl) this.textExec2 = new OrtExecutor(xl.textEncoder2.params, withFullPrecision(options));
+    this.generations = new Generations([this.unetExec, this.vaeExec, this.textExec, this.textExec2]);
   }
 
   /** Pixel size the U-Net was trained at (sample_size × VAE factor). */
@@ -106,7 +108,9 @@ export class StableDiffusionPipeline {
     const first = await this.textEncoder.model.forward(this.textExec, this.tokenize(this.tokenizer, prompts, warnings));
     if (!this.xl) {
       const [, tokens, width] = first.lastHiddenState.dims;
-      return { context: await floats(first.lastHiddenState), tokens, width };
+      const context = await floats(first.lastHiddenState);
+      this.textExec.freeOutputs();
+      return { context, tokens, width };
     }
     const second = await this.xl.textEncoder2.model.forward(this.textExec2!, this.tokenize(this.xl.tokenizer2, prompts, warnings));
     const a = await floats(first.penultimateHiddenState);
@@ -118,10 +122,18 @@ export class StableDiffusionPipeline {
       context.set(a.subarray(row * wa, (row + 1) * wa), row * (wa + wb));
       context.set(b.subarray(row * wb, (row + 1) * wb), row * (wa + wb) + wa);
     }
-    return { context, tokens, width: wa + wb, pooled: await floats(second.textEmbeds!) };
+    const pooled = await floats(second.textEmbeds!);
+    this.textExec2!.freeOutputs();
+    this.textExec.freeOutputs();
+    return { context, tokens, width: wa + wb, pooled };
   }
 
-  async generate(request: GenerateRequest): Promise<GenerateResult> {
+  /** Runs after any generation already begun on this pipeline. */
+  generate(request: GenerateRequest): Promise<GenerateResult> {
+    return this.generations.run(() => this.generateNow(request));
+  }
+
+  private async generateNow(request: GenerateRequest): Promise<GenerateResult> {
     checkRequestOptions(request, [...PROMPT_OPTIONS, ...(this.xl ? [...SD_OPTIONS, ...XL_OPTIONS] : SD_OPTIONS)], this.folder.className);
     const warnings: string[] = [];
     const prompts = list(request.prompt, 'prompt');
@@ -163,7 +175,7 @@ export class StableDiffusionPipeline {
 
     // Refuse what cannot work before any work.
     // Schedules count the calls that run; PNDM makes one call more than steps.
-    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, run, why, request.plans);
+    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { ...run, halfFloats: await this.unetExec.halfFloats() }, why, request.plans);
     warnings.push(...seedWarnings(request, scheduler, start));
 
     // Before any model runs: SDXL's pooled text embeddings are as wide as text_encoder_2's projection.
@@ -237,6 +249,7 @@ export class StableDiffusionPipeline {
         new ort.Tensor('float32', new Float32Array(modelBatch).fill(t), [modelBatch]),
         context, added, await keysFor(context));
       const prediction = await floats(out);
+      acceleration.endCall(this.unetExec, keyValueTensors(crossKV));
       const guided = cfgNow ? guide(prediction, size, guidance, rescale, batch) : prediction;
       const stepNoise = scheduler.needsNoise(i) ? noise.draw(size) : undefined;
       ({ prevSample: latents, state } = scheduler.step(state, guided, i, latents, stepNoise));
@@ -259,12 +272,14 @@ export class StableDiffusionPipeline {
       accel: acceleration.report(),
       denoiserMacs: macsSince(this.unetExec, macsBefore),
       denoisingTransfers,
+      keptOnDevice: acceleration.keptOnDevice,
       timings: { textEncoding, ...(img2img ? { imageEncoding } : {}), denoising, decoding },
       warnings,
     };
   }
 
   async release(): Promise<void> {
+    await this.generations.idle();
     try {
       await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release(), this.textExec2?.release()]);
     } finally {

@@ -34,31 +34,41 @@ export function withFullPrecision(options: RuntimeOptions): RuntimeOptions {
   return { ...options, precision: 'fp32' };
 }
 
-let halfPrecisionChecked: Promise<void> | undefined;
+let webgpuHalfFloats: Promise<boolean> | undefined;
 
 /**
- * fp16 needs a WebGPU adapter with shader-f16 (Chromium's SwiftShader has none), and ORT says so
- * only when a float16 kernel first runs: one tiny float16 run tells, before any real work.
+ * Whether the device computes in float16. A WebGPU adapter needs shader-f16 (Chromium's
+ * SwiftShader has none), and ORT says so only when a float16 kernel first runs, in onnxruntime-node
+ * then crashing at exit: one tiny float16 run tells, before any real work.
  */
-function checkHalfPrecision(options: RuntimeOptions): Promise<void> {
-  halfPrecisionChecked ??= (async () => {
+export function computesHalfFloats(options: RuntimeOptions): Promise<boolean> {
+  if (options.device !== 'webgpu') return Promise.resolve(true);
+  webgpuHalfFloats ??= (async () => {
     const g = new GraphBuilder('float16 probe', { param: (name) => { throw new Error(`no parameter ${name} in the probe`); } }, { precision: 'fp16' });
     const x = g.input('x', [4]);
     g.output(g.add(x, x), 'y');
-    const session = await createSession(g, { ...options, sessionCache: undefined }, false);
+    // Its failure is the answer, not an error to log.
+    const session = await ort.InferenceSession.create(encodeModel(g.toModel((file) => file)), { executionProviders: ['webgpu'], logSeverityLevel: 4 })
+      .catch((err: unknown) => Promise.reject(withoutAdapter(err)));
     try {
       const { y } = await session.run({ x: new ort.Tensor('float32', new Float32Array(4), [4]) });
       y.dispose();
+      return true;
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      if (!/requires f16/.test(message)) throw err;
-      throw new InputError('precision', 'fp16 needs a WebGPU adapter with shader-f16, and this one has none (Chromium\'s SwiftShader, for one, has none)',
-        'fp32 on this adapter, or a Vulkan driver with float16 shaders: a GPU\'s, or Mesa ≥ 25 lavapipe', 'fp16');
+      if (/requires f16/.test(err instanceof Error ? err.message : String(err))) return false;
+      throw err;
     } finally {
       await session.release();
     }
   })();
-  return halfPrecisionChecked;
+  return webgpuHalfFloats;
+}
+
+async function checkHalfPrecision(options: RuntimeOptions): Promise<void> {
+  if (!(await computesHalfFloats(options))) {
+    throw new InputError('precision', 'fp16 needs a WebGPU adapter with shader-f16, and this one has none (Chromium\'s SwiftShader, for one, has none)',
+      'fp32 on this adapter, or a Vulkan driver with float16 shaders: a GPU\'s, or Mesa ≥ 25 lavapipe', 'fp16');
+  }
 }
 
 /** Optimised models on disk, by a key of everything they depend on (src/runtime/session-cache.ts). */
@@ -168,6 +178,13 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   readonly runSeconds = new Map<string, number>();
   /** MACs of every segment run so far, at the batch it ran (what adaptive methods really spend). */
   readonly macsSpent: MacCount = zeroMacs();
+  /** Outputs not yet freed on a GPU: their buffers live until disposed, whatever the garbage collector does. */
+  private readonly deviceOutputs = new Set<ort.Tensor>();
+  /**
+   * CPU outputs not yet freed, held weakly (the collector frees them): freeOutputs disposes those
+   * still alive only so that a tensor used after it was freed fails on the CPU as it would on a GPU.
+   */
+  private hostOutputs: WeakRef<ort.Tensor>[] = [];
 
   constructor(
     private readonly params: ParamSource,
@@ -184,6 +201,11 @@ export class OrtExecutor implements Executor<ort.Tensor> {
     checkPrecisionDevice(options.precision, options.device);
   }
 
+  /** Whether this executor's device computes in float16 (see computesHalfFloats). */
+  halfFloats(): Promise<boolean> {
+    return computesHalfFloats(this.options);
+  }
+
   /** Sessions held now. */
   get openSessions(): number {
     return this.sessions.size;
@@ -194,6 +216,9 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   }
 
   async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<Record<string, ort.Tensor>> {
+    for (const [key, t] of Object.entries(inputs)) {
+      if (t.location === 'none') throw freed(`segment ${name}'s input ${key}`);
+    }
     const retain = this.retain;
     const key = `${name}|${shapeKey(inputs, options, true)}`;
     let compiled = retain ? this.sessions.get(key) : undefined;
@@ -229,9 +254,41 @@ export class OrtExecutor implements Executor<ort.Tensor> {
       if (!retain) await session.release();
     }
     this.runSeconds.set(name, (this.runSeconds.get(name) ?? 0) + (performance.now() - start) / 1000);
+    for (const t of Object.values(result)) {
+      if (t.location === 'cpu') this.hostOutputs.push(new WeakRef(t));
+      else this.deviceOutputs.add(t);
+    }
+    if (this.hostOutputs.length > 4096) this.hostOutputs = this.hostOutputs.filter((r) => r.deref() !== undefined);
     const outputs: Record<string, ort.Tensor> = {};
     for (const key of outputKeys) outputs[key] = result[outputName(key)];
     return outputs;
+  }
+
+  /**
+   * Frees every output of this executor's runs but `keep`. Pipelines call it after each model call
+   * with what the plan and the model keep for later calls, and at the end of a generation with
+   * nothing: without it each step's outputs would stay on a GPU until the process ends. Returns
+   * the bytes still held on a device.
+   */
+  freeOutputs(keep: Iterable<ort.Tensor> = []): number {
+    const kept = new Set(keep);
+    let heldBytes = 0;
+    for (const t of this.deviceOutputs) {
+      if (kept.has(t)) {
+        heldBytes += tensorBytes(t);
+        continue;
+      }
+      t.dispose();
+      this.deviceOutputs.delete(t);
+    }
+    const alive: WeakRef<ort.Tensor>[] = [];
+    for (const ref of this.hostOutputs) {
+      const t = ref.deref();
+      if (t && kept.has(t)) alive.push(ref);
+      else t?.dispose();
+    }
+    this.hostOutputs = alive;
+    return heldBytes;
   }
 
   private async compile(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<CompiledSegment> {
@@ -353,14 +410,17 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
     }
     return await ort.InferenceSession.create(await modelBytes(), sessionOptions);
   } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    if (device === 'webgpu' && /adapter|WebGPU|webgpu/.test(message)) {
-      throw new InputError('device webgpu', `ONNX Runtime could not start WebGPU (${message.split('\n')[0].replace(/^.*?: /, '')})`,
-        'a WebGPU adapter: on Linux the Vulkan loader (apt-get install libvulkan1) and a Vulkan driver — a GPU\'s, ' +
-        'Mesa ≥ 25 lavapipe, or Chromium\'s SwiftShader with VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json');
-    }
-    throw err;
+    throw device === 'webgpu' ? withoutAdapter(err) : err;
   }
+}
+
+/** ORT's failure to start WebGPU as the input error it is (what to install); other errors unchanged. */
+function withoutAdapter(err: unknown): unknown {
+  const message = err instanceof Error ? err.message : String(err);
+  if (!/adapter|WebGPU|webgpu/.test(message)) return err;
+  return new InputError('device webgpu', `ONNX Runtime could not start WebGPU (${message.split('\n')[0].replace(/^.*?: /, '')})`,
+    'a WebGPU adapter: on Linux the Vulkan loader (apt-get install libvulkan1) and a Vulkan driver — a GPU\'s, ' +
+    'Mesa ≥ 25 lavapipe, or Chromium\'s SwiftShader with VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json');
 }
 
 /**
@@ -510,9 +570,15 @@ function tensorBytes(t: ort.Tensor): number {
   return t.size * (Object.hasOwn(ONNX_TYPE, t.type) ? DATA_TYPE_BYTES[t.type as DataType] : 4);
 }
 
+/** The error for a tensor used after OrtExecutor.freeOutputs freed it. */
+function freed(what: string): Error {
+  return new Error(`${what} was freed after an earlier model call: a plan that keeps tensors between calls lists them in RunHooks.held`);
+}
+
 /** A tensor's values on the CPU, wherever it lives. */
 export async function tensorData(t: ort.Tensor): Promise<ort.Tensor['data']> {
   if (t.location === 'cpu') return t.data;
+  if (t.location === 'none') throw freed(`a tensor [${t.dims.join(', ')}]`);
   transfers.toHost++;
   transfers.toHostBytes += tensorBytes(t);
   // onnxruntime-node 1.30's downloader for WebGPU buffers throws a C string and aborts the

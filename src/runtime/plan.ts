@@ -31,7 +31,8 @@
  *    official TGATE + DeepCache code; so the order of DeepCache and TGATE does not matter.
  * Two methods that claim the same kind of change, or where one conflicts with what the other
  * claims, are refused. Caches are keyed by segment (or branch) and tensor shape, so CFG-batch and
- * single-batch values never mix, and live in one PlannedExecutor, i.e. for one generation.
+ * single-batch values never mix, and live in one PlannedExecutor, i.e. for one generation. After each
+ * model call the pipeline frees every output the plan does not hold (PlannedExecutor.held).
  */
 import { InputError } from '../errors.ts';
 import { DATA_TYPE_BYTES, type Value } from '../graph/builder.ts';
@@ -58,6 +59,8 @@ export interface RunInfo {
   fullPassCalls: readonly number[];
   /** The timestep each model call that runs gets (for methods that act on noise levels: Skip-Cache); undefined if not told. */
   timesteps?: readonly number[];
+  /** Whether the device computes in float16 (false: a WebGPU adapter without shader-f16); undefined if not told. */
+  halfFloats?: boolean;
 }
 
 /** What a caller tells of its run (the rest of RunInfo comes from the plan). */
@@ -137,6 +140,12 @@ export interface RunHooks<T extends TensorLike> {
    */
   around?(segment: SegmentCall<T>, at: CallInfo, next: () => Promise<Record<string, T>>, residual: ResidualSpec | undefined,
     probe: (variant: SegmentVariant<T>) => Promise<Record<string, T>>): Promise<Record<string, T>>;
+  /**
+   * Every tensor the method keeps for a later model call (stored maps, residuals): the executor
+   * frees all other outputs after each call (a GPU's buffers live until freed), so one kept and
+   * not listed fails as a freed input.
+   */
+  held?(): Iterable<T>;
   /** Counters for reports, by name. */
   stats?(): Record<string, number>;
   /** What the method did, in words (undefined: nothing worth saying). */
@@ -330,6 +339,13 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
       ...this.hooks.map((h) => h.summary?.() ?? ''),
     ].filter(Boolean);
     return { stats, summary };
+  }
+
+  /** What the plan keeps for later model calls: cached values, cut features and what its methods hold. */
+  *held(): Iterable<T> {
+    yield* this.cache.values();
+    yield* this.features.values();
+    for (const h of this.hooks) yield* h.held?.() ?? [];
   }
 
   longSkipPass(_skips: LongSkipDeclaration, key: string): BranchPass<T> | undefined {
