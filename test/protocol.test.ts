@@ -14,6 +14,7 @@ import { DryExecutor } from '../src/runtime/dry-executor.ts';
 import type { TensorLike } from '../src/runtime/executor.ts';
 import { OrtExecutor, ortOps } from '../src/runtime/ort-executor.ts';
 import { PlannedExecutor, combine, shapedOps, type Accelerator, type PlanContext, type RunHooks } from '../src/runtime/plan.ts';
+import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { openGoldens } from './helpers/goldens.ts';
 
@@ -102,4 +103,58 @@ test('the U-Net declares its transformer blocks and long skips', () => {
   const sdxl = new UNet2DConditionModel(parseUNetConfig(PRESETS.sdxl.unet, 'sdxl')).declaration;
   assert.equal(Math.min(...sdxl.transformerBlocks.map((b) => b.downsample)), 2); // no attention at full resolution
   assert.equal(sdxl.longSkips!.maxBranch, 8);
+});
+
+/**
+ * Keeps the first self-attention's output tokens of call 0 and feeds them, unused, into that
+ * segment at later calls: what any method that reuses a tensor does. `declare` lists it in held.
+ */
+function keepFirstTokens(declare: boolean): Accelerator {
+  return {
+    name: 'keep-tokens',
+    begin: <T extends TensorLike>(): RunHooks<T> => {
+      let kept: T | undefined;
+      let first: string | undefined;
+      return {
+        async around(segment, at, next, residual) {
+          const out = await next();
+          first ??= segment.name;
+          if (segment.name === first && residual && at.call === 0) kept = out[residual.result];
+          return out;
+        },
+        variant: async (s, { call }) => (call === 0 || s.name !== first || !kept ? undefined : { name: 'kept', inputs: { kept }, hooks: () => ({}) }),
+        held: declare ? () => (kept ? [kept] : []) : undefined,
+      };
+    },
+  };
+}
+
+test('between model calls the executor frees every output but those a plan holds: one kept and not declared fails by name', async () => {
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  try {
+    const request = { prompt: 'a cat', steps: 3, seed: 1, width: 64, height: 64, output: 'latent' as const };
+    await assert.rejects(pipeline.generate({ ...request, plans: [keepFirstTokens(false)] }),
+      /input kept\.kept was freed after an earlier model call: a plan that keeps tensors between calls lists them in RunHooks\.held/);
+    const held = await pipeline.generate({ ...request, plans: [keepFirstTokens(true)] });
+    const plain = await pipeline.generate(request);
+    assert.deepEqual(held.latents.data, plain.latents.data);
+  } finally {
+    await pipeline.release();
+  }
+});
+
+test('generations on one pipeline run one at a time: at once they give what they give one after another', async () => {
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  const requests = [1, 2].map((seed) => ({ prompt: 'a cat', steps: 3, seed, width: 64, height: 64, output: 'latent' as const, accel: [{ method: 'deepcache' }] }));
+  const alone = [];
+  for (const r of requests) alone.push(await pipeline.generate(r));
+  const together = await Promise.all(requests.map((r) => pipeline.generate(r)));
+  for (const [i, result] of together.entries()) {
+    assert.deepEqual(result.latents.data, alone[i].latents.data);
+    assert.deepEqual(result.denoiserMacs, alone[i].denoiserMacs);
+  }
+  // release() waits for a generation begun before it.
+  const running = pipeline.generate(requests[0]);
+  await pipeline.release();
+  assert.deepEqual((await running).latents.data, alone[0].latents.data);
 });
