@@ -74,6 +74,8 @@ test('a job runs from POST to a PNG equal to the library\'s image, with its para
   assert.equal(response.headers.get('location'), `/v1/jobs/${queued.id}`);
   const again = await (await post(request, { 'Idempotency-Key': 'job-1' })).json() as JobView;
   assert.equal(again.id, queued.id, 'same key, same job');
+  const reordered = await (await post(Object.fromEntries(Object.entries(request).reverse()), { 'Idempotency-Key': 'job-1' })).json() as JobView;
+  assert.equal(reordered.id, queued.id, 'the same request with its fields in another order is the same request');
   const other = await post({ ...request, seed: 6 }, { 'Idempotency-Key': 'job-1' });
   assert.equal(other.status, 422, 'the same key for another request is refused, not answered with the first job');
   assert.equal((await other.json() as { error: { field: string } }).error.field, 'Idempotency-Key');

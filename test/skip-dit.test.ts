@@ -184,6 +184,13 @@ test('diffuse convert: one line on success, a refused folder left behind on fail
   assert.equal(slash.status, 0, slash.stderr);
   assert.deepEqual(fs.readdirSync(dir).sort(), ['skip', 'slash']);
   fs.rmSync(path.join(dir, 'slash'), { recursive: true });
+  // "--out file/" where a file is: refused before the conversion, the file kept.
+  fs.writeFileSync(path.join(dir, 'file'), 'mine');
+  const overFile = diffuse('convert', path.join(SKIP_DIT, 'tiny-skip-dit.pt'), '--out', 'file/', '--num-heads', '2');
+  assert.equal(overFile.status, 2, overFile.stderr);
+  assert.match(overFile.stderr, /^diffuse: --out: already exists/);
+  assert.equal(fs.readFileSync(path.join(dir, 'file'), 'utf8'), 'mine');
+  fs.rmSync(path.join(dir, 'file'));
   const gen = diffuse('generate', '--model', 'skip', '--class', '1', '--steps', '4', '--accel', 'skip-cache', '--out', 'x.png');
   assert.equal(gen.status, 0, gen.stderr);
   // The .pt itself as --model, with convert's flags; the PNG names the checkpoint and the guidance convention.

@@ -16,6 +16,7 @@ import { modelName } from '../src/pipelines/model-name.ts';
 import { withFlagNames } from '../src/cli/flag-names.ts';
 import { withOptionNames } from '../src/util/option-names.ts';
 import { FIELD_OF_OPTION } from '../src/serve/job.ts';
+import { WORDS_OF_OPTION } from '../src/serve/worker.ts';
 import { buildProgram } from '../src/cli/main.ts';
 import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { loadDiTPipeline } from '../src/pipelines/dit.ts';
@@ -159,6 +160,12 @@ test('the library names its own options in errors (the CLI maps them to its flag
   assert.equal(withFlagNames('timeCondProjDim: set; guidanceScale used'), 'timeCondProjDim: set; --guidance used');
   assert.equal(withOptionNames('negativePrompt has no effect: guidanceScale 1 ≤ 1', FIELD_OF_OPTION), 'negative_prompt has no effect: guidance 1 ≤ 1');
   assert.equal(withOptionNames('imagesPerPrompt/classLabels: x', FIELD_OF_OPTION), 'batch/class: x');
+  // The service's workers plan within their share of memory, which only the server's operator sets.
+  assert.equal(withOptionNames('width/height: needs about 9 GiB; expected a smaller size, or a higher memoryLimit', WORDS_OF_OPTION),
+    'width/height: needs about 9 GiB; expected a smaller size, or a higher memory share per worker (the server\'s --workers)');
+  // Quoted user text stays as given, escaped quotes and all; a file name is not an option; a sentence's end is.
+  assert.equal(withOptionNames('prompt: found "say \\"negativePrompt\\" twice" in negativePrompt.txt, not guidanceScale.', FIELD_OF_OPTION),
+    'prompt: found "say \\"negativePrompt\\" twice" in negativePrompt.txt, not guidance.');
   // A service request gives a schedule inline; a file name is the command line's.
   assert.deepEqual(requestAccelSpecs(['attn-reuse:schedule=1101']).map((s) => s.params.schedule), ['1101']);
   throwsInputError(() => requestAccelSpecs(['attn-reuse:schedule=plan.json']), 'accel attn-reuse:schedule', 'names a file', 'found "plan.json"');
@@ -225,7 +232,7 @@ test('img2img from the CLI: the PNG records strength and the input files by name
 test('a run that cannot fit in memory is refused with its estimate before it starts; the limit can be set', async (t) => {
   const dir = tempDir(t);
   let run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--width', '16384', '--height', '16384', '--out', path.join(dir, 'x.png'));
-  refused(run, ['--width/--height', 'needs about', 'attention scores', 'over the limit of', 'this machine\'s memory', 'found 16384x16384']);
+  refused(run, ['--width/--height', 'needs about', 'attention scores', 'over the limit of', 'this machine\'s memory', 'or a higher --memory-limit', 'found 16384x16384']);
   assert.ok(run.seconds < 30, `refused after ${run.seconds.toFixed(1)} s`);
   run = diffuse('generate', '--model', TINY, '--prompt', 'x', '--width', '64', '--height', '64', '--memory-limit', '0.001', '--out', path.join(dir, 'x.png'));
   refused(run, ['--width/--height', 'over the limit of 0.0 GiB']);
@@ -245,6 +252,10 @@ test('a run that cannot fit in memory is refused with its estimate before it sta
     assert.equal(await kept('attn-reuse:reuse=0'), 0, 'no call reuses: nothing is kept');
     assert.ok(await kept('attn-reuse:max_map_memory=100') <= 100 * 2 ** 20);
     assert.ok(await kept('tgate') > 0 && await kept('fora') > await kept('tgate'), 'TGATE caches attention outputs; FORA every sub-layer\'s');
+    // TGATE holds a self-attention output at the CFG batch (call warm_up) and its CFG mean (the gate) at once: 1.5 of one,
+    // half of one where the gate is the first call; cross-attention only the mean (all that TGATE v1 keeps).
+    const v1 = await kept('tgate:cache_self_attn=false');
+    assert.equal(await kept('tgate') - v1, 3 * (await kept('tgate:gate_step=1') - v1));
   } finally {
     await pipeline.release();
   }

@@ -7,7 +7,7 @@
  */
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
-import { writeFileAtomically, writeOutput } from '../util/files.ts';
+import { textOf, writeFileAtomically, writeOutput } from '../util/files.ts';
 import { createAccelerator, formatAccelSpec, type AccelSpec } from '../accel/index.ts';
 import { calflopsMacs, fullMacs, type MacCount } from '../graph/builder.ts';
 import { drawLabel, labelWidth } from '../image/label.ts';
@@ -75,11 +75,6 @@ function settingName(o: BenchOptions): string {
   const methods = o.accel.map(formatAccelSpec).join(' + ');
   if (o.precision === 'fp32') return methods;
   return methods ? `${methods} (${o.precision})` : o.precision;
-}
-
-/** Where the table goes: stdout, or stderr when the JSON goes to stdout (--json -), so that stdout parses. */
-function textOf(o: { json?: string }): (line: string) => void {
-  return o.json === '-' ? (line) => process.stderr.write(`${line}\n`) : (line) => console.log(line);
 }
 
 /** Whole-run denoiser MACs of the baseline and of the accelerated setting, from configs only. */

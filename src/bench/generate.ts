@@ -6,7 +6,7 @@
 import { openSessionCache } from '../runtime/session-cache.ts';
 import * as path from 'node:path';
 import { InputError } from '../errors.ts';
-import { checkOutputFolder, writeOutput } from '../util/files.ts';
+import { checkOutputFolder, textOf, writeOutput } from '../util/files.ts';
 import { loadPipeline, type GenerateResult } from '../pipelines/stable-diffusion.ts';
 import { ensureRandomPipelineFolder } from './random-folder.ts';
 import { runReferenceScript } from './reference-script.ts';
@@ -44,6 +44,7 @@ const row = (label: string, t: Timing, rss: number) =>
   `total ${t.total.toFixed(3)} s | peak RSS ${(rss / 2 ** 30).toFixed(2)} GiB`;
 
 export async function benchGenerate(o: BenchGenerateOptions): Promise<void> {
+  const print = textOf(o);
   if (o.preset !== 'sd15' && o.preset !== 'sd21') throw new InputError('--preset', 'bench-generate covers SD 1.x/2.x presets', 'sd15 or sd21', o.preset);
   // An explicit cache the process cannot write would leave every run uncached: refused instead.
   if (o.sessionCache !== undefined) checkOutputFolder(o.sessionCache, '--session-cache');
@@ -52,20 +53,20 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<void> {
   await ensureRandomPipelineFolder(dir, o.preset, ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']);
   const pipeline = await loadPipeline(dir, { threads: o.threads, sessionCache: o.sessionCache === undefined ? undefined : openSessionCache(o.sessionCache) });
   const request = { prompt: PROMPT, steps: o.steps, guidanceScale: o.guidance, seed: 0, width: o.size, height: o.size };
-  console.log(`${o.preset} text-to-image ${o.size}x${o.size}, ${o.steps} steps (${pipeline.folder.components.scheduler?.className}), ` +
+  print(`${o.preset} text-to-image ${o.size}x${o.size}, ${o.steps} steps (${pipeline.folder.components.scheduler?.className}), ` +
     `CFG ${o.guidance}, fp32, ${o.threads} threads`);
   let start = performance.now();
   await pipeline.generate(request);
   const firstSeconds = (performance.now() - start) / 1000;
-  console.log(`  first run, including ORT session creation${o.sessionCache === undefined ? '' : ` (session cache ${o.sessionCache})`}: ${firstSeconds.toFixed(1)} s`);
+  print(`  first run, including ORT session creation${o.sessionCache === undefined ? '' : ` (session cache ${o.sessionCache})`}: ${firstSeconds.toFixed(1)} s`);
   const runs: Timing[] = [];
   for (let r = 0; r < o.runs; r++) {
     runs.push(timing(await pipeline.generate(request)));
-    console.log(row(`diffusion.ts run ${r + 1}`, runs[r], process.resourceUsage().maxRSS * 1024));
+    print(row(`diffusion.ts run ${r + 1}`, runs[r], process.resourceUsage().maxRSS * 1024));
   }
   await pipeline.release();
   const best = runs.reduce((a, b) => (b.total < a.total ? b : a));
-  console.log(`  first run / best run: ${(firstSeconds / best.total).toFixed(2)}×`);
+  print(`  first run / best run: ${(firstSeconds / best.total).toFixed(2)}×`);
   const rss = process.resourceUsage().maxRSS * 1024;
   const result: Record<string, unknown> = { ...o, firstSeconds, runs, best, peakRssBytes: rss };
   if (o.pytorch) {
@@ -73,9 +74,9 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<void> {
     const lines = runReferenceScript<Timing & { warmup?: boolean; peak_rss_bytes: number; engine: string }>(o.pytorch, 'bench_generate_torch.py',
       [dir, '--size', `${o.size}`, '--steps', `${o.steps}`, '--guidance', `${o.guidance}`, '--threads', `${o.threads}`, '--runs', `${o.runs}`]);
     const timed = lines.filter((l) => !l.warmup);
-    timed.forEach((t, i) => console.log(row(`${t.engine.replace('diffusers on ', '')} run ${i + 1}`, t, t.peak_rss_bytes)));
+    timed.forEach((t, i) => print(row(`${t.engine.replace('diffusers on ', '')} run ${i + 1}`, t, t.peak_rss_bytes)));
     const torchBest = timed.reduce((a, b) => (b.total < a.total ? b : a));
-    console.log(`  best vs best: diffusion.ts ${best.total.toFixed(3)} s, PyTorch ${torchBest.total.toFixed(3)} s → ` +
+    print(`  best vs best: diffusion.ts ${best.total.toFixed(3)} s, PyTorch ${torchBest.total.toFixed(3)} s → ` +
       `${(torchBest.total / best.total).toFixed(2)}× (denoising alone ${(torchBest.denoising / best.denoising).toFixed(2)}×)`);
     result.pytorch = { runs: timed, best: torchBest };
   }

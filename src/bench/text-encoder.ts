@@ -11,7 +11,7 @@ import { InputError } from '../errors.ts';
 import { loadT5Encoder } from '../models/components.ts';
 import { TRANSFORMER_PRESETS } from '../models/presets.ts';
 import { OrtExecutor, retainSessionsFor } from '../runtime/ort-executor.ts';
-import { writeOutput } from '../util/files.ts';
+import { textOf, writeOutput } from '../util/files.ts';
 import { Rng } from '../util/rng.ts';
 import { readPipelineFolder } from '../weights/diffusers-folder.ts';
 import { ensureRandomTextEncoderFolder } from './random-folder.ts';
@@ -49,6 +49,7 @@ function resetPeakRss(): void {
 }
 
 export async function benchTextEncoder(o: BenchTextEncoderOptions): Promise<void> {
+  const print = textOf(o);
   const preset = own(TRANSFORMER_PRESETS, o.preset);
   if (!preset?.textEncoder) {
     throw new InputError('--preset', 'not a preset with a T5 text encoder', Object.keys(TRANSFORMER_PRESETS).filter((k) => TRANSFORMER_PRESETS[k].textEncoder).join(', '), o.preset);
@@ -69,7 +70,7 @@ export async function benchTextEncoder(o: BenchTextEncoderOptions): Promise<void
   const input = new ort.Tensor('int64', ids, [o.batch, tokens]);
   const attention = new ort.Tensor('int64', mask, [o.batch, tokens]);
 
-  console.log(`${o.preset} text encoder: T5 ${c.numLayers} layers × d_model ${c.dModel} (${(fp32 / 4 / 1e9).toFixed(2)} B parameters, ` +
+  print(`${o.preset} text encoder: T5 ${c.numLayers} layers × d_model ${c.dModel} (${(fp32 / 4 / 1e9).toFixed(2)} B parameters, ` +
     `${(fp32 / GIB).toFixed(1)} GiB as float32, stored ${o.dtype}), ${o.batch} × ${tokens} tokens, ${o.threads} threads, ` +
     `sessions ${retain ? 'kept' : 'released after each block'} (${o.sessions}); machine ${(os.totalmem() / GIB).toFixed(1)} GiB`);
   const runs: { seconds: number; peakRssBytes: number }[] = [];
@@ -78,7 +79,7 @@ export async function benchTextEncoder(o: BenchTextEncoderOptions): Promise<void
     const start = performance.now();
     await model.forward(exec, input, attention);
     runs.push({ seconds: (performance.now() - start) / 1000, peakRssBytes: peakRss() });
-    console.log(`  run ${r + 1}${r === 0 && retain ? ' (creates the sessions)' : ''}: ${runs[r].seconds.toFixed(1)} s, peak RSS ${(runs[r].peakRssBytes / GIB).toFixed(2)} GiB`);
+    print(`  run ${r + 1}${r === 0 && retain ? ' (creates the sessions)' : ''}: ${runs[r].seconds.toFixed(1)} s, peak RSS ${(runs[r].peakRssBytes / GIB).toFixed(2)} GiB`);
   }
   await exec.release();
   weights.close();

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
 import { runReferenceScript } from './reference-script.ts';
-import { makeFolder, writeOutput } from '../util/files.ts';
+import { makeFolder, textOf, writeOutput } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadTransformer, loadUNet } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
@@ -168,6 +168,7 @@ export async function benchTransformer(o: BenchUNetOptions): Promise<void> {
 }
 
 async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt: (width: number, height: number) => ForwardUnderTest): Promise<void> {
+  const print = textOf(o);
   const results = [];
   for (const [width, height] of o.size) for (const precision of o.precision) {
     const runtime: RuntimeOptions = { device: 'cpu', threads: o.threads, precision };
@@ -235,28 +236,28 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
       profile: profileByKind(dry.calls, segmentSeconds, opsBySegment, distinct),
     };
     results.push(result);
-    console.log(`${o.preset} ${subject.label} forward ${width}x${height}, batch ${o.batch}, ${precision}, ${o.threads} threads: ` +
+    print(`${o.preset} ${subject.label} forward ${width}x${height}, batch ${o.batch}, ${precision}, ${o.threads} threads: ` +
       `${best.toFixed(3)} s best of ${o.runs} (median ${median(seconds).toFixed(3)} s; first run with session creation ${firstSeconds.toFixed(1)} s)`);
-    console.log(`  runs: ${seconds.map((x) => x.toFixed(3)).join(' ')} s; peak RSS so far ${(result.peakRssBytes / 2 ** 30).toFixed(2)} GiB`);
-    console.log(`  with cross-attention keys/values precomputed (as generate does): ${result.withCrossKV.bestSeconds.toFixed(3)} s best ` +
+    print(`  runs: ${seconds.map((x) => x.toFixed(3)).join(' ')} s; peak RSS so far ${(result.peakRssBytes / 2 ** 30).toFixed(2)} GiB`);
+    print(`  with cross-attention keys/values precomputed (as generate does): ${result.withCrossKV.bestSeconds.toFixed(3)} s best ` +
       `(${(best / result.withCrossKV.bestSeconds).toFixed(3)}× the per-call path; runs ${secondsWithKV.map((x) => x.toFixed(3)).join(' ')} s), ` +
       `computed once per prompt in ${crossKVSeconds.toFixed(3)} s`);
-    console.log(`  MACs: ${result.gmacsFull.toFixed(1)} G full, ${result.gmacsCalflops.toFixed(1)} G counted like calflops`);
-    console.log(`  rate: ${result.gmacPerSecondFull.toFixed(1)} GMAC/s full count`);
-    console.log(`  same ops alone (${distinct.size} distinct conv/linear/attention shapes): ${kernelSeconds.toFixed(3)} s = ` +
+    print(`  MACs: ${result.gmacsFull.toFixed(1)} G full, ${result.gmacsCalflops.toFixed(1)} G counted like calflops`);
+    print(`  rate: ${result.gmacPerSecondFull.toFixed(1)} GMAC/s full count`);
+    print(`  same ops alone (${distinct.size} distinct conv/linear/attention shapes): ${kernelSeconds.toFixed(3)} s = ` +
       `${result.kernelGmacPerSecond.toFixed(1)} GMAC/s → the whole ${subject.label} runs at ${(100 * result.efficiency).toFixed(1)}% of the kernels' own rate`);
-    console.log(`  a ${GEMM_SIZE}³ product alone at ${precision}: ${gemmGmacPerSecond.toFixed(1)} GMAC/s (this machine's ceiling for its linear layers)`);
+    print(`  a ${GEMM_SIZE}³ product alone at ${precision}: ${gemmGmacPerSecond.toFixed(1)} GMAC/s (this machine's ceiling for its linear layers)`);
     if (o.profile) {
-      console.log(`  ${'segment kind'.padEnd(14)} ${'seconds'.padStart(8)} ${'ops alone'.padStart(9)} ${'GMACs'.padStart(8)} ${'GMAC/s'.padStart(7)}`);
+      print(`  ${'segment kind'.padEnd(14)} ${'seconds'.padStart(8)} ${'ops alone'.padStart(9)} ${'GMACs'.padStart(8)} ${'GMAC/s'.padStart(7)}`);
       for (const p of result.profile) {
-        console.log(`  ${p.kind.padEnd(14)} ${p.seconds.toFixed(3).padStart(8)} ${p.kernelSeconds.toFixed(3).padStart(9)} ${p.gmacs.toFixed(1).padStart(8)} ${(p.gmacs / p.seconds).toFixed(1).padStart(7)}`);
+        print(`  ${p.kind.padEnd(14)} ${p.seconds.toFixed(3).padStart(8)} ${p.kernelSeconds.toFixed(3).padStart(9)} ${p.gmacs.toFixed(1).padStart(8)} ${(p.gmacs / p.seconds).toFixed(1).padStart(7)}`);
       }
     }
   }
   for (const r of results) {
     const fp32 = results.find((x) => x.width === r.width && x.height === r.height && x.precision === 'fp32');
     if (r.precision !== 'fp32' && fp32) {
-      console.log(`${r.width}x${r.height}: ${r.precision} is ${(fp32.bestSeconds / r.bestSeconds).toFixed(2)}× as fast as fp32 (best vs best), ` +
+      print(`${r.width}x${r.height}: ${r.precision} is ${(fp32.bestSeconds / r.bestSeconds).toFixed(2)}× as fast as fp32 (best vs best), ` +
         `${(fp32.medianSeconds / r.medianSeconds).toFixed(2)}× (median vs median)`);
     }
   }
@@ -265,7 +266,7 @@ async function benchForward(o: BenchUNetOptions, params: ParamSource, subjectAt:
     for (const r of results) {
       const p = pytorch.find((x) => x.size === r.width && r.width === r.height);
       if (!p) continue;
-      console.log(`${r.width}x${r.height} ${r.precision}: diffusers on ${p.engine}: ${p.seconds_min.toFixed(3)} s best of ${p.runs.length} → ` +
+      print(`${r.width}x${r.height} ${r.precision}: diffusers on ${p.engine}: ${p.seconds_min.toFixed(3)} s best of ${p.runs.length} → ` +
         `diffusion.ts is ${(p.seconds_min / r.bestSeconds).toFixed(2)}× as fast (best vs best), ${(p.seconds_median / r.medianSeconds).toFixed(2)}× (median vs median)`);
       Object.assign(r, { pytorch: p });
     }

@@ -372,7 +372,7 @@ export function buildProgram(): Command {
     .option('--port <n>', 'port (0: any free one)', portNumber, 8174)
     .option('--model-dir <dir>', 'folder of diffusers model folders requests may name (the embedded reference models are always there)')
     .option('--results <dir>', 'where finished images are written', 'diffuse-results')
-    .option('--workers <n>', 'worker threads here, one job at a time each, each with its own copy of the models it has run (default: 1; 0 with --redis)', count('--workers', 64))
+    .option('--workers <n>', 'worker threads here, one job at a time each, each holding the last model it ran (default: 1; 0 with --redis)', count('--workers', 64))
     .option('--threads <n>', 'intra-op threads of each ORT session a worker creates (requests cannot set it)', positiveInt('--threads', MAX_THREADS), 1)
     .option('--precision <mode>', `${SERVICE_PRECISION_HELP} (for every job of this process's workers; requests cannot set it)`, servicePrecisionFlag, 'fp32')
     .option('--token <token>', 'bearer token required on /v1 and /metrics (default: $DIFFUSE_TOKEN); at least 16 characters')

@@ -109,13 +109,13 @@ function removeAbandoned(target: string): void {
 
 /** Converts `file` into the folder `out` (written beside it under a temporary name, then renamed). */
 export function convertOfficialDiT(file: string, out: string, o: ConvertOptions): { config: OfficialDiTConfig; source: string; tensors: number } {
-  if (fs.existsSync(out)) throw new InputError('--out', 'already exists (convert writes a new folder)', 'a path that does not exist', out);
-  if (!fs.existsSync(path.dirname(path.resolve(out)))) throw new InputError('--out', 'its parent folder does not exist', 'a new folder in an existing one', out);
+  // Resolved: "newdir/" would put the partial folder inside the one it becomes, and "file/" is not found where "file" is.
+  const target = path.resolve(out);
+  if (fs.existsSync(target)) throw new InputError('--out', 'already exists (convert writes a new folder)', 'a path that does not exist', out);
+  if (!fs.existsSync(path.dirname(target))) throw new InputError('--out', 'its parent folder does not exist', 'a new folder in an existing one', out);
   if (o.vae !== undefined && !fs.existsSync(path.join(o.vae, 'config.json'))) throw new InputError('--vae', 'not a diffusers VAE folder (no config.json)', 'an AutoencoderKL folder', o.vae);
   const id2label = o.labels === undefined ? undefined : readLabels(o.labels);
   const checkpoint = TorchCheckpoint.open(file);
-  // Resolved: "newdir/" would put the partial folder inside the one it becomes.
-  const target = path.resolve(out);
   removeAbandoned(target);
   const partial = `${target}.partial-${process.pid}`;
   try {

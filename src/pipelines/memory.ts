@@ -55,7 +55,7 @@ function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: 
   const kept = estimate.keptBytes >= estimate.bytes / 10 ? `, kept by the accelerations between model calls ${gib(estimate.keptBytes)}` : '';
   throw new InputError(what, `needs about ${gib(estimate.bytes)} at its peak (weights ${gib(estimate.weightBytes)}, ` +
     `${estimate.largest.name} ${gib(estimate.largest.bytes)}${scores}${images}${kept}), over the limit of ${gib(max)}${limit === undefined ? ' (this machine\'s memory)' : ''}`,
-  `a smaller size or batch${kept ? ', accelerations that keep less (accel)' : ''}, or a higher memory limit`, found);
+  `a smaller size or batch${kept ? ', accelerations that keep less (accel)' : ''}, or a higher memoryLimit`, found);
 }
 
 /**

@@ -238,9 +238,10 @@ export function combine(accelerators: Accelerator[]): Accelerator {
 
 /**
  * What a plan keeps between the model calls of a run at most, from one model call at the CFG batch
- * on shapes alone: each residual value its decisions cache at some call (the CFG mean at half the
- * size), and what its methods keep themselves (Accelerator.keeps). Cut features and the residuals
- * of span caches (one tensor each) are left out.
+ * on shapes alone: each residual value its decisions cache at some call, and what its methods keep
+ * themselves (Accelerator.keeps). Values are cached by shape, so a segment may hold one at the CFG
+ * batch and one at half of it (a call without CFG, or the CFG mean) at once. Cut features and the
+ * residuals of span caches (one tensor each) are left out.
  */
 export async function plannedMemory(plan: Accelerator, forward: (exec: Executor<ShapedTensor>) => Promise<unknown>,
   run: RunShape & { calls: number }): Promise<number> {
@@ -258,14 +259,15 @@ export async function plannedMemory(plan: Accelerator, forward: (exec: Executor<
   const info: RunInfo = { ...run, fullPassCalls: plan.fullPassCalls ?? [] };
   let bytes = 0;
   for (const { segment, bytes: full } of residuals) {
-    let most = 0;
-    for (let call = 0; call < run.calls && most < full; call++) {
+    let [atCfgBatch, atHalf] = [false, false];
+    for (let call = 0; call < run.calls && !(atCfgBatch && atHalf); call++) {
       for (const cfg of [true, false]) {
         const d = plan.decide?.(segment, call, cfg, info) ?? 'compute';
-        most = Math.max(most, d === 'cache' ? full : d === 'cache-cfg-mean' ? full / 2 : 0);
+        if (d === 'cache' && cfg) atCfgBatch = true;
+        else if (d === 'cache-cfg-mean' || d === 'cache') atHalf = true;
       }
     }
-    bytes += most;
+    bytes += (atCfgBatch ? full : 0) + (atHalf ? full / 2 : 0);
   }
   return bytes + ((await plan.keeps?.(dryRehearsal(forward, run), info)) ?? 0);
 }

@@ -138,7 +138,7 @@ export function createApp(o: ServiceOptions): Hono {
     const key = c.req.header('idempotency-key');
     if (key !== undefined && (key.length === 0 || key.length > 200)) throw new RequestError(400, 'Idempotency-Key', 'wrong length', '1 to 200 characters', `${key.length}`);
     const job = checkJobRequest(body, o.modelDir, () => randomInt(0, 2 ** 32 - 1));
-    const idempotency = key === undefined ? undefined : { key, body: createHash('sha256').update(JSON.stringify(body)).digest('hex') };
+    const idempotency = key === undefined ? undefined : { key, body: createHash('sha256').update(sortedJson(body)).digest('hex') };
     const { record } = await o.queue.submit(job, idempotency);
     c.header('Location', `/v1/jobs/${record.id}`);
     return c.json(view(record, await o.queue.position(record.id)), 202);
@@ -251,4 +251,10 @@ function openApi(o: ServiceOptions): Record<string, unknown> {
       '/metrics': { get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text/plain' } } } },
     },
   };
+}
+
+/** JSON with every object's keys in order: the same request with its fields in another order digests the same. */
+function sortedJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (v !== null && typeof v === 'object' && !Array.isArray(v)
+    ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v));
 }

@@ -147,6 +147,9 @@ function promptRequest(job: ImageJob) {
   };
 }
 
+/** Library options in a client's words: body fields, and the memory limit a client cannot set named as what sets it. */
+export const WORDS_OF_OPTION: Readonly<Record<string, string>> = { ...FIELD_OF_OPTION, memoryLimit: 'memory share per worker (the server\'s --workers)' };
+
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {
   const g = await (await runnerFor(job, options)).generate(job, onStep, signal);
@@ -165,7 +168,7 @@ export async function runJob(id: string, job: ImageJob, options: WorkerOptions, 
   const timings = Object.fromEntries(Object.entries(g.timings).filter((e): e is [string, number] => e[1] !== undefined));
   return {
     images, seed: job.seed, steps: g.steps, guidanceScale: g.guidanceScale, scheduler: g.scheduler, macs: fullMacs(g.denoiserMacs), timings,
-    accel: g.accel && [g.accel.name, ...g.accel.summary], warnings: g.warnings.map((w) => withOptionNames(w, FIELD_OF_OPTION)),
+    accel: g.accel && [g.accel.name, ...g.accel.summary], warnings: g.warnings.map((w) => withOptionNames(w, WORDS_OF_OPTION)),
   };
 }
 
@@ -188,7 +191,7 @@ if (parentPort && workerData?.diffusionWorker) {
       .catch((err: unknown) => send({
         type: 'failed', id: m.id, cancelled: abort.signal.aborted, input: err instanceof InputError,
         // What the model refuses is the client's to mend: said in the body's field names.
-        error: err instanceof InputError ? withOptionNames(err.message, FIELD_OF_OPTION) : err instanceof Error ? err.message : String(err),
+        error: err instanceof InputError ? withOptionNames(err.message, WORDS_OF_OPTION) : err instanceof Error ? err.message : String(err),
       }))
       .finally(() => running.delete(m.id));
   });

@@ -16,6 +16,7 @@ export function withOptionNames(message: string, names: Readonly<Record<string, 
   const renamed = m ? m[0].split('/').map((name) => own(names, name)) : [];
   const lead = m && renamed.every((f) => f !== undefined) ? renamed.join('/') : '';
   const rest = lead ? message.slice(m![0].length) : message;
-  return lead + rest.split(/("[^"]*")/).map((piece, i) => (i % 2 ? piece
-    : piece.replace(/(?<![\w.\/-])[a-z]+(?:[A-Z][a-z0-9]*)+(?![\w-])/g, (name) => own(names, name) ?? name))).join('');
+  // Quoted text as JSON writes it (\" inside); a name is a whole word, not part of a file name (negativePrompt.txt).
+  return lead + rest.split(/("(?:[^"\\]|\\.)*")/).map((piece, i) => (i % 2 ? piece
+    : piece.replace(/(?<![\w.\/-])[a-z]+(?:[A-Z][a-z0-9]*)+(?![\w-]|\.\w)/g, (name) => own(names, name) ?? name))).join('');
 }
