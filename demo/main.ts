@@ -19,6 +19,8 @@ interface DemoRun { images: { data: number[]; width: number; height: number }[];
 interface DemoState { ready: boolean; runs: DemoRun[]; speedup?: number; macRatio?: number; psnr?: number; error?: string }
 const state: DemoState = { ready: false, runs: [] };
 (window as unknown as { demo: DemoState }).demo = state;
+/** The library's loader, for the browser test's checks of what a page refuses. */
+(window as unknown as { diffusion: { loadPipeline: typeof loadPipeline } }).diffusion = { loadPipeline };
 
 /** What the page needs of any pipeline family's request and result. */
 interface PageRequest {

@@ -165,6 +165,20 @@ test('bad form input is one clear message naming the field', { skip }, async () 
   assert.equal(unaccelerated.runs.length, 0, 'nothing generated');
 });
 
+test('a page refuses, by name, load options only Node reads and unknown ones', { skip }, async () => {
+  const messages = await page.evaluate(async () => {
+    const { loadPipeline } = (window as unknown as { diffusion: { loadPipeline: (dir: string, options: object) => Promise<unknown> } }).diffusion;
+    const said: string[] = [];
+    for (const options of [{ threads: 2 }, { sessionCache: {} }, { devise: 'webgpu' }]) {
+      said.push(await loadPipeline('/models/reference-model', options).then(() => 'loaded', (e: Error) => `${e.name}: ${e.message}`));
+    }
+    return said;
+  });
+  assert.match(messages[0], /^InputError: threads: read only in Node \(in a page ort\.env\.wasm\.numThreads sets them\)/);
+  assert.match(messages[1], /^InputError: sessionCache: read only in Node/);
+  assert.match(messages[2], /^InputError: devise: unknown load option; expected device, threads, sessionCache, precision, variant/);
+});
+
 test('the embedded DiT draws Node\'s image for a class name; a Skip-Cache compare run on the Skip-DiT draws Node\'s cached image', { skip }, async () => {
   const fields = { class: 'red circle at the top left', seed: '3', steps: '6', guidance: '4', scheduler: '' };
   const request = { classLabels: ['red circle at the top left'], seed: 3, steps: 6, guidanceScale: 4 };

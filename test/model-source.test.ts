@@ -81,6 +81,24 @@ test('a server that ignores Range requests, a missing listing and a listing esca
   } finally {
     await served.close();
   }
+  // A listing that gives a file a size it does not have; a server that answers every path with its web page.
+  const honest = await serve();
+  try {
+    const size = fs.statSync(path.join(REFERENCE_MODEL, 'model_index.json')).size;
+    await assert.rejects(mountHttpFolder(honest.url, { listing: { 'model_index.json': size + 10 } }),
+      (e: unknown) => e instanceof InputError && e.message.includes(`the server sent ${size} bytes for bytes 0–${size + 9}`) && e.message.includes(`expected ${size + 10} bytes`));
+  } finally {
+    await honest.close();
+  }
+  const page = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end('<!doctype html><title>app</title>'));
+  await new Promise<void>((resolve) => page.listen(0, '127.0.0.1', resolve));
+  try {
+    const url = `http://127.0.0.1:${(page.address() as { port: number }).port}/models/x`;
+    await assert.rejects(mountHttpFolder(url, { listing: { 'model_index.json': 100 } }),
+      (e: unknown) => e instanceof InputError && /answered with a web page, not the file.*found text\/html/.test(e.message));
+  } finally {
+    await new Promise((resolve) => page.close(resolve));
+  }
 });
 
 test('a folder picked as File objects (a directory picker) loads as the folder on disk does', async () => {

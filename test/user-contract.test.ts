@@ -22,6 +22,7 @@ import { loadPipeline } from '../src/pipelines/stable-diffusion.ts';
 import { loadDiTPipeline } from '../src/pipelines/dit.ts';
 import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
+import { modelFolder } from '../src/pipelines/reference-model.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readJsonObject } from '../src/weights/config.ts';
 import { parseUNetConfig } from '../src/models/unet2d-condition.ts';
@@ -259,6 +260,11 @@ test('a run that cannot fit in memory is refused with its estimate before it sta
   } finally {
     await pipeline.release();
   }
+});
+
+test('a load option nothing reads (a misspelling) is refused by name, before any file is read', async () => {
+  await rejectsInputError(() => loadPipeline('reference', { devise: 'webgpu' } as object), 'devise', 'unknown load option', 'device, threads, sessionCache, precision, variant');
+  assert.throws(() => loadDiTPipeline(readPipelineFolder(modelFolder('reference-dit')), { thread: 2 } as object), /thread: unknown load option/);
 });
 
 test('failed loads leave no file open; release() after a failed segment releases the rest', async (t) => {

@@ -92,17 +92,27 @@ export function httpRangeReader(baseUrl: string, fetchFn: typeof fetch = fetch):
     } catch (err) {
       throw new InputError(url, `cannot be fetched (${(err as Error).message})`);
     }
+    if (response.status !== 206 && response.status !== 200) {
+      await response.body?.cancel();
+      throw new InputError(url, 'cannot be fetched', 'HTTP 206', `HTTP ${response.status}`);
+    }
+    // Servers of single-page apps answer a missing file with their index page.
+    const type = response.headers.get('content-type') ?? '';
+    if (/^text\/html\b/i.test(type)) {
+      await response.body?.cancel();
+      throw new InputError(url, 'the server answered with a web page, not the file (is the folder\'s URL right?)', 'the file\'s bytes', type);
+    }
     // 200 is the whole file: fine when that is what was asked for, else the server ignores Range.
     const whole = Number(response.headers.get('content-length') ?? NaN);
     if (response.status === 200 && (offset !== 0 || !(whole <= length))) {
       await response.body?.cancel();
       throw new InputError(url, 'the server ignores Range requests', 'HTTP 206 Partial Content', 'HTTP 200 with the whole file');
     }
-    if (response.status !== 206 && response.status !== 200) {
-      await response.body?.cancel();
-      throw new InputError(url, 'cannot be fetched', 'HTTP 206', `HTTP ${response.status}`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    if (bytes.length !== length) {
+      throw new InputError(url, `the server sent ${bytes.length} bytes for bytes ${offset}–${offset + length - 1} (does the listing give this file's size?)`, `${length} bytes`, `${bytes.length}`);
     }
-    return new Uint8Array(await response.arrayBuffer());
+    return bytes;
   };
 }
 

@@ -14,7 +14,7 @@ import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
 import { OfficialDiT } from '../models/official-dit.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
+import { checkLoadOptions, OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { labelTable, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
   Acceleration, Generations, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
@@ -179,6 +179,7 @@ const OFFICIAL_GUIDED_CHANNELS = 3;
 
 /** Opens a DiTPipeline folder (the caller has read its model_index.json). */
 export function loadDiTPipeline(folder: PipelineFolder, options: RuntimeOptions & { variant?: string } = {}): DiTPipeline {
+  checkLoadOptions(options, ['variant']);
   if (folder.className !== 'DiTPipeline') {
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'not a DiT pipeline', 'DiTPipeline', folder.className);
   }

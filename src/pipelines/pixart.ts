@@ -19,7 +19,7 @@ import { closingOnFailure, loadT5Encoder, loadTransformer, loadVae, type LoadedC
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
 import type { T5EncoderModel } from '../models/t5-encoder.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, withFullPrecision, retainSessionsFor, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
+import { checkLoadOptions, OrtExecutor, withFullPrecision, retainSessionsFor, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
@@ -324,6 +324,7 @@ const PIPELINES = pipelineClasses('pixart');
 
 /** Opens a PixArt-α or PixArt-Σ folder (the caller has read its model_index.json). */
 export function loadPixArtPipeline(folder: PipelineFolder, options: RuntimeOptions & { variant?: string } = {}): PixArtPipeline {
+  checkLoadOptions(options, ['variant']);
   if (!PIPELINES.includes(folder.className)) {
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'not a PixArt pipeline', PIPELINES.join(' or '), folder.className);
   }

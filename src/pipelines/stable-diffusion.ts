@@ -12,7 +12,7 @@ import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
 import type { CrossAttentionKV, UNet2DConditionModel } from '../models/unet2d-condition.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
-import { OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
+import { checkLoadOptions, OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
   Acceleration, Generations, BatchNoise, checkAborted, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, numberOption, seconds, seedOf,
@@ -327,6 +327,7 @@ export function guidanceScaleEmbedding(w: number, dim: number): Float32Array {
  * Any of them may hold a guidance-distilled U-Net (time_cond_proj_dim), as LCM-SDXL does.
  */
 export async function loadPipeline(dir: string, options: PipelineOptions = {}): Promise<StableDiffusionPipeline> {
+  checkLoadOptions(options, ['variant']);
   const folder = readPipelineFolder(modelFolder(dir));
   if (!PIPELINES.includes(folder.className)) {
     throw new InputError(`${folder.dir}/model_index.json: _class_name`, 'unsupported pipeline', PIPELINES.join(' or '), folder.className);

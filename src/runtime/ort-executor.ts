@@ -26,6 +26,23 @@ export interface RuntimeOptions {
   precision?: Precision;
 }
 
+const RUNTIME_OPTIONS = ['device', 'threads', 'sessionCache', 'precision'] as const satisfies readonly (keyof RuntimeOptions)[];
+/** Options only Node reads: onnxruntime-web takes its threads from ort.env.wasm.numThreads, and a page's folders are mounted (no files to cache by). */
+const NODE_ONLY_OPTIONS = { threads: 'in a page ort.env.wasm.numThreads sets them', sessionCache: 'a page\'s folders are mounted, with no files to key a cache by' };
+
+/** Refuses load options nothing would read: an unknown name (a misspelling), or in a page one only Node reads. */
+export function checkLoadOptions(options: unknown, more: readonly string[] = []): void {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new InputError('options', 'wrong value', 'an object of load options', describe(options));
+  const known: readonly string[] = [...RUNTIME_OPTIONS, ...more];
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) throw new InputError(key, 'unknown load option', known.join(', '), describe((options as Record<string, unknown>)[key]));
+  }
+  if ((globalThis as { process?: { getBuiltinModule?: unknown } }).process?.getBuiltinModule) return;
+  for (const [key, why] of Object.entries(NODE_ONLY_OPTIONS)) {
+    if ((options as Record<string, unknown>)[key] !== undefined) throw new InputError(key, `read only in Node (${why})`, 'no such option in a page', describe((options as Record<string, unknown>)[key]));
+  }
+}
+
 /**
  * The options for components a reduced precision does not cover: it is the denoiser's (run every
  * step), while text encoders and the VAE run once per image and stay fp32.
