@@ -1,6 +1,6 @@
 /**
  * Browser entry of diffusion.ts: the same pipelines, models, schedulers and accelerations on
- * onnxruntime-web (the bundler maps `onnxruntime-node` to `onnxruntime-web/webgpu`; `device`
+ * onnxruntime-web (package.json's `browser` field maps `onnxruntime-node` to `onnxruntime-web/webgpu` for bundlers; `device`
  * "cpu" runs on its wasm backend, "webgpu" on WebGPU). Model folders come from HTTP (Range
  * requests) or from files the user picked: mount them, then load by their root.
  */
