@@ -319,6 +319,18 @@ test('a token guards /v1 and /metrics, a rate limit answers 429, and beyond loop
   taken.close();
 });
 
+test('images outlive their jobs by at most a day: older job images go when a service starts (and hourly), other files stay', async (t) => {
+  const dir = tempDir(t);
+  const id = '0123abcd-0000-4000-8000-0000000000ab';
+  const files = { old: `${id}-0.png`, oldPartial: `${id}-1.png.partial-123`, fresh: `${id}-2.png`, mine: 'notes.png' };
+  for (const name of Object.values(files)) fs.writeFileSync(path.join(dir, name), 'x');
+  const twoDaysAgo = new Date(Date.now() - 2 * 86_400_000);
+  for (const name of [files.old, files.oldPartial, files.mine]) fs.utimesSync(path.join(dir, name), twoDaysAgo, twoDaysAgo);
+  const own = await startService({ host: '127.0.0.1', port: 0, results: dir, workers: 1, threads: 1, rate: 100 });
+  await own.close(false);
+  assert.deepEqual(fs.readdirSync(dir).sort(), [files.fresh, files.mine].sort());
+});
+
 test('closing the service lets the running job finish', async () => {
   const own = await startService({ host: '127.0.0.1', port: 0, results, workers: 1, threads: 1, rate: 100 });
   const at = `http://127.0.0.1:${own.port}`;

@@ -17,6 +17,7 @@ import { checkThreadBudget } from './threads.ts';
 import type { Precision } from '../graph/quantize.ts';
 import type { JobOutcome, MacEstimate } from './worker.ts';
 import { makeFolder } from '../util/files.ts';
+import { expireResults } from './results.ts';
 
 export interface RedisWorkerOptions {
   redis: string;
@@ -53,6 +54,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
     client.disconnect();
     throw err;
   }
+  const stopExpiry = expireResults(resultsDir);
   const report = onceEach((m) => o.log(`redis: ${m}`));
   client.on('error', report);
   const keys = extraKeys(o.queue);
@@ -136,6 +138,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
 
   return {
     close: async (drain) => {
+      stopExpiry();
       if (!drain) for (const worker of workers) worker.cancelAllJobs(CANCELLED);
       await Promise.all(workers.map((w) => w.close()));
       await Promise.all(threads.map((t) => t.terminate()));

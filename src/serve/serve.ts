@@ -21,6 +21,7 @@ import { runUntilSignalled } from './shutdown.ts';
 import { checkThreadBudget } from './threads.ts';
 import type { Precision } from '../graph/quantize.ts';
 import { makeFolder } from '../util/files.ts';
+import { expireResults } from './results.ts';
 
 export interface ServeOptions {
   host: string;
@@ -112,12 +113,15 @@ export async function startService(o: ServeOptions): Promise<Service> {
     if (made) fs.rmSync(resultsDir, { recursive: true, force: true });
     throw err;
   });
+  // The embedded queue's workers write images here (Redis workers expire their own).
+  const stopExpiry = o.redis === undefined ? expireResults(resultsDir) : undefined;
   const address = server.address();
   return {
     port: typeof address === 'object' && address ? address.port : o.port,
     queue,
     close: async (drain) => {
       server.close();
+      stopExpiry?.();
       await closeQueue(drain);
     },
   };

@@ -15,12 +15,12 @@ export function writeFileAtomically(file: string, data: string | Uint8Array): vo
   }
 }
 
-/** A --json / --out target: "-" is standard output, anything else a file written whole. */
 /** Where a command's text goes: stdout, or stderr when its JSON goes to stdout (--json -), so that stdout parses. */
 export function textOf(o: { json?: string }): (line: string) => void {
   return o.json === '-' ? (line) => process.stderr.write(`${line}\n`) : (line) => console.log(line);
 }
 
+/** A --json / --out target: "-" is standard output, anything else a file written whole. */
 export function writeOutput(target: string, data: string): void {
   if (target === '-') process.stdout.write(data.endsWith('\n') ? data : `${data}\n`);
   else writeFileAtomically(target, data);
