@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { SafetensorsFile, parseSafetensorsHeader } from '../src/weights/safetensors.ts';
 import { bfloat16ToFloat32, float16ToFloat32, float32ToFloat16 } from '../src/graph/half.ts';
 import { writeSafetensors, writeShardedSafetensors } from '../src/weights/safetensors-write.ts';
@@ -118,6 +119,16 @@ test('a read from a file truncated after open is an InputError', (t) => {
   t.after(() => st.close());
   fs.truncateSync(file, fs.statSync(file).size - 4);
   throwsInputError(() => st.readFloat32('a'), file, 'ended early');
+});
+
+test('a write clears temporary files that killed writes of the same file left, not those of live ones', (t) => {
+  const dir = tempDir(t);
+  const dead = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
+  const abandoned = `.w.safetensors.${dead}.1.tmp`;
+  const live = `.w.safetensors.${process.ppid}.1.tmp`;
+  for (const name of [abandoned, live, '.other.safetensors.1.1.tmp']) fs.writeFileSync(path.join(dir, name), 'x');
+  writeSafetensors(path.join(dir, 'w.safetensors'), { a: { dtype: 'F32', shape: [1], data: f32(1) } });
+  assert.deepEqual(fs.readdirSync(dir).sort(), [live, '.other.safetensors.1.1.tmp', 'w.safetensors'].sort());
 });
 
 test('float16 decoding of representative values', () => {

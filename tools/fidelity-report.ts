@@ -23,6 +23,7 @@ import { drawLabel, labelWidth } from '../src/image/label.ts';
 import { encodePng } from '../src/image/png.ts';
 import { REFERENCE_MODEL, REFERENCE_MODELS } from '../src/pipelines/reference-model.ts';
 import { HELD_OUT_PROMPTS, readPromptFile } from '../src/scenes/captions.ts';
+import { writeFileAtomically } from '../src/util/files.ts';
 import { toolFlags } from './flags.ts';
 
 const DOCS = path.resolve(import.meta.dirname, '../docs');
@@ -53,7 +54,7 @@ function shortName(row: FidelityRow): string {
 }
 
 function writePng(file: string, image: { data: Float32Array; width: number; height: number }): void {
-  fs.writeFileSync(file, encodePng(image.data, image.width, image.height));
+  writeFileAtomically(file, encodePng(image.data, image.width, image.height));
 }
 
 function gridImage(result: FidelityResult, count: number): { data: Float32Array; width: number; height: number } {
@@ -100,7 +101,7 @@ function replaceSection(start: string, end: string, generated: string): void {
   const file = path.join(DOCS, 'FIDELITY.md');
   const old = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '# Fidelity\n';
   const [before, rest] = old.includes(start) ? old.split(start) : [`${old.trimEnd()}\n\n`, `${end}\n`];
-  fs.writeFileSync(file, before + generated + (rest.split(end)[1] ?? '\n'));
+  writeFileAtomically(file, before + generated + (rest.split(end)[1] ?? '\n'));
 }
 
 async function unetPart(): Promise<void> {
@@ -150,7 +151,7 @@ async function unetPart(): Promise<void> {
     END,
   ].join('\n');
   replaceSection(START, END, generated);
-  fs.writeFileSync(path.join(DOCS, 'fidelity.json'), JSON.stringify({ ...options, model: 'reference', progress: undefined, rows: result.rows, chanceAdherence: result.chanceAdherence }, null, 1));
+  writeFileAtomically(path.join(DOCS, 'fidelity.json'), JSON.stringify({ ...options, model: 'reference', progress: undefined, rows: result.rows, chanceAdherence: result.chanceAdherence }, null, 1));
   console.log('wrote the U-Net part of docs/FIDELITY.md and its images');
 }
 
@@ -318,7 +319,7 @@ async function ditPart(): Promise<void> {
     DIT_END,
   ].join('\n');
   replaceSection(DIT_START, DIT_END, generated);
-  fs.writeFileSync(path.join(DOCS, 'fidelity-dit.json'), JSON.stringify({ steps, guidance, prompts, models: results.map((r) => ({
+  writeFileAtomically(path.join(DOCS, 'fidelity-dit.json'), JSON.stringify({ steps, guidance, prompts, models: results.map((r) => ({
     name: r.name, coefficients: r.coefficients, featureChange: r.change, rows: r.result.rows })) }, null, 1));
   console.log('wrote the transformer part of docs/FIDELITY.md and its images');
 }

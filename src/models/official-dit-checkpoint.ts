@@ -21,7 +21,7 @@ import { labelTable } from '../weights/diffusers-folder.ts';
 import { TorchCheckpoint } from '../weights/torch-checkpoint.ts';
 import { checkOfficialDiTConfig, type OfficialDiTConfig } from './official-dit.ts';
 import { DIT_SCHEDULER } from './presets.ts';
-import { makeFolder } from '../util/files.ts';
+import { makeFolder, processGone } from '../util/files.ts';
 
 /** The official DiT_models table (Skip-DiT adds "DiT-skip", DiT-XL/2 with long skips). */
 export const OFFICIAL_DIT_ARCHS: Record<string, { depth: number; hidden: number; patch: number; heads: number; skips: boolean }> = Object.fromEntries([
@@ -98,12 +98,7 @@ function removeAbandoned(target: string): void {
   for (const name of fs.readdirSync(path.dirname(target))) {
     const pid = Number(name.slice(prefix.length));
     if (!name.startsWith(prefix) || !Number.isSafeInteger(pid) || pid === process.pid) continue;
-    try {
-      process.kill(pid, 0);
-    } catch (e) {
-      // ESRCH: no such process (EPERM: another user's, alive).
-      if ((e as NodeJS.ErrnoException).code === 'ESRCH') fs.rmSync(path.join(path.dirname(target), name), { recursive: true, force: true });
-    }
+    if (processGone(pid)) fs.rmSync(path.join(path.dirname(target), name), { recursive: true, force: true });
   }
 }
 

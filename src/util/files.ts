@@ -106,3 +106,13 @@ export function systemErrorLine(err: NodeJS.ErrnoException): string {
   const paths = [err.path, (err as { dest?: string }).dest].filter((p): p is string => typeof p === 'string');
   return `${paths.length ? `${paths.join(' → ')}: ` : ''}${systemErrorReason(err)}`;
 }
+
+/** Whether no process `pid` runs (a write it began was abandoned): ESRCH; another user's (EPERM) is alive. */
+export function processGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InputError, describe } from '../errors.ts';
 import { dtypeBits } from './safetensors.ts';
+import { processGone } from '../util/files.ts';
 
 /** Largest single write; Node refuses lengths of 2 GiB and more. */
 const IO_CHUNK = 1 << 30;
@@ -65,6 +66,7 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
   head.writeBigUInt64LE(BigInt(padded), 0);
   json.copy(head, 8);
 
+  removeAbandonedTemps(abs);
   const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.${process.pid}.${Date.now()}.tmp`);
   let fd: number | null = null;
   try {
@@ -84,6 +86,23 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
     if (fd !== null) fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
     throw err;
+  }
+}
+
+/** Temporary files of earlier writes of `abs` whose process was killed mid-write (gigabytes for a random SD U-Net). */
+function removeAbandonedTemps(abs: string): void {
+  const prefix = `.${path.basename(abs)}.`;
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(path.dirname(abs));
+  } catch {
+    return; // no folder yet: nothing abandoned in it
+  }
+  for (const name of names) {
+    const pid = Number(name.slice(prefix.length).split('.')[0]);
+    if (name.startsWith(prefix) && name.endsWith('.tmp') && Number.isSafeInteger(pid) && pid !== process.pid && processGone(pid)) {
+      fs.rmSync(path.join(path.dirname(abs), name), { force: true });
+    }
   }
 }
 
