@@ -18,10 +18,19 @@ const onGlibc = process.platform === 'linux' && Boolean(process.report?.getRepor
 if (onGlibc && process.env.DIFFUSE_USER_GLIBC_TUNABLES === undefined && !userTunables.includes('glibc.malloc.mmap_max')) {
   const env = { ...process.env, DIFFUSE_USER_GLIBC_TUNABLES: userTunables, GLIBC_TUNABLES: [userTunables, MALLOC_TUNABLES].filter(Boolean).join(':') };
   // The child has its own process group, so a terminal's Ctrl-C reaches it once, passed on from
-  // here, as does any signal sent to this process (the CLI stops after the current step on the
+  // here to that group, as does any signal sent to this process (the CLI stops after the current step on the
   // first Ctrl-C and at once on the second).
   const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit', env, detached: true });
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => child.kill(signal));
+  // To its whole group: a script it runs (bench --pytorch's Python) stops with it instead of running on orphaned.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(signal, () => {
+      try {
+        process.kill(-child.pid, signal);
+      } catch {
+        child.kill(signal);
+      }
+    });
+  }
   child.on('error', (err) => {
     console.error(`diffuse: could not restart node (${err.message})`);
     process.exit(1);

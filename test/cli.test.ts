@@ -69,6 +69,14 @@ test('--precision: bf16 is refused with the reason, int8 on webgpu and fp16 on t
   assertUserError(diffuse('serve', '--precision', 'fp16'), '--precision: fp16 runs with device webgpu only, and the service runs on the CPU');
   assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'int8', '--fidelity'), '--precision', 'fidelity sweep runs in fp32');
   assertUserError(diffuse('bench-unet', '--precision', 'fp32,int4'), '--precision', 'found "int4"');
+  // The PyTorch comparison runs last: what it cannot do is said before the random weights are made and anything is timed.
+  for (const command of [['bench-unet'], ['bench-generate']]) {
+    const run = diffuse(...command, '--pytorch', 'no-such-env.sh');
+    assertUserError(run, '--pytorch: no such file', 'found no-such-env.sh');
+    assert.doesNotMatch(run.stderr, /preparing/);
+  }
+  assertUserError(diffuse('bench-unet', '--pytorch', 'package.json', '--size', '64x32'), '--size: the PyTorch comparison times square sizes only');
+  assertUserError(diffuse('bench-unet', '--pytorch', 'package.json', '--preset', 'sd21'), '--pytorch: the PyTorch comparison covers the sd15 and PixArt presets');
   // bench runs both settings on --device: the same pairing rules, before any run.
   assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'int8', '--device', 'webgpu', '--steps', '2'), '--precision: int8 runs with device cpu only');
   assertUserError(diffuse('bench', '--model', 'reference', '--precision', 'fp16', '--steps', '2'), '--precision: fp16 runs with device webgpu only');

@@ -9,7 +9,7 @@ import { InputError } from '../errors.ts';
 import { checkOutputFolder, textOf, writeOutput } from '../util/files.ts';
 import { loadPipeline, type GenerateResult } from '../pipelines/stable-diffusion.ts';
 import { ensureRandomPipelineFolder } from './random-folder.ts';
-import { runReferenceScript } from './reference-script.ts';
+import { checkReferenceEnv, runReferenceScript } from './reference-script.ts';
 
 export interface BenchGenerateOptions {
   preset: string;
@@ -48,6 +48,7 @@ export async function benchGenerate(o: BenchGenerateOptions): Promise<void> {
   if (o.preset !== 'sd15' && o.preset !== 'sd21') throw new InputError('--preset', 'bench-generate covers SD 1.x/2.x presets', 'sd15 or sd21', o.preset);
   // An explicit cache the process cannot write would leave every run uncached: refused instead.
   if (o.sessionCache !== undefined) checkOutputFolder(o.sessionCache, '--session-cache');
+  if (o.pytorch) checkReferenceEnv(o.pytorch);
   const dir = path.resolve(o.cache, o.preset);
   process.stderr.write(`preparing ${dir} (seeded random weights, F16 on disk, computed in fp32)...\n`);
   await ensureRandomPipelineFolder(dir, o.preset, ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']);

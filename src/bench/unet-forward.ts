@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { InputError } from '../errors.ts';
-import { runReferenceScript } from './reference-script.ts';
+import { checkReferenceEnv, runReferenceScript } from './reference-script.ts';
 import { makeFolder, textOf, writeOutput } from '../util/files.ts';
 import { GraphBuilder, addMacs, calflopsMacs, fullMacs, zeroMacs, type HeavyOp, type ParamSource } from '../graph/builder.ts';
 import { loadTransformer, loadUNet } from '../models/components.ts';
@@ -106,6 +106,7 @@ interface ForwardUnderTest {
 
 export async function benchUNet(o: BenchUNetOptions): Promise<void> {
   if (!own(PRESETS, o.preset)) throw new InputError('--preset', 'not a U-Net preset', Object.keys(PRESETS).join(', '), o.preset);
+  if (o.pytorch) checkPyTorchComparison(o);
   const dir = path.resolve(o.cache, o.preset);
   process.stderr.write(`preparing ${dir} (seeded random weights, F16 on disk, computed in fp32)...\n`);
   await ensureRandomPipelineFolder(dir, o.preset, ['unet']);
@@ -136,6 +137,7 @@ export async function benchTransformer(o: BenchUNetOptions): Promise<void> {
   if (!preset || preset.pipeline === 'DiTPipeline') {
     throw new InputError('--preset', 'not a PixArt preset', Object.keys(TRANSFORMER_PRESETS).filter((k) => k.startsWith('pixart')).join(', '), o.preset);
   }
+  if (o.pytorch) checkPyTorchComparison(o);
   const dir = path.resolve(o.cache, o.preset);
   process.stderr.write(`preparing ${dir} (seeded random weights, F16 on disk, computed in fp32)...\n`);
   await ensureRandomTransformerFolder(dir, o.preset);
@@ -282,13 +284,21 @@ interface PyTorchTiming {
   runs: number[];
 }
 
+/** What --pytorch can compare, checked before any timing; whether the preset is PixArt's. */
+function checkPyTorchComparison(o: BenchUNetOptions): boolean {
+  const pixart = own(TRANSFORMER_PRESETS, o.preset)?.pipeline.startsWith('PixArt') ?? false;
+  if (o.preset !== 'sd15' && !pixart) throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 and PixArt presets', 'sd15 or pixart-*', o.preset);
+  if (!o.size.some(([w, h]) => w === h)) throw new InputError('--size', 'the PyTorch comparison times square sizes only', 'at least one NxN size', o.size.map(([w, h]) => `${w}x${h}`).join(','));
+  checkReferenceEnv(o.pytorch!);
+  return pixart;
+}
+
 /**
  * Runs the reference script for the preset in the reference environment (same threads, batch,
  * runs): tools/reference/bench_unet_torch.py (sd15) or bench_transformer_torch.py (PixArt).
  */
 function timePyTorch(o: BenchUNetOptions): PyTorchTiming[] {
-  const pixart = own(TRANSFORMER_PRESETS, o.preset)?.pipeline.startsWith('PixArt');
-  if (o.preset !== 'sd15' && !pixart) throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 and PixArt presets', 'sd15 or pixart-*', o.preset);
+  const pixart = checkPyTorchComparison(o);
   const sizes = o.size.filter(([w, h]) => w === h).map(([w]) => w).join(',');
   process.stderr.write('timing diffusers on PyTorch...\n');
   const args = ['--threads', `${o.threads}`, '--batch', `${o.batch}`, '--runs', `${o.runs}`, '--sizes', sizes, ...(pixart ? ['--preset', o.preset] : [])];
