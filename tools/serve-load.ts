@@ -13,7 +13,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import autocannon from 'autocannon';
 import { startService, type Service } from '../src/serve/serve.ts';
-import { toolFlags } from './flags.ts';
+import { connectRedis } from '../src/serve/redis-queue.ts';
+import { orRefuse, toolFlags } from './flags.ts';
 
 const args = toolFlags('serve-load', {
   redis: { kind: 'text' },
@@ -80,6 +81,8 @@ async function measure(name: string, service: Service) {
   };
 }
 
+// A Redis that cannot be reached is said before the embedded queue's minutes of load, not after.
+if (args.redis) (await orRefuse('serve-load', connectRedis(args.redis))).disconnect();
 const results = fs.mkdtempSync(path.join(os.tmpdir(), 'serve-load-'));
 const rows = [];
 const common = { host: '127.0.0.1', port: 0, results, workers, threads: 1, rate: 1_000_000 };
