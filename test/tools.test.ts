@@ -28,6 +28,7 @@ const CASES: [string, string[], string[]][] = [
   ['reference-adherence', ['--model', 'no/such/folder'], ['no/such/folder']],
   ['serve-load', ['--rate', '0'], ['--rate', 'from 0.001', '"0"']],
   ['serve-load', ['--workers'], ['--workers']],
+  ['serve-load', ['--redis', 'redis://127.0.0.1:1'], ['--redis', 'cannot reach redis://127.0.0.1:1']],
   ['start-time', ['--runs', '1e9'], ['--runs', 'to 1000']],
 ];
 
