@@ -23,6 +23,8 @@ import { loadDiTPipeline } from '../src/pipelines/dit.ts';
 import { loadPixArtPipeline } from '../src/pipelines/pixart.ts';
 import { readPipelineFolder } from '../src/weights/diffusers-folder.ts';
 import { modelFolder } from '../src/pipelines/reference-model.ts';
+import { heldBeside, openRunner } from '../src/bench/runner.ts';
+import { totalMemory } from '../src/io/files.ts';
 import { OrtExecutor } from '../src/runtime/ort-executor.ts';
 import { readJsonObject } from '../src/weights/config.ts';
 import { parseUNetConfig } from '../src/models/unet2d-condition.ts';
@@ -473,4 +475,17 @@ test('library requests: an option the pipeline does not read is refused by name;
   await rejectsInputError(() => xl.generate({ ...base, originalSize: [1024] as unknown as [number, number] }), 'originalSize', 'a pair of finite numbers', '[1024]');
   await xl.generate({ ...base, originalSize: [64, 64], cropTopLeft: [0, 0] });
   await rejectsInputError(() => loadPipeline(TINY, { device: 'cuda' as 'cpu' }), 'device', 'unknown device', 'cpu or webgpu', '"cuda"');
+});
+
+test('a bench or tune run counts the weights of a pipeline held beside it (fp32 and int8 at once)', async () => {
+  const runner = await openRunner(modelFolder('reference'));
+  try {
+    assert.ok(runner.residentBytes > 0);
+    const request = { prompt: 'x', steps: 1, guidanceScale: 5, seed: 1, width: 64, height: 64, batch: 1, output: 'latent' as const };
+    await runner.run({ ...request, memoryLimit: heldBeside([runner]) });
+    const big = { ...runner, residentBytes: totalMemory() - 2 ** 20 };
+    await rejectsInputError(() => runner.run({ ...request, memoryLimit: heldBeside([big]) }), 'width/height', 'over the limit of 0.0 GiB');
+  } finally {
+    await runner.release();
+  }
 });

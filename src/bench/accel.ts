@@ -13,7 +13,7 @@ import { calflopsMacs, fullMacs, type MacCount } from '../graph/builder.ts';
 import { drawLabel, labelWidth } from '../image/label.ts';
 import { encodePng } from '../image/png.ts';
 import { psnr, ssim } from '../metrics/image.ts';
-import { openRunner, type BenchRequest, type BenchResult } from './runner.ts';
+import { heldBeside, openRunner, type BenchRequest, type BenchResult } from './runner.ts';
 import { checkRandomPreset, ensureRandomPresetFolder } from './random-folder.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { pipelineDefaults } from '../pipelines/families.ts';
@@ -223,8 +223,9 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
     const request: BenchRequest = {
       prompt: o.prompt, steps: o.steps, guidanceScale: o.guidance, seed: o.seed, width, height, batch: o.batch, scheduler: o.scheduler,
     };
-    const base = await measure(o, 'baseline', request, (r) => pipeline.run(r));
-    const fast = await measure(o, 'accelerated', { ...request, accel: o.accel }, (r) => (reduced ?? pipeline).run(r));
+    // With a reduced precision both runners' sessions are held: each run's memory check counts the other's weights.
+    const base = await measure(o, 'baseline', request, (r) => pipeline.run({ ...r, memoryLimit: heldBeside(reduced ? [reduced] : []) }));
+    const fast = await measure(o, 'accelerated', { ...request, accel: o.accel }, (r) => (reduced ?? pipeline).run({ ...r, memoryLimit: heldBeside(reduced ? [pipeline] : []) }));
     const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
     const [baseMacs, fastMacs] = macs.settings.map((s) => count(s.macs));
     const p = psnr(fast.result.images[0].data, base.result.images[0].data);

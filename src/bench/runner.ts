@@ -12,7 +12,8 @@ import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
-import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { readPipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
+import { totalMemory } from '../io/files.ts';
 
 export interface BenchRequest {
   prompt: string;
@@ -31,9 +32,10 @@ export interface BenchRequest {
   classLabels?: number[];
   /** 'latent' skips VAE decoding (no images then). */
   output?: 'image' | 'latent';
+  /** Bytes the run may take at its peak (default: this machine's memory); less where another runner is held too (heldBeside). */
+  memoryLimit?: number;
 }
 
-/** What every family's result has that the benchmarks read. */
 /** What a bench run reads of a generation; denoiserMacs is what adaptive methods, deciding at run time, really spent. */
 export type BenchResult = Pick<GenerationResult, 'latents' | 'images' | 'scheduler' | 'accel' | 'denoiserMacs' | 'timings' | 'warnings'>;
 
@@ -51,6 +53,8 @@ export interface BenchRunner {
    */
   spreadClass?(prompt: string, index: number, count: number): number[] | undefined;
   run(request: BenchRequest): Promise<BenchResult>;
+  /** Float32 bytes of the weights its sessions keep once they have run. */
+  residentBytes: number;
   release(): Promise<void>;
 }
 
@@ -71,7 +75,8 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
       kind: 'class-to-image', defaultSize: size, fixedSize: size, usesPrompt: (prompt) => dit.labels.has(prompt),
       spreadClass: (prompt, index, count) => (dit.labels.has(prompt) ? undefined : [spread(index, count)]),
       run: (r) => dit.generate({ classLabels: r.classLabels ?? classes(r), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
-        accel: r.accel, plans: r.plans, output: r.output }),
+        accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit }),
+      residentBytes: weightBytes([dit.transformer, dit.vae]),
       release: () => dit.release(),
     };
   }
@@ -80,7 +85,8 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
     return {
       kind: 'text-to-image', defaultSize: pixart.defaultSize, usesPrompt: () => true,
       run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
-        imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, resolutionBinning: false }),
+        imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, resolutionBinning: false, memoryLimit: r.memoryLimit }),
+      residentBytes: weightBytes([pixart.transformer, pixart.textEncoder, pixart.vae]),
       release: () => pixart.release(),
     };
   }
@@ -88,7 +94,18 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
   return {
     kind: 'text-to-image', defaultSize: sd.defaultSize, usesPrompt: () => true,
     run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
-      imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output }),
+      imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit }),
+    residentBytes: weightBytes([sd.unet, sd.vae, sd.textEncoder, sd.xl?.textEncoder2]),
     release: () => sd.release(),
   };
+}
+
+const weightBytes = (components: ({ weights: WeightSet } | undefined)[]) => components.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
+
+/**
+ * The memory a run on one runner may take while `others` are held beside it (bench's fp32 and
+ * reduced-precision pipelines, tune's per precision): this machine's, less their weights.
+ */
+export function heldBeside(others: BenchRunner[]): number | undefined {
+  return others.length === 0 ? undefined : totalMemory() - others.reduce((sum, r) => sum + r.residentBytes, 0);
 }

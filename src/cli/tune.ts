@@ -27,7 +27,7 @@ import { HELD_OUT_PROMPTS, readPromptFile } from '../scenes/captions.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { greedySearch, phast, type Round } from '../tune/greedy.ts';
 import { climbToSpeedup, composableSets, describePlan, firstRung, frontier, macGain, measuredGain, methodLadders, type Gain, type Ladder, type Measured } from '../tune/speedup.ts';
-import { openRunner, type BenchRequest, type BenchRunner } from '../bench/runner.ts';
+import { heldBeside, openRunner, type BenchRequest, type BenchRunner } from '../bench/runner.ts';
 import { fullMacs } from '../graph/builder.ts';
 import { writePlanFile } from './plan-file.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
@@ -211,11 +211,17 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
   }
   const sets = composableSets(ladders, (a, b) => pairs.get(`${a.method}+${b.method}`) ?? pairs.get(`${b.method}+${a.method}`) ?? true);
   const pipelines = new Map<Precision, Promise<BenchRunner>>();
+  const opened = new Map<Precision, BenchRunner>();
   const runnerAt = (precision: Precision) => {
     let p = pipelines.get(precision);
-    if (!p) pipelines.set(precision, (p = openRunner(folder.dir, { threads: f.threads, precision, sessionCache: commandSessionCache() })));
+    if (!p) {
+      p = openRunner(folder.dir, { threads: f.threads, precision, sessionCache: commandSessionCache() }).then((r) => opened.set(precision, r).get(precision)!);
+      pipelines.set(precision, p);
+    }
     return p;
   };
+  /** A run's memory: the other precision's pipeline is held beside it. */
+  const limitAt = (precision: Precision) => heldBeside([...opened].filter(([p]) => p !== precision).map(([, r]) => r));
   try {
     const { tuning, heldOut } = searchSamples(f, folder, await runnerAt('fp32'), count);
     const request = (sample: Sample, i: number, accel: AccelSpec[]): BenchRequest => ({
@@ -234,7 +240,7 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
         [macs, images] = [0, []];
         let total = 0;
         for (const [i, sample] of samples.entries()) {
-          const r = await runner.run(request(sample, i, accel));
+          const r = await runner.run({ ...request(sample, i, accel), memoryLimit: limitAt(precision) });
           total += r.timings.denoising;
           macs += fullMacs(r.denoiserMacs);
           images.push(r.images[0]);
@@ -245,7 +251,7 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
     };
     const meanPsnr = (a: GeneratedImage[], b: GeneratedImage[]) => a.reduce((sum, image, i) => sum + Math.min(PSNR_CAP, psnr(image.data, b[i].data)), 0) / a.length;
     // A plan's first run creates its sessions (merged-token variants): one untimed run first.
-    const warm = async (accel: AccelSpec[], precision: Precision) => (await runnerAt(precision)).run(request(tuning[0], 0, accel));
+    const warm = async (accel: AccelSpec[], precision: Precision) => (await runnerAt(precision)).run({ ...request(tuning[0], 0, accel), memoryLimit: limitAt(precision) });
     await warm([], 'fp32');
     const baseline = await run(tuning, []);
     const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
