@@ -43,3 +43,8 @@ export class Interrupted extends Error {
     this.name = 'Interrupted';
   }
 }
+
+/** Throws the reason of an aborted signal (a generation's `signal`), else nothing. */
+export function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason ?? new DOMException('generation aborted', 'AbortError');
+}

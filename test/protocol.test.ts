@@ -158,3 +158,30 @@ test('generations on one pipeline run one at a time: at once they give what they
   await pipeline.release();
   assert.deepEqual((await running).latents.data, alone[0].latents.data);
 });
+
+test('an aborted generation stops before its next segment, not at the end of its step', async () => {
+  const pipeline = await loadPipeline(path.join(FIXTURES, 'tiny-sd1'));
+  const abort = new AbortController();
+  let ranAfter = 0;
+  const abortAtFirstSegment: Accelerator = {
+    name: 'abort',
+    begin: <T extends TensorLike>(): RunHooks<T> => ({
+      async around(_segment, _at, next) {
+        const aborted = abort.signal.aborted;
+        const out = await next();
+        if (aborted) ranAfter++;
+        abort.abort(new Error('stopped by the test'));
+        return out;
+      },
+    }),
+  };
+  try {
+    await assert.rejects(pipeline.generate({ prompt: 'a cat', steps: 3, seed: 1, width: 64, height: 64, output: 'latent', plans: [abortAtFirstSegment], signal: abort.signal }),
+      /stopped by the test/);
+    assert.equal(ranAfter, 0);
+    // The pipeline is free again, with no signal left behind.
+    assert.equal((await pipeline.generate({ prompt: 'a cat', steps: 1, seed: 1, width: 64, height: 64, output: 'latent' })).steps, 1);
+  } finally {
+    await pipeline.release();
+  }
+});

@@ -203,7 +203,7 @@ function promptsOf(file: string): string[] {
 
 export async function generate(f: GenerateFlags): Promise<void> {
   const device = checkFlags(f);
-  // Ctrl-C stops after the current step (the finally below restores the terminal); a second one at once.
+  // Ctrl-C stops before the next segment (the finally below restores the terminal); a second one at once.
   const abort = new AbortController();
   let bar: SingleBar | undefined;
   const onSignal = (signal: 'SIGINT' | 'SIGTERM') => {

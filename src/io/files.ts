@@ -18,7 +18,8 @@ export interface FileSource {
   size(relative: string): number;
   /** Synchronous read; a source may serve only what it holds in memory. */
   read(relative: string, offset: number, length: number): Uint8Array;
-  fetch(relative: string, offset: number, length: number): Promise<Uint8Array>;
+  /** Asynchronous read; `signal` (a generation's) may stop it. */
+  fetch(relative: string, offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array>;
 }
 
 export class FileError extends Error {
@@ -204,9 +205,9 @@ export function openForReading(file: string): ReadHandle {
 }
 
 /** Bytes of a file region, read asynchronously (the way sessions get tensor data from a mounted source). */
-export async function fetchBytes(file: string, offset: number, length: number): Promise<Uint8Array> {
+export async function fetchBytes(file: string, offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array> {
   const m = mounted(file);
-  if (m) return m.source.fetch(m.relative, offset, length);
+  if (m) return m.source.fetch(m.relative, offset, length, signal);
   const handle = openForReading(file);
   try {
     const out = new Uint8Array(length);

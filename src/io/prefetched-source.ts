@@ -5,11 +5,11 @@
  * once when the folder is mounted and served synchronously; tensor bytes are read only when a
  * session asks for them, a segment at a time — a weights file is never held whole.
  */
-import { InputError, describe } from '../errors.ts';
+import { InputError, checkAborted, describe } from '../errors.ts';
 import { FileError, mountFiles, type FileSource } from './files.ts';
 
 /** Reads `length` bytes at `offset` of a file named by its path in the folder. */
-export type RangeReader = (relative: string, offset: number, length: number) => Promise<Uint8Array>;
+export type RangeReader = (relative: string, offset: number, length: number, signal?: AbortSignal) => Promise<Uint8Array>;
 
 /** Path inside the folder → size in bytes. */
 export type FolderListing = Record<string, number>;
@@ -72,8 +72,8 @@ export async function prefetchedSource(where: string, listing: FolderListing, re
       }
       return bytes.subarray(offset, offset + length);
     },
-    fetch: async (relative, offset, length) => {
-      const bytes = await reader(relative, offset, length);
+    fetch: async (relative, offset, length, signal) => {
+      const bytes = await reader(relative, offset, length, signal);
       if (bytes.length !== length) throw new FileError('EIO', `${where}/${relative}`, `${bytes.length} bytes read of ${length} at ${offset}`);
       return bytes;
     },
@@ -83,13 +83,14 @@ export async function prefetchedSource(where: string, listing: FolderListing, re
 /** A RangeReader over HTTP: one `Range: bytes=a-b` request per read, refusing servers that ignore it. */
 export function httpRangeReader(baseUrl: string, fetchFn: typeof fetch = fetch): RangeReader {
   const base = baseUrl.replace(/\/+$/, '');
-  return async (relative, offset, length) => {
+  return async (relative, offset, length, signal) => {
     if (length === 0) return new Uint8Array(0);
     const url = `${base}/${relative.split('/').map(encodeURIComponent).join('/')}`;
     let response: Response;
     try {
-      response = await fetchFn(url, { headers: { Range: `bytes=${offset}-${offset + length - 1}` } });
+      response = await fetchFn(url, { headers: { Range: `bytes=${offset}-${offset + length - 1}` }, signal });
     } catch (err) {
+      checkAborted(signal);
       throw new InputError(url, `cannot be fetched (${(err as Error).message})`);
     }
     if (response.status !== 206 && response.status !== 200) {

@@ -4,7 +4,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { createAccelerator, type AccelInput, type AccelSpec } from '../accel/index.ts';
-import { InputError, describe } from '../errors.ts';
+import { InputError, checkAborted, describe } from '../errors.ts';
 import type { MacCount } from '../graph/builder.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { Executor, ShapedTensor } from '../runtime/executor.ts';
@@ -273,10 +273,6 @@ export function seedWarnings(request: BaseRequest, scheduler: Scheduler, start =
   return [`seed has no effect: the starting latents are given and ${scheduler.name} draws no noise at any step`];
 }
 
-export function checkAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw signal.reason ?? new DOMException('generation aborted', 'AbortError');
-}
-
 /** What the accelerations of a generation did. */
 export interface AccelReport {
   name: string;
@@ -392,12 +388,19 @@ export class Generations {
 
   constructor(private readonly executors: readonly (OrtExecutor | undefined)[]) {}
 
-  run<R>(generate: () => Promise<R>): Promise<R> {
+  /** `signal` stops the generation at its executors' next segment (and any weights they are fetching). */
+  run<R>(generate: () => Promise<R>, signal?: AbortSignal): Promise<R> {
     const done = this.last.then(async () => {
+      checkAborted(signal);
+      for (const exec of this.executors) if (exec) exec.abortSignal = signal;
       try {
         return await generate();
       } finally {
-        for (const exec of this.executors) exec?.freeOutputs();
+        for (const exec of this.executors) {
+          if (!exec) continue;
+          exec.abortSignal = undefined;
+          exec.freeOutputs();
+        }
       }
     });
     this.last = done.catch(() => undefined);

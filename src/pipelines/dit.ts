@@ -8,7 +8,7 @@
  * multiplied by the initial sigma, and each step starts from the scaled model input.
  */
 import * as ort from 'onnxruntime-node';
-import { InputError } from '../errors.ts';
+import { InputError, checkAborted } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { closingOnFailure, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { DiTTransformer2DModel } from '../models/dit-transformer-2d.ts';
@@ -17,7 +17,7 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { checkLoadOptions, OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { labelTable, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, Generations, BASE_OPTIONS, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  Acceleration, Generations, BASE_OPTIONS, BatchNoise, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
   type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
@@ -79,7 +79,7 @@ export class DiTPipeline {
 
   /** Runs after any generation already begun on this pipeline. */
   generate(request: DiTRequest): Promise<DiTResult> {
-    return this.generations.run(() => this.generateNow(request));
+    return this.generations.run(() => this.generateNow(request), request.signal);
   }
 
   private async generateNow(request: DiTRequest): Promise<DiTResult> {

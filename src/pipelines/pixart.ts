@@ -13,7 +13,7 @@
  * generated size: diffusers has no PixArt img2img pipeline.
  */
 import * as ort from 'onnxruntime-node';
-import { InputError, describe } from '../errors.ts';
+import { InputError, checkAborted, describe } from '../errors.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import { closingOnFailure, loadT5Encoder, loadTransformer, loadVae, type LoadedComponent } from '../models/components.ts';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer-2d.ts';
@@ -23,7 +23,7 @@ import { checkLoadOptions, OrtExecutor, withFullPrecision, retainSessionsFor, ty
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, Generations, BatchNoise, checkAborted, checkLatents, checkRequestOptions, folderScheduler, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  Acceleration, Generations, BatchNoise, checkLatents, checkRequestOptions, folderScheduler, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, macsSince, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -157,7 +157,7 @@ export class PixArtPipeline {
 
   /** Runs after any generation already begun on this pipeline. */
   generate(request: PixArtRequest): Promise<PixArtResult> {
-    return this.generations.run(() => this.generateNow(request));
+    return this.generations.run(() => this.generateNow(request), request.signal);
   }
 
   private async generateNow(request: PixArtRequest): Promise<PixArtResult> {

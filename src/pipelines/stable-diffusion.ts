@@ -6,7 +6,7 @@
  * the same image here on every platform, but not the image torch would give for that seed.
  */
 import * as ort from 'onnxruntime-node';
-import { InputError, describe } from '../errors.ts';
+import { InputError, checkAborted, describe } from '../errors.ts';
 import { closingOnFailure, loadTextEncoder, loadUNet, loadVae, type LoadedComponent } from '../models/components.ts';
 import type { AutoencoderKL } from '../models/autoencoder-kl.ts';
 import type { ClipTextModel } from '../models/clip-text.ts';
@@ -15,7 +15,7 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { checkLoadOptions, OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, Generations, BatchNoise, checkAborted, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, numberOption, seconds, seedOf,
+  Acceleration, Generations, BatchNoise, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -130,7 +130,7 @@ export class StableDiffusionPipeline {
 
   /** Runs after any generation already begun on this pipeline. */
   generate(request: GenerateRequest): Promise<GenerateResult> {
-    return this.generations.run(() => this.generateNow(request));
+    return this.generations.run(() => this.generateNow(request), request.signal);
   }
 
   private async generateNow(request: GenerateRequest): Promise<GenerateResult> {

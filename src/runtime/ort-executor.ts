@@ -4,7 +4,7 @@
  * safetensors files, so weights are never converted or copied on disk.
  */
 import * as ort from 'onnxruntime-node';
-import { InputError, describe } from '../errors.ts';
+import { InputError, checkAborted, describe } from '../errors.ts';
 import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource, type WeightRef } from '../graph/builder.ts';
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
 import { PRECISIONS, quantizationKey, quantizedBytes, quantizedInitializers, type Precision } from '../graph/quantize.ts';
@@ -202,6 +202,8 @@ export class OrtExecutor implements Executor<ort.Tensor> {
    * still alive only so that a tensor used after it was freed fails on the CPU as it would on a GPU.
    */
   private hostOutputs: WeakRef<ort.Tensor>[] = [];
+  /** The running generation's signal: a run stops before its next segment, and weights being fetched over HTTP with it. */
+  abortSignal?: AbortSignal;
 
   constructor(
     private readonly params: ParamSource,
@@ -233,6 +235,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
   }
 
   async run(name: string, build: SegmentBuild, inputs: Record<string, ort.Tensor>, options?: RunOptions): Promise<Record<string, ort.Tensor>> {
+    checkAborted(this.abortSignal);
     for (const [key, t] of Object.entries(inputs)) {
       if (t.location === 'none') throw freed(`segment ${name}'s input ${key}`);
     }
@@ -315,7 +318,7 @@ export class OrtExecutor implements Executor<ort.Tensor> {
       attentionKind: attentionKindFor(this.options.device ?? 'cpu'), dynamicBatch: true, precision: this.options.precision, unsignedInt8Weights: unsignedInt8Weights(),
     });
     const outputs = buildSegment(g, build, inputs, options);
-    return { session: await createSession(g, this.options, this.retain), outputKeys: Object.keys(outputs), macs: { ...g.macs }, batch: batchOf(inputs, options) };
+    return { session: await createSession(g, this.options, this.retain, this.abortSignal), outputKeys: Object.keys(outputs), macs: { ...g.macs }, batch: batchOf(inputs, options) };
   }
 
   /** Releases every session that was created; segments that failed to compile hold nothing. */
@@ -357,7 +360,7 @@ export function unsignedInt8Weights(): boolean {
  * (bench-text-encoder, 24 blocks of 0.8 GB): a block's session creation 1.5 s → 0.01 s with its
  * run as fast; the whole encoding 50 s → 28 s from F16 weights.
  */
-export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true): Promise<ort.InferenceSession> {
+export async function createSession(g: GraphBuilder, options: RuntimeOptions, retained = true, signal?: AbortSignal): Promise<ort.InferenceSession> {
   const params = g.quantizedParams();
   // int8 weights are made from the float ones in JS (seconds on SD 1.5): only when a session is built from the model, not on a cache hit.
   const withQuantized = async (model: ModelProto): Promise<ModelProto> => params.length === 0 ? model
@@ -370,7 +373,7 @@ export async function createSession(g: GraphBuilder, options: RuntimeOptions, re
   if (g.weightFiles().some(isMounted)) {
     // Weights from a mounted source (HTTP, picked files) travel inside the model: ORT cannot
     // open them, and only this segment's tensors are fetched.
-    const bytes = encodeModel(await withQuantized(await inlineWeights(g.toModel((file) => file))));
+    const bytes = encodeModel(await withQuantized(await inlineWeights(g.toModel((file) => file), signal)));
     modelBytes = keyBytes = async () => bytes;
   } else {
     // ORT refuses external data whose resolved path leaves the folder it is given, so symlinked
@@ -526,7 +529,7 @@ async function readFloats(ref: WeightRef): Promise<Float32Array> {
   return ref.dtype === 'F16' ? float16ToFloat32(half) : bfloat16ToFloat32(half);
 }
 
-async function inlineWeights(model: ModelProto): Promise<ModelProto> {
+async function inlineWeights(model: ModelProto, signal?: AbortSignal): Promise<ModelProto> {
   const byFile = new Map<string, typeof model.graph.initializers>();
   for (const t of model.graph.initializers) {
     if (!t.external) continue;
@@ -545,7 +548,7 @@ async function inlineWeights(model: ModelProto): Promise<ModelProto> {
         end = Math.max(end, tensors[j].external!.offset + tensors[j].external!.length);
         j++;
       }
-      const run = await fetchBytes(file, start, end - start);
+      const run = await fetchBytes(file, start, end - start, signal);
       for (const t of tensors.slice(i, j)) {
         const { offset, length } = t.external!;
         initializers.set(t, { name: t.name, dims: t.dims, dataType: t.dataType, raw: run.subarray(offset - start, offset - start + length) });

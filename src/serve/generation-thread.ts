@@ -63,7 +63,7 @@ export class GenerationThread {
     });
   }
 
-  /** Runs one job (one at a time); rejects with JobFailure. Aborting `signal` stops it at its next step. */
+  /** Runs one job (one at a time); rejects with JobFailure. Aborting `signal` stops it before its next segment. */
   run(id: string, job: ImageJob, hooks: RunHooks = {}, signal?: AbortSignal): Promise<JobOutcome> {
     if (this.current) throw new Error(`a generation thread runs one job at a time (busy with ${this.current.id})`);
     if (signal?.aborted) return Promise.reject(new JobFailure('cancelled', true, false));

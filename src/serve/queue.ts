@@ -59,7 +59,7 @@ export interface JobQueue {
   get(id: string): Promise<JobRecord | undefined>;
   /** 1-based place among the waiting jobs; 0 once it runs. */
   position(id: string): Promise<number>;
-  /** Cancels a queued job at once, a running one at its next step; false for a finished job. */
+  /** Cancels a queued job at once, a running one before its next segment; false for a finished job. */
   cancel(id: string): Promise<boolean>;
   stats(): Promise<QueueStats>;
   /** Stops taking jobs; `drain`: lets running jobs finish (else cancels them). */

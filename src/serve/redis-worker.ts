@@ -87,7 +87,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
     workers.push(worker);
   }
 
-  // A cancel reaches every worker process; the one running the job stops it at its next step.
+  // A cancel reaches every worker process; the one running the job stops it before its next segment.
   const subscriber = duplicateConnection(client);
   connections.push(subscriber);
   await subscriber.subscribe(keys.cancelChannel);
