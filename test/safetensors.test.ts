@@ -121,14 +121,18 @@ test('a read from a file truncated after open is an InputError', (t) => {
   throwsInputError(() => st.readFloat32('a'), file, 'ended early');
 });
 
-test('a write clears temporary files that killed writes of the same file left, not those of live ones', (t) => {
+test('a write clears temporary files that killed writes of the same file left, not those of live or recent ones', (t) => {
   const dir = tempDir(t);
   const dead = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
   const abandoned = `.w.safetensors.${dead}.1.tmp`;
   const live = `.w.safetensors.${process.ppid}.1.tmp`;
-  for (const name of [abandoned, live, '.other.safetensors.1.1.tmp']) fs.writeFileSync(path.join(dir, name), 'x');
+  const recent = `.w.safetensors.${dead}.2.tmp`;
+  for (const name of [abandoned, live, recent, '.other.safetensors.1.1.tmp']) fs.writeFileSync(path.join(dir, name), 'x');
+  const hourAgo = new Date(Date.now() - 3_600_000);
+  for (const name of [abandoned, live, '.other.safetensors.1.1.tmp']) fs.utimesSync(path.join(dir, name), hourAgo, hourAgo);
   writeSafetensors(path.join(dir, 'w.safetensors'), { a: { dtype: 'F32', shape: [1], data: f32(1) } });
-  assert.deepEqual(fs.readdirSync(dir).sort(), [live, '.other.safetensors.1.1.tmp', 'w.safetensors'].sort());
+  // Written to within ten minutes: a writer this process cannot see (another container's) may own it.
+  assert.deepEqual(fs.readdirSync(dir).sort(), [live, recent, '.other.safetensors.1.1.tmp', 'w.safetensors'].sort());
 });
 
 test('float16 decoding of representative values', () => {

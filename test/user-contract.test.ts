@@ -165,7 +165,7 @@ test('the library names its own options in errors (the CLI maps them to its flag
   assert.equal(withOptionNames('imagesPerPrompt/classLabels: x', FIELD_OF_OPTION), 'batch/class: x');
   // The service's workers plan within their share of memory, which only the server's operator sets.
   assert.equal(withOptionNames('width/height: needs about 9 GiB; expected a smaller size, or a higher memoryLimit', WORDS_OF_OPTION),
-    'width/height: needs about 9 GiB; expected a smaller size, or a higher memory share per worker (the server\'s --workers)');
+    'width/height: needs about 9 GiB; expected a smaller size, or a higher memory per worker (a server with fewer --workers or more memory)');
   // Quoted user text stays as given, escaped quotes and all; a file name is not an option; a sentence's end is.
   assert.equal(withOptionNames('prompt: found "say \\"negativePrompt\\" twice" in negativePrompt.txt, not guidanceScale.', FIELD_OF_OPTION),
     'prompt: found "say \\"negativePrompt\\" twice" in negativePrompt.txt, not guidance.');
@@ -259,6 +259,9 @@ test('a run that cannot fit in memory is refused with its estimate before it sta
     // half of one where the gate is the first call; cross-attention only the mean (all that TGATE v1 keeps).
     const v1 = await kept('tgate:cache_self_attn=false');
     assert.equal(await kept('tgate') - v1, 3 * (await kept('tgate:gate_step=1') - v1));
+    // FORA caches at whatever batch every call runs: one value per sub-layer, with CFG or without.
+    const fora = createAccelerator(['fora'], 10)!;
+    assert.equal(await plannedMemory(fora, denoise, { steps: 10, calls: 10 }, true), await plannedMemory(fora, denoise, { steps: 10, calls: 10 }, false));
   } finally {
     await pipeline.release();
   }

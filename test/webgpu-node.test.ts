@@ -46,11 +46,11 @@ test('generate --device webgpu on SwiftShader draws the CPU image', { skip }, (t
   assert.ok(keptKiB(gpu.stderr) > 0 && keptKiB(gpu.stderr) < 1024, gpu.stderr);
 });
 
-/** "…; 12.0 KiB of outputs kept on the GPU between steps" from generate's webgpu line. */
+/** "…; 12.0 KiB (or 3.1 MiB) of outputs kept on the GPU between steps" from generate's webgpu line, in KiB. */
 function keptKiB(stderr: string): number {
-  const kept = /; ([\d.]+) KiB of outputs kept on the GPU between steps/.exec(stderr);
+  const kept = /; ([\d.]+) (KiB|MiB) of outputs kept on the GPU between steps/.exec(stderr);
   assert.ok(kept, stderr);
-  return Number(kept[1]);
+  return Number(kept[1]) * (kept[2] === 'MiB' ? 1024 : 1);
 }
 
 test('methods that keep tensors between steps (cut features, attention maps, cached residuals) draw the CPU image on WebGPU', { skip }, (t) => {

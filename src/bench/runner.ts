@@ -107,5 +107,6 @@ const weightBytes = (components: ({ weights: WeightSet } | undefined)[]) => comp
  * reduced-precision pipelines, tune's per precision): this machine's, less their weights.
  */
 export function heldBeside(others: BenchRunner[]): number | undefined {
-  return others.length === 0 ? undefined : totalMemory() - others.reduce((sum, r) => sum + r.residentBytes, 0);
+  // At least a byte: a run that cannot fit is then refused for its size, not for a limit the user never set.
+  return others.length === 0 ? undefined : Math.max(1, totalMemory() - others.reduce((sum, r) => sum + r.residentBytes, 0));
 }

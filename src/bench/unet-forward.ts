@@ -284,13 +284,12 @@ interface PyTorchTiming {
   runs: number[];
 }
 
-/** What --pytorch can compare, checked before any timing; whether the preset is PixArt's. */
-function checkPyTorchComparison(o: BenchUNetOptions): boolean {
+/** What --pytorch can compare, checked before any timing (timePyTorch runs last). */
+function checkPyTorchComparison(o: BenchUNetOptions): void {
   const pixart = own(TRANSFORMER_PRESETS, o.preset)?.pipeline.startsWith('PixArt') ?? false;
   if (o.preset !== 'sd15' && !pixart) throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 and PixArt presets', 'sd15 or pixart-*', o.preset);
   if (!o.size.some(([w, h]) => w === h)) throw new InputError('--size', 'the PyTorch comparison times square sizes only', 'at least one NxN size', o.size.map(([w, h]) => `${w}x${h}`).join(','));
   checkReferenceEnv(o.pytorch!);
-  return pixart;
 }
 
 /**
@@ -298,7 +297,7 @@ function checkPyTorchComparison(o: BenchUNetOptions): boolean {
  * runs): tools/reference/bench_unet_torch.py (sd15) or bench_transformer_torch.py (PixArt).
  */
 function timePyTorch(o: BenchUNetOptions): PyTorchTiming[] {
-  const pixart = checkPyTorchComparison(o);
+  const pixart = own(TRANSFORMER_PRESETS, o.preset)?.pipeline.startsWith('PixArt') ?? false;
   const sizes = o.size.filter(([w, h]) => w === h).map(([w]) => w).join(',');
   process.stderr.write('timing diffusers on PyTorch...\n');
   const args = ['--threads', `${o.threads}`, '--batch', `${o.batch}`, '--runs', `${o.runs}`, '--sizes', sizes, ...(pixart ? ['--preset', o.preset] : [])];

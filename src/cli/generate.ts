@@ -278,7 +278,8 @@ export async function generate(f: GenerateFlags): Promise<void> {
       process.stderr.write(`wrote ${runNames.join(', ')} (seed ${result.seed}, ${result.scheduler}; ` +
         `${t.textEncoding === undefined ? '' : `text ${t.textEncoding.toFixed(2)} s, `}${t.imageEncoding === undefined ? '' : `init image ${t.imageEncoding.toFixed(2)} s, `}denoising ${t.denoising.toFixed(2)} s, decoding ${t.decoding.toFixed(2)} s)\n`);
       if (device === 'webgpu') {
-        process.stderr.write(`webgpu: ${describeTransfers(result.denoisingTransfers, result.steps)}; ${(result.keptOnDevice / 1024).toFixed(1)} KiB of outputs kept on the GPU between steps\n`);
+        const kept = result.keptOnDevice < 2 ** 20 ? `${(result.keptOnDevice / 1024).toFixed(1)} KiB` : `${(result.keptOnDevice / 2 ** 20).toFixed(1)} MiB`;
+        process.stderr.write(`webgpu: ${describeTransfers(result.denoisingTransfers, result.steps)}; ${kept} of outputs kept on the GPU between steps\n`);
       }
       if (result.accel) {
         const a = result.accel;

@@ -342,8 +342,8 @@ export class Acceleration {
   }
 
   /** Bytes the plan keeps between model calls at most (plannedMemory), for the memory check; `forward` is one model call on shapes. */
-  keptBytes(forward: (exec: Executor<ShapedTensor>) => Promise<unknown>): Promise<number> {
-    return this.plan ? plannedMemory(this.plan, forward, this.run) : Promise.resolve(0);
+  keptBytes(forward: (exec: Executor<ShapedTensor>) => Promise<unknown>, cfg: boolean): Promise<number> {
+    return this.plan ? plannedMemory(this.plan, forward, this.run, cfg) : Promise.resolve(0);
   }
 
   /** Lets methods rehearse one model call (`forward` on shapes) to size what they keep; returns their warnings. */
@@ -379,17 +379,28 @@ export class Acceleration {
 }
 
 /**
+ * Whether the device computes in float16, asked only of a request with accelerations (a method may
+ * store float16 values: attn-reuse's maps); undefined otherwise, as plans need not know.
+ */
+export async function halfFloatsFor(request: { accel?: unknown; plans?: unknown }, exec: OrtExecutor): Promise<boolean | undefined> {
+  return request.accel !== undefined || request.plans !== undefined ? exec.halfFloats() : undefined;
+}
+
+/**
  * A pipeline's generations, one at a time, each leaving nothing on its executors: they share the
  * executors (MAC counters, sessions, outputs not yet freed), so a second generate waits for the
- * first, and release() for both.
+ * first, and release() for both. A generation must not await another on its own pipeline (from a
+ * plan's hook, say): that one waits for it to end.
  */
 export class Generations {
   private last: Promise<unknown> = Promise.resolve();
+  private released = false;
 
   constructor(private readonly executors: readonly (OrtExecutor | undefined)[]) {}
 
   /** `signal` stops the generation at its executors' next segment (and any weights they are fetching). */
   run<R>(generate: () => Promise<R>, signal?: AbortSignal): Promise<R> {
+    if (this.released) return Promise.reject(new InputError('pipeline', 'released (its sessions are freed and its weights closed)', 'a pipeline loaded again'));
     const done = this.last.then(async () => {
       checkAborted(signal);
       for (const exec of this.executors) if (exec) exec.abortSignal = signal;
@@ -407,8 +418,9 @@ export class Generations {
     return done;
   }
 
-  /** Settles when every generation begun so far has ended. */
-  async idle(): Promise<void> {
+  /** Refuses generations from now on; settles when every one begun before has ended. */
+  async release(): Promise<void> {
+    this.released = true;
     await this.last;
   }
 }

@@ -17,7 +17,7 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { checkLoadOptions, OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { labelTable, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, Generations, BASE_OPTIONS, BatchNoise, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
+  Acceleration, Generations, halfFloatsFor, BASE_OPTIONS, BatchNoise, checkLatents, checkRequestOptions, folderScheduler, optionNames, seedWarnings, concat, decodeImages, floats, intOption, LIMITS, macsSince, numberOption, seconds, seedOf, type BaseRequest,
   type GenerationResult,
 } from './common.ts';
 import { pipelineDefaults } from './families.ts';
@@ -97,10 +97,10 @@ export class DiTPipeline {
     checkLatents(request.latents, latentDims);
     const scheduler = folderScheduler(this.folder, request.scheduler, steps);
     const acceleration = Acceleration.check(request.accel, model.declaration,
-      { ...scheduleStart(scheduler, undefined).run, halfFloats: await this.transformerExec.halfFloats() }, undefined, request.plans);
+      { ...scheduleStart(scheduler, undefined).run, halfFloats: await halfFloatsFor(request, this.transformerExec) }, undefined, request.plans);
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output,
-      keptBytes: await acceleration.keptBytes(denoise) });
+      keptBytes: await acceleration.keptBytes(denoise, cfg) });
     const warnings = [...seedWarnings(request, scheduler), ...await acceleration.begin(this.transformerExec, denoise)];
 
     const noise = new BatchNoise(seed, batch);
@@ -165,7 +165,7 @@ export class DiTPipeline {
   }
 
   async release(): Promise<void> {
-    await this.generations.idle();
+    await this.generations.release();
     try {
       await Promise.all([this.transformerExec.release(), this.vaeExec.release()]);
     } finally {

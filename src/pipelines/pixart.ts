@@ -23,7 +23,7 @@ import { checkLoadOptions, OrtExecutor, withFullPrecision, retainSessionsFor, ty
 import { T5Tokenizer } from '../tokenizers/t5-unigram.ts';
 import { getComponent, type PipelineFolder } from '../weights/diffusers-folder.ts';
 import {
-  Acceleration, Generations, BatchNoise, checkLatents, checkRequestOptions, folderScheduler, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, macsSince, numberOption, seconds, seedOf,
+  Acceleration, Generations, halfFloatsFor, BatchNoise, checkLatents, checkRequestOptions, folderScheduler, optionNames, PROMPT_OPTIONS, seedWarnings, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, macsSince, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -150,9 +150,9 @@ export class PixArtPipeline {
     });
     const dims = [prompts.length, maxLength];
     const out = await this.textEncoder.model.forward(this.textExec, new ort.Tensor('int64', ids, dims), new ort.Tensor('int64', mask, dims));
-    const states = await floats(out);
+    const [states, width] = [await floats(out), out.dims[2]];
     this.textExec.freeOutputs();
-    return { states, mask, width: out.dims[2] };
+    return { states, mask, width };
   }
 
   /** Runs after any generation already begun on this pipeline. */
@@ -200,7 +200,7 @@ export class PixArtPipeline {
       throw new InputError('steps', 'one step is not supported for PixArt (diffusers then returns the x0 prediction)', 'at least 2', '1');
     }
     const { start: first, run, why } = scheduleStart(scheduler, img2img);
-    const acceleration = Acceleration.check(request.accel, model.declaration, { ...run, halfFloats: await this.transformerExec.halfFloats() }, why, request.plans);
+    const acceleration = Acceleration.check(request.accel, model.declaration, { ...run, halfFloats: await halfFloatsFor(request, this.transformerExec) }, why, request.plans);
     warnings.push(...seedWarnings(request, scheduler, first));
 
     // Before the text encoder runs (minutes for T5-XXL on a CPU): T5's width is its d_model, which the loader matched to caption_channels.
@@ -209,7 +209,7 @@ export class PixArtPipeline {
     });
     // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
     await refuseOverMemory({ resident: [this.transformer, this.vae, this.textRetained ? this.textEncoder : undefined], denoise, vae: this.vae.model, latentDims,
-      limit: request.memoryLimit, what: 'width/height', output: request.output, imageSize: [width, height], keptBytes: await acceleration.keptBytes(denoise) });
+      limit: request.memoryLimit, what: 'width/height', output: request.output, imageSize: [width, height], keptBytes: await acceleration.keptBytes(denoise, cfg) });
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();
@@ -304,7 +304,7 @@ export class PixArtPipeline {
   }
 
   async release(): Promise<void> {
-    await this.generations.idle();
+    await this.generations.release();
     try {
       await Promise.all([this.transformerExec.release(), this.textExec.release(), this.vaeExec.release()]);
     } finally {

@@ -15,7 +15,7 @@ import type { Executor, ShapedTensor } from '../runtime/executor.ts';
 import { checkLoadOptions, OrtExecutor, withFullPrecision, type RuntimeOptions, transfers, transfersSince } from '../runtime/ort-executor.ts';
 import { ClipTokenizer } from '../tokenizers/clip-bpe.ts';
 import {
-  Acceleration, Generations, BatchNoise, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, numberOption, seconds, seedOf,
+  Acceleration, Generations, halfFloatsFor, BatchNoise, checkRequestOptions, folderScheduler, macsSince, optionNames, seedWarnings, checkLatents, PROMPT_OPTIONS, concat, decodeImages, floats, guide, intOption, keyValueTensors, LIMITS, list, numberOption, seconds, seedOf,
   type GenerationResult, type PromptRequest,
 } from './common.ts';
 import { pipelineClasses, pipelineDefaults } from './families.ts';
@@ -175,14 +175,14 @@ export class StableDiffusionPipeline {
 
     // Refuse what cannot work before any work.
     // Schedules count the calls that run; PNDM makes one call more than steps.
-    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { ...run, halfFloats: await this.unetExec.halfFloats() }, why, request.plans);
+    const acceleration = Acceleration.check(request.accel, this.unet.model.declaration, { ...run, halfFloats: await halfFloatsFor(request, this.unetExec) }, why, request.plans);
     warnings.push(...seedWarnings(request, scheduler, start));
 
     // Before any model runs: SDXL's pooled text embeddings are as wide as text_encoder_2's projection.
     const shapes = { batch: cfg ? 2 * batch : batch, latentHeight: latentDims[2], latentWidth: latentDims[3], textEmbedsDim: this.xl?.textEncoder2.model.textEmbedsWidth };
     const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
     await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
-      limit: request.memoryLimit, what: 'width/height', output: request.output, keptBytes: await acceleration.keptBytes(denoise) });
+      limit: request.memoryLimit, what: 'width/height', output: request.output, keptBytes: await acceleration.keptBytes(denoise, cfg) });
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let clock = performance.now();
@@ -279,7 +279,7 @@ export class StableDiffusionPipeline {
   }
 
   async release(): Promise<void> {
-    await this.generations.idle();
+    await this.generations.release();
     try {
       await Promise.all([this.unetExec.release(), this.vaeExec.release(), this.textExec.release(), this.textExec2?.release()]);
     } finally {

@@ -78,6 +78,8 @@ export function computesHalfFloats(options: RuntimeOptions): Promise<boolean> {
       await session.release();
     }
   })();
+  // A probe that failed otherwise (no adapter) is tried again next time, not remembered.
+  webgpuHalfFloats.catch(() => (webgpuHalfFloats = undefined));
   return webgpuHalfFloats;
 }
 

@@ -240,11 +240,12 @@ export function combine(accelerators: Accelerator[]): Accelerator {
  * What a plan keeps between the model calls of a run at most, from one model call at the CFG batch
  * on shapes alone: each residual value its decisions cache at some call, and what its methods keep
  * themselves (Accelerator.keeps). Values are cached by shape, so a segment may hold one at the CFG
- * batch and one at half of it (a call without CFG, or the CFG mean) at once. Cut features and the
+ * batch and one at half of it (a call the plan runs without CFG, or the CFG mean) at once; `cfg`:
+ * whether the run uses CFG at all (`forward` is then at the CFG batch). Cut features and the
  * residuals of span caches (one tensor each) are left out.
  */
 export async function plannedMemory(plan: Accelerator, forward: (exec: Executor<ShapedTensor>) => Promise<unknown>,
-  run: RunShape & { calls: number }): Promise<number> {
+  run: RunShape & { calls: number }, cfg = true): Promise<number> {
   const dry = new DryExecutor();
   const residuals: { segment: SegmentRef; bytes: number }[] = [];
   await forward({
@@ -261,11 +262,11 @@ export async function plannedMemory(plan: Accelerator, forward: (exec: Executor<
   for (const { segment, bytes: full } of residuals) {
     let [atCfgBatch, atHalf] = [false, false];
     for (let call = 0; call < run.calls && !(atCfgBatch && atHalf); call++) {
-      for (const cfg of [true, false]) {
-        const d = plan.decide?.(segment, call, cfg, info) ?? 'compute';
-        if (d === 'cache' && cfg) atCfgBatch = true;
-        else if (d === 'cache-cfg-mean' || d === 'cache') atHalf = true;
-      }
+      const cfgNow = cfg && (plan.cfgActive?.(call) ?? true);
+      const d = plan.decide?.(segment, call, cfgNow, info) ?? 'compute';
+      // Without CFG at all, `full` is already the single batch's size.
+      if (d === 'cache' && (cfgNow || !cfg)) atCfgBatch = true;
+      else if (d === 'cache' || d === 'cache-cfg-mean') atHalf = true;
     }
     bytes += (atCfgBatch ? full : 0) + (atHalf ? full / 2 : 0);
   }

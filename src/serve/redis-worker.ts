@@ -54,7 +54,7 @@ export async function startRedisWorkers(o: RedisWorkerOptions): Promise<RedisWor
     client.disconnect();
     throw err;
   }
-  const stopExpiry = expireResults(resultsDir);
+  const stopExpiry = await expireResults(resultsDir);
   const report = onceEach((m) => o.log(`redis: ${m}`));
   client.on('error', report);
   const keys = extraKeys(o.queue);

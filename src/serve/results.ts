@@ -2,18 +2,18 @@
  * The results folder's lifetime: a job's images (`<job id>-<index>.png`) outlive it by at most
  * KEEP_FINISHED_SECONDS, as its record does in both queues; nothing names them after that.
  */
-import * as fs from 'node:fs';
+import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { KEEP_FINISHED_SECONDS } from './queue.ts';
 
 /** A job's image, or one a killed worker left half-written (writeFileAtomically's temporary name). */
 const RESULT_FILE = /^[0-9a-f-]{36}-\d{1,2}\.png(?:\.partial-\d+)?$/;
 
-/** Deletes job images in `dir` written before `before` (ms); other files are left alone. */
-export function removeResultsBefore(dir: string, before: number): void {
+/** Deletes job images in `dir` written before `before` (ms); other files are left alone. Asynchronous: a big folder never stalls the server. */
+export async function removeResultsBefore(dir: string, before: number): Promise<void> {
   let names: string[];
   try {
-    names = fs.readdirSync(dir);
+    names = await fs.readdir(dir);
   } catch {
     return; // a folder removed under the service: nothing to expire
   }
@@ -21,18 +21,18 @@ export function removeResultsBefore(dir: string, before: number): void {
     if (!RESULT_FILE.test(name)) continue;
     const file = path.join(dir, name);
     try {
-      if (fs.statSync(file).mtimeMs < before) fs.rmSync(file, { force: true });
+      if ((await fs.stat(file)).mtimeMs < before) await fs.rm(file, { force: true });
     } catch {
       // Gone meanwhile (another worker's sweep), or not ours to remove: either way not kept by us.
     }
   }
 }
 
-/** Expires job images in `dir` now and every hour after; returns the function that stops it. */
-export function expireResults(dir: string): () => void {
+/** Expires job images in `dir` now (awaited) and every hour after; resolves to the function that stops it. */
+export async function expireResults(dir: string): Promise<() => void> {
   const sweep = () => removeResultsBefore(dir, Date.now() - KEEP_FINISHED_SECONDS * 1000);
-  sweep();
-  const timer = setInterval(sweep, 3_600_000);
+  await sweep();
+  const timer = setInterval(() => void sweep(), 3_600_000);
   timer.unref();
   return () => clearInterval(timer);
 }

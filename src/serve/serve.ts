@@ -114,7 +114,7 @@ export async function startService(o: ServeOptions): Promise<Service> {
     throw err;
   });
   // The embedded queue's workers write images here (Redis workers expire their own).
-  const stopExpiry = o.redis === undefined ? expireResults(resultsDir) : undefined;
+  const stopExpiry = o.redis === undefined ? await expireResults(resultsDir) : undefined;
   const address = server.address();
   return {
     port: typeof address === 'object' && address ? address.port : o.port,

@@ -148,7 +148,7 @@ function promptRequest(job: ImageJob) {
 }
 
 /** Library options in a client's words: body fields, and the memory limit a client cannot set named as what sets it. */
-export const WORDS_OF_OPTION: Readonly<Record<string, string>> = { ...FIELD_OF_OPTION, memoryLimit: 'memory share per worker (the server\'s --workers)' };
+export const WORDS_OF_OPTION: Readonly<Record<string, string>> = { ...FIELD_OF_OPTION, memoryLimit: 'memory per worker (a server with fewer --workers or more memory)' };
 
 /** Runs one job to its files; throws what the pipeline throws (InputError for what the model refuses). */
 export async function runJob(id: string, job: ImageJob, options: WorkerOptions, onStep: (s: StepInfo) => void, signal: AbortSignal): Promise<JobOutcome> {

@@ -89,7 +89,11 @@ export function writeSafetensors(filePath: string, tensors: Record<string, Tenso
   }
 }
 
-/** Temporary files of earlier writes of `abs` whose process was killed mid-write (gigabytes for a random SD U-Net). */
+/**
+ * Temporary files of earlier writes of `abs` whose process was killed mid-write (gigabytes for a
+ * random SD U-Net): its process gone and the file untouched for ten minutes (a writer in another
+ * container, whose process this one cannot see, keeps writing to it).
+ */
 function removeAbandonedTemps(abs: string): void {
   const prefix = `.${path.basename(abs)}.`;
   let names: string[] = [];
@@ -100,8 +104,10 @@ function removeAbandonedTemps(abs: string): void {
   }
   for (const name of names) {
     const pid = Number(name.slice(prefix.length).split('.')[0]);
-    if (name.startsWith(prefix) && name.endsWith('.tmp') && Number.isSafeInteger(pid) && pid !== process.pid && processGone(pid)) {
-      fs.rmSync(path.join(path.dirname(abs), name), { force: true });
+    const file = path.join(path.dirname(abs), name);
+    if (name.startsWith(prefix) && name.endsWith('.tmp') && Number.isSafeInteger(pid) && pid !== process.pid && processGone(pid) &&
+      (fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? Infinity) < Date.now() - 600_000) {
+      fs.rmSync(file, { force: true });
     }
   }
 }
