@@ -12,7 +12,8 @@ import { loadDiTPipeline } from '../pipelines/dit.ts';
 import { loadPixArtPipeline } from '../pipelines/pixart.ts';
 import { loadPipeline } from '../pipelines/stable-diffusion.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
-import { readPipelineFolder, type WeightSet } from '../weights/diffusers-folder.ts';
+import { readPipelineFolder } from '../weights/diffusers-folder.ts';
+import { residentBytes } from '../pipelines/memory.ts';
 import { totalMemory } from '../io/files.ts';
 
 export interface BenchRequest {
@@ -76,7 +77,7 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
       spreadClass: (prompt, index, count) => (dit.labels.has(prompt) ? undefined : [spread(index, count)]),
       run: (r) => dit.generate({ classLabels: r.classLabels ?? classes(r), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
         accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit }),
-      residentBytes: weightBytes([dit.transformer, dit.vae]),
+      residentBytes: residentBytes([dit.transformer, dit.vae]),
       release: () => dit.release(),
     };
   }
@@ -86,7 +87,7 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
       kind: 'text-to-image', defaultSize: pixart.defaultSize, usesPrompt: () => true,
       run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
         imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, resolutionBinning: false, memoryLimit: r.memoryLimit }),
-      residentBytes: weightBytes([pixart.transformer, pixart.textEncoder, pixart.vae]),
+      residentBytes: residentBytes([pixart.transformer, pixart.textEncoder, pixart.vae]),
       release: () => pixart.release(),
     };
   }
@@ -95,12 +96,10 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
     kind: 'text-to-image', defaultSize: sd.defaultSize, usesPrompt: () => true,
     run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
       imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit }),
-    residentBytes: weightBytes([sd.unet, sd.vae, sd.textEncoder, sd.xl?.textEncoder2]),
+    residentBytes: residentBytes([sd.unet, sd.vae, sd.textEncoder, sd.xl?.textEncoder2]),
     release: () => sd.release(),
   };
 }
-
-const weightBytes = (components: ({ weights: WeightSet } | undefined)[]) => components.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
 
 /**
  * The memory a run on one runner may take while `others` are held beside it (bench's fp32 and

@@ -284,10 +284,11 @@ interface PyTorchTiming {
   runs: number[];
 }
 
+const isPixArtPreset = (preset: string) => own(TRANSFORMER_PRESETS, preset)?.pipeline.startsWith('PixArt') ?? false;
+
 /** What --pytorch can compare, checked before any timing (timePyTorch runs last). */
 function checkPyTorchComparison(o: BenchUNetOptions): void {
-  const pixart = own(TRANSFORMER_PRESETS, o.preset)?.pipeline.startsWith('PixArt') ?? false;
-  if (o.preset !== 'sd15' && !pixart) throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 and PixArt presets', 'sd15 or pixart-*', o.preset);
+  if (o.preset !== 'sd15' && !isPixArtPreset(o.preset)) throw new InputError('--pytorch', 'the PyTorch comparison covers the sd15 and PixArt presets', 'sd15 or pixart-*', o.preset);
   if (!o.size.some(([w, h]) => w === h)) throw new InputError('--size', 'the PyTorch comparison times square sizes only', 'at least one NxN size', o.size.map(([w, h]) => `${w}x${h}`).join(','));
   checkReferenceEnv(o.pytorch!);
 }
@@ -297,7 +298,7 @@ function checkPyTorchComparison(o: BenchUNetOptions): void {
  * runs): tools/reference/bench_unet_torch.py (sd15) or bench_transformer_torch.py (PixArt).
  */
 function timePyTorch(o: BenchUNetOptions): PyTorchTiming[] {
-  const pixart = own(TRANSFORMER_PRESETS, o.preset)?.pipeline.startsWith('PixArt') ?? false;
+  const pixart = isPixArtPreset(o.preset);
   const sizes = o.size.filter(([w, h]) => w === h).map(([w]) => w).join(',');
   process.stderr.write('timing diffusers on PyTorch...\n');
   const args = ['--threads', `${o.threads}`, '--batch', `${o.batch}`, '--runs', `${o.runs}`, '--sizes', sizes, ...(pixart ? ['--preset', o.preset] : [])];

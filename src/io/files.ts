@@ -137,13 +137,17 @@ export function realPath(file: string): string {
 /** The 32-bit WebAssembly memory onnxruntime-web loads every model into (on WebGPU too, before uploading): 4 GiB at most. */
 const WASM_MEMORY = 4 * 2 ** 30;
 
+/** Whether this runs in Node: told by its getBuiltinModule, not by a global `process`, which pages often define. */
+export function onNode(): boolean {
+  return Boolean((globalThis as { process?: { getBuiltinModule?: unknown } }).process?.getBuiltinModule);
+}
+
 /**
  * The machine's memory in bytes; in a browser, what the page may use: navigator.deviceMemory
- * (else 4 GiB), at most what WebAssembly can address. Node is told by its getBuiltinModule, not by
- * a global `process`, which pages often define.
+ * (else 4 GiB), at most what WebAssembly can address.
  */
 export function totalMemory(): number {
-  if ((globalThis as { process?: { getBuiltinModule?: unknown } }).process?.getBuiltinModule) return node('memory').os.totalmem();
+  if (onNode()) return node('memory').os.totalmem();
   const gib = (globalThis as { navigator?: { deviceMemory?: number } }).navigator?.deviceMemory ?? 4;
   return Math.min(gib * 2 ** 30, WASM_MEMORY);
 }

@@ -58,6 +58,11 @@ function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: 
   `a smaller size or batch${kept ? ', accelerations that keep less (accel)' : ''}, or a higher memoryLimit`, found);
 }
 
+/** Float32 bytes of the weights of components whose sessions stay (absent ones count nothing). */
+export function residentBytes(components: ({ weights: WeightSet } | undefined)[]): number {
+  return components.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
+}
+
 /**
  * What every pipeline checks before its denoising loop: the weights its sessions keep (`resident`),
  * the denoiser's model call, and unless the output is latents the VAE decoding one image of
@@ -76,7 +81,7 @@ export async function refuseOverMemory(o: {
   /** What the run's accelerations keep between model calls (Acceleration.keptBytes). */
   keptBytes?: number;
 }): Promise<void> {
-  const weightBytes = o.resident.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);
+  const weightBytes = residentBytes(o.resident);
   const decode = (exec: Executor<ShapedTensor>) => o.vae.decode(exec, { dims: [1, ...o.latentDims.slice(1)], type: 'float32' });
   const [batch, , h, w] = o.latentDims;
   const factor = o.vae.downsampleFactor;

@@ -9,7 +9,7 @@ import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type Atten
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
 import { PRECISIONS, quantizationKey, quantizedBytes, quantizedInitializers, type Precision } from '../graph/quantize.ts';
 import { bfloat16ToFloat32, float16ToFloat32 } from '../graph/half.ts';
-import { baseName, dirName, fetchBytes, isMounted, readTextFile, realPath, totalMemory } from '../io/files.ts';
+import { baseName, dirName, fetchBytes, isMounted, onNode, readTextFile, realPath, totalMemory } from '../io/files.ts';
 import { buildSegment, outputName, shapeKey, type Executor, type RunOptions, type SegmentBuild } from './executor.ts';
 import type { TensorOps } from './plan.ts';
 
@@ -37,7 +37,7 @@ export function checkLoadOptions(options: unknown, more: readonly string[] = [])
   for (const key of Object.keys(options)) {
     if (!known.includes(key)) throw new InputError(key, 'unknown load option', known.join(', '), describe((options as Record<string, unknown>)[key]));
   }
-  if ((globalThis as { process?: { getBuiltinModule?: unknown } }).process?.getBuiltinModule) return;
+  if (onNode()) return;
   for (const [key, why] of Object.entries(NODE_ONLY_OPTIONS)) {
     if ((options as Record<string, unknown>)[key] !== undefined) throw new InputError(key, `read only in Node (${why})`, 'no such option in a page', describe((options as Record<string, unknown>)[key]));
   }
