@@ -61,6 +61,30 @@ test('the climb takes the step that loses the least PSNR per speed gained, stops
   assert.ok(front.every((m, i) => i === 0 || m.speedup >= front[i - 1].speedup));
 });
 
+test('a plan that cannot run here (refused by its check, e.g. over the memory limit) is never picked nor on the frontier; the climb goes on without it', async () => {
+  const ladders = unetLadders(20);
+  // Synthetic: DeepCache 1.5× a rung for 3 dB, TGATE 1.2× for 1 dB (the cheaper), but any plan with TGATE's third rung is refused.
+  const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
+    const rung = (method: string, key: string) => {
+      const spec = plan.find((s) => s.method === method);
+      return spec ? ladders.find((l) => l.method === method)!.settings.findIndex((x) => x[key] === spec.params![key]) + 1 : 0;
+    };
+    const [dc, tg] = [rung('deepcache', 'cache_interval'), rung('tgate', 'gate_step')];
+    if (tg >= 3) return { plan, precision, speedup: 0, macSpeedup: 0, psnr: -Infinity, refused: 'over the limit' };
+    return { plan, precision, speedup: 1.5 ** dc * 1.2 ** tg, macSpeedup: 1, psnr: 60 - 3 * dc - tg };
+  };
+  const { measured, path: climb } = await climbToSpeedup(ladders.filter((l) => l.method !== 'tome'), 3, measure);
+  assert.ok(measured.some((m) => m.refused), 'the refused plans were asked');
+  assert.ok(climb.every((m) => !m.refused));
+  assert.deepEqual(climb.slice(1, 3).map((m) => describePlan(m.plan)), ['tgate:gate_step=16', 'tgate:gate_step=12']);
+  assert.ok(climb[climb.length - 1].speedup >= 3, 'DeepCache takes it the rest of the way');
+  assert.ok(frontier(measured).every((m) => !m.refused));
+  // Every step up refused: the climb ends where it is.
+  const none = await climbToSpeedup(ladders.filter((l) => l.method === 'tgate'), 3, async (plan, precision) =>
+    plan.length ? { plan, precision, speedup: 0, macSpeedup: 0, psnr: -Infinity, refused: 'over the limit' } : { plan, precision, speedup: 1, macSpeedup: 1, psnr: 100 });
+  assert.deepEqual(none.path.map((m) => describePlan(m.plan)), ['none']);
+});
+
 test('int8 is one more rung: taken when it loses the least PSNR per speed gained, and named with the plan', async () => {
   const ladders = unetLadders(20, true);
   assert.deepEqual(ladders.map((l) => l.method), ['deepcache', 'tgate', 'tome', 'int8']);

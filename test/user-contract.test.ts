@@ -155,6 +155,7 @@ test('the library names its own options in errors (the CLI maps them to its flag
   }
   assert.equal(withFlagNames('steps: wrong value; expected an integer in [1, 1000], found "10" (a string)'), '--steps: wrong value; expected an integer in [1, 1000], found "10" (a string)');
   assert.equal(withFlagNames('width/height: must be multiples of 8'), '--width/--height: must be multiples of 8');
+  assert.equal(withFlagNames('width/height: must be multiples of 8', 'bench'), '--size: must be multiples of 8', 'bench sets both by --size');
   assert.equal(withFlagNames('accel tgate:gate_step: wrong value'), '--accel tgate:gate_step: wrong value');
   assert.equal(withFlagNames('/some/file.json: steps_offset: wrong value'), '/some/file.json: steps_offset: wrong value');
   // Option names inside the text too, but not in quoted text (the user's own words) nor in names that are not options.
@@ -265,6 +266,48 @@ test('a run that cannot fit in memory is refused with its estimate before it sta
   } finally {
     await pipeline.release();
   }
+});
+
+test('check(): every refusal generate would make before its first model call, memory included, without running a model', async () => {
+  const sd = await loadPipeline('reference');
+  const dit = loadDiTPipeline(readPipelineFolder(modelFolder('reference-dit')));
+  const pixart = loadPixArtPipeline(readPipelineFolder(path.join(ROOT, 'test', 'fixtures', 'tiny-pixart-alpha')));
+  try {
+    const request = { prompt: 'a red circle', steps: 2, width: 384, height: 384, memoryLimit: 3 * 2 ** 30 };
+    const over = { ...request, accel: ['attn-reuse:fp16=false'] };
+    // The same refusal as generate's, in no time: no session is built, nothing is denoised.
+    const started = performance.now();
+    await rejectsInputError(() => sd.check(over), 'width/height', 'kept by the accelerations between model calls 4.');
+    await rejectsInputError(() => sd.generate(over), 'width/height', 'kept by the accelerations between model calls 4.');
+    assert.deepEqual(await sd.check({ ...request, latents: { data: new Float32Array(4 * 96 * 96), dims: [1, 4, 96, 96] }, seed: 3, scheduler: 'ddim' }),
+      ['seed has no effect: the starting latents are given and ddim draws no noise at any step'], 'its warnings');
+    await rejectsInputError(() => sd.check({ ...request, stepz: 3 } as object as typeof request), 'stepz');
+    assert.ok(performance.now() - started < 5000, `checks took ${(performance.now() - started).toFixed(0)} ms`);
+    await rejectsInputError(() => dit.check({ classLabels: [1], steps: 2, memoryLimit: 1 }), 'classLabels', 'over the limit of 0.0 GiB');
+    assert.deepEqual(await dit.check({ classLabels: [1], steps: 2 }), []);
+    await rejectsInputError(() => pixart.check({ prompt: 'x', steps: 2, width: 64, height: 64, memoryLimit: 1 }), 'width/height', 'over the limit of 0.0 GiB');
+  } finally {
+    await Promise.all([sd.release(), dit.release(), pixart.release()]);
+  }
+});
+
+test('bench and tune check every setting (memory above all) before the first runs; a climb leaves out the plans that cannot run', async (t) => {
+  const dir = tempDir(t);
+  const json = path.join(dir, 'sweep.json');
+  // The baseline and DeepCache fit in 3 GiB at 384², float32 attention maps do not: refused before any image, naming the setting.
+  let run = diffuse('bench', '--model', 'reference', '--fidelity', '--size', '384', '--steps', '4', '--count', '1', '--memory-limit', '3', '--json', json,
+    '--sweep', 'deepcache:cache_interval=2', '--sweep', 'attn-reuse:fp16=false');
+  refused(run, ['--sweep: the setting "attn-reuse:reuse=auto,fp16=false" cannot run', 'kept by the accelerations', 'over the limit of 3.0 GiB', '--memory-limit']);
+  assert.ok(run.seconds < 30, `refused after ${run.seconds.toFixed(1)} s`);
+  run = diffuse('bench', '--model', 'reference', '--size', '384', '--steps', '4', '--accel', 'attn-reuse:fp16=false', '--memory-limit', '3', '--out', path.join(dir, 'c.png'));
+  refused(run, ['diffuse: --size: needs about', 'over the limit of 3.0 GiB']);
+  assert.ok(!run.stderr.includes('timed run') && !run.stderr.includes('warm-up'), 'refused before the baseline ran');
+  assert.deepEqual(fs.readdirSync(dir), []);
+  refused(diffuse('bench', '--preset', 'sd15', '--dry-run', '--memory-limit', '3'), ['--memory-limit']);
+  // tune: PHAST's schedules are checked before the baseline; a --speedup climb reports a plan over the limit as not taken and goes on.
+  run = diffuse('tune', '--steps', '4', '--reuse', '1', '--count', '1', '--memory-limit', '0.001', '--out', path.join(dir, 'schedule.json'));
+  refused(run, ['over the limit of 0.0 GiB', '--memory-limit']);
+  assert.deepEqual(fs.readdirSync(dir), []);
 });
 
 test('a load option nothing reads (a misspelling) is refused by name, before any file is read', async () => {

@@ -14,6 +14,7 @@ import { drawLabel, labelWidth } from '../image/label.ts';
 import { encodePng } from '../image/png.ts';
 import { psnr, ssim } from '../metrics/image.ts';
 import { heldBeside, openRunner, type BenchRequest, type BenchResult } from './runner.ts';
+import { gibBytes } from '../pipelines/memory.ts';
 import { checkRandomPreset, ensureRandomPresetFolder } from './random-folder.ts';
 import type { SchedulerName } from '../schedulers/index.ts';
 import { pipelineDefaults } from '../pipelines/families.ts';
@@ -45,6 +46,8 @@ export interface BenchOptions {
   cache: string;
   macs: 'calflops' | 'full';
   threads?: number;
+  /** GiB a run may take at its peak (default: this machine's memory). */
+  memoryLimit?: number;
   /** Where both settings run. */
   device: Device;
   /** The accelerated setting's denoiser precision (the baseline is always fp32). */
@@ -224,8 +227,14 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
       prompt: o.prompt, steps: o.steps, guidanceScale: o.guidance, seed: o.seed, width, height, batch: o.batch, scheduler: o.scheduler,
     };
     // With a reduced precision both runners' sessions are held: each run's memory check counts the other's weights.
-    const base = await measure(o, 'baseline', request, (r) => pipeline.run({ ...r, memoryLimit: heldBeside(reduced ? [reduced] : []) }));
-    const fast = await measure(o, 'accelerated', { ...request, accel: o.accel }, (r) => (reduced ?? pipeline).run({ ...r, memoryLimit: heldBeside(reduced ? [pipeline] : []) }));
+    const limit = gibBytes(o.memoryLimit);
+    const baseRun = { ...request, memoryLimit: heldBeside(reduced ? [reduced] : [], limit) };
+    const fastRun = { ...request, accel: o.accel, memoryLimit: heldBeside(reduced ? [pipeline] : [], limit) };
+    // The accelerated run's refusals (its caches' memory) before the baseline's timed runs.
+    await pipeline.check(baseRun);
+    await (reduced ?? pipeline).check(fastRun);
+    const base = await measure(o, 'baseline', baseRun, (r) => pipeline.run(r));
+    const fast = await measure(o, 'accelerated', fastRun, (r) => (reduced ?? pipeline).run(r));
     const count = (m: MacCount) => (o.macs === 'calflops' ? calflopsMacs(m) : fullMacs(m));
     const [baseMacs, fastMacs] = macs.settings.map((s) => count(s.macs));
     const p = psnr(fast.result.images[0].data, base.result.images[0].data);
@@ -272,7 +281,7 @@ async function benchResolved(o: Resolved, given: string[] | undefined): Promise<
 
 async function benchFidelity(o: Resolved, model: string, prompts: string[]): Promise<void> {
   const options: FidelityOptions = {
-    model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads, device: o.device,
+    model, prompts, steps: o.steps, guidance: o.guidance, seed: o.seed, scheduler: o.scheduler, size: o.size, threads: o.threads, device: o.device, memoryLimit: gibBytes(o.memoryLimit),
     sweep: o.sweep?.length ? o.sweep : undefined, fewerSteps: o.fewerSteps, stepBaselines: o.stepsBaseline, progress: (m) => process.stderr.write(`${m}\n`),
   };
   const result = await fidelitySweep(options);

@@ -29,6 +29,8 @@ export interface FidelityOptions {
   size?: [number, number];
   threads?: number;
   device?: Device;
+  /** Bytes a run may take at its peak (default: this machine's memory); every setting is checked before the first runs. */
+  memoryLimit?: number;
   /** Method settings; default: defaultSweep(steps). */
   sweep?: AccelSpec[][];
   /** Add the equal-MAC fewer-steps baselines (default true). */
@@ -159,8 +161,16 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
   try {
     const request = (row: FidelityRow, i: number): BenchRequest => ({
       prompt: o.prompts[i], seed: o.seed + i, steps: row.steps, guidanceScale: o.guidance, scheduler: o.scheduler,
-      width: counter.width, height: counter.height, batch: 1, accel: row.accel,
+      width: counter.width, height: counter.height, batch: 1, accel: row.accel, memoryLimit: o.memoryLimit,
     });
+    // Every setting's refusals (memory above all) before the first image, not after the settings before it ran.
+    for (const row of rows) {
+      try {
+        await pipeline.check(request(row, 0));
+      } catch (err) {
+        throw err instanceof InputError ? new InputError(o.sweep ? '--sweep' : '--fidelity', `the setting "${row.label}" cannot run: ${err.message}`) : err;
+      }
+    }
     o.progress?.(`warm-up: one image per setting (creates the ORT sessions)`);
     for (const row of rows) await pipeline.run(request(row, 0));
     // Prompt-major order: every setting sees the same machine state, give or take one prompt.

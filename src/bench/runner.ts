@@ -54,6 +54,8 @@ export interface BenchRunner {
    */
   spreadClass?(prompt: string, index: number, count: number): number[] | undefined;
   run(request: BenchRequest): Promise<BenchResult>;
+  /** The refusals `run` would make before its first model call (memory included), without running a model: its warnings, or the InputError. */
+  check(request: BenchRequest): Promise<string[]>;
   /** Float32 bytes of the weights its sessions keep once they have run. */
   residentBytes: number;
   release(): Promise<void>;
@@ -72,30 +74,36 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
       const named = dit.labels.get(r.prompt);
       return Array.from({ length: r.batch }, (_, i) => named ?? spread(i, r.batch));
     };
+    const request = (r: BenchRequest) => ({ classLabels: r.classLabels ?? classes(r), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
+      accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit });
     return {
       kind: 'class-to-image', defaultSize: size, fixedSize: size, usesPrompt: (prompt) => dit.labels.has(prompt),
       spreadClass: (prompt, index, count) => (dit.labels.has(prompt) ? undefined : [spread(index, count)]),
-      run: (r) => dit.generate({ classLabels: r.classLabels ?? classes(r), steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, scheduler: r.scheduler,
-        accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit }),
+      run: (r) => dit.generate(request(r)),
+      check: (r) => dit.check(request(r)),
       residentBytes: residentBytes([dit.transformer, dit.vae]),
       release: () => dit.release(),
     };
   }
   if (family === 'pixart') {
     const pixart = loadPixArtPipeline(folder, options);
+    const request = (r: BenchRequest) => ({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
+      imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, resolutionBinning: false, memoryLimit: r.memoryLimit });
     return {
       kind: 'text-to-image', defaultSize: pixart.defaultSize, usesPrompt: () => true,
-      run: (r) => pixart.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
-        imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, resolutionBinning: false, memoryLimit: r.memoryLimit }),
+      run: (r) => pixart.generate(request(r)),
+      check: (r) => pixart.check(request(r)),
       residentBytes: residentBytes([pixart.transformer, pixart.textEncoder, pixart.vae]),
       release: () => pixart.release(),
     };
   }
   const sd = await loadPipeline(folder.dir, options);
+  const request = (r: BenchRequest) => ({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
+    imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit });
   return {
     kind: 'text-to-image', defaultSize: sd.defaultSize, usesPrompt: () => true,
-    run: (r) => sd.generate({ prompt: r.prompt, steps: r.steps, guidanceScale: r.guidanceScale, seed: r.seed, width: r.width, height: r.height,
-      imagesPerPrompt: r.batch, scheduler: r.scheduler, accel: r.accel, plans: r.plans, output: r.output, memoryLimit: r.memoryLimit }),
+    run: (r) => sd.generate(request(r)),
+    check: (r) => sd.check(request(r)),
     residentBytes: residentBytes([sd.unet, sd.vae, sd.textEncoder, sd.xl?.textEncoder2]),
     release: () => sd.release(),
   };
@@ -103,9 +111,9 @@ export async function openRunner(model: string, options: RuntimeOptions = {}): P
 
 /**
  * The memory a run on one runner may take while `others` are held beside it (bench's fp32 and
- * reduced-precision pipelines, tune's per precision): this machine's, less their weights.
+ * reduced-precision pipelines, tune's per precision): `limit` (default this machine's), less their weights.
  */
-export function heldBeside(others: BenchRunner[]): number | undefined {
+export function heldBeside(others: BenchRunner[], limit?: number): number | undefined {
   // At least a byte: a run that cannot fit is then refused for its size, not for a limit the user never set.
-  return others.length === 0 ? undefined : Math.max(1, totalMemory() - others.reduce((sum, r) => sum + r.residentBytes, 0));
+  return others.length === 0 ? limit : Math.max(1, (limit ?? totalMemory()) - others.reduce((sum, r) => sum + r.residentBytes, 0));
 }

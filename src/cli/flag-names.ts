@@ -8,7 +8,14 @@ const FLAG_OF: Record<string, string> = {
   device: '--device', threads: '--threads', precision: '--precision', memoryLimit: '--memory-limit', image: '--init-image', strength: '--strength',
 };
 
-/** "width/height: must be…" → "--width/--height: must be…"; "accel tgate:gate_step: …" → "--accel tgate:gate_step: …". */
-export function withFlagNames(message: string): string {
-  return withOptionNames(message, FLAG_OF);
+/** Commands that set a request option by another flag than generate's: the size by --size alone. */
+const COMMAND_FLAG_OF: Record<string, Record<string, string>> = Object.fromEntries(['inspect', 'bench', 'bench-generate', 'bench-unet', 'bench-transformer']
+  .map((command) => [command, { ...FLAG_OF, width: '--size', height: '--size' }]));
+
+/**
+ * "width/height: must be…" → "--width/--height: must be…" ("--size" for the commands that take
+ * that instead); "accel tgate:gate_step: …" → "--accel tgate:gate_step: …".
+ */
+export function withFlagNames(message: string, command?: string): string {
+  return withOptionNames(message, (command !== undefined && Object.hasOwn(COMMAND_FLAG_OF, command) && COMMAND_FLAG_OF[command]) || FLAG_OF);
 }

@@ -28,6 +28,7 @@ import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
 import { SafetensorsFile } from '../weights/safetensors.ts';
 import type { Precision } from '../graph/quantize.ts';
 import { writeSafetensors } from '../weights/safetensors-write.ts';
+import { gibBytes } from '../pipelines/memory.ts';
 
 export interface GenerateFlags {
   model?: string;
@@ -173,8 +174,7 @@ function modelDir(f: GenerateFlags): string {
 async function start(folder: PipelineFolder, family: PipelineFamily, f: GenerateFlags, device: Device, latents: Latents | undefined, image: GeneratedImage | undefined,
   onStep: (s: StepInfo) => void, signal: AbortSignal, prompts: string[]): Promise<{ run: (seed?: number) => Promise<Generated>; release: () => Promise<void> }> {
   const runtime = { device, threads: f.threads, variant: f.variant, precision: f.precision, sessionCache: commandSessionCache() };
-  const memoryLimit = f.memoryLimit === undefined ? undefined : f.memoryLimit * 2 ** 30;
-  const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, latents, accel: f.accel, onStep, signal, memoryLimit };
+  const common = { steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler, latents, accel: f.accel, onStep, signal, memoryLimit: gibBytes(f.memoryLimit) };
   // Each family's pipeline is imported when used: a Stable Diffusion run need not load T5 and the transformers (a faster start).
   if (family === 'dit') {
     const { loadDiTPipeline } = await import('../pipelines/dit.ts');

@@ -266,6 +266,7 @@ export function buildProgram(): Command {
     .option('--macs <convention>', 'calflops (no attention core, as the papers count) or full', 'calflops')
     .option('--device <name>', 'cpu or webgpu: where both settings run', oneOf('--device', DEVICES), 'cpu')
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
+    .option('--memory-limit <GiB>', 'refuse a run estimated to need more memory at its peak, checked for every setting before the first runs (default: this machine\'s memory)', number('--memory-limit', 0))
     .option('--precision <mode>', 'the accelerated setting\'s denoiser arithmetic, fp32, int8 or fp16 (default: a plan file\'s, else fp32; the baseline stays fp32)', precisionFlag)
     .option('--out <file.png>', 'side-by-side comparison image', 'bench-compare.png')
     .option('--json <file>', 'also write results as JSON (- for stdout)')
@@ -284,7 +285,7 @@ export function buildProgram(): Command {
       }
       if (opts.dryRun) {
         refuseUnread(command, [['runs', '--runs'], ['warmup', '--warmup'], ['out', '--out'], ['device', '--device'], ['threads', '--threads'], ['seed', '--seed'],
-          ['prompt', '--prompt'], ['cache', '--cache']], 'bench --dry-run (MACs from the configs, nothing runs)', 'bench without --dry-run');
+          ['prompt', '--prompt'], ['cache', '--cache'], ['memoryLimit', '--memory-limit']], 'bench --dry-run (MACs from the configs, nothing runs)', 'bench without --dry-run');
       }
       const { bench } = await import('../bench/accel.ts');
       await bench({ ...opts, ...accelAndPrecision(opts) });
@@ -304,6 +305,7 @@ export function buildProgram(): Command {
     .option('--seed <s>', 'seed of the first prompt, the next get +1, +2, ... (default 0: searches repeat)', seed, 0)
     .option('--scheduler <name>', `one of ${SCHEDULER_NAMES.join(', ')} (default: the folder's own)`, schedulerName)
     .option('--threads <n>', 'intra-op threads', positiveInt('--threads', MAX_THREADS))
+    .option('--memory-limit <GiB>', 'refuse a run estimated to need more memory at its peak, checked for every setting before the first runs (default: this machine\'s memory)', number('--memory-limit', 0))
     .option('--out <file.json>', 'where the schedule goes (rewritten after every round; default schedule.json, with --speedup plan.json)')
     .option('--max-rounds <n>', 'stop after this many rounds even if the last one improved', positiveInt('--max-rounds'), 100)
     .option('--speedup <x>', 'instead: search the settings of the methods the model takes (DeepCache, Skip-Cache, FORA, First-Block-Cache, TeaCache, TGATE, ToMe, attention-map reuse) and int8 for the best PSNR at this measured speed-up; writes a plan for --accel @FILE', number('--speedup'))
@@ -470,7 +472,7 @@ export async function main(argv: string[]): Promise<number> {
       return err.exitCode === 0 ? 0 : 2;
     }
     if (err instanceof InputError) {
-      process.stderr.write(`diffuse: ${withFlagNames(err.message)}\n`);
+      process.stderr.write(`diffuse: ${withFlagNames(err.message, argv.find((a) => !a.startsWith('-')))}\n`);
       return 2;
     }
     if (err instanceof Interrupted) {

@@ -28,6 +28,7 @@ import type { SchedulerName } from '../schedulers/index.ts';
 import { greedySearch, phast, type Round } from '../tune/greedy.ts';
 import { climbToSpeedup, composableSets, describePlan, firstRung, frontier, macGain, measuredGain, methodLadders, type Gain, type Ladder, type Measured } from '../tune/speedup.ts';
 import { heldBeside, openRunner, type BenchRequest, type BenchRunner } from '../bench/runner.ts';
+import { gibBytes } from '../pipelines/memory.ts';
 import { fullMacs } from '../graph/builder.ts';
 import { writePlanFile } from './plan-file.ts';
 import { checkOutputFile, writeFileAtomically } from '../util/files.ts';
@@ -45,6 +46,8 @@ export interface TuneFlags {
   seed: number;
   scheduler?: SchedulerName;
   threads?: number;
+  /** GiB a run may take at its peak (default: this machine's memory). */
+  memoryLimit?: number;
   /** Default: schedule.json (PHAST), calibration (TeaCache) or plan.json (--speedup). */
   out?: string;
   maxRounds: number;
@@ -90,8 +93,11 @@ export async function tune(flags: TuneFlags): Promise<void> {
   const pipeline = await loadPipeline(model, { threads: f.threads, sessionCache: commandSessionCache() });
   try {
     const request = (i: number, accel: AccelSpec[] = []) => ({
-      prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: guidance, scheduler: f.scheduler, accel,
+      prompt: prompts[i], seed: f.seed + i, steps: f.steps, guidanceScale: guidance, scheduler: f.scheduler, accel, memoryLimit: gibBytes(f.memoryLimit),
     });
+    const search = phast(calls, f.reuse, hurry(calls, f.reuse));
+    // Every schedule keeps as many maps as HURRY's: checked (memory above all) before the baseline runs.
+    await pipeline.check(request(0, [search.spec(search.initial)]));
     const baseline: GeneratedImage[] = [];
     for (let i = 0; i < prompts.length; i++) baseline.push((await pipeline.generate(request(i))).images[0]);
     let evaluations = 0;
@@ -113,7 +119,7 @@ export async function tune(flags: TuneFlags): Promise<void> {
       };
       writeFileAtomically(f.out, JSON.stringify(report, null, 1));
     };
-    const result = await greedySearch(phast(calls, f.reuse, hurry(calls, f.reuse)), objective, f.epsilon, (r, rounds) => {
+    const result = await greedySearch(search, objective, f.epsilon, (r, rounds) => {
       save(rounds, false);
       console.log(`  round ${String(r.round).padStart(2)}: ${r.state.join('')}  PSNR ${r.objective.toFixed(3)} dB` +
         (r.round === 0 ? '  (HURRY)' : `  (${r.tried} schedules tried${r.improved ? '' : ', none better: stop'})`));
@@ -136,7 +142,7 @@ async function calibrateTeaCacheCommand(f: TuneFlags & { guidance: number; out: 
   }
   const prompts = f.prompts !== undefined ? readPromptFile(f.prompts).slice(0, f.count) : classPrompts(folder.dir, f.count) ?? readPromptFile(HELD_OUT_PROMPTS).slice(0, f.count);
   const { runs, calls, coefficients, thresholds: table } = await calibrateTeaCache({
-    model: folder.dir, prompts, steps: f.steps, guidance: f.guidance, seed: f.seed, scheduler: f.scheduler, threads: f.threads,
+    model: folder.dir, prompts, steps: f.steps, guidance: f.guidance, seed: f.seed, scheduler: f.scheduler, threads: f.threads, memoryLimit: gibBytes(f.memoryLimit),
   });
   const all = runs.flat();
   const report = { method: 'teacache', model: modelName(folder.dir, f.model), steps: f.steps, calls, scheduler: f.scheduler ?? null, guidance: f.guidance,
@@ -221,7 +227,7 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
     return p;
   };
   /** A run's memory: the other precision's pipeline is held beside it. */
-  const limitAt = (precision: Precision) => heldBeside([...opened].filter(([p]) => p !== precision).map(([, r]) => r));
+  const limitAt = (precision: Precision) => heldBeside([...opened].filter(([p]) => p !== precision).map(([, r]) => r), gibBytes(f.memoryLimit));
   try {
     const { tuning, heldOut } = searchSamples(f, folder, await runnerAt('fp32'), count);
     const request = (sample: Sample, i: number, accel: AccelSpec[]): BenchRequest => ({
@@ -256,6 +262,14 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
     const baseline = await run(tuning, []);
     const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
       if (plan.length === 0 && precision === 'fp32') return { plan, precision, speedup: 1, macSpeedup: 1, psnr: PSNR_CAP };
+      // A plan this machine cannot run (its caches over the memory limit) is left out of the climb, not the end of the search.
+      try {
+        await (await runnerAt(precision)).check({ ...request(tuning[0], 0, plan), memoryLimit: limitAt(precision) });
+      } catch (err) {
+        if (!(err instanceof InputError)) throw err;
+        console.log(`  not taken: ${describePlan(plan, precision)}: ${err.message}`);
+        return { plan, precision, speedup: 0, macSpeedup: 0, psnr: -Infinity, refused: err.message };
+      }
       await warm(plan, precision);
       const r = await run(tuning, plan, precision);
       return { plan, precision, speedup: baseline.seconds / r.seconds, macSpeedup: baseline.macs / r.macs, psnr: meanPsnr(r.images, baseline.images) };

@@ -82,7 +82,18 @@ export class DiTPipeline {
     return this.generations.run(() => this.generateNow(request), request.signal);
   }
 
-  private async generateNow(request: DiTRequest): Promise<DiTResult> {
+  /**
+   * Every refusal `generate` would make before its first model call (options, sizes, accelerations,
+   * memory), made without running a model: the request's warnings, or the InputError. A sweep asks
+   * this of every setting before it runs the first.
+   */
+  check(request: DiTRequest): Promise<string[]> {
+    return this.generations.run(async () => (await this.generateNow(request, true)).warnings);
+  }
+
+  private async generateNow(request: DiTRequest, checksOnly: true): Promise<{ warnings: string[] }>;
+  private async generateNow(request: DiTRequest, checksOnly?: false): Promise<DiTResult>;
+  private async generateNow(request: DiTRequest, checksOnly = false): Promise<DiTResult | { warnings: string[] }> {
     checkRequestOptions(request, [...BASE_OPTIONS, ...optionNames<DiTRequest, BaseRequest>({ classLabels: true })], this.folder.className);
     const model = this.transformer.model;
     const c = model.config;
@@ -101,6 +112,7 @@ export class DiTPipeline {
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output,
       keptBytes: await acceleration.keptBytes(denoise, cfg) });
+    if (checksOnly) return { warnings: seedWarnings(request, scheduler) };
     const warnings = [...seedWarnings(request, scheduler), ...await acceleration.begin(this.transformerExec, denoise)];
 
     const noise = new BatchNoise(seed, batch);

@@ -58,6 +58,11 @@ function checkMemory(estimate: MemoryEstimate, limit: number | undefined, what: 
   `a smaller size or batch${kept ? ', accelerations that keep less (accel)' : ''}, or a higher memoryLimit`, found);
 }
 
+/** A --memory-limit flag's GiB as the bytes a request's memoryLimit takes (undefined: none given). */
+export function gibBytes(gib: number | undefined): number | undefined {
+  return gib === undefined ? undefined : gib * 2 ** 30;
+}
+
 /** Float32 bytes of the weights of components whose sessions stay (absent ones count nothing). */
 export function residentBytes(components: ({ weights: WeightSet } | undefined)[]): number {
   return components.reduce((sum, c) => sum + (c?.weights.float32Bytes() ?? 0), 0);

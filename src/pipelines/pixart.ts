@@ -160,7 +160,18 @@ export class PixArtPipeline {
     return this.generations.run(() => this.generateNow(request), request.signal);
   }
 
-  private async generateNow(request: PixArtRequest): Promise<PixArtResult> {
+  /**
+   * Every refusal `generate` would make before its first model call (options, sizes, accelerations,
+   * memory), made without running a model: the request's warnings, or the InputError. A sweep asks
+   * this of every setting before it runs the first.
+   */
+  check(request: PixArtRequest): Promise<string[]> {
+    return this.generations.run(async () => (await this.generateNow(request, true)).warnings);
+  }
+
+  private async generateNow(request: PixArtRequest, checksOnly: true): Promise<{ warnings: string[] }>;
+  private async generateNow(request: PixArtRequest, checksOnly?: false): Promise<PixArtResult>;
+  private async generateNow(request: PixArtRequest, checksOnly = false): Promise<PixArtResult | { warnings: string[] }> {
     checkRequestOptions(request, [...PROMPT_OPTIONS, ...optionNames<PixArtRequest, PromptRequest>({ maxSequenceLength: true, resolutionBinning: true })], this.folder.className);
     const warnings: string[] = [];
     const model = this.transformer.model;
@@ -210,6 +221,7 @@ export class PixArtPipeline {
     // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
     await refuseOverMemory({ resident: [this.transformer, this.vae, this.textRetained ? this.textEncoder : undefined], denoise, vae: this.vae.model, latentDims,
       limit: request.memoryLimit, what: 'width/height', output: request.output, imageSize: [width, height], keptBytes: await acceleration.keptBytes(denoise, cfg) });
+    if (checksOnly) return { warnings };
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
     let start = performance.now();

@@ -133,7 +133,18 @@ export class StableDiffusionPipeline {
     return this.generations.run(() => this.generateNow(request), request.signal);
   }
 
-  private async generateNow(request: GenerateRequest): Promise<GenerateResult> {
+  /**
+   * Every refusal `generate` would make before its first model call (options, sizes, accelerations,
+   * memory), made without running a model: the request's warnings, or the InputError. A sweep asks
+   * this of every setting before it runs the first.
+   */
+  check(request: GenerateRequest): Promise<string[]> {
+    return this.generations.run(async () => (await this.generateNow(request, true)).warnings);
+  }
+
+  private async generateNow(request: GenerateRequest, checksOnly: true): Promise<{ warnings: string[] }>;
+  private async generateNow(request: GenerateRequest, checksOnly?: false): Promise<GenerateResult>;
+  private async generateNow(request: GenerateRequest, checksOnly = false): Promise<GenerateResult | { warnings: string[] }> {
     checkRequestOptions(request, [...PROMPT_OPTIONS, ...(this.xl ? [...SD_OPTIONS, ...XL_OPTIONS] : SD_OPTIONS)], this.folder.className);
     const warnings: string[] = [];
     const prompts = list(request.prompt, 'prompt');
@@ -183,6 +194,7 @@ export class StableDiffusionPipeline {
     const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
     await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
       limit: request.memoryLimit, what: 'width/height', output: request.output, keptBytes: await acceleration.keptBytes(denoise, cfg) });
+    if (checksOnly) return { warnings };
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
     let clock = performance.now();

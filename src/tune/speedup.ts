@@ -101,6 +101,8 @@ export interface Measured {
   /** Plain run's MACs over this plan's. */
   macSpeedup: number;
   psnr: number;
+  /** Why the plan cannot run here (e.g. over the memory limit): checked, never run, never picked. */
+  refused?: string;
 }
 
 export type Measure = (plan: AccelSpec[], precision: Precision) => Promise<Measured>;
@@ -134,12 +136,15 @@ export async function climbToSpeedup(ladders: Ladder[], target: number, measure:
     let pick: { rungs: Rungs; m: Measured; cost: number } | undefined;
     for (const next of steps) {
       const m = await run(next);
+      if (m.refused) continue;
       const gain = Math.log(gainOf(m)) - Math.log(gainOf(current));
       // PSNR lost per unit of log speed-up; a step that is not faster costs without bound.
       const cost = gain > 0 ? (current.psnr - m.psnr) / gain : Infinity;
       if (!pick || cost < pick.cost || (cost === pick.cost && gainOf(m) > gainOf(pick.m))) pick = { rungs: next, m, cost };
     }
-    [rungs, current] = [pick!.rungs, pick!.m];
+    // Every step up refused: this climb ends below the target.
+    if (!pick) break;
+    [rungs, current] = [pick.rungs, pick.m];
     path.push(current);
     onRound?.(round, current, steps.length);
   }
@@ -149,5 +154,6 @@ export async function climbToSpeedup(ladders: Ladder[], target: number, measure:
 /** The plans no other plan beats in both speed-up (`gainOf`) and PSNR, fastest last. */
 export function frontier(measured: Measured[], gainOf: Gain = measuredGain): Measured[] {
   const beats = (b: Measured, a: Measured) => gainOf(b) >= gainOf(a) && b.psnr >= a.psnr && (gainOf(b) > gainOf(a) || b.psnr > a.psnr);
-  return measured.filter((a) => !measured.some((b) => b !== a && beats(b, a))).sort((a, b) => gainOf(a) - gainOf(b));
+  const ran = measured.filter((m) => !m.refused);
+  return ran.filter((a) => !ran.some((b) => b !== a && beats(b, a))).sort((a, b) => gainOf(a) - gainOf(b));
 }

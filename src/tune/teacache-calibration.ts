@@ -63,6 +63,8 @@ export interface CalibrationRequest {
   seed: number;
   scheduler?: SchedulerName;
   threads?: number;
+  /** Bytes a run may take at its peak (default: this machine's memory). */
+  memoryLimit?: number;
 }
 
 export interface Calibration {
@@ -86,7 +88,7 @@ export async function calibrateTeaCache(r: CalibrationRequest): Promise<Calibrat
       // A DiT: the class the prompt names, else one class per run spread over its classes.
       const classLabels = pipeline.spreadClass?.(r.prompts[i], i, r.prompts.length);
       await pipeline.run({ prompt: r.prompts[i], seed: r.seed + i, steps: r.steps, guidanceScale: r.guidance, scheduler: r.scheduler, plans: [plan],
-        width: pipeline.defaultSize, height: pipeline.defaultSize, batch: 1, classLabels, output: 'latent' });
+        width: pipeline.defaultSize, height: pipeline.defaultSize, batch: 1, classLabels, output: 'latent', memoryLimit: r.memoryLimit });
       runs.push(samples);
     }
   } finally {

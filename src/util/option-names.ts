@@ -14,7 +14,8 @@ import { own } from './own.ts';
 export function withOptionNames(message: string, names: Readonly<Record<string, string>>): string {
   const m = /^[A-Za-z]+(?:\/[A-Za-z]+)*(?=[: ])/.exec(message);
   const renamed = m ? m[0].split('/').map((name) => own(names, name)) : [];
-  const lead = m && renamed.every((f) => f !== undefined) ? renamed.join('/') : '';
+  // Two options set by one name (width/height by --size) are named once.
+  const lead = m && renamed.every((f) => f !== undefined) ? [...new Set(renamed)].join('/') : '';
   const rest = lead ? message.slice(m![0].length) : message;
   // Quoted text as JSON writes it (\" inside); a name is a whole word, not part of a file name (negativePrompt.txt).
   return lead + rest.split(/("(?:[^"\\]|\\.)*")/).map((piece, i) => (i % 2 ? piece
