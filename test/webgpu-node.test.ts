@@ -62,6 +62,9 @@ test('methods that keep tensors between steps (cut features, attention maps, cac
   const maps = /1 shallow passes, 1 attention maps reused, stored maps at most ([\d.]+) MiB/.exec(gpu.stderr);
   assert.ok(maps, gpu.stderr);
   assert.ok(keptKiB(gpu.stderr) >= Number(maps[1]) * 1024, gpu.stderr);
+  // What they keep is made and read on the device: a step copies back only the noise prediction, as a plain one does
+  // (TGATE's CFG means were once taken on the CPU and uploaded at every reuse: 6 copies back, 7.5 up a step).
+  assert.match(gpu.stderr, /webgpu: per denoising step 1\.0 copies to the CPU \([\d.]+ KiB\), 2\.\d to the GPU/);
   const cpu = generate(cwd, 'cpu.png', 'cpu', {}, accel);
   assert.equal(cpu.status, 0, cpu.stderr);
   const value = psnr(readImage(path.join(cwd, 'gpu.png')).data, readImage(path.join(cwd, 'cpu.png')).data);

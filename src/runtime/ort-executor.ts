@@ -5,7 +5,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { InputError, checkAborted, describe } from '../errors.ts';
-import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource, type WeightRef } from '../graph/builder.ts';
+import { DATA_TYPE_BYTES, GraphBuilder, ONNX_TYPE, type Value, addMacs, zeroMacs, type AttentionKind, type DataType, type MacCount, type ParamSource, type WeightRef } from '../graph/builder.ts';
 import { encodeModel, type ModelProto } from '../graph/onnx-proto.ts';
 import { PRECISIONS, quantizationKey, quantizedBytes, quantizedInitializers, type Precision } from '../graph/quantize.ts';
 import { bfloat16ToFloat32, float16ToFloat32 } from '../graph/half.ts';
@@ -640,12 +640,12 @@ function hostCopySession(type: ort.Tensor.Type, rank: number): Promise<ort.Infer
 
 /** What plans need of onnxruntime tensors (read back to the CPU where they live on a GPU). */
 export const ortOps: TensorOps<ort.Tensor> = {
-  async meanOfHalves(t) {
-    const data = (await tensorData(t)) as Float32Array;
-    const half = data.length / 2;
-    const mean = new Float32Array(half);
-    for (let i = 0; i < half; i++) mean[i] = (data[i] + data[half + i]) / 2;
-    return new ort.Tensor('float32', mean, [t.dims[0] / 2, ...t.dims.slice(1)]);
+  // A segment of its own: on a GPU the mean stays there (read back, it was uploaded again at every reuse).
+  async meanOfHalves(t, exec, name) {
+    const half = t.dims[0] / 2;
+    const halves = (g: GraphBuilder, x: Value) => g.mul(g.add(g.slice(x, 0, 0, half), g.slice(x, 0, half, 2 * half)), g.scalar(0.5));
+    // The halves' size is in the graph: part of its identity where batch-polymorphic graphs are shared across batches.
+    return (await exec.run(`${name}+cfg-mean`, (g, i) => ({ mean: halves(g, i.x) }), { x: t }, { depends: `halves of ${half}` })).mean;
   },
   indices: (values) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]),
   async relativeL1(a, reference) {

@@ -105,8 +105,8 @@ export interface SegmentVariant<T> {
 
 /** Tensor operations plans need, per tensor kind. */
 export interface TensorOps<T extends TensorLike> {
-  /** [2B, ...] → [B, ...]: the mean of the unconditional and conditional halves. */
-  meanOfHalves(t: T): Promise<T>;
+  /** [2B, ...] → [B, ...]: the mean of the unconditional and conditional halves, `name`'s value, computed where `exec` runs. */
+  meanOfHalves(t: T, exec: Executor<T>, name: string): Promise<T>;
   /** mean |a − reference| / mean |reference| (NaN on shapes alone, where there are no values). */
   relativeL1(a: T, reference: T): Promise<number>;
   /** A 1-D int64 tensor (token index lists). */
@@ -413,7 +413,7 @@ export class PlannedExecutor<T extends TensorLike> implements Executor<T> {
     const out = await this.inner.run(name, call.build, call.inputs, call.options);
     if (caching) {
       let value = out[spec.value];
-      if (decision === 'cache-cfg-mean') value = await this.ops.meanOfHalves(value);
+      if (decision === 'cache-cfg-mean') value = await this.ops.meanOfHalves(value, this.inner, name);
       this.cache.set(cacheKey(name, value), value);
     }
     for (const a of applied) a.variant.ran?.(a.emitted(out));
