@@ -282,6 +282,9 @@ test('check(): every refusal generate would make before its first model call, me
     assert.deepEqual(await sd.check({ ...request, latents: { data: new Float32Array(4 * 96 * 96), dims: [1, 4, 96, 96] }, seed: 3, scheduler: 'ddim' }),
       ['seed has no effect: the starting latents are given and ddim draws no noise at any step'], 'its warnings');
     await rejectsInputError(() => sd.check({ ...request, stepz: 3 } as object as typeof request), 'stepz');
+    // What the methods find rehearsing a call on shapes (attn-reuse's map budget) is a check too, refusal and warning.
+    await rejectsInputError(() => sd.check({ ...request, accel: ['attn-reuse:max_map_memory=0.01'] }), 'accel attn-reuse:max_map_memory', 'no layer');
+    assert.match((await sd.check({ ...request, accel: ['attn-reuse:max_map_memory=10'] })).join('\n'), /max_map_memory leaves \d+ of \d+ layers computing every call/);
     assert.ok(performance.now() - started < 5000, `checks took ${(performance.now() - started).toFixed(0)} ms`);
     await rejectsInputError(() => dit.check({ classLabels: [1], steps: 2, memoryLimit: 1 }), 'classLabels', 'over the limit of 0.0 GiB');
     assert.deepEqual(await dit.check({ classLabels: [1], steps: 2 }), []);

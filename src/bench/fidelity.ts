@@ -168,7 +168,8 @@ export async function fidelitySweep(o: FidelityOptions): Promise<FidelityResult>
       try {
         await pipeline.check(request(row, 0));
       } catch (err) {
-        throw err instanceof InputError ? new InputError(o.sweep ? '--sweep' : '--fidelity', `the setting "${row.label}" cannot run: ${err.message}`) : err;
+        // A method setting is the sweep's; a baseline's refusal is the run's own (its size, its memory), as generate gives it.
+        throw err instanceof InputError && row.kind === 'method' ? new InputError(o.sweep ? '--sweep' : '--fidelity', `the setting "${row.label}" cannot run: ${err.message}`) : err;
       }
     }
     o.progress?.(`warm-up: one image per setting (creates the ORT sessions)`);

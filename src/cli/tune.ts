@@ -217,19 +217,20 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
   }
   const sets = composableSets(ladders, (a, b) => pairs.get(`${a.method}+${b.method}`) ?? pairs.get(`${b.method}+${a.method}`) ?? true);
   const pipelines = new Map<Precision, Promise<BenchRunner>>();
-  const opened = new Map<Precision, BenchRunner>();
   const runnerAt = (precision: Precision) => {
     let p = pipelines.get(precision);
     if (!p) {
-      p = openRunner(folder.dir, { threads: f.threads, precision, sessionCache: commandSessionCache() }).then((r) => opened.set(precision, r).get(precision)!);
+      p = openRunner(folder.dir, { threads: f.threads, precision, sessionCache: commandSessionCache() });
       pipelines.set(precision, p);
     }
     return p;
   };
-  /** A run's memory: the other precision's pipeline is held beside it. */
-  const limitAt = (precision: Precision) => heldBeside([...opened].filter(([p]) => p !== precision).map(([, r]) => r), gibBytes(f.memoryLimit));
   try {
-    const { tuning, heldOut } = searchSamples(f, folder, await runnerAt('fp32'), count);
+    const fp32 = await runnerAt('fp32');
+    // With int8 searched both pipelines may be held: every run counts the other's weights (float32 bytes, the same for both)
+    // from the first on, so a plan measured before the int8 pipeline opened is not refused when it wins and runs again.
+    const memoryLimit = heldBeside(ladders.some((l) => l.method === 'int8') ? [fp32] : [], gibBytes(f.memoryLimit));
+    const { tuning, heldOut } = searchSamples(f, folder, fp32, count);
     const request = (sample: Sample, i: number, accel: AccelSpec[]): BenchRequest => ({
       prompt: sample.prompt, classLabels: sample.classLabels, seed: f.seed + i, steps: f.steps, guidanceScale: f.guidance, scheduler: f.scheduler,
       width: counter.width, height: counter.height, batch: 1, accel,
@@ -246,7 +247,7 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
         [macs, images] = [0, []];
         let total = 0;
         for (const [i, sample] of samples.entries()) {
-          const r = await runner.run({ ...request(sample, i, accel), memoryLimit: limitAt(precision) });
+          const r = await runner.run({ ...request(sample, i, accel), memoryLimit });
           total += r.timings.denoising;
           macs += fullMacs(r.denoiserMacs);
           images.push(r.images[0]);
@@ -257,14 +258,14 @@ async function tuneSpeedup(f: TuneFlags & { guidance: number; out: string }, fol
     };
     const meanPsnr = (a: GeneratedImage[], b: GeneratedImage[]) => a.reduce((sum, image, i) => sum + Math.min(PSNR_CAP, psnr(image.data, b[i].data)), 0) / a.length;
     // A plan's first run creates its sessions (merged-token variants): one untimed run first.
-    const warm = async (accel: AccelSpec[], precision: Precision) => (await runnerAt(precision)).run({ ...request(tuning[0], 0, accel), memoryLimit: limitAt(precision) });
+    const warm = async (accel: AccelSpec[], precision: Precision) => (await runnerAt(precision)).run({ ...request(tuning[0], 0, accel), memoryLimit });
     await warm([], 'fp32');
     const baseline = await run(tuning, []);
     const measure = async (plan: AccelSpec[], precision: Precision): Promise<Measured> => {
       if (plan.length === 0 && precision === 'fp32') return { plan, precision, speedup: 1, macSpeedup: 1, psnr: PSNR_CAP };
       // A plan this machine cannot run (its caches over the memory limit) is left out of the climb, not the end of the search.
       try {
-        await (await runnerAt(precision)).check({ ...request(tuning[0], 0, plan), memoryLimit: limitAt(precision) });
+        await (await runnerAt(precision)).check({ ...request(tuning[0], 0, plan), memoryLimit });
       } catch (err) {
         if (!(err instanceof InputError)) throw err;
         console.log(`  not taken: ${describePlan(plan, precision)}: ${err.message}`);

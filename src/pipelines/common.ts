@@ -346,12 +346,14 @@ export class Acceleration {
     return this.plan ? plannedMemory(this.plan, forward, this.run, cfg) : Promise.resolve(0);
   }
 
-  /** Lets methods rehearse one model call (`forward` on shapes) to size what they keep; returns their warnings. */
-  async begin(exec: Executor<ort.Tensor>, forward: (exec: Executor<ShapedTensor>) => Promise<unknown>): Promise<string[]> {
-    if (!this.plan) return [];
-    const warnings = (await this.plan.prepare?.(dryRehearsal(forward, this.run))) ?? [];
-    this.planned = new PlannedExecutor(exec, this.plan, ortOps, this.run);
-    return warnings;
+  /** Lets methods rehearse one model call (`forward` on shapes) to size what they keep, before any work; returns their warnings. */
+  async prepare(forward: (exec: Executor<ShapedTensor>) => Promise<unknown>): Promise<string[]> {
+    return (await this.plan?.prepare?.(dryRehearsal(forward, this.run))) ?? [];
+  }
+
+  /** After `prepare`: the planned executor the model calls will run on, over `exec`. */
+  begin(exec: Executor<ort.Tensor>): void {
+    if (this.plan) this.planned = new PlannedExecutor(exec, this.plan, ortOps, this.run);
   }
 
   /** Model call `i` of a pipeline that does (`cfg`) or does not use CFG: the batch it runs and the executor for it. */

@@ -112,8 +112,9 @@ export class DiTPipeline {
     const denoise = (exec: Executor<ShapedTensor>) => model.forwardShapes(exec, { batch: cfg ? 2 * batch : batch, latentHeight: c.sampleSize, latentWidth: c.sampleSize });
     await refuseOverMemory({ resident: [this.transformer, this.vae], denoise, vae: this.vae.model, latentDims, limit: request.memoryLimit, what: 'classLabels', output: request.output,
       keptBytes: await acceleration.keptBytes(denoise, cfg) });
-    if (checksOnly) return { warnings: seedWarnings(request, scheduler) };
-    const warnings = [...seedWarnings(request, scheduler), ...await acceleration.begin(this.transformerExec, denoise)];
+    const warnings = [...seedWarnings(request, scheduler), ...await acceleration.prepare(denoise)];
+    if (checksOnly) return { warnings };
+    acceleration.begin(this.transformerExec);
 
     const noise = new BatchNoise(seed, batch);
     const size = latentDims.reduce((a, b) => a * b, 1);

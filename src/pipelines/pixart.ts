@@ -221,6 +221,7 @@ export class PixArtPipeline {
     // T5's sessions are released after each block when it is large (ort-executor.ts), so its weights are not counted then.
     await refuseOverMemory({ resident: [this.transformer, this.vae, this.textRetained ? this.textEncoder : undefined], denoise, vae: this.vae.model, latentDims,
       limit: request.memoryLimit, what: 'width/height', output: request.output, imageSize: [width, height], keptBytes: await acceleration.keptBytes(denoise, cfg) });
+    warnings.push(...await acceleration.prepare(denoise));
     if (checksOnly) return { warnings };
 
     // Prompt embeddings and masks, each repeated for its images; CFG puts the unconditional half first.
@@ -248,7 +249,7 @@ export class PixArtPipeline {
       aspectRatio: new ort.Tensor('float32', new Float32Array(rows).fill(genHeight / genWidth), [rows, 1]),
     } : undefined);
 
-    warnings.push(...await acceleration.begin(this.transformerExec, denoise));
+    acceleration.begin(this.transformerExec);
     // Caption projection and cross-attention keys/values depend on the prompt only: once per text (lossless).
     const kvs = new Map<object, Map<string, { k: ort.Tensor; v: ort.Tensor; bias: ort.Tensor }>>();
     const keysFor = async (t: { states: ort.Tensor; mask: ort.Tensor }) => {

@@ -194,6 +194,7 @@ export class StableDiffusionPipeline {
     const denoise = (exec: Executor<ShapedTensor>) => this.unet.model.forwardShapes(exec, shapes);
     await refuseOverMemory({ resident: [this.unet, this.vae, this.textEncoder, this.xl?.textEncoder2], denoise, vae: this.vae.model, latentDims,
       limit: request.memoryLimit, what: 'width/height', output: request.output, keptBytes: await acceleration.keptBytes(denoise, cfg) });
+    warnings.push(...await acceleration.prepare(denoise));
     if (checksOnly) return { warnings };
 
     // Prompt embeddings, each repeated for its images; CFG puts the unconditional half first.
@@ -228,7 +229,7 @@ export class StableDiffusionPipeline {
     // With CFG the U-Net sees [uncond; cond]; an accelerator may drop to the conditional half alone.
     const cfgInputs = cfg ? unetInputs(conditioning, 2 * batch) : undefined;
     const singleInputs = unetInputs(positive, batch);
-    warnings.push(...await acceleration.begin(this.unetExec, denoise));
+    acceleration.begin(this.unetExec);
     // Cross-attention keys/values depend on the prompt only: computed once per context (lossless).
     const crossKV = new Map<ort.Tensor, CrossAttentionKV<ort.Tensor>>();
     const keysFor = async (context: ort.Tensor) => {

@@ -638,7 +638,7 @@ function hostCopySession(type: ort.Tensor.Type, rank: number): Promise<ort.Infer
   return session;
 }
 
-/** What plans need of onnxruntime tensors (read back to the CPU where they live on a GPU). */
+/** What plans need of onnxruntime tensors (relativeL1 reads them back to the CPU where they live on a GPU). */
 export const ortOps: TensorOps<ort.Tensor> = {
   // A segment of its own: on a GPU the mean stays there (read back, it was uploaded again at every reuse).
   async meanOfHalves(t, exec, name) {
