@@ -307,6 +307,9 @@ test('bench and tune check every setting (memory above all) before the first run
   assert.ok(!run.stderr.includes('timed run') && !run.stderr.includes('warm-up'), 'refused before the baseline ran');
   assert.deepEqual(fs.readdirSync(dir), []);
   refused(diffuse('bench', '--preset', 'sd15', '--dry-run', '--memory-limit', '3'), ['--memory-limit']);
+  for (const command of [['bench', '--accel', 'tgate', '--out', path.join(dir, 'x.png')], ['tune', '--steps', '4', '--reuse', '1', '--count', '1', '--out', path.join(dir, 'x.json')]]) {
+    for (const bad of ['-1', '0', 'lots']) refused(diffuse(...command, '--model', 'reference', '--memory-limit', bad), ['--memory-limit']);
+  }
   // tune: PHAST's schedules are checked before the baseline; a --speedup climb reports a plan over the limit as not taken and goes on.
   run = diffuse('tune', '--steps', '4', '--reuse', '1', '--count', '1', '--memory-limit', '0.001', '--out', path.join(dir, 'schedule.json'));
   refused(run, ['over the limit of 0.0 GiB', '--memory-limit']);

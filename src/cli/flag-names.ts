@@ -1,5 +1,6 @@
 /** Library option names in CLI words: the library names its request options, the CLI its flags. */
 import { withOptionNames } from '../util/option-names.ts';
+import { own } from '../util/own.ts';
 
 const FLAG_OF: Record<string, string> = {
   prompt: '--prompt', negativePrompt: '--negative-prompt', steps: '--steps', guidanceScale: '--guidance', guidanceRescale: '--guidance-rescale',
@@ -17,5 +18,5 @@ const COMMAND_FLAG_OF: Record<string, Record<string, string>> = Object.fromEntri
  * that instead); "accel tgate:gate_step: …" → "--accel tgate:gate_step: …".
  */
 export function withFlagNames(message: string, command?: string): string {
-  return withOptionNames(message, (command !== undefined && Object.hasOwn(COMMAND_FLAG_OF, command) && COMMAND_FLAG_OF[command]) || FLAG_OF);
+  return withOptionNames(message, (command !== undefined ? own(COMMAND_FLAG_OF, command) : undefined) ?? FLAG_OF);
 }
